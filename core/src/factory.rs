@@ -1,0 +1,126 @@
+//! Building sources and sinks from configuration.
+//!
+//! Adapter authors implement the typed [`Factory`] trait (with a serde config
+//! type); the framework uses its object-safe twin [`DynFactory`], which every
+//! `Factory` implements through a blanket impl. A source factory has
+//! `Output = dyn Source`, a sink factory `Output = dyn Sink`.
+//!
+//! # Contract
+//! - `validate` is pure and synchronous: it must not do I/O, because every entry is
+//!   validated before the run makes its first network call. Report problems with
+//!   [`field_error`](crate::field_error) so messages name the failing key.
+//! - `build` may do I/O (open files, connect, read remote metadata).
+//! - The config type should use `#[serde(deny_unknown_fields)]`.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::config::{locate, parse_section};
+use crate::error::Result;
+
+/// Context handed to factories when they validate and build.
+#[derive(Debug, Clone)]
+pub struct BuildContext {
+    /// The sync key being built (empty for a sink shared by several syncs).
+    pub sync_key: String,
+    /// Whether the run only plans (`true`) or writes (`false`). A sink built for a
+    /// dry run must not create or change anything.
+    pub dry_run: bool,
+    /// The scope that templates in configuration can read (`env`, `config`); see
+    /// [`template_scope_from_env`](crate::template_scope_from_env).
+    pub template_scope: Value,
+}
+
+impl BuildContext {
+    /// A context for `sync_key` with the process environment as template scope.
+    pub fn new(sync_key: impl Into<String>, dry_run: bool) -> Self {
+        Self {
+            sync_key: sync_key.into(),
+            dry_run,
+            template_scope: crate::template::template_scope_from_env(),
+        }
+    }
+}
+
+/// Builds adapters of one type from configuration: the typed trait for authors.
+#[async_trait]
+pub trait Factory: Send + Sync + 'static {
+    /// The adapter's configuration, a serde struct with `deny_unknown_fields`.
+    type Config: DeserializeOwned + Send + Sync + 'static;
+    /// What it builds: `dyn Source` or `dyn Sink`.
+    type Output: ?Sized + Send + Sync + 'static;
+
+    /// The adapter type name used in configuration (`type: http`), snake_case.
+    fn type_name(&self) -> &'static str;
+
+    /// Checks a parsed configuration without doing any I/O.
+    fn validate(&self, config: &Self::Config, ctx: &BuildContext) -> Result<()>;
+
+    /// Builds the adapter (may do I/O).
+    async fn build(&self, config: Self::Config, ctx: &BuildContext) -> Result<Arc<Self::Output>>;
+}
+
+/// A configuration that was parsed and validated, ready to build.
+#[async_trait]
+pub trait Prepared<T: ?Sized>: Send + Sync {
+    /// Builds the adapter (may do I/O).
+    async fn build(self: Box<Self>) -> Result<Arc<T>>;
+}
+
+/// The object-safe twin of [`Factory`], used by the [`Registry`](crate::Registry).
+/// Implemented for every `Factory`; never implement it by hand.
+pub trait DynFactory<T: ?Sized>: Send + Sync + 'static {
+    /// The adapter type name.
+    fn type_name(&self) -> &'static str;
+
+    /// Parses and validates a raw configuration section without I/O. `path` names
+    /// the section in error messages, for example `syncs[orders].source`.
+    fn prepare(
+        self: Arc<Self>,
+        raw: Value,
+        path: &str,
+        ctx: BuildContext,
+    ) -> Result<Box<dyn Prepared<T>>>;
+}
+
+struct PreparedConfig<F: Factory> {
+    factory: Arc<F>,
+    config: F::Config,
+    ctx: BuildContext,
+}
+
+#[async_trait]
+impl<F: Factory> Prepared<F::Output> for PreparedConfig<F> {
+    async fn build(self: Box<Self>) -> Result<Arc<F::Output>> {
+        let PreparedConfig {
+            factory,
+            config,
+            ctx,
+        } = *self;
+        factory.build(config, &ctx).await
+    }
+}
+
+impl<F: Factory> DynFactory<F::Output> for F {
+    fn type_name(&self) -> &'static str {
+        Factory::type_name(self)
+    }
+
+    fn prepare(
+        self: Arc<Self>,
+        raw: Value,
+        path: &str,
+        ctx: BuildContext,
+    ) -> Result<Box<dyn Prepared<F::Output>>> {
+        let config: F::Config = parse_section(raw, path)?;
+        self.validate(&config, &ctx).map_err(|e| locate(e, path))?;
+        Ok(Box::new(PreparedConfig {
+            factory: self,
+            config,
+            ctx,
+        }))
+    }
+}

@@ -1,0 +1,36 @@
+#![doc = include_str!("../README.md")]
+
+pub mod batch;
+pub mod budget;
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod factory;
+pub mod jsonpath;
+pub mod memory;
+pub mod paginate;
+pub mod pipeline;
+pub mod record;
+pub mod registry;
+pub mod sink;
+pub mod source;
+pub mod stats;
+pub mod template;
+pub mod testing;
+
+pub use batch::{Batch, Position};
+pub use budget::{BudgetSnapshot, MemoryBudget, MemoryLease, WhenFull, format_bytes};
+pub use checkpoint::{CheckpointStore, FileCheckpointStore, MemoryCheckpointStore};
+pub use config::{Secret, field_error, locate, parse_section};
+pub use error::{Error, ErrorKind, Result, ResultExt};
+pub use factory::{BuildContext, DynFactory, Factory, Prepared};
+pub use jsonpath::JsonSelector;
+pub use memory::{ProcessMemory, process_memory};
+pub use paginate::{Page, PageContext, PageSource, paginate};
+pub use pipeline::{Pipeline, PipelineOptions, ReadMode, StreamReport};
+pub use record::{Record, approx_record_size, approx_value_size, into_record};
+pub use registry::Registry;
+pub use sink::{BatchAck, Sink, SinkWriter, StreamTarget, WriterSummary};
+pub use source::{BatchStream, ReadRequest, Source};
+pub use stats::{RunStats, StatsSnapshot};
+pub use template::{Templates, render_template, template_scope_from_env};

@@ -1,0 +1,285 @@
+//! "Fetch the page after this token": the helper that turns a paginated adapter
+//! into a [`BatchStream`].
+//!
+//! An adapter implements [`PageSource::fetch_page`]; [`paginate`] does the rest:
+//! it leases memory before each fetch (estimated from the previous page) and
+//! corrects the lease to the decoded size, stamps each batch with its page number
+//! and resume position, counts pages and rows, stops when a page has no next
+//! token, and refuses a pagination loop (a next token equal to one of the last
+//! tokens) with an error naming the page.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::stream;
+
+use crate::batch::{Batch, Position};
+use crate::error::{Error, ErrorKind, Result, ResultExt};
+use crate::record::{Record, approx_record_size};
+use crate::source::{BatchStream, ReadRequest};
+use crate::stats::RunStats;
+
+/// One fetched page.
+#[derive(Debug, Default)]
+pub struct Page {
+    /// The page's records, in source order.
+    pub records: Vec<Record>,
+    /// The token that fetches the following page; `None` when this was the last.
+    pub next: Option<Position>,
+}
+
+/// What [`PageSource::fetch_page`] knows about the page being fetched.
+#[derive(Clone)]
+pub struct PageContext {
+    /// The sync key, for errors and logs.
+    pub sync_key: String,
+    /// 1-based number of this page within this read (a resumed read starts at 1).
+    pub page: u64,
+    /// The run's counters (requests, retries, bytes).
+    pub stats: Arc<RunStats>,
+}
+
+/// A paginated source: fetches one page given the previous page's next token.
+///
+/// # Contract
+/// - `token` is `None` for the first page, otherwise a token this source returned
+///   as [`Page::next`] (possibly in an earlier run, restored from a checkpoint).
+/// - Return `next: None` on the last page. An empty page with a next token is
+///   allowed (it yields an empty batch).
+/// - Errors should carry context; [`paginate`] adds the sync key and page number.
+#[async_trait]
+pub trait PageSource: Send + Sync + 'static {
+    /// Fetches the page that `token` points to.
+    async fn fetch_page(&self, token: Option<&Position>, ctx: &PageContext) -> Result<Page>;
+
+    /// Estimated decoded size of one page in bytes, used to lease memory for the
+    /// first page before anything is known.
+    fn page_bytes_hint(&self) -> usize;
+}
+
+/// How many recent tokens are remembered to detect pagination loops.
+const LOOP_WINDOW: usize = 4;
+
+struct State<P> {
+    source: Arc<P>,
+    request: ReadRequest,
+    token: Option<Position>,
+    recent: Vec<Position>,
+    page: u64,
+    estimate: usize,
+    done: bool,
+}
+
+/// Turns a [`PageSource`] into a lazy, budget-aware [`BatchStream`] that starts
+/// after `request.resume_from` when set.
+pub fn paginate<P: PageSource>(source: Arc<P>, request: ReadRequest) -> BatchStream {
+    let estimate = source.page_bytes_hint().max(1);
+    let state = State {
+        token: request.resume_from.clone(),
+        source,
+        request,
+        recent: Vec::new(),
+        page: 0,
+        estimate,
+        done: false,
+    };
+    Box::pin(stream::try_unfold(state, |mut st| async move {
+        if st.done {
+            return Ok(None);
+        }
+        st.page += 1;
+        let ctx = PageContext {
+            sync_key: st.request.sync_key.clone(),
+            page: st.page,
+            stats: st.request.stats.clone(),
+        };
+        let mut lease = st.request.budget.acquire(st.estimate).await?;
+        let page = st
+            .source
+            .fetch_page(st.token.as_ref(), &ctx)
+            .await
+            .context("page", st.page)
+            .context("sync", &st.request.sync_key)?;
+        let decoded: usize = page.records.iter().map(approx_record_size).sum();
+        lease
+            .resize(decoded)
+            .await
+            .context("page", st.page)
+            .context("sync", &st.request.sync_key)?;
+        // Next time, lease what this page needed (never less than a little).
+        st.estimate = decoded.max(4096);
+
+        if let Some(next) = &page.next {
+            let looped = st.token.as_ref() == Some(next) || st.recent.contains(next);
+            if looped {
+                st.done = true;
+                return Err(Error::new(
+                    ErrorKind::Decode,
+                    format!(
+                        "pagination loop: page {} returned next token {next}, which was already used; \
+                         check the pagination settings",
+                        st.page
+                    ),
+                )
+                .with_context("sync", &st.request.sync_key)
+                .with_context("page", st.page));
+            }
+        }
+        if let Some(prev) = st.token.take() {
+            st.recent.push(prev);
+            if st.recent.len() > LOOP_WINDOW {
+                st.recent.remove(0);
+            }
+        }
+        st.request.stats.add_page();
+        st.request.stats.add_rows_read(page.records.len() as u64);
+        st.done = page.next.is_none();
+        st.token = page.next.clone();
+        let batch = Batch::new(page.records, lease)
+            .with_page(st.page)
+            .with_position(page.next);
+        Ok(Some((batch, st)))
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::budget::MemoryBudget;
+    use crate::record::into_record;
+    use futures::StreamExt;
+    use serde_json::json;
+    use std::sync::Mutex;
+
+    /// Serves `total` numbered records in pages of `size`; optionally loops.
+    struct Numbers {
+        total: u64,
+        size: u64,
+        loop_at: Option<u64>,
+        fetched: Mutex<Vec<Option<u64>>>,
+    }
+
+    #[async_trait]
+    impl PageSource for Numbers {
+        async fn fetch_page(&self, token: Option<&Position>, _ctx: &PageContext) -> Result<Page> {
+            let offset = token.map_or(0, |t| t.as_value()["offset"].as_u64().unwrap_or(0));
+            self.fetched.lock().unwrap().push(token.map(|_| offset));
+            let end = (offset + self.size).min(self.total);
+            let records = (offset..end)
+                .map(|i| into_record(json!({"id": i})))
+                .collect();
+            let next_offset = match self.loop_at {
+                Some(at) if end >= at => 0,
+                _ => end,
+            };
+            let next = (end < self.total).then(|| Position::new(json!({"offset": next_offset})));
+            Ok(Page { records, next })
+        }
+
+        fn page_bytes_hint(&self) -> usize {
+            1024
+        }
+    }
+
+    fn numbers(total: u64, size: u64) -> Numbers {
+        Numbers {
+            total,
+            size,
+            loop_at: None,
+            fetched: Mutex::new(Vec::new()),
+        }
+    }
+
+    #[tokio::test]
+    async fn yields_every_page_lazily_with_positions() {
+        let source = Arc::new(numbers(25, 10));
+        let request = ReadRequest::new("k", MemoryBudget::new(1 << 20));
+        let stats = request.stats.clone();
+        let stream = paginate(source.clone(), request);
+        assert!(
+            source.fetched.lock().unwrap().is_empty(),
+            "read must be lazy"
+        );
+        let batches: Vec<Batch> = stream.map(|b| b.unwrap()).collect().await;
+        assert_eq!(
+            batches.iter().map(Batch::len).collect::<Vec<_>>(),
+            [10, 10, 5]
+        );
+        assert_eq!(batches[0].pages(), Some((1, 1)));
+        assert_eq!(
+            batches[0].position(),
+            Some(&Position::new(json!({"offset": 10})))
+        );
+        assert_eq!(batches[2].position(), None);
+        assert_eq!(stats.snapshot().pages, 3);
+        assert_eq!(stats.rows_read(), 25);
+    }
+
+    #[tokio::test]
+    async fn resumes_after_a_position() {
+        let source = Arc::new(numbers(25, 10));
+        let mut request = ReadRequest::new("k", MemoryBudget::new(1 << 20));
+        request.resume_from = Some(Position::new(json!({"offset": 20})));
+        let batches: Vec<Batch> = paginate(source, request)
+            .map(|b| b.unwrap())
+            .collect()
+            .await;
+        assert_eq!(batches.len(), 1);
+        assert_eq!(batches[0].records()[0]["id"], json!(20));
+    }
+
+    #[tokio::test]
+    async fn a_repeated_token_is_an_error_naming_the_page() {
+        let mut source = numbers(100, 10);
+        source.loop_at = Some(30);
+        let request = ReadRequest::new("orders", MemoryBudget::new(1 << 20));
+        let items: Vec<Result<Batch>> = paginate(Arc::new(source), request).collect().await;
+        let err = items
+            .into_iter()
+            .find_map(Result::err)
+            .expect("loop must be detected");
+        // Page 3 points back to offset 0 (the first page had no token), page 4
+        // re-reads it and points to offset 10 again: that token was used already.
+        assert!(err.to_string().contains("pagination loop: page 4"), "{err}");
+        assert_eq!(err.context_value("sync"), Some("orders"));
+    }
+
+    #[tokio::test]
+    async fn batches_hold_their_memory_until_dropped() {
+        let budget = MemoryBudget::new(1 << 20);
+        let request = ReadRequest::new("k", budget.clone());
+        let mut stream = paginate(Arc::new(numbers(30, 10)), request);
+        let first = stream.next().await.unwrap().unwrap();
+        assert!(first.bytes() > 0);
+        assert_eq!(budget.in_use(), first.bytes());
+        drop(first);
+        assert_eq!(budget.in_use(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_full_budget_stops_the_source_until_memory_is_released() {
+        // Each page of 10 small records takes well over 1 KiB; a 4 KiB budget holds
+        // about one page, so the second fetch must wait for the first batch.
+        let budget = MemoryBudget::new(4096);
+        let source = Arc::new(numbers(1000, 10));
+        let request = ReadRequest::new("k", budget.clone());
+        let mut stream = paginate(source.clone(), request);
+        let first = stream.next().await.unwrap().unwrap();
+        let pending =
+            tokio::time::timeout(std::time::Duration::from_millis(100), stream.next()).await;
+        assert!(
+            pending.is_err(),
+            "the source must wait while the budget is full"
+        );
+        assert_eq!(
+            source.fetched.lock().unwrap().len(),
+            1,
+            "no fetch while blocked"
+        );
+        drop(first);
+        let second = tokio::time::timeout(std::time::Duration::from_secs(5), stream.next())
+            .await
+            .expect("released memory unblocks the source");
+        assert!(second.unwrap().is_ok());
+    }
+}

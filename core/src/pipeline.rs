@@ -1,0 +1,363 @@
+//! The pipeline: read a source, write a sink, commit checkpoints after acks.
+//!
+//! In [`ReadMode::Streaming`] the source runs in its own task, ahead of the sink
+//! by at most what the memory budget allows; its pages are regrouped into sink
+//! batches of up to `batch_rows` records (or half the budget's bytes), and a
+//! partial batch is flushed when the source has been quiet for `linger`, so a slow
+//! source never holds data back. Each batch's position is committed only after
+//! the sink acknowledged the batch.
+//!
+//! In [`ReadMode::Classic`] the whole source is read first and then written. Give
+//! it a budget with [`WhenFull::Fail`](crate::WhenFull::Fail): when the data does
+//! not fit, the run stops with an [`ErrorKind::MemoryLimit`] error instead of
+//! growing until the process is killed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::batch::{Batch, Position};
+use crate::budget::MemoryBudget;
+use crate::checkpoint::CheckpointStore;
+use crate::error::{Error, ErrorKind, Result, ResultExt};
+use crate::sink::{BatchAck, SinkWriter};
+use crate::source::{BatchStream, ReadRequest, Source};
+use crate::stats::RunStats;
+
+/// How a stream is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadMode {
+    /// Read and write concurrently under the memory budget.
+    Streaming,
+    /// Read everything first, then write (small data only).
+    Classic,
+}
+
+/// Tuning of a pipeline run.
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    /// Streaming or classic.
+    pub mode: ReadMode,
+    /// Most records per sink batch (one sink transaction).
+    pub batch_rows: usize,
+    /// How long a partial batch may wait for more records before it is written.
+    pub linger: Duration,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        Self {
+            mode: ReadMode::Streaming,
+            batch_rows: 5000,
+            linger: Duration::from_millis(500),
+        }
+    }
+}
+
+/// The outcome of one stream.
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamReport {
+    /// The sync key.
+    pub sync_key: String,
+    /// The stream (table) name.
+    pub stream: String,
+    /// Summed sink acknowledgements.
+    pub ack: BatchAck,
+    /// Sink batches written.
+    pub batches: u64,
+    /// The checkpoint this run resumed from, if any.
+    pub resumed_from: Option<Position>,
+    /// Rows in the target after the run, if the sink can tell.
+    pub total_rows: Option<u64>,
+    /// Wall time of the stream.
+    pub elapsed: Duration,
+}
+
+/// One source-to-sink run of a stream.
+pub struct Pipeline {
+    sync_key: String,
+    stream: String,
+    source: Arc<dyn Source>,
+    writer: Box<dyn SinkWriter>,
+    budget: MemoryBudget,
+    stats: Arc<RunStats>,
+    checkpoints: Option<Arc<dyn CheckpointStore>>,
+    options: PipelineOptions,
+}
+
+impl Pipeline {
+    /// A pipeline for `sync_key`/`stream` with default options, an unlimited
+    /// budget, fresh counters and no checkpoints.
+    pub fn new(
+        sync_key: impl Into<String>,
+        stream: impl Into<String>,
+        source: Arc<dyn Source>,
+        writer: Box<dyn SinkWriter>,
+    ) -> Self {
+        Self {
+            sync_key: sync_key.into(),
+            stream: stream.into(),
+            source,
+            writer,
+            budget: MemoryBudget::unlimited(),
+            stats: Arc::new(RunStats::default()),
+            checkpoints: None,
+            options: PipelineOptions::default(),
+        }
+    }
+
+    /// Uses this memory budget (shared with the rest of the run).
+    #[must_use]
+    pub fn budget(mut self, budget: MemoryBudget) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// Counts into these run counters.
+    #[must_use]
+    pub fn stats(mut self, stats: Arc<RunStats>) -> Self {
+        self.stats = stats;
+        self
+    }
+
+    /// Resumes from and commits to this checkpoint store.
+    #[must_use]
+    pub fn checkpoints(mut self, store: Arc<dyn CheckpointStore>) -> Self {
+        self.checkpoints = Some(store);
+        self
+    }
+
+    /// Sets the options.
+    #[must_use]
+    pub fn options(mut self, options: PipelineOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Runs the stream to completion.
+    pub async fn run(self) -> Result<StreamReport> {
+        let started = Instant::now();
+        let resumed_from = match &self.checkpoints {
+            Some(store) => store.load(&self.sync_key, &self.stream)?,
+            None => None,
+        };
+        if let Some(position) = &resumed_from {
+            tracing::info!(sync = %self.sync_key, stream = %self.stream, %position, "resuming from checkpoint");
+        }
+        let request = ReadRequest {
+            sync_key: self.sync_key.clone(),
+            resume_from: resumed_from.clone(),
+            budget: self.budget.clone(),
+            stats: self.stats.clone(),
+        };
+        let stream = self.source.read(request);
+        let mut writer = Writer {
+            sync_key: self.sync_key.clone(),
+            stream: self.stream.clone(),
+            inner: self.writer,
+            stats: self.stats.clone(),
+            checkpoints: self.checkpoints.clone(),
+            ack: BatchAck::default(),
+            batches: 0,
+        };
+        match self.options.mode {
+            ReadMode::Streaming => {
+                streaming(stream, &mut writer, &self.budget, &self.options).await?
+            }
+            ReadMode::Classic => classic(stream, &mut writer, &self.options).await?,
+        }
+        let Writer {
+            inner,
+            ack,
+            batches,
+            ..
+        } = writer;
+        let summary = inner.finish().await.context("sync", &self.sync_key)?;
+        if let Some(store) = &self.checkpoints {
+            store.clear(&self.sync_key, &self.stream)?;
+        }
+        Ok(StreamReport {
+            sync_key: self.sync_key,
+            stream: self.stream,
+            ack,
+            batches,
+            resumed_from,
+            total_rows: summary.total_rows,
+            elapsed: started.elapsed(),
+        })
+    }
+}
+
+struct Writer {
+    sync_key: String,
+    stream: String,
+    inner: Box<dyn SinkWriter>,
+    stats: Arc<RunStats>,
+    checkpoints: Option<Arc<dyn CheckpointStore>>,
+    ack: BatchAck,
+    batches: u64,
+}
+
+impl Writer {
+    async fn write(&mut self, batch: Batch) -> Result<()> {
+        let position = batch.position().cloned();
+        let pages = batch.pages();
+        let ack = self.inner.write(batch).await.map_err(|e| {
+            let e = e.with_context("sync", &self.sync_key);
+            match pages {
+                Some((first, last)) if first == last => e.with_context("page", first),
+                Some((first, last)) => e.with_context("pages", format!("{first}-{last}")),
+                None => e,
+            }
+        })?;
+        self.ack.add(&ack);
+        self.batches += 1;
+        self.stats.add_rows_written(ack.rows);
+        self.stats.add_batch();
+        if let (Some(store), Some(position)) = (&self.checkpoints, position) {
+            store.commit(&self.sync_key, &self.stream, &position)?;
+        }
+        Ok(())
+    }
+}
+
+/// Source in a task, regrouping pages into sink batches; the sink in this task.
+async fn streaming(
+    mut stream: BatchStream,
+    writer: &mut Writer,
+    budget: &MemoryBudget,
+    options: &PipelineOptions,
+) -> Result<()> {
+    let (tx, mut rx) = mpsc::channel::<Result<Batch>>(1);
+    let batch_rows = options.batch_rows.max(1);
+    let batch_bytes = budget.capacity() / 2;
+    let linger = options.linger;
+    let producer = tokio::spawn(async move {
+        let mut pending: Option<Batch> = None;
+        loop {
+            let next = if pending.is_some() {
+                match tokio::time::timeout(linger, stream.next()).await {
+                    Ok(next) => next,
+                    Err(_quiet) => {
+                        if let Some(batch) = pending.take()
+                            && tx.send(Ok(batch)).await.is_err()
+                        {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+            } else {
+                stream.next().await
+            };
+            match next {
+                Some(Ok(batch)) => {
+                    let full = match &mut pending {
+                        Some(p) if p.len() + batch.len() > batch_rows => {
+                            let ready = std::mem::replace(p, batch);
+                            if tx.send(Ok(ready)).await.is_err() {
+                                return;
+                            }
+                            p.len() >= batch_rows || p.bytes() >= batch_bytes
+                        }
+                        Some(p) => {
+                            if let Err(e) = p.append(batch) {
+                                let _ = tx.send(Err(e)).await;
+                                return;
+                            }
+                            p.len() >= batch_rows || p.bytes() >= batch_bytes
+                        }
+                        None => {
+                            let full = batch.len() >= batch_rows || batch.bytes() >= batch_bytes;
+                            pending = Some(batch);
+                            full
+                        }
+                    };
+                    if full
+                        && let Some(batch) = pending.take()
+                        && tx.send(Ok(batch)).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                Some(Err(e)) => {
+                    // Write what was read before the error, so its position commits.
+                    if let Some(batch) = pending.take()
+                        && tx.send(Ok(batch)).await.is_err()
+                    {
+                        return;
+                    }
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+                None => {
+                    if let Some(batch) = pending.take() {
+                        let _ = tx.send(Ok(batch)).await;
+                    }
+                    return;
+                }
+            }
+        }
+    });
+    let result = async {
+        while let Some(item) = rx.recv().await {
+            writer.write(item?).await?;
+        }
+        Ok(())
+    }
+    .await;
+    if result.is_err() {
+        // Stop the source: dropping its stream cancels the read.
+        producer.abort();
+    }
+    match producer.await {
+        Ok(()) => {}
+        Err(e) if e.is_cancelled() => {}
+        Err(e) => {
+            return Err(Error::new(ErrorKind::Contract, "source task panicked").with_source(e));
+        }
+    }
+    result
+}
+
+/// Reads the whole source, then writes it in batches.
+async fn classic(
+    mut stream: BatchStream,
+    writer: &mut Writer,
+    options: &PipelineOptions,
+) -> Result<()> {
+    let mut all: Vec<Batch> = Vec::new();
+    while let Some(item) = stream.next().await {
+        all.push(item.map_err(|e| {
+            if e.kind() == ErrorKind::MemoryLimit {
+                Error::new(
+                    ErrorKind::MemoryLimit,
+                    format!("classic mode reads the whole source before writing and it does not fit: {}", e.message()),
+                )
+                .with_context("sync", &writer.sync_key)
+            } else {
+                e
+            }
+        })?);
+    }
+    drop(stream);
+    let mut pending: Option<Batch> = None;
+    for batch in all {
+        match &mut pending {
+            Some(p) if p.len() + batch.len() <= options.batch_rows.max(1) => p.append(batch)?,
+            _ => {
+                if let Some(ready) = pending.replace(batch) {
+                    writer.write(ready).await?;
+                }
+            }
+        }
+    }
+    if let Some(ready) = pending {
+        writer.write(ready).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,92 @@
+//! The sink contract: per-stream writers that acknowledge every batch.
+//!
+//! # Contract
+//! - A [`Sink`] is one configured destination (a DuckDB file, a CMS space). It
+//!   opens one [`SinkWriter`] per stream ([`StreamTarget`]).
+//! - [`SinkWriter::write`] returns only once the batch is durable in the sink (or,
+//!   in a dry run, fully planned). Its [`BatchAck`] is the acknowledgement the
+//!   pipeline waits for before it commits the batch's position as a checkpoint.
+//! - Writing the same batch twice must leave the sink in the same state as writing
+//!   it once (idempotent upserts on the stream's key), so that a resumed run,
+//!   which is at-least-once, ends exact.
+//! - Dropping the batch after writing releases its memory; a writer must not keep
+//!   records beyond `write` unless it keeps their lease too.
+//! - In a dry run (the sink was built with `BuildContext::dry_run`), nothing in the
+//!   sink changes: no files created, no rows or entries written.
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::batch::Batch;
+use crate::error::Result;
+
+/// Which stream a writer writes, and how records are matched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamTarget {
+    /// The sync key (for context in errors and logs).
+    pub sync_key: String,
+    /// The target table, collection or content type.
+    pub table: String,
+    /// The record field that identifies a record; `None` appends without upsert.
+    pub key_field: Option<String>,
+}
+
+/// A sink's acknowledgement of one batch.
+///
+/// In a dry run the counts are what *would* happen: `inserted` counts keys not yet
+/// in the sink, `updated` keys that exist (whether their content changed is only
+/// known to sinks that compare content; those report `unchanged` as well).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct BatchAck {
+    /// Records in the batch after merging duplicate keys.
+    pub rows: u64,
+    /// Records that were (or would be) new in the sink.
+    pub inserted: u64,
+    /// Records that replaced (or would replace) existing ones.
+    pub updated: u64,
+    /// Records identical to what the sink already held (not written).
+    pub unchanged: u64,
+    /// Records the sink rejected.
+    pub failed: u64,
+    /// Duplicate keys merged within the batch (the last record wins).
+    pub duplicates: u64,
+}
+
+impl BatchAck {
+    /// Adds another acknowledgement's counts to this one.
+    pub fn add(&mut self, other: &BatchAck) {
+        self.rows += other.rows;
+        self.inserted += other.inserted;
+        self.updated += other.updated;
+        self.unchanged += other.unchanged;
+        self.failed += other.failed;
+        self.duplicates += other.duplicates;
+    }
+}
+
+/// What a writer reports when a stream is finished.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct WriterSummary {
+    /// The target's row count after the run, when the sink can tell cheaply.
+    pub total_rows: Option<u64>,
+}
+
+/// A configured destination; opens one writer per stream.
+#[async_trait]
+pub trait Sink: Send + Sync + 'static {
+    /// Opens a writer for one stream (may create the table on first write).
+    async fn open(&self, target: StreamTarget) -> Result<Box<dyn SinkWriter>>;
+
+    /// A one-line human description, free of secrets.
+    fn describe(&self) -> String;
+}
+
+/// Writes the batches of one stream, acknowledging each.
+#[async_trait]
+pub trait SinkWriter: Send {
+    /// Writes (or, in a dry run, plans) one batch and acknowledges it.
+    async fn write(&mut self, batch: Batch) -> Result<BatchAck>;
+
+    /// Finishes the stream and reports its final figures.
+    async fn finish(self: Box<Self>) -> Result<WriterSummary>;
+}

@@ -1,0 +1,118 @@
+//! Templates in configuration values (`{{ env.API_TOKEN }}`), Jinja syntax.
+//!
+//! Endpoints, headers and (later) mappings are templates rendered with
+//! [`minijinja`]. Undefined variables are errors, so a missing environment
+//! variable is reported before any request is made instead of producing an
+//! empty URL or header.
+//!
+//! The scope always holds `env` (the process environment) and `config` (the same
+//! map; the name used by `cute` configurations, e.g. `{{ config.Cute__ApiKey }}`).
+
+use minijinja::{Environment, UndefinedBehavior};
+use serde_json::{Map, Value};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// A set of named, compiled templates sharing one environment.
+pub struct Templates {
+    env: Environment<'static>,
+}
+
+impl Default for Templates {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Templates {
+    /// An empty set with strict undefined-variable checks and no HTML escaping.
+    pub fn new() -> Self {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+        Self { env }
+    }
+
+    /// Compiles and adds a template; a syntax error is a configuration error.
+    pub fn add(&mut self, name: &str, source: &str) -> Result<()> {
+        self.env
+            .add_template_owned(name.to_owned(), source.to_owned())
+            .map_err(|e| template_error("invalid template", name, e))
+    }
+
+    /// Renders a template added before with `add`.
+    pub fn render(&self, name: &str, scope: &Value) -> Result<String> {
+        let template = self
+            .env
+            .get_template(name)
+            .map_err(|e| template_error("unknown template", name, e))?;
+        template
+            .render(scope)
+            .map_err(|e| template_error("cannot render template", name, e))
+    }
+}
+
+fn template_error(what: &str, name: &str, err: minijinja::Error) -> Error {
+    let detail = match err.detail() {
+        Some(detail) => format!("{}: {detail}", err.kind()),
+        None => err.kind().to_string(),
+    };
+    Error::new(ErrorKind::Config, format!("{what} {name}: {detail}"))
+}
+
+/// Compiles and renders one template (for values rendered once, like endpoints).
+pub fn render_template(name: &str, source: &str, scope: &Value) -> Result<String> {
+    if !source.contains("{{") && !source.contains("{%") {
+        return Ok(source.to_owned());
+    }
+    let mut templates = Templates::new();
+    templates.add(name, source)?;
+    templates.render(name, scope)
+}
+
+/// The default template scope: `{"env": {...}, "config": {...}}` from the process
+/// environment.
+pub fn template_scope_from_env() -> Value {
+    let vars: Map<String, Value> = std::env::vars()
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect();
+    let mut scope = Map::new();
+    scope.insert("env".to_owned(), Value::Object(vars.clone()));
+    scope.insert("config".to_owned(), Value::Object(vars));
+    Value::Object(scope)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn renders_env_values() {
+        let scope = json!({"env": {"PORT": "8080"}, "config": {}});
+        let url = render_template("endPoint", "http://127.0.0.1:{{ env.PORT }}/x", &scope).unwrap();
+        assert_eq!(url, "http://127.0.0.1:8080/x");
+    }
+
+    #[test]
+    fn undefined_variables_are_errors() {
+        let scope = json!({"env": {}, "config": {}});
+        let err = render_template("endPoint", "http://{{ env.MISSING }}/", &scope).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(
+            err.to_string().contains("cannot render template endPoint"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_are_config_errors() {
+        let err = render_template("h", "{{ env.X ", &json!({})).unwrap_err();
+        assert!(err.to_string().starts_with("invalid template h"), "{err}");
+    }
+
+    #[test]
+    fn plain_strings_pass_through() {
+        assert_eq!(render_template("x", "plain", &json!({})).unwrap(), "plain");
+    }
+}

@@ -1,0 +1,186 @@
+//! The pipeline against the in-memory test doubles: regrouping, checkpoints,
+//! resume after a sink failure, classic-mode memory errors and backpressure.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluicegate_core::testing::{MemorySink, VecSource, numbered_records};
+use sluicegate_core::{
+    CheckpointStore, ErrorKind, MemoryBudget, MemoryCheckpointStore, Pipeline, PipelineOptions,
+    Position, ReadMode, Sink, StreamTarget, WhenFull,
+};
+
+fn target() -> StreamTarget {
+    StreamTarget {
+        sync_key: "numbers".into(),
+        table: "numbers".into(),
+        key_field: Some("id".into()),
+    }
+}
+
+fn options(mode: ReadMode, batch_rows: usize) -> PipelineOptions {
+    PipelineOptions {
+        mode,
+        batch_rows,
+        linger: Duration::from_millis(200),
+    }
+}
+
+#[tokio::test]
+async fn streaming_regroups_pages_into_sink_batches_and_writes_everything() {
+    let sink = MemorySink::new();
+    let writer = sink.open(target()).await.unwrap();
+    let source = Arc::new(VecSource::new(numbered_records(1000), 30));
+    let store = Arc::new(MemoryCheckpointStore::default());
+    let report = Pipeline::new("numbers", "numbers", source, writer)
+        .checkpoints(store.clone())
+        .options(options(ReadMode::Streaming, 100))
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(report.ack.rows, 1000);
+    assert_eq!(report.ack.inserted, 1000);
+    // 34 pages of 30 regrouped into batches of at most 100 records.
+    assert!(
+        report.batches >= 10 && report.batches <= 12,
+        "{}",
+        report.batches
+    );
+    assert_eq!(report.total_rows, Some(1000));
+    assert_eq!(sink.tables()["numbers"].len(), 1000);
+    assert_eq!(
+        store.load("numbers", "numbers").unwrap(),
+        None,
+        "completed streams clear their checkpoint"
+    );
+}
+
+#[tokio::test]
+async fn a_sink_failure_keeps_the_last_acknowledged_position_and_a_rerun_resumes_exactly() {
+    let store = Arc::new(MemoryCheckpointStore::default());
+    let sink = MemorySink::new().failing_on_write(4);
+    let source = Arc::new(VecSource::new(numbered_records(1000), 50));
+
+    let writer = sink.open(target()).await.unwrap();
+    let err = Pipeline::new("numbers", "numbers", source.clone(), writer)
+        .checkpoints(store.clone())
+        .options(options(ReadMode::Streaming, 100))
+        .run()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Sink);
+    assert_eq!(err.context_value("sync"), Some("numbers"));
+    assert!(err.context_value("pages").is_some(), "{err}");
+
+    // Three batches of 100 were acknowledged before the fourth failed.
+    let committed = store.load("numbers", "numbers").unwrap();
+    assert_eq!(
+        committed,
+        Some(Position::new(serde_json::json!({"offset": 300})))
+    );
+    assert_eq!(sink.tables()["numbers"].len(), 300);
+
+    let writer = sink.open(target()).await.unwrap();
+    let report = Pipeline::new("numbers", "numbers", source, writer)
+        .checkpoints(store.clone())
+        .options(options(ReadMode::Streaming, 100))
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(report.resumed_from, committed);
+    assert_eq!(report.ack.rows, 700, "only the rest is read again");
+    let table = &sink.tables()["numbers"];
+    assert_eq!(table.len(), 1000);
+    assert!((0..1000).all(|i| table.contains_key(&i.to_string())));
+}
+
+#[tokio::test]
+async fn a_source_failure_writes_what_came_before_and_names_the_page() {
+    let sink = MemorySink::new();
+    let store = Arc::new(MemoryCheckpointStore::default());
+    let source = Arc::new(VecSource::new(numbered_records(500), 50).failing_at_page(4));
+    let writer = sink.open(target()).await.unwrap();
+    let err = Pipeline::new("numbers", "numbers", source, writer)
+        .checkpoints(store.clone())
+        .options(options(ReadMode::Streaming, 1000))
+        .run()
+        .await
+        .unwrap_err();
+    assert_eq!(err.context_value("page"), Some("4"), "{err}");
+    assert_eq!(
+        sink.tables()["numbers"].len(),
+        150,
+        "pages 1-3 were flushed before the error"
+    );
+    assert_eq!(
+        store.load("numbers", "numbers").unwrap(),
+        Some(Position::new(serde_json::json!({"offset": 150})))
+    );
+}
+
+#[tokio::test]
+async fn classic_mode_stops_with_a_memory_error_when_the_source_does_not_fit() {
+    let sink = MemorySink::new();
+    let writer = sink.open(target()).await.unwrap();
+    let source = Arc::new(VecSource::new(numbered_records(20_000), 500));
+    let budget = MemoryBudget::with_policy(256 * 1024, WhenFull::Fail);
+    let err = Pipeline::new("numbers", "numbers", source, writer)
+        .budget(budget)
+        .options(options(ReadMode::Classic, 1000))
+        .run()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::MemoryLimit);
+    assert!(
+        err.to_string()
+            .contains("classic mode reads the whole source"),
+        "{err}"
+    );
+    assert!(
+        sink.tables().is_empty(),
+        "nothing is written when the read fails"
+    );
+}
+
+#[tokio::test]
+async fn classic_mode_writes_everything_when_it_fits() {
+    let sink = MemorySink::new();
+    let writer = sink.open(target()).await.unwrap();
+    let source = Arc::new(VecSource::new(numbered_records(2_000), 500));
+    let budget = MemoryBudget::with_policy(64 << 20, WhenFull::Fail);
+    let report = Pipeline::new("numbers", "numbers", source, writer)
+        .budget(budget)
+        .options(options(ReadMode::Classic, 1000))
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(report.ack.rows, 2000);
+    assert_eq!(report.batches, 2);
+}
+
+#[tokio::test]
+async fn streaming_keeps_data_in_flight_inside_the_budget() {
+    let sink = MemorySink::new();
+    let writer = sink.open(target()).await.unwrap();
+    let source = Arc::new(VecSource::new(numbered_records(50_000), 200));
+    let budget = MemoryBudget::new(512 * 1024);
+    let report = Pipeline::new("numbers", "numbers", source, writer)
+        .budget(budget.clone())
+        .options(options(ReadMode::Streaming, 1000))
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(report.ack.rows, 50_000);
+    let snap = budget.snapshot();
+    assert!(
+        snap.peak <= snap.capacity,
+        "peak {} > capacity {}",
+        snap.peak,
+        snap.capacity
+    );
+    assert!(
+        snap.waits > 0,
+        "a budget this small must have applied backpressure"
+    );
+    assert_eq!(snap.in_use, 0, "every lease is returned at the end");
+}
