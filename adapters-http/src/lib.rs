@@ -1,1 +1,41 @@
-//! placeholder
+#![doc = include_str!("../README.md")]
+
+mod client;
+pub mod config;
+mod error;
+mod source;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use sluicegate_core::{BuildContext, Factory, Registry, Result, Source};
+
+pub use config::HttpSourceConfig;
+pub use source::HttpSource;
+
+/// Builds `http` sources.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HttpSourceFactory;
+
+#[async_trait]
+impl Factory for HttpSourceFactory {
+    type Config = HttpSourceConfig;
+    type Output = dyn Source;
+
+    fn type_name(&self) -> &'static str {
+        "http"
+    }
+
+    fn validate(&self, config: &HttpSourceConfig, ctx: &BuildContext) -> Result<()> {
+        config.validate(ctx)
+    }
+
+    async fn build(&self, config: HttpSourceConfig, ctx: &BuildContext) -> Result<Arc<dyn Source>> {
+        Ok(Arc::new(HttpSource::new(&config, ctx)?))
+    }
+}
+
+/// Registers this crate's source types (`http`).
+pub fn register(registry: &mut Registry) {
+    registry.register_source(HttpSourceFactory);
+}

@@ -1,0 +1,200 @@
+//! Sending requests with retries: capped exponential backoff with full jitter,
+//! `Retry-After` honoured, every attempt counted in the run's statistics.
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use sluicegate_core::{Error, Result, RunStats};
+
+use crate::config::RetryConfig;
+use crate::error::{HttpError, is_retryable_status};
+
+/// Makes sure rustls has a crypto provider (ring) before a client is built.
+pub(crate) fn ensure_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Another thread may win the race; either way a provider is installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
+/// When and how often to retry.
+#[derive(Debug, Clone)]
+pub(crate) struct RetryPolicy {
+    pub(crate) max_attempts: u32,
+    pub(crate) initial: Duration,
+    pub(crate) max: Duration,
+    pub(crate) max_retry_after: Duration,
+}
+
+impl From<&RetryConfig> for RetryPolicy {
+    fn from(c: &RetryConfig) -> Self {
+        Self {
+            max_attempts: c.max_attempts.max(1),
+            initial: Duration::from_millis(c.initial_backoff_ms),
+            max: Duration::from_millis(c.max_backoff_ms),
+            max_retry_after: Duration::from_secs(c.max_retry_after_secs),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Full jitter: a random delay in `[0, min(max, initial * 2^(retry-1))]`.
+    fn backoff(&self, retry: u32) -> Duration {
+        let exp = self
+            .initial
+            .saturating_mul(2u32.saturating_pow(retry.saturating_sub(1)));
+        let cap = exp.min(self.max);
+        let cap_ms = u64::try_from(cap.as_millis()).unwrap_or(u64::MAX);
+        Duration::from_millis(fastrand::u64(0..=cap_ms))
+    }
+}
+
+/// A successful response, body read in full.
+pub(crate) struct Fetched {
+    pub(crate) body: Bytes,
+}
+
+/// Sends the request built by `build` until it succeeds, retrying 408/429/5xx
+/// and network failures per `policy`; other statuses fail at once with the
+/// response body in the error. `url` is used in messages (it must hold no secret).
+pub(crate) async fn send_with_retry(
+    build: impl Fn() -> reqwest::RequestBuilder,
+    url: &str,
+    policy: &RetryPolicy,
+    stats: &RunStats,
+) -> Result<Fetched> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        stats.add_request();
+        let (failure, retry_after) = match build().send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                stats.add_status(status);
+                if response.status().is_success() {
+                    match response.bytes().await {
+                        Ok(body) => {
+                            stats.add_bytes_received(body.len() as u64);
+                            return Ok(Fetched { body });
+                        }
+                        Err(source) => (
+                            HttpError::Network {
+                                url: url.to_owned(),
+                                source,
+                            },
+                            None,
+                        ),
+                    }
+                } else {
+                    let retry_after = parse_retry_after(response.headers());
+                    let body = response.bytes().await.unwrap_or_default();
+                    let failure = HttpError::status(url, status, &body);
+                    if !is_retryable_status(status) {
+                        return Err(Error::from(failure).with_context("attempt", attempt));
+                    }
+                    (failure, retry_after)
+                }
+            }
+            Err(source) if source.is_builder() => {
+                return Err(HttpError::Network {
+                    url: url.to_owned(),
+                    source,
+                }
+                .into());
+            }
+            Err(source) => (
+                HttpError::Network {
+                    url: url.to_owned(),
+                    source,
+                },
+                None,
+            ),
+        };
+        if attempt >= policy.max_attempts {
+            let err = Error::from(failure);
+            return Err(Error::new(
+                err.kind(),
+                format!("giving up after {attempt} attempts: {err}"),
+            )
+            .retryable(true));
+        }
+        let delay = match retry_after {
+            Some(wait) if wait > policy.max_retry_after => {
+                return Err(HttpError::RetryAfterTooLong {
+                    url: url.to_owned(),
+                    secs: wait.as_secs(),
+                    max: policy.max_retry_after.as_secs(),
+                }
+                .into());
+            }
+            Some(wait) => wait,
+            None => policy.backoff(attempt),
+        };
+        stats.add_retry();
+        tracing::warn!(
+            url,
+            attempt,
+            delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            error = %failure,
+            "request failed, retrying"
+        );
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    #[test]
+    fn backoff_is_capped_full_jitter() {
+        let policy = RetryPolicy {
+            max_attempts: 10,
+            initial: Duration::from_millis(100),
+            max: Duration::from_millis(1000),
+            max_retry_after: Duration::from_secs(60),
+        };
+        for _ in 0..200 {
+            assert!(policy.backoff(1) <= Duration::from_millis(100));
+            assert!(policy.backoff(3) <= Duration::from_millis(400));
+            assert!(policy.backoff(9) <= Duration::from_millis(1000));
+        }
+        // Full jitter spreads delays: 200 draws are not all the same.
+        let draws: std::collections::BTreeSet<_> = (0..200).map(|_| policy.backoff(5)).collect();
+        assert!(draws.len() > 10);
+    }
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, HeaderValue::from_static("7"));
+        assert_eq!(parse_retry_after(&h), Some(Duration::from_secs(7)));
+        let later = SystemTime::now() + Duration::from_secs(30);
+        h.insert(
+            RETRY_AFTER,
+            HeaderValue::from_str(&httpdate::fmt_http_date(later)).unwrap(),
+        );
+        let wait = parse_retry_after(&h).unwrap();
+        assert!(
+            wait <= Duration::from_secs(30) && wait >= Duration::from_secs(28),
+            "{wait:?}"
+        );
+        h.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
+        assert_eq!(parse_retry_after(&h), None);
+    }
+}

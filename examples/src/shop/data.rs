@@ -1,0 +1,504 @@
+//! The example shop's deterministic dataset.
+//!
+//! Every record is computed from its resource and index alone, so any page can
+//! be served without holding the dataset in memory, and the same `orders` size
+//! always gives the same data. Sizes, for `orders = N`:
+//!
+//! | resource  | rows                         | nested data                          |
+//! |-----------|------------------------------|--------------------------------------|
+//! | customers | max(1, N / 5)                | `address` object, `tags` list; `loyalty_tier` only in the second half |
+//! | orders    | N                            | `shipping` object; `coupon` only in the last tenth |
+//! | items     | 1 to 4 per order (≈ 2.5 N)   | `options` list                       |
+//! | products  | 50 + N / 10,000              | `dimensions` object, `tags` list     |
+//! | supplies  | 2 per product                | –                                    |
+//! | stores    | 4 + N / 100,000              | `location` object                    |
+
+use serde::Serialize;
+
+/// The six resources of the shop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Resource {
+    /// People who order.
+    Customers,
+    /// Orders, one customer and store each.
+    Orders,
+    /// Order lines.
+    Items,
+    /// The catalogue.
+    Products,
+    /// What products are made of.
+    Supplies,
+    /// Shops.
+    Stores,
+}
+
+impl Resource {
+    /// All resources, in the order the quickstart syncs them.
+    pub const ALL: [Resource; 6] = [
+        Resource::Customers,
+        Resource::Orders,
+        Resource::Items,
+        Resource::Products,
+        Resource::Supplies,
+        Resource::Stores,
+    ];
+
+    /// The URL path segment and table name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Resource::Customers => "customers",
+            Resource::Orders => "orders",
+            Resource::Items => "items",
+            Resource::Products => "products",
+            Resource::Supplies => "supplies",
+            Resource::Stores => "stores",
+        }
+    }
+
+    /// Parses a path segment.
+    pub fn from_name(name: &str) -> Option<Resource> {
+        Resource::ALL.into_iter().find(|r| r.name() == name)
+    }
+}
+
+/// The dataset for a given number of orders.
+#[derive(Debug, Clone, Copy)]
+pub struct Dataset {
+    orders: u64,
+}
+
+impl Dataset {
+    /// The dataset with `orders` orders (at least 1).
+    pub fn new(orders: u64) -> Self {
+        Self {
+            orders: orders.max(1),
+        }
+    }
+
+    /// Number of records of a resource.
+    pub fn total(&self, resource: Resource) -> u64 {
+        let n = self.orders;
+        match resource {
+            Resource::Customers => (n / 5).max(1),
+            Resource::Orders => n,
+            Resource::Items => items_before_order(n),
+            Resource::Products => 50 + n / 10_000,
+            Resource::Supplies => 2 * (50 + n / 10_000),
+            Resource::Stores => 4 + n / 100_000,
+        }
+    }
+
+    /// Total records over all resources.
+    pub fn total_rows(&self) -> u64 {
+        Resource::ALL.iter().map(|r| self.total(*r)).sum()
+    }
+
+    /// Serializes records `offset..offset+limit` of a resource as a JSON array.
+    pub fn write_page(
+        &self,
+        resource: Resource,
+        offset: u64,
+        limit: u64,
+        out: &mut Vec<u8>,
+    ) -> serde_json::Result<u64> {
+        let end = offset.saturating_add(limit).min(self.total(resource));
+        out.push(b'[');
+        for (n, index) in (offset..end).enumerate() {
+            if n > 0 {
+                out.push(b',');
+            }
+            self.write_record(resource, index, &mut *out)?;
+        }
+        out.push(b']');
+        Ok(end.saturating_sub(offset))
+    }
+
+    /// Serializes one record (0-based index) as JSON.
+    pub fn write_record(
+        &self,
+        resource: Resource,
+        index: u64,
+        out: &mut Vec<u8>,
+    ) -> serde_json::Result<()> {
+        match resource {
+            Resource::Customers => serde_json::to_writer(out, &self.customer(index)),
+            Resource::Orders => serde_json::to_writer(out, &self.order(index)),
+            Resource::Items => serde_json::to_writer(out, &self.item(index)),
+            Resource::Products => serde_json::to_writer(out, &self.product(index)),
+            Resource::Supplies => serde_json::to_writer(out, &self.supply(index)),
+            Resource::Stores => serde_json::to_writer(out, &self.store(index)),
+        }
+    }
+
+    /// One record as a `serde_json::Value` (for tests comparing sink contents).
+    pub fn record_value(&self, resource: Resource, index: u64) -> serde_json::Value {
+        let mut out = Vec::new();
+        self.write_record(resource, index, &mut out)
+            .expect("records always serialize");
+        serde_json::from_slice(&out).expect("records are valid JSON")
+    }
+
+    fn customer(&self, i: u64) -> Customer {
+        let r = mix(1, i);
+        let total = self.total(Resource::Customers);
+        Customer {
+            id: i + 1,
+            name: format!("{} {}", pick(FIRST_NAMES, r), pick(LAST_NAMES, r >> 8)),
+            email: format!("customer{}@example.test", i + 1),
+            address: Address {
+                street: format!("{} {}", 1 + (r >> 16) % 400, pick(STREETS, r >> 24)),
+                city: pick(CITIES, r >> 32),
+                postcode: format!("{:05}", (r >> 40) % 100_000),
+                country: "NL",
+            },
+            tags: TAGS[..((r >> 48) % 4) as usize].to_vec(),
+            created_at: timestamp(1_640_995_200 + i * 311),
+            loyalty_tier: (i >= total / 2).then(|| pick(TIERS, r >> 52)),
+        }
+    }
+
+    fn order(&self, i: u64) -> Order {
+        let r = mix(2, i);
+        let items = 1 + i % 4;
+        let subtotal_cents = items * (500 + (r % 4000));
+        let tax_cents = subtotal_cents * 9 / 100;
+        let shipping_cents = if subtotal_cents > 5000 { 0 } else { 495 };
+        Order {
+            id: i + 1,
+            customer_id: 1 + (r >> 8) % self.total(Resource::Customers),
+            store_id: 1 + (r >> 24) % self.total(Resource::Stores),
+            ordered_at: timestamp(1_704_067_200 + i * 37),
+            status: pick(STATUSES, r >> 32),
+            subtotal: cents(subtotal_cents),
+            tax_paid: cents(tax_cents),
+            order_total: cents(subtotal_cents + tax_cents + shipping_cents),
+            item_count: items,
+            shipping: Shipping {
+                method: pick(SHIPPING, r >> 40),
+                cost: cents(shipping_cents),
+            },
+            coupon: (i >= self.orders - self.orders / 10)
+                .then(|| format!("SAVE{}", (r >> 48) % 50)),
+        }
+    }
+
+    fn item(&self, k: u64) -> Item {
+        let (order_index, line) = order_of_item(k);
+        let r = mix(3, k);
+        Item {
+            id: k + 1,
+            order_id: order_index + 1,
+            line: line + 1,
+            product_id: 1 + r % self.total(Resource::Products),
+            quantity: 1 + (r >> 16) % 3,
+            unit_price: cents(199 + (r >> 24) % 2000),
+            options: OPTIONS[..((r >> 40) % 3) as usize].to_vec(),
+        }
+    }
+
+    fn product(&self, i: u64) -> Product {
+        let r = mix(4, i);
+        let kind = pick(PRODUCT_TYPES, r);
+        Product {
+            id: i + 1,
+            sku: format!("{}-{:03}", &kind[..3].to_uppercase(), i + 1),
+            name: format!("{} {}", pick(ADJECTIVES, r >> 8), kind),
+            kind,
+            price: cents(299 + (r >> 16) % 2500),
+            description: format!(
+                "A {} {} from the example shop, made to order.",
+                pick(ADJECTIVES, r >> 24),
+                kind
+            ),
+            dimensions: Dimensions {
+                width_cm: 5 + (r >> 32) % 30,
+                height_cm: 5 + (r >> 40) % 30,
+                depth_cm: 5 + (r >> 48) % 30,
+            },
+            tags: TAGS[((r >> 56) % 2) as usize..].to_vec(),
+        }
+    }
+
+    fn supply(&self, i: u64) -> Supply {
+        let r = mix(5, i);
+        Supply {
+            id: i + 1,
+            product_id: i / 2 + 1,
+            name: format!("{} {}", pick(ADJECTIVES, r), pick(SUPPLIES, r >> 8)),
+            cost: cents(10 + (r >> 16) % 300),
+            perishable: (r >> 24) % 3 == 0,
+        }
+    }
+
+    fn store(&self, i: u64) -> Store {
+        let r = mix(6, i);
+        Store {
+            id: i + 1,
+            name: format!("{} Shop", pick(CITIES, i * 7 + 3)),
+            opened_at: timestamp(1_514_764_800 + i * 86_400 * 97),
+            tax_rate: 0.04 + ((r % 6) as f64) / 100.0,
+            location: Location {
+                lat: 50.0 + ((r >> 8) % 30_000) as f64 / 10_000.0,
+                lon: 3.0 + ((r >> 24) % 40_000) as f64 / 10_000.0,
+            },
+        }
+    }
+}
+
+/// Items of orders `0..orders` (order `i` has `1 + i % 4` items).
+fn items_before_order(orders: u64) -> u64 {
+    let cycles = orders / 4;
+    let rest = orders % 4;
+    cycles * 10 + rest * (rest + 1) / 2
+}
+
+/// (order index, line index) of item `k`.
+fn order_of_item(k: u64) -> (u64, u64) {
+    let cycle = k / 10;
+    let r = k % 10;
+    let (in_cycle, start) = match r {
+        0 => (0, 0),
+        1..=2 => (1, 1),
+        3..=5 => (2, 3),
+        _ => (3, 6),
+    };
+    (cycle * 4 + in_cycle, r - start)
+}
+
+/// SplitMix64 over a resource seed and an index: cheap, deterministic, well mixed.
+fn mix(seed: u64, index: u64) -> u64 {
+    let mut z = index
+        .wrapping_add(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn pick(list: &'static [&'static str], r: u64) -> &'static str {
+    list[(r % list.len() as u64) as usize]
+}
+
+fn cents(c: u64) -> f64 {
+    c as f64 / 100.0
+}
+
+/// Formats Unix seconds as an RFC 3339 UTC timestamp.
+fn timestamp(secs: u64) -> String {
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+const FIRST_NAMES: &[&str] = &[
+    "Ada", "Björn", "Chiara", "Dmitri", "Elif", "Farah", "Gustavo", "Hana", "Ines", "Jun", "Kwame",
+    "Lena", "Mateo", "Noor", "Olga", "Priya", "Quentin", "Rosa", "Søren", "Tomás",
+];
+const LAST_NAMES: &[&str] = &[
+    "Andersen", "Bakker", "Castillo", "de Vries", "Eriksen", "Fischer", "García", "Huang",
+    "Ivanova", "Jansen", "Kowalski", "López", "Müller", "Nakamura", "O'Brien", "Peeters",
+];
+const STREETS: &[&str] = &[
+    "Main St",
+    "Canal Rd",
+    "Market Sq",
+    "Mill Ln",
+    "Harbour Way",
+    "Elm Ave",
+];
+const CITIES: &[&str] = &[
+    "Amsterdam",
+    "Utrecht",
+    "Rotterdam",
+    "Den Haag",
+    "Eindhoven",
+    "Groningen",
+    "Leiden",
+    "Delft",
+];
+const TAGS: &[&str] = &["newsletter", "vip", "wholesale", "returning"];
+const TIERS: &[&str] = &["bronze", "silver", "gold"];
+const STATUSES: &[&str] = &["placed", "paid", "shipped", "delivered", "returned"];
+const SHIPPING: &[&str] = &["standard", "express", "pickup"];
+const OPTIONS: &[&str] = &["gift-wrap", "engraving"];
+const PRODUCT_TYPES: &[&str] = &["mug", "poster", "notebook", "tote", "candle", "teapot"];
+const ADJECTIVES: &[&str] = &["Classic", "Sturdy", "Bright", "Quiet", "Rustic", "Modern"];
+const SUPPLIES: &[&str] = &["clay", "paper", "cotton", "wax", "glaze", "ink"];
+
+#[derive(Serialize)]
+struct Address {
+    street: String,
+    city: &'static str,
+    postcode: String,
+    country: &'static str,
+}
+
+#[derive(Serialize)]
+struct Customer {
+    id: u64,
+    name: String,
+    email: String,
+    address: Address,
+    tags: Vec<&'static str>,
+    created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    loyalty_tier: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct Shipping {
+    method: &'static str,
+    cost: f64,
+}
+
+#[derive(Serialize)]
+struct Order {
+    id: u64,
+    customer_id: u64,
+    store_id: u64,
+    ordered_at: String,
+    status: &'static str,
+    subtotal: f64,
+    tax_paid: f64,
+    order_total: f64,
+    item_count: u64,
+    shipping: Shipping,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    coupon: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Item {
+    id: u64,
+    order_id: u64,
+    line: u64,
+    product_id: u64,
+    quantity: u64,
+    unit_price: f64,
+    options: Vec<&'static str>,
+}
+
+#[derive(Serialize)]
+struct Dimensions {
+    width_cm: u64,
+    height_cm: u64,
+    depth_cm: u64,
+}
+
+#[derive(Serialize)]
+struct Product {
+    id: u64,
+    sku: String,
+    name: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    price: f64,
+    description: String,
+    dimensions: Dimensions,
+    tags: Vec<&'static str>,
+}
+
+#[derive(Serialize)]
+struct Supply {
+    id: u64,
+    product_id: u64,
+    name: String,
+    cost: f64,
+    perishable: bool,
+}
+
+#[derive(Serialize)]
+struct Location {
+    lat: f64,
+    lon: f64,
+}
+
+#[derive(Serialize)]
+struct Store {
+    id: u64,
+    name: String,
+    opened_at: String,
+    tax_rate: f64,
+    location: Location,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn items_map_back_to_their_orders() {
+        let ds = Dataset::new(10);
+        assert_eq!(
+            ds.total(Resource::Items),
+            1 + 2 + 3 + 4 + 1 + 2 + 3 + 4 + 1 + 2
+        );
+        let mut per_order = std::collections::BTreeMap::new();
+        for k in 0..ds.total(Resource::Items) {
+            let (order, line) = order_of_item(k);
+            let e = per_order.entry(order).or_insert(0);
+            assert_eq!(line, *e, "lines are consecutive");
+            *e += 1;
+        }
+        for (order, count) in per_order {
+            assert_eq!(count, 1 + order % 4);
+        }
+    }
+
+    #[test]
+    fn data_is_deterministic_and_late_fields_appear_late() {
+        let ds = Dataset::new(1000);
+        assert_eq!(
+            ds.record_value(Resource::Orders, 5),
+            Dataset::new(1000).record_value(Resource::Orders, 5)
+        );
+        let first = ds.record_value(Resource::Customers, 0);
+        let last = ds.record_value(Resource::Customers, ds.total(Resource::Customers) - 1);
+        assert!(first.get("loyalty_tier").is_none());
+        assert!(last.get("loyalty_tier").is_some());
+        assert!(
+            ds.record_value(Resource::Orders, 999)
+                .get("coupon")
+                .is_some()
+        );
+        assert!(ds.record_value(Resource::Orders, 0).get("coupon").is_none());
+    }
+
+    #[test]
+    fn pages_are_json_arrays_of_the_requested_slice() {
+        let ds = Dataset::new(100);
+        let mut out = Vec::new();
+        let n = ds.write_page(Resource::Orders, 95, 10, &mut out).unwrap();
+        assert_eq!(n, 5);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v.as_array().unwrap().len(), 5);
+        assert_eq!(v[0]["id"], 96);
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        assert_eq!(timestamp(0), "1970-01-01T00:00:00Z");
+        assert_eq!(timestamp(1_704_067_200 + 3661), "2024-01-01T01:01:01Z");
+        assert_eq!(timestamp(951_782_400), "2000-02-29T00:00:00Z");
+    }
+}
