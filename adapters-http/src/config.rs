@@ -228,6 +228,7 @@ mod tests {
             sync_key: "orders".into(),
             dry_run: true,
             template_scope: json!({"env": {"PORT": "9"}, "config": {}}),
+            base_dir: ".".into(),
         }
     }
 

@@ -106,6 +106,7 @@ fn ctx() -> BuildContext {
         sync_key: "items".into(),
         dry_run: false,
         template_scope: json!({"env": {"TOKEN_FOR_TEST": "s3cret"}, "config": {}}),
+        base_dir: ".".into(),
     }
 }
 

@@ -12,6 +12,7 @@
 //! - `build` may do I/O (open files, connect, read remote metadata).
 //! - The config type should use `#[serde(deny_unknown_fields)]`.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -32,6 +33,9 @@ pub struct BuildContext {
     /// The scope that templates in configuration can read (`env`, `config`); see
     /// [`template_scope_from_env`](crate::template_scope_from_env).
     pub template_scope: Value,
+    /// The directory relative paths in configuration are resolved against (the
+    /// configuration file's directory).
+    pub base_dir: PathBuf,
 }
 
 impl BuildContext {
@@ -41,6 +45,7 @@ impl BuildContext {
             sync_key: sync_key.into(),
             dry_run,
             template_scope: crate::template::template_scope_from_env(),
+            base_dir: PathBuf::from("."),
         }
     }
 }

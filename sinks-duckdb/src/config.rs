@@ -1,0 +1,48 @@
+//! Configuration of the `duckdb` sink.
+//!
+//! ```yaml
+//! sinks:
+//!   warehouse:
+//!     type: duckdb
+//!     path: shop.duckdb      # relative to the configuration file
+//!     memoryLimitMb: 32      # DuckDB's own buffer pool
+//! ```
+
+use serde::Deserialize;
+use sluicegate_core::{Result, field_error};
+
+/// The `duckdb` sink section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DuckDbSinkConfig {
+    /// The database file, relative to the configuration file's directory;
+    /// `:memory:` for a database that lives only as long as the run.
+    pub path: String,
+    /// DuckDB's memory limit (its buffer pool) in MiB. Together with the run's
+    /// memory budget this bounds the process's memory.
+    #[serde(default = "default_memory_limit_mb")]
+    pub memory_limit_mb: u64,
+    /// DuckDB worker threads (default: DuckDB's choice, the number of cores).
+    #[serde(default)]
+    pub threads: Option<u32>,
+}
+
+fn default_memory_limit_mb() -> u64 {
+    32
+}
+
+impl DuckDbSinkConfig {
+    /// Checks the values without touching the file system.
+    pub fn validate(&self) -> Result<()> {
+        if self.path.trim().is_empty() {
+            return Err(field_error("path", "must not be empty"));
+        }
+        if self.memory_limit_mb < 8 {
+            return Err(field_error("memoryLimitMb", "must be at least 8"));
+        }
+        if self.threads == Some(0) {
+            return Err(field_error("threads", "must be at least 1"));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,228 @@
+//! Column types inferred from records, how they widen, and identifier quoting.
+
+use std::collections::HashMap;
+
+use duckdb::types::{ToSql, ToSqlOutput, ValueRef};
+use serde_json::Value;
+
+/// The column types the sink creates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ColumnType {
+    Boolean,
+    BigInt,
+    HugeInt,
+    Double,
+    Varchar,
+    /// Objects and lists, stored as JSON text.
+    Json,
+    /// A type the sink did not create (a table made by someone else); values are
+    /// sent as text and DuckDB casts them.
+    Other(String),
+}
+
+impl ColumnType {
+    pub(crate) fn sql(&self) -> &str {
+        match self {
+            ColumnType::Boolean => "BOOLEAN",
+            ColumnType::BigInt => "BIGINT",
+            ColumnType::HugeInt => "HUGEINT",
+            ColumnType::Double => "DOUBLE",
+            ColumnType::Varchar => "VARCHAR",
+            ColumnType::Json => "JSON",
+            ColumnType::Other(t) => t,
+        }
+    }
+
+    pub(crate) fn from_sql(name: &str) -> ColumnType {
+        match name.to_ascii_uppercase().as_str() {
+            "BOOLEAN" => ColumnType::Boolean,
+            "BIGINT" => ColumnType::BigInt,
+            "HUGEINT" => ColumnType::HugeInt,
+            "DOUBLE" => ColumnType::Double,
+            "VARCHAR" => ColumnType::Varchar,
+            "JSON" => ColumnType::Json,
+            other => ColumnType::Other(other.to_owned()),
+        }
+    }
+
+    /// The type a JSON value asks for; `None` for null (no information).
+    pub(crate) fn of(value: &Value) -> Option<ColumnType> {
+        Some(match value {
+            Value::Null => return None,
+            Value::Bool(_) => ColumnType::Boolean,
+            Value::Number(n) if n.is_i64() => ColumnType::BigInt,
+            Value::Number(n) if n.is_u64() => ColumnType::HugeInt,
+            Value::Number(_) => ColumnType::Double,
+            Value::String(_) => ColumnType::Varchar,
+            Value::Array(_) | Value::Object(_) => ColumnType::Json,
+        })
+    }
+
+    /// The narrowest type holding both without loss.
+    pub(crate) fn widen(&self, other: &ColumnType) -> ColumnType {
+        use ColumnType::*;
+        match (self, other) {
+            (a, b) if a == b => a.clone(),
+            (Other(t), _) | (_, Other(t)) => Other(t.clone()),
+            (BigInt, HugeInt) | (HugeInt, BigInt) => HugeInt,
+            (BigInt | HugeInt, Double) | (Double, BigInt | HugeInt) => Double,
+            (Json, Boolean | BigInt | HugeInt | Double)
+            | (Boolean | BigInt | HugeInt | Double, Json) => Json,
+            _ => Varchar,
+        }
+    }
+}
+
+/// Quotes an identifier for SQL: `"name"` with inner quotes doubled. Every table
+/// and column name that reaches SQL goes through this.
+pub(crate) fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A table's columns and how record fields map onto them.
+///
+/// DuckDB identifiers are case-insensitive even when quoted, so two fields that
+/// differ only in case (`Id`, `id`) cannot both be columns named after them: the
+/// second one gets a `_2` suffix (then `_3`, ...) instead of overwriting the first.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TableSchema {
+    pub(crate) columns: Vec<(String, ColumnType)>,
+    by_field: HashMap<String, usize>,
+    lower_names: HashMap<String, usize>,
+}
+
+impl TableSchema {
+    /// The schema of an existing table (fields map to their same-named columns).
+    pub(crate) fn from_columns(columns: Vec<(String, ColumnType)>) -> Self {
+        let mut schema = TableSchema::default();
+        for (name, ty) in columns {
+            let idx = schema.columns.len();
+            schema.lower_names.insert(name.to_lowercase(), idx);
+            schema.by_field.insert(name.clone(), idx);
+            schema.columns.push((name, ty));
+        }
+        schema
+    }
+
+    pub(crate) fn column_of(&self, field: &str) -> Option<usize> {
+        self.by_field.get(field).copied()
+    }
+
+    /// Adds a column for a new field and returns its index and name.
+    pub(crate) fn add_field(&mut self, field: &str, ty: ColumnType) -> usize {
+        let mut name = field.to_owned();
+        let mut n = 1;
+        while self.lower_names.contains_key(&name.to_lowercase()) {
+            n += 1;
+            name = format!("{field}_{n}");
+        }
+        let idx = self.columns.len();
+        self.lower_names.insert(name.to_lowercase(), idx);
+        self.by_field.insert(field.to_owned(), idx);
+        self.columns.push((name, ty));
+        idx
+    }
+}
+
+/// One value on its way into the appender, borrowing from the record when it can.
+pub(crate) enum Cell<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Huge(i128),
+    Double(f64),
+    Text(&'a str),
+    Owned(String),
+}
+
+impl ToSql for Cell<'_> {
+    fn to_sql(&self) -> duckdb::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(match self {
+            Cell::Null => ValueRef::Null,
+            Cell::Bool(b) => ValueRef::Boolean(*b),
+            Cell::Int(i) => ValueRef::BigInt(*i),
+            Cell::Huge(i) => ValueRef::HugeInt(*i),
+            Cell::Double(f) => ValueRef::Double(*f),
+            Cell::Text(s) => ValueRef::Text(s.as_bytes()),
+            Cell::Owned(s) => ValueRef::Text(s.as_bytes()),
+        }))
+    }
+}
+
+/// Converts a JSON value for a column of type `ty` (which the value's own type
+/// has already been widened into).
+pub(crate) fn cell<'a>(value: &'a Value, ty: &ColumnType) -> Cell<'a> {
+    match (value, ty) {
+        (Value::Null, _) => Cell::Null,
+        (Value::Bool(b), ColumnType::Boolean) => Cell::Bool(*b),
+        (Value::Number(n), ColumnType::BigInt) if n.is_i64() => {
+            Cell::Int(n.as_i64().unwrap_or_default())
+        }
+        (Value::Number(n), ColumnType::HugeInt) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => Cell::Huge(i128::from(i)),
+            (_, Some(u)) => Cell::Huge(i128::from(u)),
+            _ => Cell::Owned(n.to_string()),
+        },
+        (Value::Number(n), ColumnType::Double) => Cell::Double(n.as_f64().unwrap_or(f64::NAN)),
+        (Value::String(s), ColumnType::Varchar | ColumnType::Other(_)) => Cell::Text(s),
+        (Value::Array(_) | Value::Object(_), _) | (_, ColumnType::Json) => {
+            Cell::Owned(value.to_string())
+        }
+        (Value::Bool(b), _) => Cell::Text(if *b { "true" } else { "false" }),
+        (Value::Number(n), _) => Cell::Owned(n.to_string()),
+        (Value::String(s), _) => Cell::Text(s),
+    }
+}
+
+/// A key value as text, for merging duplicates within a batch.
+pub(crate) fn key_text(value: &Value) -> Option<String> {
+    match value {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ColumnType::*;
+    use serde_json::json;
+
+    #[test]
+    fn inference_and_widening() {
+        assert_eq!(ColumnType::of(&json!(1)), Some(BigInt));
+        assert_eq!(ColumnType::of(&json!(u64::MAX)), Some(HugeInt));
+        assert_eq!(ColumnType::of(&json!(1.5)), Some(Double));
+        assert_eq!(ColumnType::of(&json!({"a": 1})), Some(Json));
+        assert_eq!(ColumnType::of(&json!(null)), None);
+        assert_eq!(BigInt.widen(&Double), Double);
+        assert_eq!(BigInt.widen(&HugeInt), HugeInt);
+        assert_eq!(Json.widen(&BigInt), Json);
+        assert_eq!(Json.widen(&Varchar), Varchar);
+        assert_eq!(Boolean.widen(&BigInt), Varchar);
+        assert_eq!(Varchar.widen(&Double), Varchar);
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_ident("we\"ird name"), "\"we\"\"ird name\"");
+    }
+
+    #[test]
+    fn case_colliding_fields_get_their_own_columns() {
+        let mut s = TableSchema::from_columns(vec![("id".into(), BigInt)]);
+        assert_eq!(s.column_of("id"), Some(0));
+        let i = s.add_field("ID", Varchar);
+        assert_eq!(s.columns[i].0, "ID_2");
+        assert_eq!(s.column_of("ID"), Some(1));
+    }
+
+    #[test]
+    fn cells_follow_the_column_type() {
+        assert!(matches!(cell(&json!(3), &Double), Cell::Double(f) if f == 3.0));
+        assert!(matches!(cell(&json!(true), &Varchar), Cell::Text("true")));
+        assert!(matches!(cell(&json!("x"), &Json), Cell::Owned(ref s) if s == "\"x\""));
+        assert!(matches!(cell(&json!([1]), &Varchar), Cell::Owned(ref s) if s == "[1]"));
+    }
+}

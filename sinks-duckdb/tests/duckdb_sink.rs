@@ -1,0 +1,356 @@
+//! The `duckdb` sink against a real DuckDB database file.
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+use sluicegate_core::{Batch, BuildContext, MemoryBudget, Sink, StreamTarget, into_record};
+use sluicegate_sinks_duckdb::{DuckDbSink, DuckDbSinkConfig};
+
+fn ctx(dir: &Path, dry_run: bool) -> BuildContext {
+    BuildContext {
+        sync_key: String::new(),
+        dry_run,
+        template_scope: json!({}),
+        base_dir: dir.to_path_buf(),
+    }
+}
+
+fn sink(dir: &Path, dry_run: bool) -> DuckDbSink {
+    let config = DuckDbSinkConfig {
+        path: "test.duckdb".into(),
+        memory_limit_mb: 32,
+        threads: Some(1),
+    };
+    DuckDbSink::open(&config, &ctx(dir, dry_run)).unwrap()
+}
+
+fn target(table: &str, key: Option<&str>) -> StreamTarget {
+    StreamTarget {
+        sync_key: table.into(),
+        table: table.into(),
+        key_field: key.map(str::to_owned),
+    }
+}
+
+async fn batch(records: Vec<Value>) -> Batch {
+    let budget = MemoryBudget::unlimited();
+    Batch::new(
+        records.into_iter().map(into_record).collect(),
+        budget.acquire(1024).await.unwrap(),
+    )
+}
+
+fn query(dir: &Path, sql: &str) -> Vec<Vec<Value>> {
+    let conn = duckdb::Connection::open(dir.join("test.duckdb")).unwrap();
+    let mut stmt = conn.prepare(sql).unwrap();
+    let mut rows = stmt.query([]).unwrap();
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().unwrap() {
+        let n = row.as_ref().column_count();
+        out.push(
+            (0..n)
+                .map(|i| match row.get_ref(i).unwrap() {
+                    duckdb::types::ValueRef::Null => Value::Null,
+                    duckdb::types::ValueRef::Boolean(b) => json!(b),
+                    duckdb::types::ValueRef::BigInt(i) => json!(i),
+                    duckdb::types::ValueRef::HugeInt(i) => json!(i.to_string()),
+                    duckdb::types::ValueRef::Double(f) => json!(f),
+                    duckdb::types::ValueRef::Text(t) => json!(String::from_utf8_lossy(t)),
+                    other => json!(format!("{other:?}")),
+                })
+                .collect(),
+        );
+    }
+    out
+}
+
+#[tokio::test]
+async fn creates_the_table_and_upserts_on_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = sink(dir.path(), false);
+    let mut w = sink.open(target("people", Some("id"))).await.unwrap();
+    let ack = w
+        .write(
+            batch(vec![
+                json!({"id": 1, "name": "a"}),
+                json!({"id": 2, "name": "b"}),
+                json!({"id": 3, "name": "c"}),
+            ])
+            .await,
+        )
+        .await
+        .unwrap();
+    assert_eq!((ack.rows, ack.inserted, ack.updated), (3, 3, 0));
+    let ack = w
+        .write(
+            batch(vec![
+                json!({"id": 2, "name": "B"}),
+                json!({"id": 4, "name": "d"}),
+            ])
+            .await,
+        )
+        .await
+        .unwrap();
+    assert_eq!((ack.rows, ack.inserted, ack.updated), (2, 1, 1));
+    let summary = w.finish().await.unwrap();
+    assert_eq!(summary.total_rows, Some(4));
+    drop(sink);
+    assert_eq!(
+        query(dir.path(), "SELECT id, name FROM people ORDER BY id"),
+        vec![
+            vec![json!(1), json!("a")],
+            vec![json!(2), json!("B")],
+            vec![json!(3), json!("c")],
+            vec![json!(4), json!("d")]
+        ]
+    );
+}
+
+#[tokio::test]
+async fn rerunning_the_same_data_leaves_the_same_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    for _ in 0..2 {
+        let sink = sink(dir.path(), false);
+        let mut w = sink.open(target("t", Some("id"))).await.unwrap();
+        w.write(batch((0..100).map(|i| json!({"id": i, "v": i * 2})).collect()).await)
+            .await
+            .unwrap();
+        w.finish().await.unwrap();
+    }
+    assert_eq!(
+        query(
+            dir.path(),
+            "SELECT count(*), count(DISTINCT id), sum(v)::BIGINT FROM t"
+        ),
+        vec![vec![json!(100), json!(100), json!(9900)]]
+    );
+}
+
+#[tokio::test]
+async fn new_fields_become_columns_and_nested_values_are_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = sink(dir.path(), false);
+    let mut w = sink.open(target("orders", Some("id"))).await.unwrap();
+    w.write(
+        batch(vec![
+            json!({"id": 1, "shipping": {"method": "express"}, "tags": ["a", "b"]}),
+        ])
+        .await,
+    )
+    .await
+    .unwrap();
+    w.write(
+        batch(vec![
+            json!({"id": 2, "coupon": "SAVE5", "shipping": {"method": "pickup"}, "tags": []}),
+        ])
+        .await,
+    )
+    .await
+    .unwrap();
+    w.finish().await.unwrap();
+    drop(sink);
+    let types = query(
+        dir.path(),
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'orders' ORDER BY ordinal_position",
+    );
+    assert_eq!(
+        types,
+        vec![
+            vec![json!("id"), json!("BIGINT")],
+            vec![json!("shipping"), json!("JSON")],
+            vec![json!("tags"), json!("JSON")],
+            vec![json!("coupon"), json!("VARCHAR")],
+        ]
+    );
+    assert_eq!(
+        query(
+            dir.path(),
+            "SELECT id, shipping->>'method', json_array_length(tags)::BIGINT, coupon FROM orders ORDER BY id"
+        ),
+        vec![
+            vec![json!(1), json!("express"), json!(2), Value::Null],
+            vec![json!(2), json!("pickup"), json!(0), json!("SAVE5")]
+        ]
+    );
+}
+
+#[tokio::test]
+async fn columns_widen_when_values_stop_fitting() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = sink(dir.path(), false);
+    let mut w = sink.open(target("w", Some("id"))).await.unwrap();
+    w.write(batch(vec![json!({"id": 1, "n": 5, "flag": true})]).await)
+        .await
+        .unwrap();
+    w.write(batch(vec![json!({"id": 2, "n": 2.5, "flag": "maybe"})]).await)
+        .await
+        .unwrap();
+    w.finish().await.unwrap();
+    drop(sink);
+    assert_eq!(
+        query(dir.path(), "SELECT n, flag FROM w ORDER BY id"),
+        vec![
+            vec![json!(5.0), json!("true")],
+            vec![json!(2.5), json!("maybe")]
+        ]
+    );
+}
+
+#[tokio::test]
+async fn identifiers_from_data_are_quoted_and_case_collisions_kept_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = sink(dir.path(), false);
+    let mut w = sink
+        .open(target("odd \"table\"; DROP TABLE x", Some("id")))
+        .await
+        .unwrap();
+    w.write(
+        batch(vec![
+            json!({"id": 1, "we\"ird col": 1, "Name": "upper", "name": "lower"}),
+        ])
+        .await,
+    )
+    .await
+    .unwrap();
+    w.finish().await.unwrap();
+    drop(sink);
+    assert_eq!(
+        query(
+            dir.path(),
+            r#"SELECT "we""ird col", "Name", "name_2" FROM "odd ""table""; DROP TABLE x""#
+        ),
+        vec![vec![json!(1), json!("upper"), json!("lower")]]
+    );
+}
+
+#[tokio::test]
+async fn duplicate_keys_in_a_batch_keep_the_last_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = sink(dir.path(), false);
+    let mut w = sink.open(target("d", Some("id"))).await.unwrap();
+    let ack = w
+        .write(
+            batch(vec![
+                json!({"id": "x", "v": 1}),
+                json!({"id": "y", "v": 2}),
+                json!({"id": "x", "v": 3}),
+            ])
+            .await,
+        )
+        .await
+        .unwrap();
+    assert_eq!((ack.rows, ack.duplicates), (2, 1));
+    w.finish().await.unwrap();
+    drop(sink);
+    assert_eq!(
+        query(dir.path(), "SELECT id, v FROM d ORDER BY id"),
+        vec![vec![json!("x"), json!(3)], vec![json!("y"), json!(2)]]
+    );
+}
+
+#[tokio::test]
+async fn a_record_without_its_key_is_an_error_showing_the_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = sink(dir.path(), false);
+    let mut w = sink.open(target("k", Some("id"))).await.unwrap();
+    let err = w
+        .write(batch(vec![json!({"id": 1}), json!({"name": "no key"})]).await)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("no value for the key field 'id'"),
+        "{err}"
+    );
+    assert_eq!(err.context_value("record"), Some("{\"name\":\"no key\"}"));
+}
+
+#[tokio::test]
+async fn a_failing_batch_is_rolled_back_entirely() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let conn = duckdb::Connection::open(dir.path().join("test.duckdb")).unwrap();
+        conn.execute_batch("CREATE TABLE ev (id BIGINT, \"at\" TIMESTAMP); INSERT INTO ev VALUES (1, '2024-01-01 00:00:00')")
+            .unwrap();
+    }
+    let sink = sink(dir.path(), false);
+    let mut w = sink.open(target("ev", Some("id"))).await.unwrap();
+    let err = w
+        .write(
+            batch(vec![
+                json!({"id": 2, "at": "2024-02-02T00:00:00"}),
+                json!({"id": 3, "at": "not a time"}),
+            ])
+            .await,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.context_value("table"), Some("ev"));
+    // The writer still works after the failure.
+    w.write(batch(vec![json!({"id": 4, "at": "2024-03-03 00:00:00"})]).await)
+        .await
+        .unwrap();
+    w.finish().await.unwrap();
+    drop(sink);
+    assert_eq!(
+        query(dir.path(), "SELECT id FROM ev ORDER BY id"),
+        vec![vec![json!(1)], vec![json!(4)]]
+    );
+}
+
+#[tokio::test]
+async fn a_dry_run_never_creates_or_changes_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let sink = sink(dir.path(), true);
+        let mut w = sink.open(target("p", Some("id"))).await.unwrap();
+        let ack = w
+            .write(batch(vec![json!({"id": 1}), json!({"id": 2})]).await)
+            .await
+            .unwrap();
+        assert_eq!((ack.inserted, ack.updated), (2, 0));
+        w.finish().await.unwrap();
+    }
+    assert!(
+        !dir.path().join("test.duckdb").exists(),
+        "a dry run must not create the file"
+    );
+
+    {
+        let sink = sink(dir.path(), false);
+        let mut w = sink.open(target("p", Some("id"))).await.unwrap();
+        w.write(batch(vec![json!({"id": 1, "v": "old"})]).await)
+            .await
+            .unwrap();
+        w.finish().await.unwrap();
+    }
+    let before = std::fs::read(dir.path().join("test.duckdb")).unwrap();
+    {
+        let sink = sink(dir.path(), true);
+        let mut w = sink.open(target("p", Some("id"))).await.unwrap();
+        let ack = w
+            .write(
+                batch(vec![
+                    json!({"id": 1, "v": "new", "extra": 1}),
+                    json!({"id": 2}),
+                ])
+                .await,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (ack.inserted, ack.updated),
+            (1, 1),
+            "one new key, one existing"
+        );
+        w.finish().await.unwrap();
+    }
+    assert_eq!(
+        std::fs::read(dir.path().join("test.duckdb")).unwrap(),
+        before,
+        "file unchanged"
+    );
+    assert_eq!(
+        query(dir.path(), "SELECT id, v FROM p"),
+        vec![vec![json!(1), json!("old")]]
+    );
+}
