@@ -1,0 +1,86 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Sync paginated REST APIs and databases into DuckDB and content platforms with
+/// memory that stays flat however large the dataset is.
+#[derive(Debug, Parser)]
+#[command(name = "sluicegate", version, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Sync entries of the configuration file into their sinks (a dry run unless --apply).
+    #[command(name = "sync-api")]
+    SyncApi(SyncArgs),
+}
+
+/// Arguments of `sync-api`.
+#[derive(Debug, Clone, Args)]
+pub struct SyncArgs {
+    /// Key of the sync entry to run; repeat to run several, in the order given.
+    #[arg(
+        short = 'k',
+        long = "key",
+        value_name = "KEY",
+        required_unless_present = "all"
+    )]
+    pub keys: Vec<String>,
+
+    /// Run every sync entry of the configuration, in file order.
+    #[arg(long, conflicts_with = "keys")]
+    pub all: bool,
+
+    /// The configuration file; relative paths inside it are resolved against its directory.
+    #[arg(
+        short,
+        long,
+        value_name = "FILE",
+        default_value = "sluicegate.yaml",
+        env = "SLUICEGATE_CONFIG"
+    )]
+    pub config: PathBuf,
+
+    /// Write to the sinks. Without it the run is a dry run: everything is read and
+    /// compared, and what would be written is reported, but nothing is written.
+    #[arg(short, long)]
+    pub apply: bool,
+
+    /// Stream: read and write concurrently under the memory budget, so memory stays
+    /// flat whatever the data size. Without it each source is read completely before
+    /// it is written (fine for small data; stops with an error when it does not fit
+    /// the budget).
+    #[arg(long)]
+    pub streaming: bool,
+
+    /// Most records written per sink batch (one transaction per batch).
+    #[arg(long, value_name = "N", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_size: u64,
+
+    /// Memory budget for records in flight (pages being decoded, batches waiting and
+    /// being written), in MiB. When it is full the sources wait (streaming) or the run
+    /// stops with an error (classic mode). The sink's own memory is configured on the
+    /// sink (DuckDB: memoryLimitMb).
+    #[arg(long, value_name = "MB", default_value_t = 32, env = "SLUICEGATE_MAX_MEMORY_MB", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_memory_mb: u64,
+
+    /// Ignore saved checkpoints and start every stream from the beginning.
+    #[arg(long)]
+    pub full_refresh: bool,
+
+    /// Where checkpoints of interrupted runs are kept [default: .sluicegate/state next
+    /// to the configuration file].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// No progress display; errors and the final summary only.
+    #[arg(short, long)]
+    pub quiet: bool,
+}

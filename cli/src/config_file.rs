@@ -1,0 +1,285 @@
+//! The configuration file: `version`, named `sinks`, and `syncs` entries.
+//!
+//! ```yaml
+//! version: 1
+//! sinks:
+//!   warehouse: { type: duckdb, path: shop.duckdb }
+//! syncs:
+//!   - key: products
+//!     sink: warehouse
+//!     table: products        # default: the key
+//!     keyField: id           # upsert key; without it rows are appended
+//!     source: { type: http, endPoint: "...", ... }
+//! ```
+//!
+//! Only the shape of the file is checked here; each `source` and sink section
+//! is parsed by its adapter's factory (see [`prepare`](crate::sync::prepare)).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use sluicegate_core::{Error, Result};
+
+/// The configuration file format version this build reads.
+pub const CONFIG_VERSION: u32 = 1;
+
+/// A loaded configuration file.
+#[derive(Debug)]
+pub struct ConfigFile {
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// Named sink sections (raw; parsed by the sink's factory).
+    pub sinks: BTreeMap<String, Value>,
+    /// Sync entries, in file order.
+    pub syncs: Vec<SyncEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawFile {
+    version: u32,
+    #[serde(default)]
+    sinks: BTreeMap<String, Value>,
+    #[serde(default)]
+    syncs: Vec<SyncEntry>,
+}
+
+/// One `syncs` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SyncEntry {
+    /// The key that `--key` selects.
+    pub key: String,
+    /// The name of a sink in `sinks`.
+    pub sink: String,
+    /// Target table (or content type); defaults to the key.
+    #[serde(default, alias = "contentType")]
+    pub table: Option<String>,
+    /// Field that identifies a record, for upserts.
+    #[serde(default, alias = "contentKeyField")]
+    pub key_field: Option<String>,
+    /// The source section (raw; parsed by the source's factory).
+    pub source: Value,
+}
+
+impl SyncEntry {
+    /// The target table.
+    pub fn table(&self) -> &str {
+        self.table.as_deref().unwrap_or(&self.key)
+    }
+
+    /// Where this entry's source section is, for error messages.
+    pub fn source_path(&self) -> String {
+        format!("syncs[{}].source", self.key)
+    }
+}
+
+impl ConfigFile {
+    /// Reads and checks the file's shape.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::NotFound {
+                " (pass --config FILE, or run where sluicegate.yaml is)"
+            } else {
+                ""
+            };
+            Error::config(format!("cannot read config file {}{hint}", path.display()))
+                .with_source(e)
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses configuration text; `path` is used in messages and to resolve
+    /// relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        let file = path.display();
+        let de = serde_yaml_ng::Deserializer::from_str(text);
+        let raw: RawFile = serde_path_to_error::deserialize(de).map_err(|err| {
+            let at = err.path().to_string();
+            let inner = err.into_inner().to_string();
+            if at.is_empty() || at == "." {
+                Error::config(format!("{file}: {inner}"))
+            } else {
+                Error::config(format!("{file}: {at}: {inner}"))
+            }
+        })?;
+        if raw.version != CONFIG_VERSION {
+            return Err(Error::config(format!(
+                "{file}: version {} is not supported (this sluicegate reads version {CONFIG_VERSION})",
+                raw.version
+            )));
+        }
+        let mut seen = BTreeSet::new();
+        for (i, entry) in raw.syncs.iter().enumerate() {
+            if entry.key.trim().is_empty() {
+                return Err(Error::config(format!(
+                    "{file}: syncs[{i}].key must not be empty"
+                )));
+            }
+            if !seen.insert(entry.key.as_str()) {
+                return Err(Error::config(format!(
+                    "{file}: sync key '{}' is defined twice",
+                    entry.key
+                )));
+            }
+            if !raw.sinks.contains_key(&entry.sink) {
+                let known: Vec<&str> = raw.sinks.keys().map(String::as_str).collect();
+                return Err(Error::config(format!(
+                    "{file}: syncs[{}].sink: no sink named '{}' (sinks: {})",
+                    entry.key,
+                    entry.sink,
+                    if known.is_empty() {
+                        "none defined".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                )));
+            }
+            if !entry.source.is_object() {
+                return Err(Error::config(format!(
+                    "{file}: syncs[{}].source must be a mapping",
+                    entry.key
+                )));
+            }
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            sinks: raw.sinks,
+            syncs: raw.syncs,
+        })
+    }
+
+    /// The directory relative paths in the file are resolved against.
+    pub fn base_dir(&self) -> PathBuf {
+        match self.path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    }
+
+    /// The entries for the given keys (all entries if `keys` is empty), in the
+    /// order asked for; an unknown key is an error listing the known ones.
+    pub fn select(&self, keys: &[String]) -> Result<Vec<&SyncEntry>> {
+        if keys.is_empty() {
+            return Ok(self.syncs.iter().collect());
+        }
+        keys.iter()
+            .map(|key| {
+                self.syncs.iter().find(|e| &e.key == key).ok_or_else(|| {
+                    let known: Vec<&str> = self.syncs.iter().map(|e| e.key.as_str()).collect();
+                    Error::config(format!(
+                        "{}: no sync entry with key '{key}' (keys: {})",
+                        self.path.display(),
+                        if known.is_empty() {
+                            "none defined".to_owned()
+                        } else {
+                            known.join(", ")
+                        }
+                    ))
+                })
+            })
+            .collect()
+    }
+}
+
+/// Splits an adapter section into its `type` and the rest.
+pub fn split_type(section: &Value, path: &str) -> Result<(String, Value)> {
+    let Some(map) = section.as_object() else {
+        return Err(Error::config(format!("{path} must be a mapping")));
+    };
+    let Some(kind) = map.get("type") else {
+        return Err(Error::config(format!("{path}: missing `type`")));
+    };
+    let Some(kind) = kind.as_str() else {
+        return Err(Error::config(format!("{path}.type must be a string")));
+    };
+    let rest: Map<String, Value> = map
+        .iter()
+        .filter(|(k, _)| k.as_str() != "type")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Ok((kind.to_owned(), Value::Object(rest)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ConfigFile> {
+        ConfigFile::parse(text, Path::new("conf/sluicegate.yaml"))
+    }
+
+    const GOOD: &str = "version: 1\nsinks:\n  wh: {type: duckdb, path: x.duckdb}\nsyncs:\n  - key: a\n    sink: wh\n    keyField: id\n    source: {type: http, endPoint: 'http://x'}\n  - key: b\n    sink: wh\n    contentType: bees\n    source: {type: http, endPoint: 'http://y'}\n";
+
+    #[test]
+    fn parses_entries_and_aliases() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.syncs.len(), 2);
+        assert_eq!(c.syncs[0].table(), "a");
+        assert_eq!(c.syncs[1].table(), "bees");
+        assert_eq!(c.base_dir(), PathBuf::from("conf"));
+        assert_eq!(c.select(&["b".into()]).unwrap()[0].key, "b");
+    }
+
+    #[test]
+    fn mistakes_are_one_line_naming_where() {
+        let err = parse(&GOOD.replace("keyField", "keyFeild"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("conf/sluicegate.yaml: syncs[0]: unknown field `keyFeild`"),
+            "{err}"
+        );
+        assert!(!err.contains('\n'), "{err}");
+
+        let err = parse(&GOOD.replace("sink: wh\n    contentType", "sink: lake\n    contentType"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "conf/sluicegate.yaml: syncs[b].sink: no sink named 'lake' (sinks: wh)"
+        );
+
+        let err = parse(&GOOD.replace("version: 1", "version: 2"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("version 2 is not supported"), "{err}");
+
+        let err = parse(&GOOD.replace("key: b", "key: a"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sync key 'a' is defined twice"), "{err}");
+
+        let err = parse(GOOD)
+            .unwrap()
+            .select(&["zz".into()])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "conf/sluicegate.yaml: no sync entry with key 'zz' (keys: a, b)"
+        );
+
+        let err = parse("version: 1\nsyncs: [\n").unwrap_err().to_string();
+        assert!(
+            err.contains("line"),
+            "yaml syntax errors carry the position: {err}"
+        );
+    }
+
+    #[test]
+    fn split_type_separates_the_adapter_type() {
+        let (kind, rest) =
+            split_type(&serde_json::json!({"type": "http", "endPoint": "x"}), "s").unwrap();
+        assert_eq!(kind, "http");
+        assert_eq!(rest, serde_json::json!({"endPoint": "x"}));
+        assert!(
+            split_type(&serde_json::json!({"endPoint": "x"}), "s")
+                .unwrap_err()
+                .to_string()
+                .contains("missing `type`")
+        );
+    }
+}

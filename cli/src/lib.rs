@@ -1,0 +1,125 @@
+#![doc = include_str!("../README.md")]
+
+pub mod args;
+pub mod config_file;
+pub mod progress;
+pub mod sync;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use sluicegate_core::{Error, ErrorKind, Registry};
+
+use crate::args::{Cli, Command, SyncArgs};
+use crate::config_file::ConfigFile;
+
+/// Exit code of a run that completed.
+pub const EXIT_OK: u8 = 0;
+/// Exit code of a run in which a sync failed.
+pub const EXIT_FAILED: u8 = 1;
+/// Exit code of a configuration or usage error (nothing was synced).
+pub const EXIT_CONFIG: u8 = 2;
+
+/// Runs the `sluicegate` command line with the adapters in `registry`.
+///
+/// A binary that adds its own adapters registers them and calls this:
+///
+/// ```no_run
+/// let mut registry = sluicegate_core::Registry::new();
+/// sluicegate_adapters_http::register(&mut registry);
+/// // my_adapter::register(&mut registry);
+/// std::process::exit(sluicegate_cli::main_with(registry).into());
+/// ```
+pub fn main_with(registry: Registry) -> u8 {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    match cli.command {
+        Command::SyncApi(args) => runtime.block_on(sync_api(&registry, args)),
+    }
+}
+
+/// Runs `main_with` and converts its code for `main`.
+pub fn exit_code(code: u8) -> ExitCode {
+    ExitCode::from(code)
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICEGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+fn print_error(err: &Error, hint: Option<String>) {
+    eprintln!("error: {err}");
+    if let Some(hint) = hint {
+        eprintln!("hint: {hint}");
+    }
+}
+
+async fn sync_api(registry: &Registry, args: SyncArgs) -> u8 {
+    let config = match ConfigFile::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            print_error(&e, None);
+            return EXIT_CONFIG;
+        }
+    };
+    let keys = if args.all {
+        Vec::new()
+    } else {
+        args.keys.clone()
+    };
+    let entries = match config.select(&keys) {
+        Ok(entries) if entries.is_empty() => {
+            print_error(
+                &Error::config(format!("{}: has no sync entries", config.path.display())),
+                None,
+            );
+            return EXIT_CONFIG;
+        }
+        Ok(entries) => entries,
+        Err(e) => {
+            print_error(&e, None);
+            return EXIT_CONFIG;
+        }
+    };
+    let prepared = match sync::prepare(registry, &config, &entries, !args.apply) {
+        Ok(p) => p,
+        Err(e) => {
+            print_error(&e, None);
+            return EXIT_CONFIG;
+        }
+    };
+    match sync::run(prepared, &args, &config).await {
+        Ok(outcome) if outcome.failures.is_empty() => EXIT_OK,
+        Ok(outcome) => {
+            for (_, err) in &outcome.failures {
+                print_error(err, sync::hint(err, &args));
+            }
+            EXIT_FAILED
+        }
+        Err(e) => {
+            let code = if e.kind() == ErrorKind::Config {
+                EXIT_CONFIG
+            } else {
+                EXIT_FAILED
+            };
+            print_error(&e, sync::hint(&e, &args));
+            code
+        }
+    }
+}
