@@ -95,16 +95,9 @@ impl ConfigFile {
     /// relative paths.
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
         let file = path.display();
-        let de = serde_yaml_ng::Deserializer::from_str(text);
-        let raw: RawFile = serde_path_to_error::deserialize(de).map_err(|err| {
-            let at = err.path().to_string();
-            let inner = err.into_inner().to_string();
-            if at.is_empty() || at == "." {
-                Error::config(format!("{file}: {inner}"))
-            } else {
-                Error::config(format!("{file}: {at}: {inner}"))
-            }
-        })?;
+        // serde_yaml's messages already name the key path and the line and column.
+        let raw: RawFile =
+            serde_yaml_ng::from_str(text).map_err(|err| Error::config(format!("{file}: {err}")))?;
         if raw.version != CONFIG_VERSION {
             return Err(Error::config(format!(
                 "{file}: version {} is not supported (this sluicegate reads version {CONFIG_VERSION})",

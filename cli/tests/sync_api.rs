@@ -1,0 +1,505 @@
+//! End-to-end: the real `sluicegate` binary against the example shop API served
+//! on 127.0.0.1, checking the DuckDB file it writes.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::{Map, Value, json};
+use sluicegate_examples::shop::{Dataset, Fault, Resource, ShopConfig, ShopServer};
+
+const ORDERS: u64 = 3000;
+
+/// The example configuration with the server's URL, written into `dir`.
+fn write_config(dir: &Path, url: &str, extra_source: &str) -> PathBuf {
+    let mut text = String::from(
+        "version: 1\nsinks:\n  warehouse: { type: duckdb, path: shop.duckdb }\nsyncs:\n",
+    );
+    for r in Resource::ALL {
+        text.push_str(&format!(
+            "  - key: {name}\n    sink: warehouse\n    keyField: id\n    source:\n      type: http\n      endPoint: \"{url}/api/{name}\"\n      resultsJsonPath: \"$.data\"\n      pagination: {{ skipKey: offset, limitKey: limit, pageSize: 500, totalPath: \"$.meta.total\" }}\n      retry: {{ initialBackoffMs: 10, maxBackoffMs: 100 }}\n{extra_source}",
+            name = r.name()
+        ));
+    }
+    let path = dir.join("sluicegate.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn sluicegate(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluicegate"));
+    cmd.args(args)
+        .env_remove("SLUICEGATE_MAX_MEMORY_MB")
+        .env_remove("SLUICEGATE_CONFIG");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn query(db: &Path, sql: &str) -> Vec<Vec<Value>> {
+    let conn = duckdb::Connection::open(db).unwrap();
+    let mut stmt = conn.prepare(sql).unwrap();
+    let mut rows = stmt.query([]).unwrap();
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().unwrap() {
+        let n = row.as_ref().column_count();
+        out.push((0..n).map(|i| cell(row.get_ref(i).unwrap())).collect());
+    }
+    out
+}
+
+fn cell(v: duckdb::types::ValueRef<'_>) -> Value {
+    use duckdb::types::ValueRef as V;
+    match v {
+        V::Null => Value::Null,
+        V::Boolean(b) => json!(b),
+        V::BigInt(i) => json!(i),
+        V::HugeInt(i) => json!(i64::try_from(i).unwrap()),
+        V::Double(f) => json!(f),
+        V::Text(t) => json!(String::from_utf8_lossy(t)),
+        other => panic!("unexpected column value {other:?}"),
+    }
+}
+
+/// Every row of a table, as the records the API served (JSON columns parsed,
+/// NULL columns left out), ordered by id.
+fn table_records(db: &Path, table: &str) -> Vec<Value> {
+    let types: BTreeMap<String, String> = query(
+        db,
+        &format!("SELECT column_name, data_type FROM information_schema.columns WHERE table_name = '{table}'"),
+    )
+    .into_iter()
+    .map(|r| (r[0].as_str().unwrap().to_owned(), r[1].as_str().unwrap().to_owned()))
+    .collect();
+    let names: Vec<String> = query(
+        db,
+        &format!("SELECT column_name FROM information_schema.columns WHERE table_name = '{table}' ORDER BY ordinal_position"),
+    )
+    .into_iter()
+    .map(|r| r[0].as_str().unwrap().to_owned())
+    .collect();
+    query(db, &format!("SELECT * FROM \"{table}\" ORDER BY id"))
+        .into_iter()
+        .map(|row| {
+            let mut rec = Map::new();
+            for (name, value) in names.iter().zip(row) {
+                let value = match (&value, types[name].as_str()) {
+                    (Value::String(s), "JSON") => serde_json::from_str(s).unwrap(),
+                    _ => value,
+                };
+                if !value.is_null() {
+                    rec.insert(name.clone(), value);
+                }
+            }
+            Value::Object(rec)
+        })
+        .collect()
+}
+
+fn assert_tables_match_dataset(db: &Path, dataset: Dataset) {
+    for r in Resource::ALL {
+        let got = table_records(db, r.name());
+        assert_eq!(
+            got.len() as u64,
+            dataset.total(r),
+            "row count of {}",
+            r.name()
+        );
+        for (i, record) in got.iter().enumerate() {
+            let want = dataset.record_value(r, i as u64);
+            assert_eq!(record, &want, "{} row {i}", r.name());
+        }
+    }
+}
+
+async fn server(faults: Vec<Fault>, token: Option<&str>) -> ShopServer {
+    let config = ShopConfig {
+        orders: ORDERS,
+        faults,
+        token: token.map(str::to_owned),
+        ..ShopConfig::default()
+    };
+    ShopServer::start(config, "127.0.0.1:0").await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_loads_every_row_of_all_six_resources_and_a_rerun_updates_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    // One 503 in the middle of orders, retried after the Retry-After delay.
+    let fault = Fault {
+        resource: Resource::Orders,
+        offset: 1500,
+        status: 503,
+        times: 1,
+        retry_after: Some(0),
+    };
+    let server = server(vec![fault], None).await;
+    let config = write_config(dir.path(), &server.url(), "");
+    let config = config.to_str().unwrap();
+    let db = dir.path().join("shop.duckdb");
+
+    let out = sluicegate(
+        &[
+            "sync-api",
+            "--config",
+            config,
+            "--all",
+            "--streaming",
+            "--apply",
+            "--batch-size",
+            "700",
+        ],
+        &[],
+    )
+    .await;
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("retries 1"), "{stdout}");
+    assert!(stdout.contains("503×1"), "{stdout}");
+    assert!(
+        stdout.starts_with("sync-api: applied (streaming mode)"),
+        "{stdout}"
+    );
+
+    assert_tables_match_dataset(&db, server.dataset());
+
+    // Fields that only appear in later pages became columns, null before.
+    let late = query(
+        &db,
+        "SELECT count(*) FILTER (loyalty_tier IS NULL), count(loyalty_tier) FROM customers",
+    );
+    let half = server.dataset().total(Resource::Customers) as i64 / 2;
+    assert_eq!(late, vec![vec![json!(half), json!(half)]]);
+    let coupons = query(&db, "SELECT min(id) FROM orders WHERE coupon IS NOT NULL");
+    assert_eq!(
+        coupons,
+        vec![vec![json!(ORDERS as i64 - ORDERS as i64 / 10 + 1)]]
+    );
+
+    // A second run updates the same rows: no duplicates, same content.
+    let out = sluicegate(
+        &[
+            "sync-api",
+            "--config",
+            config,
+            "--all",
+            "--streaming",
+            "--apply",
+        ],
+        &[],
+    )
+    .await;
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let orders_line = stdout.lines().find(|l| l.starts_with("orders")).unwrap();
+    let cols: Vec<&str> = orders_line.split_whitespace().collect();
+    assert_eq!(&cols[2..5], ["3,000", "0", "3,000"], "{stdout}");
+    assert_tables_match_dataset(&db, server.dataset());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_reads_everything_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(Vec::new(), None).await;
+    let config = write_config(dir.path(), &server.url(), "");
+    let config = config.to_str().unwrap();
+    let db = dir.path().join("shop.duckdb");
+
+    let out = sluicegate(
+        &[
+            "sync-api",
+            "--config",
+            config,
+            "--key",
+            "orders",
+            "--streaming",
+        ],
+        &[],
+    )
+    .await;
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("dry run"), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("orders") && l.contains("3,000  3,000")),
+        "{stdout}"
+    );
+    assert!(!db.exists(), "a dry run must not create the database");
+    assert!(
+        !dir.path().join(".sluicegate").exists(),
+        "a dry run must not write checkpoints"
+    );
+
+    let out = sluicegate(
+        &[
+            "sync-api",
+            "--config",
+            config,
+            "--key",
+            "orders",
+            "--streaming",
+            "--apply",
+        ],
+        &[],
+    )
+    .await;
+    assert!(out.status.success());
+    let before = std::fs::read(&db).unwrap();
+    let out = sluicegate(
+        &[
+            "sync-api", "--config", config, "--key", "orders", "--key", "stores",
+        ],
+        &[],
+    )
+    .await;
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let orders = stdout.lines().find(|l| l.starts_with("orders")).unwrap();
+    assert_eq!(
+        orders.split_whitespace().collect::<Vec<_>>()[2..5],
+        ["3,000", "0", "3,000"],
+        "{stdout}"
+    );
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        before,
+        "a dry run leaves the file unchanged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_mistakes_fail_before_any_request_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(Vec::new(), None).await;
+    let good = std::fs::read_to_string(write_config(dir.path(), &server.url(), "")).unwrap();
+    let cases = [
+        (
+            good.replacen("skipKey", "skipKye", 1),
+            "syncs[customers].source.pagination.skipKye: unknown field `skipKye`",
+        ),
+        (
+            good.replacen("sink: warehouse", "sink: lake", 1),
+            "syncs[customers].sink: no sink named 'lake'",
+        ),
+        (
+            good.replacen("\"$.data\"", "\"$.data[?\"", 1),
+            "syncs[customers].source.resultsJsonPath: invalid JSONPath",
+        ),
+        (
+            good.replacen("type: duckdb", "type: duckbd", 1),
+            "sinks.warehouse.type: unknown sink type 'duckbd' (known types: duckdb)",
+        ),
+        (
+            good.replacen("type: http", "type: htp", 1),
+            "unknown source type 'htp' (known types: http)",
+        ),
+    ];
+    for (i, (text_, expected)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("bad{i}.yaml"));
+        std::fs::write(&path, text_).unwrap();
+        let out = sluicegate(
+            &[
+                "sync-api",
+                "--config",
+                path.to_str().unwrap(),
+                "--all",
+                "--apply",
+            ],
+            &[],
+        )
+        .await;
+        assert_eq!(out.status.code(), Some(2), "case {i}");
+        let stderr = text(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.starts_with("error: "), "{stderr}");
+        assert!(
+            stderr.contains(expected),
+            "case {i}: expected {expected:?} in {stderr}"
+        );
+        assert!(
+            stderr.contains(&format!("bad{i}.yaml")),
+            "names the file: {stderr}"
+        );
+    }
+    let path = dir.path().join("sluicegate.yaml");
+    let out = sluicegate(
+        &[
+            "sync-api",
+            "--config",
+            path.to_str().unwrap(),
+            "--key",
+            "refunds",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("no sync entry with key 'refunds' (keys: customers, orders, items, products, supplies, stores)"));
+    assert_eq!(server.requests(), 0, "no request was made");
+    assert!(!dir.path().join("shop.duckdb").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classic_mode_stops_with_a_clear_memory_error_and_streaming_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(Vec::new(), None).await;
+    let config = write_config(dir.path(), &server.url(), "");
+    let config = config.to_str().unwrap();
+    let out = sluicegate(
+        &[
+            "sync-api",
+            "--config",
+            config,
+            "--key",
+            "items",
+            "--apply",
+            "--max-memory-mb",
+            "1",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("classic mode reads the whole source before writing and it does not fit"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("hint: classic mode holds a whole source in memory; add --streaming"),
+        "{stderr}"
+    );
+
+    let out = sluicegate(
+        &[
+            "sync-api",
+            "--config",
+            config,
+            "--key",
+            "items",
+            "--apply",
+            "--max-memory-mb",
+            "1",
+            "--streaming",
+        ],
+        &[],
+    )
+    .await;
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let db = dir.path().join("shop.duckdb");
+    assert_eq!(
+        query(&db, "SELECT count(*) FROM items"),
+        vec![vec![json!(server.dataset().total(Resource::Items) as i64)]]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_stream_resumes_from_its_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    // The items page at offset 4000 fails with a non-retryable 404 once.
+    let fault = Fault {
+        resource: Resource::Items,
+        offset: 4000,
+        status: 404,
+        times: 1,
+        retry_after: None,
+    };
+    let server = server(vec![fault], None).await;
+    let config = write_config(dir.path(), &server.url(), "");
+    let config = config.to_str().unwrap();
+    let db = dir.path().join("shop.duckdb");
+    let args = [
+        "sync-api",
+        "--config",
+        config,
+        "--all",
+        "--streaming",
+        "--apply",
+        "--batch-size",
+        "1000",
+    ];
+
+    let out = sluicegate(&args, &[]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("answered 404"), "{stderr}");
+    assert!(stderr.contains("sync=items"), "{stderr}");
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("items") && l.contains("FAILED")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.lines().any(|l| l.starts_with("stores")),
+        "later streams still ran: {stdout}"
+    );
+    let written = query(&db, "SELECT count(*) FROM items")[0][0]
+        .as_i64()
+        .unwrap();
+    assert_eq!(
+        written, 4000,
+        "everything before the failing page was committed"
+    );
+
+    let out = sluicegate(&args, &[]).await;
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("items: resuming after checkpoint {\"offset\":4000}"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_tables_match_dataset(&db, server.dataset());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_auth_reads_the_token_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(Vec::new(), Some("t0ken-value")).await;
+    let config = write_config(
+        dir.path(),
+        &server.url(),
+        "      auth: { type: bearer, tokenEnv: SHOP_TOKEN }\n",
+    );
+    let config = config.to_str().unwrap();
+    let args = [
+        "sync-api",
+        "--config",
+        config,
+        "--key",
+        "stores",
+        "--streaming",
+        "--apply",
+    ];
+
+    let out = sluicegate(&args, &[]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains(
+        "syncs[stores].source.auth.tokenEnv: environment variable SHOP_TOKEN is not set"
+    ));
+
+    let out = sluicegate(&args, &[("SHOP_TOKEN", "wrong")]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("answered 401"), "{stderr}");
+    assert!(
+        !stderr.contains("wrong"),
+        "the token never appears in output: {stderr}"
+    );
+
+    let out = sluicegate(&args, &[("SHOP_TOKEN", "t0ken-value")]).await;
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert!(
+        !text(&out.stdout).contains("t0ken-value") && !text(&out.stderr).contains("t0ken-value")
+    );
+}
