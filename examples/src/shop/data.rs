@@ -226,7 +226,7 @@ impl Dataset {
             product_id: i / 2 + 1,
             name: format!("{} {}", pick(ADJECTIVES, r), pick(SUPPLIES, r >> 8)),
             cost: cents(10 + (r >> 16) % 300),
-            perishable: (r >> 24) % 3 == 0,
+            perishable: (r >> 24).is_multiple_of(3),
         }
     }
 
