@@ -68,7 +68,7 @@ pub struct SyncArgs {
     /// being written), in MiB. When it is full the sources wait (streaming) or the run
     /// stops with an error (classic mode). The sink's own memory is configured on the
     /// sink (DuckDB: memoryLimitMb).
-    #[arg(long, value_name = "MB", default_value_t = 32, env = "SLUICEGATE_MAX_MEMORY_MB", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "MB", default_value_t = 16, env = "SLUICEGATE_MAX_MEMORY_MB", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_memory_mb: u64,
 
     /// Ignore saved checkpoints and start every stream from the beginning.

@@ -4,6 +4,22 @@ use std::process::ExitCode;
 
 use sluicegate_core::Registry;
 
+/// jemalloc with one arena: records are decoded on the async workers and freed
+/// on the sink's blocking thread, and with glibc's per-thread arenas (or
+/// jemalloc's default of four per core) every thread's arena grows to the
+/// run's peak. One arena plus half-second decay keeps the resident set close to
+/// what the memory budget accounts (measured in bench/RESULTS.md).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc reads its options from this symbol at start-up (`_RJEM_MALLOC_CONF`
+/// in the environment still overrides it).
+// Exporting the symbol jemalloc looks up needs an unsafe attribute; it is a
+// plain, NUL-terminated byte string.
+#[allow(unsafe_code)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static MALLOC_CONF: &[u8; 46] = b"narenas:1,dirty_decay_ms:500,muzzy_decay_ms:0\0";
+
 fn main() -> ExitCode {
     let mut registry = Registry::new();
     sluicegate_adapters_http::register(&mut registry);

@@ -24,26 +24,45 @@ pub fn into_record(value: Value) -> Record {
 
 /// Size of a `serde_json::Value` slot (the enum itself).
 const VALUE_SLOT: usize = std::mem::size_of::<Value>();
-/// Per-entry overhead of an object map: key `String`, value slot, hash and index.
-const ENTRY_OVERHEAD: usize = std::mem::size_of::<String>() + VALUE_SLOT + 16;
+/// One entry of an object (`indexmap` bucket): hash, key `String`, value slot.
+const ENTRY: usize = 8 + std::mem::size_of::<String>() + VALUE_SLOT;
 
-/// Approximate heap bytes held by a value, including its own slot.
+/// What the allocator really takes for a request of `n` bytes: glibc malloc
+/// chunks carry an 8-byte header, are 16-byte aligned and at least 32 bytes.
+fn chunk(n: usize) -> usize {
+    if n == 0 {
+        0
+    } else {
+        (n + 8).div_ceil(16).max(2) * 16
+    }
+}
+
+/// Heap bytes of an object map: its entries vector and its hash index
+/// (power-of-two buckets of 8 bytes plus a control byte each).
+fn map_overhead(len: usize, capacity: usize) -> usize {
+    if capacity == 0 {
+        return 0;
+    }
+    let buckets = (len.max(capacity) * 8 / 7).next_power_of_two().max(4);
+    chunk(capacity * ENTRY) + chunk(buckets * 9 + 16)
+}
+
+/// Approximate heap bytes held by a value, excluding its own slot.
 ///
 /// This is what the memory budget accounts for a decoded record. It follows the
-/// allocations of `serde_json` with `preserve_order` (an index map per object),
-/// rounding capacities up the way growth strategies do, so it tends to
-/// over-estimate slightly rather than under-estimate.
+/// allocations of `serde_json` with `preserve_order` (an index map per object)
+/// and the allocator's chunk overhead, so it tracks what the process really
+/// holds (calibrated by the `record_size` test) rather than payload bytes.
 pub fn approx_value_size(value: &Value) -> usize {
-    VALUE_SLOT
-        + match value {
-            Value::Null | Value::Bool(_) | Value::Number(_) => 0,
-            Value::String(s) => s.capacity(),
-            Value::Array(items) => {
-                items.capacity() * VALUE_SLOT + items.iter().map(approx_value_size).sum::<usize>()
-                    - items.len() * VALUE_SLOT
-            }
-            Value::Object(map) => approx_map_size(map),
+    match value {
+        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+        Value::String(s) => chunk(s.capacity()),
+        Value::Array(items) => {
+            chunk(items.capacity() * VALUE_SLOT)
+                + items.iter().map(approx_value_size).sum::<usize>()
         }
+        Value::Object(map) => approx_map_size(map),
+    }
 }
 
 /// Approximate heap bytes held by a record (see [`approx_value_size`]).
@@ -52,9 +71,11 @@ pub fn approx_record_size(record: &Record) -> usize {
 }
 
 fn approx_map_size(map: &Map<String, Value>) -> usize {
-    map.iter()
-        .map(|(k, v)| ENTRY_OVERHEAD + k.capacity() + approx_value_size(v) - VALUE_SLOT)
-        .sum()
+    map_overhead(map.len(), map.len())
+        + map
+            .iter()
+            .map(|(k, v)| chunk(k.capacity()) + approx_value_size(v))
+            .sum::<usize>()
 }
 
 #[cfg(test)]

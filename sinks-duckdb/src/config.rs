@@ -8,6 +8,8 @@
 //!     memoryLimitMb: 32      # DuckDB's own buffer pool
 //! ```
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 use sluicegate_core::{Result, field_error};
 
@@ -22,13 +24,22 @@ pub struct DuckDbSinkConfig {
     /// memory budget this bounds the process's memory.
     #[serde(default = "default_memory_limit_mb")]
     pub memory_limit_mb: u64,
-    /// DuckDB worker threads (default: DuckDB's choice, the number of cores).
-    #[serde(default)]
+    /// DuckDB worker threads. One is plenty for batch appends and keeps DuckDB's
+    /// per-thread memory low; raise it for very large tables with many updates.
+    #[serde(default = "default_threads")]
     pub threads: Option<u32>,
+    /// Further DuckDB settings, passed to DuckDB as they are when the database is
+    /// opened (for example `allocator_flush_threshold: 8MB`).
+    #[serde(default)]
+    pub settings: BTreeMap<String, String>,
 }
 
 fn default_memory_limit_mb() -> u64 {
-    32
+    16
+}
+
+fn default_threads() -> Option<u32> {
+    Some(1)
 }
 
 impl DuckDbSinkConfig {
@@ -37,8 +48,9 @@ impl DuckDbSinkConfig {
         if self.path.trim().is_empty() {
             return Err(field_error("path", "must not be empty"));
         }
-        if self.memory_limit_mb < 8 {
-            return Err(field_error("memoryLimitMb", "must be at least 8"));
+        // Below about 12 MiB DuckDB cannot pin the blocks a commit needs.
+        if self.memory_limit_mb < 12 {
+            return Err(field_error("memoryLimitMb", "must be at least 12"));
         }
         if self.threads == Some(0) {
             return Err(field_error("threads", "must be at least 1"));

@@ -124,6 +124,42 @@ impl TableSchema {
     }
 }
 
+/// Maps a record's fields to column indices, reusing the previous record's
+/// mapping when the field names come in the same order (the usual case), so
+/// most records cost a few string comparisons instead of hash lookups.
+#[derive(Debug, Default)]
+pub(crate) struct FieldCache {
+    names: Vec<String>,
+    columns: Vec<Option<usize>>,
+}
+
+impl FieldCache {
+    /// The column of each field of `record`, in field order.
+    pub(crate) fn resolve(
+        &mut self,
+        schema: &TableSchema,
+        record: &serde_json::Map<String, Value>,
+    ) -> &[Option<usize>] {
+        let same = self.names.len() == record.len()
+            && self.names.iter().zip(record.keys()).all(|(a, b)| a == b);
+        if !same {
+            self.names.clear();
+            self.columns.clear();
+            for field in record.keys() {
+                self.names.push(field.clone());
+                self.columns.push(schema.column_of(field));
+            }
+        }
+        &self.columns
+    }
+
+    /// Forgets the mapping (after the schema gained columns).
+    pub(crate) fn clear(&mut self) {
+        self.names.clear();
+        self.columns.clear();
+    }
+}
+
 /// One value on its way into the appender, borrowing from the record when it can.
 pub(crate) enum Cell<'a> {
     Null,
@@ -171,15 +207,6 @@ pub(crate) fn cell<'a>(value: &'a Value, ty: &ColumnType) -> Cell<'a> {
         (Value::Bool(b), _) => Cell::Text(if *b { "true" } else { "false" }),
         (Value::Number(n), _) => Cell::Owned(n.to_string()),
         (Value::String(s), _) => Cell::Text(s),
-    }
-}
-
-/// A key value as text, for merging duplicates within a batch.
-pub(crate) fn key_text(value: &Value) -> Option<String> {
-    match value {
-        Value::Null => None,
-        Value::String(s) => Some(s.clone()),
-        other => Some(other.to_string()),
     }
 }
 

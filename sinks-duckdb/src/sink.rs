@@ -17,6 +17,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use duckdb::{AccessMode, Config, Connection, appender_params_from_iter};
+use std::cmp::Ordering;
+
 use serde_json::Value;
 use sluicegate_core::{
     Batch, BatchAck, BuildContext, Error, ErrorKind, Record, Result, Sink, SinkWriter,
@@ -24,7 +26,8 @@ use sluicegate_core::{
 };
 
 use crate::config::DuckDbSinkConfig;
-use crate::schema::{Cell, ColumnType, TableSchema, cell, key_text, quote_ident};
+use crate::keys::{Key, merge_duplicate_keys};
+use crate::schema::{Cell, ColumnType, FieldCache, TableSchema, cell, quote_ident};
 
 /// A DuckDB database file that sync streams write into.
 pub struct DuckDbSink {
@@ -55,6 +58,11 @@ impl DuckDbSink {
             settings = settings
                 .threads(i64::from(threads))
                 .map_err(|e| duck_error("invalid threads", e))?;
+        }
+        for (name, value) in &config.settings {
+            settings = settings
+                .with(name, value)
+                .map_err(|e| duck_error(format!("invalid DuckDB setting {name}"), e))?;
         }
         let conn = if ctx.dry_run {
             if in_memory || !path.exists() {
@@ -115,6 +123,9 @@ impl Sink for DuckDbSink {
             target: Arc::new(target),
             table: None,
             dry_run: self.dry_run,
+            empty_at_start: None,
+            max_written: None,
+            unordered: false,
         }))
     }
 
@@ -128,6 +139,8 @@ impl Sink for DuckDbSink {
 struct TableState {
     schema: TableSchema,
     exists: bool,
+    /// The table was absent or had no rows when it was loaded.
+    empty_at_load: bool,
 }
 
 struct DuckDbWriter {
@@ -136,6 +149,50 @@ struct DuckDbWriter {
     /// Loaded on the first write; dropped after a failed write so it is re-read.
     table: Option<TableState>,
     dry_run: bool,
+    /// Whether the table was empty (or absent) when this writer first saw it:
+    /// then every row in it was written by this writer.
+    empty_at_start: Option<bool>,
+    /// The largest key written so far, while every key written was of one
+    /// orderable kind. A batch whose keys all exceed it cannot collide with any
+    /// row, so it is appended without the staging-and-delete upsert.
+    max_written: Option<Key>,
+    /// Set once a batch's keys could not be ordered; disables the append path.
+    unordered: bool,
+}
+
+impl DuckDbWriter {
+    /// Remembers the largest key written, or gives up on ordering.
+    fn note_written(&mut self, range: Option<(Key, Key)>) {
+        if self.target.key_field.is_none() {
+            return;
+        }
+        match (range, &self.max_written) {
+            (Some((_, highest)), None) => self.max_written = Some(highest),
+            (Some((_, highest)), Some(max)) => match highest.compare(max) {
+                Some(Ordering::Greater) => self.max_written = Some(highest),
+                Some(_) => {}
+                None => self.unordered = true,
+            },
+            (None, _) => self.unordered = true,
+        }
+    }
+}
+
+/// Whether every key of a batch starting at `lowest` sorts after `after`.
+fn is_after(lowest: &Key, after: Option<&Key>) -> bool {
+    match after {
+        None => true,
+        Some(after) => lowest.compare(after) == Some(Ordering::Greater),
+    }
+}
+
+/// How a batch goes into its table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriteMode {
+    /// Straight into the table: no key of the batch can be in it yet.
+    Append,
+    /// Staged, then replacing rows with the same keys and adding the rest.
+    Upsert,
 }
 
 #[async_trait]
@@ -143,10 +200,12 @@ impl SinkWriter for DuckDbWriter {
     async fn write(&mut self, batch: Batch) -> Result<BatchAck> {
         let target = self.target.clone();
         let (records, _position, lease) = batch.into_parts();
-        let (records, duplicates) = merge_duplicate_keys(records, target.key_field.as_deref())?;
+        let merged = merge_duplicate_keys(records, target.key_field.as_deref())?;
+        let duplicates = merged.duplicates;
+        let merged_range = merged.range.clone();
         let Some(conn) = self.conn.clone() else {
             // Dry run against a database that does not exist: everything is new.
-            let rows = records.len() as u64;
+            let rows = merged.records.len() as u64;
             return Ok(BatchAck {
                 rows,
                 inserted: rows,
@@ -156,7 +215,10 @@ impl SinkWriter for DuckDbWriter {
         };
         let table = self.table.take();
         let dry_run = self.dry_run;
-        let (result, table) = tokio::task::spawn_blocking(move || {
+        let known_empty = self.empty_at_start;
+        let append_after = (!self.unordered).then(|| self.max_written.clone());
+        let range = merged.range.clone();
+        let (result, table, empty) = tokio::task::spawn_blocking(move || {
             let conn = conn
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -164,23 +226,36 @@ impl SinkWriter for DuckDbWriter {
                 Some(t) => t,
                 None => match load_table(&conn, &target.table) {
                     Ok(t) => t,
-                    Err(e) => return (Err(e), None),
+                    Err(e) => return (Err(e), None, known_empty),
                 },
             };
+            let empty = known_empty.unwrap_or(table.empty_at_load);
             let result = if dry_run {
-                plan_batch(&conn, &target, &table, &records)
+                plan_batch(&conn, &target, &table, &merged.records)
             } else {
-                write_batch(&conn, &target, &mut table, &records)
+                let mode = match (&append_after, &range) {
+                    (Some(after), Some((lowest, _)))
+                        if empty && is_after(lowest, after.as_ref()) =>
+                    {
+                        WriteMode::Append
+                    }
+                    _ => WriteMode::Upsert,
+                };
+                write_batch(&conn, &target, &mut table, &merged.records, mode)
             };
-            drop(records);
+            drop(merged.records);
             drop(lease);
             let keep = result.is_ok().then_some(table);
-            (result, keep)
+            (result, keep, Some(empty))
         })
         .await
         .map_err(|e| Error::new(ErrorKind::Sink, "duckdb writer task failed").with_source(e))?;
+        self.empty_at_start = empty;
         self.table = table;
         let mut ack = result.map_err(|e| e.with_context("table", &self.target.table))?;
+        if !self.dry_run {
+            self.note_written(merged_range);
+        }
         ack.duplicates = duplicates;
         Ok(ack)
     }
@@ -201,6 +276,9 @@ impl SinkWriter for DuckDbWriter {
                     total_rows: Some(0),
                 });
             }
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                log_memory(&conn);
+            }
             let n: i64 = conn
                 .query_row(
                     &format!("SELECT count(*) FROM main.{}", quote_ident(&table)),
@@ -215,41 +293,6 @@ impl SinkWriter for DuckDbWriter {
         .await
         .map_err(|e| Error::new(ErrorKind::Sink, "duckdb writer task failed").with_source(e))?
     }
-}
-
-/// Keeps the last record of each key, in first-seen order; a record without a
-/// key is an error naming the field and showing the record.
-fn merge_duplicate_keys(records: Vec<Record>, key: Option<&str>) -> Result<(Vec<Record>, u64)> {
-    let Some(key) = key else {
-        return Ok((records, 0));
-    };
-    let mut index = std::collections::HashMap::with_capacity(records.len());
-    let mut out: Vec<Record> = Vec::with_capacity(records.len());
-    let mut duplicates = 0;
-    for record in records {
-        let Some(k) = record.get(key).and_then(key_text) else {
-            let shown = Value::Object(record).to_string();
-            let shown: String = shown.chars().take(200).collect();
-            return Err(Error::new(
-                ErrorKind::Sink,
-                format!(
-                    "a record has no value for the key field '{key}'; fix keyField or the data"
-                ),
-            )
-            .with_context("record", shown));
-        };
-        match index.get(&k) {
-            Some(&at) => {
-                out[at] = record;
-                duplicates += 1;
-            }
-            None => {
-                index.insert(k, out.len());
-                out.push(record);
-            }
-        }
-    }
-    Ok((out, duplicates))
 }
 
 fn load_table(conn: &Connection, table: &str) -> Result<TableState> {
@@ -269,8 +312,22 @@ fn load_table(conn: &Connection, table: &str) -> Result<TableState> {
         })
         .and_then(|rows| rows.collect::<duckdb::Result<Vec<_>>>())
         .map_err(|e| duck_error(format!("cannot read the schema of {table}"), e))?;
+    let exists = !columns.is_empty();
+    let empty_at_load = if exists {
+        let rows: i64 = conn
+            .query_row(
+                &format!("SELECT count(*) FROM main.{}", quote_ident(table)),
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| duck_error(format!("cannot count rows of {table}"), e))?;
+        rows == 0
+    } else {
+        true
+    };
     Ok(TableState {
-        exists: !columns.is_empty(),
+        exists,
+        empty_at_load,
         schema: TableSchema::from_columns(columns),
     })
 }
@@ -284,26 +341,37 @@ struct SchemaChanges {
 fn evolve(schema: &mut TableSchema, records: &[Record]) -> SchemaChanges {
     let existing = schema.columns.len();
     let mut widened = Vec::new();
+    let mut cache = FieldCache::default();
     for record in records {
-        for (field, value) in record {
+        let mut added = false;
+        for ((field, value), column) in record.iter().zip(cache.resolve(schema, record)) {
             let Some(ty) = ColumnType::of(value) else {
                 continue;
             };
-            match schema.column_of(field) {
+            match column {
                 Some(idx) => {
-                    let current = &schema.columns[idx].1;
+                    let current = &schema.columns[*idx].1;
+                    if current == &ty {
+                        continue;
+                    }
                     let wider = current.widen(&ty);
                     if &wider != current {
-                        schema.columns[idx].1 = wider;
-                        if idx < existing && !widened.contains(&idx) {
-                            widened.push(idx);
+                        schema.columns[*idx].1 = wider;
+                        if *idx < existing && !widened.contains(idx) {
+                            widened.push(*idx);
                         }
                     }
                 }
                 None => {
-                    schema.add_field(field, ty);
+                    if schema.column_of(field).is_none() {
+                        schema.add_field(field, ty);
+                        added = true;
+                    }
                 }
             }
+        }
+        if added {
+            cache.clear();
         }
     }
     SchemaChanges {
@@ -321,6 +389,7 @@ fn write_batch(
     target: &StreamTarget,
     table: &mut TableState,
     records: &[Record],
+    mode: WriteMode,
 ) -> Result<BatchAck> {
     let rows = records.len() as u64;
     if records.is_empty() {
@@ -386,13 +455,16 @@ fn write_batch(
                 duck_error(format!("cannot create or alter table {}", target.table), e)
             })?;
         }
-        let Some(key) = &key_column else {
-            append_rows(conn, &target.table, false, &schema, records)?;
-            return Ok(BatchAck {
-                rows,
-                inserted: rows,
-                ..BatchAck::default()
-            });
+        let key = match &key_column {
+            Some(key) if mode == WriteMode::Upsert => key,
+            _ => {
+                append_rows(conn, &target.table, false, &schema, records)?;
+                return Ok(BatchAck {
+                    rows,
+                    inserted: rows,
+                    ..BatchAck::default()
+                });
+            }
         };
         let stage = stage_name(&target.table);
         conn.execute_batch(&format!(
@@ -460,11 +532,12 @@ fn append_rows(
         appender.map_err(|e| duck_error(format!("cannot open an appender on {table}"), e))?;
     let width = schema.columns.len();
     let mut row = Vec::with_capacity(width);
+    let mut cache = FieldCache::default();
     for record in records {
         row.clear();
         row.resize_with(width, || Cell::Null);
-        for (field, value) in record {
-            if let Some(idx) = schema.column_of(field) {
+        for (value, column) in record.values().zip(cache.resolve(schema, record)) {
+            if let Some(idx) = *column {
                 row[idx] = cell(value, &schema.columns[idx].1);
             }
         }
@@ -532,4 +605,20 @@ fn plan_batch(
         updated: existing,
         ..BatchAck::default()
     })
+}
+
+/// Logs DuckDB's own view of its memory (buffer manager use by tag).
+fn log_memory(conn: &Connection) {
+    let rows = conn.prepare("SELECT tag, memory_usage_bytes, temporary_storage_bytes FROM duckdb_memory() WHERE memory_usage_bytes > 0 OR temporary_storage_bytes > 0").and_then(|mut stmt| {
+        stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)))?
+            .collect::<duckdb::Result<Vec<_>>>()
+    });
+    match rows {
+        Ok(rows) => {
+            for (tag, bytes, temp) in rows {
+                tracing::debug!(tag, bytes, temp, "duckdb memory");
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "cannot read duckdb_memory()"),
+    }
 }

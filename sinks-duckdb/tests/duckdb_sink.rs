@@ -20,6 +20,7 @@ fn sink(dir: &Path, dry_run: bool) -> DuckDbSink {
         path: "test.duckdb".into(),
         memory_limit_mb: 32,
         threads: Some(1),
+        settings: Default::default(),
     };
     DuckDbSink::open(&config, &ctx(dir, dry_run)).unwrap()
 }
@@ -352,5 +353,49 @@ async fn a_dry_run_never_creates_or_changes_the_database() {
     assert_eq!(
         query(dir.path(), "SELECT id, v FROM p"),
         vec![vec![json!(1), json!("old")]]
+    );
+}
+
+#[tokio::test]
+async fn first_loads_in_any_key_order_never_duplicate() {
+    // Increasing batches take the append path, the rest the upsert path; the
+    // table must end up with each key once and the latest values either way.
+    let dir = tempfile::tempdir().unwrap();
+    let sink = sink(dir.path(), false);
+    let mut w = sink.open(target("o", Some("id"))).await.unwrap();
+    let batches = [
+        vec![json!({"id": 10, "v": "a"}), json!({"id": 20, "v": "a"})],
+        vec![json!({"id": 30, "v": "a"}), json!({"id": 40, "v": "a"})],
+        vec![json!({"id": 5, "v": "b"}), json!({"id": 20, "v": "b"})],
+        vec![json!({"id": 50, "v": "b"}), json!({"id": 45, "v": "b"})],
+        vec![json!({"id": 60, "v": "c"}), json!({"id": 60, "v": "d"})],
+        vec![json!({"id": "70", "v": "e"})],
+    ];
+    let mut inserted = 0;
+    for b in batches {
+        inserted += w.write(batch(b).await).await.unwrap().inserted;
+    }
+    assert_eq!(inserted, 9);
+    assert_eq!(w.finish().await.unwrap().total_rows, Some(9));
+    drop(sink);
+    assert_eq!(
+        query(
+            dir.path(),
+            "SELECT id::VARCHAR, v FROM o ORDER BY id::BIGINT"
+        ),
+        [
+            ("5", "b"),
+            ("10", "a"),
+            ("20", "b"),
+            ("30", "a"),
+            ("40", "a"),
+            ("45", "b"),
+            ("50", "b"),
+            ("60", "d"),
+            ("70", "e")
+        ]
+        .iter()
+        .map(|(k, v)| vec![json!(k), json!(v)])
+        .collect::<Vec<_>>()
     );
 }
