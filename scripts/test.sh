@@ -22,5 +22,6 @@ cargo test --workspace --doc --locked
 
 step "benchmark scripts"
 bash -n bench/run.sh
+python3 -m py_compile bench/rest_to_duckdb.py
 
 step "all tests passed"

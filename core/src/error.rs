@@ -163,9 +163,24 @@ impl Error {
     }
 }
 
+/// Writes text with its line breaks (and the indentation after them) folded
+/// into single spaces, so an error is always one line even when a cause's own
+/// message spans several.
+fn write_one_line(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    if let Some(first) = lines.next() {
+        f.write_str(first)?;
+    }
+    for line in lines {
+        f.write_str(" ")?;
+        f.write_str(line)?;
+    }
+    Ok(())
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)?;
+        write_one_line(f, &self.message)?;
         if !self.context.is_empty() {
             f.write_str(" (")?;
             for (i, (k, v)) in self.context.iter().enumerate() {
@@ -177,10 +192,12 @@ impl fmt::Display for Error {
             f.write_str(")")?;
         }
         if let Some(source) = &self.source {
-            write!(f, ": {source}")?;
+            f.write_str(": ")?;
+            write_one_line(f, &source.to_string())?;
             let mut next = source.source();
             while let Some(cause) = next {
-                write!(f, ": {cause}")?;
+                f.write_str(": ")?;
+                write_one_line(f, &cause.to_string())?;
                 next = cause.source();
             }
         }
@@ -239,6 +256,13 @@ mod tests {
         assert!(err.is_retryable());
         assert_eq!(err.kind(), ErrorKind::Network);
         assert!(!err.to_string().contains('\n'));
+    }
+
+    #[test]
+    fn multi_line_causes_are_folded_into_one_line() {
+        let cause = std::io::Error::other("Parser Error: syntax error\n\nLINE 1: SELECT\n    ^");
+        let err = Error::sink("cannot run").with_source(cause);
+        assert_eq!(err.to_string(), "cannot run: Parser Error: syntax error LINE 1: SELECT ^");
     }
 
     #[test]

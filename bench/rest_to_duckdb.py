@@ -1,0 +1,202 @@
+#!/usr/bin/env python3
+"""REST -> DuckDB benchmark: sluicegate against the download-only lower bound.
+
+For each dataset size it starts the example shop API, then alternates, REPEAT
+times: (1) `shop-download`, which fetches every page of the six resources and
+discards it, and (2) `sluicegate sync-api --all --streaming --apply` with default
+settings into a fresh DuckDB file. It records wall time, CPU time and peak RSS
+(from the kernel's rusage of each child) and writes the medians to
+bench/RESULTS.md together with the commands and the machine.
+
+Run it through bench/run.sh, which builds the release binaries first.
+Environment: SIZES (orders, comma-separated; default "100000,1000000"), REPEAT (3).
+"""
+
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RELEASE = ROOT / "target" / "release"
+SIZES = [int(s) for s in os.environ.get("SIZES", "100000,1000000").split(",")]
+REPEAT = int(os.environ.get("REPEAT", "3"))
+PAGE_SIZE = 1000
+
+
+def measured(cmd, env=None):
+    """Runs cmd in a fresh Python child so ru_maxrss belongs to cmd alone."""
+    wrapper = (
+        "import resource,subprocess,sys,time,json\n"
+        "t=time.perf_counter()\n"
+        "p=subprocess.run(sys.argv[1:],stdout=subprocess.PIPE,stderr=subprocess.PIPE,text=True)\n"
+        "w=time.perf_counter()-t\n"
+        "r=resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+        "print(json.dumps({'rc':p.returncode,'out':p.stdout,'err':p.stderr,'wall':w,"
+        "'cpu':r.ru_utime+r.ru_stime,'rss':r.ru_maxrss*1024}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", wrapper, *map(str, cmd)], env=env,
+                          stdout=subprocess.PIPE, text=True, check=True)
+    res = json.loads(proc.stdout)
+    if res["rc"] != 0:
+        sys.exit(f"command failed ({res['rc']}): {' '.join(map(str, cmd))}\n{res['err']}")
+    return res
+
+
+def start_api(orders, workdir):
+    port_file = workdir / "port"
+    api = subprocess.Popen(
+        [RELEASE / "shop-api", "--orders", str(orders), "--addr", "127.0.0.1:0", "--port-file", port_file],
+        stdout=subprocess.DEVNULL,
+    )
+    for _ in range(200):
+        if port_file.exists() and port_file.read_text():
+            return api, f"http://127.0.0.1:{port_file.read_text().strip()}"
+        time.sleep(0.05)
+    api.kill()
+    sys.exit("the shop API did not start")
+
+
+def machine():
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
+        mem = f", {kb / 1024 / 1024:.0f} GiB RAM"
+    except (OSError, AttributeError):
+        pass
+    return f"{os.cpu_count()} cores ({cpu}){mem}, {platform.system()} {platform.release()}"
+
+
+def mib(b):
+    return f"{b / 1024 / 1024:.1f} MiB"
+
+
+def main():
+    config = ROOT / "examples" / "sluicegate.yaml"
+    results = []
+    for orders in SIZES:
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            api, url = start_api(orders, work)
+            try:
+                conf = work / "sluicegate.yaml"
+                shutil.copy(config, conf)
+                env = dict(os.environ, SHOP_API_URL=url)
+                env.pop("SLUICEGATE_MAX_MEMORY_MB", None)
+                downloads, syncs, reads = [], [], []
+                rows = None
+                for i in range(REPEAT):
+                    d = measured([RELEASE / "shop-download", "--url", url, "--page-size", PAGE_SIZE], env)
+                    downloads.append(d)
+                    rows = json.loads(d["out"])["rows"]
+                    for f in work.glob("shop.duckdb*"):
+                        f.unlink()
+                    shutil.rmtree(work / ".sluicegate", ignore_errors=True)
+                    s = measured([RELEASE / "sluicegate", "sync-api", "--config", conf, "--all",
+                                  "--streaming", "--apply", "--quiet"], env)
+                    written = sum(int(n.replace(",", "")) for n in re.findall(
+                        r"^(?!rows read)\S+\s+\S+\s+([\d,]+)\s", s["out"], re.M))
+                    if written != rows:
+                        sys.exit(f"sync wrote {written} rows, the API has {rows}:\n{s['out']}")
+                    syncs.append(s)
+                    # A dry run into a database that does not exist reads and decodes
+                    # every page but never touches DuckDB: the source side alone.
+                    for f in work.glob("shop.duckdb*"):
+                        f.unlink()
+                    reads.append(measured([RELEASE / "sluicegate", "sync-api", "--config", conf, "--all",
+                                           "--streaming", "--quiet"], env))
+                    print(f"orders={orders} run {i + 1}: download {d['wall']:.2f}s, sync {s['wall']:.2f}s, "
+                          f"sync peak RSS {mib(s['rss'])}", file=sys.stderr)
+            finally:
+                api.terminate()
+                api.wait()
+        med = lambda runs, k: statistics.median(r[k] for r in runs)
+        results.append({
+            "orders": orders, "rows": rows,
+            "dl_wall": med(downloads, "wall"), "dl_cpu": med(downloads, "cpu"), "dl_rss": med(downloads, "rss"),
+            "sg_wall": med(syncs, "wall"), "sg_cpu": med(syncs, "cpu"), "sg_rss": med(syncs, "rss"),
+            "sg_rss_max": max(r["rss"] for r in syncs),
+            "rd_wall": med(reads, "wall"), "rd_cpu": med(reads, "cpu"), "rd_rss": med(reads, "rss"),
+        })
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, stdout=subprocess.PIPE,
+                            text=True).stdout.strip() or "unknown"
+    lines = [
+        "# Benchmark results",
+        "",
+        "Produced by `bench/run.sh` (do not edit by hand). REST → DuckDB: the bundled example shop API",
+        "(six resources, pages of 1,000 records) synced by `sluicegate sync-api --all --streaming --apply`",
+        "with default settings into a fresh DuckDB file, against `shop-download`, which fetches the same",
+        "pages sequentially and discards them (the lower bound). Both run against the same API process,",
+        "alternating, "
+        f"{REPEAT} times each; the figures are medians (peak RSS: median, and the maximum in brackets).",
+        "",
+        f"- Machine: {machine()}",
+        f"- Commit: `{commit}`, date: {time.strftime('%Y-%m-%d')}",
+        "- Commands: `shop-api --orders N`, `shop-download --url URL --page-size 1000`,",
+        "  `SHOP_API_URL=URL sluicegate sync-api --config examples/sluicegate.yaml --all --streaming --apply --quiet`",
+        "",
+        "| orders | rows (6 tables) | download-only wall | sluicegate wall | ratio | sluicegate rows/s | sluicegate CPU | sluicegate peak RSS |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['orders']:,} | {r['rows']:,} | {r['dl_wall']:.2f} s | {r['sg_wall']:.2f} s | "
+            f"{r['sg_wall'] / r['dl_wall']:.1f}× | {r['rows'] / r['sg_wall']:,.0f} | {r['sg_cpu']:.2f} s | "
+            f"{mib(r['sg_rss'])} ({mib(r['sg_rss_max'])}) |"
+        )
+    lines += [
+        "",
+        "Where the time goes: the same runs as a dry run into a database that does not exist (every",
+        "page fetched and decoded into records, nothing written), i.e. the source side alone:",
+        "",
+        "| orders | dry-run wall | dry-run CPU | dry-run peak RSS | sync CPU minus dry-run CPU (the DuckDB side) |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['orders']:,} | {r['rd_wall']:.2f} s | {r['rd_cpu']:.2f} s | {mib(r['rd_rss'])} | "
+            f"{r['sg_cpu'] - r['rd_cpu']:.2f} s |"
+        )
+    lines.append("")
+    if len(results) >= 2:
+        small, large = results[0], results[-1]
+        growth = large["sg_rss"] / small["sg_rss"] - 1
+        lines += [
+            "## Targets (foundation issue)",
+            "",
+            f"- Peak RSS of the larger run within 25% of the smaller one's: "
+            f"{mib(large['sg_rss'])} vs {mib(small['sg_rss'])}, {growth:+.0%} → "
+            f"{'met' if growth <= 0.25 else 'missed'}.",
+            f"- Larger run's peak RSS under 100 MB (default settings): {mib(large['sg_rss'])} "
+            f"= {large['sg_rss'] / 1e6:.1f} MB (decimal) → "
+            f"{'met' if large['sg_rss'] < 100e6 else ('met in MiB, missed in decimal MB' if large['sg_rss'] < 100 * 2**20 else 'missed')}.",
+            f"- Wall time within 3× of download-only: {large['sg_wall'] / large['dl_wall']:.1f}× at "
+            f"{large['orders']:,} orders → {'met' if large['sg_wall'] <= 3 * large['dl_wall'] else 'missed'}.",
+            "",
+        ]
+    out = ROOT / "bench" / "RESULTS.md"
+    notes = ROOT / "bench" / "NOTES.md"
+    if notes.exists():
+        lines += [notes.read_text().rstrip(), ""]
+    out.write_text("\n".join(lines))
+    print(f"wrote {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
