@@ -7,7 +7,14 @@ use clap::{Args, Parser, Subcommand};
 /// Sync paginated REST APIs and databases into DuckDB and content platforms with
 /// memory that stays flat however large the dataset is.
 #[derive(Debug, Parser)]
-#[command(name = "sluicegate", version, propagate_version = true)]
+#[command(
+    name = "sluicegate",
+    version,
+    propagate_version = true,
+    after_help = "Environment: SLUICEGATE_CONFIG (--config), SLUICEGATE_MAX_MEMORY_MB (--max-memory-mb), \
+SLUICEGATE_LOG (log filter for stderr, e.g. info or debug).\n\
+Exit codes: 0 every sync completed, 1 a sync failed, 2 configuration or usage error."
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]

@@ -262,7 +262,10 @@ mod tests {
     fn multi_line_causes_are_folded_into_one_line() {
         let cause = std::io::Error::other("Parser Error: syntax error\n\nLINE 1: SELECT\n    ^");
         let err = Error::sink("cannot run").with_source(cause);
-        assert_eq!(err.to_string(), "cannot run: Parser Error: syntax error LINE 1: SELECT ^");
+        assert_eq!(
+            err.to_string(),
+            "cannot run: Parser Error: syntax error LINE 1: SELECT ^"
+        );
     }
 
     #[test]
