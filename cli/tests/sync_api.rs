@@ -119,19 +119,63 @@ fn assert_tables_match_dataset(db: &Path, dataset: Dataset) {
     }
 }
 
-async fn server(faults: Vec<Fault>, token: Option<&str>) -> ShopServer {
-    let config = ShopConfig {
-        orders: ORDERS,
-        faults,
-        token: token.map(str::to_owned),
-        ..ShopConfig::default()
-    };
-    ShopServer::start(config, "127.0.0.1:0").await.unwrap()
+/// A shop API on 127.0.0.1, a configuration pointing at it, and the DuckDB
+/// file that configuration writes, all in a temporary directory.
+struct Fixture {
+    dir: tempfile::TempDir,
+    server: ShopServer,
+    config: String,
+}
+
+impl Fixture {
+    async fn new(faults: Vec<Fault>, token: Option<&str>, extra_source: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ShopConfig {
+            orders: ORDERS,
+            faults,
+            token: token.map(str::to_owned),
+            ..ShopConfig::default()
+        };
+        let server = ShopServer::start(config, "127.0.0.1:0").await.unwrap();
+        let config = write_config(dir.path(), &server.url(), extra_source);
+        let config = config.to_str().unwrap().to_owned();
+        Self {
+            dir,
+            server,
+            config,
+        }
+    }
+
+    fn db(&self) -> PathBuf {
+        self.dir.path().join("shop.duckdb")
+    }
+
+    /// Runs `sluicegate sync-api --config <this config> <args>`.
+    async fn sync(&self, args: &[&str], envs: &[(&str, &str)]) -> Output {
+        let mut all = vec!["sync-api", "--config", &self.config];
+        all.extend_from_slice(args);
+        sluicegate(&all, envs).await
+    }
+
+    /// Runs a sync that must succeed; returns its stdout.
+    async fn sync_ok(&self, args: &[&str]) -> String {
+        let out = self.sync(args, &[]).await;
+        assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+        text(&out.stdout)
+    }
+}
+
+/// The cells of the summary row of `key`.
+fn summary_row(stdout: &str, key: &str) -> Vec<String> {
+    let line = stdout
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(key))
+        .unwrap_or_else(|| panic!("no summary row for {key} in {stdout}"));
+    line.split_whitespace().map(str::to_owned).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_loads_every_row_of_all_six_resources_and_a_rerun_updates_in_place() {
-    let dir = tempfile::tempdir().unwrap();
     // One 503 in the middle of orders, retried after the Retry-After delay.
     let fault = Fault {
         resource: Resource::Orders,
@@ -140,137 +184,76 @@ async fn apply_loads_every_row_of_all_six_resources_and_a_rerun_updates_in_place
         times: 1,
         retry_after: Some(0),
     };
-    let server = server(vec![fault], None).await;
-    let config = write_config(dir.path(), &server.url(), "");
-    let config = config.to_str().unwrap();
-    let db = dir.path().join("shop.duckdb");
-
-    let out = sluicegate(
-        &[
-            "sync-api",
-            "--config",
-            config,
-            "--all",
-            "--streaming",
-            "--apply",
-            "--batch-size",
-            "700",
-        ],
-        &[],
-    )
-    .await;
-    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
-    let stdout = text(&out.stdout);
+    let fx = Fixture::new(vec![fault], None, "").await;
+    let stdout = fx
+        .sync_ok(&["--all", "--streaming", "--apply", "--batch-size", "700"])
+        .await;
     assert!(stdout.contains("retries 1"), "{stdout}");
     assert!(stdout.contains("503×1"), "{stdout}");
     assert!(
         stdout.starts_with("sync-api: applied (streaming mode)"),
         "{stdout}"
     );
-
-    assert_tables_match_dataset(&db, server.dataset());
+    assert_tables_match_dataset(&fx.db(), fx.server.dataset());
 
     // Fields that only appear in later pages became columns, null before.
     let late = query(
-        &db,
+        &fx.db(),
         "SELECT count(*) FILTER (loyalty_tier IS NULL), count(loyalty_tier) FROM customers",
     );
-    let half = server.dataset().total(Resource::Customers) as i64 / 2;
+    let half = fx.server.dataset().total(Resource::Customers) as i64 / 2;
     assert_eq!(late, vec![vec![json!(half), json!(half)]]);
-    let coupons = query(&db, "SELECT min(id) FROM orders WHERE coupon IS NOT NULL");
+    let coupons = query(
+        &fx.db(),
+        "SELECT min(id) FROM orders WHERE coupon IS NOT NULL",
+    );
     assert_eq!(
         coupons,
         vec![vec![json!(ORDERS as i64 - ORDERS as i64 / 10 + 1)]]
     );
 
     // A second run updates the same rows: no duplicates, same content.
-    let out = sluicegate(
-        &[
-            "sync-api",
-            "--config",
-            config,
-            "--all",
-            "--streaming",
-            "--apply",
-        ],
-        &[],
-    )
-    .await;
-    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
-    let stdout = text(&out.stdout);
-    let orders_line = stdout.lines().find(|l| l.starts_with("orders")).unwrap();
-    let cols: Vec<&str> = orders_line.split_whitespace().collect();
-    assert_eq!(&cols[2..5], ["3,000", "0", "3,000"], "{stdout}");
-    assert_tables_match_dataset(&db, server.dataset());
+    let stdout = fx.sync_ok(&["--all", "--streaming", "--apply"]).await;
+    assert_eq!(
+        summary_row(&stdout, "orders")[2..5],
+        ["3,000", "0", "3,000"],
+        "{stdout}"
+    );
+    assert_tables_match_dataset(&fx.db(), fx.server.dataset());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dry_run_reads_everything_and_writes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = server(Vec::new(), None).await;
-    let config = write_config(dir.path(), &server.url(), "");
-    let config = config.to_str().unwrap();
-    let db = dir.path().join("shop.duckdb");
-
-    let out = sluicegate(
-        &[
-            "sync-api",
-            "--config",
-            config,
-            "--key",
-            "orders",
-            "--streaming",
-        ],
-        &[],
-    )
-    .await;
-    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
-    let stdout = text(&out.stdout);
+    let fx = Fixture::new(Vec::new(), None, "").await;
+    let stdout = fx.sync_ok(&["--key", "orders", "--streaming"]).await;
     assert!(stdout.contains("dry run"), "{stdout}");
-    assert!(
-        stdout
-            .lines()
-            .any(|l| l.starts_with("orders") && l.contains("3,000  3,000")),
+    assert_eq!(
+        summary_row(&stdout, "orders")[2..5],
+        ["3,000", "3,000", "0"],
         "{stdout}"
     );
-    assert!(!db.exists(), "a dry run must not create the database");
+    assert!(!fx.db().exists(), "a dry run must not create the database");
     assert!(
-        !dir.path().join(".sluicegate").exists(),
+        !fx.dir.path().join(".sluicegate").exists(),
         "a dry run must not write checkpoints"
     );
 
-    let out = sluicegate(
-        &[
-            "sync-api",
-            "--config",
-            config,
-            "--key",
-            "orders",
-            "--streaming",
-            "--apply",
-        ],
-        &[],
-    )
-    .await;
-    assert!(out.status.success());
-    let before = std::fs::read(&db).unwrap();
-    let out = sluicegate(
-        &[
-            "sync-api", "--config", config, "--key", "orders", "--key", "stores",
-        ],
-        &[],
-    )
-    .await;
-    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
-    let stdout = text(&out.stdout);
-    let orders = stdout.lines().find(|l| l.starts_with("orders")).unwrap();
+    fx.sync_ok(&["--key", "orders", "--streaming", "--apply"])
+        .await;
+    let before = std::fs::read(fx.db()).unwrap();
+    let stdout = fx.sync_ok(&["--key", "orders", "--key", "stores"]).await;
     assert_eq!(
-        orders.split_whitespace().collect::<Vec<_>>()[2..5],
+        summary_row(&stdout, "orders")[2..5],
         ["3,000", "0", "3,000"],
         "{stdout}"
     );
     assert_eq!(
-        std::fs::read(&db).unwrap(),
+        summary_row(&stdout, "stores")[2..5],
+        ["4", "4", "0"],
+        "{stdout}"
+    );
+    assert_eq!(
+        std::fs::read(fx.db()).unwrap(),
         before,
         "a dry run leaves the file unchanged"
     );
@@ -278,9 +261,8 @@ async fn a_dry_run_reads_everything_and_writes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_mistakes_fail_before_any_request_with_one_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = server(Vec::new(), None).await;
-    let good = std::fs::read_to_string(write_config(dir.path(), &server.url(), "")).unwrap();
+    let fx = Fixture::new(Vec::new(), None, "").await;
+    let good = std::fs::read_to_string(&fx.config).unwrap();
     let cases = [
         (
             good.replacen("skipKey", "skipKye", 1),
@@ -304,7 +286,7 @@ async fn config_mistakes_fail_before_any_request_with_one_line() {
         ),
     ];
     for (i, (text_, expected)) in cases.iter().enumerate() {
-        let path = dir.path().join(format!("bad{i}.yaml"));
+        let path = fx.dir.path().join(format!("bad{i}.yaml"));
         std::fs::write(&path, text_).unwrap();
         let out = sluicegate(
             &[
@@ -330,44 +312,21 @@ async fn config_mistakes_fail_before_any_request_with_one_line() {
             "names the file: {stderr}"
         );
     }
-    let path = dir.path().join("sluicegate.yaml");
-    let out = sluicegate(
-        &[
-            "sync-api",
-            "--config",
-            path.to_str().unwrap(),
-            "--key",
-            "refunds",
-        ],
-        &[],
-    )
-    .await;
+    let out = fx.sync(&["--key", "refunds"], &[]).await;
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("no sync entry with key 'refunds' (keys: customers, orders, items, products, supplies, stores)"));
-    assert_eq!(server.requests(), 0, "no request was made");
-    assert!(!dir.path().join("shop.duckdb").exists());
+    assert!(text(&out.stderr).contains(
+        "no sync entry with key 'refunds' (keys: customers, orders, items, products, supplies, stores)"
+    ));
+    assert_eq!(fx.server.requests(), 0, "no request was made");
+    assert!(!fx.db().exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn classic_mode_stops_with_a_clear_memory_error_and_streaming_succeeds() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = server(Vec::new(), None).await;
-    let config = write_config(dir.path(), &server.url(), "");
-    let config = config.to_str().unwrap();
-    let out = sluicegate(
-        &[
-            "sync-api",
-            "--config",
-            config,
-            "--key",
-            "items",
-            "--apply",
-            "--max-memory-mb",
-            "1",
-        ],
-        &[],
-    )
-    .await;
+    let fx = Fixture::new(Vec::new(), None, "").await;
+    let out = fx
+        .sync(&["--key", "items", "--apply", "--max-memory-mb", "1"], &[])
+        .await;
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
     assert!(
@@ -379,32 +338,24 @@ async fn classic_mode_stops_with_a_clear_memory_error_and_streaming_succeeds() {
         "{stderr}"
     );
 
-    let out = sluicegate(
-        &[
-            "sync-api",
-            "--config",
-            config,
-            "--key",
-            "items",
-            "--apply",
-            "--max-memory-mb",
-            "1",
-            "--streaming",
-        ],
-        &[],
-    )
+    fx.sync_ok(&[
+        "--key",
+        "items",
+        "--apply",
+        "--max-memory-mb",
+        "1",
+        "--streaming",
+    ])
     .await;
-    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
-    let db = dir.path().join("shop.duckdb");
+    let items = fx.server.dataset().total(Resource::Items) as i64;
     assert_eq!(
-        query(&db, "SELECT count(*) FROM items"),
-        vec![vec![json!(server.dataset().total(Resource::Items) as i64)]]
+        query(&fx.db(), "SELECT count(*) FROM items"),
+        vec![vec![json!(items)]]
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_stream_resumes_from_its_last_checkpoint() {
-    let dir = tempfile::tempdir().unwrap();
     // The items page at offset 4000 fails with a non-retryable 404 once.
     let fault = Fault {
         resource: Resource::Items,
@@ -413,38 +364,18 @@ async fn a_failed_stream_resumes_from_its_last_checkpoint() {
         times: 1,
         retry_after: None,
     };
-    let server = server(vec![fault], None).await;
-    let config = write_config(dir.path(), &server.url(), "");
-    let config = config.to_str().unwrap();
-    let db = dir.path().join("shop.duckdb");
-    let args = [
-        "sync-api",
-        "--config",
-        config,
-        "--all",
-        "--streaming",
-        "--apply",
-        "--batch-size",
-        "1000",
-    ];
+    let fx = Fixture::new(vec![fault], None, "").await;
+    let args = ["--all", "--streaming", "--apply", "--batch-size", "1000"];
 
-    let out = sluicegate(&args, &[]).await;
+    let out = fx.sync(&args, &[]).await;
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
     assert!(stderr.contains("answered 404"), "{stderr}");
     assert!(stderr.contains("sync=items"), "{stderr}");
     let stdout = text(&out.stdout);
-    assert!(
-        stdout
-            .lines()
-            .any(|l| l.starts_with("items") && l.contains("FAILED")),
-        "{stdout}"
-    );
-    assert!(
-        stdout.lines().any(|l| l.starts_with("stores")),
-        "later streams still ran: {stdout}"
-    );
-    let written = query(&db, "SELECT count(*) FROM items")[0][0]
+    assert_eq!(summary_row(&stdout, "items")[1], "FAILED", "{stdout}");
+    summary_row(&stdout, "stores"); // later streams still ran
+    let written = query(&fx.db(), "SELECT count(*) FROM items")[0][0]
         .as_i64()
         .unwrap();
     assert_eq!(
@@ -452,43 +383,33 @@ async fn a_failed_stream_resumes_from_its_last_checkpoint() {
         "everything before the failing page was committed"
     );
 
-    let out = sluicegate(&args, &[]).await;
+    let out = fx.sync(&args, &[]).await;
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let stderr = text(&out.stderr);
     assert!(
-        text(&out.stderr).contains("items: resuming after checkpoint {\"offset\":4000}"),
-        "{}",
-        text(&out.stderr)
+        stderr.contains("items: resuming after checkpoint {\"offset\":4000}"),
+        "{stderr}"
     );
-    assert_tables_match_dataset(&db, server.dataset());
+    assert_tables_match_dataset(&fx.db(), fx.server.dataset());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bearer_auth_reads_the_token_from_the_environment() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = server(Vec::new(), Some("t0ken-value")).await;
-    let config = write_config(
-        dir.path(),
-        &server.url(),
+    let fx = Fixture::new(
+        Vec::new(),
+        Some("t0ken-value"),
         "      auth: { type: bearer, tokenEnv: SHOP_TOKEN }\n",
-    );
-    let config = config.to_str().unwrap();
-    let args = [
-        "sync-api",
-        "--config",
-        config,
-        "--key",
-        "stores",
-        "--streaming",
-        "--apply",
-    ];
+    )
+    .await;
+    let args = ["--key", "stores", "--streaming", "--apply"];
 
-    let out = sluicegate(&args, &[]).await;
+    let out = fx.sync(&args, &[]).await;
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains(
         "syncs[stores].source.auth.tokenEnv: environment variable SHOP_TOKEN is not set"
     ));
 
-    let out = sluicegate(&args, &[("SHOP_TOKEN", "wrong")]).await;
+    let out = fx.sync(&args, &[("SHOP_TOKEN", "wrong")]).await;
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
     assert!(stderr.contains("answered 401"), "{stderr}");
@@ -497,7 +418,7 @@ async fn bearer_auth_reads_the_token_from_the_environment() {
         "the token never appears in output: {stderr}"
     );
 
-    let out = sluicegate(&args, &[("SHOP_TOKEN", "t0ken-value")]).await;
+    let out = fx.sync(&args, &[("SHOP_TOKEN", "t0ken-value")]).await;
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
     assert!(
         !text(&out.stdout).contains("t0ken-value") && !text(&out.stderr).contains("t0ken-value")

@@ -26,13 +26,19 @@ fn options(mode: ReadMode, batch_rows: usize) -> PipelineOptions {
     }
 }
 
+/// A pipeline from `source` into a writer of `sink` for the `numbers` stream.
+async fn pipeline(sink: &MemorySink, source: Arc<VecSource>) -> Pipeline {
+    let writer = sink.open(target()).await.unwrap();
+    Pipeline::new("numbers", "numbers", source, writer)
+}
+
 #[tokio::test]
 async fn streaming_regroups_pages_into_sink_batches_and_writes_everything() {
     let sink = MemorySink::new();
-    let writer = sink.open(target()).await.unwrap();
     let source = Arc::new(VecSource::new(numbered_records(1000), 30));
     let store = Arc::new(MemoryCheckpointStore::default());
-    let report = Pipeline::new("numbers", "numbers", source, writer)
+    let report = pipeline(&sink, source)
+        .await
         .checkpoints(store.clone())
         .options(options(ReadMode::Streaming, 100))
         .run()
@@ -61,8 +67,8 @@ async fn a_sink_failure_keeps_the_last_acknowledged_position_and_a_rerun_resumes
     let sink = MemorySink::new().failing_on_write(4);
     let source = Arc::new(VecSource::new(numbered_records(1000), 50));
 
-    let writer = sink.open(target()).await.unwrap();
-    let err = Pipeline::new("numbers", "numbers", source.clone(), writer)
+    let err = pipeline(&sink, source.clone())
+        .await
         .checkpoints(store.clone())
         .options(options(ReadMode::Streaming, 100))
         .run()
@@ -80,8 +86,8 @@ async fn a_sink_failure_keeps_the_last_acknowledged_position_and_a_rerun_resumes
     );
     assert_eq!(sink.tables()["numbers"].len(), 300);
 
-    let writer = sink.open(target()).await.unwrap();
-    let report = Pipeline::new("numbers", "numbers", source, writer)
+    let report = pipeline(&sink, source)
+        .await
         .checkpoints(store.clone())
         .options(options(ReadMode::Streaming, 100))
         .run()
@@ -99,8 +105,8 @@ async fn a_source_failure_writes_what_came_before_and_names_the_page() {
     let sink = MemorySink::new();
     let store = Arc::new(MemoryCheckpointStore::default());
     let source = Arc::new(VecSource::new(numbered_records(500), 50).failing_at_page(4));
-    let writer = sink.open(target()).await.unwrap();
-    let err = Pipeline::new("numbers", "numbers", source, writer)
+    let err = pipeline(&sink, source)
+        .await
         .checkpoints(store.clone())
         .options(options(ReadMode::Streaming, 1000))
         .run()
@@ -121,10 +127,10 @@ async fn a_source_failure_writes_what_came_before_and_names_the_page() {
 #[tokio::test]
 async fn classic_mode_stops_with_a_memory_error_when_the_source_does_not_fit() {
     let sink = MemorySink::new();
-    let writer = sink.open(target()).await.unwrap();
     let source = Arc::new(VecSource::new(numbered_records(20_000), 500));
     let budget = MemoryBudget::with_policy(256 * 1024, WhenFull::Fail);
-    let err = Pipeline::new("numbers", "numbers", source, writer)
+    let err = pipeline(&sink, source)
+        .await
         .budget(budget)
         .options(options(ReadMode::Classic, 1000))
         .run()
@@ -145,10 +151,10 @@ async fn classic_mode_stops_with_a_memory_error_when_the_source_does_not_fit() {
 #[tokio::test]
 async fn classic_mode_writes_everything_when_it_fits() {
     let sink = MemorySink::new();
-    let writer = sink.open(target()).await.unwrap();
     let source = Arc::new(VecSource::new(numbered_records(2_000), 500));
     let budget = MemoryBudget::with_policy(64 << 20, WhenFull::Fail);
-    let report = Pipeline::new("numbers", "numbers", source, writer)
+    let report = pipeline(&sink, source)
+        .await
         .budget(budget)
         .options(options(ReadMode::Classic, 1000))
         .run()
@@ -161,10 +167,10 @@ async fn classic_mode_writes_everything_when_it_fits() {
 #[tokio::test]
 async fn streaming_keeps_data_in_flight_inside_the_budget() {
     let sink = MemorySink::new();
-    let writer = sink.open(target()).await.unwrap();
     let source = Arc::new(VecSource::new(numbered_records(50_000), 200));
     let budget = MemoryBudget::new(512 * 1024);
-    let report = Pipeline::new("numbers", "numbers", source, writer)
+    let report = pipeline(&sink, source)
+        .await
         .budget(budget.clone())
         .options(options(ReadMode::Streaming, 1000))
         .run()
