@@ -162,11 +162,8 @@ async fn run_entry(
         .get(&entry.sink)
         .ok_or_else(|| Error::config(format!("no sink named '{}'", entry.sink)))?;
     let source = source.build().await?;
-    let target = StreamTarget {
-        sync_key: entry.key.clone(),
-        table: entry.table().to_owned(),
-        key_field: entry.key_field.clone(),
-    };
+    let mut target = StreamTarget::new(entry.key.clone(), entry.table(), entry.key_field.clone());
+    target.stats = stats.clone();
     if let Some(store) = &checkpoints {
         if args.full_refresh {
             store.clear(&entry.key, entry.table())?;

@@ -14,14 +14,18 @@
 //! - In a dry run (the sink was built with `BuildContext::dry_run`), nothing in the
 //!   sink changes: no files created, no rows or entries written.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::batch::Batch;
 use crate::error::Result;
+use crate::observe::{NoObserver, RunObserver};
+use crate::stats::RunStats;
 
-/// Which stream a writer writes, and how records are matched.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Which stream a writer writes, how records are matched, and where it reports.
+#[derive(Clone)]
 pub struct StreamTarget {
     /// The sync key (for context in errors and logs).
     pub sync_key: String,
@@ -29,6 +33,37 @@ pub struct StreamTarget {
     pub table: String,
     /// The record field that identifies a record; `None` appends without upsert.
     pub key_field: Option<String>,
+    /// The run's counters (requests made by the sink count here).
+    pub stats: Arc<RunStats>,
+    /// Where rejected records and change notes go.
+    pub observer: Arc<dyn RunObserver>,
+}
+
+impl StreamTarget {
+    /// A target with fresh counters and no observer.
+    pub fn new(
+        sync_key: impl Into<String>,
+        table: impl Into<String>,
+        key_field: Option<String>,
+    ) -> Self {
+        Self {
+            sync_key: sync_key.into(),
+            table: table.into(),
+            key_field,
+            stats: Arc::new(RunStats::default()),
+            observer: Arc::new(NoObserver),
+        }
+    }
+}
+
+impl std::fmt::Debug for StreamTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamTarget")
+            .field("sync_key", &self.sync_key)
+            .field("table", &self.table)
+            .field("key_field", &self.key_field)
+            .finish()
+    }
 }
 
 /// A sink's acknowledgement of one batch.
@@ -46,7 +81,7 @@ pub struct BatchAck {
     pub updated: u64,
     /// Records identical to what the sink already held (not written).
     pub unchanged: u64,
-    /// Records the sink rejected.
+    /// Records the sink rejected (each reported to the target's observer).
     pub failed: u64,
     /// Duplicate keys merged within the batch (the last record wins).
     pub duplicates: u64,
@@ -69,6 +104,10 @@ impl BatchAck {
 pub struct WriterSummary {
     /// The target's row count after the run, when the sink can tell cheaply.
     pub total_rows: Option<u64>,
+    /// Figures of the writer's lookup cache, if it has one.
+    pub cache: Option<crate::upsert::CacheStats>,
+    /// Entries published.
+    pub published: u64,
 }
 
 /// A configured destination; opens one writer per stream.

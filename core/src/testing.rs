@@ -178,6 +178,7 @@ impl SinkWriter for MemoryWriter {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         Ok(WriterSummary {
             total_rows: Some(tables.get(&self.target.table).map_or(0, |t| t.len() as u64)),
+            ..WriterSummary::default()
         })
     }
 }
@@ -187,4 +188,245 @@ pub fn numbered_records(n: usize) -> Vec<Record> {
     (0..n)
         .map(|i| crate::record::into_record(json!({"id": i, "name": format!("record {i}")})))
         .collect()
+}
+
+/// A keyed sink in memory with request counters: the reference implementation
+/// of the [`KeyedSink`](crate::KeyedSink) contract used to test the upsert action.
+///
+/// Entries get ids `e1`, `e2`, ... and versions like Contentful's (create 1,
+/// each update +1, publish +1). A write whose fields hold the text `INVALID` in
+/// any locale is rejected, like a validation error.
+pub struct MemoryKeyedSink {
+    model: crate::content::ContentModel,
+    key_field: String,
+    state: Mutex<KeyedState>,
+    max_lookup_keys: usize,
+}
+
+#[derive(Default)]
+struct KeyedState {
+    entries: BTreeMap<String, crate::keyed::ExistingEntry>,
+    next_id: u64,
+    counts: KeyedCounts,
+}
+
+/// Requests a [`MemoryKeyedSink`] has served.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct KeyedCounts {
+    /// Lookup requests by key.
+    pub key_lookups: u64,
+    /// Lookup requests by id.
+    pub id_lookups: u64,
+    /// Page requests.
+    pub pages: u64,
+    /// Entries created.
+    pub creates: u64,
+    /// Entries updated.
+    pub updates: u64,
+    /// Entries published.
+    pub publishes: u64,
+}
+
+impl MemoryKeyedSink {
+    /// An empty sink for `model`, matching records on `key_field`.
+    pub fn new(model: crate::content::ContentModel, key_field: &str) -> Self {
+        Self {
+            model,
+            key_field: key_field.to_owned(),
+            state: Mutex::new(KeyedState::default()),
+            max_lookup_keys: 50,
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, KeyedState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Requests served so far.
+    pub fn counts(&self) -> KeyedCounts {
+        self.state().counts
+    }
+
+    /// Every entry, by id.
+    pub fn entries(&self) -> BTreeMap<String, crate::keyed::ExistingEntry> {
+        self.state().entries.clone()
+    }
+
+    /// Puts an entry in directly (as if made by someone else); returns its id.
+    pub fn seed(&self, fields: crate::content::EntryFields, metadata: Option<Value>) -> String {
+        let mut st = self.state();
+        st.next_id += 1;
+        let id = format!("e{}", st.next_id);
+        st.entries.insert(
+            id.clone(),
+            crate::keyed::ExistingEntry {
+                id: id.clone(),
+                version: 1,
+                fields,
+                metadata,
+            },
+        );
+        id
+    }
+
+    fn key_of(&self, entry: &crate::keyed::ExistingEntry) -> Option<String> {
+        match entry
+            .fields
+            .get(&self.key_field)?
+            .get(self.model.default_locale())?
+        {
+            Value::String(s) => Some(s.clone()),
+            other => Some(other.to_string()),
+        }
+    }
+}
+
+fn is_invalid(fields: &crate::content::EntryFields) -> bool {
+    fields
+        .values()
+        .filter_map(Value::as_object)
+        .flat_map(|m| m.values())
+        .any(|v| v.as_str() == Some("INVALID"))
+}
+
+#[async_trait]
+impl crate::keyed::KeyedSink for MemoryKeyedSink {
+    fn capabilities(&self) -> crate::keyed::KeyedCapabilities {
+        crate::keyed::KeyedCapabilities {
+            max_lookup_keys: self.max_lookup_keys,
+            max_page_size: 100,
+            publish: true,
+        }
+    }
+
+    async fn model(&self, _target: &StreamTarget) -> Result<crate::content::ContentModel> {
+        Ok(self.model.clone())
+    }
+
+    async fn lookup(
+        &self,
+        _target: &StreamTarget,
+        lookup: crate::keyed::Lookup<'_>,
+    ) -> Result<crate::keyed::LookupPage> {
+        use crate::keyed::{Lookup, LookupPage};
+        let mut st = self.state();
+        let page = match lookup {
+            Lookup::Keys(keys) => {
+                st.counts.key_lookups += 1;
+                let entries = st
+                    .entries
+                    .values()
+                    .filter(|e| self.key_of(e).is_some_and(|k| keys.contains(&k)))
+                    .cloned()
+                    .collect();
+                LookupPage {
+                    entries,
+                    total: None,
+                }
+            }
+            Lookup::Ids(ids) => {
+                st.counts.id_lookups += 1;
+                let entries = ids
+                    .iter()
+                    .filter_map(|id| st.entries.get(id).cloned())
+                    .collect();
+                LookupPage {
+                    entries,
+                    total: None,
+                }
+            }
+            Lookup::Page { skip, limit } => {
+                st.counts.pages += 1;
+                let entries = st
+                    .entries
+                    .values()
+                    .skip(skip as usize)
+                    .take(limit as usize)
+                    .cloned()
+                    .collect();
+                LookupPage {
+                    entries,
+                    total: Some(st.entries.len() as u64),
+                }
+            }
+        };
+        Ok(page)
+    }
+
+    async fn write(
+        &self,
+        _target: &StreamTarget,
+        ops: Vec<crate::keyed::WriteOp>,
+    ) -> Vec<Result<crate::keyed::Written>> {
+        use crate::keyed::{ExistingEntry, WriteOp, Written};
+        let mut st = self.state();
+        ops.into_iter()
+            .map(|op| match op {
+                WriteOp::Create { fields, .. } | WriteOp::Update { fields, .. }
+                    if is_invalid(&fields) =>
+                {
+                    Err(Error::sink("validation failed: INVALID is not allowed"))
+                }
+                WriteOp::Create { id, fields } => {
+                    st.counts.creates += 1;
+                    st.next_id += 1;
+                    let id = id.unwrap_or_else(|| format!("e{}", st.next_id));
+                    st.entries.insert(
+                        id.clone(),
+                        ExistingEntry {
+                            id: id.clone(),
+                            version: 1,
+                            fields,
+                            metadata: None,
+                        },
+                    );
+                    Ok(Written { id, version: 1 })
+                }
+                WriteOp::Update { existing, fields } => {
+                    st.counts.updates += 1;
+                    let Some(entry) = st.entries.get_mut(&existing.id) else {
+                        return Err(Error::sink(format!("entry {} does not exist", existing.id)));
+                    };
+                    if entry.version != existing.version {
+                        return Err(Error::sink(format!("version mismatch on {}", existing.id)));
+                    }
+                    entry.version += 1;
+                    entry.fields = fields;
+                    Ok(Written {
+                        id: entry.id.clone(),
+                        version: entry.version,
+                    })
+                }
+            })
+            .collect()
+    }
+
+    async fn publish(
+        &self,
+        _target: &StreamTarget,
+        items: Vec<crate::keyed::Written>,
+    ) -> Vec<Result<crate::keyed::Written>> {
+        let mut st = self.state();
+        items
+            .into_iter()
+            .map(|w| {
+                st.counts.publishes += 1;
+                let entry = st
+                    .entries
+                    .get_mut(&w.id)
+                    .ok_or_else(|| Error::sink(format!("entry {} does not exist", w.id)))?;
+                entry.version += 1;
+                Ok(crate::keyed::Written {
+                    id: w.id,
+                    version: entry.version,
+                })
+            })
+            .collect()
+    }
+
+    fn describe(&self) -> String {
+        "in-memory keyed sink".to_owned()
+    }
 }

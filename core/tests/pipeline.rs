@@ -11,11 +11,7 @@ use sluicegate_core::{
 };
 
 fn target() -> StreamTarget {
-    StreamTarget {
-        sync_key: "numbers".into(),
-        table: "numbers".into(),
-        key_field: Some("id".into()),
-    }
+    StreamTarget::new("numbers", "numbers", Some("id".into()))
 }
 
 fn options(mode: ReadMode, batch_rows: usize) -> PipelineOptions {

@@ -264,6 +264,7 @@ impl SinkWriter for DuckDbWriter {
         let Some(conn) = self.conn.clone() else {
             return Ok(WriterSummary {
                 total_rows: Some(0),
+                ..WriterSummary::default()
             });
         };
         let table = self.target.table.clone();
@@ -274,6 +275,7 @@ impl SinkWriter for DuckDbWriter {
             if !load_table(&conn, &table)?.exists {
                 return Ok(WriterSummary {
                     total_rows: Some(0),
+                    ..WriterSummary::default()
                 });
             }
             if tracing::enabled!(tracing::Level::DEBUG) {
@@ -288,6 +290,7 @@ impl SinkWriter for DuckDbWriter {
                 .map_err(|e| duck_error(format!("cannot count rows of {table}"), e))?;
             Ok(WriterSummary {
                 total_rows: Some(u64::try_from(n).unwrap_or(0)),
+                ..WriterSummary::default()
             })
         })
         .await

@@ -26,11 +26,7 @@ fn sink(dir: &Path, dry_run: bool) -> DuckDbSink {
 }
 
 fn target(table: &str, key: Option<&str>) -> StreamTarget {
-    StreamTarget {
-        sync_key: table.into(),
-        table: table.into(),
-        key_field: key.map(str::to_owned),
-    }
+    StreamTarget::new(table, table, key.map(str::to_owned))
 }
 
 async fn batch(records: Vec<Value>) -> Batch {

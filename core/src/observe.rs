@@ -1,0 +1,59 @@
+//! Observing a run: rejected records (for dead-letter output) and change notes
+//! (for `--verbosity detailed`), streamed as they happen so nothing accumulates.
+
+use serde::Serialize;
+
+use crate::record::Record;
+
+/// Where in the flow a record was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    /// Rendering the mapping templates.
+    Map,
+    /// Converting mapped values to the target's field types.
+    Convert,
+    /// The sink refused the write.
+    Write,
+    /// The sink refused to publish.
+    Publish,
+}
+
+/// A record that could not be synced, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rejected {
+    /// Where it failed.
+    pub stage: Stage,
+    /// Its key, when known.
+    pub key: Option<String>,
+    /// Why, as the failing component said it.
+    pub reason: String,
+    /// The record (as read from the source, or as mapped).
+    pub record: Record,
+}
+
+/// Receives what a run wants to tell beyond counts. Called from the pipeline's
+/// tasks; implementations must be cheap and must not block for long.
+pub trait RunObserver: Send + Sync {
+    /// Whether [`RunObserver::change`] lines are wanted (they cost a comparison
+    /// per changed field to produce).
+    fn wants_changes(&self) -> bool {
+        false
+    }
+
+    /// One line describing a change that is (or, in a dry run, would be) made.
+    fn change(&self, sync_key: &str, line: &str) {
+        let _ = (sync_key, line);
+    }
+
+    /// A record that was rejected; the run goes on without it.
+    fn rejected(&self, sync_key: &str, rejected: Rejected) {
+        let _ = (sync_key, rejected);
+    }
+}
+
+/// An observer that ignores everything.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoObserver;
+
+impl RunObserver for NoObserver {}

@@ -1,0 +1,738 @@
+//! The upsert bulk action: syncing mapped records into a [`KeyedSink`] through a
+//! bounded cache of existing entries, writing only what changed.
+//!
+//! Per batch, [`UpsertWriter`]:
+//! 1. converts each mapped (flat) record to typed fields with the target's
+//!    [`ContentModel`]; a record that does not convert, or has no key, is rejected
+//!    (reported to the observer) and the batch goes on;
+//! 2. merges records with the same key: the first wins, later ones only fill
+//!    fields the first left out, and conflicting values are counted and logged;
+//! 3. consults the cache (key → id, version, digest of the mapped fields): a digest
+//!    equal to the record's means unchanged, with no request at all;
+//! 4. looks the misses up by key, and the cache hits whose digest differs by id,
+//!    in as few requests as the sink's `max_lookup_keys` allows;
+//! 5. classifies each record as new, changed (listing changed fields when the
+//!    observer wants them) or unchanged;
+//! 6. with `--apply`, creates new entries and updates changed ones: the update
+//!    body is the existing entry with only the mapped fields replaced, so unmapped
+//!    fields, other locales and metadata survive; then publishes what it wrote.
+//!
+//! The cache is bounded by entries and by bytes (and optionally a time-to-live),
+//! so memory never grows with the dataset. When the whole target fits the cache,
+//! it is prefetched page by page on the first batch: then a cache miss means "new"
+//! without any lookup, until the first eviction.
+
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::batch::Batch;
+use crate::content::{ContentModel, EntryFields, comparable, convert};
+use crate::error::{Error, ErrorKind, Result};
+use crate::keyed::{ExistingEntry, KeyedSink, Lookup, WriteOp};
+use crate::observe::{Rejected, Stage};
+use crate::record::Record;
+use crate::sink::{BatchAck, SinkWriter, StreamTarget, WriterSummary};
+
+/// Bounds of the lookup cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Most entries held.
+    pub max_entries: u64,
+    /// Most bytes held (keys, ids and bookkeeping).
+    pub max_bytes: u64,
+    /// Forget entries after this long, so long runs do not trust stale versions.
+    pub ttl: Option<Duration>,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            max_entries: 10_000,
+            max_bytes: 4 << 20,
+            ttl: None,
+        }
+    }
+}
+
+/// Whether to load the whole target into the cache up front.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefetch {
+    /// When the target's total fits the cache.
+    Auto,
+    /// Never; look every miss up.
+    Never,
+}
+
+/// How the upsert behaves.
+#[derive(Debug, Clone, Copy)]
+pub struct UpsertOptions {
+    /// Plan only: look up and compare, write and publish nothing.
+    pub dry_run: bool,
+    /// Publish what was written (when the sink has a publishing step).
+    pub publish: bool,
+    /// Cache bounds.
+    pub cache: CacheConfig,
+    /// Prefetching.
+    pub prefetch: Prefetch,
+}
+
+/// Figures of the lookup cache, for the run summary.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct CacheStats {
+    /// Records answered by the cache.
+    pub hits: u64,
+    /// Records the cache did not know.
+    pub misses: u64,
+    /// Entries evicted to stay within bounds.
+    pub evictions: u64,
+    /// Entries held at the end.
+    pub entries: u64,
+    /// Bytes held at the end (as weighed).
+    pub bytes: u64,
+    /// Whether the target was prefetched.
+    pub prefetched: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Cached {
+    id: Arc<str>,
+    version: u64,
+    digest: u64,
+}
+
+struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    evictions: AtomicU64,
+}
+
+/// One record on its way through the action.
+struct Candidate {
+    key: String,
+    id: Option<String>,
+    fields: EntryFields,
+    digest: u64,
+    record: Record,
+}
+
+/// What happened to a candidate.
+enum Plan {
+    Unchanged,
+    Create,
+    Update(ExistingEntry),
+}
+
+/// Syncs batches of mapped records into a [`KeyedSink`]; see the module docs.
+pub struct UpsertWriter<K: KeyedSink> {
+    sink: Arc<K>,
+    target: StreamTarget,
+    options: UpsertOptions,
+    key_field: String,
+    model: Option<Arc<ContentModel>>,
+    cache: moka::sync::Cache<String, Cached>,
+    counters: Arc<Counters>,
+    /// The cache holds every existing entry (prefetched, nothing evicted since).
+    complete: Arc<AtomicBool>,
+    prefetched: bool,
+    /// The prefetch loaded the target.
+    prefetch_loaded: bool,
+    published: u64,
+}
+
+impl<K: KeyedSink> UpsertWriter<K> {
+    /// A writer for one stream. The target's key field may carry `cute`'s locale
+    /// suffix (`id.en`); it is ignored.
+    pub fn new(sink: Arc<K>, target: StreamTarget, options: UpsertOptions) -> Result<Self> {
+        let key_field = target.key_field.as_deref().ok_or_else(|| {
+            Error::config(format!(
+                "sync '{}' needs a keyField to sync into {}",
+                target.sync_key,
+                sink.describe()
+            ))
+        })?;
+        let key_field = key_field.split('.').next().unwrap_or(key_field).to_owned();
+        let counters = Arc::new(Counters {
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+        });
+        let complete = Arc::new(AtomicBool::new(false));
+        let cfg = options.cache;
+        let floor = u32::try_from(cfg.max_bytes / cfg.max_entries.max(1))
+            .unwrap_or(u32::MAX)
+            .max(1);
+        let mut builder = moka::sync::Cache::builder()
+            .max_capacity(cfg.max_bytes.max(1))
+            .weigher(move |k: &String, v: &Cached| -> u32 {
+                let bytes = u32::try_from(k.len() + v.id.len() + 96).unwrap_or(u32::MAX);
+                bytes.max(floor)
+            })
+            .eviction_listener({
+                let counters = counters.clone();
+                let complete = complete.clone();
+                move |_k, _v, cause| {
+                    if cause.was_evicted() {
+                        counters.evictions.fetch_add(1, Ordering::Relaxed);
+                        complete.store(false, Ordering::Relaxed);
+                    }
+                }
+            });
+        if let Some(ttl) = cfg.ttl {
+            builder = builder.time_to_live(ttl);
+        }
+        Ok(Self {
+            sink,
+            target,
+            options,
+            key_field,
+            model: None,
+            cache: builder.build(),
+            counters,
+            complete,
+            prefetched: false,
+            prefetch_loaded: false,
+            published: 0,
+        })
+    }
+
+    fn reject(&self, stage: Stage, key: Option<String>, reason: String, record: Record) {
+        tracing::warn!(sync = %self.target.sync_key, ?stage, key = key.as_deref().unwrap_or("-"), %reason, "record rejected");
+        self.target.observer.rejected(
+            &self.target.sync_key,
+            Rejected {
+                stage,
+                key,
+                reason,
+                record,
+            },
+        );
+    }
+
+    async fn model(&mut self) -> Result<Arc<ContentModel>> {
+        if let Some(model) = &self.model {
+            return Ok(model.clone());
+        }
+        let model = Arc::new(self.sink.model(&self.target).await?);
+        if model.field(&self.key_field).is_none() {
+            let known: Vec<&str> = model.fields.iter().map(|f| f.id.as_str()).collect();
+            return Err(Error::config(format!(
+                "keyField '{}' is not a field of '{}' (fields: {})",
+                self.key_field,
+                model.name,
+                known.join(", ")
+            )));
+        }
+        self.model = Some(model.clone());
+        Ok(model)
+    }
+
+    fn key_of(&self, model: &ContentModel, fields: &EntryFields) -> Option<String> {
+        let value = fields.get(&self.key_field)?.get(model.default_locale())?;
+        match value {
+            Value::String(s) if !s.is_empty() => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            Value::Object(_) => value
+                .pointer("/sys/id")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            _ => None,
+        }
+    }
+
+    /// Loads the whole target into the cache when it fits (see module docs).
+    async fn prefetch(
+        &mut self,
+        model: &ContentModel,
+        pairs: &BTreeSet<(String, String)>,
+    ) -> Result<()> {
+        self.prefetched = true;
+        if self.options.prefetch == Prefetch::Never || self.options.cache.ttl.is_some() {
+            return Ok(());
+        }
+        let caps = self.sink.capabilities();
+        let first = self
+            .sink
+            .lookup(&self.target, Lookup::Page { skip: 0, limit: 1 })
+            .await?;
+        let Some(total) = first.total else {
+            return Ok(());
+        };
+        if total > self.options.cache.max_entries {
+            tracing::debug!(sync = %self.target.sync_key, total, "target larger than the cache; not prefetching");
+            return Ok(());
+        }
+        let mut skip = 0;
+        while skip < total {
+            let page = self
+                .sink
+                .lookup(
+                    &self.target,
+                    Lookup::Page {
+                        skip,
+                        limit: caps.max_page_size,
+                    },
+                )
+                .await?;
+            if page.entries.is_empty() {
+                break;
+            }
+            skip += page.entries.len() as u64;
+            for entry in page.entries {
+                if let Some(key) = self.key_of(model, &entry.fields) {
+                    let digest = digest_of(model, pairs.iter(), |f, l| {
+                        entry.fields.get(f).and_then(|m| m.get(l))
+                    });
+                    self.cache.insert(
+                        key,
+                        Cached {
+                            id: entry.id.as_str().into(),
+                            version: entry.version,
+                            digest,
+                        },
+                    );
+                }
+            }
+        }
+        self.cache.run_pending_tasks();
+        self.prefetch_loaded = true;
+        // Complete unless something was evicted while loading.
+        self.complete.store(
+            self.counters.evictions.load(Ordering::Relaxed) == 0,
+            Ordering::Relaxed,
+        );
+        tracing::info!(sync = %self.target.sync_key, total, "prefetched the target into the cache");
+        Ok(())
+    }
+
+    /// Converts and merges the batch's records.
+    fn candidates(&self, model: &ContentModel, records: Vec<Record>) -> (Vec<Candidate>, u64, u64) {
+        let mut out: Vec<Candidate> = Vec::with_capacity(records.len());
+        let mut index: HashMap<String, usize> = HashMap::with_capacity(records.len());
+        let (mut failed, mut duplicates) = (0, 0);
+        for record in records {
+            let converted = match convert(model, &record) {
+                Ok(c) => c,
+                Err(e) => {
+                    failed += 1;
+                    self.reject(Stage::Convert, None, e.to_string(), record);
+                    continue;
+                }
+            };
+            let Some(key) = self.key_of(model, &converted.fields) else {
+                failed += 1;
+                let reason = format!(
+                    "no value for the key field '{}' ({})",
+                    self.key_field,
+                    model.default_locale()
+                );
+                self.reject(Stage::Convert, None, reason, record);
+                continue;
+            };
+            match index.get(&key) {
+                Some(&at) => {
+                    duplicates += 1;
+                    let first = &mut out[at];
+                    let mut conflicts = Vec::new();
+                    for (field, locales) in converted.fields {
+                        let Value::Object(locales) = locales else {
+                            continue;
+                        };
+                        let slot = first
+                            .fields
+                            .entry(field.clone())
+                            .or_insert_with(|| Value::Object(Map::new()));
+                        if let Value::Object(existing) = slot {
+                            for (locale, v) in locales {
+                                match existing.get(&locale) {
+                                    None => {
+                                        existing.insert(locale, v);
+                                    }
+                                    Some(old) if old != &v => {
+                                        conflicts.push(format!("{field}.{locale}"))
+                                    }
+                                    Some(_) => {}
+                                }
+                            }
+                        }
+                    }
+                    if !conflicts.is_empty() {
+                        tracing::warn!(sync = %self.target.sync_key, %key, fields = %conflicts.join(", "), "duplicate key with conflicting values; the first record wins");
+                    }
+                    first.digest = digest_of(model, pairs_of(&first.fields).iter(), |f, l| {
+                        first.fields.get(f).and_then(|m| m.get(l))
+                    });
+                }
+                None => {
+                    let pairs = pairs_of(&converted.fields);
+                    let digest = digest_of(model, pairs.iter(), |f, l| {
+                        converted.fields.get(f).and_then(|m| m.get(l))
+                    });
+                    index.insert(key.clone(), out.len());
+                    out.push(Candidate {
+                        key,
+                        id: converted.id,
+                        fields: converted.fields,
+                        digest,
+                        record,
+                    });
+                }
+            }
+        }
+        (out, failed, duplicates)
+    }
+
+    /// Looks entries up by keys or ids, chunked to the sink's limit.
+    async fn lookup_all(&self, by_ids: bool, values: Vec<String>) -> Result<Vec<ExistingEntry>> {
+        let chunk = self.sink.capabilities().max_lookup_keys.max(1);
+        let mut found = Vec::new();
+        for part in values.chunks(chunk) {
+            let lookup = if by_ids {
+                Lookup::Ids(part)
+            } else {
+                Lookup::Keys(part)
+            };
+            found.extend(self.sink.lookup(&self.target, lookup).await?.entries);
+        }
+        Ok(found)
+    }
+
+    fn note_changes(&self, model: &ContentModel, cand: &Candidate, plan: &Plan) {
+        let observer = &self.target.observer;
+        if !observer.wants_changes() {
+            return;
+        }
+        let verb = if self.options.dry_run {
+            "will be"
+        } else {
+            "is"
+        };
+        match plan {
+            Plan::Create => observer.change(
+                &self.target.sync_key,
+                &format!("'{}' '{}' {verb} created", model.name, cand.key),
+            ),
+            Plan::Update(existing) => {
+                observer.change(
+                    &self.target.sync_key,
+                    &format!("'{}' '{}' {verb} updated", model.name, cand.key),
+                );
+                for (field, locale, old, new) in diff(model, &cand.fields, existing) {
+                    observer.change(
+                        &self.target.sync_key,
+                        &format!(
+                            "  field '{field}.{locale}' changed from '{}' to '{}'",
+                            snip(&old),
+                            snip(&new)
+                        ),
+                    );
+                }
+            }
+            Plan::Unchanged => {}
+        }
+    }
+}
+
+fn snip(v: &Value) -> String {
+    let text = match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    if text.chars().count() > 40 {
+        format!("{}…", text.chars().take(40).collect::<String>())
+    } else {
+        text
+    }
+}
+
+/// The (field, locale) pairs a record sets.
+fn pairs_of(fields: &EntryFields) -> BTreeSet<(String, String)> {
+    fields
+        .iter()
+        .flat_map(|(f, locales)| {
+            locales
+                .as_object()
+                .into_iter()
+                .flat_map(move |m| m.keys().map(move |l| (f.clone(), l.clone())))
+        })
+        .collect()
+}
+
+/// A digest of the comparable values of `pairs`, read through `get`.
+fn digest_of<'a>(
+    model: &ContentModel,
+    pairs: impl Iterator<Item = &'a (String, String)>,
+    get: impl Fn(&str, &str) -> Option<&'a Value>,
+) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for (field, locale) in pairs {
+        let kind = model.field(field).map(|f| f.kind);
+        let value = get(field, locale).unwrap_or(&Value::Null);
+        let value = kind.map_or_else(|| value.clone(), |k| comparable(k, value));
+        field.hash(&mut hasher);
+        locale.hash(&mut hasher);
+        value.to_string().hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
+/// The mapped values that differ from the existing entry: (field, locale, old, new).
+fn diff(
+    model: &ContentModel,
+    new: &EntryFields,
+    existing: &ExistingEntry,
+) -> Vec<(String, String, Value, Value)> {
+    let mut out = Vec::new();
+    for (field, locale) in pairs_of(new) {
+        let kind = model.field(&field).map(|f| f.kind);
+        let new_value = new
+            .get(&field)
+            .and_then(|m| m.get(&locale))
+            .unwrap_or(&Value::Null);
+        let old_value = existing
+            .fields
+            .get(&field)
+            .and_then(|m| m.get(&locale))
+            .unwrap_or(&Value::Null);
+        let (n, o) = match kind {
+            Some(k) => (comparable(k, new_value), comparable(k, old_value)),
+            None => (new_value.clone(), old_value.clone()),
+        };
+        if n != o {
+            out.push((field, locale, o, n));
+        }
+    }
+    out
+}
+
+/// The existing entry's fields with the mapped ones replaced (null clears).
+fn merged(existing: &ExistingEntry, new: &EntryFields) -> EntryFields {
+    let mut fields = existing.fields.clone();
+    for (field, locales) in new {
+        let Value::Object(locales) = locales else {
+            continue;
+        };
+        let slot = fields
+            .entry(field.clone())
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Value::Object(target) = slot {
+            for (locale, v) in locales {
+                if v.is_null() {
+                    target.remove(locale);
+                } else {
+                    target.insert(locale.clone(), v.clone());
+                }
+            }
+        }
+        if slot.as_object().is_some_and(Map::is_empty) {
+            fields.remove(field);
+        }
+    }
+    fields
+}
+
+/// A new entry's fields: nulls and empty fields left out.
+fn created(new: &EntryFields) -> EntryFields {
+    new.iter()
+        .filter_map(|(field, locales)| {
+            let kept: Map<String, Value> = locales
+                .as_object()?
+                .iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(l, v)| (l.clone(), v.clone()))
+                .collect();
+            (!kept.is_empty()).then(|| (field.clone(), Value::Object(kept)))
+        })
+        .collect()
+}
+
+#[async_trait]
+impl<K: KeyedSink> SinkWriter for UpsertWriter<K> {
+    async fn write(&mut self, batch: Batch) -> Result<BatchAck> {
+        let model = self.model().await?;
+        let (records, _position, _lease) = batch.into_parts();
+        let (cands, failed_convert, duplicates) = self.candidates(&model, records);
+        if !self.prefetched {
+            let pairs: BTreeSet<(String, String)> =
+                cands.iter().flat_map(|c| pairs_of(&c.fields)).collect();
+            self.prefetch(&model, &pairs).await?;
+        }
+        let mut ack = BatchAck {
+            rows: cands.len() as u64,
+            failed: failed_convert,
+            duplicates,
+            ..BatchAck::default()
+        };
+
+        // Cache first; then one lookup pass for misses (by key) and changed hits (by id).
+        let complete = self.complete.load(Ordering::Relaxed);
+        let mut plans: Vec<Option<Plan>> = Vec::with_capacity(cands.len());
+        let (mut miss_keys, mut hit_ids) = (Vec::new(), Vec::new());
+        for cand in &cands {
+            match self.cache.get(&cand.key) {
+                Some(c) => {
+                    self.counters.hits.fetch_add(1, Ordering::Relaxed);
+                    if c.digest == cand.digest {
+                        plans.push(Some(Plan::Unchanged));
+                    } else {
+                        hit_ids.push(c.id.to_string());
+                        plans.push(None);
+                    }
+                }
+                None => {
+                    self.counters.misses.fetch_add(1, Ordering::Relaxed);
+                    if complete {
+                        plans.push(Some(Plan::Create));
+                    } else {
+                        miss_keys.push(cand.key.clone());
+                        plans.push(None);
+                    }
+                }
+            }
+        }
+        let mut existing: HashMap<String, ExistingEntry> = HashMap::new();
+        if !miss_keys.is_empty() {
+            for entry in self.lookup_all(false, miss_keys).await? {
+                if let Some(key) = self.key_of(&model, &entry.fields) {
+                    existing.entry(key).or_insert(entry);
+                }
+            }
+        }
+        if !hit_ids.is_empty() {
+            for entry in self.lookup_all(true, hit_ids).await? {
+                if let Some(key) = self.key_of(&model, &entry.fields) {
+                    existing.insert(key, entry);
+                }
+            }
+        }
+        for (cand, plan) in cands.iter().zip(plans.iter_mut()) {
+            if plan.is_some() {
+                continue;
+            }
+            *plan = Some(match existing.remove(&cand.key) {
+                None => Plan::Create,
+                Some(entry) if diff(&model, &cand.fields, &entry).is_empty() => {
+                    self.cache.insert(
+                        cand.key.clone(),
+                        Cached {
+                            id: entry.id.as_str().into(),
+                            version: entry.version,
+                            digest: cand.digest,
+                        },
+                    );
+                    Plan::Unchanged
+                }
+                Some(entry) => Plan::Update(entry),
+            });
+        }
+
+        let mut ops = Vec::new();
+        let mut op_cands = Vec::new();
+        for (cand, plan) in cands.into_iter().zip(plans) {
+            let plan = plan.unwrap_or(Plan::Unchanged);
+            self.note_changes(&model, &cand, &plan);
+            match plan {
+                Plan::Unchanged => ack.unchanged += 1,
+                Plan::Create if self.options.dry_run => ack.inserted += 1,
+                Plan::Update(_) if self.options.dry_run => ack.updated += 1,
+                Plan::Create => {
+                    ops.push(WriteOp::Create {
+                        id: cand.id.clone(),
+                        fields: created(&cand.fields),
+                    });
+                    op_cands.push((cand, false));
+                }
+                Plan::Update(entry) => {
+                    let fields = merged(&entry, &cand.fields);
+                    ops.push(WriteOp::Update {
+                        existing: entry,
+                        fields,
+                    });
+                    op_cands.push((cand, true));
+                }
+            }
+        }
+        if ops.is_empty() {
+            return Ok(ack);
+        }
+
+        let results = self.sink.write(&self.target, ops).await;
+        if results.len() != op_cands.len() {
+            return Err(Error::new(
+                ErrorKind::Contract,
+                format!(
+                    "{} returned {} results for {} writes",
+                    self.sink.describe(),
+                    results.len(),
+                    op_cands.len()
+                ),
+            ));
+        }
+        let mut to_publish = Vec::new();
+        let mut publish_keys = Vec::new();
+        for ((cand, was_update), result) in op_cands.into_iter().zip(results) {
+            match result {
+                Ok(written) => {
+                    if was_update {
+                        ack.updated += 1;
+                    } else {
+                        ack.inserted += 1;
+                    }
+                    self.cache.insert(
+                        cand.key.clone(),
+                        Cached {
+                            id: written.id.as_str().into(),
+                            version: written.version,
+                            digest: cand.digest,
+                        },
+                    );
+                    publish_keys.push((cand.key, cand.record));
+                    to_publish.push(written);
+                }
+                Err(e) => {
+                    ack.failed += 1;
+                    self.reject(Stage::Write, Some(cand.key), e.to_string(), cand.record);
+                }
+            }
+        }
+        if self.options.publish && self.sink.capabilities().publish && !to_publish.is_empty() {
+            let results = self.sink.publish(&self.target, to_publish).await;
+            for ((key, record), result) in publish_keys.into_iter().zip(results) {
+                match result {
+                    Ok(published) => {
+                        self.published += 1;
+                        if let Some(mut c) = self.cache.get(&key) {
+                            c.version = published.version;
+                            self.cache.insert(key, c);
+                        }
+                    }
+                    Err(e) => self.reject(Stage::Publish, Some(key), e.to_string(), record),
+                }
+            }
+        }
+        Ok(ack)
+    }
+
+    async fn finish(self: Box<Self>) -> Result<WriterSummary> {
+        self.cache.run_pending_tasks();
+        Ok(WriterSummary {
+            total_rows: None,
+            cache: Some(CacheStats {
+                hits: self.counters.hits.load(Ordering::Relaxed),
+                misses: self.counters.misses.load(Ordering::Relaxed),
+                evictions: self.counters.evictions.load(Ordering::Relaxed),
+                entries: self.cache.entry_count(),
+                bytes: self.cache.weighted_size(),
+                prefetched: self.prefetch_loaded,
+            }),
+            published: self.published,
+        })
+    }
+}
