@@ -32,6 +32,7 @@ use serde_json::{Map, Value};
 
 use crate::batch::Batch;
 use crate::error::{Error, ErrorKind, Result};
+use crate::observe::{Rejected, Stage};
 use crate::record::{Record, approx_record_size};
 
 /// The mapping section of a sync entry.
@@ -295,39 +296,41 @@ impl Mapper {
         Ok(Some(out))
     }
 
-    /// Maps every record of a batch in place, dropping filtered rows; returns how
-    /// many were filtered. The batch's lease is shrunk to the mapped size (mapped
-    /// records are usually smaller; growth is left to the caller, which can wait).
-    pub fn map_batch(&self, batch: &mut Batch) -> Result<MapOutcome> {
+    /// Maps every record of a batch in place. Filtered rows are dropped; rows whose
+    /// templates fail to render are taken out and returned as rejected, so one bad
+    /// row does not stop the batch. The caller adjusts the batch's lease to
+    /// [`MapOutcome::bytes`].
+    pub fn map_batch(&self, batch: &mut Batch) -> MapOutcome {
         let records = std::mem::take(batch.records_mut());
         let mut mapped = Vec::with_capacity(records.len());
-        let mut filtered = 0;
-        for (i, record) in records.into_iter().enumerate() {
-            match self.map(&record).map_err(|e| {
-                let shown: String = Value::Object(record.clone())
-                    .to_string()
-                    .chars()
-                    .take(200)
-                    .collect();
-                e.with_context("record", shown).with_context("index", i)
-            })? {
-                Some(out) => mapped.push(out),
-                None => filtered += 1,
+        let mut outcome = MapOutcome::default();
+        for record in records {
+            match self.map(&record) {
+                Ok(Some(out)) => mapped.push(out),
+                Ok(None) => outcome.filtered += 1,
+                Err(e) => outcome.rejected.push(Rejected {
+                    stage: Stage::Map,
+                    key: None,
+                    reason: e.to_string(),
+                    record,
+                }),
             }
         }
-        let bytes: usize = mapped.iter().map(approx_record_size).sum();
+        outcome.bytes = mapped.iter().map(approx_record_size).sum();
         *batch.records_mut() = mapped;
-        Ok(MapOutcome { filtered, bytes })
+        outcome
     }
 }
 
 /// What [`Mapper::map_batch`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct MapOutcome {
     /// Rows the filter dropped.
     pub filtered: u64,
     /// Approximate bytes of the mapped records.
     pub bytes: usize,
+    /// Rows whose templates failed to render.
+    pub rejected: Vec<Rejected>,
 }
 
 #[cfg(test)]

@@ -23,6 +23,8 @@ use crate::batch::{Batch, Position};
 use crate::budget::MemoryBudget;
 use crate::checkpoint::CheckpointStore;
 use crate::error::{Error, ErrorKind, Result, ResultExt};
+use crate::mapping::Mapper;
+use crate::observe::{NoObserver, RunObserver};
 use crate::sink::{BatchAck, SinkWriter};
 use crate::source::{BatchStream, ReadRequest, Source};
 use crate::stats::RunStats;
@@ -87,6 +89,35 @@ pub struct Pipeline {
     stats: Arc<RunStats>,
     checkpoints: Option<Arc<dyn CheckpointStore>>,
     options: PipelineOptions,
+    mapper: Option<Arc<Mapper>>,
+    observer: Arc<dyn RunObserver>,
+}
+
+/// What happens to each source batch before it is regrouped and written.
+#[derive(Clone)]
+struct Shaping {
+    sync_key: String,
+    mapper: Option<Arc<Mapper>>,
+    observer: Arc<dyn RunObserver>,
+    stats: Arc<RunStats>,
+}
+
+impl Shaping {
+    /// Maps the batch (if there is a mapping), reports rejected rows and fits the
+    /// batch's lease to the mapped size.
+    async fn apply(&self, mut batch: Batch) -> Result<Batch> {
+        let Some(mapper) = &self.mapper else {
+            return Ok(batch);
+        };
+        let outcome = mapper.map_batch(&mut batch);
+        self.stats.add_rows_filtered(outcome.filtered);
+        self.stats.add_rows_rejected(outcome.rejected.len() as u64);
+        for rejected in outcome.rejected {
+            self.observer.rejected(&self.sync_key, rejected);
+        }
+        batch.lease_mut().resize(outcome.bytes).await?;
+        Ok(batch)
+    }
 }
 
 impl Pipeline {
@@ -107,7 +138,23 @@ impl Pipeline {
             stats: Arc::new(RunStats::default()),
             checkpoints: None,
             options: PipelineOptions::default(),
+            mapper: None,
+            observer: Arc::new(NoObserver),
         }
+    }
+
+    /// Maps every record with this mapping before it is written.
+    #[must_use]
+    pub fn mapper(mut self, mapper: Arc<Mapper>) -> Self {
+        self.mapper = Some(mapper);
+        self
+    }
+
+    /// Reports rejected records to this observer.
+    #[must_use]
+    pub fn observer(mut self, observer: Arc<dyn RunObserver>) -> Self {
+        self.observer = observer;
+        self
     }
 
     /// Uses this memory budget (shared with the rest of the run).
@@ -164,11 +211,17 @@ impl Pipeline {
             ack: BatchAck::default(),
             batches: 0,
         };
+        let shaping = Shaping {
+            sync_key: self.sync_key.clone(),
+            mapper: self.mapper.clone(),
+            observer: self.observer.clone(),
+            stats: self.stats.clone(),
+        };
         match self.options.mode {
             ReadMode::Streaming => {
-                streaming(stream, &mut writer, &self.budget, &self.options).await?
+                streaming(stream, shaping, &mut writer, &self.budget, &self.options).await?
             }
-            ReadMode::Classic => classic(stream, &mut writer, &self.options).await?,
+            ReadMode::Classic => classic(stream, shaping, &mut writer, &self.options).await?,
         }
         let Writer {
             inner,
@@ -215,6 +268,7 @@ impl Writer {
             }
         })?;
         self.ack.add(&ack);
+        self.stats.add_rows_rejected(ack.failed);
         self.batches += 1;
         self.stats.add_rows_written(ack.rows);
         self.stats.add_batch();
@@ -228,6 +282,7 @@ impl Writer {
 /// Source in a task, regrouping pages into sink batches; the sink in this task.
 async fn streaming(
     mut stream: BatchStream,
+    shaping: Shaping,
     writer: &mut Writer,
     budget: &MemoryBudget,
     options: &PipelineOptions,
@@ -253,6 +308,10 @@ async fn streaming(
                 }
             } else {
                 stream.next().await
+            };
+            let next = match next {
+                Some(Ok(batch)) => Some(shaping.apply(batch).await),
+                other => other,
             };
             match next {
                 Some(Ok(batch)) => {
@@ -327,11 +386,16 @@ async fn streaming(
 /// Reads the whole source, then writes it in batches.
 async fn classic(
     mut stream: BatchStream,
+    shaping: Shaping,
     writer: &mut Writer,
     options: &PipelineOptions,
 ) -> Result<()> {
     let mut all: Vec<Batch> = Vec::new();
     while let Some(item) = stream.next().await {
+        let item = match item {
+            Ok(batch) => shaping.apply(batch).await,
+            Err(e) => Err(e),
+        };
         all.push(item.map_err(|e| {
             if e.kind() == ErrorKind::MemoryLimit {
                 Error::new(

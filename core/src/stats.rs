@@ -14,6 +14,8 @@ use serde::Serialize;
 pub struct RunStats {
     rows_read: AtomicU64,
     rows_written: AtomicU64,
+    rows_filtered: AtomicU64,
+    rows_rejected: AtomicU64,
     pages: AtomicU64,
     batches: AtomicU64,
     bytes_received: AtomicU64,
@@ -29,6 +31,10 @@ pub struct StatsSnapshot {
     pub rows_read: u64,
     /// Records acknowledged by sinks (written, or planned in a dry run).
     pub rows_written: u64,
+    /// Records a mapping's filter dropped.
+    pub rows_filtered: u64,
+    /// Records rejected (mapping, conversion or the sink refused them).
+    pub rows_rejected: u64,
     /// Source pages read.
     pub pages: u64,
     /// Batches acknowledged by sinks.
@@ -52,6 +58,16 @@ impl RunStats {
     /// Counts records acknowledged by a sink.
     pub fn add_rows_written(&self, n: u64) {
         self.rows_written.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts records a filter dropped.
+    pub fn add_rows_filtered(&self, n: u64) {
+        self.rows_filtered.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts rejected records.
+    pub fn add_rows_rejected(&self, n: u64) {
+        self.rows_rejected.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Counts one source page.
@@ -103,6 +119,8 @@ impl RunStats {
         StatsSnapshot {
             rows_read: self.rows_read.load(Ordering::Relaxed),
             rows_written: self.rows_written.load(Ordering::Relaxed),
+            rows_filtered: self.rows_filtered.load(Ordering::Relaxed),
+            rows_rejected: self.rows_rejected.load(Ordering::Relaxed),
             pages: self.pages.load(Ordering::Relaxed),
             batches: self.batches.load(Ordering::Relaxed),
             bytes_received: self.bytes_received.load(Ordering::Relaxed),

@@ -186,3 +186,57 @@ async fn streaming_keeps_data_in_flight_inside_the_budget() {
     );
     assert_eq!(snap.in_use, 0, "every lease is returned at the end");
 }
+
+#[derive(Default)]
+struct Rejects(std::sync::Mutex<Vec<sluicegate_core::Rejected>>);
+
+impl sluicegate_core::RunObserver for Rejects {
+    fn rejected(&self, _sync_key: &str, rejected: sluicegate_core::Rejected) {
+        self.0.lock().unwrap().push(rejected);
+    }
+}
+
+#[tokio::test]
+async fn mapping_filters_rows_and_rejects_bad_ones_without_stopping() {
+    let config: sluicegate_core::MappingConfig = serde_json::from_value(serde_json::json!({
+        "filterExpression": "{{ row.id is even }}",
+        "mapping": [
+            {"fieldName": "id", "expression": "{{ row.id }}"},
+            {"fieldName": "n", "expression": "{{ row.n | to_int }}"},
+        ],
+    }))
+    .unwrap();
+    let mapper = Arc::new(sluicegate_core::Mapper::new(&config, &serde_json::json!({})).unwrap());
+    let records: Vec<_> = (0..20)
+        .map(|i| {
+            let n = if i == 4 {
+                "four".to_owned()
+            } else {
+                i.to_string()
+            };
+            sluicegate_core::into_record(serde_json::json!({"id": i, "n": n}))
+        })
+        .collect();
+    let sink = MemorySink::new();
+    let rejects = Arc::new(Rejects::default());
+    let stats = Arc::new(sluicegate_core::RunStats::default());
+    let report = pipeline(&sink, Arc::new(VecSource::new(records, 6)))
+        .await
+        .mapper(mapper)
+        .observer(rejects.clone())
+        .stats(stats.clone())
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(report.ack.rows, 9, "10 even ids, one rejected");
+    let snap = stats.snapshot();
+    assert_eq!((snap.rows_filtered, snap.rows_rejected), (10, 1));
+    let rejected = rejects.0.lock().unwrap();
+    assert_eq!(rejected[0].stage, sluicegate_core::Stage::Map);
+    assert!(
+        rejected[0].reason.contains("'four' is not a number"),
+        "{}",
+        rejected[0].reason
+    );
+    assert_eq!(sink.tables()["numbers"]["8"]["n"], serde_json::json!("8"));
+}
