@@ -229,6 +229,7 @@ mod tests {
             dry_run: true,
             template_scope: json!({"env": {"PORT": "9"}, "config": {}}),
             base_dir: ".".into(),
+            publish: true,
         }
     }
 

@@ -107,6 +107,7 @@ fn ctx() -> BuildContext {
         dry_run: false,
         template_scope: json!({"env": {"TOKEN_FOR_TEST": "s3cret"}, "config": {}}),
         base_dir: ".".into(),
+        publish: true,
     }
 }
 

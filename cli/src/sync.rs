@@ -39,6 +39,7 @@ pub fn prepare(
         dry_run,
         template_scope: scope.clone(),
         base_dir: base_dir.clone(),
+        publish: true,
     };
     let in_file = |e: Error| Error::config(format!("{file}: {}", e.message()));
     let mut sinks = BTreeMap::new();

@@ -36,6 +36,8 @@ pub struct BuildContext {
     /// The directory relative paths in configuration are resolved against (the
     /// configuration file's directory).
     pub base_dir: PathBuf,
+    /// Whether sinks with a publishing step may publish (`--no-publish` clears it).
+    pub publish: bool,
 }
 
 impl BuildContext {
@@ -46,6 +48,7 @@ impl BuildContext {
             dry_run,
             template_scope: crate::template::template_scope_from_env(),
             base_dir: PathBuf::from("."),
+            publish: true,
         }
     }
 }

@@ -1,3 +1,5 @@
 #![doc = include_str!("../README.md")]
 
+pub mod cma;
 pub mod shop;
+mod time;

@@ -12,6 +12,7 @@ fn ctx(dir: &Path, dry_run: bool) -> BuildContext {
         dry_run,
         template_scope: json!({}),
         base_dir: dir.to_path_buf(),
+        publish: true,
     }
 }
 

@@ -1,0 +1,179 @@
+//! Configuration of the `contentful` sink.
+//!
+//! ```yaml
+//! sinks:
+//!   cms:
+//!     type: contentful
+//!     spaceId: "{{ env.CONTENTFUL_SPACE_ID }}"
+//!     environmentId: master
+//!     tokenEnv: CONTENTFUL_MANAGEMENT_TOKEN
+//! ```
+
+use serde::Deserialize;
+use sluicegate_core::{BuildContext, Result, Secret, field_error, render_template};
+
+/// The `contentful` sink section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ContentfulSinkConfig {
+    /// The space id; a template (`{{ env.CONTENTFUL_SPACE_ID }}`).
+    pub space_id: String,
+    /// The environment id; a template.
+    #[serde(default = "default_environment")]
+    pub environment_id: String,
+    /// The environment variable holding the management token.
+    #[serde(default = "default_token_env")]
+    pub token_env: String,
+    /// A file holding the management token (instead of `tokenEnv`), relative to
+    /// the configuration file; keep it readable by its owner only.
+    #[serde(default)]
+    pub token_file: Option<String>,
+    /// The API's base URL (an emulator's, for local runs); a template.
+    #[serde(default = "default_base_url")]
+    pub base_url: String,
+    /// Requests per second. Default: learned from the API's
+    /// `X-Contentful-RateLimit-Second-Limit` header, starting at 7 (the CMA's
+    /// default) until the first response says otherwise.
+    #[serde(default)]
+    pub rate_limit: Option<u32>,
+    /// Most requests in flight at once.
+    #[serde(default = "default_max_concurrency")]
+    pub max_concurrency: usize,
+    /// Publish what was written (the `--no-publish` flag turns it off for a run).
+    #[serde(default = "default_true")]
+    pub publish: bool,
+    /// Entries per bulk publish action (at most 200).
+    #[serde(default = "default_publish_chunk")]
+    pub publish_chunk: usize,
+    /// Most entries in the lookup cache.
+    #[serde(default = "default_cache_entries")]
+    pub cache_max_entries: u64,
+    /// Most bytes in the lookup cache.
+    #[serde(default = "default_cache_mb")]
+    pub cache_max_mb: u64,
+    /// Forget cached entries after this many seconds (default: never).
+    #[serde(default)]
+    pub cache_ttl_secs: Option<u64>,
+    /// Load the whole content type into the cache when it fits (`auto`) or never.
+    #[serde(default = "default_prefetch")]
+    pub prefetch: String,
+    /// Timeout of one request, in seconds.
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+    /// Attempts per request for 429, 5xx and network failures.
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+}
+
+fn default_environment() -> String {
+    "master".to_owned()
+}
+fn default_token_env() -> String {
+    "CONTENTFUL_MANAGEMENT_TOKEN".to_owned()
+}
+fn default_base_url() -> String {
+    "https://api.contentful.com".to_owned()
+}
+fn default_max_concurrency() -> usize {
+    8
+}
+fn default_true() -> bool {
+    true
+}
+fn default_publish_chunk() -> usize {
+    100
+}
+fn default_cache_entries() -> u64 {
+    10_000
+}
+fn default_cache_mb() -> u64 {
+    4
+}
+fn default_prefetch() -> String {
+    "auto".to_owned()
+}
+fn default_timeout() -> u64 {
+    60
+}
+fn default_attempts() -> u32 {
+    8
+}
+
+/// The configuration with templates rendered and the token read.
+#[derive(Debug, Clone)]
+pub(crate) struct Resolved {
+    pub(crate) space_id: String,
+    pub(crate) environment_id: String,
+    pub(crate) base_url: reqwest::Url,
+    pub(crate) token: Secret,
+}
+
+impl ContentfulSinkConfig {
+    /// Checks values and renders templates without any network call.
+    pub fn validate(&self, ctx: &BuildContext) -> Result<()> {
+        self.resolve(ctx).map(|_| ())
+    }
+
+    pub(crate) fn resolve(&self, ctx: &BuildContext) -> Result<Resolved> {
+        let scope = &ctx.template_scope;
+        let render = |name: &str, value: &str| {
+            render_template(name, value, scope).map_err(|e| field_error(name, e.message()))
+        };
+        let space_id = render("spaceId", &self.space_id)?;
+        let environment_id = render("environmentId", &self.environment_id)?;
+        for (name, id) in [("spaceId", &space_id), ("environmentId", &environment_id)] {
+            if id.is_empty()
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            {
+                return Err(field_error(name, format!("'{id}' is not a valid id")));
+            }
+        }
+        let base = render("baseUrl", &self.base_url)?;
+        let base_url = reqwest::Url::parse(&base)
+            .map_err(|e| field_error("baseUrl", format!("'{base}' is not a URL: {e}")))?;
+        let token = match &self.token_file {
+            Some(file) => {
+                let path = ctx.base_dir.join(file);
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    field_error("tokenFile", format!("cannot read {}: {e}", path.display()))
+                })?;
+                let token = text.trim();
+                if token.is_empty() {
+                    return Err(field_error(
+                        "tokenFile",
+                        format!("{} is empty", path.display()),
+                    ));
+                }
+                Secret::new(token)
+            }
+            None => Secret::from_env(&self.token_env)
+                .map_err(|e| field_error("tokenEnv", e.message()))?,
+        };
+        if self.rate_limit == Some(0) {
+            return Err(field_error("rateLimit", "must be at least 1"));
+        }
+        if self.max_concurrency == 0 {
+            return Err(field_error("maxConcurrency", "must be at least 1"));
+        }
+        if self.publish_chunk == 0 || self.publish_chunk > 200 {
+            return Err(field_error("publishChunk", "must be between 1 and 200"));
+        }
+        if self.cache_max_entries == 0 {
+            return Err(field_error("cacheMaxEntries", "must be at least 1"));
+        }
+        if !matches!(self.prefetch.as_str(), "auto" | "never") {
+            return Err(field_error("prefetch", "must be auto or never"));
+        }
+        if self.max_attempts == 0 {
+            return Err(field_error("maxAttempts", "must be at least 1"));
+        }
+        Ok(Resolved {
+            space_id,
+            environment_id,
+            base_url,
+            token,
+        })
+    }
+}
