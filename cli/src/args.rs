@@ -13,7 +13,8 @@ use clap::{Args, Parser, Subcommand};
     propagate_version = true,
     after_help = "Environment: SLUICEGATE_CONFIG (--config), SLUICEGATE_MAX_MEMORY_MB (--max-memory-mb), \
 SLUICEGATE_LOG (log filter for stderr, e.g. info or debug).\n\
-Exit codes: 0 every sync completed, 1 a sync failed, 2 configuration or usage error."
+Exit codes: 0 every sync completed, 1 a sync failed, 2 configuration or usage error, \
+3 every sync completed but some records were rejected (see the dead-letter file)."
 )]
 pub struct Cli {
     /// What to do.
@@ -87,7 +88,46 @@ pub struct SyncArgs {
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 
-    /// No progress display; errors and the final summary only.
+    /// No progress display; errors and the final summary only (same as --verbosity quiet).
     #[arg(short, long)]
     pub quiet: bool,
+
+    /// How much to print: `quiet` (summary and errors), `normal` (plus progress),
+    /// `detailed` (plus every entry that is or would be created or updated, with each
+    /// changed field, old and new value).
+    #[arg(long, value_enum, default_value_t = Verbosity::Normal)]
+    pub verbosity: Verbosity,
+
+    /// Do not publish what was written (sinks with a publishing step, e.g. Contentful).
+    /// Dry runs never publish.
+    #[arg(long)]
+    pub no_publish: bool,
+
+    /// Where rejected records go, one JSON object per line (sync key, stage, record
+    /// key, reason, record) [default: .sluicegate/dead-letters.ndjson next to the
+    /// configuration file].
+    #[arg(long, value_name = "FILE")]
+    pub dead_letter: Option<PathBuf>,
+}
+
+/// Output levels of `sync-api`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Verbosity {
+    /// Summary and errors.
+    Quiet,
+    /// Plus progress.
+    Normal,
+    /// Plus each change.
+    Detailed,
+}
+
+impl SyncArgs {
+    /// The effective verbosity (`--quiet` wins).
+    pub fn verbosity(&self) -> Verbosity {
+        if self.quiet {
+            Verbosity::Quiet
+        } else {
+            self.verbosity
+        }
+    }
 }

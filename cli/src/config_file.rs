@@ -60,6 +60,15 @@ pub struct SyncEntry {
     /// Field that identifies a record, for upserts.
     #[serde(default, alias = "contentKeyField")]
     pub key_field: Option<String>,
+    /// Variables rendered before the mapping (`var.<name>`).
+    #[serde(default)]
+    pub pre_mapping: Vec<sluicegate_core::PreMappingItem>,
+    /// Target fields and their templates; without it records pass unchanged.
+    #[serde(default)]
+    pub mapping: Vec<sluicegate_core::MappingItem>,
+    /// Keep a record only when this template renders `true`.
+    #[serde(default)]
+    pub filter_expression: Option<String>,
     /// The source section (raw; parsed by the source's factory).
     pub source: Value,
 }
@@ -68,6 +77,18 @@ impl SyncEntry {
     /// The target table.
     pub fn table(&self) -> &str {
         self.table.as_deref().unwrap_or(&self.key)
+    }
+
+    /// The entry's mapping, if it has one.
+    pub fn mapping(&self) -> Option<sluicegate_core::MappingConfig> {
+        (!self.mapping.is_empty()
+            || !self.pre_mapping.is_empty()
+            || self.filter_expression.is_some())
+        .then(|| sluicegate_core::MappingConfig {
+            pre_mapping: self.pre_mapping.clone(),
+            mapping: self.mapping.clone(),
+            filter_expression: self.filter_expression.clone(),
+        })
     }
 
     /// Where this entry's source section is, for error messages.

@@ -2,6 +2,7 @@
 
 pub mod args;
 pub mod config_file;
+pub mod observer;
 pub mod progress;
 pub mod sync;
 
@@ -19,6 +20,9 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILED: u8 = 1;
 /// Exit code of a configuration or usage error (nothing was synced).
 pub const EXIT_CONFIG: u8 = 2;
+/// Exit code of a run in which every sync completed but some records were
+/// rejected (they are in the dead-letter file).
+pub const EXIT_PARTIAL: u8 = 3;
 
 /// Runs the `sluicegate` command line with the adapters in `registry`.
 ///
@@ -97,7 +101,7 @@ async fn sync_api(registry: &Registry, args: SyncArgs) -> u8 {
             return EXIT_CONFIG;
         }
     };
-    let prepared = match sync::prepare(registry, &config, &entries, !args.apply) {
+    let prepared = match sync::prepare(registry, &config, &entries, &args) {
         Ok(p) => p,
         Err(e) => {
             print_error(&e, None);
@@ -105,7 +109,8 @@ async fn sync_api(registry: &Registry, args: SyncArgs) -> u8 {
         }
     };
     match sync::run(prepared, &args, &config).await {
-        Ok(outcome) if outcome.failures.is_empty() => EXIT_OK,
+        Ok(outcome) if outcome.failures.is_empty() && outcome.rejected == 0 => EXIT_OK,
+        Ok(outcome) if outcome.failures.is_empty() => EXIT_PARTIAL,
         Ok(outcome) => {
             for (_, err) in &outcome.failures {
                 print_error(err, sync::hint(err, &args));

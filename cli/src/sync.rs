@@ -8,38 +8,47 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluicegate_core::{
-    BuildContext, CheckpointStore, Error, ErrorKind, FileCheckpointStore, MemoryBudget, Pipeline,
-    PipelineOptions, Prepared, ReadMode, Registry, Result, RunStats, Sink, Source, StreamReport,
-    StreamTarget, WhenFull, format_bytes, process_memory, template_scope_from_env,
+    BuildContext, CheckpointStore, Error, ErrorKind, FileCheckpointStore, Mapper, MemoryBudget,
+    Pipeline, PipelineOptions, Prepared, ReadMode, Registry, Result, RunObserver, RunStats, Sink,
+    Source, StreamReport, StreamTarget, WhenFull, format_bytes, process_memory,
+    template_scope_from_env,
 };
 
-use crate::args::SyncArgs;
+use crate::args::{SyncArgs, Verbosity};
 use crate::config_file::{ConfigFile, SyncEntry, split_type};
+use crate::observer::CliObserver;
 use crate::progress::{Progress, group};
+
+/// One entry, validated and ready to build.
+struct PreparedEntry {
+    entry: SyncEntry,
+    source: Box<dyn Prepared<dyn Source>>,
+    mapper: Option<Arc<Mapper>>,
+}
 
 /// Everything validated and ready to build; no I/O has happened yet.
 pub struct PreparedRun {
     sinks: BTreeMap<String, Box<dyn Prepared<dyn Sink>>>,
-    entries: Vec<(SyncEntry, Box<dyn Prepared<dyn Source>>)>,
+    entries: Vec<PreparedEntry>,
 }
 
-/// Parses and validates the sinks and sources the selected entries use,
-/// without any network call or file write.
+/// Parses and validates the sinks, sources and mappings the selected entries
+/// use, without any network call or file write.
 pub fn prepare(
     registry: &Registry,
     config: &ConfigFile,
     entries: &[&SyncEntry],
-    dry_run: bool,
+    args: &SyncArgs,
 ) -> Result<PreparedRun> {
     let file = config.path.display().to_string();
     let scope = template_scope_from_env();
     let base_dir = config.base_dir();
     let ctx = |key: &str| BuildContext {
         sync_key: key.to_owned(),
-        dry_run,
+        dry_run: !args.apply,
         template_scope: scope.clone(),
         base_dir: base_dir.clone(),
-        publish: true,
+        publish: !args.no_publish,
     };
     let in_file = |e: Error| Error::config(format!("{file}: {}", e.message()));
     let mut sinks = BTreeMap::new();
@@ -62,10 +71,20 @@ pub fn prepare(
         let factory = registry
             .source(&kind)
             .map_err(|e| Error::config(format!("{file}: {path}.type: {}", e.message())))?;
-        let prepared = factory
+        let source = factory
             .prepare(rest, &path, ctx(&entry.key))
             .map_err(in_file)?;
-        prepared_entries.push(((*entry).clone(), prepared));
+        let mapper = match entry.mapping() {
+            Some(mapping) => Some(Arc::new(Mapper::new(&mapping, &scope).map_err(|e| {
+                Error::config(format!("{file}: syncs[{}].{}", entry.key, e.message()))
+            })?)),
+            None => None,
+        };
+        prepared_entries.push(PreparedEntry {
+            entry: (*entry).clone(),
+            source,
+            mapper,
+        });
     }
     Ok(PreparedRun {
         sinks,
@@ -79,17 +98,37 @@ pub struct Outcome {
     pub reports: Vec<StreamReport>,
     /// Streams that failed, with their errors.
     pub failures: Vec<(String, Error)>,
+    /// Records rejected (in the dead-letter file).
+    pub rejected: u64,
+}
+
+/// The default state directory for a configuration file.
+pub fn default_state_dir(config: &ConfigFile) -> PathBuf {
+    config.base_dir().join(".sluicegate").join("state")
+}
+
+/// The default dead-letter file for a configuration file.
+pub fn default_dead_letter(config: &ConfigFile) -> PathBuf {
+    config
+        .base_dir()
+        .join(".sluicegate")
+        .join("dead-letters.ndjson")
+}
+
+/// What every stream of a run shares.
+struct RunContext<'a> {
+    args: &'a SyncArgs,
+    sinks: BTreeMap<String, Arc<dyn Sink>>,
+    budget: MemoryBudget,
+    stats: Arc<RunStats>,
+    checkpoints: Option<Arc<dyn CheckpointStore>>,
+    observer: Arc<CliObserver>,
 }
 
 /// Runs the prepared entries one after the other. A failing entry does not stop
 /// the others; its error is reported at the end.
 pub async fn run(prepared: PreparedRun, args: &SyncArgs, config: &ConfigFile) -> Result<Outcome> {
     let started = Instant::now();
-    let mode = if args.streaming {
-        ReadMode::Streaming
-    } else {
-        ReadMode::Classic
-    };
     let policy = if args.streaming {
         WhenFull::Wait
     } else {
@@ -97,76 +136,80 @@ pub async fn run(prepared: PreparedRun, args: &SyncArgs, config: &ConfigFile) ->
     };
     let budget_bytes =
         usize::try_from(args.max_memory_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
-    let budget = MemoryBudget::with_policy(budget_bytes, policy);
-    let stats = Arc::new(RunStats::default());
-    let checkpoints: Option<Arc<dyn CheckpointStore>> = args.apply.then(|| {
-        let dir = args
-            .state_dir
-            .clone()
-            .unwrap_or_else(|| default_state_dir(config));
-        Arc::new(FileCheckpointStore::new(dir)) as Arc<dyn CheckpointStore>
-    });
-
-    let mut sinks: BTreeMap<String, Arc<dyn Sink>> = BTreeMap::new();
+    let dead_letter = args
+        .dead_letter
+        .clone()
+        .unwrap_or_else(|| default_dead_letter(config));
+    let mut ctx = RunContext {
+        args,
+        sinks: BTreeMap::new(),
+        budget: MemoryBudget::with_policy(budget_bytes, policy),
+        stats: Arc::new(RunStats::default()),
+        checkpoints: args.apply.then(|| {
+            let dir = args
+                .state_dir
+                .clone()
+                .unwrap_or_else(|| default_state_dir(config));
+            Arc::new(FileCheckpointStore::new(dir)) as Arc<dyn CheckpointStore>
+        }),
+        observer: Arc::new(CliObserver::new(
+            dead_letter,
+            args.verbosity() >= Verbosity::Detailed,
+        )),
+    };
     for (name, sink) in prepared.sinks {
         let built = sink
             .build()
             .await
             .map_err(|e| Error::new(e.kind(), format!("sink '{name}': {e}")))?;
-        sinks.insert(name, built);
+        ctx.sinks.insert(name, built);
     }
 
-    let progress = Progress::start(stats.clone(), budget.clone(), args.quiet);
+    let progress = Progress::start(
+        ctx.stats.clone(),
+        ctx.budget.clone(),
+        args.verbosity() == Verbosity::Quiet,
+    );
     let mut outcome = Outcome {
         reports: Vec::new(),
         failures: Vec::new(),
+        rejected: 0,
     };
-    for (entry, source) in prepared.entries {
-        progress.set_stream(&entry.key);
-        let result = run_entry(
-            &entry,
-            source,
-            &sinks,
-            &budget,
-            &stats,
-            checkpoints.clone(),
-            mode,
-            args,
-        )
-        .await;
-        match result {
+    for prepared in prepared.entries {
+        progress.set_stream(&prepared.entry.key);
+        let key = prepared.entry.key.clone();
+        match run_entry(prepared, &ctx).await {
             Ok(report) => outcome.reports.push(report),
             Err(e) => {
-                let e = e.with_context("sync", &entry.key);
-                tracing::error!(sync = %entry.key, error = %e, "sync failed");
-                outcome.failures.push((entry.key.clone(), e));
+                let e = e.with_context("sync", &key);
+                tracing::error!(sync = %key, error = %e, "sync failed");
+                outcome.failures.push((key, e));
             }
         }
     }
     progress.stop().await;
-    print_summary(&outcome, args, &stats, &budget, started.elapsed());
+    ctx.observer.flush();
+    outcome.rejected = ctx.stats.snapshot().rows_rejected;
+    print_summary(&outcome, &ctx, started.elapsed());
     Ok(outcome)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_entry(
-    entry: &SyncEntry,
-    source: Box<dyn Prepared<dyn Source>>,
-    sinks: &BTreeMap<String, Arc<dyn Sink>>,
-    budget: &MemoryBudget,
-    stats: &Arc<RunStats>,
-    checkpoints: Option<Arc<dyn CheckpointStore>>,
-    mode: ReadMode,
-    args: &SyncArgs,
-) -> Result<StreamReport> {
-    let sink = sinks
+async fn run_entry(prepared: PreparedEntry, ctx: &RunContext<'_>) -> Result<StreamReport> {
+    let PreparedEntry {
+        entry,
+        source,
+        mapper,
+    } = prepared;
+    let sink = ctx
+        .sinks
         .get(&entry.sink)
         .ok_or_else(|| Error::config(format!("no sink named '{}'", entry.sink)))?;
     let source = source.build().await?;
     let mut target = StreamTarget::new(entry.key.clone(), entry.table(), entry.key_field.clone());
-    target.stats = stats.clone();
-    if let Some(store) = &checkpoints {
-        if args.full_refresh {
+    target.stats = ctx.stats.clone();
+    target.observer = ctx.observer.clone() as Arc<dyn RunObserver>;
+    if let Some(store) = &ctx.checkpoints {
+        if ctx.args.full_refresh {
             store.clear(&entry.key, entry.table())?;
         } else if let Some(position) = store.load(&entry.key, entry.table())? {
             eprintln!(
@@ -177,15 +220,23 @@ async fn run_entry(
     }
     let writer = sink.open(target).await?;
     let mut pipeline = Pipeline::new(entry.key.clone(), entry.table(), source, writer)
-        .budget(budget.clone())
-        .stats(stats.clone())
+        .budget(ctx.budget.clone())
+        .stats(ctx.stats.clone())
+        .observer(ctx.observer.clone() as Arc<dyn RunObserver>)
         .options(PipelineOptions {
-            mode,
-            batch_rows: usize::try_from(args.batch_size).unwrap_or(usize::MAX),
+            mode: if ctx.args.streaming {
+                ReadMode::Streaming
+            } else {
+                ReadMode::Classic
+            },
+            batch_rows: usize::try_from(ctx.args.batch_size).unwrap_or(usize::MAX),
             linger: Duration::from_millis(500),
         });
-    if let Some(store) = checkpoints {
-        pipeline = pipeline.checkpoints(store);
+    if let Some(mapper) = mapper {
+        pipeline = pipeline.mapper(mapper);
+    }
+    if let Some(store) = &ctx.checkpoints {
+        pipeline = pipeline.checkpoints(store.clone());
     }
     pipeline.run().await
 }
@@ -200,17 +251,21 @@ pub fn hint(err: &Error, args: &SyncArgs) -> Option<String> {
         ErrorKind::Auth => {
             Some("check the credentials the configuration reads from the environment".to_owned())
         }
+        ErrorKind::Sink
+            if err.to_string().contains("failed to pin block")
+                || err.to_string().contains("Out of Memory") =>
+        {
+            Some(
+                "DuckDB ran out of its memory limit; raise memoryLimitMb on the duckdb sink"
+                    .to_owned(),
+            )
+        }
         _ => None,
     }
 }
 
-fn print_summary(
-    outcome: &Outcome,
-    args: &SyncArgs,
-    stats: &RunStats,
-    budget: &MemoryBudget,
-    elapsed: Duration,
-) {
+fn print_summary(outcome: &Outcome, ctx: &RunContext<'_>, elapsed: Duration) {
+    let args = ctx.args;
     let mut out = String::new();
     let mode = if args.streaming {
         "streaming"
@@ -225,22 +280,19 @@ fn print_summary(
             "sync-api: dry run ({mode} mode), nothing was written; add --apply to write"
         );
     }
-    let (new_label, old_label) = if args.apply {
-        ("inserted", "updated")
-    } else {
-        ("new", "existing")
-    };
     let header = [
         "key",
         "table",
         "rows",
-        new_label,
-        old_label,
+        "new",
+        "changed",
+        "unchanged",
+        "failed",
         "duplicates",
         "rows in table",
         "time",
     ];
-    let mut rows: Vec<[String; 8]> = outcome
+    let mut rows: Vec<[String; 10]> = outcome
         .reports
         .iter()
         .map(|r| {
@@ -250,6 +302,12 @@ fn print_summary(
                 group(r.ack.rows),
                 group(r.ack.inserted),
                 group(r.ack.updated),
+                if r.writer.compares_content {
+                    group(r.ack.unchanged)
+                } else {
+                    "-".to_owned()
+                },
+                group(r.ack.failed),
                 group(r.ack.duplicates),
                 r.total_rows.map_or_else(|| "-".to_owned(), group),
                 format!("{:.1}s", r.elapsed.as_secs_f64()),
@@ -257,16 +315,10 @@ fn print_summary(
         })
         .collect();
     for (key, _) in &outcome.failures {
-        rows.push([
-            key.clone(),
-            "FAILED".into(),
-            "-".into(),
-            "-".into(),
-            "-".into(),
-            "-".into(),
-            "-".into(),
-            "-".into(),
-        ]);
+        let mut row: [String; 10] = std::array::from_fn(|_| "-".to_owned());
+        row[0] = key.clone();
+        row[1] = "FAILED".to_owned();
+        rows.push(row);
     }
     let mut widths = header.map(str::len);
     for row in &rows {
@@ -293,13 +345,33 @@ fn print_summary(
     for row in &rows {
         let _ = writeln!(out, "{}", line(row));
     }
-    let snap = stats.snapshot();
+    for r in &outcome.reports {
+        if let Some(c) = &r.writer.cache {
+            let _ = writeln!(
+                out,
+                "{}: {} new, {} changed, {} unchanged, {} failed · published {} · cache {} hits, {} misses, {} evictions, {} entries ({}){}",
+                r.sync_key,
+                group(r.ack.inserted),
+                group(r.ack.updated),
+                group(r.ack.unchanged),
+                group(r.ack.failed),
+                group(r.writer.published),
+                group(c.hits),
+                group(c.misses),
+                group(c.evictions),
+                group(c.entries),
+                format_bytes(usize::try_from(c.bytes).unwrap_or(usize::MAX)),
+                if c.prefetched { ", prefetched" } else { "" },
+            );
+        }
+    }
+    let snap = ctx.stats.snapshot();
     let statuses: Vec<String> = snap
         .statuses
         .iter()
         .map(|(s, n)| format!("{s}×{n}"))
         .collect();
-    let b = budget.snapshot();
+    let b = ctx.budget.snapshot();
     let peak = process_memory().map_or_else(
         || "unknown".to_owned(),
         |m| format_bytes(m.peak_rss as usize),
@@ -320,6 +392,19 @@ fn print_summary(
         secs,
         group((snap.rows_written as f64 / secs.max(1e-3)) as u64),
     );
+    if snap.rows_filtered > 0 || snap.rows_rejected > 0 {
+        let _ = writeln!(
+            out,
+            "filtered out {} · rejected {}{}",
+            group(snap.rows_filtered),
+            group(snap.rows_rejected),
+            if ctx.observer.rejected() > 0 {
+                format!(" (written to {})", ctx.observer.path().display())
+            } else {
+                String::new()
+            },
+        );
+    }
     let _ = writeln!(
         out,
         "peak memory {peak} · budget peak {} of {} ({} waits)",
@@ -328,9 +413,4 @@ fn print_summary(
         b.waits,
     );
     print!("{out}");
-}
-
-/// The default state directory for a configuration file.
-pub fn default_state_dir(config: &ConfigFile) -> PathBuf {
-    config.base_dir().join(".sluicegate").join("state")
 }

@@ -25,7 +25,7 @@ use crate::checkpoint::CheckpointStore;
 use crate::error::{Error, ErrorKind, Result, ResultExt};
 use crate::mapping::Mapper;
 use crate::observe::{NoObserver, RunObserver};
-use crate::sink::{BatchAck, SinkWriter};
+use crate::sink::{BatchAck, SinkWriter, WriterSummary};
 use crate::source::{BatchStream, ReadRequest, Source};
 use crate::stats::RunStats;
 
@@ -75,6 +75,8 @@ pub struct StreamReport {
     pub resumed_from: Option<Position>,
     /// Rows in the target after the run, if the sink can tell.
     pub total_rows: Option<u64>,
+    /// What the sink's writer reported at the end.
+    pub writer: WriterSummary,
     /// Wall time of the stream.
     pub elapsed: Duration,
 }
@@ -240,6 +242,7 @@ impl Pipeline {
             batches,
             resumed_from,
             total_rows: summary.total_rows,
+            writer: summary,
             elapsed: started.elapsed(),
         })
     }

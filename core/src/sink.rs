@@ -108,6 +108,9 @@ pub struct WriterSummary {
     pub cache: Option<crate::upsert::CacheStats>,
     /// Entries published.
     pub published: u64,
+    /// Whether the sink compares content, so `unchanged` counts mean something
+    /// (keyed sinks do; bulk loaders that replace rows do not).
+    pub compares_content: bool,
 }
 
 /// A configured destination; opens one writer per stream.

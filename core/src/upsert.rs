@@ -733,6 +733,7 @@ impl<K: KeyedSink> SinkWriter for UpsertWriter<K> {
                 prefetched: self.prefetch_loaded,
             }),
             published: self.published,
+            compares_content: true,
         })
     }
 }

@@ -654,16 +654,15 @@ async fn get_entry(
 
 fn new_id(cma: &Cma) -> String {
     const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-    let mut n = cma
-        .ids
-        .fetch_add(1, Ordering::Relaxed)
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        ^ 0x5DEE_CE66_D;
+    // SplitMix64 over a counter: unique, deterministic, random-looking ids.
+    let mut state = cma.ids.fetch_add(1, Ordering::Relaxed);
     (0..22)
         .map(|_| {
-            let c = ALPHABET[(n % 62) as usize] as char;
-            n = n / 62 ^ n.rotate_left(17).wrapping_mul(31);
-            c
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            ALPHABET[((z ^ (z >> 31)) % 62) as usize] as char
         })
         .collect()
 }

@@ -13,6 +13,8 @@ use serde_json::Value;
 use sluicegate_core::{Error, ErrorKind, RunStats, Secret};
 use tokio::sync::Semaphore;
 
+use super::config::{ContentfulSinkConfig, Resolved};
+
 /// A failed call: the API's status and error body, or a network failure.
 #[derive(Debug, Clone, thiserror::Error)]
 pub(crate) enum CmaError {
@@ -145,20 +147,13 @@ pub(crate) struct CmaClient {
 pub(crate) type Headers = Vec<(&'static str, String)>;
 
 impl CmaClient {
-    pub(crate) fn new(
-        base_url: &Url,
-        space: &str,
-        environment: &str,
-        token: Secret,
-        rate_limit: Option<u32>,
-        max_concurrency: usize,
-        timeout: Duration,
-        max_attempts: u32,
-    ) -> Result<Self, Error> {
+    pub(crate) fn new(resolved: &Resolved, config: &ContentfulSinkConfig) -> Result<Self, Error> {
+        let (space, environment) = (&resolved.space_id, &resolved.environment_id);
+        let timeout = Duration::from_secs(config.timeout_secs);
         if rustls::crypto::CryptoProvider::get_default().is_none() {
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let mut base = base_url.clone();
+        let mut base = resolved.base_url.clone();
         let path = format!(
             "{}/spaces/{space}/environments/{environment}/",
             base.path().trim_end_matches('/')
@@ -172,10 +167,10 @@ impl CmaClient {
         Ok(Self {
             http,
             base,
-            token,
-            pacer: Pacer::new(rate_limit),
-            in_flight: Semaphore::new(max_concurrency.max(1)),
-            max_attempts: max_attempts.max(1),
+            token: resolved.token.clone(),
+            pacer: Pacer::new(config.rate_limit),
+            in_flight: Semaphore::new(config.max_concurrency.max(1)),
+            max_attempts: config.max_attempts.max(1),
             stats: Mutex::new(None),
         })
     }

@@ -35,16 +35,7 @@ impl ContentfulSink {
     /// Builds the sink (no request is made until a stream is opened).
     pub fn new(config: ContentfulSinkConfig, ctx: &BuildContext) -> Result<Self> {
         let resolved = config.resolve(ctx)?;
-        let client = CmaClient::new(
-            &resolved.base_url,
-            &resolved.space_id,
-            &resolved.environment_id,
-            resolved.token,
-            config.rate_limit,
-            config.max_concurrency,
-            Duration::from_secs(config.timeout_secs),
-            config.max_attempts,
-        )?;
+        let client = CmaClient::new(&resolved, &config)?;
         let description = format!(
             "contentful space {} environment {} at {}",
             resolved.space_id,

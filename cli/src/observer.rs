@@ -1,0 +1,111 @@
+//! What the CLI does with rejected records and change notes: rejected records
+//! go to the dead-letter file (one JSON object per line, created owner-only on
+//! the first one), change notes to stdout at `--verbosity detailed`.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde_json::json;
+use sluicegate_core::{Rejected, RunObserver};
+
+/// The CLI's observer.
+pub struct CliObserver {
+    path: PathBuf,
+    file: Mutex<Option<BufWriter<File>>>,
+    rejected: AtomicU64,
+    detailed: bool,
+}
+
+impl CliObserver {
+    /// An observer writing dead letters to `path`, printing changes if `detailed`.
+    pub fn new(path: PathBuf, detailed: bool) -> Self {
+        Self {
+            path,
+            file: Mutex::new(None),
+            rejected: AtomicU64::new(0),
+            detailed,
+        }
+    }
+
+    /// Records rejected so far.
+    pub fn rejected(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
+    }
+
+    /// The dead-letter file.
+    pub fn path(&self) -> &PathBuf {
+        &self.path
+    }
+
+    /// Flushes the dead-letter file.
+    pub fn flush(&self) {
+        if let Some(f) = self
+            .file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_mut()
+            && let Err(e) = f.flush()
+        {
+            tracing::error!(path = %self.path.display(), error = %e, "cannot write the dead-letter file");
+        }
+    }
+
+    fn open(&self) -> std::io::Result<BufWriter<File>> {
+        if let Some(dir) = self.path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut options = std::fs::OpenOptions::new();
+        options.create(true).append(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        Ok(BufWriter::new(options.open(&self.path)?))
+    }
+}
+
+impl RunObserver for CliObserver {
+    fn wants_changes(&self) -> bool {
+        self.detailed
+    }
+
+    fn change(&self, sync_key: &str, line: &str) {
+        println!("{sync_key}: {line}");
+    }
+
+    fn rejected(&self, sync_key: &str, rejected: Rejected) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+        let line = json!({
+            "syncKey": sync_key,
+            "stage": rejected.stage,
+            "key": rejected.key,
+            "reason": rejected.reason,
+            "record": rejected.record,
+        });
+        let mut file = self
+            .file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if file.is_none() {
+            match self.open() {
+                Ok(f) => *file = Some(f),
+                Err(e) => {
+                    tracing::error!(path = %self.path.display(), error = %e, "cannot open the dead-letter file; the record is only logged");
+                    tracing::warn!(record = %line, "rejected record");
+                    return;
+                }
+            }
+        }
+        if let Some(f) = file.as_mut()
+            && let Err(e) = writeln!(f, "{line}")
+        {
+            tracing::error!(path = %self.path.display(), error = %e, "cannot write the dead-letter file");
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! End-to-end: `sluicegate sync-api --key products` from the example shop API
+//! into the Contentful Management API emulator, both on 127.0.0.1.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use serde_json::{Value, json};
+use sluicegate_examples::cma::{CmaConfig, CmaServer};
+use sluicegate_examples::shop::{Resource, ShopConfig, ShopServer};
+
+const TOKEN: &str = "cma-secret-token";
+
+fn product_type() -> Value {
+    json!({
+        "sys": {"id": "product"}, "name": "Product", "displayField": "name",
+        "fields": [
+            {"id": "sku", "name": "SKU", "type": "Symbol", "required": true},
+            {"id": "name", "name": "Name", "type": "Symbol", "localized": true},
+            {"id": "price", "name": "Price", "type": "Number"},
+            {"id": "kind", "name": "Kind", "type": "Symbol"},
+            {"id": "tags", "name": "Tags", "type": "Array", "items": {"type": "Symbol"}},
+            {"id": "width", "name": "Width (cm)", "type": "Integer"},
+            {"id": "notes", "name": "Editor notes", "type": "Text"},
+        ],
+    })
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    shop: ShopServer,
+    cma: CmaServer,
+}
+
+impl Fixture {
+    async fn new() -> Self {
+        let shop = ShopServer::start(
+            ShopConfig {
+                orders: 2000,
+                ..ShopConfig::default()
+            },
+            "127.0.0.1:0",
+        )
+        .await
+        .unwrap();
+        let cma = CmaServer::start(
+            CmaConfig {
+                token: TOKEN.into(),
+                locales: vec![("en-US".into(), true), ("de-DE".into(), false)],
+                content_types: vec![product_type()],
+                rate_limit: Some(500),
+                ..CmaConfig::default()
+            },
+            "127.0.0.1:0",
+        )
+        .await
+        .unwrap();
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            shop,
+            cma,
+        }
+    }
+
+    /// Writes the configuration; `name_expression` lets a test change one record.
+    fn config(&self, name_expression: &str) -> PathBuf {
+        let text = format!(
+            r#"version: 1
+sinks:
+  cms:
+    type: contentful
+    spaceId: space1
+    baseUrl: "{cma}"
+    tokenEnv: CMA_TOKEN
+syncs:
+  - key: products
+    sink: cms
+    contentType: product
+    contentKeyField: sku.en-US
+    source:
+      type: http
+      endPoint: "{shop}/api/products"
+      resultsJsonPath: "$.data"
+      pagination: {{ skipKey: offset, limitKey: limit, pageSize: 20, totalPath: "$.meta.total" }}
+    mapping:
+      - {{ fieldName: sku.en-US, expression: "{{{{ row.sku }}}}" }}
+      - {{ fieldName: name.en-US, expression: "{name_expression}" }}
+      - {{ fieldName: price.en-US, expression: "{{{{ row.price }}}}" }}
+      - {{ fieldName: kind.en-US, expression: "{{{{ row.type }}}}" }}
+      - {{ fieldName: "tags.en-US[]", expression: "{{{{ row.tags | join('|') }}}}" }}
+      - {{ fieldName: width.en-US, expression: "{{{{ row.dimensions.width_cm }}}}" }}
+"#,
+            cma = self.cma.url(),
+            shop = self.shop.url(),
+        );
+        let path = self.dir.path().join("sluicegate.yaml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    async fn sync(&self, name_expression: &str, args: &[&str]) -> Output {
+        let config = self.config(name_expression);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluicegate"));
+        cmd.args([
+            "sync-api",
+            "--config",
+            config.to_str().unwrap(),
+            "--key",
+            "products",
+            "--streaming",
+        ])
+        .args(args)
+        .env("CMA_TOKEN", TOKEN)
+        .env_remove("SLUICEGATE_MAX_MEMORY_MB");
+        tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap()
+    }
+
+    fn products(&self) -> u64 {
+        self.shop.dataset().total(Resource::Products)
+    }
+
+    fn entry_by_sku(&self, sku: &str) -> Value {
+        self.cma
+            .entries()
+            .into_values()
+            .find(|e| e["fields"]["sku"]["en-US"] == sku)
+            .unwrap_or_else(|| panic!("no entry with sku {sku}"))
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+const NAME: &str = "{{ row.name }}";
+
+/// The cells of the summary row of `key`.
+fn summary_row(stdout: &str, key: &str) -> Vec<String> {
+    let line = stdout
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(key))
+        .unwrap_or_else(|| panic!("no summary row for {key} in {stdout}"));
+    line.split_whitespace().map(str::to_owned).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_sync_creates_a_second_writes_nothing_and_a_changed_record_updates_one_entry() {
+    let fx = Fixture::new().await;
+    let n = fx.products();
+
+    let out = fx.sync(NAME, &["--apply"]).await;
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        summary_row(&stdout, "products")[2..7],
+        [
+            n.to_string(),
+            n.to_string(),
+            "0".into(),
+            "0".into(),
+            "0".into()
+        ],
+        "{stdout}"
+    );
+    assert!(stdout.contains(&format!("published {n}")), "{stdout}");
+    assert_eq!(fx.cma.entries().len() as u64, n);
+    let product = fx.shop.dataset().record_value(Resource::Products, 0);
+    let mug = fx.entry_by_sku(product["sku"].as_str().unwrap());
+    assert_eq!(mug["fields"]["name"]["en-US"], product["name"]);
+    assert_eq!(mug["fields"]["price"]["en-US"], product["price"]);
+    assert_eq!(
+        mug["fields"]["width"]["en-US"],
+        product["dimensions"]["width_cm"]
+    );
+    assert!(mug["sys"]["publishedVersion"].is_number(), "published");
+
+    let before = fx.cma.counts();
+    let out = fx.sync(NAME, &["--apply"]).await;
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        summary_row(&stdout, "products")[3..6],
+        ["0", "0", &n.to_string()],
+        "{stdout}"
+    );
+    assert_eq!(
+        fx.cma.counts().writes,
+        before.writes,
+        "no write request at all"
+    );
+
+    // An editor adds notes and a German name to product 7; then its source
+    // record changes (here: through the mapping) and only it is updated.
+    let sku7 = fx.shop.dataset().record_value(Resource::Products, 6)["sku"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let id = fx.entry_by_sku(&sku7)["sys"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    fx.cma.edit_entry(&id, |e| {
+        e["fields"]["notes"] = json!({"en-US": "checked by Ana"});
+        e["fields"]["name"]["de-DE"] = json!("Becher sieben");
+    });
+    let before = fx.cma.counts();
+    let changed = "{{ row.name }}{% if row.id == 7 %} (new edition){% endif %}";
+    let out = fx
+        .sync(changed, &["--apply", "--verbosity", "detailed"])
+        .await;
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        summary_row(&stdout, "products")[3..6],
+        ["0", "1", &(n - 1).to_string()],
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("products: 'product' '{sku7}' is updated")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("(new edition)'"), "{stdout}");
+    assert_eq!(
+        fx.cma.counts().writes - before.writes,
+        2,
+        "one PUT and one bulk publish"
+    );
+    let entry = fx.entry_by_sku(&sku7);
+    assert!(
+        entry["fields"]["name"]["en-US"]
+            .as_str()
+            .unwrap()
+            .ends_with(" (new edition)")
+    );
+    assert_eq!(
+        entry["fields"]["name"]["de-DE"], "Becher sieben",
+        "other locales survive"
+    );
+    assert_eq!(
+        entry["fields"]["notes"]["en-US"], "checked by Ana",
+        "unmapped fields survive"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_reports_changes_but_writes_and_publishes_nothing() {
+    let fx = Fixture::new().await;
+    let out = fx.sync(NAME, &["--verbosity", "detailed"]).await;
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("dry run"), "{stdout}");
+    let sku = fx.shop.dataset().record_value(Resource::Products, 0)["sku"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        stdout.contains(&format!("products: 'product' '{sku}' will be created")),
+        "{stdout}"
+    );
+    assert_eq!(
+        summary_row(&stdout, "products")[3],
+        fx.products().to_string()
+    );
+    let counts = fx.cma.counts();
+    assert_eq!((counts.writes, counts.published), (0, 0));
+    assert!(fx.cma.entries().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_entry_goes_to_the_dead_letter_file_and_the_rest_is_synced() {
+    let fx = Fixture::new().await;
+    // Product 3's name is made longer than a Symbol allows (256 characters).
+    let long =
+        "{{ row.name }}{% if row.id == 3 %}{% for i in range(300) %}x{% endfor %}{% endif %}";
+    let out = fx.sync(long, &["--apply", "--no-publish"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "partial success: stderr {}",
+        text(&out.stderr)
+    );
+    let stdout = text(&out.stdout);
+    assert_eq!(summary_row(&stdout, "products")[6], "1", "{stdout}");
+    assert!(stdout.contains("rejected 1 (written to"), "{stdout}");
+    assert_eq!(fx.cma.entries().len() as u64, fx.products() - 1);
+    assert_eq!(fx.cma.counts().published, 0, "--no-publish");
+
+    let dead =
+        std::fs::read_to_string(fx.dir.path().join(".sluicegate/dead-letters.ndjson")).unwrap();
+    let lines: Vec<Value> = dead
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1);
+    let sku3 = fx.shop.dataset().record_value(Resource::Products, 2)["sku"].clone();
+    assert_eq!(lines[0]["syncKey"], "products");
+    assert_eq!(lines[0]["stage"], "write");
+    assert_eq!(lines[0]["key"], sku3);
+    assert!(
+        lines[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("Symbol is longer than 256 characters"),
+        "{}",
+        lines[0]
+    );
+    assert_eq!(
+        lines[0]["record"]["sku.en-US"], sku3,
+        "the mapped record is kept"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(fx.dir.path().join(".sluicegate/dead-letters.ndjson"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "owner-only");
+    }
+    assert!(!text(&out.stdout).contains(TOKEN) && !text(&out.stderr).contains(TOKEN));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mapping_mistakes_fail_before_any_request() {
+    let fx = Fixture::new().await;
+    let out = fx.sync("{{ row.name | shout }}", &["--apply"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("syncs[products].invalid template mapping[1].expression: unknown filter"),
+        "{stderr}"
+    );
+    assert_eq!(fx.cma.counts().requests, 0);
+    assert_eq!(fx.shop.requests(), 0);
+}
