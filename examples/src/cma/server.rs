@@ -144,6 +144,7 @@ impl CmaServer {
             ids: AtomicU64::new(0),
         });
         let env_routes = Router::new()
+            .route("/", get(environment))
             .route("/locales", get(locales))
             .route("/content_types", get(list_content_types))
             .route(
@@ -518,6 +519,16 @@ async fn environments(State(cma): State<Arc<Cma>>, Path(space): Path<String>) ->
         .map(|id| json!({"sys": {"type": "Environment", "id": id, "space": link("Space", &cma.config.space)}, "name": id}))
         .collect();
     ok(collection(items.len(), 0, 100, items))
+}
+
+async fn environment(
+    State(cma): State<Arc<Cma>>,
+    Path((space, env)): Path<(String, String)>,
+) -> ApiResult {
+    with_env(&cma, &space, &env, |_| Ok(()))?;
+    ok(
+        json!({"sys": {"type": "Environment", "id": env, "space": link("Space", &cma.config.space)}, "name": env}),
+    )
 }
 
 async fn me() -> ApiResult {
