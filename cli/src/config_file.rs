@@ -34,6 +34,25 @@ pub struct ConfigFile {
     pub sinks: BTreeMap<String, Value>,
     /// Sync entries, in file order.
     pub syncs: Vec<SyncEntry>,
+    /// Where `cute` sync entries are read from when a key is not in `syncs`.
+    pub cute_entries: Option<CuteEntries>,
+}
+
+/// The `cuteEntries` section: read sync entries `cute` keeps in a Contentful
+/// space (content type `cuteContentSyncApi`) for keys the file does not define.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CuteEntries {
+    /// The name of a `contentful` sink in `sinks`: the space to read from, and
+    /// where those entries sync to.
+    pub sink: String,
+    /// The content type holding the entries.
+    #[serde(default = "default_cute_content_type")]
+    pub content_type: String,
+}
+
+fn default_cute_content_type() -> String {
+    "cuteContentSyncApi".to_owned()
 }
 
 #[derive(Debug, Deserialize)]
@@ -44,6 +63,8 @@ struct RawFile {
     sinks: BTreeMap<String, Value>,
     #[serde(default)]
     syncs: Vec<SyncEntry>,
+    #[serde(default)]
+    cute_entries: Option<CuteEntries>,
 }
 
 /// One `syncs` entry.
@@ -158,10 +179,19 @@ impl ConfigFile {
                 )));
             }
         }
+        if let Some(cute) = &raw.cute_entries
+            && !raw.sinks.contains_key(&cute.sink)
+        {
+            return Err(Error::config(format!(
+                "{file}: cuteEntries.sink: no sink named '{}'",
+                cute.sink
+            )));
+        }
         Ok(Self {
             path: path.to_path_buf(),
             sinks: raw.sinks,
             syncs: raw.syncs,
+            cute_entries: raw.cute_entries,
         })
     }
 

@@ -2,6 +2,7 @@
 
 pub mod args;
 pub mod config_file;
+pub mod cute;
 pub mod observer;
 pub mod progress;
 pub mod sync;
@@ -75,7 +76,7 @@ fn print_error(err: &Error, hint: Option<String>) {
 }
 
 async fn sync_api(registry: &Registry, args: SyncArgs) -> u8 {
-    let config = match ConfigFile::load(&args.config) {
+    let mut config = match ConfigFile::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
             print_error(&e, None);
@@ -87,6 +88,10 @@ async fn sync_api(registry: &Registry, args: SyncArgs) -> u8 {
     } else {
         args.keys.clone()
     };
+    if let Err(e) = cute::add_missing(&mut config, &keys, !args.apply).await {
+        print_error(&e, None);
+        return EXIT_CONFIG;
+    }
     let entries = match config.select(&keys) {
         Ok(entries) if entries.is_empty() => {
             print_error(

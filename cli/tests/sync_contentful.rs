@@ -25,6 +25,18 @@ fn product_type() -> Value {
     })
 }
 
+fn cute_type() -> Value {
+    json!({
+        "sys": {"id": "cuteContentSyncApi"}, "name": "cute sync-api", "displayField": "key",
+        "fields": [
+            {"id": "key", "name": "Key", "type": "Symbol", "required": true},
+            {"id": "order", "name": "Order", "type": "Integer"},
+            {"id": "yaml", "name": "YAML", "type": "Text"},
+            {"id": "sourceType", "name": "Source type", "type": "Symbol"},
+        ],
+    })
+}
+
 struct Fixture {
     dir: tempfile::TempDir,
     shop: ShopServer,
@@ -46,7 +58,7 @@ impl Fixture {
             CmaConfig {
                 token: TOKEN.into(),
                 locales: vec![("en-US".into(), true), ("de-DE".into(), false)],
-                content_types: vec![product_type()],
+                content_types: vec![product_type(), cute_type()],
                 rate_limit: Some(500),
                 ..CmaConfig::default()
             },
@@ -333,4 +345,62 @@ async fn mapping_mistakes_fail_before_any_request() {
     );
     assert_eq!(fx.cma.counts().requests, 0);
     assert_eq!(fx.shop.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cute_entry_kept_in_the_space_runs_unchanged() {
+    let fx = Fixture::new().await;
+    let yaml = format!(
+        "contentType: product\ncontentKeyField: sku.en-US\ncontentDisplayField: name.en-US\nendPoint: \"{shop}/api/products\"\nresultsJsonPath: data\npagination: {{ skipKey: offset, limitKey: limit, pageSize: 20 }}\nmapping:\n  - {{ fieldName: sku.en-US, expression: \"{{{{ row.sku }}}}\" }}\n  - {{ fieldName: name.en-US, expression: \"{{{{ row.name }}}}\" }}\n",
+        shop = fx.shop.url()
+    );
+    fx.cma
+        .seed_entry(
+            "cuteContentSyncApi",
+            "sync-products",
+            json!({"key": {"en-US": "dataProducts"}, "order": {"en-US": 1}, "yaml": {"en-US": yaml}, "sourceType": {"en-US": "restapi"}}),
+        )
+        .unwrap();
+    let config = format!(
+        "version: 1\nsinks:\n  cms: {{ type: contentful, spaceId: space1, baseUrl: \"{}\", tokenEnv: CMA_TOKEN }}\ncuteEntries: {{ sink: cms }}\n",
+        fx.cma.url()
+    );
+    let path = fx.dir.path().join("cute.yaml");
+    std::fs::write(&path, config).unwrap();
+    let run = |key: &'static str| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluicegate"));
+        cmd.args([
+            "sync-api",
+            "--config",
+            path.to_str().unwrap(),
+            "--key",
+            key,
+            "--streaming",
+            "--apply",
+        ])
+        .env("CMA_TOKEN", TOKEN);
+        cmd
+    };
+    let mut cmd = run("dataProducts");
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        summary_row(&stdout, "dataProducts")[3],
+        fx.products().to_string(),
+        "{stdout}"
+    );
+    assert_eq!(fx.cma.entries().len() as u64, fx.products() + 1);
+
+    let mut cmd = run("dataNothing");
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr)
+            .contains("No API sync entry 'cuteContentSyncApi' with key 'dataNothing' was found.")
+    );
 }

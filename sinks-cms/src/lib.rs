@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use sluicegate_core::{BuildContext, Factory, Registry, Result, Sink};
 
-pub use contentful::{ContentfulSink, ContentfulSinkConfig};
+pub use contentful::{ContentfulSink, ContentfulSinkConfig, CuteSyncEntry, fetch_cute_entry};
 
 /// Builds `contentful` sinks.
 #[derive(Debug, Default, Clone, Copy)]

@@ -225,6 +225,30 @@ impl CmaServer {
             .unwrap_or_default()
     }
 
+    /// Creates an entry directly (as an editor would), with CMA-shaped `fields`.
+    pub fn seed_entry(
+        &self,
+        content_type: &str,
+        id: &str,
+        fields: Value,
+    ) -> Result<Value, ApiError> {
+        let mut envs = self
+            .state
+            .envs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let env = envs
+            .get_mut(&self.state.config.environment)
+            .ok_or_else(ApiError::not_found)?;
+        create_in(
+            &self.state,
+            env,
+            id.to_owned(),
+            content_type,
+            &json!({ "fields": fields }),
+        )
+    }
+
     /// Changes an entry's fields directly (as an editor would), bumping its version.
     pub fn edit_entry(&self, id: &str, edit: impl FnOnce(&mut Value)) {
         let mut envs = self

@@ -1,0 +1,150 @@
+//! Running `cute` sync-api entries unchanged: an entry's YAML (kept in a
+//! Contentful space, content type `cuteContentSyncApi`) becomes a sync entry.
+//!
+//! `cute` keeps everything in one flat document; the target keys
+//! (`contentType`, `contentKeyField`), the mapping keys (`mapping`,
+//! `preMapping`, `filterExpression`) become the entry's, everything else is the
+//! source section (`type: http`, or a database source for
+//! `sourceType: database`). `id` and `contentDisplayField` are ignored, as `cute`
+//! ignores them. Keys neither side knows are refused with the usual message.
+
+use serde_json::{Map, Value};
+use sluicegate_core::{BuildContext, Error, Result, parse_section, template_scope_from_env};
+use sluicegate_sinks_cms::{ContentfulSinkConfig, fetch_cute_entry};
+
+use crate::config_file::{ConfigFile, SyncEntry, split_type};
+
+/// Turns a `cute` entry's YAML into a sync entry writing to `sink`.
+pub fn translate(
+    key: &str,
+    yaml: &str,
+    source_type: Option<&str>,
+    sink: &str,
+) -> Result<SyncEntry> {
+    let at = format!("cute entry '{key}'");
+    let doc: Value =
+        serde_yaml_ng::from_str(yaml).map_err(|e| Error::config(format!("{at}: yaml: {e}")))?;
+    let Value::Object(mut doc) = doc else {
+        return Err(Error::config(format!("{at}: yaml must be a mapping")));
+    };
+    for ignored in ["id", "contentDisplayField"] {
+        doc.remove(ignored);
+    }
+    if doc.contains_key("enumerateForContentTypes") {
+        return Err(Error::config(format!(
+            "{at}: enumerateForContentTypes (parent/child enumeration) is not supported yet"
+        )));
+    }
+    let mut entry = Map::new();
+    entry.insert("key".into(), Value::String(key.to_owned()));
+    entry.insert("sink".into(), Value::String(sink.to_owned()));
+    for (from, to) in [
+        ("contentType", "table"),
+        ("contentKeyField", "keyField"),
+        ("mapping", "mapping"),
+        ("preMapping", "preMapping"),
+        ("filterExpression", "filterExpression"),
+    ] {
+        if let Some(v) = doc.remove(from) {
+            entry.insert(to.into(), v);
+        }
+    }
+    if !entry.contains_key("table") {
+        return Err(Error::config(format!("{at}: contentType is missing")));
+    }
+    let source_type = match source_type.map(str::to_ascii_lowercase).as_deref() {
+        Some("database") => {
+            return Err(Error::config(format!(
+                "{at}: sourceType database needs the database sources, which are not available yet"
+            )));
+        }
+        _ => "http",
+    };
+    doc.insert("type".into(), Value::String(source_type.to_owned()));
+    entry.insert("source".into(), Value::Object(doc));
+    parse_section(Value::Object(entry), &at)
+}
+
+/// Adds the `cute` entries for `keys` the file does not define, read from the
+/// space of the `cuteEntries` sink.
+pub async fn add_missing(config: &mut ConfigFile, keys: &[String], dry_run: bool) -> Result<()> {
+    let Some(cute) = config.cute_entries.clone() else {
+        return Ok(());
+    };
+    let missing: Vec<&String> = keys
+        .iter()
+        .filter(|k| !config.syncs.iter().any(|e| &e.key == *k))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let path = format!("sinks.{}", cute.sink);
+    let (kind, rest) = split_type(&config.sinks[&cute.sink], &path)?;
+    if kind != "contentful" {
+        return Err(Error::config(format!(
+            "{}: cuteEntries.sink must be a contentful sink, '{}' is {kind}",
+            config.path.display(),
+            cute.sink
+        )));
+    }
+    let sink_config: ContentfulSinkConfig = parse_section(rest, &path)?;
+    let ctx = BuildContext {
+        sync_key: String::new(),
+        dry_run,
+        template_scope: template_scope_from_env(),
+        base_dir: config.base_dir(),
+        publish: true,
+    };
+    let mut added = Vec::new();
+    for key in missing {
+        let found = fetch_cute_entry(&sink_config, &ctx, &cute.content_type, key).await?;
+        added.push(translate(
+            key,
+            &found.yaml,
+            found.source_type.as_deref(),
+            &cute.sink,
+        )?);
+    }
+    config.syncs.extend(added);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const YAML: &str = "contentType: user\ncontentKeyField: id.en\ncontentDisplayField: name.en\nid: ignored\nendPoint: \"https://api.example.test/users?active=1\"\nresultsJsonPath: data.items\npagination: { skipKey: page, limitKey: per_page, pageSize: 100 }\nmapping:\n  - { fieldName: id.en, expression: \"{{ row.id }}\" }\n  - { fieldName: phone.en, expression: \"{{ row.phone }}\", overwriteNull: true }\n";
+
+    #[test]
+    fn a_cute_entry_becomes_a_sync_entry() {
+        let e = translate("dataUser", YAML, Some("restapi"), "cms").unwrap();
+        assert_eq!(e.key, "dataUser");
+        assert_eq!(e.sink, "cms");
+        assert_eq!(e.table(), "user");
+        assert_eq!(e.key_field.as_deref(), Some("id.en"));
+        assert_eq!(e.mapping.len(), 2);
+        assert!(e.mapping[1].overwrite_null);
+        assert_eq!(e.source["type"], "http");
+        assert_eq!(e.source["resultsJsonPath"], "data.items");
+        assert!(e.source.get("contentType").is_none() && e.source.get("id").is_none());
+    }
+
+    #[test]
+    fn unsupported_parts_are_named() {
+        let err = translate(
+            "k",
+            &format!("{YAML}enumerateForContentTypes: []\n"),
+            None,
+            "cms",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("enumerateForContentTypes"),
+            "{err}"
+        );
+        let err = translate("k", YAML, Some("database"), "cms").unwrap_err();
+        assert!(err.to_string().contains("database sources"), "{err}");
+        let err = translate("k", "endPoint: x\n", None, "cms").unwrap_err();
+        assert!(err.to_string().contains("contentType is missing"), "{err}");
+    }
+}
