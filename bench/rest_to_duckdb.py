@@ -6,7 +6,8 @@ times: (1) `shop-download`, which fetches every page of the six resources and
 discards it, and (2) `sluicegate sync-api --all --streaming --apply` with default
 settings into a fresh DuckDB file. It records wall time, CPU time and peak RSS
 (from the kernel's rusage of each child) and writes the medians to
-bench/RESULTS.md together with the commands and the machine.
+bench/results/rest_to_duckdb.md (a section of bench/RESULTS.md) with the
+commands and the machine.
 
 Run it through bench/run.sh, which builds the release binaries first.
 Environment: SIZES (orders, comma-separated; default "100000,1000000"), REPEAT (3).
@@ -14,76 +15,18 @@ Environment: SIZES (orders, comma-separated; default "100000,1000000"), REPEAT (
 
 import json
 import os
-import platform
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-RELEASE = ROOT / "target" / "release"
+from benchlib import RELEASE, ROOT, commit, machine, measured, mib, start_server, today
+
 SIZES = [int(s) for s in os.environ.get("SIZES", "100000,1000000").split(",")]
 REPEAT = int(os.environ.get("REPEAT", "3"))
 PAGE_SIZE = 1000
-
-
-def measured(cmd, env=None):
-    """Runs cmd in a fresh Python child so ru_maxrss belongs to cmd alone."""
-    wrapper = (
-        "import resource,subprocess,sys,time,json\n"
-        "t=time.perf_counter()\n"
-        "p=subprocess.run(sys.argv[1:],stdout=subprocess.PIPE,stderr=subprocess.PIPE,text=True)\n"
-        "w=time.perf_counter()-t\n"
-        "r=resource.getrusage(resource.RUSAGE_CHILDREN)\n"
-        "print(json.dumps({'rc':p.returncode,'out':p.stdout,'err':p.stderr,'wall':w,"
-        "'cpu':r.ru_utime+r.ru_stime,'rss':r.ru_maxrss*1024}))\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", wrapper, *map(str, cmd)], env=env,
-                          stdout=subprocess.PIPE, text=True, check=True)
-    res = json.loads(proc.stdout)
-    if res["rc"] != 0:
-        sys.exit(f"command failed ({res['rc']}): {' '.join(map(str, cmd))}\n{res['err']}")
-    return res
-
-
-def start_api(orders, workdir):
-    port_file = workdir / "port"
-    api = subprocess.Popen(
-        [RELEASE / "shop-api", "--orders", str(orders), "--addr", "127.0.0.1:0", "--port-file", port_file],
-        stdout=subprocess.DEVNULL,
-    )
-    for _ in range(200):
-        if port_file.exists() and port_file.read_text():
-            return api, f"http://127.0.0.1:{port_file.read_text().strip()}"
-        time.sleep(0.05)
-    api.kill()
-    sys.exit("the shop API did not start")
-
-
-def machine():
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
-        mem = f", {kb / 1024 / 1024:.0f} GiB RAM"
-    except (OSError, AttributeError):
-        pass
-    return f"{os.cpu_count()} cores ({cpu}){mem}, {platform.system()} {platform.release()}"
-
-
-def mib(b):
-    return f"{b / 1024 / 1024:.1f} MiB"
 
 
 def main():
@@ -92,7 +35,7 @@ def main():
     for orders in SIZES:
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
-            api, url = start_api(orders, work)
+            api, url = start_server([RELEASE / "shop-api", "--orders", str(orders)], work)
             try:
                 conf = work / "sluicegate.yaml"
                 shutil.copy(config, conf)
@@ -134,12 +77,10 @@ def main():
             "rd_wall": med(reads, "wall"), "rd_cpu": med(reads, "cpu"), "rd_rss": med(reads, "rss"),
         })
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, stdout=subprocess.PIPE,
-                            text=True).stdout.strip() or "unknown"
     lines = [
-        "# Benchmark results",
+        "## REST → DuckDB",
         "",
-        "Produced by `bench/run.sh` (do not edit by hand). REST → DuckDB: the bundled example shop API",
+        "The bundled example shop API",
         "(six resources, pages of 1,000 records) synced by `sluicegate sync-api --all --streaming --apply`",
         "with default settings into a fresh DuckDB file, against `shop-download`, which fetches the same",
         "pages sequentially and discards them (the lower bound). Both run against the same API process,",
@@ -147,7 +88,7 @@ def main():
         f"{REPEAT} times each; the figures are medians (peak RSS: median, and the maximum in brackets).",
         "",
         f"- Machine: {machine()}",
-        f"- Commit: `{commit}`, date: {time.strftime('%Y-%m-%d')}",
+        f"- Commit: `{commit()}`, date: {today()}",
         "- Commands: `shop-api --orders N`, `shop-download --url URL --page-size 1000`,",
         "  `SHOP_API_URL=URL sluicegate sync-api --config examples/sluicegate.yaml --all --streaming --apply --quiet`",
         "",
@@ -178,7 +119,7 @@ def main():
         small, large = results[0], results[-1]
         growth = large["sg_rss"] / small["sg_rss"] - 1
         lines += [
-            "## Targets (foundation issue)",
+            "### Targets (foundation issue)",
             "",
             f"- Peak RSS of the larger run within 25% of the smaller one's: "
             f"{mib(large['sg_rss'])} vs {mib(small['sg_rss'])}, {growth:+.0%} → "
@@ -190,10 +131,10 @@ def main():
             f"{large['orders']:,} orders → {'met' if large['sg_wall'] <= 3 * large['dl_wall'] else 'missed'}.",
             "",
         ]
-    out = ROOT / "bench" / "RESULTS.md"
-    notes = ROOT / "bench" / "NOTES.md"
+    notes = ROOT / "bench" / "rest_to_duckdb_notes.md"
     if notes.exists():
         lines += [notes.read_text().rstrip(), ""]
+    out = ROOT / "bench" / "results" / "rest_to_duckdb.md"
     out.write_text("\n".join(lines))
     print(f"wrote {out}", file=sys.stderr)
 

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Benchmarks, from a fresh clone: builds the release binaries and runs the
-# REST -> DuckDB benchmark, writing bench/RESULTS.md.
+# Benchmarks, from a fresh clone: builds the release binaries, runs each
+# benchmark and assembles bench/RESULTS.md.
 #
-#   bench/run.sh                          # 100k and 1M orders, 3 runs each
-#   SIZES=10000,100000 REPEAT=1 bench/run.sh
+#   bench/run.sh                          # everything (about 20 minutes)
+#   SIZES=10000,100000 REPEAT=1 CMS_SIZES=1000,10000 CMS_RATE_TEST=0 bench/run.sh
+#   bench/run.sh duckdb                   # only REST -> DuckDB (or: cms)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ./scripts/fetch-duckdb.sh
 cargo build --release --locked -p sluicegate-cli -p sluicegate-examples
-python3 bench/rest_to_duckdb.py
+which="${1:-all}"
+if [[ "$which" == all || "$which" == duckdb ]]; then python3 bench/rest_to_duckdb.py; fi
+if [[ "$which" == all || "$which" == cms ]]; then python3 bench/rest_to_cms.py; fi
+python3 bench/report.py

@@ -68,9 +68,10 @@ pub struct SyncArgs {
     #[arg(long)]
     pub streaming: bool,
 
-    /// Most records written per sink batch (one transaction per batch).
-    #[arg(long, value_name = "N", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub batch_size: u64,
+    /// Most records written per sink batch (one transaction per batch) [default: the
+    /// sink's preferred size: DuckDB 5000, Contentful 500].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_size: Option<u64>,
 
     /// Memory budget for records in flight (pages being decoded, batches waiting and
     /// being written), in MiB. When it is full the sources wait (streaming) or the run

@@ -218,6 +218,7 @@ async fn run_entry(prepared: PreparedEntry, ctx: &RunContext<'_>) -> Result<Stre
             );
         }
     }
+    let batch_rows = sink.preferred_batch_rows();
     let writer = sink.open(target).await?;
     let mut pipeline = Pipeline::new(entry.key.clone(), entry.table(), source, writer)
         .budget(ctx.budget.clone())
@@ -229,7 +230,12 @@ async fn run_entry(prepared: PreparedEntry, ctx: &RunContext<'_>) -> Result<Stre
             } else {
                 ReadMode::Classic
             },
-            batch_rows: usize::try_from(ctx.args.batch_size).unwrap_or(usize::MAX),
+            batch_rows: ctx
+                .args
+                .batch_size
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+                .or(batch_rows)
+                .unwrap_or(5000),
             linger: Duration::from_millis(500),
         });
     if let Some(mapper) = mapper {

@@ -121,6 +121,13 @@ pub trait Sink: Send + Sync + 'static {
 
     /// A one-line human description, free of secrets.
     fn describe(&self) -> String;
+
+    /// The batch size (records) that suits this sink, used when the run does not
+    /// set one: large for bulk loaders, smaller for APIs where a batch's lookups,
+    /// writes and publishing are held in memory together.
+    fn preferred_batch_rows(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// Writes the batches of one stream, acknowledging each.

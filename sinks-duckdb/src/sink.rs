@@ -132,6 +132,10 @@ impl Sink for DuckDbSink {
     fn describe(&self) -> String {
         format!("duckdb {}", self.path.display())
     }
+
+    fn preferred_batch_rows(&self) -> Option<usize> {
+        Some(5000)
+    }
 }
 
 /// What the writer knows of its table.

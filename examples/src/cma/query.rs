@@ -273,6 +273,16 @@ fn compare(a: Option<&Value>, b: Option<&Value>) -> Ordering {
 
 fn matches(f: &Filter, entry: &Value, default_locale: &str) -> bool {
     let value = resolve(entry, &f.path, default_locale);
+    // The common case, a text value tested for (in)equality, without allocating.
+    if let Some(Value::String(text)) = value {
+        match f.op {
+            Op::Eq => return f.values.first().is_some_and(|v| v == text),
+            Op::Ne => return f.values.first().is_none_or(|v| v != text),
+            Op::In => return f.values.iter().any(|v| v == text),
+            Op::Nin => return !f.values.iter().any(|v| v == text),
+            _ => {}
+        }
+    }
     let texts = value.map(as_text).unwrap_or_default();
     let first = f.values.first().map(String::as_str).unwrap_or_default();
     match f.op {

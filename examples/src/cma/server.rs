@@ -172,6 +172,7 @@ impl CmaServer {
             .route("/spaces/{space}", get(space))
             .route("/spaces/{space}/environments", get(environments))
             .route("/users/me", get(me))
+            .route("/_emulator/counts", get(counts))
             .nest("/spaces/{space}/environments/{env}", env_routes)
             .fallback(|| async { error_response(&ApiError::not_found()) })
             .layer(middleware::from_fn_with_state(state.clone(), gate))
@@ -553,6 +554,18 @@ async fn environment(
     ok(
         json!({"sys": {"type": "Environment", "id": env, "space": link("Space", &cma.config.space)}, "name": env}),
     )
+}
+
+/// The emulator's request counters (not part of the real API; for benchmarks).
+async fn counts(State(cma): State<Arc<Cma>>) -> ApiResult {
+    let c = &cma.counters;
+    ok(json!({
+        "requests": c.requests.load(Ordering::Relaxed),
+        "rateLimited": c.rate_limited.load(Ordering::Relaxed),
+        "reads": c.reads.load(Ordering::Relaxed),
+        "writes": c.writes.load(Ordering::Relaxed),
+        "published": c.published.load(Ordering::Relaxed),
+    }))
 }
 
 async fn me() -> ApiResult {

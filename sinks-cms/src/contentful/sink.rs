@@ -19,6 +19,8 @@ use super::config::ContentfulSinkConfig;
 
 /// Longest query string sent for lookups (the API refuses very long URLs).
 const MAX_QUERY_CHARS: usize = 6000;
+/// Bulk publish actions in flight at once.
+const PUBLISH_ACTIONS_IN_FLIGHT: usize = 4;
 /// Keys per lookup request, before the URL-length limit.
 const LOOKUP_KEYS: usize = 200;
 
@@ -83,6 +85,10 @@ impl Sink for ContentfulSink {
 
     fn describe(&self) -> String {
         self.description.clone()
+    }
+
+    fn preferred_batch_rows(&self) -> Option<usize> {
+        Some(500)
     }
 }
 
@@ -302,7 +308,7 @@ impl ContentfulKeyed {
             .as_str()
             .ok_or_else(|| Error::sink("bulk action came back without an id"))?
             .to_owned();
-        let mut wait = Duration::from_millis(100);
+        let mut wait = Duration::from_millis(50);
         for _ in 0..120 {
             tokio::time::sleep(wait).await;
             let status = self
@@ -500,13 +506,23 @@ impl KeyedSink for ContentfulKeyed {
     }
 
     async fn publish(&self, _target: &StreamTarget, items: Vec<Written>) -> Vec<Result<Written>> {
-        let mut out = Vec::with_capacity(items.len());
+        let mut chunks = Vec::new();
         let mut items = items.into_iter().peekable();
         while items.peek().is_some() {
-            let chunk: Vec<Written> = items.by_ref().take(self.publish_chunk).collect();
-            out.extend(self.publish_chunk(chunk).await);
+            chunks.push(
+                items
+                    .by_ref()
+                    .take(self.publish_chunk)
+                    .collect::<Vec<Written>>(),
+            );
         }
-        out
+        // Several bulk actions at once (as `cute` does), results kept in order.
+        let results: Vec<Vec<Result<Written>>> = futures::stream::iter(chunks)
+            .map(|chunk| self.publish_chunk(chunk))
+            .buffered(PUBLISH_ACTIONS_IN_FLIGHT)
+            .collect()
+            .await;
+        results.into_iter().flatten().collect()
     }
 
     fn describe(&self) -> String {
