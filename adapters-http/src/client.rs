@@ -3,9 +3,12 @@
 
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
+use std::sync::Arc;
+
 use reqwest::header::{HeaderMap, RETRY_AFTER};
-use sluicegate_core::{Error, Result, RunStats};
+use sluicegate_core::{Error, Pacer, Result, RunStats};
+
+use crate::auth::Auth;
 
 use crate::config::RetryConfig;
 use crate::error::{HttpError, is_retryable_status};
@@ -40,7 +43,7 @@ impl From<&RetryConfig> for RetryPolicy {
 
 impl RetryPolicy {
     /// Full jitter: a random delay in `[0, min(max, initial * 2^(retry-1))]`.
-    fn backoff(&self, retry: u32) -> Duration {
+    pub(crate) fn backoff(&self, retry: u32) -> Duration {
         let exp = self
             .initial
             .saturating_mul(2u32.saturating_pow(retry.saturating_sub(1)));
@@ -50,44 +53,56 @@ impl RetryPolicy {
     }
 }
 
-/// A successful response, body read in full.
-pub(crate) struct Fetched {
-    pub(crate) body: Bytes,
+/// Sends requests with the source's credentials, pacing and retries.
+pub(crate) struct Requester {
+    pub(crate) client: reqwest::Client,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) pacer: Option<Arc<Pacer>>,
+    pub(crate) auth: Auth,
 }
 
-/// Sends the request built by `build` until it succeeds, retrying 408/429/5xx
-/// and network failures per `policy`; other statuses fail at once with the
-/// response body in the error. `url` is used in messages (it must hold no secret).
-pub(crate) async fn send_with_retry(
-    build: impl Fn() -> reqwest::RequestBuilder,
-    url: &str,
-    policy: &RetryPolicy,
-    stats: &RunStats,
-) -> Result<Fetched> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        stats.add_request();
-        let (failure, retry_after) = match build().send().await {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                stats.add_status(status);
-                if response.status().is_success() {
-                    match response.bytes().await {
-                        Ok(body) => {
-                            stats.add_bytes_received(body.len() as u64);
-                            return Ok(Fetched { body });
-                        }
-                        Err(source) => (
-                            HttpError::Network {
-                                url: url.to_owned(),
-                                source,
-                            },
-                            None,
-                        ),
+impl Requester {
+    /// Sends the request built by `build` until it answers 2xx, retrying
+    /// 408/429/5xx and network failures; other statuses fail at once with the
+    /// response body in the error. `url` is shown in messages (it holds no secret).
+    /// The body of the returned response is not read yet.
+    pub(crate) async fn send(
+        &self,
+        build: impl Fn() -> reqwest::RequestBuilder,
+        url: &str,
+        stats: &RunStats,
+    ) -> Result<reqwest::Response> {
+        let mut attempt = 0;
+        let mut reauthorized = false;
+        loop {
+            attempt += 1;
+            if let Some(pacer) = &self.pacer {
+                pacer.wait().await;
+            }
+            stats.add_request();
+            if attempt > 1 {
+                stats.add_retry();
+            }
+            let request = self.auth.apply(&self.client, build()).await?;
+            let (failure, retry_after) = match request.send().await {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    stats.add_status(status);
+                    if response.status().is_success() {
+                        return Ok(response);
                     }
-                } else {
+                    if status == 401 && !reauthorized && self.auth.invalidate().await {
+                        // An expired OAuth token: fetch a new one and try again, once.
+                        reauthorized = true;
+                        attempt -= 1;
+                        continue;
+                    }
                     let retry_after = parse_retry_after(response.headers());
+                    if let Some(pacer) = &self.pacer
+                        && status == 429
+                    {
+                        pacer.pause(retry_after.unwrap_or(Duration::from_secs(1)));
+                    }
                     let body = response.bytes().await.unwrap_or_default();
                     let failure = HttpError::status(url, status, &body);
                     if !is_retryable_status(status) {
@@ -95,51 +110,50 @@ pub(crate) async fn send_with_retry(
                     }
                     (failure, retry_after)
                 }
-            }
-            Err(source) if source.is_builder() => {
-                return Err(HttpError::Network {
-                    url: url.to_owned(),
-                    source,
+                Err(source) if source.is_builder() => {
+                    return Err(HttpError::Network {
+                        url: url.to_owned(),
+                        source,
+                    }
+                    .into());
                 }
-                .into());
+                Err(source) => (
+                    HttpError::Network {
+                        url: url.to_owned(),
+                        source,
+                    },
+                    None,
+                ),
+            };
+            if attempt >= self.retry.max_attempts {
+                let err = Error::from(failure);
+                return Err(Error::new(
+                    err.kind(),
+                    format!("giving up after {attempt} attempts: {err}"),
+                )
+                .retryable(true));
             }
-            Err(source) => (
-                HttpError::Network {
-                    url: url.to_owned(),
-                    source,
-                },
-                None,
-            ),
-        };
-        if attempt >= policy.max_attempts {
-            let err = Error::from(failure);
-            return Err(Error::new(
-                err.kind(),
-                format!("giving up after {attempt} attempts: {err}"),
-            )
-            .retryable(true));
+            let delay = match retry_after {
+                Some(wait) if wait > self.retry.max_retry_after => {
+                    return Err(HttpError::RetryAfterTooLong {
+                        url: url.to_owned(),
+                        secs: wait.as_secs(),
+                        max: self.retry.max_retry_after.as_secs(),
+                    }
+                    .into());
+                }
+                Some(wait) => wait,
+                None => self.retry.backoff(attempt),
+            };
+            tracing::warn!(
+                url,
+                attempt,
+                delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                error = %failure,
+                "request failed, retrying"
+            );
+            tokio::time::sleep(delay).await;
         }
-        let delay = match retry_after {
-            Some(wait) if wait > policy.max_retry_after => {
-                return Err(HttpError::RetryAfterTooLong {
-                    url: url.to_owned(),
-                    secs: wait.as_secs(),
-                    max: policy.max_retry_after.as_secs(),
-                }
-                .into());
-            }
-            Some(wait) => wait,
-            None => policy.backoff(attempt),
-        };
-        stats.add_retry();
-        tracing::warn!(
-            url,
-            attempt,
-            delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-            error = %failure,
-            "request failed, retrying"
-        );
-        tokio::time::sleep(delay).await;
     }
 }
 

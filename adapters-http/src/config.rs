@@ -1,4 +1,8 @@
-//! Configuration of the `http` source (camelCase keys, as in `cute` sync-api YAML).
+//! Configuration of the `http` source. Keys are camelCase and include `cute`'s
+//! sync-api keys unchanged (`endPoint`, `headers`, `httpMethod`,
+//! `formUrlEncodedContent`, `pagination{skipKey, limitKey, pageSize, limitMax}`,
+//! `continuationTokenHeader`, `resultsFormat`, `resultsSecret`,
+//! `resultsJsonPath`, `resultsTotalPagesPath`).
 //!
 //! ```yaml
 //! source:
@@ -8,32 +12,85 @@
 //!   resultsJsonPath: "$.data"
 //!   pagination: { type: offset, skipKey: offset, limitKey: limit, pageSize: 1000, totalPath: "$.meta.total" }
 //!   auth: { type: bearer, tokenEnv: SHOP_API_TOKEN }
-//!   retry: { maxAttempts: 5, initialBackoffMs: 250, maxBackoffMs: 30000 }
+//!   concurrency: 4          # parallel pages when they can be computed
+//!   rateLimit: 20           # requests per second
 //! ```
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-use sluicegate_core::{BuildContext, JsonSelector, Result, Secret, field_error, render_template};
+use serde_json::Value;
+use sluicegate_core::{
+    BuildContext, JsonSelector, Result, Templates, field_error, render_template,
+};
+
+use crate::auth::AuthConfig;
+use crate::decode::ResultsFormat;
+use crate::pagination::{HeaderTokenPaging, Pagination, Paginator, deserialize_pagination};
+
+/// The HTTP method (`cute` writes `Get`/`Post`; any case is accepted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HttpMethod {
+    /// GET.
+    #[default]
+    Get,
+    /// POST, with `formUrlEncodedContent` or `body`.
+    Post,
+}
+
+impl<'de> Deserialize<'de> for HttpMethod {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        match text.to_ascii_lowercase().as_str() {
+            "get" => Ok(HttpMethod::Get),
+            "post" => Ok(HttpMethod::Post),
+            other => Err(serde::de::Error::custom(format!(
+                "unknown httpMethod '{other}' (Get or Post)"
+            ))),
+        }
+    }
+}
 
 /// The `http` source section.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HttpSourceConfig {
-    /// The URL to request; a template (`{{ env.X }}`). Pagination parameters are
-    /// added to its query string.
+    /// The URL to request; a template. In a child (see `parent`) it can use
+    /// `{{ parent.<field> }}`. Pagination parameters are added to its query.
     pub end_point: String,
+    /// GET (default) or POST.
+    #[serde(default)]
+    pub http_method: HttpMethod,
     /// Extra request headers; values are templates.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
-    /// JSONPath to the records in a response (`$.data`, or `data` as in `cute`).
-    /// Default: the whole response (an array of records, or one record).
+    /// A form body for POST (`cute`'s key); values are templates.
+    #[serde(default)]
+    pub form_url_encoded_content: BTreeMap<String, String>,
+    /// A JSON body for POST; string values are templates.
+    #[serde(default)]
+    pub body: Option<Value>,
+    /// The body's format: json (default), ndjson, csv, zippedCsv.
+    #[serde(default)]
+    pub results_format: ResultsFormat,
+    /// The zip password for `zippedCsv`; a template (`{{ env.ZIP_PASSWORD }}`).
+    #[serde(default)]
+    pub results_secret: Option<String>,
+    /// JSONPath to the records (`$.data`, or `data` as in `cute`); default: the
+    /// whole document (an array of records, or one record).
     #[serde(default)]
     pub results_json_path: Option<String>,
-    /// How to page through results; absent means a single request.
+    /// `cute`'s JSONPath to the total page count (same as `pagination.totalPagesPath`).
     #[serde(default)]
-    pub pagination: Option<PaginationConfig>,
-    /// Authentication; secrets come only from the environment.
+    pub results_total_pages_path: Option<String>,
+    /// `cute`'s header-token paging: used when there is no `pagination`; the
+    /// response header's value is sent back as a request header of the same name.
+    #[serde(default)]
+    pub continuation_token_header: Option<String>,
+    /// How to page through results; absent means a single request.
+    #[serde(default, deserialize_with = "deserialize_pagination")]
+    pub pagination: Option<Pagination>,
+    /// Authentication; secrets only from the environment or files.
     #[serde(default)]
     pub auth: Option<AuthConfig>,
     /// Retries of failed requests.
@@ -42,75 +99,67 @@ pub struct HttpSourceConfig {
     /// Timeout of one request (connect to last byte), in seconds.
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
+    /// Requests per second at most (default: unlimited).
+    #[serde(default)]
+    pub rate_limit: Option<u32>,
+    /// Pages fetched at once when every page's request can be computed
+    /// (offset or page numbers with a known total).
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Call this endpoint once per record of another endpoint: the parent,
+    /// itself an `http` source section (without `type`).
+    #[serde(default)]
+    pub parent: Option<Box<HttpSourceConfig>>,
+    /// Parent records processed at once.
+    #[serde(default = "default_fan_out")]
+    pub fan_out: usize,
+    /// Parent fields copied into each child record as `_parent_<field>`.
+    #[serde(default)]
+    pub include_from_parent: Vec<String>,
+    /// The response cache's settings, used with `--use-filecache`.
+    #[serde(default)]
+    pub file_cache: FileCacheConfig,
 }
 
+/// The `fileCache` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FileCacheConfig {
+    /// How long a cached response is replayed, in seconds.
+    #[serde(default = "default_cache_ttl")]
+    pub ttl_secs: u64,
+    /// Largest total size of the cache, in MiB; the oldest responses go first.
+    #[serde(default = "default_cache_mb")]
+    pub max_mb: u64,
+}
+
+impl Default for FileCacheConfig {
+    fn default() -> Self {
+        Self {
+            ttl_secs: default_cache_ttl(),
+            max_mb: default_cache_mb(),
+        }
+    }
+}
+
+fn default_cache_ttl() -> u64 {
+    86_400
+}
+fn default_cache_mb() -> u64 {
+    1024
+}
 fn default_timeout_secs() -> u64 {
     60
 }
-
-/// The pagination styles this source supports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum PaginationKind {
-    /// `skipKey` is a record offset, advanced by the number of records received.
-    Offset,
+fn default_concurrency() -> usize {
+    1
+}
+fn default_fan_out() -> usize {
+    4
 }
 
-fn default_pagination_kind() -> PaginationKind {
-    PaginationKind::Offset
-}
-
-/// The `pagination` section.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct PaginationConfig {
-    /// The pagination style.
-    #[serde(rename = "type", default = "default_pagination_kind")]
-    pub kind: PaginationKind,
-    /// Query parameter carrying the offset.
-    #[serde(default = "default_skip_key")]
-    pub skip_key: String,
-    /// Query parameter carrying the page size.
-    #[serde(default = "default_limit_key")]
-    pub limit_key: String,
-    /// Records requested per page.
-    #[serde(default = "default_page_size")]
-    pub page_size: u64,
-    /// JSONPath to the total number of records; when set, reaching it ends the
-    /// read (and a short page does not).
-    #[serde(default)]
-    pub total_path: Option<String>,
-    /// Stop after this many pages.
-    #[serde(default)]
-    pub max_pages: Option<u64>,
-}
-
-fn default_skip_key() -> String {
-    "offset".to_owned()
-}
-
-fn default_limit_key() -> String {
-    "limit".to_owned()
-}
-
-fn default_page_size() -> u64 {
-    100
-}
-
-/// The `auth` section.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "camelCase", deny_unknown_fields)]
-pub enum AuthConfig {
-    /// `Authorization: Bearer <token>`, the token read from an environment variable.
-    #[serde(rename_all = "camelCase")]
-    Bearer {
-        /// The environment variable holding the token.
-        token_env: String,
-    },
-}
-
-/// The `retry` section: capped exponential backoff with full jitter for
-/// 408/429/5xx responses and network errors; `Retry-After` is honoured.
+/// The `retry` section: capped exponential backoff with full jitter for 408,
+/// 429, 5xx and network errors; `Retry-After` is honoured.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RetryConfig {
@@ -143,63 +192,103 @@ impl Default for RetryConfig {
 fn default_max_attempts() -> u32 {
     5
 }
-
 fn default_initial_backoff_ms() -> u64 {
     250
 }
-
 fn default_max_backoff_ms() -> u64 {
     30_000
 }
-
 fn default_max_retry_after_secs() -> u64 {
     300
 }
 
+/// How deep parents may nest.
+pub(crate) const MAX_PARENT_DEPTH: usize = 3;
+
 impl HttpSourceConfig {
-    /// Checks everything that can be checked without network: templates render,
-    /// the URL parses, JSONPaths compile, secrets are present, numbers are sane.
+    /// The pagination, with `cute`'s top-level keys folded in.
+    pub(crate) fn effective_pagination(&self) -> Option<Pagination> {
+        let mut pagination = self.pagination.clone();
+        if let Some(path) = &self.results_total_pages_path {
+            match &mut pagination {
+                Some(Pagination::Offset(p)) if p.total_pages_path.is_none() => {
+                    p.total_pages_path = Some(path.clone())
+                }
+                Some(Pagination::PageNumber(p)) if p.total_pages_path.is_none() => {
+                    p.total_pages_path = Some(path.clone())
+                }
+                _ => {}
+            }
+        }
+        if pagination.is_none()
+            && let Some(header) = &self.continuation_token_header
+        {
+            pagination = Some(Pagination::HeaderToken(HeaderTokenPaging {
+                response_header: header.clone(),
+                request_header: None,
+                max_pages: None,
+            }));
+        }
+        pagination
+    }
+
+    /// Checks everything that can be checked without network: templates,
+    /// URL, JSONPaths, pagination, secrets, numbers, the parent chain.
     pub fn validate(&self, ctx: &BuildContext) -> Result<()> {
-        let url = render_template("endPoint", &self.end_point, &ctx.template_scope)
-            .map_err(|e| field_error("endPoint", e.message()))?;
-        let parsed = reqwest::Url::parse(&url)
-            .map_err(|e| field_error("endPoint", format!("'{url}' is not an absolute URL: {e}")))?;
-        if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(field_error(
-                "endPoint",
-                format!("'{url}' must be an http or https URL"),
-            ));
+        self.validate_at(ctx, 0, &mut Vec::new())
+    }
+
+    fn validate_at(&self, ctx: &BuildContext, depth: usize, chain: &mut Vec<String>) -> Result<()> {
+        let scope = &ctx.template_scope;
+        if depth > 0 || self.parent.is_some() {
+            // A child's endpoint reads `parent`: compile it now, render per parent later.
+            Templates::new()
+                .add("endPoint", &self.end_point)
+                .map_err(|e| field_error("endPoint", e.message()))?;
+        }
+        if self.parent.is_none() {
+            let url = render_template("endPoint", &self.end_point, scope)
+                .map_err(|e| field_error("endPoint", e.message()))?;
+            check_url(&url)?;
         }
         for (name, value) in &self.headers {
             reqwest::header::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
                 field_error(&format!("headers.{name}"), "is not a valid header name")
             })?;
-            render_template(name, value, &ctx.template_scope)
+            Templates::new()
+                .add(name, value)
                 .map_err(|e| field_error(&format!("headers.{name}"), e.message()))?;
+        }
+        if self.http_method == HttpMethod::Get
+            && (!self.form_url_encoded_content.is_empty() || self.body.is_some())
+        {
+            return Err(field_error(
+                "httpMethod",
+                "a request body (formUrlEncodedContent or body) needs httpMethod: Post",
+            ));
+        }
+        if !self.form_url_encoded_content.is_empty() && self.body.is_some() {
+            return Err(field_error(
+                "body",
+                "give either formUrlEncodedContent or body, not both",
+            ));
         }
         if let Some(path) = &self.results_json_path {
             JsonSelector::parse(path).map_err(|e| field_error("resultsJsonPath", e.message()))?;
         }
-        if let Some(p) = &self.pagination {
-            if p.page_size == 0 {
-                return Err(field_error("pagination.pageSize", "must be at least 1"));
-            }
-            if p.skip_key.is_empty() || p.limit_key.is_empty() {
-                return Err(field_error(
-                    "pagination",
-                    "skipKey and limitKey must not be empty",
-                ));
-            }
-            if let Some(path) = &p.total_path {
-                JsonSelector::parse(path)
-                    .map_err(|e| field_error("pagination.totalPath", e.message()))?;
-            }
-            if p.max_pages == Some(0) {
-                return Err(field_error("pagination.maxPages", "must be at least 1"));
-            }
+        if let Some(secret) = &self.results_secret {
+            render_template("resultsSecret", secret, scope)
+                .map_err(|e| field_error("resultsSecret", e.message()))?;
         }
-        if let Some(AuthConfig::Bearer { token_env }) = &self.auth {
-            Secret::from_env(token_env).map_err(|e| field_error("auth.tokenEnv", e.message()))?;
+        if self.pagination.is_some() && self.continuation_token_header.is_some() {
+            return Err(field_error(
+                "continuationTokenHeader",
+                "applies only without pagination (or use pagination type header_token)",
+            ));
+        }
+        Paginator::new(self.effective_pagination())?;
+        if let Some(auth) = &self.auth {
+            auth.resolve(ctx)?;
         }
         if self.retry.max_attempts == 0 {
             return Err(field_error("retry.maxAttempts", "must be at least 1"));
@@ -213,15 +302,74 @@ impl HttpSourceConfig {
         if self.timeout_secs == 0 {
             return Err(field_error("timeoutSecs", "must be at least 1"));
         }
+        if self.rate_limit == Some(0) {
+            return Err(field_error("rateLimit", "must be at least 1"));
+        }
+        if self.concurrency == 0 || self.concurrency > 64 {
+            return Err(field_error("concurrency", "must be between 1 and 64"));
+        }
+        if self.fan_out == 0 || self.fan_out > 64 {
+            return Err(field_error("fanOut", "must be between 1 and 64"));
+        }
+        if self.file_cache.ttl_secs == 0 || self.file_cache.max_mb == 0 {
+            return Err(field_error(
+                "fileCache",
+                "ttlSecs and maxMb must be at least 1",
+            ));
+        }
+        if let Some(parent) = &self.parent {
+            if chain.contains(&self.end_point) {
+                return Err(field_error(
+                    "parent",
+                    format!(
+                        "the parent chain repeats endPoint '{}' (a cycle)",
+                        self.end_point
+                    ),
+                ));
+            }
+            if depth + 1 > MAX_PARENT_DEPTH {
+                return Err(field_error(
+                    "parent",
+                    format!("parents nest at most {MAX_PARENT_DEPTH} deep"),
+                ));
+            }
+            chain.push(self.end_point.clone());
+            if chain.contains(&parent.end_point) {
+                return Err(field_error(
+                    "parent",
+                    format!(
+                        "the parent chain repeats endPoint '{}' (a cycle)",
+                        parent.end_point
+                    ),
+                ));
+            }
+            parent
+                .validate_at(ctx, depth + 1, chain)
+                .map_err(|e| sluicegate_core::locate(e, "parent"))?;
+        } else if !self.include_from_parent.is_empty() {
+            return Err(field_error("includeFromParent", "needs a parent"));
+        }
         Ok(())
     }
+}
+
+pub(crate) fn check_url(url: &str) -> Result<reqwest::Url> {
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| field_error("endPoint", format!("'{url}' is not an absolute URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(field_error(
+            "endPoint",
+            format!("'{url}' must be an http or https URL"),
+        ));
+    }
+    Ok(parsed)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
-    use sluicegate_core::parse_section;
+    use sluicegate_core::{locate, parse_section};
 
     fn ctx() -> BuildContext {
         BuildContext {
@@ -230,77 +378,103 @@ mod tests {
             template_scope: json!({"env": {"PORT": "9"}, "config": {}}),
             base_dir: ".".into(),
             publish: true,
+            cache_dir: None,
         }
     }
 
-    fn parse(v: serde_json::Value) -> Result<HttpSourceConfig> {
+    fn parse(v: Value) -> Result<HttpSourceConfig> {
         parse_section(v, "syncs[orders].source")
     }
 
-    #[test]
-    fn minimal_config_gets_defaults() {
-        let c = parse(json!({"endPoint": "http://x/api", "pagination": {}})).unwrap();
-        let p = c.pagination.as_ref().unwrap();
-        assert_eq!(
-            (
-                p.kind,
-                p.skip_key.as_str(),
-                p.limit_key.as_str(),
-                p.page_size
-            ),
-            (PaginationKind::Offset, "offset", "limit", 100)
-        );
-        assert_eq!(c.retry.max_attempts, 5);
-        c.validate(&ctx()).unwrap();
+    fn check(v: Value) -> Result<()> {
+        parse(v)?.validate(&ctx()).map_err(|e| locate(e, "s"))
     }
 
     #[test]
-    fn unknown_keys_are_rejected_with_their_path() {
+    fn a_cute_entry_parses_unchanged() {
+        let c = parse(json!({
+            "endPoint": "https://api.example.test/users?active=1",
+            "httpMethod": "Get",
+            "headers": {"Accept": "application/json", "Authorization": "Bearer {{ config.PORT }}"},
+            "resultsJsonPath": "data.items",
+            "resultsFormat": "Json",
+            "resultsTotalPagesPath": "meta.pages",
+            "pagination": {"skipKey": "page", "limitKey": "per_page", "pageSize": 100, "limitMax": 100},
+        }))
+        .unwrap();
+        match c.effective_pagination() {
+            Some(Pagination::Offset(p)) => {
+                assert_eq!(
+                    (
+                        p.skip_key.as_str(),
+                        p.limit_max,
+                        p.total_pages_path.as_deref()
+                    ),
+                    ("page", Some(100), Some("meta.pages"))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        c.validate(&ctx()).unwrap();
+        let c =
+            parse(json!({"endPoint": "http://x/", "continuationTokenHeader": "x-token"})).unwrap();
+        assert!(matches!(
+            c.effective_pagination(),
+            Some(Pagination::HeaderToken(_))
+        ));
+    }
+
+    #[test]
+    fn mistakes_name_the_field() {
         let err =
             parse(json!({"endPoint": "http://x", "pagination": {"skipKye": "o"}})).unwrap_err();
-        let msg = err.to_string();
-        assert!(msg.contains("syncs[orders].source.pagination"), "{msg}");
-        assert!(msg.contains("unknown field `skipKye`"), "{msg}");
-        let err = parse(json!({"endPoint": "http://x", "auth": {"type": "bearer", "token": "x"}}))
-            .unwrap_err();
-        assert!(err.to_string().contains("unknown field `token`"), "{err}");
-    }
-
-    #[test]
-    fn validation_names_the_field() {
-        let c = parse(
-            json!({"endPoint": "http://127.0.0.1:{{ env.PORT }}/x", "resultsJsonPath": "$[?"}),
-        )
-        .unwrap();
-        let err = sluicegate_core::locate(c.validate(&ctx()).unwrap_err(), "syncs[orders].source");
+        assert!(err.to_string().contains("unknown field `skipKye`"), "{err}");
+        let err = parse(json!({"endPoint": "http://x", "resultsFormat": "xml"})).unwrap_err();
         assert!(
-            err.to_string()
-                .starts_with("syncs[orders].source.resultsJsonPath: invalid JSONPath"),
+            err.to_string().contains("unknown resultsFormat 'xml'"),
             "{err}"
         );
-
-        let c = parse(json!({"endPoint": "{{ env.NOPE }}/x"})).unwrap();
-        let err = sluicegate_core::locate(c.validate(&ctx()).unwrap_err(), "s");
+        let err = check(json!({"endPoint": "{{ env.NOPE }}/x"})).unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("s.endPoint: cannot render template"),
             "{err}"
         );
-
-        let c = parse(json!({"endPoint": "/relative"})).unwrap();
-        assert!(
-            c.validate(&ctx())
-                .unwrap_err()
-                .to_string()
-                .contains("not an absolute URL")
-        );
-
-        let c = parse(json!({"endPoint": "http://x", "auth": {"type": "bearer", "tokenEnv": "SLUICEGATE_TEST_SURELY_UNSET"}})).unwrap();
-        let err = c.validate(&ctx()).unwrap_err();
+        let err = check(json!({"endPoint": "http://x", "formUrlEncodedContent": {"a": "b"}}))
+            .unwrap_err();
+        assert!(err.to_string().contains("needs httpMethod: Post"), "{err}");
+        let err = check(json!({"endPoint": "http://x", "auth": {"type": "bearer", "tokenEnv": "SLUICEGATE_TEST_SURELY_UNSET"}})).unwrap_err();
         assert!(
             err.to_string()
                 .contains("SLUICEGATE_TEST_SURELY_UNSET is not set"),
             "{err}"
         );
+        let err = check(
+            json!({"endPoint": "http://x", "pagination": {"type": "cursor", "cursorPath": "n"}}),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("exactly one of cursorParam and cursorBodyPath"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn parent_chains_are_checked() {
+        let ok = json!({"endPoint": "http://x/orders/{{ parent.id }}/lines", "parent": {"endPoint": "http://x/orders"}});
+        check(ok).unwrap();
+        let deep = json!({"endPoint": "http://x/a/{{ parent.id }}", "parent": {"endPoint": "http://x/b/{{ parent.id }}",
+            "parent": {"endPoint": "http://x/c/{{ parent.id }}", "parent": {"endPoint": "http://x/d/{{ parent.id }}", "parent": {"endPoint": "http://x/e"}}}}});
+        assert!(
+            check(deep)
+                .unwrap_err()
+                .to_string()
+                .contains("nest at most 3 deep")
+        );
+        let cycle = json!({"endPoint": "http://x/a/{{ parent.id }}", "parent": {"endPoint": "http://x/a/{{ parent.id }}", "parent": {"endPoint": "http://x/z"}}});
+        assert!(check(cycle).unwrap_err().to_string().contains("cycle"));
+        let err = check(json!({"endPoint": "http://x", "includeFromParent": ["id"]})).unwrap_err();
+        assert!(err.to_string().contains("needs a parent"), "{err}");
     }
 }

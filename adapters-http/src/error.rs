@@ -21,13 +21,6 @@ pub(crate) enum HttpError {
     },
     #[error("{url} asked to retry after {secs}s, more than retry.maxRetryAfterSecs ({max}s)")]
     RetryAfterTooLong { url: String, secs: u64, max: u64 },
-    #[error("response of {url} is not valid JSON ({source}); it starts with: {snippet}")]
-    Json {
-        url: String,
-        snippet: String,
-        #[source]
-        source: serde_json::Error,
-    },
     #[error(
         "resultsJsonPath '{path}' matched nothing in the response of {url} (top-level keys: {keys})"
     )]
@@ -74,7 +67,7 @@ impl From<HttpError> for Error {
             } => (ErrorKind::Auth, false),
             HttpError::Status { status, .. } => (ErrorKind::Http, is_retryable_status(*status)),
             HttpError::RetryAfterTooLong { .. } => (ErrorKind::Http, true),
-            HttpError::Json { .. } | HttpError::NoRecords { .. } => (ErrorKind::Decode, false),
+            HttpError::NoRecords { .. } => (ErrorKind::Decode, false),
         };
         let hint = match &err {
             HttpError::Status {

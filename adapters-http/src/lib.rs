@@ -1,8 +1,12 @@
 #![doc = include_str!("../README.md")]
 
+mod auth;
 mod client;
 pub mod config;
+mod decode;
 mod error;
+mod filecache;
+mod pagination;
 mod source;
 
 use std::sync::Arc;
@@ -10,7 +14,14 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use sluicegate_core::{BuildContext, Factory, Registry, Result, Source};
 
-pub use config::HttpSourceConfig;
+pub use auth::{AuthConfig, KeyLocation};
+pub use config::{FileCacheConfig, HttpMethod, HttpSourceConfig, RetryConfig};
+pub use decode::ResultsFormat;
+pub use filecache::clear_file_cache;
+pub use pagination::{
+    CursorPaging, HeaderTokenPaging, LinkHeaderPaging, NextUrlPaging, OffsetPaging,
+    PageNumberPaging, Pagination, SinglePaging, SkipMode,
+};
 pub use source::HttpSource;
 
 /// Builds `http` sources.

@@ -1,20 +1,41 @@
-//! The `http` source: a paginated REST endpoint read page by page.
+//! The `http` source: pages of a REST endpoint, decoded as they arrive.
+//!
+//! Reading runs in a task feeding the stream ([`channel_stream`]): for each page
+//! it leases memory, sends the request (paced, authenticated, retried), and feeds
+//! the body to the format's decoder chunk by chunk. Records go out in batches of
+//! `chunk_rows` while the body is still arriving, so one huge response never sits
+//! in memory whole; the page's last batch carries the position of the next page.
+//! When every page's request can be computed from the first page, the rest are
+//! fetched `concurrency` at a time and emitted in page order. A child endpoint
+//! (`parent`) is called once per parent record, `fanOut` at a time.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use reqwest::Url;
-use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
-use serde_json::{Value, json};
+use bytes::Bytes;
+use futures::stream::{BoxStream, StreamExt, TryStreamExt};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::{Method, Url};
+use serde_json::{Map, Value, json};
 use sluicegate_core::{
-    BatchStream, BuildContext, Error, JsonSelector, Page, PageContext, PageSource, Position,
-    ReadRequest, Result, Secret, Source, into_record, paginate, render_template,
+    Batch, BatchSender, BatchStream, BuildContext, Error, ErrorKind, JsonSelector, MemoryLease,
+    Pacer, Position, ReadRequest, Record, Result, ResultExt, Secret, Source, Templates,
+    approx_record_size, channel_stream, render_template,
 };
 
-use crate::client::{RetryPolicy, ensure_crypto_provider, send_with_retry};
-use crate::config::{AuthConfig, HttpSourceConfig, PaginationConfig};
-use crate::error::{HttpError, snippet};
+use crate::client::{Requester, RetryPolicy, ensure_crypto_provider};
+use crate::config::{HttpMethod, HttpSourceConfig, check_url};
+use crate::decode::{BodyDecoder, ResultsFormat, read_zipped_csv};
+use crate::error::HttpError;
+use crate::filecache::FileCache;
+use crate::pagination::{PageFacts, Paginator};
+
+/// Records per batch while a page is still arriving.
+const CHUNK_ROWS: usize = 2000;
+/// How many recent tokens are remembered to detect pagination loops.
+const LOOP_WINDOW: usize = 4;
 
 /// A built `http` source.
 pub struct HttpSource {
@@ -22,30 +43,113 @@ pub struct HttpSource {
 }
 
 struct Inner {
-    client: reqwest::Client,
-    url: Url,
+    requester: Requester,
+    method: HttpMethod,
+    /// The endpoint, rendered (top level) or a template over `parent` (child).
+    endpoint: Endpoint,
     headers: HeaderMap,
-    records: JsonSelector,
-    pagination: Option<Pagination>,
-    retry: RetryPolicy,
+    selector: JsonSelector,
+    format: ResultsFormat,
+    zip_password: Option<Secret>,
+    paginator: Paginator,
+    concurrency: usize,
+    cache: Option<FileCache>,
+    parent: Option<ParentLink>,
+    scope: Value,
+    /// Decoded size of the last page, to lease before the next one.
+    estimate: AtomicUsize,
+    chunk_rows: usize,
 }
 
-struct Pagination {
-    config: PaginationConfig,
-    total: Option<JsonSelector>,
+enum Endpoint {
+    Fixed {
+        url: Url,
+        form: Vec<(String, String)>,
+        body: Option<Value>,
+    },
+    PerParent {
+        templates: Templates,
+        form: Vec<String>,
+        body: Option<Value>,
+    },
+}
+
+struct ParentLink {
+    source: HttpSource,
+    fan_out: usize,
+    include: Vec<String>,
+}
+
+/// One resolved request target (a child's depends on its parent record).
+struct Target {
+    url: Url,
+    form: Vec<(String, String)>,
+    body: Option<Value>,
+    parent_fields: Vec<(String, Value)>,
+}
+
+/// A page's records not yet sent, and what the paginator needs to know.
+struct Fetched {
+    records: Vec<Record>,
+    lease: MemoryLease,
+    count: u64,
+    meta: Value,
+    matched: bool,
+    headers: HeaderMap,
+    url: Url,
+}
+
+/// Renders string leaves of a JSON body template.
+fn render_body(value: &Value, scope: &Value) -> Result<Value> {
+    Ok(match value {
+        Value::String(s) => Value::String(render_template("body", s, scope)?),
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|v| render_body(v, scope))
+                .collect::<Result<_>>()?,
+        ),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| Ok((k.clone(), render_body(v, scope)?)))
+                .collect::<Result<Map<String, Value>>>()?,
+        ),
+        other => other.clone(),
+    })
+}
+
+/// Sets `value` at a dotted path of a JSON object, creating objects on the way.
+fn set_path(body: &mut Value, path: &str, value: Value) {
+    let mut node = body;
+    let parts: Vec<&str> = path.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        if !node.is_object() {
+            *node = Value::Object(Map::new());
+        }
+        let Value::Object(map) = node else { return };
+        if i + 1 == parts.len() {
+            map.insert((*part).to_owned(), value);
+            return;
+        }
+        node = map
+            .entry((*part).to_owned())
+            .or_insert_with(|| Value::Object(Map::new()));
+    }
 }
 
 impl HttpSource {
-    /// Builds the source from a validated configuration: renders templates,
-    /// reads secrets from the environment and prepares the HTTP client.
+    /// Builds the source from a configuration: renders templates, reads secrets,
+    /// prepares the HTTP client. `ctx.cache_dir` turns the response cache on.
     pub fn new(config: &HttpSourceConfig, ctx: &BuildContext) -> Result<Self> {
         config.validate(ctx)?;
-        let scope = &ctx.template_scope;
-        let url = render_template("endPoint", &config.end_point, scope)?;
-        let url = Url::parse(&url).map_err(|e| Error::config(format!("endPoint '{url}': {e}")))?;
+        Self::build(config, ctx)
+    }
+
+    fn build(config: &HttpSourceConfig, ctx: &BuildContext) -> Result<Self> {
+        let scope = ctx.template_scope.clone();
         let mut headers = HeaderMap::new();
         for (name, value) in &config.headers {
-            let rendered = render_template(name, value, scope)?;
+            let rendered = render_template(name, value, &scope)?;
             let name = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| Error::config(format!("invalid header name '{name}'")))?;
             let mut value = HeaderValue::from_str(&rendered).map_err(|_| {
@@ -53,32 +157,46 @@ impl HttpSource {
                     "header {name} has characters not allowed in headers"
                 ))
             })?;
-            value.set_sensitive(name == AUTHORIZATION);
+            value.set_sensitive(name == reqwest::header::AUTHORIZATION);
             headers.insert(name, value);
         }
-        if let Some(AuthConfig::Bearer { token_env }) = &config.auth {
-            let token = Secret::from_env(token_env)?;
-            let mut value =
-                HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| {
-                    Error::config(format!(
-                        "the token in {token_env} has characters not allowed in headers"
+        let endpoint = if config.parent.is_some() {
+            let mut templates = Templates::new();
+            templates.add("endPoint", &config.end_point)?;
+            let mut form = Vec::new();
+            for (k, v) in &config.form_url_encoded_content {
+                templates.add(&format!("form.{k}"), v)?;
+                form.push(k.clone());
+            }
+            Endpoint::PerParent {
+                templates,
+                form,
+                body: config.body.clone(),
+            }
+        } else {
+            let url = check_url(&render_template("endPoint", &config.end_point, &scope)?)?;
+            let form = config
+                .form_url_encoded_content
+                .iter()
+                .map(|(k, v)| {
+                    Ok((
+                        k.clone(),
+                        render_template(&format!("formUrlEncodedContent.{k}"), v, &scope)?,
                     ))
-                })?;
-            value.set_sensitive(true);
-            headers.insert(AUTHORIZATION, value);
-        }
-        let records = JsonSelector::parse(config.results_json_path.as_deref().unwrap_or("$"))?;
-        let pagination = match &config.pagination {
-            Some(p) => Some(Pagination {
-                total: p
-                    .total_path
-                    .as_deref()
-                    .map(JsonSelector::parse)
-                    .transpose()?,
-                config: p.clone(),
-            }),
-            None => None,
+                })
+                .collect::<Result<_>>()?;
+            let body = config
+                .body
+                .as_ref()
+                .map(|b| render_body(b, &scope))
+                .transpose()?;
+            Endpoint::Fixed { url, form, body }
         };
+        let zip_password = config
+            .results_secret
+            .as_deref()
+            .map(|s| render_template("resultsSecret", s, &scope).map(Secret::new))
+            .transpose()?;
         ensure_crypto_provider();
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(config.timeout_secs))
@@ -86,14 +204,52 @@ impl HttpSource {
             .user_agent(concat!("sluicegate/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| Error::config("cannot build the HTTP client").with_source(e))?;
+        let auth = match &config.auth {
+            Some(a) => a.resolve(ctx)?,
+            None => crate::auth::Auth::None,
+        };
+        let parent = match &config.parent {
+            Some(p) => Some(ParentLink {
+                source: HttpSource::build(p, ctx)?,
+                fan_out: config.fan_out,
+                include: config.include_from_parent.clone(),
+            }),
+            None => None,
+        };
+        let paginator = Paginator::new(config.effective_pagination())?;
+        let estimate = paginator
+            .page_size()
+            .map_or(1 << 20, |n| {
+                usize::try_from(n.saturating_mul(2048)).unwrap_or(usize::MAX)
+            })
+            .clamp(64 << 10, 16 << 20);
         Ok(Self {
             inner: Arc::new(Inner {
-                client,
-                url,
+                requester: Requester {
+                    client,
+                    retry: RetryPolicy::from(&config.retry),
+                    pacer: config.rate_limit.map(|r| Arc::new(Pacer::new(r, true))),
+                    auth,
+                },
+                method: config.http_method,
+                endpoint,
                 headers,
-                records,
-                pagination,
-                retry: RetryPolicy::from(&config.retry),
+                selector: JsonSelector::parse(config.results_json_path.as_deref().unwrap_or("$"))?,
+                format: config.results_format,
+                zip_password,
+                paginator,
+                concurrency: config.concurrency,
+                cache: ctx.cache_dir.as_ref().map(|dir| {
+                    FileCache::new(
+                        dir.clone(),
+                        Duration::from_secs(config.file_cache.ttl_secs),
+                        config.file_cache.max_mb.saturating_mul(1 << 20),
+                    )
+                }),
+                parent,
+                scope,
+                estimate: AtomicUsize::new(estimate),
+                chunk_rows: CHUNK_ROWS,
             }),
         })
     }
@@ -101,27 +257,633 @@ impl HttpSource {
 
 impl Source for HttpSource {
     fn read(&self, request: ReadRequest) -> BatchStream {
-        paginate(self.inner.clone(), request)
+        let inner = self.inner.clone();
+        channel_stream(move |tx| async move {
+            let sync = request.sync_key.clone();
+            inner.run(request, tx).await.context("sync", sync)
+        })
     }
 
     fn describe(&self) -> String {
-        // Without the query string: it may hold credentials.
-        let mut url = self.inner.url.clone();
-        url.set_query(None);
-        format!("GET {url}")
+        match &self.inner.endpoint {
+            Endpoint::Fixed { url, .. } => {
+                // Without the query string: it may hold credentials.
+                let mut url = url.clone();
+                url.set_query(None);
+                format!("{:?} {url}", self.inner.method).to_uppercase()
+            }
+            Endpoint::PerParent { .. } => "http endpoint per parent record".to_owned(),
+        }
     }
 }
 
 impl Inner {
-    fn page_url(&self, offset: u64) -> Url {
-        let mut url = self.url.clone();
-        if let Some(p) = &self.pagination {
-            url.query_pairs_mut()
-                .append_pair(&p.config.skip_key, &offset.to_string())
-                .append_pair(&p.config.limit_key, &p.config.page_size.to_string());
+    async fn run(self: Arc<Self>, request: ReadRequest, tx: BatchSender) -> Result<()> {
+        match &self.parent {
+            None => {
+                let target = self.target(None)?;
+                self.pages(&request, &tx, &target, request.resume_from.clone(), true)
+                    .await
+            }
+            Some(link) => {
+                if request.resume_from.is_some() {
+                    tracing::warn!(sync = %request.sync_key, "parent/child reads cannot resume; starting over");
+                }
+                let mut parent_request = request.clone();
+                parent_request.resume_from = None;
+                let mut parents = link.source.read(parent_request);
+                while let Some(batch) = parents.next().await {
+                    let (records, _position, lease) = batch?.into_parts();
+                    // The parents' memory stays leased while their children are read.
+                    let run = futures::stream::iter(records)
+                        .map(|parent| {
+                            let this = self.clone();
+                            let (request, tx) = (request.clone(), tx.clone());
+                            async move {
+                                let target = this.target(Some(&parent))?;
+                                this.pages(&request, &tx, &target, None, false)
+                                    .await
+                                    .context(
+                                        "parent",
+                                        Value::Object(parent)
+                                            .to_string()
+                                            .chars()
+                                            .take(120)
+                                            .collect::<String>(),
+                                    )
+                            }
+                        })
+                        .buffer_unordered(link.fan_out)
+                        .try_collect::<Vec<()>>()
+                        .await;
+                    drop(lease);
+                    run?;
+                }
+                Ok(())
+            }
         }
-        url
     }
+
+    /// The request target, for a child rendered with its parent record.
+    fn target(&self, parent: Option<&Record>) -> Result<Target> {
+        match (&self.endpoint, parent) {
+            (Endpoint::Fixed { url, form, body }, _) => Ok(Target {
+                url: url.clone(),
+                form: form.clone(),
+                body: body.clone(),
+                parent_fields: Vec::new(),
+            }),
+            (
+                Endpoint::PerParent {
+                    templates,
+                    form,
+                    body,
+                },
+                Some(parent),
+            ) => {
+                let mut scope = self.scope.clone();
+                scope["parent"] = Value::Object(parent.clone());
+                let url = check_url(&templates.render("endPoint", &scope)?)?;
+                let form = form
+                    .iter()
+                    .map(|k| Ok((k.clone(), templates.render(&format!("form.{k}"), &scope)?)))
+                    .collect::<Result<_>>()?;
+                let body = body.as_ref().map(|b| render_body(b, &scope)).transpose()?;
+                let include = self.parent.as_ref().map_or(&[][..], |l| &l.include[..]);
+                let parent_fields = include
+                    .iter()
+                    .map(|f| {
+                        (
+                            format!("_parent_{f}"),
+                            parent.get(f).cloned().unwrap_or(Value::Null),
+                        )
+                    })
+                    .collect();
+                Ok(Target {
+                    url,
+                    form,
+                    body,
+                    parent_fields,
+                })
+            }
+            (Endpoint::PerParent { .. }, None) => Err(Error::new(
+                ErrorKind::Contract,
+                "a child endpoint needs its parent record",
+            )),
+        }
+    }
+
+    /// Reads every page of `target` from `start`, sending batches; page
+    /// positions are attached when `positions` (resumable reads).
+    async fn pages(
+        self: &Arc<Self>,
+        request: &ReadRequest,
+        tx: &BatchSender,
+        target: &Target,
+        start: Option<Position>,
+        positions: bool,
+    ) -> Result<()> {
+        let mut token = start;
+        let mut recent: VecDeque<Position> = VecDeque::new();
+        let mut page = 0;
+        loop {
+            page += 1;
+            let fetched = self
+                .fetch(request, Some(tx), target, token.as_ref(), page)
+                .await
+                .context("page", page)?;
+            if !fetched.matched && page == 1 && token.is_none() {
+                return Err(HttpError::NoRecords {
+                    path: self.selector.as_str().to_owned(),
+                    url: fetched.url.to_string(),
+                    keys: top_level_keys(&fetched.meta),
+                }
+                .into());
+            }
+            let facts = PageFacts {
+                records: fetched.count,
+                meta: &fetched.meta,
+                headers: &fetched.headers,
+                url: &fetched.url,
+            };
+            let next = self.paginator.next(token.as_ref(), page, &facts);
+            if let Some(n) = &next
+                && (token.as_ref() == Some(n) || recent.contains(n))
+            {
+                return Err(Error::decode(format!(
+                    "pagination loop: page {page} returned next token {n}, which was already used; check the pagination settings"
+                ))
+                .with_context("page", page));
+            }
+            let parallel = (page == 1 && token.is_none() && self.concurrency > 1)
+                .then(|| self.paginator.remaining(&facts))
+                .flatten();
+            let Fetched { records, lease, .. } = fetched;
+            if let Some(rest) = parallel {
+                let position = positions.then(|| rest.first().cloned()).flatten();
+                self.emit(request, tx, records, lease, page, position)
+                    .await?;
+                return self.parallel(request, tx, target, rest, positions).await;
+            }
+            let position = if positions { next.clone() } else { None };
+            self.emit(request, tx, records, lease, page, position)
+                .await?;
+            match next {
+                None => return Ok(()),
+                Some(n) => {
+                    if let Some(previous) = token.take() {
+                        recent.push_back(previous);
+                        if recent.len() > LOOP_WINDOW {
+                            recent.pop_front();
+                        }
+                    }
+                    token = Some(n);
+                }
+            }
+        }
+    }
+
+    /// Fetches the computed pages `concurrency` at a time, emitting in order.
+    async fn parallel(
+        self: &Arc<Self>,
+        request: &ReadRequest,
+        tx: &BatchSender,
+        target: &Target,
+        tokens: Vec<Position>,
+        positions: bool,
+    ) -> Result<()> {
+        let nexts: Vec<Option<Position>> = tokens
+            .iter()
+            .skip(1)
+            .cloned()
+            .map(Some)
+            .chain([None])
+            .collect();
+        let mut fetches = futures::stream::iter(tokens.into_iter().enumerate())
+            .map(|(i, token)| {
+                let page = i as u64 + 2;
+                async move {
+                    self.fetch(request, None, target, Some(&token), page)
+                        .await
+                        .context("page", page)
+                        .map(|f| (page, f))
+                }
+            })
+            .buffered(self.concurrency);
+        let mut nexts = nexts.into_iter();
+        while let Some(result) = fetches.next().await {
+            let (page, fetched) = result?;
+            let next = nexts.next().flatten();
+            let position = if positions { next } else { None };
+            self.emit(request, tx, fetched.records, fetched.lease, page, position)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn emit(
+        &self,
+        request: &ReadRequest,
+        tx: &BatchSender,
+        records: Vec<Record>,
+        lease: MemoryLease,
+        page: u64,
+        position: Option<Position>,
+    ) -> Result<()> {
+        request.stats.add_page();
+        request.stats.add_rows_read(records.len() as u64);
+        tx.send(
+            Batch::new(records, lease)
+                .with_page(page)
+                .with_position(position),
+        )
+        .await
+    }
+
+    fn url_for(
+        &self,
+        target: &Target,
+        token: Option<&Position>,
+    ) -> Result<(Url, HeaderMap, Option<Body>)> {
+        let req = self.paginator.request(token)?;
+        let mut url = match &req.url {
+            Some(u) => Url::parse(u)
+                .map_err(|e| Error::decode(format!("next URL '{u}' is not a URL: {e}")))?,
+            None => target.url.clone(),
+        };
+        if !req.query.is_empty() {
+            let mut pairs = url.query_pairs_mut();
+            for (k, v) in &req.query {
+                pairs.append_pair(k, v);
+            }
+        }
+        let mut headers = self.headers.clone();
+        for (k, v) in &req.headers {
+            let name = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| Error::decode(format!("bad header name {k}")))?;
+            let value = HeaderValue::from_str(v).map_err(|_| {
+                Error::decode(format!(
+                    "the token for header {k} is not a valid header value"
+                ))
+            })?;
+            headers.insert(name, value);
+        }
+        let body = match self.method {
+            HttpMethod::Get => None,
+            HttpMethod::Post if !target.form.is_empty() => Some(Body::Form(target.form.clone())),
+            HttpMethod::Post => {
+                let mut body = target.body.clone().unwrap_or_else(|| json!({}));
+                for (path, value) in &req.body {
+                    set_path(&mut body, path, Value::String(value.clone()));
+                }
+                Some(Body::Json(body))
+            }
+        };
+        Ok((url, headers, body))
+    }
+
+    /// Fetches one page. With `tx`, full chunks of records are sent as they
+    /// decode (without position); the rest comes back in [`Fetched`].
+    async fn fetch(
+        &self,
+        request: &ReadRequest,
+        tx: Option<&BatchSender>,
+        target: &Target,
+        token: Option<&Position>,
+        page: u64,
+    ) -> Result<Fetched> {
+        let (url, headers, body) = self.url_for(target, token)?;
+        let shown = url.to_string();
+        let method = match self.method {
+            HttpMethod::Get => Method::GET,
+            HttpMethod::Post => Method::POST,
+        };
+        let body_bytes = match &body {
+            Some(Body::Json(v)) => v.to_string().into_bytes(),
+            Some(Body::Form(f)) => serde_urlencoded_form(f),
+            None => Vec::new(),
+        };
+        let key = FileCache::key(method.as_str(), &shown, &body_bytes);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut sent_any = false;
+            let result = self
+                .fetch_once(
+                    request,
+                    tx,
+                    &url,
+                    &shown,
+                    &method,
+                    &headers,
+                    &body,
+                    &body_bytes,
+                    &key,
+                    page,
+                    target,
+                    &mut sent_any,
+                )
+                .await;
+            match result {
+                Err(e)
+                    if e.kind() == ErrorKind::Network
+                        && !sent_any
+                        && attempt < self.requester.retry.max_attempts =>
+                {
+                    // The body broke off before anything was sent on: ask again.
+                    request.stats.add_retry();
+                    tracing::warn!(url = %shown, attempt, error = %e, "response body failed, retrying the page");
+                    tokio::time::sleep(self.requester.retry.backoff(attempt)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn fetch_once(
+        &self,
+        request: &ReadRequest,
+        tx: Option<&BatchSender>,
+        url: &Url,
+        shown: &str,
+        method: &Method,
+        headers: &HeaderMap,
+        body: &Option<Body>,
+        body_bytes: &[u8],
+        key: &str,
+        page: u64,
+        target: &Target,
+        sent_any: &mut bool,
+    ) -> Result<Fetched> {
+        let estimate = self.estimate.load(Ordering::Relaxed);
+        let mut lease = request.budget.acquire(estimate).await?;
+        let hit = self.cache.as_ref().and_then(|c| c.lookup(key));
+        let (response_headers, mut chunks): (HeaderMap, BoxStream<'static, Result<Bytes>>) =
+            match &hit {
+                Some(hit) => (hit.headers.clone(), file_chunks(hit.body.clone())),
+                None => {
+                    let response = self
+                        .requester
+                        .send(
+                            || {
+                                let mut r = self
+                                    .requester
+                                    .client
+                                    .request(method.clone(), url.clone())
+                                    .headers(headers.clone());
+                                match body {
+                                    Some(Body::Json(_)) => {
+                                        r = r
+                                            .header("content-type", "application/json")
+                                            .body(body_bytes.to_vec())
+                                    }
+                                    Some(Body::Form(_)) => {
+                                        r = r
+                                            .header(
+                                                "content-type",
+                                                "application/x-www-form-urlencoded",
+                                            )
+                                            .body(body_bytes.to_vec())
+                                    }
+                                    None => {}
+                                }
+                                r
+                            },
+                            shown,
+                            &request.stats,
+                        )
+                        .await?;
+                    let h = response.headers().clone();
+                    let shown = shown.to_owned();
+                    (
+                        h,
+                        response
+                            .bytes_stream()
+                            .map_err(move |e| {
+                                Error::from(HttpError::Network {
+                                    url: shown.clone(),
+                                    source: e,
+                                })
+                            })
+                            .boxed(),
+                    )
+                }
+            };
+        let mut writer = match (&self.cache, &hit) {
+            (Some(cache), None) => Some(cache.writer(key, &response_headers)?),
+            _ => None,
+        };
+        let decode_error = |msg: String| Error::decode(format!("{shown}: {msg}"));
+
+        if self.format == ResultsFormat::ZippedCsv {
+            return self
+                .zipped(
+                    request,
+                    tx,
+                    chunks,
+                    writer,
+                    lease,
+                    page,
+                    target,
+                    url,
+                    response_headers,
+                    sent_any,
+                )
+                .await;
+        }
+        let mut decoder = BodyDecoder::new(self.format, &self.selector);
+        let mut records: Vec<Record> = Vec::new();
+        let mut count = 0u64;
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            if hit.is_none() {
+                request.stats.add_bytes_received(chunk.len() as u64);
+            }
+            if let Some(w) = &mut writer {
+                w.write(&chunk)?;
+            }
+            decoder.feed(&chunk, &mut records).map_err(decode_error)?;
+            if let Some(tx) = tx
+                && records.len() >= self.chunk_rows
+            {
+                count += records.len() as u64;
+                self.add_parent_fields(&mut records, target);
+                let bytes = records.iter().map(approx_record_size).sum();
+                lease.resize(bytes).await?;
+                request.stats.add_rows_read(records.len() as u64);
+                tx.send(Batch::new(std::mem::take(&mut records), lease).with_page(page))
+                    .await?;
+                *sent_any = true;
+                lease = request.budget.acquire(estimate).await?;
+            }
+        }
+        let tail = decoder.finish(&mut records).map_err(decode_error)?;
+        if let Some(w) = writer {
+            w.commit()?;
+        }
+        count += records.len() as u64;
+        self.add_parent_fields(&mut records, target);
+        let bytes: usize = records.iter().map(approx_record_size).sum();
+        lease.resize(bytes).await?;
+        self.estimate.store(bytes.max(4096), Ordering::Relaxed);
+        Ok(Fetched {
+            records,
+            lease,
+            count,
+            meta: tail.meta,
+            matched: tail.matched,
+            headers: response_headers,
+            url: url.clone(),
+        })
+    }
+
+    /// Zipped CSV: the archive is written to a temporary file (its directory is
+    /// at the end), then its first file is read in chunks on a blocking thread.
+    #[allow(clippy::too_many_arguments)]
+    async fn zipped(
+        &self,
+        request: &ReadRequest,
+        tx: Option<&BatchSender>,
+        mut chunks: BoxStream<'static, Result<Bytes>>,
+        mut writer: Option<crate::filecache::CacheWriter>,
+        mut lease: MemoryLease,
+        page: u64,
+        target: &Target,
+        url: &Url,
+        headers: HeaderMap,
+        sent_any: &mut bool,
+    ) -> Result<Fetched> {
+        use std::io::Write;
+        let mut file = tempfile::tempfile().map_err(|e| {
+            Error::new(ErrorKind::Io, "cannot create a temporary file").with_source(e)
+        })?;
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            request.stats.add_bytes_received(chunk.len() as u64);
+            if let Some(w) = &mut writer {
+                w.write(&chunk)?;
+            }
+            file.write_all(&chunk).map_err(|e| {
+                Error::new(ErrorKind::Io, "cannot write a temporary file").with_source(e)
+            })?;
+        }
+        if let Some(w) = writer {
+            w.commit()?;
+        }
+        let (rows_tx, mut rows_rx) = tokio::sync::mpsc::channel::<Vec<Record>>(1);
+        let password = self.zip_password.as_ref().map(|s| s.expose().to_owned());
+        let chunk = self.chunk_rows;
+        let reader = tokio::task::spawn_blocking(move || {
+            use std::io::Seek;
+            let mut file = file;
+            file.seek(std::io::SeekFrom::Start(0))
+                .map_err(|e| e.to_string())?;
+            read_zipped_csv(file, password.as_deref(), chunk, |rows| {
+                rows_tx.blocking_send(rows).is_ok()
+            })
+        });
+        let mut records = Vec::new();
+        let mut count = 0u64;
+        while let Some(mut rows) = rows_rx.recv().await {
+            if let Some(tx) = tx {
+                if !records.is_empty() {
+                    count += records.len() as u64;
+                    self.add_parent_fields(&mut records, target);
+                    let bytes = records.iter().map(approx_record_size).sum();
+                    lease.resize(bytes).await?;
+                    request.stats.add_rows_read(records.len() as u64);
+                    tx.send(Batch::new(std::mem::take(&mut records), lease).with_page(page))
+                        .await?;
+                    *sent_any = true;
+                    lease = request
+                        .budget
+                        .acquire(self.estimate.load(Ordering::Relaxed))
+                        .await?;
+                }
+                records = rows;
+            } else {
+                records.append(&mut rows);
+            }
+        }
+        reader
+            .await
+            .map_err(|e| Error::new(ErrorKind::Contract, "the zip reader failed").with_source(e))?
+            .map_err(|e| Error::decode(format!("{url}: {e}")))?;
+        count += records.len() as u64;
+        self.add_parent_fields(&mut records, target);
+        let bytes = records.iter().map(approx_record_size).sum();
+        lease.resize(bytes).await?;
+        Ok(Fetched {
+            records,
+            lease,
+            count,
+            meta: Value::Null,
+            matched: true,
+            headers,
+            url: url.clone(),
+        })
+    }
+
+    fn add_parent_fields(&self, records: &mut [Record], target: &Target) {
+        if target.parent_fields.is_empty() {
+            return;
+        }
+        for r in records {
+            for (k, v) in &target.parent_fields {
+                r.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
+
+/// A request body.
+enum Body {
+    Json(Value),
+    Form(Vec<(String, String)>),
+}
+
+fn serde_urlencoded_form(pairs: &[(String, String)]) -> Vec<u8> {
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
+        .into_bytes()
+}
+
+/// A cached body, read back in chunks of 64 KiB.
+fn file_chunks(path: std::path::PathBuf) -> BoxStream<'static, Result<Bytes>> {
+    use tokio::io::AsyncReadExt;
+    let shown = path.display().to_string();
+    futures::stream::once(async move { tokio::fs::File::open(&path).await })
+        .flat_map(move |opened| {
+            let shown = shown.clone();
+            match opened {
+                Err(e) => futures::stream::once(async move {
+                    Err(
+                        Error::new(ErrorKind::Io, format!("file cache: cannot read {shown}"))
+                            .with_source(e),
+                    )
+                })
+                .boxed(),
+                Ok(file) => futures::stream::try_unfold(file, move |mut file| {
+                    let shown = shown.clone();
+                    async move {
+                        let mut buf = vec![0; 64 * 1024];
+                        let n = file.read(&mut buf).await.map_err(|e| {
+                            Error::new(ErrorKind::Io, format!("file cache: cannot read {shown}"))
+                                .with_source(e)
+                        })?;
+                        if n == 0 {
+                            return Ok(None);
+                        }
+                        buf.truncate(n);
+                        Ok(Some((Bytes::from(buf), file)))
+                    }
+                })
+                .boxed(),
+            }
+        })
+        .boxed()
 }
 
 fn top_level_keys(body: &Value) -> String {
@@ -129,181 +891,6 @@ fn top_level_keys(body: &Value) -> String {
         Value::Object(map) if map.is_empty() => "none".to_owned(),
         Value::Object(map) => map.keys().cloned().collect::<Vec<_>>().join(", "),
         Value::Array(_) => "none, the response is an array".to_owned(),
-        _ => "none, the response is a scalar".to_owned(),
-    }
-}
-
-#[async_trait]
-impl PageSource for Inner {
-    async fn fetch_page(&self, token: Option<&Position>, ctx: &PageContext) -> Result<Page> {
-        let offset = match token {
-            None => 0,
-            Some(position) => position.as_value()["offset"].as_u64().ok_or_else(|| {
-                Error::new(
-                    sluicegate_core::ErrorKind::Checkpoint,
-                    format!("position {position} is not an offset position of this source; reset the checkpoint"),
-                )
-            })?,
-        };
-        let url = self.page_url(offset);
-        let url_text = url.to_string();
-        let fetched = send_with_retry(
-            || self.client.get(url.clone()).headers(self.headers.clone()),
-            &url_text,
-            &self.retry,
-            &ctx.stats,
-        )
-        .await?;
-        let mut body: Value =
-            serde_json::from_slice(&fetched.body).map_err(|source| HttpError::Json {
-                url: url_text.clone(),
-                snippet: snippet(&fetched.body),
-                source,
-            })?;
-        drop(fetched);
-        let total = self
-            .pagination
-            .as_ref()
-            .and_then(|p| p.total.as_ref())
-            .and_then(|sel| sel.select_u64(&body));
-        let records = match self.records.take_records(&mut body) {
-            Some(records) => records,
-            None if ctx.page == 1 && token.is_none() => {
-                return Err(HttpError::NoRecords {
-                    path: self.records.as_str().to_owned(),
-                    url: url_text,
-                    keys: top_level_keys(&body),
-                }
-                .into());
-            }
-            None => Vec::new(),
-        };
-        drop(body);
-        let records: Vec<_> = records.into_iter().map(into_record).collect();
-        let next = self
-            .pagination
-            .as_ref()
-            .and_then(|p| next_offset(&p.config, offset, records.len() as u64, total, ctx));
-        Ok(Page {
-            records,
-            next: next.map(|o| Position::new(json!({ "offset": o }))),
-        })
-    }
-
-    fn page_bytes_hint(&self) -> usize {
-        let rows = self
-            .pagination
-            .as_ref()
-            .map_or(1000, |p| p.config.page_size);
-        usize::try_from(rows.saturating_mul(2048))
-            .unwrap_or(usize::MAX)
-            .clamp(64 * 1024, 16 << 20)
-    }
-}
-
-/// The offset of the next page, or `None` when this page was the last.
-///
-/// With a total: stop once the offset reaches it (an empty page before that
-/// also stops, with a warning). Without: stop on a short or empty page. Either
-/// way `maxPages` caps the read.
-fn next_offset(
-    p: &PaginationConfig,
-    offset: u64,
-    received: u64,
-    total: Option<u64>,
-    ctx: &PageContext,
-) -> Option<u64> {
-    let next = offset + received;
-    if p.max_pages.is_some_and(|max| ctx.page >= max) {
-        return None;
-    }
-    if received == 0 {
-        if let Some(total) = total
-            && offset < total
-        {
-            tracing::warn!(
-                sync = %ctx.sync_key,
-                page = ctx.page,
-                offset,
-                total,
-                "empty page before the reported total was reached; stopping"
-            );
-        }
-        return None;
-    }
-    match total {
-        Some(total) => (next < total).then_some(next),
-        None if p.total_path.is_some() => {
-            tracing::warn!(sync = %ctx.sync_key, page = ctx.page, "totalPath matched nothing; falling back to the short-page rule");
-            (received >= p.page_size).then_some(next)
-        }
-        None => (received >= p.page_size).then_some(next),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::PaginationKind;
-    use sluicegate_core::RunStats;
-
-    fn pagination(total_path: Option<&str>, max_pages: Option<u64>) -> PaginationConfig {
-        PaginationConfig {
-            kind: PaginationKind::Offset,
-            skip_key: "offset".into(),
-            limit_key: "limit".into(),
-            page_size: 100,
-            total_path: total_path.map(str::to_owned),
-            max_pages,
-        }
-    }
-
-    fn ctx(page: u64) -> PageContext {
-        PageContext {
-            sync_key: "k".into(),
-            page,
-            stats: Arc::new(RunStats::default()),
-        }
-    }
-
-    #[test]
-    fn stop_rules() {
-        let no_total = pagination(None, None);
-        assert_eq!(next_offset(&no_total, 0, 100, None, &ctx(1)), Some(100));
-        assert_eq!(
-            next_offset(&no_total, 100, 40, None, &ctx(2)),
-            None,
-            "short page"
-        );
-        assert_eq!(
-            next_offset(&no_total, 100, 0, None, &ctx(2)),
-            None,
-            "empty page"
-        );
-
-        let with_total = pagination(Some("$.total"), None);
-        // A server capping the page below pageSize must not end the read early.
-        assert_eq!(
-            next_offset(&with_total, 0, 50, Some(250), &ctx(1)),
-            Some(50)
-        );
-        assert_eq!(
-            next_offset(&with_total, 200, 50, Some(250), &ctx(5)),
-            None,
-            "total reached"
-        );
-        assert_eq!(
-            next_offset(&with_total, 100, 0, Some(250), &ctx(3)),
-            None,
-            "empty page"
-        );
-
-        let capped = pagination(None, Some(2));
-        assert_eq!(next_offset(&capped, 0, 100, None, &ctx(1)), Some(100));
-        assert_eq!(
-            next_offset(&capped, 100, 100, None, &ctx(2)),
-            None,
-            "maxPages"
-        );
+        _ => "none".to_owned(),
     }
 }

@@ -94,6 +94,7 @@ pub async fn add_missing(config: &mut ConfigFile, keys: &[String], dry_run: bool
         template_scope: template_scope_from_env(),
         base_dir: config.base_dir(),
         publish: true,
+        cache_dir: None,
     };
     let mut added = Vec::new();
     for key in missing {

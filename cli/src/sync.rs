@@ -49,6 +49,7 @@ pub fn prepare(
         template_scope: scope.clone(),
         base_dir: base_dir.clone(),
         publish: !args.no_publish,
+        cache_dir: None,
     };
     let in_file = |e: Error| Error::config(format!("{file}: {}", e.message()));
     let mut sinks = BTreeMap::new();

@@ -266,7 +266,7 @@ async fn config_mistakes_fail_before_any_request_with_one_line() {
     let cases = [
         (
             good.replacen("skipKey", "skipKye", 1),
-            "syncs[customers].source.pagination.skipKye: unknown field `skipKye`",
+            "syncs[customers].source.pagination: unknown field `skipKye`",
         ),
         (
             good.replacen("sink: warehouse", "sink: lake", 1),

@@ -38,6 +38,8 @@ pub struct BuildContext {
     pub base_dir: PathBuf,
     /// Whether sinks with a publishing step may publish (`--no-publish` clears it).
     pub publish: bool,
+    /// Where sources may cache responses on disk (`--use-filecache`); `None`: no cache.
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl BuildContext {
@@ -49,6 +51,7 @@ impl BuildContext {
             template_scope: crate::template::template_scope_from_env(),
             base_dir: PathBuf::from("."),
             publish: true,
+            cache_dir: None,
         }
     }
 }

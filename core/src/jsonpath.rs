@@ -67,6 +67,15 @@ impl JsonSelector {
         })
     }
 
+    /// For a plain chain of member names (`data.items`, `$`), the names; `None`
+    /// for any other JSONPath.
+    pub fn members(&self) -> Option<&[String]> {
+        match &self.kind {
+            Kind::Members(m) => Some(m),
+            Kind::Path(_) => None,
+        }
+    }
+
     /// The selector as written in configuration.
     pub fn as_str(&self) -> &str {
         &self.text

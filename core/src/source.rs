@@ -20,11 +20,12 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
 
 use crate::batch::{Batch, Position};
 use crate::budget::MemoryBudget;
-use crate::error::Result;
+use crate::error::{Error, ErrorKind, Result};
 use crate::stats::RunStats;
 
 /// A lazy stream of batches, owned and cancellable by drop.
@@ -62,4 +63,115 @@ pub trait Source: Send + Sync + 'static {
 
     /// A one-line human description (for example the endpoint), free of secrets.
     fn describe(&self) -> String;
+}
+
+/// Sends batches from a producing task into a [`channel_stream`].
+#[derive(Clone)]
+pub struct BatchSender(mpsc::Sender<Result<Batch>>);
+
+impl BatchSender {
+    /// Sends a batch, waiting while the consumer is busy; fails with
+    /// [`ErrorKind::Cancelled`] when the stream was dropped.
+    pub async fn send(&self, batch: Batch) -> Result<()> {
+        self.0
+            .send(Ok(batch))
+            .await
+            .map_err(|_| Error::new(ErrorKind::Cancelled, "the reader stopped"))
+    }
+}
+
+/// Aborts the producing task when the stream is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A lazy [`BatchStream`] fed by a task: `produce` is spawned on the first poll
+/// with a [`BatchSender`]; its error (if any) is the stream's last item; dropping
+/// the stream aborts the task. For sources whose reading does not fit
+/// [`paginate`](crate::paginate) (several batches per response, concurrent
+/// fetches), so they still never hand-write a `Stream`.
+pub fn channel_stream<F, Fut>(produce: F) -> BatchStream
+where
+    F: FnOnce(BatchSender) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<()>> + Send + 'static,
+{
+    let start = futures::stream::once(async move {
+        let (tx, rx) = mpsc::channel::<Result<Batch>>(1);
+        let errors = tx.clone();
+        let task = tokio::spawn(async move {
+            if let Err(e) = produce(BatchSender(tx)).await
+                && e.kind() != ErrorKind::Cancelled
+            {
+                let _ = errors.send(Err(e)).await;
+            }
+        });
+        futures::stream::unfold((rx, AbortOnDrop(task)), |(mut rx, guard)| async move {
+            rx.recv().await.map(|item| (item, (rx, guard)))
+        })
+    });
+    Box::pin(start.flatten())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::budget::MemoryBudget;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+    #[tokio::test]
+    async fn channel_streams_are_lazy_ordered_and_end_with_the_error() {
+        let started = Arc::new(AtomicBool::new(false));
+        let flag = started.clone();
+        let budget = MemoryBudget::unlimited();
+        let stream = channel_stream(move |tx| async move {
+            flag.store(true, Ordering::SeqCst);
+            for i in 0..3 {
+                let batch = Batch::new(Vec::new(), budget.acquire(1).await?).with_page(i);
+                tx.send(batch).await?;
+            }
+            Err(Error::decode("page 4 is broken"))
+        });
+        tokio::task::yield_now().await;
+        assert!(
+            !started.load(Ordering::SeqCst),
+            "nothing runs before the first poll"
+        );
+        let items: Vec<Result<Batch>> = stream.collect().await;
+        assert_eq!(items.len(), 4);
+        assert_eq!(items[2].as_ref().unwrap().pages(), Some((2, 2)));
+        assert_eq!(
+            items[3].as_ref().unwrap_err().to_string(),
+            "page 4 is broken"
+        );
+    }
+
+    #[tokio::test]
+    async fn dropping_the_stream_stops_the_task() {
+        let sent = Arc::new(AtomicU32::new(0));
+        let count = sent.clone();
+        let budget = MemoryBudget::unlimited();
+        let mut stream = channel_stream(move |tx| async move {
+            loop {
+                tx.send(Batch::new(Vec::new(), budget.acquire(1).await?))
+                    .await?;
+                count.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        stream.next().await.unwrap().unwrap();
+        drop(stream);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let after_drop = sent.load(Ordering::SeqCst);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(
+            sent.load(Ordering::SeqCst),
+            after_drop,
+            "no more sends after the drop"
+        );
+        assert!(after_drop <= 2);
+    }
 }

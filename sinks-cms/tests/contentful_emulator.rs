@@ -61,6 +61,7 @@ fn sink(dir: &Path, server: &CmaServer, dry_run: bool, extra: Value) -> Contentf
         template_scope: json!({"env": {}, "config": {}}),
         base_dir: dir.to_path_buf(),
         publish: true,
+        cache_dir: None,
     };
     ContentfulSink::new(config, &ctx).unwrap()
 }

@@ -13,6 +13,7 @@ fn ctx(dir: &Path, dry_run: bool) -> BuildContext {
         template_scope: json!({}),
         base_dir: dir.to_path_buf(),
         publish: true,
+        cache_dir: None,
     }
 }
 

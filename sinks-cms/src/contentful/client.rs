@@ -5,12 +5,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{Method, Url};
 use serde_json::Value;
-use sluicegate_core::{Error, ErrorKind, RunStats, Secret};
+use sluicegate_core::{Error, ErrorKind, Pacer, RunStats, Secret};
 use tokio::sync::Semaphore;
 
 use super::config::{ContentfulSinkConfig, Resolved};
@@ -56,82 +54,6 @@ impl From<CmaError> for Error {
     }
 }
 
-/// Spaces requests evenly at the rate limit (a little under it, since the
-/// server counts arrivals and requests do not arrive exactly as sent), and
-/// pauses everyone after a 429 for the time the API asks.
-pub(crate) struct Pacer {
-    state: Mutex<PacerState>,
-    fixed: bool,
-}
-
-struct PacerState {
-    next: Instant,
-    interval: Duration,
-    limit: u32,
-}
-
-/// The share of the rate limit used: close enough to use it fully, far enough
-/// to stay under it when arrivals bunch up.
-const HEADROOM: f64 = 0.95;
-
-fn interval_for(limit: u32) -> Duration {
-    Duration::from_secs_f64(1.0 / (f64::from(limit.max(1)) * HEADROOM))
-}
-
-impl Pacer {
-    pub(crate) fn new(limit: Option<u32>) -> Self {
-        let start = limit.unwrap_or(7);
-        Self {
-            state: Mutex::new(PacerState {
-                next: Instant::now(),
-                interval: interval_for(start),
-                limit: start,
-            }),
-            fixed: limit.is_some(),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, PacerState> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Waits for this request's slot.
-    pub(crate) async fn wait(&self) {
-        let slot = {
-            let mut s = self.lock();
-            let now = Instant::now();
-            let slot = s.next.max(now);
-            s.next = slot + s.interval;
-            slot
-        };
-        tokio::time::sleep_until(slot).await;
-    }
-
-    /// Adopts the limit the API announces (unless one was configured).
-    pub(crate) fn learn(&self, limit: u32) {
-        if self.fixed || limit == 0 {
-            return;
-        }
-        let mut s = self.lock();
-        if s.limit != limit {
-            tracing::debug!(limit, "adopting the API's rate limit");
-            s.limit = limit;
-            s.interval = interval_for(limit);
-        }
-    }
-
-    /// Holds every request back for `pause` (after a 429).
-    pub(crate) fn pause(&self, pause: Duration) {
-        let mut s = self.lock();
-        let until = Instant::now() + pause;
-        if s.next < until {
-            s.next = until;
-        }
-    }
-}
-
 /// A client of one space environment.
 pub(crate) struct CmaClient {
     http: reqwest::Client,
@@ -168,7 +90,7 @@ impl CmaClient {
             http,
             base,
             token: resolved.token.clone(),
-            pacer: Pacer::new(config.rate_limit),
+            pacer: Pacer::new(config.rate_limit.unwrap_or(7), config.rate_limit.is_some()),
             in_flight: Semaphore::new(config.max_concurrency.max(1)),
             max_attempts: config.max_attempts.max(1),
             stats: Mutex::new(None),
@@ -375,25 +297,6 @@ fn api_error(method: &Method, path: &str, status: u16, body: &[u8]) -> CmaError 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn the_pacer_spaces_requests_and_pauses_after_a_429() {
-        let pacer = Pacer::new(Some(10));
-        let start = tokio::time::Instant::now();
-        for _ in 0..20 {
-            pacer.wait().await;
-        }
-        let took = start.elapsed();
-        // 19 intervals of 1/(10 × 0.95) s.
-        assert!(
-            took >= Duration::from_millis(1990) && took <= Duration::from_millis(2010),
-            "{took:?}"
-        );
-        pacer.pause(Duration::from_secs(3));
-        let before = tokio::time::Instant::now();
-        pacer.wait().await;
-        assert!(before.elapsed() >= Duration::from_millis(2990));
-    }
 
     #[test]
     fn api_errors_keep_the_message_and_validation_details() {

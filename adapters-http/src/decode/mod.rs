@@ -1,0 +1,297 @@
+//! Turning response bodies into records, incrementally where the format allows:
+//! JSON (the records array streamed out of the document), NDJSON (one record per
+//! line), CSV (header row, then string records), zipped CSV (the archive's first
+//! file, optionally password-protected, read from a temporary file).
+
+mod csv_stream;
+mod json_stream;
+
+use std::io::Read;
+
+use serde::Deserialize;
+use serde_json::Value;
+use sluicegate_core::{JsonSelector, Record, into_record};
+
+pub(crate) use csv_stream::CsvDecoder;
+pub(crate) use json_stream::ArrayScanner;
+
+/// The shape of a response body (`resultsFormat`, case-insensitive as in `cute`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ResultsFormat {
+    /// A JSON document; records at `resultsJsonPath`.
+    #[default]
+    Json,
+    /// One JSON record per line.
+    Ndjson,
+    /// Comma-separated values with a header row.
+    Csv,
+    /// A zip archive whose first file is CSV.
+    ZippedCsv,
+}
+
+impl<'de> Deserialize<'de> for ResultsFormat {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        match text.to_ascii_lowercase().as_str() {
+            "json" => Ok(ResultsFormat::Json),
+            "ndjson" | "jsonl" | "jsonlines" => Ok(ResultsFormat::Ndjson),
+            "csv" => Ok(ResultsFormat::Csv),
+            "zippedcsv" | "zipped_csv" => Ok(ResultsFormat::ZippedCsv),
+            other => Err(serde::de::Error::custom(format!(
+                "unknown resultsFormat '{other}' (json, ndjson, csv, zippedCsv)"
+            ))),
+        }
+    }
+}
+
+/// Decodes one response body fed in chunks.
+pub(crate) enum BodyDecoder {
+    /// JSON whose records array is at a plain dotted path: streamed.
+    JsonStream {
+        scanner: ArrayScanner,
+        selector: JsonSelector,
+    },
+    /// JSON with a full JSONPath selector: buffered, then selected.
+    JsonBuffered {
+        body: Vec<u8>,
+        selector: JsonSelector,
+    },
+    /// NDJSON: complete lines are records.
+    Ndjson { partial: Vec<u8>, line: u64 },
+    /// CSV.
+    Csv(Box<CsvDecoder>),
+}
+
+/// What remains after the last chunk: the document without its records (for
+/// totals, cursors, next links) and whether the selector matched anything.
+pub(crate) struct Tail {
+    pub(crate) meta: Value,
+    pub(crate) matched: bool,
+}
+
+fn parse_record(bytes: &[u8]) -> Result<Record, String> {
+    serde_json::from_slice::<Value>(bytes)
+        .map(into_record)
+        .map_err(|e| format!("a record is not valid JSON: {e}"))
+}
+
+impl BodyDecoder {
+    pub(crate) fn new(format: ResultsFormat, selector: &JsonSelector) -> Self {
+        match format {
+            ResultsFormat::Json => match selector.members() {
+                Some(path) => BodyDecoder::JsonStream {
+                    scanner: ArrayScanner::new(path.to_vec()),
+                    selector: selector.clone(),
+                },
+                None => BodyDecoder::JsonBuffered {
+                    body: Vec::new(),
+                    selector: selector.clone(),
+                },
+            },
+            ResultsFormat::Ndjson => BodyDecoder::Ndjson {
+                partial: Vec::new(),
+                line: 0,
+            },
+            ResultsFormat::Csv | ResultsFormat::ZippedCsv => {
+                BodyDecoder::Csv(Box::new(CsvDecoder::new()))
+            }
+        }
+    }
+
+    /// Feeds a chunk; complete records are pushed to `out`.
+    pub(crate) fn feed(&mut self, chunk: &[u8], out: &mut Vec<Record>) -> Result<(), String> {
+        match self {
+            BodyDecoder::JsonStream { scanner, .. } => {
+                let mut raw = Vec::new();
+                scanner.feed(chunk, &mut raw);
+                for element in raw {
+                    out.push(parse_record(&element)?);
+                }
+                Ok(())
+            }
+            BodyDecoder::JsonBuffered { body, .. } => {
+                body.extend_from_slice(chunk);
+                Ok(())
+            }
+            BodyDecoder::Ndjson { partial, line } => {
+                let mut start = 0;
+                for (i, b) in chunk.iter().enumerate() {
+                    if *b == b'\n' {
+                        partial.extend_from_slice(&chunk[start..i]);
+                        *line += 1;
+                        ndjson_line(partial, *line, out)?;
+                        partial.clear();
+                        start = i + 1;
+                    }
+                }
+                partial.extend_from_slice(&chunk[start..]);
+                Ok(())
+            }
+            BodyDecoder::Csv(csv) => csv.feed(chunk, out),
+        }
+    }
+
+    /// Ends the body.
+    pub(crate) fn finish(self, out: &mut Vec<Record>) -> Result<Tail, String> {
+        match self {
+            BodyDecoder::JsonStream { scanner, selector } => {
+                let matched = scanner.found();
+                let mut meta = scanner.finish()?;
+                if !matched {
+                    // Not an array at the path (a single object, say): select in the
+                    // (small) document as a whole, as `cute` does.
+                    return Ok(match selector.take_records(&mut meta) {
+                        Some(records) => {
+                            out.extend(records.into_iter().map(into_record));
+                            Tail {
+                                meta,
+                                matched: true,
+                            }
+                        }
+                        None => Tail {
+                            meta,
+                            matched: false,
+                        },
+                    });
+                }
+                Ok(Tail { meta, matched })
+            }
+            BodyDecoder::JsonBuffered { body, selector } => {
+                let mut doc: Value = serde_json::from_slice(&body)
+                    .map_err(|e| format!("the response is not valid JSON: {e}"))?;
+                let matched = match selector.take_records(&mut doc) {
+                    Some(records) => {
+                        out.extend(records.into_iter().map(into_record));
+                        true
+                    }
+                    None => false,
+                };
+                Ok(Tail { meta: doc, matched })
+            }
+            BodyDecoder::Ndjson { mut partial, line } => {
+                ndjson_line(&mut partial, line + 1, out)?;
+                Ok(Tail {
+                    meta: Value::Null,
+                    matched: true,
+                })
+            }
+            BodyDecoder::Csv(csv) => {
+                csv.finish(out)?;
+                Ok(Tail {
+                    meta: Value::Null,
+                    matched: true,
+                })
+            }
+        }
+    }
+}
+
+fn ndjson_line(line: &mut Vec<u8>, number: u64, out: &mut Vec<Record>) -> Result<(), String> {
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    let record = parse_record(line).map_err(|e| format!("NDJSON line {number}: {e}"))?;
+    out.push(record);
+    Ok(())
+}
+
+/// Reads the first file of a zip archive as CSV, `on_rows` receiving rows in
+/// chunks of `chunk` (so a large archive never sits in memory decoded).
+pub(crate) fn read_zipped_csv(
+    file: std::fs::File,
+    password: Option<&str>,
+    chunk: usize,
+    mut on_rows: impl FnMut(Vec<Record>) -> bool,
+) -> Result<(), String> {
+    let mut archive = zip::ZipArchive::new(file)
+        .map_err(|e| format!("the response is not a zip archive: {e}"))?;
+    if archive.is_empty() {
+        return Err("the zip archive is empty".to_owned());
+    }
+    let mut entry = match password {
+        Some(p) => archive
+            .by_index_decrypt(0, p.as_bytes())
+            .map_err(|e| format!("cannot decrypt the zip archive (check resultsSecret): {e}"))?,
+        None => archive.by_index(0).map_err(|e| {
+            format!(
+                "cannot read the zip archive (is it password-protected? set resultsSecret): {e}"
+            )
+        })?,
+    };
+    let mut decoder = CsvDecoder::new();
+    let mut rows = Vec::new();
+    let mut buf = vec![0; 64 * 1024];
+    loop {
+        let n = entry
+            .read(&mut buf)
+            .map_err(|e| format!("cannot unzip: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        decoder.feed(&buf[..n], &mut rows)?;
+        if rows.len() >= chunk && !on_rows(std::mem::take(&mut rows)) {
+            return Ok(());
+        }
+    }
+    decoder.finish(&mut rows)?;
+    if !rows.is_empty() {
+        on_rows(rows);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn run(format: ResultsFormat, path: &str, body: &str) -> (Vec<Value>, Tail) {
+        let selector = JsonSelector::parse(path).unwrap();
+        let mut d = BodyDecoder::new(format, &selector);
+        let mut out = Vec::new();
+        for c in body.as_bytes().chunks(3) {
+            d.feed(c, &mut out).unwrap();
+        }
+        let tail = d.finish(&mut out).unwrap();
+        (out.into_iter().map(Value::Object).collect(), tail)
+    }
+
+    #[test]
+    fn json_streams_plain_paths_and_buffers_jsonpath() {
+        let body = r#"{"data": [{"id": 1}, {"id": 2}], "total": 2}"#;
+        let (records, tail) = run(ResultsFormat::Json, "data", body);
+        assert_eq!(records, vec![json!({"id": 1}), json!({"id": 2})]);
+        assert_eq!(tail.meta["total"], 2);
+        let (records, tail) = run(ResultsFormat::Json, "$.data[?@.id > 1]", body);
+        assert_eq!(records, vec![json!({"id": 2})]);
+        assert!(tail.matched);
+        let (records, _) = run(ResultsFormat::Json, "user", r#"{"user": {"id": 9}}"#);
+        assert_eq!(
+            records,
+            vec![json!({"id": 9})],
+            "a single object is one record"
+        );
+        let (records, tail) = run(ResultsFormat::Json, "data", r#"{"items": []}"#);
+        assert!(records.is_empty() && !tail.matched);
+    }
+
+    #[test]
+    fn ndjson_lines() {
+        let (records, _) = run(
+            ResultsFormat::Ndjson,
+            "$",
+            "{\"a\":1}\r\n\n{\"a\":2}\n{\"a\":3}",
+        );
+        assert_eq!(
+            records,
+            vec![json!({"a": 1}), json!({"a": 2}), json!({"a": 3})]
+        );
+        let selector = JsonSelector::parse("$").unwrap();
+        let mut d = BodyDecoder::new(ResultsFormat::Ndjson, &selector);
+        let err = d.feed(b"{\"a\":1}\n{oops}\n", &mut Vec::new()).unwrap_err();
+        assert!(err.starts_with("NDJSON line 2:"), "{err}");
+    }
+}
