@@ -28,6 +28,29 @@ pub enum Command {
     /// Sync entries of the configuration file into their sinks (a dry run unless --apply).
     #[command(name = "sync-api")]
     SyncApi(SyncArgs),
+    /// Manage the response cache of --use-filecache.
+    Cache {
+        /// What to do.
+        #[command(subcommand)]
+        action: CacheAction,
+    },
+}
+
+/// `cache` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CacheAction {
+    /// Remove every cached response.
+    Clear {
+        /// The configuration file whose cache to clear.
+        #[arg(
+            short,
+            long,
+            value_name = "FILE",
+            default_value = "sluicegate.yaml",
+            env = "SLUICEGATE_CONFIG"
+        )]
+        config: PathBuf,
+    },
 }
 
 /// Arguments of `sync-api`.
@@ -103,6 +126,13 @@ pub struct SyncArgs {
     /// Dry runs never publish.
     #[arg(long)]
     pub no_publish: bool,
+
+    /// Cache source responses on disk and replay them while fresh (`fileCache` on a
+    /// source sets the time-to-live and size), so repeated runs during development
+    /// do not hit the network; kept in .sluicegate/http-cache next to the configuration.
+    /// `sluicegate cache clear` empties it.
+    #[arg(short = 'u', long)]
+    pub use_filecache: bool,
 
     /// Where rejected records go, one JSON object per line (sync key, stage, record
     /// key, reason, record) [default: .sluicegate/dead-letters.ndjson next to the

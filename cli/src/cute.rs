@@ -60,6 +60,13 @@ pub fn translate(
         }
         _ => "http",
     };
+    // cute's current versions count pages in skipKey; say so explicitly.
+    if let Some(Value::Object(p)) = doc.get_mut("pagination")
+        && !p.contains_key("type")
+        && !p.contains_key("skipMode")
+    {
+        p.insert("skipMode".into(), Value::String("page".into()));
+    }
     doc.insert("type".into(), Value::String(source_type.to_owned()));
     entry.insert("source".into(), Value::Object(doc));
     parse_section(Value::Object(entry), &at)

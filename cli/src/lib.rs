@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use sluicegate_core::{Error, ErrorKind, Registry};
 
-use crate::args::{Cli, Command, SyncArgs};
+use crate::args::{CacheAction, Cli, Command, SyncArgs};
 use crate::config_file::ConfigFile;
 
 /// Exit code of a run that completed.
@@ -50,6 +50,9 @@ pub fn main_with(registry: Registry) -> u8 {
     };
     match cli.command {
         Command::SyncApi(args) => runtime.block_on(sync_api(&registry, args)),
+        Command::Cache {
+            action: CacheAction::Clear { config },
+        } => clear_cache(&config),
     }
 }
 
@@ -66,6 +69,25 @@ fn init_logging() {
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();
+}
+
+fn clear_cache(config: &std::path::Path) -> u8 {
+    let dir = match config.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    }
+    .join(".sluicegate")
+    .join("http-cache");
+    match sluicegate_adapters_http::clear_file_cache(&dir) {
+        Ok(n) => {
+            println!("removed {n} cached responses from {}", dir.display());
+            EXIT_OK
+        }
+        Err(e) => {
+            print_error(&e, None);
+            EXIT_FAILED
+        }
+    }
 }
 
 fn print_error(err: &Error, hint: Option<String>) {

@@ -49,7 +49,7 @@ pub fn prepare(
         template_scope: scope.clone(),
         base_dir: base_dir.clone(),
         publish: !args.no_publish,
-        cache_dir: None,
+        cache_dir: args.use_filecache.then(|| default_cache_dir(config)),
     };
     let in_file = |e: Error| Error::config(format!("{file}: {}", e.message()));
     let mut sinks = BTreeMap::new();
@@ -106,6 +106,11 @@ pub struct Outcome {
 /// The default state directory for a configuration file.
 pub fn default_state_dir(config: &ConfigFile) -> PathBuf {
     config.base_dir().join(".sluicegate").join("state")
+}
+
+/// The response cache of `--use-filecache` for a configuration file.
+pub fn default_cache_dir(config: &ConfigFile) -> PathBuf {
+    config.base_dir().join(".sluicegate").join("http-cache")
 }
 
 /// The default dead-letter file for a configuration file.

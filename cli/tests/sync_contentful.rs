@@ -351,7 +351,7 @@ async fn mapping_mistakes_fail_before_any_request() {
 async fn a_cute_entry_kept_in_the_space_runs_unchanged() {
     let fx = Fixture::new().await;
     let yaml = format!(
-        "contentType: product\ncontentKeyField: sku.en-US\ncontentDisplayField: name.en-US\nendPoint: \"{shop}/api/products\"\nresultsJsonPath: data\npagination: {{ skipKey: offset, limitKey: limit, pageSize: 20 }}\nmapping:\n  - {{ fieldName: sku.en-US, expression: \"{{{{ row.sku }}}}\" }}\n  - {{ fieldName: name.en-US, expression: \"{{{{ row.name }}}}\" }}\n",
+        "contentType: product\ncontentKeyField: sku.en-US\ncontentDisplayField: name.en-US\nendPoint: \"{shop}/api/products\"\nresultsJsonPath: data\npagination: {{ skipKey: page, limitKey: per_page, pageSize: 20, limitMax: 20 }}\nmapping:\n  - {{ fieldName: sku.en-US, expression: \"{{{{ row.sku }}}}\" }}\n  - {{ fieldName: name.en-US, expression: \"{{{{ row.name }}}}\" }}\n",
         shop = fx.shop.url()
     );
     fx.cma

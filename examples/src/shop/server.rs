@@ -1,6 +1,6 @@
 //! The example shop's HTTP API, served on 127.0.0.1.
 //!
-//! `GET /api/{resource}?offset=O&limit=L` answers
+//! `GET /api/{resource}?offset=O&limit=L` (or `?page=P&per_page=L`, 0-based pages) answers
 //! `{"data": [...], "meta": {"total": T, "offset": O, "limit": L}}` with `limit`
 //! capped at `max_limit`. `GET /api` lists the resources and their totals.
 //! Optional bearer-token auth, added latency and injected faults make it a test
@@ -84,6 +84,9 @@ pub struct ShopServer {
 struct PageQuery {
     offset: Option<u64>,
     limit: Option<u64>,
+    /// A 0-based page index (with `per_page`), as `cute` pages.
+    page: Option<u64>,
+    per_page: Option<u64>,
 }
 
 impl ShopServer {
@@ -225,8 +228,15 @@ async fn page(
     let Some(resource) = Resource::from_name(&resource) else {
         return error(StatusCode::NOT_FOUND, "no such resource");
     };
-    let offset = query.offset.unwrap_or(0);
-    let limit = query.limit.unwrap_or(100).clamp(1, state.config.max_limit);
+    let limit = query
+        .limit
+        .or(query.per_page)
+        .unwrap_or(100)
+        .clamp(1, state.config.max_limit);
+    let offset = match query.page {
+        Some(page) => page * limit,
+        None => query.offset.unwrap_or(0),
+    };
     if let Some(fault) = take_fault(&state, resource, offset) {
         let status =
             StatusCode::from_u16(fault.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
