@@ -1,11 +1,13 @@
 //! End-to-end: the real `sluicegate` binary against the example shop API served
 //! on 127.0.0.1, checking the DuckDB file it writes.
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use serde_json::{Map, Value, json};
+use common::{query, table_records, text};
+use serde_json::json;
 use sluicegate_examples::shop::{Dataset, Fault, Resource, ShopConfig, ShopServer};
 
 const ORDERS: u64 = 3000;
@@ -37,70 +39,6 @@ async fn sluicegate(args: &[&str], envs: &[(&str, &str)]) -> Output {
     tokio::task::spawn_blocking(move || cmd.output().unwrap())
         .await
         .unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn query(db: &Path, sql: &str) -> Vec<Vec<Value>> {
-    let conn = duckdb::Connection::open(db).unwrap();
-    let mut stmt = conn.prepare(sql).unwrap();
-    let mut rows = stmt.query([]).unwrap();
-    let mut out = Vec::new();
-    while let Some(row) = rows.next().unwrap() {
-        let n = row.as_ref().column_count();
-        out.push((0..n).map(|i| cell(row.get_ref(i).unwrap())).collect());
-    }
-    out
-}
-
-fn cell(v: duckdb::types::ValueRef<'_>) -> Value {
-    use duckdb::types::ValueRef as V;
-    match v {
-        V::Null => Value::Null,
-        V::Boolean(b) => json!(b),
-        V::BigInt(i) => json!(i),
-        V::HugeInt(i) => json!(i64::try_from(i).unwrap()),
-        V::Double(f) => json!(f),
-        V::Text(t) => json!(String::from_utf8_lossy(t)),
-        other => panic!("unexpected column value {other:?}"),
-    }
-}
-
-/// Every row of a table, as the records the API served (JSON columns parsed,
-/// NULL columns left out), ordered by id.
-fn table_records(db: &Path, table: &str) -> Vec<Value> {
-    let types: BTreeMap<String, String> = query(
-        db,
-        &format!("SELECT column_name, data_type FROM information_schema.columns WHERE table_name = '{table}'"),
-    )
-    .into_iter()
-    .map(|r| (r[0].as_str().unwrap().to_owned(), r[1].as_str().unwrap().to_owned()))
-    .collect();
-    let names: Vec<String> = query(
-        db,
-        &format!("SELECT column_name FROM information_schema.columns WHERE table_name = '{table}' ORDER BY ordinal_position"),
-    )
-    .into_iter()
-    .map(|r| r[0].as_str().unwrap().to_owned())
-    .collect();
-    query(db, &format!("SELECT * FROM \"{table}\" ORDER BY id"))
-        .into_iter()
-        .map(|row| {
-            let mut rec = Map::new();
-            for (name, value) in names.iter().zip(row) {
-                let value = match (&value, types[name].as_str()) {
-                    (Value::String(s), "JSON") => serde_json::from_str(s).unwrap(),
-                    _ => value,
-                };
-                if !value.is_null() {
-                    rec.insert(name.clone(), value);
-                }
-            }
-            Value::Object(rec)
-        })
-        .collect()
 }
 
 fn assert_tables_match_dataset(db: &Path, dataset: Dataset) {

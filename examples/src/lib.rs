@@ -3,3 +3,4 @@
 pub mod cma;
 pub mod shop;
 mod time;
+pub mod zoo;
