@@ -78,7 +78,7 @@ pub fn record(i: u64) -> Value {
         "group": group(i),
         "weight": (i as f64) * 1.5,
         "tags": (0..(i % 3)).map(|t| format!("t{t}")).collect::<Vec<_>>(),
-        "habitat": {"zone": format!("Z{}", i % 4), "indoor": i % 2 == 0},
+        "habitat": {"zone": format!("Z{}", i % 4), "indoor": i.is_multiple_of(2)},
     })
 }
 
@@ -322,10 +322,10 @@ async fn header_token(State(zoo): State<Arc<Zoo>>, headers: HeaderMap) -> Respon
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(1);
     let mut response = json_ok(json!({"rows": slice(&zoo, from, 11)}));
-    if from + 11 <= zoo.config.records {
-        if let Ok(v) = HeaderValue::from_str(&format!("from-{}", from + 11)) {
-            response.headers_mut().insert("x-continuation", v);
-        }
+    if from + 11 <= zoo.config.records
+        && let Ok(v) = HeaderValue::from_str(&format!("from-{}", from + 11))
+    {
+        response.headers_mut().insert("x-continuation", v);
     }
     response
 }
