@@ -7,11 +7,11 @@ use std::path::Path;
 
 use serde_json::{Map, Value, json};
 
-pub fn text(bytes: &[u8]) -> String {
+pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-pub fn query(db: &Path, sql: &str) -> Vec<Vec<Value>> {
+pub(crate) fn query(db: &Path, sql: &str) -> Vec<Vec<Value>> {
     let conn = duckdb::Connection::open(db).unwrap();
     let mut stmt = conn.prepare(sql).unwrap();
     let mut rows = stmt.query([]).unwrap();
@@ -38,7 +38,7 @@ fn cell(v: duckdb::types::ValueRef<'_>) -> Value {
 
 /// Every row of a table, as the records the API served (JSON columns parsed,
 /// NULL columns left out), ordered by id.
-pub fn table_records(db: &Path, table: &str) -> Vec<Value> {
+pub(crate) fn table_records(db: &Path, table: &str) -> Vec<Value> {
     let types: BTreeMap<String, String> = query(
         db,
         &format!("SELECT column_name, data_type FROM information_schema.columns WHERE table_name = '{table}'"),
