@@ -28,6 +28,6 @@ CMA_EMULATOR_BIN="$PWD/target/debug/cma-emulator" node --test examples/cma-fidel
 
 step "benchmark scripts"
 bash -n bench/run.sh
-python3 -m py_compile bench/benchlib.py bench/rest_to_duckdb.py bench/rest_to_cms.py bench/report.py
+python3 -m py_compile bench/benchlib.py bench/rest_to_duckdb.py bench/rest_to_cms.py bench/http_source.py bench/report.py
 
 step "all tests passed"

@@ -96,11 +96,14 @@ pub struct SyncArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub batch_size: Option<u64>,
 
-    /// Memory budget for records in flight (pages being decoded, batches waiting and
-    /// being written), in MiB. When it is full the sources wait (streaming) or the run
-    /// stops with an error (classic mode). The sink's own memory is configured on the
-    /// sink (DuckDB: memoryLimitMb).
-    #[arg(long, value_name = "MB", default_value_t = 16, env = "SLUICEGATE_MAX_MEMORY_MB", value_parser = clap::value_parser!(u64).range(1..))]
+    /// The memory the run aims to stay within, in MiB. What the process uses once its
+    /// sinks are open is taken off, and a quarter of the rest (at least 2 MiB) is the
+    /// budget for records in flight (pages being decoded, batches waiting and being
+    /// written); the remainder is headroom for decoding, the sinks' work and the
+    /// allocator. When the budget is full the sources wait (streaming) or the run stops
+    /// with an error (classic mode). DuckDB's own buffer pool is set on the sink
+    /// (memoryLimitMb).
+    #[arg(long, value_name = "MB", default_value_t = 96, env = "SLUICEGATE_MAX_MEMORY_MB", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_memory_mb: u64,
 
     /// Ignore saved checkpoints and start every stream from the beginning.

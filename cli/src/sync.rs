@@ -121,6 +121,23 @@ pub fn default_dead_letter(config: &ConfigFile) -> PathBuf {
         .join("dead-letters.ndjson")
 }
 
+/// The smallest budget for records in flight.
+const MIN_BUDGET: usize = 2 << 20;
+
+/// The budget for records in flight from the run's memory target: a quarter of
+/// what the target leaves above the process's current resident set (at least
+/// 2 MiB), or a sixth of the target when the resident set cannot be read.
+/// (Measured: each budget byte costs about 2.5 bytes of resident memory once
+/// decoding, the sink's copies and the allocator are counted.)
+pub fn records_budget(max_memory_mb: u64, baseline: Option<usize>) -> usize {
+    let target = usize::try_from(max_memory_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+    let share = match baseline {
+        Some(used) => target.saturating_sub(used) / 4,
+        None => target / 6,
+    };
+    share.max(MIN_BUDGET)
+}
+
 /// What every stream of a run shares.
 struct RunContext<'a> {
     args: &'a SyncArgs,
@@ -140,15 +157,32 @@ pub async fn run(prepared: PreparedRun, args: &SyncArgs, config: &ConfigFile) ->
     } else {
         WhenFull::Fail
     };
-    let budget_bytes =
-        usize::try_from(args.max_memory_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
     let dead_letter = args
         .dead_letter
         .clone()
         .unwrap_or_else(|| default_dead_letter(config));
-    let mut ctx = RunContext {
+    let mut sinks = BTreeMap::new();
+    for (name, sink) in prepared.sinks {
+        let built = sink
+            .build()
+            .await
+            .map_err(|e| Error::new(e.kind(), format!("sink '{name}': {e}")))?;
+        sinks.insert(name, built);
+    }
+    // The budget is what the memory target leaves once the process and its
+    // sinks are up (measured now), shared with headroom for decoding, the
+    // sinks' own work and the allocator.
+    let baseline = process_memory().map(|m| usize::try_from(m.rss).unwrap_or(usize::MAX));
+    let budget_bytes = records_budget(args.max_memory_mb, baseline);
+    tracing::info!(
+        max_memory_mb = args.max_memory_mb,
+        baseline = baseline.map(format_bytes).unwrap_or_default(),
+        budget = %format_bytes(budget_bytes),
+        "memory budget for records in flight"
+    );
+    let ctx = RunContext {
         args,
-        sinks: BTreeMap::new(),
+        sinks,
         budget: MemoryBudget::with_policy(budget_bytes, policy),
         stats: Arc::new(RunStats::default()),
         checkpoints: args.apply.then(|| {
@@ -163,14 +197,6 @@ pub async fn run(prepared: PreparedRun, args: &SyncArgs, config: &ConfigFile) ->
             args.verbosity() >= Verbosity::Detailed,
         )),
     };
-    for (name, sink) in prepared.sinks {
-        let built = sink
-            .build()
-            .await
-            .map_err(|e| Error::new(e.kind(), format!("sink '{name}': {e}")))?;
-        ctx.sinks.insert(name, built);
-    }
-
     let progress = Progress::start(
         ctx.stats.clone(),
         ctx.budget.clone(),
@@ -425,4 +451,20 @@ fn print_summary(outcome: &Outcome, ctx: &RunContext<'_>, elapsed: Duration) {
         b.waits,
     );
     print!("{out}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_is_a_quarter_of_what_the_target_leaves() {
+        assert_eq!(records_budget(96, Some(40 << 20)), 14 << 20);
+        assert_eq!(
+            records_budget(64, Some(70 << 20)),
+            MIN_BUDGET,
+            "never below the minimum"
+        );
+        assert_eq!(records_budget(96, None), 16 << 20);
+    }
 }

@@ -3,6 +3,8 @@
 //! `GET /api/{resource}?offset=O&limit=L` (or `?page=P&per_page=L`, 0-based pages) answers
 //! `{"data": [...], "meta": {"total": T, "offset": O, "limit": L}}` with `limit`
 //! capped at `max_limit`. `GET /api` lists the resources and their totals.
+//! `GET /api/{resource}/export` streams the whole resource as one response
+//! (`?format=ndjson` for one record per line).
 //! Optional bearer-token auth, added latency and injected faults make it a test
 //! server as well as a demo.
 
@@ -103,6 +105,7 @@ impl ShopServer {
         let app = Router::new()
             .route("/api", get(index))
             .route("/api/{resource}", get(page))
+            .route("/api/{resource}/export", get(export))
             .with_state(state.clone());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -259,6 +262,61 @@ async fn page(
             .as_bytes(),
     );
     json_response(StatusCode::OK, body)
+}
+
+/// The whole resource as one response, streamed as it is generated:
+/// `{"data": [...], "meta": {"total": N}}` (JSON) or one record per line
+/// (`?format=ndjson`). No page ever sits in memory, however large the resource.
+async fn export(
+    State(state): State<Arc<ShopState>>,
+    Path(resource): Path<String>,
+    Query(query): Query<ExportQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(denied) = admit(&state, &headers).await {
+        return denied;
+    }
+    let Some(resource) = Resource::from_name(&resource) else {
+        return error(StatusCode::NOT_FOUND, "no such resource");
+    };
+    let ndjson = query.format.as_deref() == Some("ndjson");
+    let dataset = state.dataset;
+    let total = dataset.total(resource);
+    let chunks = total.div_ceil(1000).max(1);
+    let body = futures::stream::iter((0..chunks).map(move |c| {
+        let mut out = Vec::with_capacity(512 * 1024);
+        if c == 0 && !ndjson {
+            out.extend_from_slice(b"{\"data\":[");
+        }
+        for i in c * 1000..((c + 1) * 1000).min(total) {
+            if !ndjson && i > 0 {
+                out.push(b',');
+            }
+            dataset.write_record(resource, i, &mut out)?;
+            if ndjson {
+                out.push(b'\n');
+            }
+        }
+        if c + 1 == chunks && !ndjson {
+            out.extend_from_slice(format!("],\"meta\":{{\"total\":{total}}}}}").as_bytes());
+        }
+        Ok::<_, serde_json::Error>(axum::body::Bytes::from(out))
+    }));
+    let content_type = if ndjson {
+        "application/x-ndjson"
+    } else {
+        "application/json"
+    };
+    (
+        [(header::CONTENT_TYPE, content_type)],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct ExportQuery {
+    format: Option<String>,
 }
 
 fn take_fault(state: &ShopState, resource: Resource, offset: u64) -> Option<Fault> {
