@@ -9,7 +9,9 @@
 //! ignores them. Keys neither side knows are refused with the usual message.
 
 use serde_json::{Map, Value};
-use sluicegate_core::{BuildContext, Error, Result, parse_section, template_scope_from_env};
+use sluicegate_core::{
+    BuildContext, Error, Result, parse_section, scriban_to_jinja, template_scope_from_env,
+};
 use sluicegate_sinks_cms::{ContentfulSinkConfig, fetch_cute_entry};
 
 use crate::config_file::{ConfigFile, SyncEntry, split_type};
@@ -30,6 +32,8 @@ pub fn translate(
     for ignored in ["id", "contentDisplayField"] {
         doc.remove(ignored);
     }
+    // cute's templates are Scriban; render them with the Jinja equivalents.
+    translate_templates(&mut doc);
     if doc.contains_key("enumerateForContentTypes") {
         return Err(Error::config(format!(
             "{at}: enumerateForContentTypes (parent/child enumeration) is not supported yet"
@@ -70,6 +74,36 @@ pub fn translate(
     doc.insert("type".into(), Value::String(source_type.to_owned()));
     entry.insert("source".into(), Value::Object(doc));
     parse_section(Value::Object(entry), &at)
+}
+
+/// Rewrites the template-valued keys of a `cute` document from Scriban to Jinja.
+fn translate_templates(doc: &mut Map<String, Value>) {
+    let text = |v: &mut Value| {
+        if let Value::String(s) = v {
+            *s = scriban_to_jinja(s);
+        }
+    };
+    for key in ["endPoint", "filterExpression", "resultsSecret"] {
+        if let Some(v) = doc.get_mut(key) {
+            text(v);
+        }
+    }
+    for key in ["headers", "formUrlEncodedContent"] {
+        if let Some(Value::Object(map)) = doc.get_mut(key) {
+            map.values_mut().for_each(text);
+        }
+    }
+    for key in ["mapping", "preMapping"] {
+        if let Some(Value::Array(items)) = doc.get_mut(key) {
+            for item in items.iter_mut().filter_map(Value::as_object_mut) {
+                for field in ["fieldName", "expression"] {
+                    if let Some(v) = item.get_mut(field) {
+                        text(v);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Adds the `cute` entries for `keys` the file does not define, read from the
@@ -135,6 +169,42 @@ mod tests {
         assert_eq!(e.source["type"], "http");
         assert_eq!(e.source["resultsJsonPath"], "data.items");
         assert!(e.source.get("contentType").is_none() && e.source.get("id").is_none());
+    }
+
+    /// The example entry of `cute`'s documentation (with `tags.en[]` quoted: YAML
+    /// does not allow `[]` in plain scalars inside `{ ... }`).
+    const CUTE_DOCS: &str = r#"contentType: user
+contentKeyField: id.en
+endPoint: "https://api.example.test/users?active=1"
+headers: { Accept: application/json, Authorization: "Bearer {{ config.Cute__ExampleApiKey }}" }
+resultsJsonPath: data.items
+pagination: { skipKey: page, limitKey: per_page, pageSize: 100, limitMax: 100 }
+preMapping:
+  - { varName: full, expression: "{{ row.first }} {{ row.last }}" }
+filterExpression: "{{ (row.status | string.downcase) == 'active' }}"
+mapping:
+  - { fieldName: id.en,        expression: "{{ row.id }}" }
+  - { fieldName: name.en,      expression: "{{ var.full }}" }
+  - { fieldName: "tags.en[]",  expression: "{{ row.tags | array.join '|' }}" }
+  - { fieldName: location.en.lat, expression: "{{ row.geo.lat }}" }
+  - { fieldName: location.en.lon, expression: "{{ row.geo.lng }}" }
+  - { fieldName: phone.en,     expression: "{{ row.phone }}", overwriteNull: true }
+"#;
+
+    #[test]
+    fn the_cute_documentation_example_translates_and_compiles() {
+        let e = translate("dataUser", CUTE_DOCS, Some("restapi"), "cms").unwrap();
+        assert_eq!(
+            e.filter_expression.as_deref(),
+            Some("{{ (row.status | lower) == 'active' }}")
+        );
+        assert_eq!(e.mapping[2].expression, "{{ row.tags | join('|') }}");
+        assert_eq!(
+            e.source["pagination"]["skipMode"], "page",
+            "cute counts pages"
+        );
+        let scope = serde_json::json!({"env": {}, "config": {"Cute__ExampleApiKey": "k"}});
+        sluicegate_core::Mapper::new(&e.mapping().unwrap(), &scope).unwrap();
     }
 
     #[test]

@@ -351,7 +351,7 @@ async fn mapping_mistakes_fail_before_any_request() {
 async fn a_cute_entry_kept_in_the_space_runs_unchanged() {
     let fx = Fixture::new().await;
     let yaml = format!(
-        "contentType: product\ncontentKeyField: sku.en-US\ncontentDisplayField: name.en-US\nendPoint: \"{shop}/api/products\"\nresultsJsonPath: data\npagination: {{ skipKey: page, limitKey: per_page, pageSize: 20, limitMax: 20 }}\nmapping:\n  - {{ fieldName: sku.en-US, expression: \"{{{{ row.sku }}}}\" }}\n  - {{ fieldName: name.en-US, expression: \"{{{{ row.name }}}}\" }}\n",
+        "contentType: product\ncontentKeyField: sku.en-US\ncontentDisplayField: name.en-US\nendPoint: \"{shop}/api/products\"\nresultsJsonPath: data\npagination: {{ skipKey: page, limitKey: per_page, pageSize: 20, limitMax: 20 }}\nmapping:\n  - {{ fieldName: sku.en-US, expression: \"{{{{ row.sku }}}}\" }}\n  - {{ fieldName: name.en-US, expression: \"{{{{ row.name | string.upcase }}}}\" }}\n",
         shop = fx.shop.url()
     );
     fx.cma
@@ -393,6 +393,13 @@ async fn a_cute_entry_kept_in_the_space_runs_unchanged() {
         "{stdout}"
     );
     assert_eq!(fx.cma.entries().len() as u64, fx.products() + 1);
+    let first = fx.shop.dataset().record_value(Resource::Products, 0);
+    let entry = fx.entry_by_sku(first["sku"].as_str().unwrap());
+    assert_eq!(
+        entry["fields"]["name"]["en-US"],
+        first["name"].as_str().unwrap().to_uppercase(),
+        "Scriban's string.upcase"
+    );
 
     let mut cmd = run("dataNothing");
     let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())

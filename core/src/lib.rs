@@ -35,7 +35,9 @@ pub use jsonpath::JsonSelector;
 pub use keyed::{
     ExistingEntry, KeyedCapabilities, KeyedSink, Lookup, LookupPage, WriteOp, Written,
 };
-pub use mapping::{MapOutcome, Mapper, MappingConfig, MappingItem, PreMappingItem};
+pub use mapping::{
+    MapOutcome, Mapper, MappingConfig, MappingItem, PreMappingItem, scriban_to_jinja,
+};
 pub use memory::{ProcessMemory, process_memory};
 pub use observe::{NoObserver, Rejected, RunObserver, Stage};
 pub use pace::Pacer;
