@@ -708,14 +708,17 @@ impl Inner {
                 && records.len() >= self.chunk_rows
             {
                 count += records.len() as u64;
-                self.add_parent_fields(&mut records, target);
-                let bytes = records.iter().map(approx_record_size).sum();
-                lease.resize(bytes).await?;
-                request.stats.add_rows_read(records.len() as u64);
-                tx.send(Batch::new(std::mem::take(&mut records), lease).with_page(page))
+                lease = self
+                    .send_part(
+                        request,
+                        tx,
+                        std::mem::take(&mut records),
+                        lease,
+                        page,
+                        target,
+                    )
                     .await?;
                 *sent_any = true;
-                lease = request.budget.acquire(estimate).await?;
             }
         }
         let tail = decoder.finish(&mut records).map_err(decode_error)?;
@@ -789,17 +792,17 @@ impl Inner {
             if let Some(tx) = tx {
                 if !records.is_empty() {
                     count += records.len() as u64;
-                    self.add_parent_fields(&mut records, target);
-                    let bytes = records.iter().map(approx_record_size).sum();
-                    lease.resize(bytes).await?;
-                    request.stats.add_rows_read(records.len() as u64);
-                    tx.send(Batch::new(std::mem::take(&mut records), lease).with_page(page))
+                    lease = self
+                        .send_part(
+                            request,
+                            tx,
+                            std::mem::take(&mut records),
+                            lease,
+                            page,
+                            target,
+                        )
                         .await?;
                     *sent_any = true;
-                    lease = request
-                        .budget
-                        .acquire(self.estimate.load(Ordering::Relaxed))
-                        .await?;
                 }
                 records = rows;
             } else {
@@ -823,6 +826,29 @@ impl Inner {
             headers,
             url: url.clone(),
         })
+    }
+
+    /// Sends the records decoded so far of a page that is still arriving (no
+    /// position: the page is not complete), and leases memory for the next part.
+    async fn send_part(
+        &self,
+        request: &ReadRequest,
+        tx: &BatchSender,
+        mut records: Vec<Record>,
+        mut lease: MemoryLease,
+        page: u64,
+        target: &Target,
+    ) -> Result<MemoryLease> {
+        self.add_parent_fields(&mut records, target);
+        lease
+            .resize(records.iter().map(approx_record_size).sum())
+            .await?;
+        request.stats.add_rows_read(records.len() as u64);
+        tx.send(Batch::new(records, lease).with_page(page)).await?;
+        request
+            .budget
+            .acquire(self.estimate.load(Ordering::Relaxed))
+            .await
     }
 
     fn add_parent_fields(&self, records: &mut [Record], target: &Target) {
