@@ -31,15 +31,15 @@ case "$kind" in
       chown postgres "$dir"
       as_owner=(runuser -u postgres --)
     fi
-    "${as_owner[@]}" "$bin/initdb" -D "$dir/data" -U sluicegate --auth=trust -E UTF8 --locale=C.UTF-8 >"$log" 2>&1
+    "${as_owner[@]}" "$bin/initdb" -D "$dir/data" -U sluicegate --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --locale=C.UTF-8 >"$log" 2>&1
     "${as_owner[@]}" "$bin/postgres" -D "$dir/data" -p "$port" -k "$dir" -c listen_addresses=127.0.0.1 \
       -c fsync=off -c full_page_writes=off -c synchronous_commit=off >>"$log" 2>&1 &
     server=$!
     for _ in $(seq 1 100); do
-      "$bin/pg_isready" -q -h 127.0.0.1 -p "$port" && break
+      "$bin/pg_isready" -q -h "$dir" -p "$port" && break
       sleep 0.1
     done
-    "$bin/psql" -q -h 127.0.0.1 -p "$port" -U sluicegate -d postgres \
+    "$bin/psql" -q -h "$dir" -p "$port" -U sluicegate -d postgres \
       -c "ALTER USER sluicegate PASSWORD 'sluicegate'" -c "CREATE DATABASE sluicegate" >>"$log" 2>&1
     url="postgres://sluicegate:sluicegate@127.0.0.1:$port/sluicegate"
     ;;
@@ -58,7 +58,7 @@ case "$kind" in
     mariadb --no-defaults -uroot --socket="$dir/mysql.sock" -e "
       CREATE DATABASE sluicegate CHARACTER SET utf8mb4;
       CREATE USER 'sluicegate'@'127.0.0.1' IDENTIFIED BY 'sluicegate';
-      GRANT ALL ON sluicegate.* TO 'sluicegate'@'127.0.0.1';" >>"$log" 2>&1
+      GRANT ALL ON *.* TO 'sluicegate'@'127.0.0.1';" >>"$log" 2>&1
     url="mysql://sluicegate:sluicegate@127.0.0.1:$port/sluicegate"
     ;;
   *)

@@ -34,7 +34,11 @@ pub fn field_error(field: &str, message: impl fmt::Display) -> Error {
 /// Prefixes a configuration error with the path of its section (and field, if the
 /// error names one), so the message says where the problem is.
 pub fn locate(err: Error, path: &str) -> Error {
-    if err.kind() != ErrorKind::Config || err.message().starts_with(path) {
+    let located_already = err
+        .message()
+        .strip_prefix(path)
+        .is_some_and(|rest| rest.starts_with(['.', ':', '[']));
+    if err.kind() != ErrorKind::Config || located_already {
         return err;
     }
     let at = match err.context_value("field") {

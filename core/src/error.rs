@@ -21,6 +21,9 @@ pub enum ErrorKind {
     Auth,
     /// A response, page or row could not be decoded.
     Decode,
+    /// A database refused a query (syntax error, missing table or column,
+    /// missing privilege).
+    Query,
     /// The sink rejected or failed to write data.
     Sink,
     /// The memory budget cannot hold what the run needs (classic mode).
@@ -44,6 +47,7 @@ impl ErrorKind {
             ErrorKind::Http => "http",
             ErrorKind::Auth => "auth",
             ErrorKind::Decode => "decode",
+            ErrorKind::Query => "query",
             ErrorKind::Sink => "sink",
             ErrorKind::MemoryLimit => "memory-limit",
             ErrorKind::Checkpoint => "checkpoint",

@@ -1,6 +1,8 @@
 #![doc = include_str!("../README.md")]
 
 pub mod cma;
+pub mod dbfixtures;
+pub mod dbserver;
 pub mod shop;
 mod time;
 pub mod zoo;

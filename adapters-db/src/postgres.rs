@@ -1,0 +1,596 @@
+//! PostgreSQL: a read-only transaction, the query bound to a portal, and rows
+//! fetched `fetchSize` at a time, so the server holds the rest.
+//!
+//! Values are read in the binary format and converted without loss (see
+//! [`decode`]); types without a lossless JSON form are refused with a hint to
+//! cast them in the query.
+
+use std::error::Error as StdError;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use bytes::BytesMut;
+use chrono::{NaiveDate, NaiveDateTime, TimeDelta};
+use fallible_iterator::FallibleIterator as _;
+use futures::{TryStreamExt, pin_mut};
+use postgres_protocol::types as wire;
+use serde_json::{Map, Number, Value};
+use sluicegate_core::{ErrorKind, Record, Result};
+use tokio_postgres::types::{Format, FromSql, IsNull, Kind, ToSql, Type, to_sql_checked};
+use tokio_postgres::{Client, NoTls, Row};
+
+use crate::batcher::Batcher;
+use crate::error::{Origin, query_hint};
+use crate::session::{Session, check_unique_columns, quote_with};
+
+type BoxError = Box<dyn StdError + Sync + Send>;
+
+/// An open PostgreSQL connection.
+pub(crate) struct PgSession {
+    client: Client,
+    origin: Origin,
+}
+
+/// Connects (10 s timeout unless the connection string sets one).
+pub(crate) async fn connect(config: &tokio_postgres::Config, origin: Origin) -> Result<PgSession> {
+    let mut config = config.clone();
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(10));
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("sluicegate");
+    }
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .map_err(|e| pg_error(&origin, &e))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "postgres connection ended");
+        }
+    });
+    Ok(PgSession { client, origin })
+}
+
+/// Converts a driver error into the source's error.
+fn pg_error(origin: &Origin, e: &tokio_postgres::Error) -> sluicegate_core::Error {
+    if let Some(db) = e.as_db_error() {
+        let code = db.code().code();
+        let mut detail = db.message().to_owned();
+        if let Some(tokio_postgres::error::ErrorPosition::Original(pos)) = db.position() {
+            let _ = write!(detail, " (at character {pos})");
+        }
+        if let Some(hint) = db.hint() {
+            let _ = write!(detail, "; server hint: {hint}");
+        }
+        return match code {
+            c if c.starts_with("28") => origin.rejected_login(detail),
+            "3D000" => origin.error(
+                ErrorKind::Config,
+                format!("{detail}; check the database name in connectionString"),
+            ),
+            c if c.starts_with("08") || c.starts_with("57P") || c == "53300" => {
+                origin.unreachable(detail)
+            }
+            _ => {
+                let hint = query_hint(&detail);
+                origin.query_failed(format!("{detail} [SQLSTATE {code}]"), hint)
+            }
+        };
+    }
+    let mut detail = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let _ = write!(detail, ": {c}");
+        cause = c.source();
+    }
+    origin.unreachable(detail)
+}
+
+#[async_trait]
+impl Session for PgSession {
+    fn quote_ident(&self, name: &str) -> String {
+        quote_with(name, '"')
+    }
+
+    fn key_param(&self, _after: &Value) -> Result<String> {
+        Ok("$1".into())
+    }
+
+    async fn run(
+        &mut self,
+        sql: &str,
+        after: Option<&Value>,
+        fetch: usize,
+        out: &mut Batcher,
+    ) -> Result<u64> {
+        let origin = self.origin.clone();
+        let err = |e: tokio_postgres::Error| pg_error(&origin, &e);
+        let tx = self
+            .client
+            .build_transaction()
+            .read_only(true)
+            .start()
+            .await
+            .map_err(err)?;
+        // The portal lives in this transaction while the sink works; a server
+        // default that ends idle transactions would cut a slow run off.
+        tx.batch_execute("SET LOCAL idle_in_transaction_session_timeout = 0")
+            .await
+            .map_err(err)?;
+        let statement = tx.prepare(sql).await.map_err(err)?;
+        let names: Vec<String> = statement
+            .columns()
+            .iter()
+            .map(|c| c.name().to_owned())
+            .collect();
+        check_unique_columns(names.iter().map(String::as_str))
+            .map_err(|m| origin.query_failed(m, "rename the column in query"))?;
+        let params: Vec<TextParam> = after.map(|v| TextParam(key_text(v))).into_iter().collect();
+        let portal = tx.bind_raw(&statement, params.iter()).await.map_err(err)?;
+        let max_rows = i32::try_from(fetch).unwrap_or(i32::MAX);
+        let mut total = 0u64;
+        loop {
+            out.reserve().await?;
+            out.next_page();
+            let rows = tx.query_portal_raw(&portal, max_rows).await.map_err(err)?;
+            pin_mut!(rows);
+            let mut fetched = 0usize;
+            while let Some(row) = rows.try_next().await.map_err(err)? {
+                out.push(decode_row(&origin, &row, &names)?).await?;
+                fetched += 1;
+            }
+            total += fetched as u64;
+            if fetched < fetch {
+                break;
+            }
+        }
+        tx.commit().await.map_err(err)?;
+        Ok(total)
+    }
+}
+
+fn decode_row(origin: &Origin, row: &Row, names: &[String]) -> Result<Record> {
+    let mut record = Map::with_capacity(names.len());
+    for (i, name) in names.iter().enumerate() {
+        let value = row.try_get::<_, PgValue>(i).map_err(|e| {
+            let ty = row.columns()[i].type_().name().to_owned();
+            let why = e
+                .source()
+                .map_or_else(|| e.to_string(), ToString::to_string);
+            if why.contains(&ty) {
+                origin.undecodable(name, why)
+            } else {
+                origin.undecodable(name, format!("{why} (type {ty})"))
+            }
+        })?;
+        record.insert(name.clone(), value.0);
+    }
+    Ok(record)
+}
+
+/// The keyset value as PostgreSQL text input (the server converts it to the
+/// column's type).
+fn key_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A parameter sent in the text format, so one type serves every key column.
+#[derive(Debug)]
+struct TextParam(String);
+
+impl ToSql for TextParam {
+    fn to_sql(&self, _ty: &Type, out: &mut BytesMut) -> std::result::Result<IsNull, BoxError> {
+        out.extend_from_slice(self.0.as_bytes());
+        Ok(IsNull::No)
+    }
+
+    fn accepts(_ty: &Type) -> bool {
+        true
+    }
+
+    fn encode_format(&self, _ty: &Type) -> Format {
+        Format::Text
+    }
+
+    to_sql_checked!();
+}
+
+/// One column value converted to JSON.
+struct PgValue(Value);
+
+impl<'a> FromSql<'a> for PgValue {
+    fn from_sql(ty: &Type, raw: &'a [u8]) -> std::result::Result<Self, BoxError> {
+        decode(ty, raw).map(PgValue)
+    }
+
+    fn from_sql_null(_ty: &Type) -> std::result::Result<Self, BoxError> {
+        Ok(PgValue(Value::Null))
+    }
+
+    fn accepts(_ty: &Type) -> bool {
+        true
+    }
+}
+
+/// Converts one binary-format value of type `ty`:
+///
+/// | PostgreSQL | JSON |
+/// |---|---|
+/// | `smallint`, `integer`, `bigint`, `oid` | number (exact) |
+/// | `real`, `double precision` | number; `NaN`/`Infinity` as strings |
+/// | `numeric` | string with every digit (`"12345678901234567890.0001"`) |
+/// | `boolean` | boolean |
+/// | `text`, `varchar`, `char(n)`, `name`, `citext`, enums, `xml` | string |
+/// | `json`, `jsonb` | the JSON value itself |
+/// | `uuid` | string (`"a0ee…"`) |
+/// | `bytea` | base64 string |
+/// | `date` | `"2024-02-29"` |
+/// | `timestamp` | `"2024-02-29T13:45:00.5"` (no zone) |
+/// | `timestamptz` | `"2024-02-29T12:45:00.5Z"` (UTC) |
+/// | `time` / `timetz` | `"13:45:00.5"` / `"13:45:00.5+01:00"` |
+/// | `interval` | ISO 8601 (`"P1Y2M3DT4H5M6.5S"`) |
+/// | `inet`, `cidr`, `macaddr` | string |
+/// | arrays | arrays (nested for several dimensions) |
+/// | domains | as their base type |
+fn decode(ty: &Type, raw: &[u8]) -> std::result::Result<Value, BoxError> {
+    match ty.kind() {
+        Kind::Array(element) => return array(element, raw),
+        Kind::Domain(base) => return decode(base, raw),
+        Kind::Enum(_) => return Ok(Value::String(wire::text_from_sql(raw)?.to_owned())),
+        Kind::Simple => {}
+        _ => return Err(unsupported(ty)),
+    }
+    Ok(match *ty {
+        Type::BOOL => Value::Bool(wire::bool_from_sql(raw)?),
+        Type::INT2 => Value::from(wire::int2_from_sql(raw)?),
+        Type::INT4 => Value::from(wire::int4_from_sql(raw)?),
+        Type::INT8 => Value::from(wire::int8_from_sql(raw)?),
+        Type::OID => Value::from(wire::oid_from_sql(raw)?),
+        Type::FLOAT4 => {
+            let v = wire::float4_from_sql(raw)?;
+            // Through the shortest decimal form: 1.1f32 stays 1.1, not 1.100000023841858.
+            float(v.to_string().parse::<f64>().unwrap_or(f64::from(v)))
+        }
+        Type::FLOAT8 => float(wire::float8_from_sql(raw)?),
+        Type::NUMERIC => Value::String(numeric(raw)?),
+        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN | Type::XML => {
+            Value::String(wire::text_from_sql(raw)?.to_owned())
+        }
+        Type::CHAR => Value::String(char::from(wire::char_from_sql(raw)? as u8).to_string()),
+        Type::JSON => serde_json::from_slice(raw)?,
+        Type::JSONB => match raw.split_first() {
+            Some((1, body)) => serde_json::from_slice(body)?,
+            _ => return Err("unknown jsonb version".into()),
+        },
+        Type::UUID => Value::String(uuid(wire::uuid_from_sql(raw)?)),
+        Type::BYTEA => Value::String(base64::engine::general_purpose::STANDARD.encode(raw)),
+        Type::DATE => Value::String(date(wire::date_from_sql(raw)?)),
+        Type::TIMESTAMP => Value::String(timestamp(wire::timestamp_from_sql(raw)?, "")),
+        Type::TIMESTAMPTZ => Value::String(timestamp(wire::timestamp_from_sql(raw)?, "Z")),
+        Type::TIME => Value::String(time_of_day(wire::time_from_sql(raw)?)),
+        Type::TIMETZ => Value::String(timetz(raw)?),
+        Type::INTERVAL => Value::String(interval(raw)?),
+        Type::INET | Type::CIDR => {
+            let inet = wire::inet_from_sql(raw)?;
+            let full = if inet.addr().is_ipv4() { 32 } else { 128 };
+            if *ty == Type::INET && inet.netmask() == full {
+                Value::String(inet.addr().to_string())
+            } else {
+                Value::String(format!("{}/{}", inet.addr(), inet.netmask()))
+            }
+        }
+        Type::MACADDR => {
+            let m = wire::macaddr_from_sql(raw)?;
+            Value::String(
+                m.iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":"),
+            )
+        }
+        _ if ty.name() == "citext" => Value::String(wire::text_from_sql(raw)?.to_owned()),
+        _ => return Err(unsupported(ty)),
+    })
+}
+
+fn unsupported(ty: &Type) -> BoxError {
+    format!(
+        "type {} has no lossless conversion to JSON; cast it in the query (for example col::text or to_jsonb(col))",
+        ty.name()
+    )
+    .into()
+}
+
+fn float(v: f64) -> Value {
+    Number::from_f64(v).map_or_else(
+        || {
+            Value::String(if v.is_nan() {
+                "NaN".into()
+            } else if v > 0.0 {
+                "Infinity".into()
+            } else {
+                "-Infinity".into()
+            })
+        },
+        Value::Number,
+    )
+}
+
+fn array(element: &Type, raw: &[u8]) -> std::result::Result<Value, BoxError> {
+    let array = wire::array_from_sql(raw)?;
+    let dims: Vec<usize> = array
+        .dimensions()
+        .map(|d| Ok(usize::try_from(d.len).unwrap_or(0)))
+        .collect()?;
+    let values: Vec<Value> = array
+        .values()
+        .map(|v| match v {
+            None => Ok(Value::Null),
+            Some(raw) => decode(element, raw).map_err(|e| {
+                // FallibleIterator wants its error type back.
+                Box::<dyn StdError + Sync + Send>::from(e.to_string())
+            }),
+        })
+        .collect()?;
+    if dims.is_empty() {
+        return Ok(Value::Array(Vec::new()));
+    }
+    let mut values = values.into_iter();
+    Ok(nest(&dims, &mut values))
+}
+
+/// Reshapes the flat element list into nested arrays of the given dimensions.
+fn nest(dims: &[usize], values: &mut impl Iterator<Item = Value>) -> Value {
+    match dims.split_first() {
+        Some((&len, [])) => Value::Array(values.take(len).collect()),
+        Some((&len, rest)) => Value::Array((0..len).map(|_| nest(rest, values)).collect()),
+        None => Value::Null,
+    }
+}
+
+/// `numeric` in the binary format: base-10000 digits, a weight and a scale,
+/// printed with exactly `dscale` fractional digits as PostgreSQL does.
+fn numeric(raw: &[u8]) -> std::result::Result<String, BoxError> {
+    let word = |i: usize| -> std::result::Result<i16, BoxError> {
+        raw.get(i..i + 2)
+            .map(|b| i16::from_be_bytes([b[0], b[1]]))
+            .ok_or_else(|| "truncated numeric".into())
+    };
+    let ndigits = word(0)?;
+    let weight = i32::from(word(2)?);
+    let sign = word(4)? as u16;
+    let dscale = word(6)? as u16 as usize;
+    match sign {
+        0xC000 => return Ok("NaN".into()),
+        0xD000 => return Ok("Infinity".into()),
+        0xF000 => return Ok("-Infinity".into()),
+        _ => {}
+    }
+    let digits = (0..usize::try_from(ndigits).unwrap_or(0))
+        .map(|i| word(8 + 2 * i))
+        .collect::<std::result::Result<Vec<i16>, _>>()?;
+    let digit = |i: i32| -> i16 {
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| digits.get(i).copied())
+            .unwrap_or(0)
+    };
+    let mut out = String::new();
+    if sign == 0x4000 {
+        out.push('-');
+    }
+    if weight < 0 {
+        out.push('0');
+    } else {
+        for i in 0..=weight {
+            if i == 0 {
+                let _ = write!(out, "{}", digit(i));
+            } else {
+                let _ = write!(out, "{:04}", digit(i));
+            }
+        }
+    }
+    if dscale > 0 {
+        let mut fraction = String::with_capacity(dscale + 4);
+        let mut i = weight + 1;
+        while fraction.len() < dscale {
+            let _ = write!(fraction, "{:04}", digit(i));
+            i += 1;
+        }
+        fraction.truncate(dscale);
+        out.push('.');
+        out.push_str(&fraction);
+    }
+    Ok(out)
+}
+
+fn uuid(b: [u8; 16]) -> String {
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+fn epoch() -> NaiveDateTime {
+    NaiveDate::from_ymd_opt(2000, 1, 1)
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .expect("a valid date")
+}
+
+/// `.ffffff` without trailing zeros, or nothing for whole seconds.
+fn fraction(micros: i64) -> String {
+    if micros == 0 {
+        return String::new();
+    }
+    let digits = format!(".{:06}", micros.abs());
+    digits.trim_end_matches('0').to_owned()
+}
+
+fn date(days: i32) -> String {
+    match days {
+        i32::MAX => "infinity".into(),
+        i32::MIN => "-infinity".into(),
+        d => (epoch() + TimeDelta::days(i64::from(d)))
+            .format("%Y-%m-%d")
+            .to_string(),
+    }
+}
+
+fn timestamp(micros: i64, zone: &str) -> String {
+    match micros {
+        i64::MAX => "infinity".into(),
+        i64::MIN => "-infinity".into(),
+        m => {
+            let t = epoch() + TimeDelta::microseconds(m);
+            let sub = m.rem_euclid(1_000_000);
+            format!("{}{}{zone}", t.format("%Y-%m-%dT%H:%M:%S"), fraction(sub))
+        }
+    }
+}
+
+fn time_of_day(micros: i64) -> String {
+    let secs = micros / 1_000_000;
+    format!(
+        "{:02}:{:02}:{:02}{}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60,
+        fraction(micros % 1_000_000)
+    )
+}
+
+fn timetz(raw: &[u8]) -> std::result::Result<String, BoxError> {
+    let (time, zone) = raw.split_at_checked(8).ok_or("truncated timetz")?;
+    let micros = wire::time_from_sql(time)?;
+    let zone: [u8; 4] = zone.try_into().map_err(|_| "truncated timetz")?;
+    // Stored as seconds west of UTC.
+    let east = -i32::from_be_bytes(zone);
+    let sign = if east < 0 { '-' } else { '+' };
+    let e = east.abs();
+    let mut out = format!(
+        "{}{sign}{:02}:{:02}",
+        time_of_day(micros),
+        e / 3600,
+        e / 60 % 60
+    );
+    if e % 60 != 0 {
+        let _ = write!(out, ":{:02}", e % 60);
+    }
+    Ok(out)
+}
+
+/// ISO 8601, as PostgreSQL's `intervalstyle = iso_8601` prints it.
+fn interval(raw: &[u8]) -> std::result::Result<String, BoxError> {
+    if raw.len() != 16 {
+        return Err("interval must be 16 bytes".into());
+    }
+    let micros = i64::from_be_bytes(raw[0..8].try_into()?);
+    let days = i32::from_be_bytes(raw[8..12].try_into()?);
+    let months = i32::from_be_bytes(raw[12..16].try_into()?);
+    if micros == 0 && days == 0 && months == 0 {
+        return Ok("PT0S".into());
+    }
+    let mut out = String::from("P");
+    let (years, months) = (months / 12, months % 12);
+    for (n, unit) in [(years, 'Y'), (months, 'M'), (days, 'D')] {
+        if n != 0 {
+            let _ = write!(out, "{n}{unit}");
+        }
+    }
+    if micros != 0 {
+        out.push('T');
+        let hours = micros / 3_600_000_000;
+        let minutes = micros / 60_000_000 % 60;
+        let seconds = micros / 1_000_000 % 60;
+        let sub = micros % 1_000_000;
+        if hours != 0 {
+            let _ = write!(out, "{hours}H");
+        }
+        if minutes != 0 {
+            let _ = write!(out, "{minutes}M");
+        }
+        if seconds != 0 || sub != 0 {
+            let sign = if micros < 0 && seconds == 0 { "-" } else { "" };
+            let _ = write!(out, "{sign}{seconds}{}S", fraction(sub));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn numeric_bytes(ndigits: i16, weight: i16, sign: u16, dscale: u16, digits: &[i16]) -> Vec<u8> {
+        let mut b = Vec::new();
+        for w in [ndigits, weight, sign as i16, dscale as i16] {
+            b.extend_from_slice(&w.to_be_bytes());
+        }
+        for d in digits {
+            b.extend_from_slice(&d.to_be_bytes());
+        }
+        b
+    }
+
+    #[test]
+    fn numerics_keep_every_digit() {
+        // 12345678901234567890.000100 = [1234][5678][9012][3456][7890].[0001]
+        let raw = numeric_bytes(6, 4, 0, 6, &[1234, 5678, 9012, 3456, 7890, 1]);
+        assert_eq!(numeric(&raw).unwrap(), "12345678901234567890.000100");
+        // -0.00042 with scale 5: weight -1, digits [0004][2000]? no: 0.00042 = [0004].[2000] at weight -1
+        let raw = numeric_bytes(2, -1, 0x4000, 5, &[4, 2000]);
+        assert_eq!(numeric(&raw).unwrap(), "-0.00042");
+        // 0.000000001 (weight -3: first group is 10^-12..10^-9... ) = group index -3 → [1000]? use 1e-9
+        let raw = numeric_bytes(1, -3, 0, 9, &[1000]);
+        assert_eq!(numeric(&raw).unwrap(), "0.000000001");
+        let raw = numeric_bytes(1, 1, 0, 0, &[7]);
+        assert_eq!(numeric(&raw).unwrap(), "70000");
+        let raw = numeric_bytes(0, 0, 0, 2, &[]);
+        assert_eq!(numeric(&raw).unwrap(), "0.00");
+        assert_eq!(
+            numeric(&numeric_bytes(0, 0, 0xC000, 0, &[])).unwrap(),
+            "NaN"
+        );
+    }
+
+    #[test]
+    fn times_print_like_postgres_iso_output() {
+        assert_eq!(timestamp(0, "Z"), "2000-01-01T00:00:00Z");
+        assert_eq!(timestamp(-1, ""), "1999-12-31T23:59:59.999999");
+        assert_eq!(timestamp(500_000, ""), "2000-01-01T00:00:00.5");
+        assert_eq!(date(-1), "1999-12-31");
+        assert_eq!(date(i32::MAX), "infinity");
+        assert_eq!(time_of_day(86_400_000_000), "24:00:00");
+        let mut raw = 3_600_000_000i64.to_be_bytes().to_vec();
+        raw.extend_from_slice(&(-19_800i32).to_be_bytes());
+        assert_eq!(timetz(&raw).unwrap(), "01:00:00+05:30");
+    }
+
+    #[test]
+    fn intervals_are_iso_8601() {
+        let raw = |micros: i64, days: i32, months: i32| {
+            let mut b = micros.to_be_bytes().to_vec();
+            b.extend_from_slice(&days.to_be_bytes());
+            b.extend_from_slice(&months.to_be_bytes());
+            b
+        };
+        assert_eq!(
+            interval(&raw(14_706_500_000, 3, 14)).unwrap(),
+            "P1Y2M3DT4H5M6.5S"
+        );
+        assert_eq!(interval(&raw(0, 0, 0)).unwrap(), "PT0S");
+        assert_eq!(interval(&raw(-500_000, 0, 0)).unwrap(), "PT-0.5S");
+        assert_eq!(interval(&raw(0, -1, 0)).unwrap(), "P-1D");
+    }
+}

@@ -1,0 +1,183 @@
+//! The database source: plans the SQL for the paging mode, opens a session of
+//! the configured provider and streams its rows as budgeted batches.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use sluicegate_core::{
+    BatchSender, BatchStream, BuildContext, Error, ErrorKind, ReadRequest, Result, Source,
+    channel_stream,
+};
+
+use crate::batcher::{Batcher, Tracker};
+use crate::config::{DbSourceConfig, Provider, split_table};
+use crate::connstr::ConnectionParams;
+use crate::error::Origin;
+use crate::session::Session;
+use crate::{mysql, postgres, sqlite};
+
+/// A built database source (`postgres`, `mysql` or `sqlite`).
+pub struct DbSource {
+    plan: Arc<Plan>,
+}
+
+struct Plan {
+    origin: Origin,
+    config: DbSourceConfig,
+    ctx: BuildContext,
+    /// `query` rendered once (keyset and one-query modes).
+    query: Option<String>,
+}
+
+impl DbSource {
+    /// Builds a source from a validated configuration; does not connect yet.
+    pub fn new(provider: Provider, config: DbSourceConfig, ctx: &BuildContext) -> Result<Self> {
+        let rendered = config.render_connection(ctx)?;
+        let params = ConnectionParams::parse(provider, &rendered, &ctx.base_dir)
+            .map_err(|e| sluicegate_core::field_error("connectionString", e.message()))?;
+        let query = match (&config.query, &config.pagination) {
+            (Some(q), None) => Some(config.render_query(q, ctx, 0)?),
+            _ => None,
+        };
+        Ok(Self {
+            plan: Arc::new(Plan {
+                origin: Origin { provider, params },
+                config,
+                ctx: ctx.clone(),
+                query,
+            }),
+        })
+    }
+}
+
+impl Source for DbSource {
+    fn read(&self, request: ReadRequest) -> BatchStream {
+        let plan = self.plan.clone();
+        channel_stream(move |tx| async move { plan.produce(request, tx).await })
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} {}",
+            self.plan.origin.provider.type_name(),
+            self.plan.origin.params.describe()
+        )
+    }
+}
+
+impl Plan {
+    async fn connect(&self) -> Result<Box<dyn Session>> {
+        let origin = self.origin.clone();
+        Ok(match &self.origin.params {
+            ConnectionParams::Postgres(c) => Box::new(postgres::connect(c, origin).await?),
+            ConnectionParams::Mysql(o) => Box::new(mysql::connect(o, origin).await?),
+            ConnectionParams::Sqlite(p) => Box::new(sqlite::connect(p, origin)?),
+        })
+    }
+
+    async fn produce(&self, request: ReadRequest, tx: BatchSender) -> Result<()> {
+        let mut session = self.connect().await?;
+        let fetch = self.config.fetch_size;
+        let resume = request.resume_from.as_ref().map(|p| p.as_value().clone());
+        if let Some(column) = &self.config.order_by {
+            let after = self.resume_value(resume.as_ref(), "after")?;
+            let sql = self.keyset_sql(session.as_ref(), column, after.as_ref())?;
+            tracing::debug!(%sql, "keyset read");
+            let tracker = Tracker::Keyset {
+                column: column.clone(),
+                last: None,
+            };
+            let mut out = Batcher::new(&request, tx, fetch, tracker);
+            session.run(&sql, after.as_ref(), fetch, &mut out).await?;
+            return out.flush().await;
+        }
+        if let (Some(template), Some(paging)) = (&self.config.query, &self.config.pagination) {
+            let mut skip = match self.resume_value(resume.as_ref(), "skip")? {
+                Some(v) => v.as_u64().ok_or_else(|| self.foreign_checkpoint(&v))?,
+                None => 0,
+            };
+            let limit = paging.limit();
+            // A query that ignores the paging variables would be read forever.
+            let single = self.config.render_query(template, &self.ctx, 0)?
+                == self.config.render_query(template, &self.ctx, limit)?;
+            let mut out = Batcher::new(&request, tx, fetch, Tracker::Offset { next: skip });
+            loop {
+                let sql = self.config.render_query(template, &self.ctx, skip)?;
+                out.set_offset(skip);
+                let rows = session.run(&sql, None, fetch, &mut out).await?;
+                out.flush().await?;
+                if rows == 0 || single {
+                    return Ok(());
+                }
+                skip += limit;
+            }
+        }
+        if resume.is_some() {
+            tracing::warn!(
+                "this source has no orderBy or pagination, so it cannot resume; reading everything again"
+            );
+        }
+        let sql = match (&self.config.table, &self.query) {
+            (Some(table), _) => {
+                format!("SELECT * FROM {}", self.table_sql(session.as_ref(), table)?)
+            }
+            (None, Some(q)) => q.clone(),
+            (None, None) => unreachable!("validated: table or query"),
+        };
+        let mut out = Batcher::new(&request, tx, fetch, Tracker::None);
+        session.run(&sql, None, fetch, &mut out).await?;
+        out.flush().await
+    }
+
+    /// The value under `key` of a checkpoint this mode wrote.
+    fn resume_value(&self, position: Option<&Value>, key: &str) -> Result<Option<Value>> {
+        match position {
+            None => Ok(None),
+            Some(Value::Object(m)) if m.contains_key(key) => Ok(m.get(key).cloned()),
+            Some(other) => Err(self.foreign_checkpoint(other)),
+        }
+    }
+
+    fn foreign_checkpoint(&self, position: &Value) -> Error {
+        self.origin.error(
+            ErrorKind::Checkpoint,
+            format!(
+                "the checkpoint {position} was written by another paging mode; \
+                 run with --full-refresh to read from the start"
+            ),
+        )
+    }
+
+    fn table_sql(&self, session: &dyn Session, table: &str) -> Result<String> {
+        let parts = split_table(table)
+            .ok_or_else(|| Error::config(format!("'{table}' is not a table name")))?;
+        Ok(parts
+            .iter()
+            .map(|p| session.quote_ident(p))
+            .collect::<Vec<_>>()
+            .join("."))
+    }
+
+    fn keyset_sql(
+        &self,
+        session: &dyn Session,
+        column: &str,
+        after: Option<&Value>,
+    ) -> Result<String> {
+        let key = session.quote_ident(column);
+        let (from, key) = match (&self.config.table, &self.query) {
+            (Some(table), _) => (self.table_sql(session, table)?, key),
+            (None, Some(q)) => {
+                let q = q.trim().trim_end_matches(';').trim_end();
+                (format!("({q}) AS sg_rows"), format!("sg_rows.{key}"))
+            }
+            (None, None) => unreachable!("validated: table or query"),
+        };
+        let mut sql = format!("SELECT * FROM {from}");
+        if let Some(after) = after {
+            sql.push_str(&format!(" WHERE {key} > {}", session.key_param(after)?));
+        }
+        sql.push_str(&format!(" ORDER BY {key}"));
+        Ok(sql)
+    }
+}

@@ -1,0 +1,58 @@
+//! Reading a database source the way the pipeline does.
+
+#![allow(dead_code)]
+
+use futures::StreamExt;
+use serde_json::Value;
+use sluicegate_adapters_db::{DbSourceConfig, DbSourceFactory, Provider};
+use sluicegate_core::{
+    BuildContext, Factory, MemoryBudget, Position, ReadRequest, Result, parse_section,
+};
+
+/// What one read produced.
+pub struct Read {
+    /// Every record, in order.
+    pub records: Vec<Value>,
+    /// Each batch's size and position.
+    pub batches: Vec<(usize, Option<Position>)>,
+}
+
+impl Read {
+    /// The values of `field` in order.
+    pub fn column(&self, field: &str) -> Vec<Value> {
+        self.records.iter().map(|r| r[field].clone()).collect()
+    }
+}
+
+/// Validates, builds and reads a source section to the end (or its first error).
+pub async fn read(provider: Provider, section: Value, resume: Option<Position>) -> Result<Read> {
+    read_with_budget(provider, section, resume, MemoryBudget::new(8 << 20)).await
+}
+
+/// [`read`] on a given budget.
+pub async fn read_with_budget(
+    provider: Provider,
+    section: Value,
+    resume: Option<Position>,
+    budget: MemoryBudget,
+) -> Result<Read> {
+    let ctx = BuildContext::new("test", true);
+    let factory = DbSourceFactory::new(provider);
+    let config: DbSourceConfig = parse_section(section, "source")?;
+    factory.validate(&config, &ctx)?;
+    let source = factory.build(config, &ctx).await?;
+    let mut request = ReadRequest::new("test", budget);
+    request.resume_from = resume;
+    let mut stream = source.read(request);
+    let mut out = Read {
+        records: Vec::new(),
+        batches: Vec::new(),
+    };
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        out.batches.push((batch.len(), batch.position().cloned()));
+        let (records, _, _lease) = batch.into_parts();
+        out.records.extend(records.into_iter().map(Value::Object));
+    }
+    Ok(out)
+}

@@ -1,0 +1,262 @@
+//! The PostgreSQL source against a real server (started by the test harness).
+
+mod common;
+
+use common::read;
+use serde_json::{Value, json};
+use sluicegate_adapters_db::Provider;
+use sluicegate_core::{ErrorKind, MemoryBudget, Position};
+use sluicegate_examples::dbfixtures::{every_type_records, every_type_sql};
+use sluicegate_examples::dbserver::{self, DbKind};
+
+async fn database(name: &str) -> String {
+    dbserver::postgres().fresh_database(name).await
+}
+
+async fn exec(url: &str, sql: &str) {
+    dbserver::execute(DbKind::Postgres, url, sql).await;
+}
+
+#[tokio::test]
+async fn every_type_reads_without_loss() {
+    let url = database("pg_types").await;
+    exec(&url, &every_type_sql(DbKind::Postgres)).await;
+    let got = read(
+        Provider::Postgres,
+        json!({"connectionString": url, "table": "public.every_type", "orderBy": "id"}),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(got.records, every_type_records(DbKind::Postgres));
+}
+
+#[tokio::test]
+async fn special_numbers_and_unsupported_types() {
+    let url = database("pg_special").await;
+    let got = read(
+        Provider::Postgres,
+        json!({
+            "connectionString": url,
+            "query": "SELECT 'NaN'::float8 AS d, '-Infinity'::real AS r, 'NaN'::numeric AS n, \
+                      0.000000001::numeric AS tiny, 'infinity'::timestamptz AS forever, \
+                      ARRAY[]::int[] AS empty, '{}'::jsonb AS obj",
+        }),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        got.records,
+        [
+            json!({"d": "NaN", "r": "-Infinity", "n": "NaN", "tiny": "0.000000001",
+                "forever": "infinity", "empty": [], "obj": {}})
+        ]
+    );
+    let err = read(
+        Provider::Postgres,
+        json!({"connectionString": url, "query": "SELECT 1 AS id, 12.5::money AS price"}),
+        None,
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(err.kind(), ErrorKind::Decode);
+    assert!(
+        err.message().starts_with(
+            "postgres source: column 'price': type money has no lossless conversion to JSON"
+        ),
+        "{err}"
+    );
+    assert!(err.message().contains("cast it in the query"), "{err}");
+}
+
+#[tokio::test]
+async fn keyset_paging_resumes_after_the_last_key() {
+    let url = database("pg_keyset").await;
+    exec(
+        &url,
+        "CREATE TABLE items (sku text PRIMARY KEY, n int NOT NULL);
+         INSERT INTO items SELECT 'sku-' || lpad(i::text, 5, '0'), i FROM generate_series(1, 2500) i;
+         INSERT INTO items VALUES ('zz ü''s \\ key', 0);",
+    )
+    .await;
+    let section =
+        json!({"connectionString": url, "table": "items", "orderBy": "sku", "fetchSize": 300});
+    let full = read(Provider::Postgres, section.clone(), None)
+        .await
+        .unwrap();
+    assert_eq!(full.records.len(), 2501);
+    assert!(full.batches.iter().all(|(n, _)| *n <= 300));
+    let keys = full.column("sku");
+    let mut sorted = keys.clone();
+    sorted.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
+    assert_eq!(keys, sorted, "rows arrive in key order");
+
+    // Resume from the checkpoint of the fourth batch: exactly the rest follows.
+    let (_, position) = full.batches[3].clone();
+    let position = position.unwrap();
+    assert_eq!(position, Position::new(json!({"after": keys[1199]})));
+    let rest = read(Provider::Postgres, section.clone(), Some(position))
+        .await
+        .unwrap();
+    assert_eq!(rest.column("sku"), keys[1200..]);
+
+    // A key with quotes, backslashes and non-ASCII text is bound, not spliced.
+    let last_but_one = Position::new(json!({"after": keys[2499]}));
+    let tail = read(Provider::Postgres, section, Some(last_but_one))
+        .await
+        .unwrap();
+    assert_eq!(tail.column("sku"), [json!("zz ü's \\ key")]);
+}
+
+#[tokio::test]
+async fn keyset_paging_over_a_query_and_a_foreign_checkpoint() {
+    let url = database("pg_keyset_query").await;
+    exec(
+        &url,
+        "CREATE TABLE t (id bigint PRIMARY KEY, odd boolean);
+         INSERT INTO t SELECT i, i % 2 = 1 FROM generate_series(1, 1000) i;",
+    )
+    .await;
+    let section = json!({
+        "connectionString": url,
+        "query": "SELECT id, odd FROM t WHERE odd;",
+        "orderBy": "id",
+        "fetchSize": 64,
+    });
+    let got = read(
+        Provider::Postgres,
+        section.clone(),
+        Some(Position::new(json!({"after": 901}))),
+    )
+    .await
+    .unwrap();
+    let ids: Vec<Value> = (903..=999).step_by(2).map(Value::from).collect();
+    assert_eq!(got.column("id"), ids);
+    let err = read(
+        Provider::Postgres,
+        section,
+        Some(Position::new(json!({"skip": 10}))),
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(err.kind(), ErrorKind::Checkpoint);
+    assert!(err.message().contains("--full-refresh"), "{err}");
+}
+
+#[tokio::test]
+async fn cute_templated_pages_read_everything_and_resume_at_the_offset() {
+    let url = database("pg_pages").await;
+    exec(
+        &url,
+        "CREATE TABLE t (id int PRIMARY KEY);
+         INSERT INTO t SELECT i FROM generate_series(1, 95) i;",
+    )
+    .await;
+    let section = json!({
+        "connectionString": url,
+        "query": "SELECT id FROM t ORDER BY id OFFSET {{ skip }} ROWS FETCH NEXT {{ limit }} ROWS ONLY",
+        "pagination": {"skipKey": "skip", "limitKey": "limit", "limitMax": 10},
+    });
+    let all = read(Provider::Postgres, section.clone(), None)
+        .await
+        .unwrap();
+    let ids: Vec<Value> = (1..=95).map(Value::from).collect();
+    assert_eq!(all.column("id"), ids);
+    assert_eq!(
+        all.batches.last().unwrap().1,
+        Some(Position::new(json!({"skip": 95})))
+    );
+    let rest = read(
+        Provider::Postgres,
+        section,
+        Some(Position::new(json!({"skip": 42}))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(rest.column("id"), ids[42..]);
+}
+
+#[tokio::test]
+async fn a_query_that_ignores_the_paging_variables_is_read_once() {
+    let url = database("pg_static").await;
+    let got = read(
+        Provider::Postgres,
+        json!({
+            "connectionString": url,
+            "query": "SELECT generate_series(1, 3) AS id",
+            "pagination": {"limitMax": 2},
+        }),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(got.column("id"), [json!(1), json!(2), json!(3)]);
+}
+
+#[tokio::test]
+async fn a_small_budget_still_reads_everything_in_small_batches() {
+    let url = database("pg_budget").await;
+    exec(
+        &url,
+        "CREATE TABLE wide (id int PRIMARY KEY, body text);
+         INSERT INTO wide SELECT i, repeat('x', 2000) FROM generate_series(1, 3000) i;",
+    )
+    .await;
+    let budget = MemoryBudget::new(1 << 20);
+    let got = common::read_with_budget(
+        Provider::Postgres,
+        json!({"connectionString": url, "table": "wide", "orderBy": "id", "fetchSize": 5000}),
+        None,
+        budget.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(got.records.len(), 3000);
+    // A batch never exceeds a quarter of the budget (plus one row).
+    assert!(got.batches.len() > 20, "{} batches", got.batches.len());
+    assert!(budget.snapshot().peak <= 1 << 20);
+}
+
+#[tokio::test]
+async fn errors_name_the_provider_and_never_the_password() {
+    let url = database("pg_errors").await;
+    let (prefix, rest) = url.split_once("sluicegate:sluicegate@").unwrap();
+    let wrong = format!("{prefix}sluicegate:not-the-pw-42@{rest}");
+    let cases = [
+        (
+            json!({"connectionString": wrong, "table": "t"}),
+            ErrorKind::Auth,
+            "the server rejected the login",
+        ),
+        (
+            json!({"connectionString": "postgres://u:hunter2-pw@127.0.0.1:1/db", "table": "t"}),
+            ErrorKind::Network,
+            "cannot connect to 127.0.0.1:1/db",
+        ),
+        (
+            json!({"connectionString": url, "query": "SELEC id FROM t"}),
+            ErrorKind::Query,
+            "the query failed: syntax error at or near \"SELEC\"",
+        ),
+        (
+            json!({"connectionString": url, "table": "no_such_table", "orderBy": "id"}),
+            ErrorKind::Query,
+            "the query failed: relation \"no_such_table\" does not exist",
+        ),
+    ];
+    for (section, kind, expected) in cases {
+        let err = read(Provider::Postgres, section, None).await.err().unwrap();
+        let text = err.to_string();
+        assert_eq!(err.kind(), kind, "{text}");
+        assert!(text.starts_with("postgres source: "), "{text}");
+        assert!(text.contains(expected), "{text}");
+        assert!(
+            !text.contains("not-the-pw-42") && !text.contains("hunter2-pw"),
+            "{text}"
+        );
+        assert!(!text.contains('\n'), "one line: {text}");
+    }
+}
