@@ -59,6 +59,7 @@ pub(crate) struct Batcher {
     tracker: Tracker,
     page: u64,
     total: u64,
+    json_columns: Vec<String>,
 }
 
 impl Batcher {
@@ -85,7 +86,14 @@ impl Batcher {
             tracker,
             page: 0,
             total: 0,
+            json_columns: Vec::new(),
         }
+    }
+
+    /// Parses the text in these columns as JSON.
+    pub(crate) fn with_json_columns(mut self, columns: Vec<String>) -> Self {
+        self.json_columns = columns;
+        self
     }
 
     /// Counts a new fetch or page: batches after it carry its number.
@@ -113,8 +121,23 @@ impl Batcher {
     }
 
     /// Adds one row; sends the batch when it is full.
-    pub(crate) async fn push(&mut self, record: Record) -> Result<()> {
+    pub(crate) async fn push(&mut self, mut record: Record) -> Result<()> {
         self.reserve().await?;
+        for column in &self.json_columns {
+            if let Some(value) = record.get_mut(column.as_str())
+                && let Value::String(text) = value
+            {
+                *value = serde_json::from_str(text).map_err(|e| {
+                    Error::new(
+                        ErrorKind::Decode,
+                        format!(
+                            "row {}: column '{column}' (in jsonColumns) is not valid JSON: {e}",
+                            self.total + 1
+                        ),
+                    )
+                })?;
+            }
+        }
         match &mut self.tracker {
             Tracker::None => {}
             Tracker::Keyset { column, last } => match record.get(column.as_str()) {

@@ -70,6 +70,10 @@ pub struct DbSourceConfig {
     /// `cute`'s paging variables for a templated `query`.
     #[serde(default)]
     pub pagination: Option<QueryPagination>,
+    /// Columns holding JSON text to read as JSON values (for MariaDB's `JSON`,
+    /// which is `LONGTEXT`, or JSON kept in text columns).
+    #[serde(default)]
+    pub json_columns: Vec<String>,
     /// Rows per fetch from the server and per batch (default 1000).
     #[serde(default = "default_fetch_size")]
     pub fetch_size: usize,

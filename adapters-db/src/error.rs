@@ -21,6 +21,21 @@ impl Origin {
         Error::new(kind, self.params.redact(&text)).with_context("server", self.params.describe())
     }
 
+    /// `err` with the `"<provider> source: "` prefix if it lacks one (errors
+    /// raised outside the provider code, like a NULL key).
+    pub(crate) fn label(&self, err: Error) -> Error {
+        let prefix = format!("{} source: ", self.provider.type_name());
+        if err.kind() == ErrorKind::Cancelled || err.message().starts_with(&prefix) {
+            return err;
+        }
+        let mut labelled = Error::new(err.kind(), format!("{prefix}{}", err.message()))
+            .retryable(err.is_retryable());
+        for (k, v) in err.context() {
+            labelled = labelled.with_context(k, v);
+        }
+        labelled.with_context("server", self.params.describe())
+    }
+
     /// A connection failure (retrying later may help).
     pub(crate) fn unreachable(&self, detail: impl std::fmt::Display) -> Error {
         self.error(

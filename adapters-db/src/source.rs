@@ -53,7 +53,11 @@ impl DbSource {
 impl Source for DbSource {
     fn read(&self, request: ReadRequest) -> BatchStream {
         let plan = self.plan.clone();
-        channel_stream(move |tx| async move { plan.produce(request, tx).await })
+        channel_stream(move |tx| async move {
+            plan.produce(request, tx)
+                .await
+                .map_err(|e| plan.origin.label(e))
+        })
     }
 
     fn describe(&self) -> String {
@@ -87,7 +91,8 @@ impl Plan {
                 column: column.clone(),
                 last: None,
             };
-            let mut out = Batcher::new(&request, tx, fetch, tracker);
+            let mut out = Batcher::new(&request, tx, fetch, tracker)
+                .with_json_columns(self.config.json_columns.clone());
             session.run(&sql, after.as_ref(), fetch, &mut out).await?;
             return out.flush().await;
         }
@@ -100,7 +105,8 @@ impl Plan {
             // A query that ignores the paging variables would be read forever.
             let single = self.config.render_query(template, &self.ctx, 0)?
                 == self.config.render_query(template, &self.ctx, limit)?;
-            let mut out = Batcher::new(&request, tx, fetch, Tracker::Offset { next: skip });
+            let mut out = Batcher::new(&request, tx, fetch, Tracker::Offset { next: skip })
+                .with_json_columns(self.config.json_columns.clone());
             loop {
                 let sql = self.config.render_query(template, &self.ctx, skip)?;
                 out.set_offset(skip);
@@ -124,7 +130,8 @@ impl Plan {
             (None, Some(q)) => q.clone(),
             (None, None) => unreachable!("validated: table or query"),
         };
-        let mut out = Batcher::new(&request, tx, fetch, Tracker::None);
+        let mut out = Batcher::new(&request, tx, fetch, Tracker::None)
+            .with_json_columns(self.config.json_columns.clone());
         session.run(&sql, None, fetch, &mut out).await?;
         out.flush().await
     }

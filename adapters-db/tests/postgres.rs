@@ -206,11 +206,12 @@ async fn a_small_budget_still_reads_everything_in_small_batches() {
     )
     .await;
     let budget = MemoryBudget::new(1 << 20);
-    let got = common::read_with_budget(
+    let got = common::read_with(
         Provider::Postgres,
         json!({"connectionString": url, "table": "wide", "orderBy": "id", "fetchSize": 5000}),
         None,
         budget.clone(),
+        None,
     )
     .await
     .unwrap();

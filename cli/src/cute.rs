@@ -57,23 +57,47 @@ pub fn translate(
         return Err(Error::config(format!("{at}: contentType is missing")));
     }
     let source_type = match source_type.map(str::to_ascii_lowercase).as_deref() {
-        Some("database") => {
-            return Err(Error::config(format!(
-                "{at}: sourceType database needs the database sources, which are not available yet"
-            )));
+        Some("database") => database_type(&at, &mut doc)?,
+        _ => {
+            // cute's current versions count pages in skipKey; say so explicitly.
+            if let Some(Value::Object(p)) = doc.get_mut("pagination")
+                && !p.contains_key("type")
+                && !p.contains_key("skipMode")
+            {
+                p.insert("skipMode".into(), Value::String("page".into()));
+            }
+            "http"
         }
-        _ => "http",
     };
-    // cute's current versions count pages in skipKey; say so explicitly.
-    if let Some(Value::Object(p)) = doc.get_mut("pagination")
-        && !p.contains_key("type")
-        && !p.contains_key("skipMode")
-    {
-        p.insert("skipMode".into(), Value::String("page".into()));
-    }
     doc.insert("type".into(), Value::String(source_type.to_owned()));
     entry.insert("source".into(), Value::Object(doc));
     parse_section(Value::Object(entry), &at)
+}
+
+/// The source type for `cute`'s `provider` of a database entry; removes the
+/// keys that only steer cute's .NET driver (`provider`, `stream`: reads always
+/// stream here).
+fn database_type(at: &str, doc: &mut Map<String, Value>) -> Result<&'static str> {
+    doc.remove("stream");
+    let provider = doc.remove("provider");
+    let name = provider
+        .as_ref()
+        .and_then(Value::as_str)
+        .map(str::to_ascii_lowercase);
+    match name.as_deref() {
+        Some("postgresql" | "postgres" | "npgsql") => Ok("postgres"),
+        Some("mysql" | "mariadb") => Ok("mysql"),
+        Some("sqlite") => Ok("sqlite"),
+        Some("sqlserver") => Err(Error::config(format!(
+            "{at}: provider sqlserver is not supported; the database sources read postgresql, mysql and sqlite"
+        ))),
+        Some(other) => Err(Error::config(format!(
+            "{at}: unknown provider '{other}'; use postgresql, mysql or sqlite"
+        ))),
+        None => Err(Error::config(format!(
+            "{at}: sourceType database needs provider (postgresql, mysql or sqlite)"
+        ))),
+    }
 }
 
 /// Rewrites the template-valued keys of a `cute` document from Scriban to Jinja.
@@ -83,7 +107,13 @@ fn translate_templates(doc: &mut Map<String, Value>) {
             *s = scriban_to_jinja(s);
         }
     };
-    for key in ["endPoint", "filterExpression", "resultsSecret"] {
+    for key in [
+        "endPoint",
+        "filterExpression",
+        "resultsSecret",
+        "connectionString",
+        "query",
+    ] {
         if let Some(v) = doc.get_mut(key) {
             text(v);
         }
@@ -208,6 +238,33 @@ mapping:
     }
 
     #[test]
+    fn database_entries_become_database_sources() {
+        let yaml = r#"
+contentType: product
+contentKeyField: sku.en
+provider: PostgreSQL
+stream: true
+connectionString: "Host=db;Username=u;Password={{ config.Cute__DbPassword }};Database=shop"
+query: "SELECT * FROM products ORDER BY id OFFSET {{ skip }} ROWS FETCH NEXT {{ limit }} ROWS ONLY"
+pagination: { skipKey: skip, limitKey: limit, limitMax: 500 }
+mapping:
+  - { fieldName: sku.en, expression: "{{ row.sku | string.upcase }}" }
+"#;
+        let e = translate("products", yaml, Some("database"), "cms").unwrap();
+        assert_eq!(e.source["type"], "postgres");
+        assert!(e.source.get("provider").is_none() && e.source.get("stream").is_none());
+        assert!(
+            e.source["pagination"].get("skipMode").is_none(),
+            "database paging is an offset"
+        );
+        assert_eq!(e.mapping[0].expression, "{{ row.sku | upper }}");
+        assert_eq!(
+            e.source["connectionString"],
+            "Host=db;Username=u;Password={{ config.Cute__DbPassword }};Database=shop"
+        );
+    }
+
+    #[test]
     fn unsupported_parts_are_named() {
         let err = translate(
             "k",
@@ -221,7 +278,13 @@ mapping:
             "{err}"
         );
         let err = translate("k", YAML, Some("database"), "cms").unwrap_err();
-        assert!(err.to_string().contains("database sources"), "{err}");
+        assert!(err.to_string().contains("needs provider"), "{err}");
+        let sqlserver = format!("{YAML}provider: sqlserver\n");
+        let err = translate("k", &sqlserver, Some("database"), "cms").unwrap_err();
+        assert!(
+            err.to_string().contains("sqlserver is not supported"),
+            "{err}"
+        );
         let err = translate("k", "endPoint: x\n", None, "cms").unwrap_err();
         assert!(err.to_string().contains("contentType is missing"), "{err}");
     }

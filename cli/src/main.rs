@@ -37,6 +37,7 @@ fn main() -> ExitCode {
     }
     let mut registry = Registry::new();
     sluicegate_adapters_http::register(&mut registry);
+    sluicegate_adapters_db::register(&mut registry);
     sluicegate_sinks_duckdb::register(&mut registry);
     sluicegate_sinks_cms::register(&mut registry);
     sluicegate_cli::exit_code(sluicegate_cli::main_with(registry))

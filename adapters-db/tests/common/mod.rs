@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+use std::path::Path;
+
 use futures::StreamExt;
 use serde_json::Value;
 use sluicegate_adapters_db::{DbSourceConfig, DbSourceFactory, Provider};
@@ -10,33 +12,37 @@ use sluicegate_core::{
 };
 
 /// What one read produced.
-pub struct Read {
+pub(crate) struct Read {
     /// Every record, in order.
-    pub records: Vec<Value>,
+    pub(crate) records: Vec<Value>,
     /// Each batch's size and position.
-    pub batches: Vec<(usize, Option<Position>)>,
+    pub(crate) batches: Vec<(usize, Option<Position>)>,
 }
 
 impl Read {
     /// The values of `field` in order.
-    pub fn column(&self, field: &str) -> Vec<Value> {
+    pub(crate) fn column(&self, field: &str) -> Vec<Value> {
         self.records.iter().map(|r| r[field].clone()).collect()
     }
 }
 
 /// Validates, builds and reads a source section to the end (or its first error).
-pub async fn read(provider: Provider, section: Value, resume: Option<Position>) -> Result<Read> {
-    read_with_budget(provider, section, resume, MemoryBudget::new(8 << 20)).await
+pub(crate) async fn read(provider: Provider, section: Value, resume: Option<Position>) -> Result<Read> {
+    read_with(provider, section, resume, MemoryBudget::new(8 << 20), None).await
 }
 
-/// [`read`] on a given budget.
-pub async fn read_with_budget(
+/// [`read`] on a given budget, with relative paths resolved against `base_dir`.
+pub(crate) async fn read_with(
     provider: Provider,
     section: Value,
     resume: Option<Position>,
     budget: MemoryBudget,
+    base_dir: Option<&Path>,
 ) -> Result<Read> {
-    let ctx = BuildContext::new("test", true);
+    let mut ctx = BuildContext::new("test", true);
+    if let Some(dir) = base_dir {
+        ctx.base_dir = dir.to_owned();
+    }
     let factory = DbSourceFactory::new(provider);
     let config: DbSourceConfig = parse_section(section, "source")?;
     factory.validate(&config, &ctx)?;

@@ -29,7 +29,10 @@ fn cell(v: duckdb::types::ValueRef<'_>) -> Value {
         V::Null => Value::Null,
         V::Boolean(b) => json!(b),
         V::BigInt(i) => json!(i),
-        V::HugeInt(i) => json!(i64::try_from(i).unwrap()),
+        V::HugeInt(i) => match i64::try_from(i) {
+            Ok(v) => json!(v),
+            Err(_) => json!(u64::try_from(i).unwrap()),
+        },
         V::Double(f) => json!(f),
         V::Text(t) => json!(String::from_utf8_lossy(t)),
         other => panic!("unexpected column value {other:?}"),

@@ -1,0 +1,270 @@
+//! End-to-end: the real `sluicegate` binary reading PostgreSQL, MariaDB (real
+//! servers started by the test harness) and SQLite into DuckDB.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{query, table_records, text};
+use serde_json::{Value, json};
+use sluicegate_examples::dbfixtures::{NON_ASCII, every_type_records, every_type_sql};
+use sluicegate_examples::dbserver::{self, DbKind};
+
+/// A configuration of one sync `key` from `source` (YAML flow mapping) into
+/// `out.duckdb`, written into `dir`.
+fn write_config(dir: &Path, key: &str, source: &str) -> PathBuf {
+    let path = dir.join("sluicegate.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "version: 1\nsinks:\n  warehouse: {{ type: duckdb, path: out.duckdb }}\nsyncs:\n  - key: {key}\n    sink: warehouse\n    table: {key}\n    keyField: id\n    source: {source}\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn command(config: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluicegate"));
+    cmd.args(["sync-api", "--all", "--config", config.to_str().unwrap()])
+        .args(args)
+        .env_remove("SLUICEGATE_MAX_MEMORY_MB")
+        .env_remove("SLUICEGATE_CONFIG");
+    cmd
+}
+
+async fn run(config: &Path, args: &[&str]) -> Output {
+    let mut cmd = command(config, args);
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
+/// The fixture's records as DuckDB gives them back (NULL columns left out).
+fn without_nulls(records: Vec<Value>) -> Vec<Value> {
+    records
+        .into_iter()
+        .map(|mut r| {
+            r.as_object_mut().unwrap().retain(|_, v| !v.is_null());
+            r
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_type_of_each_provider_lands_in_duckdb_exactly() {
+    let pg = dbserver::postgres().fresh_database("e2e_types").await;
+    dbserver::execute(DbKind::Postgres, &pg, &every_type_sql(DbKind::Postgres)).await;
+    let my = dbserver::mariadb().fresh_database("e2e_types").await;
+    dbserver::execute(DbKind::Mariadb, &my, &every_type_sql(DbKind::Mariadb)).await;
+
+    for (kind, url, source_type) in [
+        (DbKind::Postgres, &pg, "postgres"),
+        (DbKind::Mariadb, &my, "mysql"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_config(
+            dir.path(),
+            "every_type",
+            &format!(
+                "{{ type: {source_type}, connectionString: \"{url}\", table: every_type, orderBy: id }}"
+            ),
+        );
+        let out = run(&config, &["--apply", "--streaming"]).await;
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let got = table_records(&dir.path().join("out.duckdb"), "every_type");
+        assert_eq!(
+            got,
+            without_nulls(every_type_records(kind)),
+            "{source_type}"
+        );
+        // Big decimals stay text, not DOUBLE.
+        let types = query(
+            &dir.path().join("out.duckdb"),
+            "SELECT data_type FROM information_schema.columns WHERE table_name = 'every_type' AND column_name = 'price'",
+        );
+        assert_eq!(types, [[json!("VARCHAR")]], "{source_type}");
+    }
+
+    // SQLite, through a relative path in the configuration.
+    let dir = tempfile::tempdir().unwrap();
+    rusqlite::Connection::open(dir.path().join("shop.db"))
+        .unwrap()
+        .execute_batch(&format!(
+            "CREATE TABLE every_type (id INTEGER PRIMARY KEY, n INTEGER, r REAL, b BOOLEAN, t TEXT, j JSON, x BLOB);
+             INSERT INTO every_type VALUES (1, -9223372036854775808, 2.5, 0, '{}', '[1, {{\"k\": \"v\"}}]', X'00');
+             INSERT INTO every_type (id) VALUES (2);",
+            NON_ASCII.replace('\'', "''")
+        ))
+        .unwrap();
+    let config = write_config(
+        dir.path(),
+        "every_type",
+        "{ type: sqlite, connectionString: shop.db, table: every_type, orderBy: id }",
+    );
+    let out = run(&config, &["--apply"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        table_records(&dir.path().join("out.duckdb"), "every_type"),
+        [
+            json!({"id": 1, "n": i64::MIN, "r": 2.5, "b": false, "t": NON_ASCII, "j": [1, {"k": "v"}], "x": "AA=="}),
+            json!({"id": 2}),
+        ]
+    );
+}
+
+/// Rows of the resume test's table.
+const ROWS: u64 = 400_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_keyset_run_resumes_from_its_last_committed_key() {
+    let url = dbserver::postgres().fresh_database("e2e_resume").await;
+    dbserver::execute(
+        DbKind::Postgres,
+        &url,
+        &format!(
+            "CREATE TABLE orders (id bigint PRIMARY KEY, customer text NOT NULL, total numeric(12,2) NOT NULL);
+             INSERT INTO orders SELECT i, 'customer ' || (i % 977), (i % 10000) / 100.0 FROM generate_series(1, {ROWS}) i;"
+        ),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "orders",
+        &format!(
+            "{{ type: postgres, connectionString: \"{url}\", table: orders, orderBy: id, fetchSize: 500 }}"
+        ),
+    );
+    let checkpoint = dir.path().join(".sluicegate/state/orders.orders.json");
+
+    // Small batches make the run long enough to be killed in the middle.
+    let mut child = command(
+        &config,
+        &["--apply", "--streaming", "--batch-size", "500", "--quiet"],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let started = Instant::now();
+    while !checkpoint.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no checkpoint written"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be killed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().unwrap(); // SIGKILL
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the run was killed, not finished");
+
+    let db = dir.path().join("out.duckdb");
+    let saved: Value =
+        serde_json::from_str(&std::fs::read_to_string(&checkpoint).unwrap()).unwrap();
+    let after = saved["position"]["after"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("checkpoint {saved}"));
+    assert!(after < ROWS, "killed mid-way, at {after}");
+    let committed = query(&db, "SELECT count(*), max(id) FROM orders");
+    assert!(
+        committed[0][1].as_u64().unwrap() >= after,
+        "everything up to the checkpoint is in DuckDB: {committed:?}, {after}"
+    );
+
+    let out = run(&config, &["--apply", "--streaming"]).await;
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "orders: resuming after checkpoint {{\"after\":{after}}}"
+        )),
+        "{stderr}"
+    );
+    let stdout = text(&out.stdout);
+    let read_again: u64 = stdout
+        .lines()
+        .find(|l| l.starts_with("orders"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|n| n.replace(',', "").parse().ok())
+        .unwrap_or_else(|| panic!("no summary row: {stdout}"));
+    assert_eq!(
+        read_again,
+        ROWS - after,
+        "the resumed run reads only the rest"
+    );
+    let end = query(
+        &db,
+        "SELECT count(*), count(DISTINCT id), min(id), max(id), sum(id), CAST(sum(CAST(total AS DECIMAL(18,2))) AS VARCHAR) FROM orders",
+    );
+    let want_total: u64 = (1..=ROWS).map(|i| i % 10000).sum();
+    assert_eq!(
+        end[0][..5],
+        [
+            json!(ROWS),
+            json!(ROWS),
+            json!(1),
+            json!(ROWS),
+            json!(ROWS * (ROWS + 1) / 2)
+        ]
+    );
+    assert_eq!(
+        end[0][5],
+        json!(format!("{}.{:02}", want_total / 100, want_total % 100)),
+        "exact decimal totals"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_errors_name_the_sync_and_provider_without_the_password() {
+    let url = dbserver::postgres().fresh_database("e2e_errors").await;
+    let wrong = url.replace("sluicegate:sluicegate@", "sluicegate:{{ env.PG_PW }}@");
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "pg_orders",
+        &format!("{{ type: postgres, connectionString: \"{wrong}\", table: orders, orderBy: id }}"),
+    );
+    let mut cmd = command(&config, &["--apply"]);
+    cmd.env("PG_PW", "wrong-secret-77");
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    let stdout = text(&out.stdout);
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("no error line: {stderr}"));
+    assert!(
+        line.contains("postgres source: the server rejected the login"),
+        "{line}"
+    );
+    assert!(line.contains("sync=pg_orders"), "{line}");
+    assert!(!stderr.contains("wrong-secret-77") && !stdout.contains("wrong-secret-77"));
+
+    // A missing table, with the right password.
+    let mut cmd = command(&config, &["--apply"]);
+    cmd.env("PG_PW", "sluicegate");
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let stderr = text(&out.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("relation \"orders\" does not exist"),
+        "{stderr}"
+    );
+    assert!(line.contains("sync=pg_orders"), "{line}");
+}
