@@ -4,7 +4,7 @@
 #
 #   bench/run.sh                          # everything (about 20 minutes)
 #   SIZES=10000,100000 REPEAT=1 CMS_SIZES=1000,10000 CMS_RATE_TEST=0 bench/run.sh
-#   bench/run.sh duckdb                   # only REST -> DuckDB (or: http, cms)
+#   bench/run.sh duckdb                   # only REST -> DuckDB (or: http, db, cms)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ./scripts/fetch-duckdb.sh
@@ -12,5 +12,6 @@ cargo build --release --locked -p sluicegate-cli -p sluicegate-examples
 which="${1:-all}"
 if [[ "$which" == all || "$which" == duckdb ]]; then python3 bench/rest_to_duckdb.py; fi
 if [[ "$which" == all || "$which" == http ]]; then python3 bench/http_source.py; fi
+if [[ "$which" == all || "$which" == db ]]; then python3 bench/db_to_duckdb.py; fi
 if [[ "$which" == all || "$which" == cms ]]; then python3 bench/rest_to_cms.py; fi
 python3 bench/report.py

@@ -11,6 +11,35 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 step "fetching DuckDB"
 ./scripts/fetch-duckdb.sh
 
+step "database servers (PostgreSQL, MariaDB)"
+# Debian's server packages, installed when missing; the servers themselves are
+# throwaway instances on free ports, stopped when this script exits.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v mariadbd >/dev/null; then
+  sudo=()
+  [[ "$(id -u)" == 0 ]] || sudo=(sudo)
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
+    postgresql mariadb-server >/dev/null
+fi
+servers=()
+trap 'for p in "${servers[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
+start_server() { # kind, variable to export its URL in
+  local out
+  out="$(mktemp)"
+  ./scripts/db-server.sh "$1" $$ >"$out" &
+  servers+=($!)
+  for _ in $(seq 1 600); do
+    [[ -s "$out" ]] && break
+    kill -0 "${servers[-1]}" 2>/dev/null || { echo "the $1 server did not start" >&2; exit 1; }
+    sleep 0.1
+  done
+  export "$2=$(head -1 "$out")"
+  rm -f "$out"
+  echo "$1 server ready at ${!2##*@}" >&2
+}
+start_server postgres SLUICEGATE_TEST_POSTGRES_URL
+start_server mariadb SLUICEGATE_TEST_MYSQL_URL
+
 step "formatting"
 cargo fmt --all -- --check
 
@@ -28,6 +57,6 @@ CMA_EMULATOR_BIN="$PWD/target/debug/cma-emulator" node --test examples/cma-fidel
 
 step "benchmark scripts"
 bash -n bench/run.sh
-python3 -m py_compile bench/benchlib.py bench/rest_to_duckdb.py bench/rest_to_cms.py bench/http_source.py bench/report.py
+python3 -m py_compile bench/benchlib.py bench/rest_to_duckdb.py bench/rest_to_cms.py bench/http_source.py bench/db_to_duckdb.py bench/report.py
 
 step "all tests passed"
