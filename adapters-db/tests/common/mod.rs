@@ -27,7 +27,11 @@ impl Read {
 }
 
 /// Validates, builds and reads a source section to the end (or its first error).
-pub(crate) async fn read(provider: Provider, section: Value, resume: Option<Position>) -> Result<Read> {
+pub(crate) async fn read(
+    provider: Provider,
+    section: Value,
+    resume: Option<Position>,
+) -> Result<Read> {
     read_with(provider, section, resume, MemoryBudget::new(8 << 20), None).await
 }
 
