@@ -220,7 +220,7 @@ async fn config_mistakes_fail_before_any_request_with_one_line() {
         ),
         (
             good.replacen("type: http", "type: htp", 1),
-            "unknown source type 'htp' (known types: http)",
+            "unknown source type 'htp' (known types: http, mysql, postgres, sqlite)",
         ),
     ];
     for (i, (text_, expected)) in cases.iter().enumerate() {
