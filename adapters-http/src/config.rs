@@ -121,6 +121,36 @@ pub struct HttpSourceConfig {
     pub file_cache: FileCacheConfig,
 }
 
+impl HttpSourceConfig {
+    /// A configuration for `end_point` with every other key at its default (one
+    /// GET request, JSON, no pagination); set fields to change them. For
+    /// building sources in code rather than from a configuration file.
+    pub fn new(end_point: impl Into<String>) -> Self {
+        Self {
+            end_point: end_point.into(),
+            http_method: HttpMethod::default(),
+            headers: BTreeMap::new(),
+            form_url_encoded_content: BTreeMap::new(),
+            body: None,
+            results_format: ResultsFormat::default(),
+            results_secret: None,
+            results_json_path: None,
+            results_total_pages_path: None,
+            continuation_token_header: None,
+            pagination: None,
+            auth: None,
+            retry: RetryConfig::default(),
+            timeout_secs: default_timeout_secs(),
+            rate_limit: None,
+            concurrency: default_concurrency(),
+            parent: None,
+            fan_out: default_fan_out(),
+            include_from_parent: Vec::new(),
+            file_cache: FileCacheConfig::default(),
+        }
+    }
+}
+
 /// The `fileCache` section.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]

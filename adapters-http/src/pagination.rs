@@ -85,6 +85,24 @@ pub struct OffsetPaging {
     pub max_pages: Option<u64>,
 }
 
+impl Default for OffsetPaging {
+    /// `offset`/`limit` parameters, 100 records per page, no totals.
+    fn default() -> Self {
+        Self {
+            skip_key: default_skip_key(),
+            skip_mode: SkipMode::default(),
+            base_page: 0,
+            limit_key: default_limit_key(),
+            page_size: default_page_size(),
+            limit_max: None,
+            total_path: None,
+            total_pages_path: None,
+            has_more_path: None,
+            max_pages: None,
+        }
+    }
+}
+
 /// `type: page_number`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]

@@ -73,6 +73,17 @@ pub struct MappingItem {
     pub overwrite_null: bool,
 }
 
+impl MappingItem {
+    /// A mapping of `field_name` to the template `expression`.
+    pub fn new(field_name: impl Into<String>, expression: impl Into<String>) -> Self {
+        Self {
+            field_name: field_name.into(),
+            expression: expression.into(),
+            overwrite_null: false,
+        }
+    }
+}
+
 /// A compiled mapping.
 pub struct Mapper {
     env: Arc<Environment<'static>>,

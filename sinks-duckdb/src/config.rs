@@ -43,6 +43,17 @@ fn default_threads() -> Option<u32> {
 }
 
 impl DuckDbSinkConfig {
+    /// A configuration for the database file at `path` with the default memory
+    /// limit, threads and settings (for building the sink in code).
+    pub fn new(path: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            memory_limit_mb: default_memory_limit_mb(),
+            threads: default_threads(),
+            settings: BTreeMap::new(),
+        }
+    }
+
     /// Checks the values without touching the file system.
     pub fn validate(&self) -> Result<()> {
         if self.path.trim().is_empty() {

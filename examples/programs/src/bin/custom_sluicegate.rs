@@ -1,5 +1,7 @@
-//! The `sluicegate` command line with one more source type: the in-tree adapters
-//! plus `jsonl`, registered explicitly, then the whole CLI through `main_with`.
+//! The `sluicegate` command line with a third-party adapter crate added: the
+//! in-tree adapters and `sluicegate-adapter-files`, each registered with one
+//! explicit call, then the whole CLI (`sync-api` and the rest) through
+//! `main_with`.
 
 use std::process::ExitCode;
 
@@ -11,6 +13,6 @@ fn main() -> ExitCode {
     sluicegate_adapters_db::register(&mut registry);
     sluicegate_sinks_duckdb::register(&mut registry);
     sluicegate_sinks_cms::register(&mut registry);
-    sluicegate_adapter_jsonl::register(&mut registry);
+    sluicegate_adapter_files::register(&mut registry);
     sluicegate_cli::exit_code(sluicegate_cli::main_with(registry))
 }
