@@ -154,19 +154,34 @@ impl SinkWriter for MemoryWriter {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let table = tables.entry(self.target.table.clone()).or_default();
         let mut ack = BatchAck::default();
-        let mut seen = std::collections::BTreeSet::new();
+        // Duplicate keys within the batch are merged: the last record wins.
+        let mut latest: Vec<(String, &Record)> = Vec::new();
+        let mut index = std::collections::BTreeMap::new();
         for record in batch.records() {
-            let key = key_of(record, self.target.key_field.as_deref(), table.len());
-            if !seen.insert(key.clone()) {
-                ack.duplicates += 1;
+            let key = key_of(
+                record,
+                self.target.key_field.as_deref(),
+                table.len() + latest.len(),
+            );
+            match index.get(&key) {
+                Some(&i) => {
+                    ack.duplicates += 1;
+                    latest[i] = (key, record);
+                }
+                None => {
+                    index.insert(key.clone(), latest.len());
+                    latest.push((key, record));
+                }
             }
+        }
+        for (key, record) in latest {
+            ack.rows += 1;
             match table.insert(key, record.clone()) {
                 None => ack.inserted += 1,
                 Some(old) if &old == record => ack.unchanged += 1,
                 Some(_) => ack.updated += 1,
             }
         }
-        ack.rows = batch.len() as u64;
         Ok(ack)
     }
 
