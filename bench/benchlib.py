@@ -77,3 +77,50 @@ def commit():
 
 def today():
     return time.strftime("%Y-%m-%d")
+
+
+def rows_written(out, key):
+    """Rows written for sync `key`, from sluicegate's summary table."""
+    for line in out.splitlines():
+        cells = line.split()
+        if cells and cells[0] == key:
+            return int(cells[2].replace(",", ""))
+    sys.exit(f"no summary row for {key}:\n{out}")
+
+
+def total_rows_written(out):
+    """Rows written by every sync of a run, from sluicegate's summary table."""
+    return sum(int(n.replace(",", "")) for n in re.findall(
+        r"^(?!rows read)\S+\s+\S+\s+([\d,]+)\s", out, re.M))
+
+
+def start_postgres(workdir):
+    """A throwaway PostgreSQL (scripts/db-server.sh), stopped with this process; (process, URL)."""
+    out = workdir / "pg-url"
+    proc = subprocess.Popen(["bash", ROOT / "scripts" / "db-server.sh", "postgres", str(os.getpid())],
+                            stdout=open(out, "w"))
+    for _ in range(600):
+        if out.exists() and out.read_text().strip():
+            return proc, out.read_text().strip()
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    sys.exit("PostgreSQL did not start (is it installed? scripts/test.sh installs it)")
+
+
+def psql(url, sql):
+    subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", url, "-c", sql], check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+def create_orders_table(url, table, n):
+    """The benchmarks' `orders` table of n rows: bigint key, text, numeric, timestamptz, jsonb."""
+    psql(url, f"""
+        CREATE TABLE {table} (id bigint PRIMARY KEY, customer text NOT NULL, status text NOT NULL,
+            total numeric(12,2) NOT NULL, created_at timestamptz NOT NULL, items jsonb NOT NULL);
+        INSERT INTO {table}
+        SELECT i, 'customer-' || (i % 20011), (ARRAY['new','paid','shipped','returned'])[1 + i % 4],
+               (i % 100000) / 100.0, timestamptz '2024-01-01 00:00:00+00' + i * interval '7 seconds',
+               jsonb_build_array(jsonb_build_object('sku', 'sku-' || (i % 997), 'qty', 1 + i % 5))
+        FROM generate_series(1, {n}) i;""")
+    psql(url, f"VACUUM ANALYZE {table}")

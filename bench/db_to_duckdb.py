@@ -15,42 +15,15 @@ Environment: DB_SIZES (100000,1000000), REPEAT (2).
 
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from benchlib import RELEASE, ROOT, commit, machine, measured, mib, today
+from benchlib import (RELEASE, ROOT, commit, create_orders_table, machine, measured, mib, rows_written,
+                      start_postgres, today)
 
 SIZES = [int(s) for s in os.environ.get("DB_SIZES", "100000,1000000").split(",")]
 REPEAT = int(os.environ.get("REPEAT", "2"))
-
-
-def start_postgres(workdir):
-    out = workdir / "pg-url"
-    proc = subprocess.Popen(["bash", ROOT / "scripts" / "db-server.sh", "postgres", str(os.getpid())],
-                            stdout=open(out, "w"))
-    for _ in range(600):
-        if out.exists() and out.read_text().strip():
-            return proc, out.read_text().strip()
-        if proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    sys.exit("PostgreSQL did not start (is it installed? scripts/test.sh installs it)")
-
-
-def psql(url, sql):
-    subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", url, "-c", sql], check=True,
-                   stdout=subprocess.DEVNULL)
-
-
-def rows_written(out, key):
-    for line in out.splitlines():
-        cells = line.split()
-        if cells and cells[0] == key:
-            return int(cells[2].replace(",", ""))
-    sys.exit(f"no summary row for {key}:\n{out}")
 
 
 def main():
@@ -63,15 +36,7 @@ def main():
         try:
             for n in SIZES:
                 table = f"orders_{n}"
-                psql(url, f"""
-                    CREATE TABLE {table} (id bigint PRIMARY KEY, customer text NOT NULL, status text NOT NULL,
-                        total numeric(12,2) NOT NULL, created_at timestamptz NOT NULL, items jsonb NOT NULL);
-                    INSERT INTO {table}
-                    SELECT i, 'customer-' || (i % 20011), (ARRAY['new','paid','shipped','returned'])[1 + i % 4],
-                           (i % 100000) / 100.0, timestamptz '2024-01-01 00:00:00+00' + i * interval '7 seconds',
-                           jsonb_build_array(jsonb_build_object('sku', 'sku-' || (i % 997), 'qty', 1 + i % 5))
-                    FROM generate_series(1, {n}) i;""")
-                psql(url, f"VACUUM ANALYZE {table}")
+                create_orders_table(url, table, n)
                 conf = work / f"{table}.yaml"
                 conf.write_text(
                     f"version: 1\nsinks:\n  db: {{ type: duckdb, path: {table}.duckdb }}\nsyncs:\n"

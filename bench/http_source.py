@@ -13,13 +13,12 @@ Environment: HUGE_ORDERS (1400000), PARALLEL_ORDERS (20000).
 """
 
 import os
-import re
 import sys
 import tempfile
 import urllib.request
 from pathlib import Path
 
-from benchlib import RELEASE, ROOT, commit, machine, measured, mib, start_server, today
+from benchlib import RELEASE, ROOT, commit, machine, measured, mib, start_server, today, rows_written
 
 HUGE_ORDERS = int(os.environ.get("HUGE_ORDERS", "1400000"))
 PARALLEL_ORDERS = int(os.environ.get("PARALLEL_ORDERS", "20000"))
@@ -33,14 +32,6 @@ def body_size(url):
             if not chunk:
                 return total
             total += len(chunk)
-
-
-def rows_written(out, key):
-    for line in out.splitlines():
-        cells = line.split()
-        if cells and cells[0] == key:
-            return int(cells[2].replace(",", ""))
-    sys.exit(f"no summary row for {key}:\n{out}")
 
 
 def main():

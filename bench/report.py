@@ -4,7 +4,13 @@
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ["rest_to_duckdb.md", "http_source.md", "db_to_duckdb.md", "rest_to_cms.md"]
+SECTIONS = [
+    "peers.md",
+    "rest_to_duckdb.md",
+    "http_source.md",
+    "db_to_duckdb.md",
+    "rest_to_cms.md",
+]
 
 parts = [
     "# Benchmark results",

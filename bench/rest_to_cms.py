@@ -16,7 +16,6 @@ Environment: CMS_SIZES (customers, comma-separated), CMS_RATE_TEST (1), CMS_RATE
 
 import json
 import os
-import re
 import sys
 import tempfile
 import urllib.request
@@ -145,7 +144,7 @@ def main():
     lines += [
         "### Targets (CMS issue)",
         "",
-        f"- Re-sync of unchanged data at most 1 request per 100 entries: "
+        "- Re-sync of unchanged data at most 1 request per 100 entries: "
         + ", ".join(f"{100 * r[4] / r[0]:.2f} at {r[0]:,}" for r in rows)
         + (" → met." if all(100 * r[4] / r[0] <= 1 for r in rows) else " → missed."),
         f"- Peak RSS flat with the cache capped at 10,000 entries: {mib(small[1]['rss'])} at {small[0]:,} entries, "

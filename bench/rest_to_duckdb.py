@@ -15,14 +15,13 @@ Environment: SIZES (orders, comma-separated; default "100000,1000000"), REPEAT (
 
 import json
 import os
-import re
 import shutil
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-from benchlib import RELEASE, ROOT, commit, machine, measured, mib, start_server, today
+from benchlib import RELEASE, ROOT, commit, machine, measured, mib, start_server, today, total_rows_written
 
 SIZES = [int(s) for s in os.environ.get("SIZES", "100000,1000000").split(",")]
 REPEAT = int(os.environ.get("REPEAT", "3"))
@@ -52,8 +51,7 @@ def main():
                     shutil.rmtree(work / ".sluicegate", ignore_errors=True)
                     s = measured([RELEASE / "sluicegate", "sync-api", "--config", conf, "--all",
                                   "--streaming", "--apply", "--quiet"], env)
-                    written = sum(int(n.replace(",", "")) for n in re.findall(
-                        r"^(?!rows read)\S+\s+\S+\s+([\d,]+)\s", s["out"], re.M))
+                    written = total_rows_written(s["out"])
                     if written != rows:
                         sys.exit(f"sync wrote {written} rows, the API has {rows}:\n{s['out']}")
                     syncs.append(s)

@@ -3,6 +3,7 @@
 # checks formatting and lints, builds every crate, example and benchmark script,
 # and runs every test (unit, integration, end-to-end CLI against local servers),
 # and proves the Contentful emulator's fidelity with the official npm client.
+# Starts throwaway PostgreSQL, MariaDB and Directus servers for the tests.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -40,11 +41,27 @@ start_server() { # kind, variable to export its URL in
 start_server postgres SLUICEGATE_TEST_POSTGRES_URL
 start_server mariadb SLUICEGATE_TEST_MYSQL_URL
 
+step "Directus (pinned in examples/directus-server; npm packages from its lockfile)"
+directus_out="$(mktemp)"
+./scripts/directus-server.sh $$ >"$directus_out" &
+servers+=($!)
+for _ in $(seq 1 3000); do
+  [[ -s "$directus_out" ]] && break
+  kill -0 "${servers[-1]}" 2>/dev/null || { echo "Directus did not start" >&2; exit 1; }
+  sleep 0.1
+done
+export SLUICEGATE_TEST_DIRECTUS="$(head -1 "$directus_out")"
+rm -f "$directus_out"
+echo "Directus ready at ${SLUICEGATE_TEST_DIRECTUS%% *}" >&2
+
 step "formatting"
 cargo fmt --all -- --check
 
 step "lints"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "API docs (no warnings)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --locked
 
 step "tests"
 cargo test --workspace --all-targets --locked

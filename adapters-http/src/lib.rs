@@ -16,7 +16,7 @@ use sluicegate_core::{BuildContext, Factory, Registry, Result, Source};
 
 pub use auth::{AuthConfig, KeyLocation};
 pub use config::{FileCacheConfig, HttpMethod, HttpSourceConfig, RetryConfig};
-pub use decode::ResultsFormat;
+pub use decode::{ResultsFormat, decode_body};
 pub use filecache::clear_file_cache;
 pub use pagination::{
     CursorPaging, HeaderTokenPaging, LinkHeaderPaging, NextUrlPaging, OffsetPaging,

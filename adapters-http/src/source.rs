@@ -3,10 +3,11 @@
 //! Reading runs in a task feeding the stream ([`channel_stream`]): for each page
 //! it leases memory, sends the request (paced, authenticated, retried), and feeds
 //! the body to the format's decoder chunk by chunk. Records go out in batches of
-//! `chunk_rows` while the body is still arriving, so one huge response never sits
-//! in memory whole; the page's last batch carries the position of the next page.
-//! When every page's request can be computed from the first page, the rest are
-//! fetched `concurrency` at a time and emitted in page order. A child endpoint
+//! `chunk_rows` (or a quarter of the budget, whichever comes first) while the
+//! body is still arriving, so one huge response never sits in memory whole; the
+//! page's last batch carries the position of the next page. When every page's
+//! request can be computed from the first page, the rest are fetched
+//! `concurrency` at a time, each on its own task, and emitted in page order. A child endpoint
 //! (`parent`) is called once per parent record, `fanOut` at a time.
 
 use std::collections::VecDeque;
@@ -15,6 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::FutureExt;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, Url};
@@ -81,6 +83,7 @@ struct ParentLink {
 }
 
 /// One resolved request target (a child's depends on its parent record).
+#[derive(Clone)]
 struct Target {
     url: Url,
     form: Vec<(String, String)>,
@@ -91,12 +94,30 @@ struct Target {
 /// A page's records not yet sent, and what the paginator needs to know.
 struct Fetched {
     records: Vec<Record>,
+    /// Leases `bytes`, except for a page fetched ahead of its turn (see
+    /// [`settle`]) whose lease may still have to grow.
     lease: MemoryLease,
+    bytes: usize,
     count: u64,
     meta: Value,
     matched: bool,
     headers: HeaderMap,
     url: Url,
+}
+
+/// Makes a page's lease cover its decoded `bytes`. A page read in its turn
+/// (`in_turn`) waits for memory. A page fetched ahead of its turn (parallel
+/// pages) must not hold any: the page before it may be waiting for that very
+/// memory, and it cannot be emitted first. It releases its lease and grows it
+/// when its turn comes; until then its records are unaccounted, so the
+/// overshoot is at most `concurrency - 1` decoded pages.
+async fn settle(lease: &mut MemoryLease, bytes: usize, in_turn: bool) -> Result<()> {
+    if in_turn {
+        lease.resize(bytes).await
+    } else {
+        lease.shrink_to(0);
+        Ok(())
+    }
 }
 
 /// Renders string leaves of a JSON body template.
@@ -459,20 +480,30 @@ impl Inner {
             .map(Some)
             .chain([None])
             .collect();
+        // Each page is fetched on its own task, so pages ahead of the head go
+        // on (and give their memory back, see `settle`) while the head waits
+        // for memory. Dropping a handle cancels its task.
+        let target = Arc::new(target.clone());
         let mut fetches = futures::stream::iter(tokens.into_iter().enumerate())
             .map(|(i, token)| {
                 let page = i as u64 + 2;
-                async move {
-                    self.fetch(request, None, target, Some(&token), page)
+                let (this, request, target) = (self.clone(), request.clone(), target.clone());
+                let (task, handle) = async move {
+                    this.fetch(&request, None, &target, Some(&token), page)
                         .await
                         .context("page", page)
                         .map(|f| (page, f))
                 }
+                .remote_handle();
+                tokio::spawn(task);
+                handle
             })
             .buffered(self.concurrency);
         let mut nexts = nexts.into_iter();
         while let Some(result) = fetches.next().await {
-            let (page, fetched) = result?;
+            let (page, mut fetched) = result?;
+            // Its turn: the lease grows to the page's size (waiting if it must).
+            fetched.lease.resize(fetched.bytes).await?;
             let next = nexts.next().flatten();
             let position = if positions { next } else { None };
             self.emit(request, tx, fetched.records, fetched.lease, page, position)
@@ -695,6 +726,10 @@ impl Inner {
         let mut decoder = BodyDecoder::new(self.format, &self.selector);
         let mut records: Vec<Record> = Vec::new();
         let mut count = 0u64;
+        // A part goes out at `chunk_rows` records or a quarter of the budget,
+        // whichever comes first, so a part never outgrows the budget.
+        let part_bytes = (request.budget.capacity() / 4).max(16 * 1024);
+        let (mut sized, mut pending_bytes) = (0usize, 0usize);
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk?;
             if hit.is_none() {
@@ -704,9 +739,15 @@ impl Inner {
                 w.write(&chunk)?;
             }
             decoder.feed(&chunk, &mut records).map_err(decode_error)?;
+            pending_bytes += records[sized..]
+                .iter()
+                .map(approx_record_size)
+                .sum::<usize>();
+            sized = records.len();
             if let Some(tx) = tx
-                && records.len() >= self.chunk_rows
+                && (records.len() >= self.chunk_rows || pending_bytes >= part_bytes)
             {
+                (sized, pending_bytes) = (0, 0);
                 count += records.len() as u64;
                 lease = self
                     .send_part(
@@ -728,11 +769,12 @@ impl Inner {
         count += records.len() as u64;
         self.add_parent_fields(&mut records, target);
         let bytes: usize = records.iter().map(approx_record_size).sum();
-        lease.resize(bytes).await?;
+        settle(&mut lease, bytes, tx.is_some()).await?;
         self.estimate.store(bytes.max(4096), Ordering::Relaxed);
         Ok(Fetched {
             records,
             lease,
+            bytes,
             count,
             meta: tail.meta,
             matched: tail.matched,
@@ -816,10 +858,11 @@ impl Inner {
         count += records.len() as u64;
         self.add_parent_fields(&mut records, target);
         let bytes = records.iter().map(approx_record_size).sum();
-        lease.resize(bytes).await?;
+        settle(&mut lease, bytes, tx.is_some()).await?;
         Ok(Fetched {
             records,
             lease,
+            bytes,
             count,
             meta: Value::Null,
             matched: true,

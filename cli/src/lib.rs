@@ -3,6 +3,7 @@
 pub mod args;
 pub mod config_file;
 pub mod cute;
+pub mod lock;
 pub mod observer;
 pub mod progress;
 pub mod sync;

@@ -161,6 +161,19 @@ pub async fn run(prepared: PreparedRun, args: &SyncArgs, config: &ConfigFile) ->
         .dead_letter
         .clone()
         .unwrap_or_else(|| default_dead_letter(config));
+    let state_dir = args.apply.then(|| {
+        args.state_dir
+            .clone()
+            .unwrap_or_else(|| default_state_dir(config))
+    });
+    // Every key this run syncs is locked before anything opens: a second run of
+    // one of them is refused with that message (held until the run ends).
+    let mut _locks = Vec::new();
+    if let Some(dir) = &state_dir {
+        for prepared in &prepared.entries {
+            _locks.push(crate::lock::lock(dir, &prepared.entry.key)?);
+        }
+    }
     let mut sinks = BTreeMap::new();
     for (name, sink) in prepared.sinks {
         let built = sink
@@ -185,13 +198,8 @@ pub async fn run(prepared: PreparedRun, args: &SyncArgs, config: &ConfigFile) ->
         sinks,
         budget: MemoryBudget::with_policy(budget_bytes, policy),
         stats: Arc::new(RunStats::default()),
-        checkpoints: args.apply.then(|| {
-            let dir = args
-                .state_dir
-                .clone()
-                .unwrap_or_else(|| default_state_dir(config));
-            Arc::new(FileCheckpointStore::new(dir)) as Arc<dyn CheckpointStore>
-        }),
+        checkpoints: state_dir
+            .map(|dir| Arc::new(FileCheckpointStore::new(dir)) as Arc<dyn CheckpointStore>),
         observer: Arc::new(CliObserver::new(
             dead_letter,
             args.verbosity() >= Verbosity::Detailed,
@@ -387,13 +395,18 @@ fn print_summary(outcome: &Outcome, ctx: &RunContext<'_>, elapsed: Duration) {
         if let Some(c) = &r.writer.cache {
             let _ = writeln!(
                 out,
-                "{}: {} new, {} changed, {} unchanged, {} failed · published {} · cache {} hits, {} misses, {} evictions, {} entries ({}){}",
+                "{}: {} new, {} changed, {} unchanged, {} failed{} · cache {} hits, {} misses, {} evictions, {} entries ({}){}",
                 r.sync_key,
                 group(r.ack.inserted),
                 group(r.ack.updated),
                 group(r.ack.unchanged),
                 group(r.ack.failed),
-                group(r.writer.published),
+                // Sinks without a publishing step (and runs that publish nothing) say nothing.
+                if r.writer.published > 0 {
+                    format!(" · published {}", group(r.writer.published))
+                } else {
+                    String::new()
+                },
                 group(c.hits),
                 group(c.misses),
                 group(c.evictions),

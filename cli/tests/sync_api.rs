@@ -5,8 +5,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
-use common::{query, table_records, text};
+use common::{query, summary_row, table_records, text};
 use serde_json::json;
 use sluicegate_examples::shop::{Dataset, Fault, Resource, ShopConfig, ShopServer};
 
@@ -101,15 +102,6 @@ impl Fixture {
         assert!(out.status.success(), "stderr: {}", text(&out.stderr));
         text(&out.stdout)
     }
-}
-
-/// The cells of the summary row of `key`.
-fn summary_row(stdout: &str, key: &str) -> Vec<String> {
-    let line = stdout
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(key))
-        .unwrap_or_else(|| panic!("no summary row for {key} in {stdout}"));
-    line.split_whitespace().map(str::to_owned).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,7 +208,7 @@ async fn config_mistakes_fail_before_any_request_with_one_line() {
         ),
         (
             good.replacen("type: duckdb", "type: duckbd", 1),
-            "sinks.warehouse.type: unknown sink type 'duckbd' (known types: contentful, duckdb)",
+            "sinks.warehouse.type: unknown sink type 'duckbd' (known types: contentful, directus, duckdb)",
         ),
         (
             good.replacen("type: http", "type: htp", 1),
@@ -361,4 +353,60 @@ async fn bearer_auth_reads_the_token_from_the_environment() {
     assert!(
         !text(&out.stdout).contains("t0ken-value") && !text(&out.stderr).contains("t0ken-value")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_run_of_a_key_that_is_running_is_refused_and_the_first_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    // Slow pages keep the first run going for a few seconds.
+    let config = ShopConfig {
+        orders: ORDERS,
+        latency: Duration::from_millis(150),
+        ..ShopConfig::default()
+    };
+    let server = ShopServer::start(config, "127.0.0.1:0").await.unwrap();
+    let config = write_config(dir.path(), &server.url(), "");
+    let args = [
+        "sync-api",
+        "--config",
+        config.to_str().unwrap(),
+        "--key",
+        "orders",
+        "--streaming",
+        "--apply",
+    ];
+    let first = Command::new(env!("CARGO_BIN_EXE_sluicegate"))
+        .args(args)
+        .env_remove("SLUICEGATE_MAX_MEMORY_MB")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lock = dir.path().join(".sluicegate/state/orders.lock");
+    for _ in 0..200 {
+        if std::fs::read_to_string(&lock).is_ok_and(|pid| pid == first.id().to_string()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let second = sluicegate(&args, &[]).await;
+    let stderr = text(&second.stderr);
+    assert!(!second.status.success(), "the second run must be refused");
+    assert!(
+        stderr.contains("sync 'orders' is already running")
+            && stderr.contains(&format!("process {}", first.id())),
+        "{stderr}"
+    );
+    let first = tokio::task::spawn_blocking(move || first.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(first.status.success(), "stderr: {}", text(&first.stderr));
+    assert_eq!(
+        table_records(&dir.path().join("shop.duckdb"), "orders").len() as u64,
+        server.dataset().total(Resource::Orders),
+        "the first run was not disturbed"
+    );
+    // Released: the next run goes ahead (and finds everything unchanged).
+    let third = sluicegate(&args, &[]).await;
+    assert!(third.status.success(), "stderr: {}", text(&third.stderr));
 }

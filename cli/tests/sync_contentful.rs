@@ -1,6 +1,10 @@
 //! End-to-end: `sluicegate sync-api --key products` from the example shop API
 //! into the Contentful Management API emulator, both on 127.0.0.1.
 
+mod common;
+
+use common::{summary_row, text};
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
@@ -141,20 +145,7 @@ syncs:
     }
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 const NAME: &str = "{{ row.name }}";
-
-/// The cells of the summary row of `key`.
-fn summary_row(stdout: &str, key: &str) -> Vec<String> {
-    let line = stdout
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(key))
-        .unwrap_or_else(|| panic!("no summary row for {key} in {stdout}"));
-    line.split_whitespace().map(str::to_owned).collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_sync_creates_a_second_writes_nothing_and_a_changed_record_updates_one_entry() {

@@ -1,14 +1,7 @@
 //! Checkpoints: where each stream resumes after an interrupted run.
 //!
-//! # Contract
-//! - The pipeline calls [`CheckpointStore::commit`] with a batch's position only
-//!   after the sink acknowledged that batch, so a committed position never points
-//!   past data the sink does not hold. A resumed run is therefore at-least-once;
-//!   idempotent sink writes make its final state exact.
-//! - When a stream completes, the pipeline calls [`CheckpointStore::clear`]: the
-//!   next run of a completed stream starts from the beginning.
-//! - `commit` must be atomic: after a crash, `load` returns either the previous or
-//!   the new position, never a torn one.
+//! The rules are in [`CheckpointStore`]'s contract; [`FileCheckpointStore`] keeps
+//! positions in a JSON file.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -20,6 +13,16 @@ use crate::batch::Position;
 use crate::error::{Error, ErrorKind, Result};
 
 /// Stores the last acknowledged position per sync key and stream.
+///
+/// # Contract
+/// - The pipeline calls [`CheckpointStore::commit`] with a batch's position only
+///   after the sink acknowledged that batch, so a committed position never points
+///   past data the sink does not hold. A resumed run is therefore at-least-once;
+///   idempotent sink writes make its final state exact.
+/// - When a stream completes, the pipeline calls [`CheckpointStore::clear`]: the
+///   next run of a completed stream starts from the beginning.
+/// - `commit` must be atomic: after a crash, `load` returns either the previous or
+///   the new position, never a torn one.
 pub trait CheckpointStore: Send + Sync {
     /// The committed position of a stream, if any.
     fn load(&self, sync_key: &str, stream: &str) -> Result<Option<Position>>;
@@ -92,8 +95,10 @@ impl FileCheckpointStore {
     }
 }
 
-/// Keeps names readable but safe as file names.
-fn file_safe(name: &str) -> String {
+/// A sync key or stream name as a readable, safe file name: ASCII letters,
+/// digits, `-` and `_` kept, anything else `_`. Used for checkpoint files and by
+/// tools that keep per-key files next to them (run locks).
+pub fn file_safe(name: &str) -> String {
     name.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' {

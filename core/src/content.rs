@@ -129,21 +129,52 @@ enum KeyForm<'a> {
     Lon(&'a str, &'a str),
 }
 
-fn parse_key(key: &str) -> Option<KeyForm<'_>> {
+/// Parses a flat key; a key without a locale (`field`, `field[]`,
+/// `field.lat`) names `default_locale`.
+fn parse_key<'a>(key: &'a str, default_locale: &'a str) -> Option<KeyForm<'a>> {
+    let split = |rest: &'a str| match rest.split_once('.') {
+        Some((field, locale)) => (!locale.contains('.')).then_some((field, locale)),
+        None => Some((rest, default_locale)),
+    };
     if let Some(rest) = key.strip_suffix("[]") {
-        let (field, locale) = rest.split_once('.')?;
+        let (field, locale) = split(rest)?;
         return Some(KeyForm::Array(field, locale));
     }
     if let Some(rest) = key.strip_suffix(".lat") {
-        let (field, locale) = rest.split_once('.')?;
+        let (field, locale) = split(rest)?;
         return Some(KeyForm::Lat(field, locale));
     }
     if let Some(rest) = key.strip_suffix(".lon") {
-        let (field, locale) = rest.split_once('.')?;
+        let (field, locale) = split(rest)?;
         return Some(KeyForm::Lon(field, locale));
     }
-    let (field, locale) = key.split_once('.')?;
-    (!locale.contains('.')).then_some(KeyForm::Scalar(field, locale))
+    let (field, locale) = split(key)?;
+    (!field.is_empty()).then_some(KeyForm::Scalar(field, locale))
+}
+
+/// A value of a source type (number, boolean, array, object) that fits `field`
+/// as it is, or as its text for text fields.
+fn typed_value(field: &FieldDef, value: &Value) -> Option<Value> {
+    Some(match (field.kind, value) {
+        (FieldKind::Integer, Value::Number(n)) if n.is_i64() || n.is_u64() => value.clone(),
+        (FieldKind::Number, Value::Number(_)) | (FieldKind::Boolean, Value::Bool(_)) => {
+            value.clone()
+        }
+        (FieldKind::Symbol | FieldKind::Text, Value::Number(_) | Value::Bool(_)) => {
+            Value::String(value.to_string())
+        }
+        (FieldKind::Object, _) => value.clone(),
+        (FieldKind::Array, Value::Array(items))
+            if items.iter().all(Value::is_string)
+                && field
+                    .items
+                    .as_ref()
+                    .is_none_or(|(k, _)| *k != FieldKind::Link) =>
+        {
+            value.clone()
+        }
+        _ => return None,
+    })
 }
 
 fn value_error(key: &str, kind: FieldKind, text: &str, why: &str) -> Error {
@@ -239,9 +270,9 @@ pub fn convert(model: &ContentModel, flat: &Record) -> Result<Converted> {
             id = value.as_str().map(str::to_owned);
             continue;
         }
-        let form = parse_key(key).ok_or_else(|| {
+        let form = parse_key(key, model.default_locale()).ok_or_else(|| {
             Error::config(format!(
-                "mapping key '{key}' is not of the form field.locale, field.locale[], field.locale.lat or field.locale.lon"
+                "mapping key '{key}' is not of the form field[.locale], field[.locale][], field[.locale].lat or field[.locale].lon"
             ))
         })?;
         let (field_id, locale) = match form {
@@ -263,13 +294,29 @@ pub fn convert(model: &ContentModel, flat: &Record) -> Result<Converted> {
                 model.default_locale()
             )));
         }
+        let number_text;
         let text = match value {
             Value::Null => None,
             Value::String(s) => Some(s.as_str()),
+            Value::Number(n) if matches!(form, KeyForm::Lat(..) | KeyForm::Lon(..)) => {
+                number_text = n.to_string();
+                Some(number_text.as_str())
+            }
             other => {
-                return Err(Error::decode(format!(
-                    "mapping key '{key}' has a non-text value {other}"
-                )));
+                // A record that was not mapped keeps its source types.
+                let typed = typed_value(field, other).ok_or_else(|| {
+                    Error::decode(format!(
+                        "mapping key '{key}' has the value {other}, which does not fit a {:?} field",
+                        field.kind
+                    ))
+                })?;
+                let slot = fields
+                    .entry(field_id.to_owned())
+                    .or_insert_with(|| Value::Object(Map::new()));
+                if let Value::Object(map) = slot {
+                    map.insert(locale.to_owned(), typed);
+                }
+                continue;
             }
         };
         let slot = fields
@@ -444,6 +491,43 @@ mod tests {
             err.to_string().contains("needs both .lat and .lon"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn keys_without_a_locale_name_the_default_and_source_types_pass_through() {
+        // A record that was not mapped: field names as keys, source types as values.
+        let raw = into_record(json!({
+            "id": "sku-1", "name": "Mug", "price": 12.5, "stock": 3, "active": false,
+            "where.lat": 52.1, "where.lon": 4.3, "extra": {"a": [1]}, "tags": ["red", "blue"],
+        }));
+        let f = Value::Object(convert(&model(), &raw).unwrap().fields);
+        assert_eq!(f["id"], json!({"en": "sku-1"}));
+        assert_eq!(f["price"], json!({"en": 12.5}));
+        assert_eq!(f["stock"], json!({"en": 3}));
+        assert_eq!(f["active"], json!({"en": false}));
+        assert_eq!(f["where"], json!({"en": {"lat": 52.1, "lon": 4.3}}));
+        assert_eq!(f["extra"], json!({"en": {"a": [1]}}));
+        assert_eq!(f["tags"], json!({"en": ["red", "blue"]}));
+        // Text forms still convert by the field's type.
+        let f = Value::Object(
+            convert(
+                &model(),
+                &into_record(json!({"stock": "4", "tags[]": "a|b"})),
+            )
+            .unwrap()
+            .fields,
+        );
+        assert_eq!(f["stock"], json!({"en": 4}));
+        assert_eq!(f["tags"], json!({"en": ["a", "b"]}));
+        // A value that does not fit says so.
+        for bad in [
+            json!({"stock": 2.5}),
+            json!({"price": true}),
+            json!({"related": ["a"]}),
+        ] {
+            let err = convert(&model(), &into_record(bad.clone())).unwrap_err();
+            assert!(err.to_string().contains("does not fit"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -230,6 +230,11 @@ impl std::error::Error for Error {
 }
 
 /// Adds context to the error of a `Result` without unwrapping it.
+///
+/// # Contract
+/// - `Ok` passes through untouched; an `Err` keeps its kind and message and
+///   gains `key=value` in its context, shown after the message in the order
+///   added; a key already present keeps its first (innermost) value.
 pub trait ResultExt<T> {
     /// Adds a key-value pair of context to the error, if any.
     fn context(self, key: &'static str, value: impl fmt::Display) -> Result<T>;

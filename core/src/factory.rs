@@ -4,13 +4,6 @@
 //! type); the framework uses its object-safe twin [`DynFactory`], which every
 //! `Factory` implements through a blanket impl. A source factory has
 //! `Output = dyn Source`, a sink factory `Output = dyn Sink`.
-//!
-//! # Contract
-//! - `validate` is pure and synchronous: it must not do I/O, because every entry is
-//!   validated before the run makes its first network call. Report problems with
-//!   [`field_error`](crate::field_error) so messages name the failing key.
-//! - `build` may do I/O (open files, connect, read remote metadata).
-//! - The config type should use `#[serde(deny_unknown_fields)]`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -57,6 +50,13 @@ impl BuildContext {
 }
 
 /// Builds adapters of one type from configuration: the typed trait for authors.
+///
+/// # Contract
+/// - `validate` is pure and synchronous: it must not do I/O, because every entry is
+///   validated before the run makes its first network call. Report problems with
+///   [`field_error`](crate::field_error) so messages name the failing key.
+/// - `build` may do I/O (open files, connect, read remote metadata).
+/// - The config type should use `#[serde(deny_unknown_fields)]`.
 #[async_trait]
 pub trait Factory: Send + Sync + 'static {
     /// The adapter's configuration, a serde struct with `deny_unknown_fields`.
@@ -75,6 +75,11 @@ pub trait Factory: Send + Sync + 'static {
 }
 
 /// A configuration that was parsed and validated, ready to build.
+///
+/// # Contract
+/// - Produced by [`DynFactory::prepare`] only after the configuration parsed and
+///   validated, so `build` fails only for reasons that need I/O to discover
+///   (unreachable server, missing file, wrong credentials), with context.
 #[async_trait]
 pub trait Prepared<T: ?Sized>: Send + Sync {
     /// Builds the adapter (may do I/O).
@@ -83,6 +88,13 @@ pub trait Prepared<T: ?Sized>: Send + Sync {
 
 /// The object-safe twin of [`Factory`], used by the [`Registry`](crate::Registry).
 /// Implemented for every `Factory`; never implement it by hand.
+///
+/// # Contract
+/// - `prepare` parses the raw section into the factory's config type (unknown
+///   keys and wrong types are errors naming `path` and the key), runs
+///   [`Factory::validate`], and does no I/O.
+/// - `type_name` is the factory's [`Factory::type_name`]; registering a second
+///   factory with the same name replaces the first (with a warning).
 pub trait DynFactory<T: ?Sized>: Send + Sync + 'static {
     /// The adapter type name.
     fn type_name(&self) -> &'static str;

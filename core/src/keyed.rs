@@ -1,23 +1,7 @@
 //! The keyed-sink contract: what a content platform (Contentful, Directus, ...)
 //! implements so that [`UpsertWriter`](crate::UpsertWriter) can sync into it.
 //!
-//! # Contract
-//! - [`KeyedSink::model`] describes the target's fields and locales; it is read
-//!   once per stream.
-//! - [`KeyedSink::lookup`] finds existing entries by key (the stream's key field,
-//!   default locale), by id, or page by page. Lookups by key or id receive at most
-//!   [`KeyedCapabilities::max_lookup_keys`] values; pages at most
-//!   [`KeyedCapabilities::max_page_size`] entries. Entries come back whole: every
-//!   field, every locale, and their metadata, so updates can keep what the mapping
-//!   does not touch.
-//! - [`KeyedSink::write`] applies creates and full-body updates and returns one
-//!   result per operation, in order. A rejected record (validation) is an `Err`
-//!   for that operation only; the others still apply. A version conflict should be
-//!   resolved inside the sink (re-read, merge the same mapped fields, retry once).
-//! - [`KeyedSink::publish`] publishes what was written, when the sink has a
-//!   publishing step ([`KeyedCapabilities::publish`]); one result per item.
-//! - Requests count into the [`RunStats`](crate::RunStats) of the
-//!   [`StreamTarget`](crate::StreamTarget).
+//! The rules are in [`KeyedSink`]'s contract.
 
 use async_trait::async_trait;
 use serde_json::Value;
@@ -103,7 +87,25 @@ pub struct KeyedCapabilities {
     pub publish: bool,
 }
 
-/// A sink addressed by record keys. See the module's contract.
+/// A sink addressed by record keys.
+///
+/// # Contract
+/// - [`KeyedSink::model`] describes the target's fields and locales; it is read
+///   once per stream.
+/// - [`KeyedSink::lookup`] finds existing entries by key (the stream's key field,
+///   default locale), by id, or page by page. Lookups by key or id receive at most
+///   [`KeyedCapabilities::max_lookup_keys`] values; pages at most
+///   [`KeyedCapabilities::max_page_size`] entries. Entries come back whole: every
+///   field, every locale, and their metadata, so updates can keep what the mapping
+///   does not touch.
+/// - [`KeyedSink::write`] applies creates and full-body updates and returns one
+///   result per operation, in order. A rejected record (validation) is an `Err`
+///   for that operation only; the others still apply. A version conflict should be
+///   resolved inside the sink (re-read, merge the same mapped fields, retry once).
+/// - [`KeyedSink::publish`] publishes what was written, when the sink has a
+///   publishing step ([`KeyedCapabilities::publish`]); one result per item.
+/// - Requests count into the [`RunStats`](crate::RunStats) of the
+///   [`StreamTarget`].
 #[async_trait]
 pub trait KeyedSink: Send + Sync + 'static {
     /// What the sink can do.

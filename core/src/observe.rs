@@ -32,8 +32,15 @@ pub struct Rejected {
     pub record: Record,
 }
 
-/// Receives what a run wants to tell beyond counts. Called from the pipeline's
-/// tasks; implementations must be cheap and must not block for long.
+/// Receives what a run wants to tell beyond counts.
+///
+/// # Contract
+/// - Methods are called from the pipeline's tasks, possibly from several
+///   streams at once: implementations are cheap, thread-safe and never block
+///   for long (write to a buffered file or a channel, not over the network).
+/// - `change` is called only when `wants_changes` returns `true`.
+/// - `rejected` receives every record a stage rejected; the run goes on without
+///   it and counts it as failed. Secrets never appear in what is passed.
 pub trait RunObserver: Send + Sync {
     /// Whether [`RunObserver::change`] lines are wanted (they cost a comparison
     /// per changed field to produce).

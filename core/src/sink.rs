@@ -1,18 +1,6 @@
 //! The sink contract: per-stream writers that acknowledge every batch.
 //!
-//! # Contract
-//! - A [`Sink`] is one configured destination (a DuckDB file, a CMS space). It
-//!   opens one [`SinkWriter`] per stream ([`StreamTarget`]).
-//! - [`SinkWriter::write`] returns only once the batch is durable in the sink (or,
-//!   in a dry run, fully planned). Its [`BatchAck`] is the acknowledgement the
-//!   pipeline waits for before it commits the batch's position as a checkpoint.
-//! - Writing the same batch twice must leave the sink in the same state as writing
-//!   it once (idempotent upserts on the stream's key), so that a resumed run,
-//!   which is at-least-once, ends exact.
-//! - Dropping the batch after writing releases its memory; a writer must not keep
-//!   records beyond `write` unless it keeps their lease too.
-//! - In a dry run (the sink was built with `BuildContext::dry_run`), nothing in the
-//!   sink changes: no files created, no rows or entries written.
+//! The rules are in [`Sink`]'s contract.
 
 use std::sync::Arc;
 
@@ -114,6 +102,20 @@ pub struct WriterSummary {
 }
 
 /// A configured destination; opens one writer per stream.
+///
+/// # Contract
+/// - A [`Sink`] is one configured destination (a DuckDB file, a CMS space). It
+///   opens one [`SinkWriter`] per stream ([`StreamTarget`]).
+/// - [`SinkWriter::write`] returns only once the batch is durable in the sink (or,
+///   in a dry run, fully planned). Its [`BatchAck`] is the acknowledgement the
+///   pipeline waits for before it commits the batch's position as a checkpoint.
+/// - Writing the same batch twice must leave the sink in the same state as writing
+///   it once (idempotent upserts on the stream's key), so that a resumed run,
+///   which is at-least-once, ends exact.
+/// - Dropping the batch after writing releases its memory; a writer must not keep
+///   records beyond `write` unless it keeps their lease too.
+/// - In a dry run (the sink was built with `BuildContext::dry_run`), nothing in the
+///   sink changes: no files created, no rows or entries written.
 #[async_trait]
 pub trait Sink: Send + Sync + 'static {
     /// Opens a writer for one stream (may create the table on first write).
@@ -131,6 +133,17 @@ pub trait Sink: Send + Sync + 'static {
 }
 
 /// Writes the batches of one stream, acknowledging each.
+///
+/// # Contract
+/// - `write` is called with one batch at a time, in stream order, and returns
+///   only when the batch is durable (or, in a dry run, planned); its
+///   [`BatchAck`] counts every record of the batch exactly once (inserted,
+///   updated, unchanged or failed).
+/// - A record the sink rejects is counted as failed and reported to the
+///   target's observer ([`RunObserver::rejected`]); only an error that makes the
+///   whole batch fail is returned as `Err`, and then its position is not committed.
+/// - `finish` is called once after the last batch (not after an error) and may
+///   flush what the writer buffered; its summary's figures cover the whole stream.
 #[async_trait]
 pub trait SinkWriter: Send {
     /// Writes (or, in a dry run, plans) one batch and acknowledges it.

@@ -1,20 +1,9 @@
 //! The source contract: a pull-based, lazy stream of batches.
 //!
-//! # Contract
-//! - [`Source::read`] is not `async` and does no I/O: it returns a lazy `'static`
-//!   [`BatchStream`]. Nothing is fetched until the stream is polled.
-//! - The stream owns everything it needs (clone `Arc`s into it; never borrow
-//!   `&self`). Dropping the stream cancels the read.
-//! - Errors are stream items. After an error the stream may end; the pipeline
-//!   stops at the first error.
-//! - Every batch holds a [`MemoryLease`](crate::MemoryLease) from the request's
-//!   budget covering its records; a source acquires it *before* fetching or
-//!   decoding, so a full budget stops the source (backpressure).
-//! - A batch's [`Position`] is where to resume after it; a source that receives
-//!   `resume_from` continues right after that position.
+//! The rules a source follows are in [`Source`]'s contract.
 //!
 //! Paginated sources usually implement [`PageSource`](crate::PageSource) instead
-//! and let [`paginate`](crate::paginate) build the stream. Sources are built from
+//! and let [`paginate`](crate::paginate()) build the stream. Sources are built from
 //! configuration by a [`Factory`](crate::Factory) with `Output = dyn Source`.
 
 use std::pin::Pin;
@@ -57,8 +46,21 @@ impl ReadRequest {
 }
 
 /// A built source, ready to be read.
+///
+/// # Contract
+/// - [`Source::read`] is not `async` and does no I/O: it returns a lazy `'static`
+///   [`BatchStream`]. Nothing is fetched until the stream is polled.
+/// - The stream owns everything it needs (clone `Arc`s into it; never borrow
+///   `&self`). Dropping the stream cancels the read.
+/// - Errors are stream items. After an error the stream may end; the pipeline
+///   stops at the first error.
+/// - Every batch holds a [`MemoryLease`](crate::MemoryLease) from the request's
+///   budget covering its records; a source acquires it *before* fetching or
+///   decoding, so a full budget stops the source (backpressure).
+/// - A batch's [`Position`] is where to resume after it; a source that receives
+///   `resume_from` continues right after that position.
 pub trait Source: Send + Sync + 'static {
-    /// Starts a lazy read; see the module's contract.
+    /// Starts a lazy read; see the trait's contract.
     fn read(&self, request: ReadRequest) -> BatchStream;
 
     /// A one-line human description (for example the endpoint), free of secrets.
@@ -92,7 +94,7 @@ impl Drop for AbortOnDrop {
 /// A lazy [`BatchStream`] fed by a task: `produce` is spawned on the first poll
 /// with a [`BatchSender`]; its error (if any) is the stream's last item; dropping
 /// the stream aborts the task. For sources whose reading does not fit
-/// [`paginate`](crate::paginate) (several batches per response, concurrent
+/// [`paginate`](crate::paginate()) (several batches per response, concurrent
 /// fetches), so they still never hand-write a `Stream`.
 pub fn channel_stream<F, Fut>(produce: F) -> BatchStream
 where

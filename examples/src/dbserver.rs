@@ -52,26 +52,13 @@ impl DbServer {
         {
             return Self { kind, url };
         }
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/db-server.sh");
-        let mut child = Command::new("bash")
-            .arg(script)
-            .arg(arg)
-            .arg(std::process::id().to_string())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("piped"))
-            .read_line(&mut line)
-            .expect("reading the server URL");
+        let line = run_server_script("db-server.sh", &[arg]);
         let url = line.trim().to_owned();
         assert!(
             !url.is_empty(),
             "the {arg} server did not start (see the messages above); \
              install it (scripts/test.sh does) or set {var}"
         );
-        // The script stops the server when this process exits.
-        std::mem::forget(child);
         Self { kind, url }
     }
 
@@ -121,4 +108,25 @@ pub async fn execute(kind: DbKind, url: &str, sql: &str) {
             let _ = conn.disconnect().await;
         }
     }
+}
+
+/// Runs `scripts/<script> <args> <this process id>` (a throwaway server that
+/// stops when this process exits) and returns the first line it prints once the
+/// server is ready (empty if it failed; the script says why on stderr).
+pub(crate) fn run_server_script(script: &str, args: &[&str]) -> String {
+    let path = format!("{}/../scripts/{script}", env!("CARGO_MANIFEST_DIR"));
+    let mut child = Command::new("bash")
+        .arg(&path)
+        .args(args)
+        .arg(std::process::id().to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {path}: {e}"));
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped"))
+        .read_line(&mut line)
+        .unwrap_or_else(|e| panic!("reading what {script} printed: {e}"));
+    // The script stops its server when this process exits.
+    std::mem::forget(child);
+    line
 }

@@ -3,6 +3,7 @@
 pub mod cma;
 pub mod dbfixtures;
 pub mod dbserver;
+pub mod directus;
 pub mod shop;
 mod time;
 pub mod zoo;

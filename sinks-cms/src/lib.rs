@@ -1,6 +1,8 @@
 #![doc = include_str!("../README.md")]
 
+mod api;
 pub mod contentful;
+pub mod directus;
 
 use std::sync::Arc;
 
@@ -8,6 +10,7 @@ use async_trait::async_trait;
 use sluicegate_core::{BuildContext, Factory, Registry, Result, Sink};
 
 pub use contentful::{ContentfulSink, ContentfulSinkConfig, CuteSyncEntry, fetch_cute_entry};
+pub use directus::{DirectusSink, DirectusSinkConfig};
 
 /// Builds `contentful` sinks.
 #[derive(Debug, Default, Clone, Copy)]
@@ -35,7 +38,30 @@ impl Factory for ContentfulSinkFactory {
     }
 }
 
-/// Registers this crate's sink types (`contentful`).
+/// Builds `directus` sinks.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DirectusSinkFactory;
+
+#[async_trait]
+impl Factory for DirectusSinkFactory {
+    type Config = DirectusSinkConfig;
+    type Output = dyn Sink;
+
+    fn type_name(&self) -> &'static str {
+        "directus"
+    }
+
+    fn validate(&self, config: &DirectusSinkConfig, ctx: &BuildContext) -> Result<()> {
+        config.validate(ctx)
+    }
+
+    async fn build(&self, config: DirectusSinkConfig, ctx: &BuildContext) -> Result<Arc<dyn Sink>> {
+        Ok(Arc::new(DirectusSink::new(config, ctx)?))
+    }
+}
+
+/// Registers this crate's sink types (`contentful`, `directus`).
 pub fn register(registry: &mut Registry) {
     registry.register_sink(ContentfulSinkFactory);
+    registry.register_sink(DirectusSinkFactory);
 }

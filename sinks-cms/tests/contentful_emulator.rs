@@ -292,3 +292,35 @@ async fn rate_limits_and_server_errors_are_recovered() {
     );
     assert_eq!(server.entries().len(), 60);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_contentful_sink_passes_the_testkit_suite() {
+    use sluicegate_testkit::{CountFn, SinkCase, check_sink};
+    let server = Arc::new(emulator(None, Vec::new()).await);
+    let dir = tempfile::tempdir().unwrap();
+    let real = Arc::new(sink(dir.path(), &server, false, json!({})));
+    let dry = Arc::new(sink(dir.path(), &server, true, json!({})));
+    let make = |id: u64, version: u64| {
+        into_record(json!({
+            "sku.en-US": format!("SKU-{id:04}"),
+            "name.en-US": format!("Product {id} v{version}"),
+            "price.en-US": (id * 10 + version).to_string(),
+        }))
+    };
+    // The emulator's entries of the content type are the sink's table.
+    let entries = server.clone();
+    let count: CountFn = Arc::new(move |content_type: String| {
+        let n = entries
+            .entries()
+            .values()
+            .filter(|e| e["sys"]["contentType"]["sys"]["id"] == content_type.as_str())
+            .count() as u64;
+        Box::pin(async move { n })
+    });
+    let invalid = into_record(json!({"sku.en-US": "SKU-9999", "name.en-US": "x".repeat(300)}));
+    let case = SinkCase::new("contentful", real, dry, "product", "sku.en-US", make)
+        .compares_content()
+        .invalid(invalid)
+        .count_with(count);
+    check_sink(case).await;
+}

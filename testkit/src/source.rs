@@ -61,6 +61,9 @@ impl SourceCase {
     }
 }
 
+/// How long a released source may go without a batch before the suite calls it stalled.
+const STALL: Duration = Duration::from_secs(30);
+
 /// One batch's records (as JSON values) and position.
 type ReadBatch = (Vec<Value>, Option<Position>);
 
@@ -193,8 +196,22 @@ async fn stays_within_a_small_budget(case: &SourceCase, total_bytes: usize) {
         );
     }
     held.clear();
-    // Released, it goes on to the end.
-    while let Some(batch) = stream.next().await {
+    // Released, it goes on to the end (a source that waits for memory it
+    // holds itself never does).
+    loop {
+        let next = tokio::time::timeout(STALL, stream.next()).await;
+        let Ok(next) = next else {
+            case.fail(
+                check,
+                format!(
+                    "no batch for {STALL:?} after the consumer released everything \
+                     ({records} records so far, {} bytes leased): the source waits for \
+                     memory it holds itself",
+                    budget.in_use()
+                ),
+            );
+        };
+        let Some(batch) = next else { break };
         let batch = batch.unwrap_or_else(|e| case.fail(check, format!("the read failed: {e}")));
         records += batch.len();
     }

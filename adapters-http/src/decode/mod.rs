@@ -44,6 +44,35 @@ impl<'de> Deserialize<'de> for ResultsFormat {
     }
 }
 
+/// Decodes a whole response body into records exactly as the `http` source
+/// does, feeding it in chunks of `chunk` bytes (the source feeds what the
+/// network delivers). For tools, tests and benchmarks of the decoders; zipped
+/// CSV is not supported here (it needs a file).
+pub fn decode_body(
+    format: ResultsFormat,
+    results_json_path: &str,
+    body: &[u8],
+    chunk: usize,
+) -> sluicegate_core::Result<Vec<Record>> {
+    if format == ResultsFormat::ZippedCsv {
+        return Err(sluicegate_core::Error::config(
+            "decode_body cannot read zipped CSV; the source reads it from a file",
+        ));
+    }
+    let selector = JsonSelector::parse(results_json_path)?;
+    let mut decoder = BodyDecoder::new(format, &selector);
+    let mut out = Vec::new();
+    for part in body.chunks(chunk.max(1)) {
+        decoder
+            .feed(part, &mut out)
+            .map_err(sluicegate_core::Error::decode)?;
+    }
+    decoder
+        .finish(&mut out)
+        .map_err(sluicegate_core::Error::decode)?;
+    Ok(out)
+}
+
 /// Decodes one response body fed in chunks.
 pub(crate) enum BodyDecoder {
     /// JSON whose records array is at a plain dotted path: streamed.

@@ -1,4 +1,5 @@
-//! Helpers shared by the end-to-end tests: reading DuckDB files back as JSON.
+//! Helpers shared by the end-to-end tests: output text, summary rows, and
+//! DuckDB files read back as JSON.
 
 #![allow(dead_code)]
 
@@ -9,6 +10,15 @@ use serde_json::{Map, Value, json};
 
 pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The cells of the summary row of `key`.
+pub(crate) fn summary_row(stdout: &str, key: &str) -> Vec<String> {
+    let line = stdout
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(key))
+        .unwrap_or_else(|| panic!("no summary row for {key} in {stdout}"));
+    line.split_whitespace().map(str::to_owned).collect()
 }
 
 pub(crate) fn query(db: &Path, sql: &str) -> Vec<Vec<Value>> {

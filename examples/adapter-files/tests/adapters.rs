@@ -263,3 +263,51 @@ async fn the_json_files_sink_upserts_and_a_dry_run_writes_nothing() {
     assert_eq!(stored, json!({"id": 2, "n": 21}), "the last duplicate wins");
     assert!(dir.path().join("store/people/a%2F1.json").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_adapters_pass_the_testkit_suites() {
+    use sluicegate_testkit::{SinkCase, SourceCase, check_sink, check_source};
+    let dir = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = (0..2_000)
+        .map(|i| json!({"id": i, "body": "x".repeat(80)}).to_string())
+        .collect();
+    write_lines(dir.path(), &lines);
+    let mut registry = Registry::new();
+    sluicegate_adapter_files::register(&mut registry);
+    let source = build(
+        &registry,
+        dir.path(),
+        json!({"path": "events.jsonl", "linesPerPage": 100}),
+    )
+    .await;
+    check_source(SourceCase::new("jsonl", source, 2_000).small_budget(32 * 1024)).await;
+
+    let sink = |dry_run: bool| {
+        let mut ctx = BuildContext::new("", dry_run);
+        ctx.base_dir = dir.path().to_owned();
+        let registry = &registry;
+        async move {
+            registry
+                .sink("json_files")
+                .unwrap()
+                .prepare(json!({"dir": "store"}), "sinks.store", ctx)
+                .unwrap()
+                .build()
+                .await
+                .unwrap()
+        }
+    };
+    let make =
+        |id: u64, version: u64| sluicegate_core::into_record(json!({"id": id, "v": version}));
+    let case = SinkCase::new(
+        "json_files",
+        sink(false).await,
+        sink(true).await,
+        "items",
+        "id",
+        make,
+    )
+    .compares_content()
+    .invalid(sluicegate_core::into_record(json!({"name": "no id"})));
+    check_sink(case).await;
+}

@@ -12,6 +12,8 @@
 use serde::Deserialize;
 use sluicegate_core::{BuildContext, Result, Secret, field_error, render_template};
 
+use crate::api::read_token;
+
 /// The `contentful` sink section.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -133,24 +135,7 @@ impl ContentfulSinkConfig {
         let base = render("baseUrl", &self.base_url)?;
         let base_url = reqwest::Url::parse(&base)
             .map_err(|e| field_error("baseUrl", format!("'{base}' is not a URL: {e}")))?;
-        let token = match &self.token_file {
-            Some(file) => {
-                let path = ctx.base_dir.join(file);
-                let text = std::fs::read_to_string(&path).map_err(|e| {
-                    field_error("tokenFile", format!("cannot read {}: {e}", path.display()))
-                })?;
-                let token = text.trim();
-                if token.is_empty() {
-                    return Err(field_error(
-                        "tokenFile",
-                        format!("{} is empty", path.display()),
-                    ));
-                }
-                Secret::new(token)
-            }
-            None => Secret::from_env(&self.token_env)
-                .map_err(|e| field_error("tokenEnv", e.message()))?,
-        };
+        let token = read_token(self.token_file.as_deref(), &self.token_env, ctx)?;
         if self.rate_limit == Some(0) {
             return Err(field_error("rateLimit", "must be at least 1"));
         }

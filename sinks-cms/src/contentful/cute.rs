@@ -4,7 +4,7 @@
 
 use sluicegate_core::{BuildContext, Error, Result};
 
-use super::client::CmaClient;
+use super::client::cma_client;
 use super::config::ContentfulSinkConfig;
 
 /// A `cute` sync entry as stored in the space.
@@ -39,7 +39,7 @@ pub async fn fetch_cute_entry(
     key: &str,
 ) -> Result<CuteSyncEntry> {
     let resolved = config.resolve(ctx)?;
-    let client = CmaClient::new(&resolved, config)?;
+    let client = cma_client(&resolved, config)?;
     let locales = client.get("locales?limit=1000").await?;
     let default = locales["items"]
         .as_array()

@@ -9,13 +9,14 @@ use futures::StreamExt;
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 use sluicegate_core::{
-    BuildContext, CacheConfig, ContentModel, EntryFields, Error, ErrorKind, ExistingEntry,
-    FieldDef, FieldKind, KeyedCapabilities, KeyedSink, Lookup, LookupPage, Prefetch, Result, Sink,
-    SinkWriter, StreamTarget, UpsertOptions, UpsertWriter, WriteOp, Written,
+    BuildContext, ContentModel, EntryFields, Error, ErrorKind, ExistingEntry, FieldDef, FieldKind,
+    KeyedCapabilities, KeyedSink, Lookup, LookupPage, Result, Sink, SinkWriter, StreamTarget,
+    UpsertOptions, UpsertWriter, WriteOp, Written,
 };
 
-use super::client::{CmaClient, CmaError};
+use super::client::cma_client;
 use super::config::ContentfulSinkConfig;
+use crate::api::{ApiClient, ApiError, percent_encode, upsert_options};
 
 /// Longest query string sent for lookups (the API refuses very long URLs).
 const MAX_QUERY_CHARS: usize = 6000;
@@ -26,7 +27,7 @@ const LOOKUP_KEYS: usize = 200;
 
 /// A Contentful space environment.
 pub struct ContentfulSink {
-    client: Arc<CmaClient>,
+    client: Arc<ApiClient>,
     config: ContentfulSinkConfig,
     description: String,
     dry_run: bool,
@@ -37,7 +38,7 @@ impl ContentfulSink {
     /// Builds the sink (no request is made until a stream is opened).
     pub fn new(config: ContentfulSinkConfig, ctx: &BuildContext) -> Result<Self> {
         let resolved = config.resolve(ctx)?;
-        let client = CmaClient::new(&resolved, &config)?;
+        let client = cma_client(&resolved, &config)?;
         let description = format!(
             "contentful space {} environment {} at {}",
             resolved.space_id,
@@ -54,20 +55,15 @@ impl ContentfulSink {
     }
 
     fn options(&self) -> UpsertOptions {
-        UpsertOptions {
-            dry_run: self.dry_run,
-            publish: self.publish && !self.dry_run,
-            cache: CacheConfig {
-                max_entries: self.config.cache_max_entries,
-                max_bytes: self.config.cache_max_mb.saturating_mul(1 << 20),
-                ttl: self.config.cache_ttl_secs.map(Duration::from_secs),
-            },
-            prefetch: if self.config.prefetch == "never" {
-                Prefetch::Never
-            } else {
-                Prefetch::Auto
-            },
-        }
+        let c = &self.config;
+        upsert_options(
+            self.dry_run,
+            self.publish,
+            c.cache_max_entries,
+            c.cache_max_mb,
+            c.cache_ttl_secs,
+            &c.prefetch,
+        )
     }
 }
 
@@ -94,7 +90,7 @@ impl Sink for ContentfulSink {
 
 /// The keyed-sink side: lookups, writes and publishing for one stream.
 pub(crate) struct ContentfulKeyed {
-    client: Arc<CmaClient>,
+    client: Arc<ApiClient>,
     publish_chunk: usize,
     max_concurrency: usize,
 }
@@ -131,16 +127,7 @@ fn field_kind(name: &str) -> FieldKind {
 
 /// Percent-encodes a query value (commas kept: they separate `[in]` values).
 fn encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b',' => {
-                out.push(b as char)
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
+    percent_encode(value, b",")
 }
 
 /// The entries a set of keys can be matched to with `[in]` queries that stay
@@ -225,7 +212,7 @@ impl ContentfulKeyed {
                 fields,
             } => {
                 match self.put_update(&base, &fields).await {
-                    Err(CmaError::Api { status: 409, .. }) => {
+                    Err(ApiError::Api { status: 409, .. }) => {
                         // Someone changed the entry since it was read: apply our
                         // changes onto the current version, once.
                         let current = self
@@ -251,12 +238,12 @@ impl ContentfulKeyed {
         &self,
         base: &ExistingEntry,
         fields: &EntryFields,
-    ) -> std::result::Result<Value, CmaError> {
+    ) -> std::result::Result<Value, ApiError> {
         let body = json!({ "fields": fields, "metadata": base.metadata.clone().unwrap_or(json!({"tags": []})) });
         let url = self
             .client
             .url(&format!("entries/{}", encode(&base.id)))
-            .map_err(|e| CmaError::Network {
+            .map_err(|e| ApiError::Network {
                 method: "PUT".into(),
                 path: base.id.clone(),
                 message: e.to_string(),

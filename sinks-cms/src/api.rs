@@ -1,0 +1,339 @@
+//! Calls to a content platform's API: paced to the rate limit (fixed, or learned
+//! from a response header), bounded in concurrency, retried on 429 (after the
+//! reset header), 5xx and network failures, with the API's error bodies turned
+//! into messages by the platform's [`Dialect`].
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::{Method, Url};
+use serde_json::Value;
+use sluicegate_core::{BuildContext, Error, ErrorKind, Pacer, RunStats, Secret, field_error};
+use tokio::sync::Semaphore;
+
+/// A failed call: the API's status and error body, or a network failure.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum ApiError {
+    #[error("{method} {path} answered {status} {id}: {message}{details}")]
+    Api {
+        method: String,
+        path: String,
+        status: u16,
+        id: String,
+        message: String,
+        details: String,
+    },
+    #[error("{method} {path} failed: {message}")]
+    Network {
+        method: String,
+        path: String,
+        message: String,
+    },
+}
+
+impl ApiError {
+    pub(crate) fn status(&self) -> Option<u16> {
+        match self {
+            ApiError::Api { status, .. } => Some(*status),
+            ApiError::Network { .. } => None,
+        }
+    }
+}
+
+impl From<ApiError> for Error {
+    fn from(err: ApiError) -> Self {
+        let kind = match err.status() {
+            Some(401 | 403) => ErrorKind::Auth,
+            Some(_) => ErrorKind::Http,
+            None => ErrorKind::Network,
+        };
+        let retryable = matches!(err.status(), None | Some(429 | 500..=599));
+        Error::new(kind, err.to_string()).retryable(retryable)
+    }
+}
+
+/// Reads an access token from `token_file` (relative to the configuration
+/// file) or else from the environment variable `token_env`.
+pub(crate) fn read_token(
+    token_file: Option<&str>,
+    token_env: &str,
+    ctx: &BuildContext,
+) -> Result<Secret, Error> {
+    match token_file {
+        Some(file) => {
+            let path = ctx.base_dir.join(file);
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                field_error("tokenFile", format!("cannot read {}: {e}", path.display()))
+            })?;
+            let token = text.trim();
+            if token.is_empty() {
+                return Err(field_error(
+                    "tokenFile",
+                    format!("{} is empty", path.display()),
+                ));
+            }
+            Ok(Secret::new(token))
+        }
+        None => Secret::from_env(token_env).map_err(|e| field_error("tokenEnv", e.message())),
+    }
+}
+
+/// The upsert options of a sink from its cache settings.
+pub(crate) fn upsert_options(
+    dry_run: bool,
+    publish: bool,
+    cache_max_entries: u64,
+    cache_max_mb: u64,
+    cache_ttl_secs: Option<u64>,
+    prefetch: &str,
+) -> sluicegate_core::UpsertOptions {
+    sluicegate_core::UpsertOptions {
+        dry_run,
+        publish: publish && !dry_run,
+        cache: sluicegate_core::CacheConfig {
+            max_entries: cache_max_entries,
+            max_bytes: cache_max_mb.saturating_mul(1 << 20),
+            ttl: cache_ttl_secs.map(Duration::from_secs),
+        },
+        prefetch: if prefetch == "never" {
+            sluicegate_core::Prefetch::Never
+        } else {
+            sluicegate_core::Prefetch::Auto
+        },
+    }
+}
+
+/// Percent-encodes a path segment or query value: unreserved characters
+/// (`A-Z a-z 0-9 - _ . ~`) and those in `keep` stay as they are.
+pub(crate) fn percent_encode(value: &str, keep: &[u8]) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') || keep.contains(&b)
+        {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// What differs between the platforms' APIs.
+pub(crate) struct Dialect {
+    /// The request body's content type.
+    pub(crate) content_type: &'static str,
+    /// A response header announcing the requests-per-second limit, learned by the pacer.
+    pub(crate) limit_header: Option<&'static str>,
+    /// A response header of a 429 saying how many seconds to wait.
+    pub(crate) reset_header: &'static str,
+    /// Turns an error response into an [`ApiError::Api`].
+    pub(crate) parse_error: fn(&Method, &str, u16, &[u8]) -> ApiError,
+}
+
+/// How a client connects and paces itself.
+pub(crate) struct Settings {
+    /// The base URL that request paths are relative to (ends with `/`).
+    pub(crate) base: Url,
+    pub(crate) token: Secret,
+    /// Requests per second: fixed, or `None` to start at `default_rate` and learn.
+    pub(crate) rate_limit: Option<u32>,
+    pub(crate) default_rate: u32,
+    pub(crate) max_concurrency: usize,
+    pub(crate) max_attempts: u32,
+    pub(crate) timeout: Duration,
+}
+
+/// A client of one platform API: paced, bounded in concurrency, retried.
+pub(crate) struct ApiClient {
+    http: reqwest::Client,
+    base: Url,
+    token: Secret,
+    dialect: Dialect,
+    pacer: Pacer,
+    in_flight: Semaphore,
+    max_attempts: u32,
+    stats: Mutex<Option<Arc<RunStats>>>,
+}
+
+/// An optional request header.
+pub(crate) type Headers = Vec<(&'static str, String)>;
+
+impl ApiClient {
+    pub(crate) fn new(settings: Settings, dialect: Dialect) -> Result<Self, Error> {
+        if rustls::crypto::CryptoProvider::get_default().is_none() {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let http = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .user_agent(concat!("sluicegate/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Error::config("cannot build the HTTP client").with_source(e))?;
+        Ok(Self {
+            http,
+            base: settings.base,
+            token: settings.token,
+            dialect,
+            pacer: Pacer::new(
+                settings.rate_limit.unwrap_or(settings.default_rate),
+                settings.rate_limit.is_some(),
+            ),
+            in_flight: Semaphore::new(settings.max_concurrency.max(1)),
+            max_attempts: settings.max_attempts.max(1),
+            stats: Mutex::new(None),
+        })
+    }
+
+    /// Counts requests into this run's statistics from now on.
+    pub(crate) fn count_into(&self, stats: Arc<RunStats>) {
+        *self
+            .stats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(stats);
+    }
+
+    fn stats(&self) -> Option<Arc<RunStats>> {
+        self.stats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The URL of a path relative to the base (`entries?...`).
+    pub(crate) fn url(&self, relative: &str) -> Result<Url, Error> {
+        self.base
+            .join(relative)
+            .map_err(|e| Error::config(format!("bad request path {relative}: {e}")))
+    }
+
+    /// Sends a request, retrying what may succeed later; returns the JSON body
+    /// (`Null` for 204).
+    pub(crate) async fn call(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+        headers: Headers,
+    ) -> Result<Value, ApiError> {
+        let path = url.path().to_owned();
+        let shown_path = match url.query() {
+            Some(q) if q.len() > 120 => format!("{path}?{}…", &q[..q.floor_char_boundary(120)]),
+            Some(q) => format!("{path}?{q}"),
+            None => path.clone(),
+        };
+        let _permit = self.in_flight.acquire().await;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.pacer.wait().await;
+            let stats = self.stats();
+            if let Some(s) = &stats {
+                s.add_request();
+                if attempt > 1 {
+                    s.add_retry();
+                }
+            }
+            let mut request = self
+                .http
+                .request(method.clone(), url.clone())
+                .bearer_auth(self.token.expose())
+                .header("content-type", self.dialect.content_type);
+            for (name, value) in &headers {
+                request = request.header(*name, value);
+            }
+            if let Some(body) = body {
+                request = request.body(body.to_string());
+            }
+            let failure = match request.send().await {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    if let Some(s) = &stats {
+                        s.add_status(status);
+                    }
+                    let headers = response.headers().clone();
+                    if let Some(limit) = self
+                        .dialect
+                        .limit_header
+                        .and_then(|name| header_u64(&headers, name))
+                    {
+                        self.pacer.learn(u32::try_from(limit).unwrap_or(u32::MAX));
+                    }
+                    let bytes = response.bytes().await;
+                    match bytes {
+                        Ok(bytes) if (200..300).contains(&status) => {
+                            if bytes.is_empty() {
+                                return Ok(Value::Null);
+                            }
+                            return serde_json::from_slice(&bytes).map_err(|e| ApiError::Network {
+                                method: method.to_string(),
+                                path: shown_path.clone(),
+                                message: format!("the response is not JSON: {e}"),
+                            });
+                        }
+                        Ok(bytes) => {
+                            let err =
+                                (self.dialect.parse_error)(&method, &shown_path, status, &bytes);
+                            if status == 429 {
+                                let reset = header_u64(&headers, self.dialect.reset_header)
+                                    .unwrap_or(1)
+                                    .max(1);
+                                self.pacer.pause(Duration::from_secs(reset));
+                                tracing::warn!(path = %shown_path, reset, "rate limited; pausing");
+                                (err, None)
+                            } else if status >= 500 {
+                                (err, Some(backoff(attempt)))
+                            } else {
+                                return Err(err);
+                            }
+                        }
+                        Err(e) => (
+                            ApiError::Network {
+                                method: method.to_string(),
+                                path: shown_path.clone(),
+                                message: e.to_string(),
+                            },
+                            Some(backoff(attempt)),
+                        ),
+                    }
+                }
+                Err(e) => (
+                    ApiError::Network {
+                        method: method.to_string(),
+                        path: shown_path.clone(),
+                        message: e.to_string(),
+                    },
+                    Some(backoff(attempt)),
+                ),
+            };
+            let (err, delay) = failure;
+            if attempt >= self.max_attempts {
+                return Err(err);
+            }
+            if let Some(delay) = delay {
+                tracing::warn!(error = %err, attempt, "request failed, retrying");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+
+    /// GET a JSON body.
+    pub(crate) async fn get(&self, relative: &str) -> Result<Value, Error> {
+        let url = self.url(relative)?;
+        Ok(self.call(Method::GET, url, None, Vec::new()).await?)
+    }
+}
+
+fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
+    headers
+        .get(name)
+        .and_then(|v: &HeaderValue| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Capped full-jitter backoff: up to 250 ms × 2^(attempt-1), at most 10 s.
+fn backoff(attempt: u32) -> Duration {
+    let cap = 250u64
+        .saturating_mul(1 << attempt.saturating_sub(1).min(6))
+        .min(10_000);
+    Duration::from_millis(fastrand::u64(0..=cap))
+}
