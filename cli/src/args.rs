@@ -34,6 +34,59 @@ pub enum Command {
         #[command(subcommand)]
         action: CacheAction,
     },
+    /// Show or reset the saved checkpoints that interrupted syncs resume from.
+    State {
+        /// What to do.
+        #[command(subcommand)]
+        action: StateAction,
+    },
+}
+
+/// `state` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum StateAction {
+    /// List every saved checkpoint (sync key, stream, position, when committed).
+    Show(StateArgs),
+    /// Forget the checkpoints of the given keys, so their next run starts over; without
+    /// --key, move the whole state file aside (also what to do with a corrupt one).
+    Reset {
+        /// Key whose checkpoints to forget; repeat for several.
+        #[arg(short = 'k', long = "key", value_name = "KEY")]
+        keys: Vec<String>,
+        /// Where the state is.
+        #[command(flatten)]
+        state: StateArgs,
+    },
+}
+
+/// Where `state` finds the state file.
+#[derive(Debug, Clone, Args)]
+pub struct StateArgs {
+    /// The configuration file whose state to use.
+    #[arg(
+        short,
+        long,
+        value_name = "FILE",
+        default_value = "sluicegate.yaml",
+        env = "SLUICEGATE_CONFIG"
+    )]
+    pub config: PathBuf,
+
+    /// The state directory, when sync-api ran with --state-dir [default:
+    /// .sluicegate/state next to the configuration file].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+impl StateArgs {
+    /// The state directory these arguments name.
+    pub fn dir(&self) -> PathBuf {
+        self.state_dir.clone().unwrap_or_else(|| {
+            crate::config_file::base_dir_of(&self.config)
+                .join(".sluicegate")
+                .join("state")
+        })
+    }
 }
 
 /// `cache` subcommands.

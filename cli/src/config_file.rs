@@ -197,10 +197,7 @@ impl ConfigFile {
 
     /// The directory relative paths in the file are resolved against.
     pub fn base_dir(&self) -> PathBuf {
-        match self.path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-            _ => PathBuf::from("."),
-        }
+        base_dir_of(&self.path)
     }
 
     /// The entries for the given keys (all entries if `keys` is empty), in the
@@ -245,6 +242,15 @@ pub fn split_type(section: &Value, path: &str) -> Result<(String, Value)> {
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     Ok((kind.to_owned(), Value::Object(rest)))
+}
+
+/// The directory relative paths of the configuration file `path` resolve against
+/// (and where `.sluicegate/` lives): the file's directory.
+pub fn base_dir_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ pub mod cute;
 pub mod lock;
 pub mod observer;
 pub mod progress;
+pub mod state;
 pub mod sync;
 
 use std::process::ExitCode;
@@ -13,7 +14,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use sluicegate_core::{Error, ErrorKind, Registry};
 
-use crate::args::{CacheAction, Cli, Command, SyncArgs};
+use crate::args::{CacheAction, Cli, Command, StateAction, SyncArgs};
 use crate::config_file::ConfigFile;
 
 /// Exit code of a run that completed.
@@ -54,6 +55,7 @@ pub fn main_with(registry: Registry) -> u8 {
         Command::Cache {
             action: CacheAction::Clear { config },
         } => clear_cache(&config),
+        Command::State { action } => state_command(action),
     }
 }
 
@@ -73,17 +75,65 @@ fn init_logging() {
 }
 
 fn clear_cache(config: &std::path::Path) -> u8 {
-    let dir = match config.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    }
-    .join(".sluicegate")
-    .join("http-cache");
+    let dir = config_file::base_dir_of(config)
+        .join(".sluicegate")
+        .join("http-cache");
     match sluicegate_adapters_http::clear_file_cache(&dir) {
         Ok(n) => {
             println!("removed {n} cached responses from {}", dir.display());
             EXIT_OK
         }
+        Err(e) => {
+            print_error(&e, None);
+            EXIT_FAILED
+        }
+    }
+}
+
+/// `state show` and `state reset`.
+fn state_command(action: StateAction) -> u8 {
+    let result = match action {
+        StateAction::Show(args) => state::SqliteStateStore::open(&args.dir()).and_then(|store| {
+            let saved = store.list()?;
+            if saved.is_empty() {
+                println!(
+                    "no checkpoints in {}: every sync starts from the beginning",
+                    store.path().display()
+                );
+            }
+            for c in saved {
+                println!(
+                    "{}  {}  {}  (committed {} UTC)",
+                    c.sync_key, c.stream, c.position, c.committed_at
+                );
+            }
+            Ok(())
+        }),
+        StateAction::Reset { keys, state } if keys.is_empty() => state::move_aside(&state.dir())
+            .map(|aside| match aside {
+                Some(aside) => println!(
+                    "moved the state file to {}; every sync starts from the beginning",
+                    aside.display()
+                ),
+                None => println!("no state file in {}", state.dir().display()),
+            }),
+        StateAction::Reset { keys, state } => {
+            let dir = state.dir();
+            state::SqliteStateStore::open(&dir).and_then(|store| {
+                for key in &keys {
+                    // Not while that key runs: its next commit would undo the reset.
+                    let _lock = lock::lock(&dir, key)?;
+                    let n = store.clear_key(key)?;
+                    println!(
+                        "{key}: forgot {n} checkpoint(s); its next run starts from the beginning"
+                    );
+                }
+                Ok(())
+            })
+        }
+    };
+    match result {
+        Ok(()) => EXIT_OK,
         Err(e) => {
             print_error(&e, None);
             EXIT_FAILED

@@ -34,7 +34,7 @@ pub fn lock(dir: &Path, key: &str) -> Result<RunLock> {
             format!("cannot {action} {}: {e}", path.display()),
         )
     };
-    create_private_dir(dir).map_err(|e| io("create the state directory", dir, e))?;
+    crate::state::create_private_dir(dir)?;
     let path = dir.join(format!("{}.lock", file_safe(key)));
     let mut options = OpenOptions::new();
     options.read(true).write(true).create(true).truncate(false);
@@ -70,14 +70,6 @@ pub fn lock(dir: &Path, key: &str) -> Result<RunLock> {
         }
         Err(TryLockError::Error(e)) => Err(io("lock", &path, e)),
     }
-}
-
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(dir)
 }
 
 #[cfg(test)]

@@ -8,16 +8,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluicegate_core::{
-    BuildContext, CheckpointStore, Error, ErrorKind, FileCheckpointStore, Mapper, MemoryBudget,
-    Pipeline, PipelineOptions, Prepared, ReadMode, Registry, Result, RunObserver, RunStats, Sink,
-    Source, StreamReport, StreamTarget, WhenFull, format_bytes, process_memory,
-    template_scope_from_env,
+    BuildContext, CheckpointStore, Error, ErrorKind, Mapper, MemoryBudget, Pipeline,
+    PipelineOptions, Prepared, ReadMode, Registry, Result, RunObserver, RunStats, Sink, Source,
+    StreamReport, StreamTarget, WhenFull, format_bytes, process_memory, template_scope_from_env,
 };
 
 use crate::args::{SyncArgs, Verbosity};
 use crate::config_file::{ConfigFile, SyncEntry, split_type};
 use crate::observer::CliObserver;
 use crate::progress::{Progress, group};
+use crate::state::SqliteStateStore;
 
 /// One entry, validated and ready to build.
 struct PreparedEntry {
@@ -198,8 +198,10 @@ pub async fn run(prepared: PreparedRun, args: &SyncArgs, config: &ConfigFile) ->
         sinks,
         budget: MemoryBudget::with_policy(budget_bytes, policy),
         stats: Arc::new(RunStats::default()),
-        checkpoints: state_dir
-            .map(|dir| Arc::new(FileCheckpointStore::new(dir)) as Arc<dyn CheckpointStore>),
+        checkpoints: match state_dir {
+            Some(dir) => Some(Arc::new(SqliteStateStore::open(&dir)?) as Arc<dyn CheckpointStore>),
+            None => None,
+        },
         observer: Arc::new(CliObserver::new(
             dead_letter,
             args.verbosity() >= Verbosity::Detailed,

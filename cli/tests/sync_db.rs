@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{query, table_records, text};
+use common::{checkpoint, query, table_records, text};
 use serde_json::{Value, json};
 use sluicegate_examples::dbfixtures::{NON_ASCII, every_type_records, every_type_sql};
 use sluicegate_examples::dbserver::{self, DbKind};
@@ -138,7 +138,6 @@ async fn a_killed_keyset_run_resumes_from_its_last_committed_key() {
             "{{ type: postgres, connectionString: \"{url}\", table: orders, orderBy: id, fetchSize: 500 }}"
         ),
     );
-    let checkpoint = dir.path().join(".sluicegate/state/orders.orders.json");
 
     // Small batches make the run long enough to be killed in the middle.
     let mut child = command(
@@ -150,7 +149,7 @@ async fn a_killed_keyset_run_resumes_from_its_last_committed_key() {
     .spawn()
     .unwrap();
     let started = Instant::now();
-    while !checkpoint.exists() {
+    while checkpoint(dir.path(), "orders").is_none() {
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "no checkpoint written"
@@ -167,8 +166,7 @@ async fn a_killed_keyset_run_resumes_from_its_last_committed_key() {
     assert!(!status.success(), "the run was killed, not finished");
 
     let db = dir.path().join("out.duckdb");
-    let saved: Value =
-        serde_json::from_str(&std::fs::read_to_string(&checkpoint).unwrap()).unwrap();
+    let saved = checkpoint(dir.path(), "orders").expect("a committed checkpoint");
     let after = saved["position"]["after"]
         .as_u64()
         .unwrap_or_else(|| panic!("checkpoint {saved}"));

@@ -83,3 +83,25 @@ pub(crate) fn table_records(db: &Path, table: &str) -> Vec<Value> {
         })
         .collect()
 }
+
+/// The committed checkpoint of `key` in the state database under `dir`
+/// (`.sluicegate/state/state.db`), if any. Opened read-only while a run may be
+/// committing.
+pub(crate) fn checkpoint(dir: &Path, key: &str) -> Option<Value> {
+    let path = dir.join(".sluicegate/state/state.db");
+    if !path.exists() {
+        return None;
+    }
+    let conn =
+        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .ok()?;
+    conn.busy_timeout(std::time::Duration::from_secs(5)).ok()?;
+    let text: String = conn
+        .query_row(
+            "SELECT position FROM checkpoints WHERE sync_key = ?1",
+            [key],
+            |row| row.get(0),
+        )
+        .ok()?;
+    serde_json::from_str(&text).ok()
+}
