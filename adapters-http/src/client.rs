@@ -157,9 +157,32 @@ impl Requester {
     }
 }
 
-/// `Retry-After` as seconds or an HTTP date.
+/// How long the server asks to wait: `Retry-After` (seconds or an HTTP date),
+/// else a rate-limit reset header (`RateLimit-Reset`, `X-RateLimit-Reset`:
+/// seconds to wait, or a Unix time when the value is that large).
 fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    let Some(value) = headers.get(RETRY_AFTER) else {
+        let reset = ["ratelimit-reset", "x-ratelimit-reset"]
+            .iter()
+            .find_map(|name| {
+                headers
+                    .get(*name)?
+                    .to_str()
+                    .ok()?
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })?;
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        return Some(Duration::from_secs(if reset > 1_000_000_000 {
+            reset.saturating_sub(now)
+        } else {
+            reset
+        }));
+    };
+    let value = value.to_str().ok()?.trim();
     if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
@@ -210,5 +233,19 @@ mod tests {
         );
         h.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
         assert_eq!(parse_retry_after(&h), None);
+        let mut h = HeaderMap::new();
+        h.insert("x-ratelimit-reset", HeaderValue::from_static("3"));
+        assert_eq!(parse_retry_after(&h), Some(Duration::from_secs(3)));
+        let at = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 5;
+        h.insert("x-ratelimit-reset", HeaderValue::from(at));
+        let wait = parse_retry_after(&h).unwrap();
+        assert!(
+            wait <= Duration::from_secs(5) && wait >= Duration::from_secs(3),
+            "{wait:?}"
+        );
     }
 }

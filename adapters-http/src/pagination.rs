@@ -505,6 +505,33 @@ impl Paginator {
         }
     }
 
+    /// For an empty page: the records read so far and the total the page
+    /// announced, when that total says records are still missing. An empty page
+    /// before the total is reached would otherwise end the read early and
+    /// silently drop the rest (offset pagination only; other styles end there).
+    pub(crate) fn empty_before_total(
+        &self,
+        token: Option<&Position>,
+        facts: &PageFacts<'_>,
+    ) -> Option<(u64, u64)> {
+        let Pagination::Offset(p) = &self.style else {
+            return None;
+        };
+        if facts.records > 0 {
+            return None;
+        }
+        let total = self.total.as_ref()?.select_u64(facts.meta)?;
+        let t = token.map(Position::as_value);
+        let done = match p.skip_mode {
+            SkipMode::Offset => t.and_then(|t| t["offset"].as_u64()).unwrap_or(0),
+            SkipMode::Page => {
+                (t.and_then(|t| t["page"].as_u64()).unwrap_or(p.base_page) - p.base_page)
+                    * p.page_size
+            }
+        };
+        (done < total).then_some((done, total))
+    }
+
     /// Totals decide when known; otherwise a short page ends the read.
     fn continue_by_totals(
         &self,

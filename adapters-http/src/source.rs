@@ -105,6 +105,20 @@ struct Fetched {
     url: Url,
 }
 
+/// A page's identity for spotting a repeated page: its record count and its
+/// first and last records. `None` for an empty page, or one whose records were
+/// already sent on in parts (streamed decode).
+fn page_fingerprint(fetched: &Fetched) -> Option<(u64, String, String)> {
+    let (first, last) = (fetched.records.first()?, fetched.records.last()?);
+    (fetched.count == fetched.records.len() as u64).then(|| {
+        (
+            fetched.count,
+            Value::Object(first.clone()).to_string(),
+            Value::Object(last.clone()).to_string(),
+        )
+    })
+}
+
 /// Makes a page's lease cover its decoded `bytes`. A page read in its turn
 /// (`in_turn`) waits for memory. A page fetched ahead of its turn (parallel
 /// pages) must not hold any: the page before it may be waiting for that very
@@ -406,6 +420,7 @@ impl Inner {
     ) -> Result<()> {
         let mut token = start;
         let mut recent: VecDeque<Position> = VecDeque::new();
+        let mut previous_fingerprint = None;
         let mut page = 0;
         loop {
             page += 1;
@@ -427,6 +442,28 @@ impl Inner {
                 headers: &fetched.headers,
                 url: &fetched.url,
             };
+            if let Some((done, total)) = self.paginator.empty_before_total(token.as_ref(), &facts) {
+                return Err(Error::decode(format!(
+                    "page {page} ({}) has no records, but the API's total is {total} and only {done} were read; \
+                     the data changed during the read or the server lost its place. Nothing after it was \
+                     written; run again to resume from the last checkpoint",
+                    fetched.url
+                ))
+                .with_context("page", page));
+            }
+            // A server that ignores the paging parameters serves the same page
+            // again and again under advancing tokens: refuse it, like a loop.
+            let fingerprint = page_fingerprint(&fetched);
+            if fingerprint.is_some() && fingerprint == previous_fingerprint {
+                return Err(Error::decode(format!(
+                    "pagination loop: page {page} ({}) returned the same records as page {}; the server \
+                     seems to ignore the paging parameters, check the pagination settings",
+                    fetched.url,
+                    page - 1
+                ))
+                .with_context("page", page));
+            }
+            previous_fingerprint = fingerprint;
             let next = self.paginator.next(token.as_ref(), page, &facts);
             if let Some(n) = &next
                 && (token.as_ref() == Some(n) || recent.contains(n))
@@ -705,7 +742,29 @@ impl Inner {
             (Some(cache), None) => Some(cache.writer(key, &response_headers)?),
             _ => None,
         };
-        let decode_error = |msg: String| Error::decode(format!("{shown}: {msg}"));
+        // The first bytes of the body, to show what came instead of the format
+        // expected (an HTML error page served as 200, say).
+        let mut head: Vec<u8> = Vec::new();
+        let content_type = response_headers
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("no content type")
+            .to_owned();
+        let decode_error = |msg: String, head: &[u8]| {
+            let start: String = String::from_utf8_lossy(head)
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(60)
+                .collect();
+            let start = if msg.contains("starts with") {
+                String::new()
+            } else {
+                format!(", starting `{start}`")
+            };
+            Error::decode(format!(
+                "{shown}: {msg} (the response was {content_type}{start})"
+            ))
+        };
 
         if self.format == ResultsFormat::ZippedCsv {
             return self
@@ -738,7 +797,12 @@ impl Inner {
             if let Some(w) = &mut writer {
                 w.write(&chunk)?;
             }
-            decoder.feed(&chunk, &mut records).map_err(decode_error)?;
+            if head.len() < 60 {
+                head.extend_from_slice(&chunk[..chunk.len().min(60 - head.len())]);
+            }
+            decoder
+                .feed(&chunk, &mut records)
+                .map_err(|msg| decode_error(msg, &head))?;
             pending_bytes += records[sized..]
                 .iter()
                 .map(approx_record_size)
@@ -762,7 +826,9 @@ impl Inner {
                 *sent_any = true;
             }
         }
-        let tail = decoder.finish(&mut records).map_err(decode_error)?;
+        let tail = decoder
+            .finish(&mut records)
+            .map_err(|msg| decode_error(msg, &head))?;
         if let Some(w) = writer {
             w.commit()?;
         }

@@ -4,6 +4,7 @@ pub mod cma;
 pub mod dbfixtures;
 pub mod dbserver;
 pub mod directus;
+pub mod faults;
 pub mod shop;
 mod time;
 pub mod zoo;

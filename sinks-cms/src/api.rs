@@ -264,11 +264,33 @@ impl ApiClient {
                             if bytes.is_empty() {
                                 return Ok(Value::Null);
                             }
-                            return serde_json::from_slice(&bytes).map_err(|e| ApiError::Network {
-                                method: method.to_string(),
-                                path: shown_path.clone(),
-                                message: format!("the response is not JSON: {e}"),
-                            });
+                            match serde_json::from_slice(&bytes) {
+                                Ok(value) => return Ok(value),
+                                Err(e) => {
+                                    let served = headers
+                                        .get(reqwest::header::CONTENT_TYPE)
+                                        .and_then(|v| v.to_str().ok())
+                                        .unwrap_or("no content type");
+                                    let start: String = String::from_utf8_lossy(&bytes)
+                                        .chars()
+                                        .filter(|c| !c.is_control())
+                                        .take(60)
+                                        .collect();
+                                    let err = ApiError::Network {
+                                        method: method.to_string(),
+                                        path: shown_path.clone(),
+                                        message: format!(
+                                            "answered {status} but the body is not JSON ({e}; served as {served}, starting `{start}`)"
+                                        ),
+                                    };
+                                    // A broken gateway or proxy: ask again where asking
+                                    // again is safe (reads, and versioned writes).
+                                    if method != Method::GET && method != Method::PUT {
+                                        return Err(err);
+                                    }
+                                    (err, Some(backoff(attempt)))
+                                }
+                            }
                         }
                         Ok(bytes) => {
                             let err =

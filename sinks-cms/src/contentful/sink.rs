@@ -201,11 +201,26 @@ impl ContentfulKeyed {
                     ("x-contentful-content-type", target.table.clone()),
                     ("x-contentful-version", "0".to_owned()),
                 ];
-                let entry = self
+                match self
                     .client
                     .call(Method::PUT, url, Some(&body), headers)
-                    .await?;
-                written(&entry)
+                    .await
+                {
+                    Ok(entry) => written(&entry),
+                    // An earlier attempt of this very request (a timeout or a
+                    // broken answer, retried) may have created the entry: if it
+                    // holds exactly these fields, the create succeeded.
+                    Err(ApiError::Api { status: 409, .. }) => {
+                        let current = self.client.get(&format!("entries/{}", encode(&id))).await?;
+                        match existing(&current) {
+                            Some(entry) if entry.fields == fields => written(&current),
+                            _ => Err(Error::sink(format!(
+                                "entry id {id} is already taken by another entry; run again to create it under a new id"
+                            ))),
+                        }
+                    }
+                    Err(e) => Err(e.into()),
+                }
             }
             WriteOp::Update {
                 existing: base,

@@ -1,0 +1,173 @@
+//! Tokens never leak: a set of runs with a source token and a CMS token — a dry
+//! run and a partial run at `SLUICEGATE_LOG=trace`, wrong tokens for each side,
+//! `--help`, `state show` — and a search of everything they printed and every
+//! file they left (dead letters, state, locks) for either token value.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::text;
+use serde_json::json;
+use sluicegate_examples::cma::{CmaConfig, CmaServer};
+use sluicegate_examples::shop::{ShopConfig, ShopServer};
+
+const SHOP_TOKEN: &str = "shop-secret-9f3a0c";
+const CMA_TOKEN: &str = "cma-secret-77b1e4";
+
+async fn run(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluicegate"));
+    cmd.args(args)
+        .current_dir(dir)
+        .env_remove("SLUICEGATE_MAX_MEMORY_MB")
+        .env_remove("SLUICEGATE_CONFIG")
+        .env("SLUICEGATE_LOG", "trace");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
+/// Every file under `dir`, recursively, as bytes (the configuration excepted:
+/// it names environment variables, not values).
+fn files(dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files(&path, out);
+        } else if !path.ends_with("sluicegate.yaml") {
+            out.push((path.display().to_string(), std::fs::read(&path).unwrap()));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_token_value_appears_in_logs_errors_reports_or_files() {
+    let shop = ShopServer::start(
+        ShopConfig {
+            orders: 2000,
+            token: Some(SHOP_TOKEN.into()),
+            ..ShopConfig::default()
+        },
+        "127.0.0.1:0",
+    )
+    .await
+    .unwrap();
+    let product = json!({
+        "sys": {"id": "product"}, "name": "Product", "displayField": "name",
+        "fields": [
+            {"id": "sku", "name": "SKU", "type": "Symbol", "required": true},
+            {"id": "name", "name": "Name", "type": "Symbol"},
+        ],
+    });
+    let cma = CmaServer::start(
+        CmaConfig {
+            token: CMA_TOKEN.into(),
+            content_types: vec![product],
+            rate_limit: Some(1000),
+            ..CmaConfig::default()
+        },
+        "127.0.0.1:0",
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Product 3's name is too long for a Symbol: one rejected record whose dead
+    // letter carries the API's answer.
+    std::fs::write(
+        dir.path().join("sluicegate.yaml"),
+        format!(
+            r#"version: 1
+sinks:
+  cms: {{ type: contentful, spaceId: space1, baseUrl: "{cma}", tokenEnv: CMA_TOKEN }}
+syncs:
+  - key: products
+    sink: cms
+    contentType: product
+    contentKeyField: sku.en-US
+    source:
+      type: http
+      endPoint: "{shop}/api/products"
+      resultsJsonPath: "$.data"
+      auth: {{ type: bearer, tokenEnv: SHOP_TOKEN }}
+      pagination: {{ skipKey: offset, limitKey: limit, pageSize: 20, totalPath: "$.meta.total" }}
+    mapping:
+      - {{ fieldName: sku.en-US, expression: "{{{{ row.sku }}}}" }}
+      - {{ fieldName: name.en-US, expression: "{{{{ row.name }}}}{{% if row.id == 3 %}}{{% for i in range(300) %}}x{{% endfor %}}{{% endif %}}" }}
+"#,
+            cma = cma.url(),
+            shop = shop.url(),
+        ),
+    )
+    .unwrap();
+    let sync = ["sync-api", "--key", "products", "--streaming"];
+    let apply = ["sync-api", "--key", "products", "--streaming", "--apply"];
+    let good = [("SHOP_TOKEN", SHOP_TOKEN), ("CMA_TOKEN", CMA_TOKEN)];
+    let mut outputs = Vec::new();
+
+    let dry = run(dir.path(), &sync, &good).await;
+    assert!(dry.status.success(), "{}", text(&dry.stderr));
+    outputs.push(("dry run", dry));
+
+    let partial = run(dir.path(), &apply, &good).await;
+    assert_eq!(partial.status.code(), Some(3), "{}", text(&partial.stderr));
+    outputs.push(("partial run", partial));
+
+    let wrong_cms = run(
+        dir.path(),
+        &apply,
+        &[("SHOP_TOKEN", SHOP_TOKEN), ("CMA_TOKEN", "cma-wrong-token")],
+    )
+    .await;
+    assert_ne!(wrong_cms.status.code(), Some(0));
+    outputs.push(("wrong CMS token", wrong_cms));
+
+    let wrong_shop = run(
+        dir.path(),
+        &apply,
+        &[("SHOP_TOKEN", "shop-wrong-token"), ("CMA_TOKEN", CMA_TOKEN)],
+    )
+    .await;
+    assert_eq!(wrong_shop.status.code(), Some(1));
+    assert!(text(&wrong_shop.stderr).contains("answered 401"));
+    outputs.push(("wrong shop token", wrong_shop));
+
+    outputs.push((
+        "help",
+        run(dir.path(), &["sync-api", "--help"], &good).await,
+    ));
+    outputs.push((
+        "state show",
+        run(dir.path(), &["state", "show"], &good).await,
+    ));
+
+    let mut searched = 0;
+    for (what, out) in &outputs {
+        for (stream, bytes) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+            let s = text(bytes);
+            searched += s.len();
+            for token in [SHOP_TOKEN, CMA_TOKEN, "cma-wrong-token", "shop-wrong-token"] {
+                assert!(!s.contains(token), "{what}: {stream} shows a token: {s}");
+            }
+        }
+    }
+    let mut left = Vec::new();
+    files(dir.path(), &mut left);
+    let names: Vec<&str> = left.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(
+        names.iter().any(|n| n.ends_with("dead-letters.ndjson")),
+        "{names:?}"
+    );
+    assert!(names.iter().any(|n| n.ends_with("state.db")), "{names:?}");
+    for (name, bytes) in &left {
+        let s = String::from_utf8_lossy(bytes);
+        for token in [SHOP_TOKEN, CMA_TOKEN] {
+            assert!(!s.contains(token), "{name} holds a token");
+        }
+    }
+    // The trace logs were really searched (requests, responses, retries).
+    assert!(searched > 10_000, "only {searched} bytes of output");
+}
