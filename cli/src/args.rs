@@ -190,6 +190,13 @@ pub struct SyncArgs {
     #[arg(short = 'u', long)]
     pub use_filecache: bool,
 
+    /// Stop a sync once more records were rejected than this: a count (`10`) or a
+    /// percentage of the records read (`2.5%`, judged once 100 were read and at the
+    /// end) [default: no limit]. The stopped sync fails (exit code 1); what was
+    /// written before stays and it resumes from its checkpoint.
+    #[arg(long, value_name = "N|P%")]
+    pub max_errors: Option<sluicegate_core::ErrorLimit>,
+
     /// Where rejected records go, one JSON object per line (sync key, stage, record
     /// key, reason, record) [default: .sluicegate/dead-letters.ndjson next to the
     /// configuration file].

@@ -279,6 +279,7 @@ async fn run_entry(prepared: PreparedEntry, ctx: &RunContext<'_>) -> Result<Stre
                 .or(batch_rows)
                 .unwrap_or(5000),
             linger: Duration::from_millis(500),
+            max_errors: ctx.args.max_errors,
         });
     if let Some(mapper) = mapper {
         pipeline = pipeline.mapper(mapper);
@@ -295,6 +296,13 @@ pub fn hint(err: &Error, args: &SyncArgs) -> Option<String> {
         ErrorKind::MemoryLimit if !args.streaming => Some(format!(
             "classic mode holds a whole source in memory; add --streaming to keep memory flat, or raise --max-memory-mb (now {})",
             args.max_memory_mb
+        )),
+        ErrorKind::TooManyRejected => Some(format!(
+            "the rejected records are in {}; fix their cause and run again, or raise --max-errors",
+            args.dead_letter.as_ref().map_or_else(
+                || ".sluicegate/dead-letters.ndjson".to_owned(),
+                |p| p.display().to_string()
+            )
         )),
         ErrorKind::Auth => {
             Some("check the credentials the configuration reads from the environment".to_owned())

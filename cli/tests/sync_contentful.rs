@@ -402,3 +402,60 @@ async fn a_cute_entry_kept_in_the_space_runs_unchanged() {
             .contains("No API sync entry 'cuteContentSyncApi' with key 'dataNothing' was found.")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_errors_stops_a_sync_that_rejects_too_much() {
+    let fx = Fixture::new().await;
+    // Every product with an even id gets a name longer than a Symbol allows.
+    let long =
+        "{{ row.name }}{% if row.id % 2 == 0 %}{% for i in range(300) %}x{% endfor %}{% endif %}";
+    let half = fx.products() / 2;
+
+    // Within the limit: partial success.
+    let out = fx
+        .sync(long, &["--apply", "--no-publish", "--max-errors", "40"])
+        .await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert_eq!(fx.cma.entries().len() as u64, fx.products() - half);
+
+    // Over the limit: the sync stops after the batch that crossed it.
+    let fx = Fixture::new().await;
+    let out = fx
+        .sync(
+            long,
+            &[
+                "--apply",
+                "--no-publish",
+                "--max-errors",
+                "5",
+                "--batch-size",
+                "10",
+            ],
+        )
+        .await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("too many rejected records: 10 of")
+            && stderr.contains("over the limit of 5")
+            && stderr.contains("raise --max-errors"),
+        "{stderr}"
+    );
+    assert_eq!(
+        fx.cma.entries().len(),
+        10,
+        "two batches of ten were written, then it stopped"
+    );
+    let dead =
+        std::fs::read_to_string(fx.dir.path().join(".sluicegate/dead-letters.ndjson")).unwrap();
+    assert_eq!(dead.lines().count(), 10, "each rejected record is kept");
+
+    // A percentage of what was read, judged at the end for a short stream.
+    let fx = Fixture::new().await;
+    let out = fx
+        .sync(long, &["--apply", "--no-publish", "--max-errors", "20%"])
+        .await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("over the limit of 20%"), "{stderr}");
+}

@@ -36,6 +36,8 @@ pub enum ErrorKind {
     Contract,
     /// The run was cancelled.
     Cancelled,
+    /// More records were rejected than the run's error limit allows.
+    TooManyRejected,
 }
 
 impl ErrorKind {
@@ -54,6 +56,7 @@ impl ErrorKind {
             ErrorKind::Io => "io",
             ErrorKind::Contract => "contract",
             ErrorKind::Cancelled => "cancelled",
+            ErrorKind::TooManyRejected => "too-many-rejected",
         }
     }
 }

@@ -42,7 +42,7 @@ pub use memory::{ProcessMemory, process_memory};
 pub use observe::{NoObserver, Rejected, RunObserver, Stage};
 pub use pace::Pacer;
 pub use paginate::{Page, PageContext, PageSource, paginate};
-pub use pipeline::{Pipeline, PipelineOptions, ReadMode, StreamReport};
+pub use pipeline::{ErrorLimit, Pipeline, PipelineOptions, ReadMode, StreamReport};
 pub use record::{Record, approx_record_size, approx_value_size, into_record};
 pub use registry::Registry;
 pub use sink::{BatchAck, Sink, SinkWriter, StreamTarget, WriterSummary};

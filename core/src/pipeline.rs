@@ -48,6 +48,67 @@ pub struct PipelineOptions {
     pub batch_rows: usize,
     /// How long a partial batch may wait for more records before it is written.
     pub linger: Duration,
+    /// Stop the stream once more records were rejected (by the mapping or the
+    /// sink) than this allows; `None`: never stop for rejected records.
+    pub max_errors: Option<ErrorLimit>,
+}
+
+/// How many rejected records a run tolerates (`--max-errors 10` or `2.5%`).
+///
+/// Counted over the run's [`RunStats`] (all streams sharing them). A percentage
+/// is of the records read so far, checked once at least
+/// [`ErrorLimit::MIN_SAMPLE`] were read and at the end of each stream.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ErrorLimit {
+    /// At most this many rejected records.
+    Count(u64),
+    /// At most this percentage of the records read.
+    Percent(f64),
+}
+
+impl ErrorLimit {
+    /// Records read before a percentage is checked mid-stream.
+    pub const MIN_SAMPLE: u64 = 100;
+
+    /// Whether `rejected` of `read` records is over the limit; `finished`: the
+    /// stream ended (a percentage is then checked whatever was read).
+    pub fn exceeded(&self, rejected: u64, read: u64, finished: bool) -> bool {
+        match *self {
+            ErrorLimit::Count(n) => rejected > n,
+            ErrorLimit::Percent(p) => {
+                (finished || read >= Self::MIN_SAMPLE)
+                    && read > 0
+                    && rejected as f64 * 100.0 > p * read as f64
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ErrorLimit::Count(n) => write!(f, "{n}"),
+            ErrorLimit::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+impl std::str::FromStr for ErrorLimit {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        let s = s.trim();
+        match s.strip_suffix('%') {
+            Some(p) => match p.trim().parse::<f64>() {
+                Ok(p) if (0.0..=100.0).contains(&p) => Ok(ErrorLimit::Percent(p)),
+                _ => Err(format!("'{s}' is not a percentage between 0% and 100%")),
+            },
+            None => s
+                .parse::<u64>()
+                .map(ErrorLimit::Count)
+                .map_err(|_| format!("'{s}' is neither a count (10) nor a percentage (2.5%)")),
+        }
+    }
 }
 
 impl Default for PipelineOptions {
@@ -56,6 +117,7 @@ impl Default for PipelineOptions {
             mode: ReadMode::Streaming,
             batch_rows: 5000,
             linger: Duration::from_millis(500),
+            max_errors: None,
         }
     }
 }
@@ -212,6 +274,7 @@ impl Pipeline {
             checkpoints: self.checkpoints.clone(),
             ack: BatchAck::default(),
             batches: 0,
+            max_errors: self.options.max_errors,
         };
         let shaping = Shaping {
             sync_key: self.sync_key.clone(),
@@ -225,6 +288,9 @@ impl Pipeline {
             }
             ReadMode::Classic => classic(stream, shaping, &mut writer, &self.options).await?,
         }
+        // Judged at the end too (a percentage of a short stream); the stream
+        // is complete either way, so it is finished and its checkpoint cleared.
+        let over_limit = writer.check_errors(true);
         let Writer {
             inner,
             ack,
@@ -235,6 +301,7 @@ impl Pipeline {
         if let Some(store) = &self.checkpoints {
             store.clear(&self.sync_key, &self.stream)?;
         }
+        over_limit?;
         Ok(StreamReport {
             sync_key: self.sync_key,
             stream: self.stream,
@@ -256,6 +323,7 @@ struct Writer {
     checkpoints: Option<Arc<dyn CheckpointStore>>,
     ack: BatchAck,
     batches: u64,
+    max_errors: Option<ErrorLimit>,
 }
 
 impl Writer {
@@ -277,6 +345,26 @@ impl Writer {
         self.stats.add_batch();
         if let (Some(store), Some(position)) = (&self.checkpoints, position) {
             store.commit(&self.sync_key, &self.stream, &position)?;
+        }
+        self.check_errors(false)
+    }
+
+    /// Fails when the rejected records are over the run's limit.
+    fn check_errors(&self, finished: bool) -> Result<()> {
+        let Some(limit) = self.max_errors else {
+            return Ok(());
+        };
+        let snap = self.stats.snapshot();
+        if limit.exceeded(snap.rows_rejected, snap.rows_read, finished) {
+            return Err(Error::new(
+                ErrorKind::TooManyRejected,
+                format!(
+                    "too many rejected records: {} of {} read, over the limit of {limit}; the stream stopped \
+                     (what was written before stays, the rejected records are reported)",
+                    snap.rows_rejected, snap.rows_read
+                ),
+            )
+            .with_context("sync", &self.sync_key));
         }
         Ok(())
     }
@@ -427,4 +515,29 @@ async fn classic(
         writer.write(ready).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorLimit;
+
+    #[test]
+    fn error_limits_parse_and_count() {
+        assert_eq!("10".parse(), Ok(ErrorLimit::Count(10)));
+        assert_eq!("2.5%".parse(), Ok(ErrorLimit::Percent(2.5)));
+        assert!(
+            "ten"
+                .parse::<ErrorLimit>()
+                .unwrap_err()
+                .contains("neither a count")
+        );
+        assert!("150%".parse::<ErrorLimit>().is_err());
+        assert!(!ErrorLimit::Count(2).exceeded(2, 10, false));
+        assert!(ErrorLimit::Count(2).exceeded(3, 10, false));
+        // 5 of 50 is 10%, but 50 is too few to judge mid-stream.
+        assert!(!ErrorLimit::Percent(5.0).exceeded(5, 50, false));
+        assert!(ErrorLimit::Percent(5.0).exceeded(5, 50, true));
+        assert!(ErrorLimit::Percent(5.0).exceeded(6, 100, false));
+        assert!(!ErrorLimit::Percent(5.0).exceeded(5, 100, false));
+    }
 }

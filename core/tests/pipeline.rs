@@ -19,6 +19,7 @@ fn options(mode: ReadMode, batch_rows: usize) -> PipelineOptions {
         mode,
         batch_rows,
         linger: Duration::from_millis(200),
+        max_errors: None,
     }
 }
 
