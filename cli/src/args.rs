@@ -28,6 +28,11 @@ pub enum Command {
     /// Sync entries of the configuration file into their sinks (a dry run unless --apply).
     #[command(name = "sync-api")]
     SyncApi(SyncArgs),
+    /// Sync the records of the dead-letter file again, once their cause is fixed (a dry
+    /// run unless --apply). Records rejected by the mapping are mapped again; records
+    /// rejected later go to the sink as they were mapped. With --apply and no error,
+    /// the file then keeps only other keys' records and those rejected again.
+    Redrive(SyncArgs),
     /// Manage the response cache of --use-filecache.
     Cache {
         /// What to do.

@@ -6,6 +6,7 @@ pub mod cute;
 pub mod lock;
 pub mod observer;
 pub mod progress;
+pub mod redrive;
 pub mod state;
 pub mod sync;
 
@@ -51,7 +52,8 @@ pub fn main_with(registry: Registry) -> u8 {
         }
     };
     match cli.command {
-        Command::SyncApi(args) => runtime.block_on(sync_api(&registry, args)),
+        Command::SyncApi(args) => runtime.block_on(sync_api(&registry, args, false)),
+        Command::Redrive(args) => runtime.block_on(sync_api(&registry, args, true)),
         Command::Cache {
             action: CacheAction::Clear { config },
         } => clear_cache(&config),
@@ -148,7 +150,8 @@ fn print_error(err: &Error, hint: Option<String>) {
     }
 }
 
-async fn sync_api(registry: &Registry, args: SyncArgs) -> u8 {
+/// `sync-api`, or with `redrive` the same entries fed from the dead-letter file.
+async fn sync_api(registry: &Registry, args: SyncArgs, redrive: bool) -> u8 {
     let mut config = match ConfigFile::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
@@ -186,7 +189,7 @@ async fn sync_api(registry: &Registry, args: SyncArgs) -> u8 {
             return EXIT_CONFIG;
         }
     };
-    match sync::run(prepared, &args, &config).await {
+    match sync::run(prepared, &args, &config, redrive).await {
         Ok(outcome) if outcome.failures.is_empty() && outcome.rejected == 0 => EXIT_OK,
         Ok(outcome) if outcome.failures.is_empty() => EXIT_PARTIAL,
         Ok(outcome) => {

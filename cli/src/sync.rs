@@ -141,6 +141,10 @@ pub fn records_budget(max_memory_mb: u64, baseline: Option<usize>) -> usize {
 /// What every stream of a run shares.
 struct RunContext<'a> {
     args: &'a SyncArgs,
+    /// The dead-letter file (where rejected records end up).
+    dead_letter: PathBuf,
+    /// A re-drive: the entries read the dead-letter file instead of their sources.
+    redrive: bool,
     sinks: BTreeMap<String, Arc<dyn Sink>>,
     budget: MemoryBudget,
     stats: Arc<RunStats>,
@@ -150,7 +154,15 @@ struct RunContext<'a> {
 
 /// Runs the prepared entries one after the other. A failing entry does not stop
 /// the others; its error is reported at the end.
-pub async fn run(prepared: PreparedRun, args: &SyncArgs, config: &ConfigFile) -> Result<Outcome> {
+///
+/// With `redrive`, each entry's records come from the dead-letter file (see
+/// [`crate::redrive`]) and no checkpoints are used.
+pub async fn run(
+    prepared: PreparedRun,
+    args: &SyncArgs,
+    config: &ConfigFile,
+    redrive: bool,
+) -> Result<Outcome> {
     let started = Instant::now();
     let policy = if args.streaming {
         WhenFull::Wait
@@ -193,17 +205,29 @@ pub async fn run(prepared: PreparedRun, args: &SyncArgs, config: &ConfigFile) ->
         budget = %format_bytes(budget_bytes),
         "memory budget for records in flight"
     );
+    // A re-drive writes the records rejected again to a file of their own; it
+    // replaces the dead-letter file's lines of these keys once all went well.
+    let observer_path = if redrive {
+        let again = crate::redrive::new_letters_path(&dead_letter);
+        let _ = std::fs::remove_file(&again);
+        again
+    } else {
+        dead_letter.clone()
+    };
     let ctx = RunContext {
         args,
+        dead_letter,
+        redrive,
         sinks,
         budget: MemoryBudget::with_policy(budget_bytes, policy),
         stats: Arc::new(RunStats::default()),
         checkpoints: match state_dir {
+            Some(_) if redrive => None,
             Some(dir) => Some(Arc::new(SqliteStateStore::open(&dir)?) as Arc<dyn CheckpointStore>),
             None => None,
         },
         observer: Arc::new(CliObserver::new(
-            dead_letter,
+            observer_path,
             args.verbosity() >= Verbosity::Detailed,
         )),
     };
@@ -217,6 +241,11 @@ pub async fn run(prepared: PreparedRun, args: &SyncArgs, config: &ConfigFile) ->
         failures: Vec::new(),
         rejected: 0,
     };
+    let keys: Vec<String> = prepared
+        .entries
+        .iter()
+        .map(|p| p.entry.key.clone())
+        .collect();
     for prepared in prepared.entries {
         progress.set_stream(&prepared.entry.key);
         let key = prepared.entry.key.clone();
@@ -231,6 +260,15 @@ pub async fn run(prepared: PreparedRun, args: &SyncArgs, config: &ConfigFile) ->
     }
     progress.stop().await;
     ctx.observer.flush();
+    if redrive {
+        let again = ctx.observer.path();
+        if args.apply && outcome.failures.is_empty() {
+            crate::redrive::replace_letters(&ctx.dead_letter, again, &keys)?;
+        } else {
+            // A dry run, or a failed key: the dead-letter file stays as it was.
+            let _ = std::fs::remove_file(again);
+        }
+    }
     outcome.rejected = ctx.stats.snapshot().rows_rejected;
     print_summary(&outcome, &ctx, started.elapsed());
     Ok(outcome)
@@ -246,10 +284,10 @@ async fn run_entry(prepared: PreparedEntry, ctx: &RunContext<'_>) -> Result<Stre
         .sinks
         .get(&entry.sink)
         .ok_or_else(|| Error::config(format!("no sink named '{}'", entry.sink)))?;
+    if ctx.redrive {
+        return redrive_entry(&entry, mapper, sink, ctx).await;
+    }
     let source = source.build().await?;
-    let mut target = StreamTarget::new(entry.key.clone(), entry.table(), entry.key_field.clone());
-    target.stats = ctx.stats.clone();
-    target.observer = ctx.observer.clone() as Arc<dyn RunObserver>;
     if let Some(store) = &ctx.checkpoints {
         if ctx.args.full_refresh {
             store.clear(&entry.key, entry.table())?;
@@ -260,27 +298,7 @@ async fn run_entry(prepared: PreparedEntry, ctx: &RunContext<'_>) -> Result<Stre
             );
         }
     }
-    let batch_rows = sink.preferred_batch_rows();
-    let writer = sink.open(target).await?;
-    let mut pipeline = Pipeline::new(entry.key.clone(), entry.table(), source, writer)
-        .budget(ctx.budget.clone())
-        .stats(ctx.stats.clone())
-        .observer(ctx.observer.clone() as Arc<dyn RunObserver>)
-        .options(PipelineOptions {
-            mode: if ctx.args.streaming {
-                ReadMode::Streaming
-            } else {
-                ReadMode::Classic
-            },
-            batch_rows: ctx
-                .args
-                .batch_size
-                .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
-                .or(batch_rows)
-                .unwrap_or(5000),
-            linger: Duration::from_millis(500),
-            max_errors: ctx.args.max_errors,
-        });
+    let mut pipeline = pipeline(&entry, source, sink, ctx).await?;
     if let Some(mapper) = mapper {
         pipeline = pipeline.mapper(mapper);
     }
@@ -288,6 +306,78 @@ async fn run_entry(prepared: PreparedEntry, ctx: &RunContext<'_>) -> Result<Stre
         pipeline = pipeline.checkpoints(store.clone());
     }
     pipeline.run().await
+}
+
+/// The two passes of a re-drive of `entry`: its records rejected by the mapping
+/// (mapped again), then those rejected later (as they were mapped). One report.
+async fn redrive_entry(
+    entry: &SyncEntry,
+    mapper: Option<Arc<Mapper>>,
+    sink: &Arc<dyn Sink>,
+    ctx: &RunContext<'_>,
+) -> Result<StreamReport> {
+    use crate::redrive::{DeadLetterSource, Pass};
+    let mut report: Option<StreamReport> = None;
+    for (pass, mapper) in [(Pass::Unmapped, mapper), (Pass::Mapped, None)] {
+        let source = Arc::new(DeadLetterSource::new(
+            ctx.dead_letter.clone(),
+            &entry.key,
+            pass,
+        ));
+        let mut pipeline = pipeline(entry, source, sink, ctx).await?;
+        if let Some(mapper) = mapper {
+            pipeline = pipeline.mapper(mapper);
+        }
+        let done = pipeline.run().await?;
+        report = Some(match report {
+            None => done,
+            Some(mut first) => {
+                first.ack.add(&done.ack);
+                first.batches += done.batches;
+                first.elapsed += done.elapsed;
+                first.total_rows = done.total_rows;
+                first.writer = done.writer;
+                first
+            }
+        });
+    }
+    report.ok_or_else(|| Error::new(ErrorKind::Contract, "a re-drive ran no pass"))
+}
+
+/// A pipeline from `source` into a new writer of `sink` for `entry`, with the
+/// run's budget, counters, observer and options (no mapping, no checkpoints).
+async fn pipeline(
+    entry: &SyncEntry,
+    source: Arc<dyn Source>,
+    sink: &Arc<dyn Sink>,
+    ctx: &RunContext<'_>,
+) -> Result<Pipeline> {
+    let mut target = StreamTarget::new(entry.key.clone(), entry.table(), entry.key_field.clone());
+    target.stats = ctx.stats.clone();
+    target.observer = ctx.observer.clone() as Arc<dyn RunObserver>;
+    let batch_rows = sink.preferred_batch_rows();
+    let writer = sink.open(target).await?;
+    Ok(
+        Pipeline::new(entry.key.clone(), entry.table(), source, writer)
+            .budget(ctx.budget.clone())
+            .stats(ctx.stats.clone())
+            .observer(ctx.observer.clone() as Arc<dyn RunObserver>)
+            .options(PipelineOptions {
+                mode: if ctx.args.streaming {
+                    ReadMode::Streaming
+                } else {
+                    ReadMode::Classic
+                },
+                batch_rows: ctx
+                    .args
+                    .batch_size
+                    .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+                    .or(batch_rows)
+                    .unwrap_or(5000),
+                linger: Duration::from_millis(500),
+                max_errors: ctx.args.max_errors,
+            }),
+    )
 }
 
 /// A hint to print under an error, where one helps.
@@ -328,12 +418,13 @@ fn print_summary(outcome: &Outcome, ctx: &RunContext<'_>, elapsed: Duration) {
     } else {
         "classic"
     };
+    let command = if ctx.redrive { "redrive" } else { "sync-api" };
     if args.apply {
-        let _ = writeln!(out, "sync-api: applied ({mode} mode)");
+        let _ = writeln!(out, "{command}: applied ({mode} mode)");
     } else {
         let _ = writeln!(
             out,
-            "sync-api: dry run ({mode} mode), nothing was written; add --apply to write"
+            "{command}: dry run ({mode} mode), nothing was written; add --apply to write"
         );
     }
     let header = [
@@ -460,7 +551,7 @@ fn print_summary(outcome: &Outcome, ctx: &RunContext<'_>, elapsed: Duration) {
             group(snap.rows_filtered),
             group(snap.rows_rejected),
             if ctx.observer.rejected() > 0 {
-                format!(" (written to {})", ctx.observer.path().display())
+                format!(" (written to {})", ctx.dead_letter.display())
             } else {
                 String::new()
             },

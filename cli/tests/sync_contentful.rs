@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use serde_json::{Value, json};
-use sluicegate_examples::cma::{CmaConfig, CmaServer};
+use sluicegate_examples::cma::{CmaConfig, CmaFault, CmaServer};
 use sluicegate_examples::shop::{Resource, ShopConfig, ShopServer};
 
 const TOKEN: &str = "cma-secret-token";
@@ -49,6 +49,11 @@ struct Fixture {
 
 impl Fixture {
     async fn new() -> Self {
+        Self::with_faults(Vec::new()).await
+    }
+
+    /// A fixture whose emulator injects `faults`.
+    async fn with_faults(faults: Vec<CmaFault>) -> Self {
         let shop = ShopServer::start(
             ShopConfig {
                 orders: 2000,
@@ -64,6 +69,7 @@ impl Fixture {
                 locales: vec![("en-US".into(), true), ("de-DE".into(), false)],
                 content_types: vec![product_type(), cute_type()],
                 rate_limit: Some(500),
+                faults,
                 ..CmaConfig::default()
             },
             "127.0.0.1:0",
@@ -114,10 +120,15 @@ syncs:
     }
 
     async fn sync(&self, name_expression: &str, args: &[&str]) -> Output {
+        self.command("sync-api", name_expression, args).await
+    }
+
+    /// Runs `sluicegate <command> --config … --key products --streaming <args>`.
+    async fn command(&self, command: &str, name_expression: &str, args: &[&str]) -> Output {
         let config = self.config(name_expression);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluicegate"));
         cmd.args([
-            "sync-api",
+            command,
             "--config",
             config.to_str().unwrap(),
             "--key",
@@ -458,4 +469,76 @@ async fn max_errors_stops_a_sync_that_rejects_too_much() {
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("over the limit of 20%"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redrive_syncs_the_dead_letters_once_the_cause_is_fixed() {
+    // The CMS refuses the first write once (a 400 it will not give again): that
+    // record is kept as mapped. Product 5's name template fails: that record is
+    // kept as read from the source.
+    let fx = Fixture::with_faults(vec![CmaFault {
+        method: Some("PUT".into()),
+        path_contains: "/entries/".into(),
+        status: 400,
+        times: 1,
+    }])
+    .await;
+    let broken = "{{ row.name }}{% if row.id == 5 %}{{ no_such_function() }}{% endif %}";
+    let out = fx.sync(broken, &["--apply"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{} {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let dead_path = fx.dir.path().join(".sluicegate/dead-letters.ndjson");
+    let dead = std::fs::read_to_string(&dead_path).unwrap();
+    let stages: Vec<String> = dead
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["stage"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(stages.len(), 2, "{dead}");
+    assert!(stages.contains(&"map".to_owned()) && stages.contains(&"write".to_owned()));
+    // Another key's dead letter, which a re-drive of products must keep.
+    let other = json!({"syncKey": "orders", "stage": "write", "key": "9", "reason": "x", "record": {"id": 9}});
+    std::fs::write(&dead_path, format!("{dead}{other}\n")).unwrap();
+    assert_eq!(fx.cma.entries().len() as u64, fx.products() - 2);
+
+    // A dry run re-drive writes nothing and keeps the file.
+    let out = fx.command("redrive", NAME, &[]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("redrive: dry run"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(fx.cma.entries().len() as u64, fx.products() - 2);
+    assert_eq!(
+        std::fs::read_to_string(&dead_path).unwrap().lines().count(),
+        3
+    );
+
+    // Fixed mapping: both are created, only the other key's letter is left.
+    let out = fx.command("redrive", NAME, &["--apply"]).await;
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        summary_row(&stdout, "products")[2..4],
+        ["2", "2"],
+        "{stdout}"
+    );
+    assert_eq!(fx.cma.entries().len() as u64, fx.products());
+    for index in 0..fx.products() {
+        let want = fx.shop.dataset().record_value(Resource::Products, index);
+        let entry = fx.entry_by_sku(want["sku"].as_str().unwrap());
+        assert_eq!(entry["fields"]["name"]["en-US"], want["name"]);
+    }
+    let left = std::fs::read_to_string(&dead_path).unwrap();
+    assert_eq!(left, format!("{other}\n"));
 }
