@@ -305,7 +305,8 @@ impl Source for HttpSource {
                 // Without the query string: it may hold credentials.
                 let mut url = url.clone();
                 url.set_query(None);
-                format!("{:?} {url}", self.inner.method).to_uppercase()
+                let method = format!("{:?}", self.inner.method).to_uppercase();
+                format!("{method} {url}")
             }
             Endpoint::PerParent { .. } => "http endpoint per parent record".to_owned(),
         }

@@ -33,6 +33,23 @@ pub enum Command {
     /// rejected later go to the sink as they were mapped. With --apply and no error,
     /// the file then keeps only other keys' records and those rejected again.
     Redrive(SyncArgs),
+    /// Check the configuration and each entry's connectivity without syncing: the
+    /// source's first batch is read, the mapping tried on it, and the sink's target
+    /// opened for a dry run (credentials, content type or table). Nothing is written.
+    Validate {
+        /// Key of the entry to check; repeat for several [default: every entry].
+        #[arg(short = 'k', long = "key", value_name = "KEY")]
+        keys: Vec<String>,
+        /// The configuration file.
+        #[arg(
+            short,
+            long,
+            value_name = "FILE",
+            default_value = "sluicegate.yaml",
+            env = "SLUICEGATE_CONFIG"
+        )]
+        config: PathBuf,
+    },
     /// Manage the response cache of --use-filecache.
     Cache {
         /// What to do.

@@ -9,6 +9,7 @@ pub mod progress;
 pub mod redrive;
 pub mod state;
 pub mod sync;
+pub mod validate;
 
 use std::process::ExitCode;
 
@@ -54,6 +55,7 @@ pub fn main_with(registry: Registry) -> u8 {
     match cli.command {
         Command::SyncApi(args) => runtime.block_on(sync_api(&registry, args, false)),
         Command::Redrive(args) => runtime.block_on(sync_api(&registry, args, true)),
+        Command::Validate { keys, config } => runtime.block_on(validate(&registry, keys, config)),
         Command::Cache {
             action: CacheAction::Clear { config },
         } => clear_cache(&config),
@@ -147,6 +149,71 @@ fn print_error(err: &Error, hint: Option<String>) {
     eprintln!("error: {err}");
     if let Some(hint) = hint {
         eprintln!("hint: {hint}");
+    }
+}
+
+/// `validate`: the configuration first (exit code 2 on a mistake), then each
+/// entry's connectivity (exit code 1 when one fails).
+async fn validate(registry: &Registry, keys: Vec<String>, config_path: std::path::PathBuf) -> u8 {
+    // A dry run's arguments: what `prepare` reads (no writes, no publishing).
+    let parsed = Cli::try_parse_from([
+        std::ffi::OsStr::new("sluicegate"),
+        std::ffi::OsStr::new("sync-api"),
+        std::ffi::OsStr::new("--all"),
+        std::ffi::OsStr::new("--config"),
+        config_path.as_os_str(),
+    ]);
+    let Ok(Cli {
+        command: Command::SyncApi(args),
+    }) = parsed
+    else {
+        eprintln!("error: cannot read the configuration path");
+        return EXIT_CONFIG;
+    };
+    let mut config = match ConfigFile::load(&config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            print_error(&e, None);
+            return EXIT_CONFIG;
+        }
+    };
+    if let Err(e) = cute::add_missing(&mut config, &keys, true).await {
+        print_error(&e, None);
+        return EXIT_CONFIG;
+    }
+    let prepared = match config
+        .select(&keys)
+        .and_then(|entries| sync::prepare(registry, &config, &entries, &args))
+    {
+        Ok(p) => p,
+        Err(e) => {
+            print_error(&e, None);
+            return EXIT_CONFIG;
+        }
+    };
+    println!("{}: configuration ok", config.path.display());
+    let mut failed = 0;
+    for check in validate::check(prepared).await {
+        match &check.error {
+            None => println!("{}: ok", check.key),
+            Some(_) => println!("{}: FAILED", check.key),
+        }
+        for line in &check.lines {
+            println!("  {line}");
+        }
+        if let Some(e) = &check.error {
+            failed += 1;
+            println!("  error: {e}");
+        }
+    }
+    if failed > 0 {
+        eprintln!(
+            "error: {failed} entr{} failed validation",
+            if failed == 1 { "y" } else { "ies" }
+        );
+        EXIT_FAILED
+    } else {
+        EXIT_OK
     }
 }
 

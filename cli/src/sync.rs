@@ -20,16 +20,16 @@ use crate::progress::{Progress, group};
 use crate::state::SqliteStateStore;
 
 /// One entry, validated and ready to build.
-struct PreparedEntry {
-    entry: SyncEntry,
-    source: Box<dyn Prepared<dyn Source>>,
-    mapper: Option<Arc<Mapper>>,
+pub(crate) struct PreparedEntry {
+    pub(crate) entry: SyncEntry,
+    pub(crate) source: Box<dyn Prepared<dyn Source>>,
+    pub(crate) mapper: Option<Arc<Mapper>>,
 }
 
 /// Everything validated and ready to build; no I/O has happened yet.
 pub struct PreparedRun {
-    sinks: BTreeMap<String, Box<dyn Prepared<dyn Sink>>>,
-    entries: Vec<PreparedEntry>,
+    pub(crate) sinks: BTreeMap<String, Box<dyn Prepared<dyn Sink>>>,
+    pub(crate) entries: Vec<PreparedEntry>,
 }
 
 /// Parses and validates the sinks, sources and mappings the selected entries

@@ -410,3 +410,57 @@ async fn a_second_run_of_a_key_that_is_running_is_refused_and_the_first_finishes
     let third = sluicegate(&args, &[]).await;
     assert!(third.status.success(), "stderr: {}", text(&third.stderr));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_checks_every_entry_without_writing_anything() {
+    let fx = Fixture::new(Vec::new(), None, "").await;
+    let out = sluicegate(&["validate", "--config", &fx.config], &[]).await;
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout} {}", text(&out.stderr));
+    assert!(stdout.contains("configuration ok"), "{stdout}");
+    for r in Resource::ALL {
+        assert!(
+            stdout.contains(&format!("\n{}: ok\n", r.name())),
+            "{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("/api/orders — reachable, first batch 500 records"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("target 'orders' accepted a dry-run write of the first batch: 500 new"),
+        "{stdout}"
+    );
+    assert!(!fx.db().exists(), "validate creates no database");
+    assert!(!fx.dir.path().join(".sluicegate").exists(), "nor state");
+
+    // One entry whose source is unreachable fails; the others are still checked.
+    let text_config = std::fs::read_to_string(&fx.config).unwrap();
+    let broken = text_config.replacen(
+        &format!("{}/api/stores", fx.server.url()),
+        "http://127.0.0.1:9/api/stores",
+        1,
+    );
+    std::fs::write(&fx.config, broken).unwrap();
+    let out = sluicegate(&["validate", "--config", &fx.config], &[]).await;
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("stores: FAILED"), "{stdout}");
+    assert!(stdout.contains("orders: ok"), "{stdout}");
+    assert!(text(&out.stderr).contains("1 entry failed validation"));
+
+    // A configuration mistake is found before any connection.
+    std::fs::write(
+        &fx.config,
+        "version: 1\nsinks: {}\nsyncs:\n  - key: a\n    sink: nowhere\n    surprise: 1\n",
+    )
+    .unwrap();
+    let out = sluicegate(&["validate", "--config", &fx.config], &[]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("surprise"),
+        "{}",
+        text(&out.stderr)
+    );
+}

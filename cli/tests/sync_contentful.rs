@@ -542,3 +542,47 @@ async fn redrive_syncs_the_dead_letters_once_the_cause_is_fixed() {
     let left = std::fs::read_to_string(&dead_path).unwrap();
     assert_eq!(left, format!("{other}\n"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_checks_the_token_and_the_content_type_without_writing() {
+    let fx = Fixture::new().await;
+    let config = fx.config(NAME);
+    let validate = |token: &str, config: &std::path::Path| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluicegate"));
+        cmd.args(["validate", "--config", config.to_str().unwrap()])
+            .env("CMA_TOKEN", token);
+        async move {
+            tokio::task::spawn_blocking(move || cmd.output().unwrap())
+                .await
+                .unwrap()
+        }
+    };
+    let out = validate(TOKEN, &config).await;
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout} {}", text(&out.stderr));
+    assert!(stdout.contains("products: ok"), "{stdout}");
+    assert!(
+        stdout.contains("mapping: 20 of 20 records mapped, 0 filtered out, 0 rejected"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("target 'product' accepted a dry-run write of the first batch: 20 new, 0 changed, 0 unchanged, 0 rejected; nothing written"),
+        "{stdout}"
+    );
+
+    let out = validate("not-the-token", &config).await;
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("products: FAILED"), "{stdout}");
+    assert!(!stdout.contains("not-the-token"), "{stdout}");
+
+    let missing = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("contentType: product", "contentType: gadget");
+    std::fs::write(&config, missing).unwrap();
+    let out = validate(TOKEN, &config).await;
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("gadget"), "{stdout}");
+    assert_eq!(fx.cma.counts().writes, 0, "validate never writes");
+}
