@@ -72,6 +72,9 @@ step "CMA emulator fidelity (official contentful-management client)"
 cargo build --locked -p sluicegate-examples --bin cma-emulator
 CMA_EMULATOR_BIN="$PWD/target/debug/cma-emulator" node --test examples/cma-fidelity/
 
+step "fuzzing (page decoder, configuration parser, template mapping; 20 s each)"
+./scripts/fuzz.sh 20
+
 step "benchmark scripts"
 bash -n bench/run.sh
 python3 -m py_compile bench/benchlib.py bench/rest_to_duckdb.py bench/rest_to_cms.py bench/http_source.py bench/db_to_duckdb.py bench/report.py

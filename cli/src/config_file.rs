@@ -36,6 +36,8 @@ pub struct ConfigFile {
     pub syncs: Vec<SyncEntry>,
     /// Where `cute` sync entries are read from when a key is not in `syncs`.
     pub cute_entries: Option<CuteEntries>,
+    /// The file's text, to find the line a message is about.
+    text: String,
 }
 
 /// The `cuteEntries` section: read sync entries `cute` keeps in a Contentful
@@ -161,8 +163,8 @@ impl ConfigFile {
             }
             if !raw.sinks.contains_key(&entry.sink) {
                 let known: Vec<&str> = raw.sinks.keys().map(String::as_str).collect();
-                return Err(Error::config(format!(
-                    "{file}: syncs[{}].sink: no sink named '{}' (sinks: {})",
+                let message = format!(
+                    "syncs[{}].sink: no sink named '{}' (sinks: {})",
                     entry.key,
                     entry.sink,
                     if known.is_empty() {
@@ -170,7 +172,11 @@ impl ConfigFile {
                     } else {
                         known.join(", ")
                     }
-                )));
+                );
+                return Err(Error::config(match locate(text, &message) {
+                    Some(line) => format!("{file}:{line}: {message}"),
+                    None => format!("{file}: {message}"),
+                }));
             }
             if !entry.source.is_object() {
                 return Err(Error::config(format!(
@@ -192,7 +198,19 @@ impl ConfigFile {
             sinks: raw.sinks,
             syncs: raw.syncs,
             cute_entries: raw.cute_entries,
+            text: text.to_owned(),
         })
+    }
+
+    /// `message` (which starts with a key path such as
+    /// `syncs[orders].source.pagination: …`) prefixed with the file and, when it
+    /// can be found, the line of the key it is about (`file:12: …`).
+    pub fn at(&self, message: &str) -> String {
+        let file = self.path.display();
+        match locate(&self.text, message) {
+            Some(line) => format!("{file}:{line}: {message}"),
+            None => format!("{file}: {message}"),
+        }
     }
 
     /// The directory relative paths in the file are resolved against.
@@ -244,6 +262,64 @@ pub fn split_type(section: &Value, path: &str) -> Result<(String, Value)> {
     Ok((kind.to_owned(), Value::Object(rest)))
 }
 
+/// The 1-based line of the key a message is about: the message's leading key
+/// path (`syncs[orders].source.pagination`) is followed through the YAML text —
+/// an entry by its `key:` line, then each name as the next line that sets it —
+/// and an ``unknown field `x` `` in the message is looked up after that. A
+/// heuristic for messages: `None` when a step is not found.
+pub fn locate(text: &str, message: &str) -> Option<usize> {
+    let path = message.split(": ").next()?;
+    if !(path.starts_with("syncs") || path.starts_with("sinks") || path.starts_with("cuteEntries"))
+        || path.contains(' ')
+    {
+        return None;
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    let sets = |line: &str, name: &str| {
+        let t = line.trim_start().trim_start_matches("- ").trim_start();
+        t.starts_with(&format!("{name}:"))
+            || t.starts_with(&format!("\"{name}\":"))
+            || line.contains(&format!("{{ {name}:"))
+            || line.contains(&format!(", {name}:"))
+            || line.contains(&format!("{{{name}:"))
+    };
+    let mut at = 0;
+    let mut found = None;
+    for segment in path.split('.') {
+        let (name, index) = match segment.split_once('[') {
+            Some((name, rest)) => (name, Some(rest.trim_end_matches(']'))),
+            None => (segment, None),
+        };
+        // An array index or name without its own key: skip it.
+        if name.is_empty() || name.chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        let step = (at..lines.len()).find(|&i| sets(lines[i], name))?;
+        at = step;
+        found = Some(step);
+        if let Some(key) = index
+            && !key.chars().all(|c| c.is_ascii_digit())
+        {
+            let entry = (at..lines.len()).find(|&i| {
+                sets(lines[i], "key")
+                    && lines[i]
+                        .split_once("key:")
+                        .is_some_and(|(_, v)| v.trim().trim_matches('"').trim_matches('\'') == key)
+            })?;
+            at = entry;
+            found = Some(entry);
+        }
+    }
+    if let Some(field) = message
+        .split_once("unknown field `")
+        .and_then(|(_, rest)| rest.split('`').next())
+        && let Some(i) = (at..lines.len()).find(|&i| sets(lines[i], field))
+    {
+        found = Some(i);
+    }
+    found.map(|i| i + 1)
+}
+
 /// The directory relative paths of the configuration file `path` resolve against
 /// (and where `.sluicegate/` lives): the file's directory.
 pub fn base_dir_of(path: &Path) -> PathBuf {
@@ -256,6 +332,29 @@ pub fn base_dir_of(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_are_located_on_the_line_of_their_key() {
+        let text = "version: 1\nsinks:\n  warehouse: { type: duckdb, path: a.duckdb }\nsyncs:\n  - key: a\n    sink: warehouse\n    source:\n      type: http\n  - key: b\n    sink: warehouse\n    source:\n      type: http\n      pagination: { skipKye: offset }\n";
+        assert_eq!(
+            locate(
+                text,
+                "syncs[b].source.pagination: unknown field `skipKye`, expected one of"
+            ),
+            Some(13)
+        );
+        assert_eq!(
+            locate(text, "syncs[b].source.type: unknown source type 'htp'"),
+            Some(12)
+        );
+        assert_eq!(locate(text, "syncs[a].sink: no sink named 'x'"), Some(6));
+        assert_eq!(
+            locate(text, "sinks.warehouse.type: unknown sink type"),
+            Some(3)
+        );
+        assert_eq!(locate(text, "syncs[c].sink: no sink"), None, "no entry c");
+        assert_eq!(locate(text, "cannot read the file"), None);
+    }
 
     fn parse(text: &str) -> Result<ConfigFile> {
         ConfigFile::parse(text, Path::new("conf/sluicegate.yaml"))
@@ -289,7 +388,7 @@ mod tests {
             .to_string();
         assert_eq!(
             err,
-            "conf/sluicegate.yaml: syncs[b].sink: no sink named 'lake' (sinks: wh)"
+            "conf/sluicegate.yaml:10: syncs[b].sink: no sink named 'lake' (sinks: wh)"
         );
 
         let err = parse(&GOOD.replace("version: 1", "version: 2"))

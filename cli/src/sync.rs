@@ -40,7 +40,6 @@ pub fn prepare(
     entries: &[&SyncEntry],
     args: &SyncArgs,
 ) -> Result<PreparedRun> {
-    let file = config.path.display().to_string();
     let scope = template_scope_from_env();
     let base_dir = config.base_dir();
     let ctx = |key: &str| BuildContext {
@@ -51,7 +50,7 @@ pub fn prepare(
         publish: !args.no_publish,
         cache_dir: args.use_filecache.then(|| default_cache_dir(config)),
     };
-    let in_file = |e: Error| Error::config(format!("{file}: {}", e.message()));
+    let in_file = |e: Error| Error::config(config.at(e.message()));
     let mut sinks = BTreeMap::new();
     for entry in entries {
         if sinks.contains_key(&entry.sink) {
@@ -61,7 +60,7 @@ pub fn prepare(
         let (kind, rest) = split_type(&config.sinks[&entry.sink], &path).map_err(in_file)?;
         let factory = registry
             .sink(&kind)
-            .map_err(|e| Error::config(format!("{file}: {path}.type: {}", e.message())))?;
+            .map_err(|e| Error::config(config.at(&format!("{path}.type: {}", e.message()))))?;
         let prepared = factory.prepare(rest, &path, ctx("")).map_err(in_file)?;
         sinks.insert(entry.sink.clone(), prepared);
     }
@@ -71,13 +70,13 @@ pub fn prepare(
         let (kind, rest) = split_type(&entry.source, &path).map_err(in_file)?;
         let factory = registry
             .source(&kind)
-            .map_err(|e| Error::config(format!("{file}: {path}.type: {}", e.message())))?;
+            .map_err(|e| Error::config(config.at(&format!("{path}.type: {}", e.message()))))?;
         let source = factory
             .prepare(rest, &path, ctx(&entry.key))
             .map_err(in_file)?;
         let mapper = match entry.mapping() {
             Some(mapping) => Some(Arc::new(Mapper::new(&mapping, &scope).map_err(|e| {
-                Error::config(format!("{file}: syncs[{}].{}", entry.key, e.message()))
+                Error::config(config.at(&format!("syncs[{}].{}", entry.key, e.message())))
             })?)),
             None => None,
         };

@@ -237,9 +237,17 @@ async fn config_mistakes_fail_before_any_request_with_one_line() {
             stderr.contains(expected),
             "case {i}: expected {expected:?} in {stderr}"
         );
+        // `file:line:`, and the line is the one with the mistake.
+        let line: usize = stderr
+            .split(&format!("bad{i}.yaml:"))
+            .nth(1)
+            .and_then(|rest| rest.split(':').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("names the file and line: {stderr}"));
+        let bad = ["skipKye", "sink: lake", "$.data[?", "duckbd", "htp"][i];
         assert!(
-            stderr.contains(&format!("bad{i}.yaml")),
-            "names the file: {stderr}"
+            text_.lines().nth(line - 1).is_some_and(|l| l.contains(bad)),
+            "case {i}: line {line} is not the one with {bad:?}: {stderr}"
         );
     }
     let out = fx.sync(&["--key", "refunds"], &[]).await;
