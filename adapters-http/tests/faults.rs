@@ -229,3 +229,26 @@ async fn a_page_served_again_under_the_next_offset_is_a_pagination_loop() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_that_cannot_be_verified_is_refused() {
+    // TLS verification is always on: a self-signed server is not trusted.
+    let addr = sluicegate_examples::tls::serve_self_signed(r#"{"data":[{"id":1}]}"#)
+        .await
+        .unwrap();
+    let section = json!({
+        "endPoint": format!("https://127.0.0.1:{}/api/customers", addr.port()),
+        "resultsJsonPath": "$.data",
+        "pagination": {"type": "single"},
+        "retry": {"maxAttempts": 1},
+    });
+    let config: HttpSourceConfig = parse_section(section, "source").unwrap();
+    let source = HttpSource::new(&config, &BuildContext::new("customers", false)).unwrap();
+    let request = ReadRequest::new("customers", MemoryBudget::new(8 << 20));
+    let mut stream = source.read(request);
+    let error = match stream.next().await {
+        Some(Err(e)) => e.to_string(),
+        other => panic!("a self-signed server must be refused, got {other:?}"),
+    };
+    assert!(error.to_lowercase().contains("certificate"), "{error}");
+}

@@ -7,4 +7,5 @@ pub mod directus;
 pub mod faults;
 pub mod shop;
 mod time;
+pub mod tls;
 pub mod zoo;

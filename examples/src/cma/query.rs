@@ -26,6 +26,8 @@ struct Filter {
     path: Vec<String>,
     op: Op,
     values: Vec<String>,
+    /// `values` as a set, for `[in]`/`[nin]` over many entries.
+    set: std::collections::HashSet<String>,
 }
 
 /// A parsed entries query.
@@ -131,6 +133,7 @@ impl EntryQuery {
                     q.filters.push(Filter {
                         path: split_path(path),
                         op,
+                        set: values.iter().cloned().collect(),
                         values,
                     });
                 }
@@ -278,8 +281,8 @@ fn matches(f: &Filter, entry: &Value, default_locale: &str) -> bool {
         match f.op {
             Op::Eq => return f.values.first().is_some_and(|v| v == text),
             Op::Ne => return f.values.first().is_none_or(|v| v != text),
-            Op::In => return f.values.iter().any(|v| v == text),
-            Op::Nin => return !f.values.iter().any(|v| v == text),
+            Op::In => return f.set.contains(text),
+            Op::Nin => return !f.set.contains(text),
             _ => {}
         }
     }
@@ -288,8 +291,8 @@ fn matches(f: &Filter, entry: &Value, default_locale: &str) -> bool {
     match f.op {
         Op::Eq => texts.iter().any(|t| t == first),
         Op::Ne => !texts.iter().any(|t| t == first),
-        Op::In => texts.iter().any(|t| f.values.contains(t)),
-        Op::Nin => !texts.iter().any(|t| f.values.contains(t)),
+        Op::In => texts.iter().any(|t| f.set.contains(t)),
+        Op::Nin => !texts.iter().any(|t| f.set.contains(t)),
         Op::Exists => (value.is_some_and(|v| !v.is_null())) == (first == "true"),
         Op::Lt | Op::Lte | Op::Gt | Op::Gte => {
             let Some(v) = value else { return false };
