@@ -20,6 +20,20 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+
+    /// How log lines on stderr look: `text` for people, `json` (one object per
+    /// line: timestamp, level, message and fields) for log collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Formats of the log lines on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// The subcommands.
@@ -218,6 +232,17 @@ pub struct SyncArgs {
     /// written before stays and it resumes from its checkpoint.
     #[arg(long, value_name = "N|P%")]
     pub max_errors: Option<sluicegate_core::ErrorLimit>,
+
+    /// Write every figure of the run to this JSON file at the end: per stream
+    /// counts, requests by status, retries, budget use and waits, and memory (peak,
+    /// average, snapshots at the start, first page, every 20 batches and the end).
+    #[arg(long, value_name = "FILE.json")]
+    pub report: Option<PathBuf>,
+
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics while the run goes on
+    /// (rows, pages, batches, bytes, requests by status, retries, memory, budget).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
 
     /// Where rejected records go, one JSON object per line (sync key, stage, record
     /// key, reason, record) [default: .sluicegate/dead-letters.ndjson next to the

@@ -7,6 +7,7 @@ pub mod lock;
 pub mod observer;
 pub mod progress;
 pub mod redrive;
+pub mod report;
 pub mod state;
 pub mod sync;
 pub mod validate;
@@ -41,7 +42,7 @@ pub const EXIT_PARTIAL: u8 = 3;
 /// ```
 pub fn main_with(registry: Registry) -> u8 {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -68,14 +69,17 @@ pub fn exit_code(code: u8) -> ExitCode {
     ExitCode::from(code)
 }
 
-fn init_logging() {
+fn init_logging(format: args::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICEGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = match format {
+        args::LogFormat::Text => builder.try_init(),
+        args::LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
 }
 
 fn clear_cache(config: &std::path::Path) -> u8 {
@@ -165,6 +169,7 @@ async fn validate(registry: &Registry, keys: Vec<String>, config_path: std::path
     ]);
     let Ok(Cli {
         command: Command::SyncApi(args),
+        ..
     }) = parsed
     else {
         eprintln!("error: cannot read the configuration path");

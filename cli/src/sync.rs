@@ -17,6 +17,7 @@ use crate::args::{SyncArgs, Verbosity};
 use crate::config_file::{ConfigFile, SyncEntry, split_type};
 use crate::observer::CliObserver;
 use crate::progress::{Progress, group};
+use crate::report::{self, MemoryWatch, MetricsServer};
 use crate::state::SqliteStateStore;
 
 /// One entry, validated and ready to build.
@@ -235,6 +236,22 @@ pub async fn run(
         ctx.budget.clone(),
         args.verbosity() == Verbosity::Quiet,
     );
+    let memory = MemoryWatch::start(
+        ctx.stats.clone(),
+        ctx.budget.clone(),
+        args.max_memory_mb.saturating_mul(1 << 20),
+    );
+    let running = Arc::new(std::sync::Mutex::new(String::new()));
+    let _metrics = match &args.metrics_addr {
+        Some(addr) => {
+            let server =
+                MetricsServer::start(addr, ctx.stats.clone(), ctx.budget.clone(), running.clone())
+                    .await?;
+            eprintln!("metrics: http://{}/metrics", server.addr());
+            Some(server)
+        }
+        None => None,
+    };
     let mut outcome = Outcome {
         reports: Vec::new(),
         failures: Vec::new(),
@@ -247,6 +264,11 @@ pub async fn run(
         .collect();
     for prepared in prepared.entries {
         progress.set_stream(&prepared.entry.key);
+        prepared.entry.key.clone_into(
+            &mut running
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         let key = prepared.entry.key.clone();
         match run_entry(prepared, &ctx).await {
             Ok(report) => outcome.reports.push(report),
@@ -269,8 +291,40 @@ pub async fn run(
         }
     }
     outcome.rejected = ctx.stats.snapshot().rows_rejected;
+    let memory = memory.finish().await;
     print_summary(&outcome, &ctx, started.elapsed());
+    if let Some(path) = &args.report {
+        report::write_report(path, &run_report(&outcome, &ctx, started.elapsed(), memory))?;
+    }
     Ok(outcome)
+}
+
+/// Every figure of the run, for `--report FILE.json`.
+fn run_report(
+    outcome: &Outcome,
+    ctx: &RunContext<'_>,
+    elapsed: Duration,
+    memory: report::MemoryFigures,
+) -> serde_json::Value {
+    let args = ctx.args;
+    serde_json::json!({
+        "command": if ctx.redrive { "redrive" } else { "sync-api" },
+        "apply": args.apply,
+        "mode": if args.streaming { "streaming" } else { "classic" },
+        "maxMemoryMb": args.max_memory_mb,
+        "elapsedSecs": elapsed.as_secs_f64(),
+        "streams": outcome.reports,
+        "failures": outcome
+            .failures
+            .iter()
+            .map(|(key, e)| serde_json::json!({"key": key, "kind": e.kind().as_str(), "error": e.to_string()}))
+            .collect::<Vec<_>>(),
+        "rejected": outcome.rejected,
+        "deadLetterFile": ctx.dead_letter,
+        "stats": ctx.stats.snapshot(),
+        "budget": report::budget_json(&ctx.budget),
+        "memory": memory,
+    })
 }
 
 async fn run_entry(prepared: PreparedEntry, ctx: &RunContext<'_>) -> Result<StreamReport> {

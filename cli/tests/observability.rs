@@ -1,0 +1,222 @@
+//! What a run tells machines and logs: Prometheus metrics scraped while it runs,
+//! the `--report` JSON with memory snapshots and peak, JSON log lines, and plain
+//! line-based progress when stderr is not a terminal.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::text;
+use serde_json::Value;
+use sluicegate_examples::shop::{ShopConfig, ShopServer};
+
+fn config(dir: &Path, url: &str) -> String {
+    let path = dir.join("sluicegate.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "version: 1\nsinks:\n  warehouse: {{ type: duckdb, path: shop.duckdb }}\nsyncs:\n  - key: orders\n    sink: warehouse\n    keyField: id\n    source:\n      type: http\n      endPoint: \"{url}/api/orders\"\n      resultsJsonPath: \"$.data\"\n      pagination: {{ skipKey: offset, limitKey: limit, pageSize: 100, totalPath: \"$.meta.total\" }}\n"
+        ),
+    )
+    .unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+fn command(config: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluicegate"));
+    cmd.args([
+        "sync-api",
+        "--key",
+        "orders",
+        "--streaming",
+        "--apply",
+        "--config",
+        config,
+    ])
+    .args(args)
+    .env_remove("SLUICEGATE_MAX_MEMORY_MB")
+    .env_remove("SLUICEGATE_CONFIG")
+    .env_remove("SLUICEGATE_LOG");
+    cmd
+}
+
+/// `GET http://ADDR/metrics` over a plain socket; the body.
+fn scrape(url: &str) -> String {
+    use std::io::{Read, Write};
+    let addr = url
+        .strip_prefix("http://")
+        .and_then(|rest| rest.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("unexpected metrics URL {url}"));
+    let mut socket = std::net::TcpStream::connect(addr).unwrap();
+    let request = format!("GET /metrics HTTP/1.1\r\nhost: {addr}\r\n\r\n");
+    socket.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    socket.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    answer.split_once("\r\n\r\n").unwrap().1.to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_scraped_while_running_and_the_report_holds_every_figure() {
+    // Slow pages keep the run going while it is scraped.
+    let shop = ShopServer::start(
+        ShopConfig {
+            orders: 3000,
+            latency: Duration::from_millis(60),
+            ..ShopConfig::default()
+        },
+        "127.0.0.1:0",
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &shop.url());
+    let report = dir.path().join("run.json");
+    let mut child = command(
+        &config,
+        &[
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--report",
+            report.to_str().unwrap(),
+            "--batch-size",
+            "100",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let url = loop {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "no metrics line");
+        if let Some(url) = line.trim().strip_prefix("metrics: ") {
+            break url.to_owned();
+        }
+    };
+    // The rest of stderr is drained (and kept) by a thread.
+    let rest = std::thread::spawn(move || {
+        let mut all = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut all);
+        all
+    });
+    let mut scrapes = Vec::new();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let url = url.clone();
+        scrapes.push(
+            tokio::task::spawn_blocking(move || scrape(&url))
+                .await
+                .unwrap(),
+        );
+    }
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    let progress = rest.join().unwrap();
+    assert!(status.success(), "{progress}");
+
+    let value = |body: &str, series: &str| -> f64 {
+        body.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in {body}"))
+    };
+    for series in [
+        "sluicegate_rows_read_total",
+        "sluicegate_rows_written_total",
+        "sluicegate_pages_total",
+        "sluicegate_batches_total",
+        "sluicegate_bytes_received_total",
+        "sluicegate_retries_total",
+        "sluicegate_memory_rss_bytes",
+        "sluicegate_memory_peak_rss_bytes",
+        "sluicegate_budget_in_use_bytes",
+        "sluicegate_budget_capacity_bytes",
+        "sluicegate_http_requests_total{status=\"200\"}",
+        "sluicegate_stream_info{key=\"orders\"}",
+    ] {
+        value(&scrapes[2], series);
+    }
+    let rows: Vec<f64> = scrapes
+        .iter()
+        .map(|b| value(b, "sluicegate_rows_read_total"))
+        .collect();
+    assert!(
+        rows[0] < rows[2] && rows[2] < 3000.0,
+        "scraped while running: {rows:?}"
+    );
+    assert!(value(&scrapes[2], "sluicegate_memory_rss_bytes") > 1e6);
+
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(report["streams"][0]["ack"]["rows"], 3000, "{report}");
+    assert_eq!(report["stats"]["rows_read"], 3000, "{report}");
+    assert!(report["stats"]["statuses"]["200"].as_u64().unwrap() >= 30);
+    let memory = &report["memory"];
+    assert!(memory["peakRss"].as_u64().unwrap() > 1 << 20, "{memory}");
+    assert!(memory["averageRss"].as_u64().unwrap() <= memory["peakRss"].as_u64().unwrap());
+    let points: Vec<&str> = memory["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["point"].as_str().unwrap())
+        .collect();
+    assert_eq!(points.first(), Some(&"start"), "{points:?}");
+    assert_eq!(points.last(), Some(&"end"), "{points:?}");
+    assert!(points.contains(&"first page"), "{points:?}");
+    assert!(points.iter().any(|p| p.starts_with("batch ")), "{points:?}");
+    let end = memory["snapshots"].as_array().unwrap().last().unwrap();
+    assert_eq!(end["rowsWritten"], 3000);
+    assert!(end["percentOfLimit"].as_f64().unwrap() > 0.0);
+    assert!(report["budget"]["peak"].as_u64().unwrap() > 0);
+
+    // Not a terminal: progress is plain lines, no control characters.
+    assert!(
+        progress.contains("progress: [orders]") || progress.is_empty() || !progress.contains('\r')
+    );
+    assert!(
+        !progress.contains('\r') && !progress.contains('\x1b'),
+        "{progress:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_log_lines_are_one_object_each() {
+    let shop = ShopServer::start(
+        ShopConfig {
+            orders: 500,
+            ..ShopConfig::default()
+        },
+        "127.0.0.1:0",
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &shop.url());
+    let mut cmd = command(&config, &["--quiet", "--log-format", "json"]);
+    cmd.env("SLUICEGATE_LOG", "info");
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(!lines.is_empty(), "{stderr}");
+    for line in lines {
+        let object: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            object["timestamp"].is_string() && object["level"].is_string(),
+            "{line}"
+        );
+    }
+    assert!(
+        stderr.contains("\"message\":\"memory budget for records in flight\""),
+        "{stderr}"
+    );
+}
