@@ -220,3 +220,48 @@ async fn json_log_lines_are_one_object_each() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_terminal_the_progress_line_is_redrawn_and_cleared_at_the_end() {
+    // Slow pages: the run lasts long enough for several redraws (every 500 ms).
+    let shop = ShopServer::start(
+        ShopConfig {
+            orders: 2000,
+            latency: Duration::from_millis(80),
+            ..ShopConfig::default()
+        },
+        "127.0.0.1:0",
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &shop.url());
+    let line = format!(
+        "{} sync-api --key orders --streaming --apply --config {config}",
+        env!("CARGO_BIN_EXE_sluicegate")
+    );
+    // `script` runs the command on a pseudo-terminal and copies what it drew.
+    let mut cmd = Command::new("script");
+    cmd.args(["-qec", &line, "/dev/null"])
+        .env_remove("SLUICEGATE_MAX_MEMORY_MB")
+        .env_remove("SLUICEGATE_LOG");
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let screen = text(&out.stdout);
+    assert!(out.status.success(), "{screen}");
+    let redraws = screen.matches("\r\x1b[2K[orders] ").count();
+    assert!(redraws >= 2, "the line is redrawn in place: {screen:?}");
+    assert!(!screen.contains("progress: "), "no log lines on a terminal");
+    let last = screen.rfind("\r\x1b[2K[orders] ").unwrap();
+    let clear = screen[last + 1..]
+        .find("\r\x1b[2K")
+        .map(|i| i + last + 1)
+        .expect("the line is cleared at the end");
+    let summary = screen.find("sync-api: applied").expect("summary");
+    assert!(clear < summary, "cleared before the summary: {screen:?}");
+    assert!(
+        !screen[summary..].contains('\x1b'),
+        "the summary is plain text: {screen:?}"
+    );
+}
