@@ -75,8 +75,8 @@ CMA_EMULATOR_BIN="$PWD/target/debug/cma-emulator" node --test examples/cma-fidel
 step "fuzzing (page decoder, configuration parser, template mapping; 20 s each)"
 ./scripts/fuzz.sh 20
 
-step "benchmark scripts"
+step "benchmark and profiling scripts"
 bash -n bench/run.sh
-python3 -m py_compile bench/benchlib.py bench/rest_to_duckdb.py bench/rest_to_cms.py bench/http_source.py bench/db_to_duckdb.py bench/report.py
+python3 -m py_compile bench/benchlib.py bench/rest_to_duckdb.py bench/rest_to_cms.py bench/http_source.py bench/db_to_duckdb.py bench/report.py profiling/profile.py
 
 step "all tests passed"
