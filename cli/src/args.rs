@@ -210,7 +210,7 @@ pub struct SyncArgs {
 
     /// How much to print: `quiet` (summary and errors), `normal` (plus progress),
     /// `detailed` (plus every entry that is or would be created or updated, with each
-    /// changed field, old and new value).
+    /// changed field, old and new value), `debug` (plus debug log lines).
     #[arg(long, value_enum, default_value_t = Verbosity::Normal)]
     pub verbosity: Verbosity,
 
@@ -260,6 +260,8 @@ pub enum Verbosity {
     Normal,
     /// Plus each change.
     Detailed,
+    /// Plus debug log lines (unless `SLUICEGATE_LOG` sets the log filter).
+    Debug,
 }
 
 impl SyncArgs {

@@ -42,7 +42,11 @@ pub const EXIT_PARTIAL: u8 = 3;
 /// ```
 pub fn main_with(registry: Registry) -> u8 {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let debug = matches!(
+        &cli.command,
+        Command::SyncApi(args) | Command::Redrive(args) if args.verbosity() == args::Verbosity::Debug
+    );
+    init_logging(cli.log_format, if debug { "debug" } else { "warn" });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -69,9 +73,10 @@ pub fn exit_code(code: u8) -> ExitCode {
     ExitCode::from(code)
 }
 
-fn init_logging(format: args::LogFormat) {
+/// Logs to stderr; `SLUICEGATE_LOG` overrides the `default` filter.
+fn init_logging(format: args::LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICEGATE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

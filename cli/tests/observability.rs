@@ -219,6 +219,16 @@ async fn json_log_lines_are_one_object_each() {
         stderr.contains("\"message\":\"memory budget for records in flight\""),
         "{stderr}"
     );
+
+    // `--verbosity debug` turns debug log lines on.
+    let mut cmd = command(&config, &["--verbosity", "debug", "--log-format", "json"]);
+    cmd.stdout(Stdio::null());
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("\"level\":\"DEBUG\""), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -264,4 +274,34 @@ async fn on_a_terminal_the_progress_line_is_redrawn_and_cleared_at_the_end() {
         !screen[summary..].contains('\x1b'),
         "the summary is plain text: {screen:?}"
     );
+}
+
+#[test]
+fn the_grafana_dashboard_queries_only_series_the_endpoint_serves() {
+    let served = sluicegate_cli::report::metrics_text(
+        &sluicegate_core::RunStats::default(),
+        &sluicegate_core::MemoryBudget::new(1 << 20),
+        "orders",
+    );
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../observability/grafana-dashboard.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut checked = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for name in expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("sluicegate_"))
+            {
+                assert!(
+                    served.contains(&format!("# TYPE {name} ")),
+                    "panel '{}' queries {name}, which /metrics does not serve",
+                    panel["title"]
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 10, "only {checked} series checked");
 }
