@@ -161,41 +161,56 @@ fn print_error(err: &Error, hint: Option<String>) {
     }
 }
 
+/// Loads the configuration (with `cute` entries from the space where needed)
+/// and validates the entries `args` selects, before any other I/O.
+async fn load_prepared(
+    registry: &Registry,
+    args: &SyncArgs,
+) -> Result<(ConfigFile, sync::PreparedRun), Error> {
+    let mut config = ConfigFile::load(&args.config)?;
+    let keys = if args.all {
+        Vec::new()
+    } else {
+        args.keys.clone()
+    };
+    cute::add_missing(&mut config, &keys, !args.apply).await?;
+    let entries = config.select(&keys)?;
+    if entries.is_empty() {
+        return Err(Error::config(format!(
+            "{}: has no sync entries",
+            config.path.display()
+        )));
+    }
+    let prepared = sync::prepare(registry, &config, &entries, args)?;
+    Ok((config, prepared))
+}
+
 /// `validate`: the configuration first (exit code 2 on a mistake), then each
 /// entry's connectivity (exit code 1 when one fails).
 async fn validate(registry: &Registry, keys: Vec<String>, config_path: std::path::PathBuf) -> u8 {
-    // A dry run's arguments: what `prepare` reads (no writes, no publishing).
-    let parsed = Cli::try_parse_from([
-        std::ffi::OsStr::new("sluicegate"),
-        std::ffi::OsStr::new("sync-api"),
-        std::ffi::OsStr::new("--all"),
-        std::ffi::OsStr::new("--config"),
-        config_path.as_os_str(),
-    ]);
+    // A dry run's arguments for these keys: what `prepare` reads (no writes).
+    let mut argv = vec![
+        std::ffi::OsString::from("sluicegate"),
+        "sync-api".into(),
+        "--config".into(),
+        config_path.into_os_string(),
+    ];
+    if keys.is_empty() {
+        argv.push("--all".into());
+    }
+    for key in keys {
+        argv.extend(["--key".into(), key.into()]);
+    }
     let Ok(Cli {
         command: Command::SyncApi(args),
         ..
-    }) = parsed
+    }) = Cli::try_parse_from(argv)
     else {
-        eprintln!("error: cannot read the configuration path");
+        eprintln!("error: cannot read the configuration path or keys");
         return EXIT_CONFIG;
     };
-    let mut config = match ConfigFile::load(&config_path) {
-        Ok(c) => c,
-        Err(e) => {
-            print_error(&e, None);
-            return EXIT_CONFIG;
-        }
-    };
-    if let Err(e) = cute::add_missing(&mut config, &keys, true).await {
-        print_error(&e, None);
-        return EXIT_CONFIG;
-    }
-    let prepared = match config
-        .select(&keys)
-        .and_then(|entries| sync::prepare(registry, &config, &entries, &args))
-    {
-        Ok(p) => p,
+    let (config, prepared) = match load_prepared(registry, &args).await {
+        Ok(loaded) => loaded,
         Err(e) => {
             print_error(&e, None);
             return EXIT_CONFIG;
@@ -229,38 +244,8 @@ async fn validate(registry: &Registry, keys: Vec<String>, config_path: std::path
 
 /// `sync-api`, or with `redrive` the same entries fed from the dead-letter file.
 async fn sync_api(registry: &Registry, args: SyncArgs, redrive: bool) -> u8 {
-    let mut config = match ConfigFile::load(&args.config) {
-        Ok(c) => c,
-        Err(e) => {
-            print_error(&e, None);
-            return EXIT_CONFIG;
-        }
-    };
-    let keys = if args.all {
-        Vec::new()
-    } else {
-        args.keys.clone()
-    };
-    if let Err(e) = cute::add_missing(&mut config, &keys, !args.apply).await {
-        print_error(&e, None);
-        return EXIT_CONFIG;
-    }
-    let entries = match config.select(&keys) {
-        Ok(entries) if entries.is_empty() => {
-            print_error(
-                &Error::config(format!("{}: has no sync entries", config.path.display())),
-                None,
-            );
-            return EXIT_CONFIG;
-        }
-        Ok(entries) => entries,
-        Err(e) => {
-            print_error(&e, None);
-            return EXIT_CONFIG;
-        }
-    };
-    let prepared = match sync::prepare(registry, &config, &entries, &args) {
-        Ok(p) => p,
+    let (config, prepared) = match load_prepared(registry, &args).await {
+        Ok(loaded) => loaded,
         Err(e) => {
             print_error(&e, None);
             return EXIT_CONFIG;

@@ -25,6 +25,20 @@ fn config(dir: &Path, url: &str) -> String {
     path.to_str().unwrap().to_owned()
 }
 
+/// The example shop API with `orders` orders, each response delayed `latency_ms`.
+async fn shop(orders: u64, latency_ms: u64) -> ShopServer {
+    ShopServer::start(
+        ShopConfig {
+            orders,
+            latency: Duration::from_millis(latency_ms),
+            ..ShopConfig::default()
+        },
+        "127.0.0.1:0",
+    )
+    .await
+    .unwrap()
+}
+
 fn command(config: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluicegate"));
     cmd.args([
@@ -62,16 +76,7 @@ fn scrape(url: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_scraped_while_running_and_the_report_holds_every_figure() {
     // Slow pages keep the run going while it is scraped.
-    let shop = ShopServer::start(
-        ShopConfig {
-            orders: 3000,
-            latency: Duration::from_millis(60),
-            ..ShopConfig::default()
-        },
-        "127.0.0.1:0",
-    )
-    .await
-    .unwrap();
+    let shop = shop(3000, 60).await;
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path(), &shop.url());
     let report = dir.path().join("run.json");
@@ -188,15 +193,7 @@ async fn metrics_are_scraped_while_running_and_the_report_holds_every_figure() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_log_lines_are_one_object_each() {
-    let shop = ShopServer::start(
-        ShopConfig {
-            orders: 500,
-            ..ShopConfig::default()
-        },
-        "127.0.0.1:0",
-    )
-    .await
-    .unwrap();
+    let shop = shop(500, 0).await;
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path(), &shop.url());
     let mut cmd = command(&config, &["--quiet", "--log-format", "json"]);
@@ -234,16 +231,7 @@ async fn json_log_lines_are_one_object_each() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_terminal_the_progress_line_is_redrawn_and_cleared_at_the_end() {
     // Slow pages: the run lasts long enough for several redraws (every 500 ms).
-    let shop = ShopServer::start(
-        ShopConfig {
-            orders: 2000,
-            latency: Duration::from_millis(80),
-            ..ShopConfig::default()
-        },
-        "127.0.0.1:0",
-    )
-    .await
-    .unwrap();
+    let shop = shop(2000, 80).await;
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path(), &shop.url());
     let line = format!(
