@@ -31,7 +31,14 @@ struct Plan {
 
 impl DbSource {
     /// Builds a source from a validated configuration; does not connect yet.
-    pub fn new(provider: Provider, config: DbSourceConfig, ctx: &BuildContext) -> Result<Self> {
+    pub fn new(provider: Provider, mut config: DbSourceConfig, ctx: &BuildContext) -> Result<Self> {
+        if let Some(size) = ctx.tuning.page_size {
+            let size = size.max(1);
+            config.fetch_size = usize::try_from(size).unwrap_or(usize::MAX);
+            if let Some(paging) = config.pagination.as_mut() {
+                paging.limit_max = Some(size);
+            }
+        }
         let rendered = config.render_connection(ctx)?;
         let params = ConnectionParams::parse(provider, &rendered, &ctx.base_dir)
             .map_err(|e| sluicegate_core::field_error("connectionString", e.message()))?;

@@ -77,14 +77,17 @@ impl Requester {
         loop {
             attempt += 1;
             if let Some(pacer) = &self.pacer {
-                pacer.wait().await;
+                stats.add_rate_limit_wait(pacer.wait().await);
             }
             stats.add_request();
             if attempt > 1 {
                 stats.add_retry();
             }
             let request = self.auth.apply(&self.client, build()).await?;
-            let (failure, retry_after) = match request.send().await {
+            let in_flight = stats.request_started();
+            let sent = request.send().await;
+            in_flight.finish();
+            let (failure, retry_after) = match sent {
                 Ok(response) => {
                     let status = response.status().as_u16();
                     stats.add_status(status);
@@ -98,6 +101,9 @@ impl Requester {
                         continue;
                     }
                     let retry_after = parse_retry_after(response.headers());
+                    if status == 429 {
+                        stats.add_rate_limited();
+                    }
                     if let Some(pacer) = &self.pacer
                         && status == 429
                     {

@@ -409,6 +409,7 @@ mod tests {
             base_dir: ".".into(),
             publish: true,
             cache_dir: None,
+            tuning: Default::default(),
         }
     }
 

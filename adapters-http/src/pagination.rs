@@ -49,6 +49,28 @@ pub enum Pagination {
     Single(SinglePaging),
 }
 
+impl Pagination {
+    /// This pagination asking for `size` records per page (a run's
+    /// `--page-size`), where the API takes a page size: kept to `limitMax`, which
+    /// then also becomes the full-page mark.
+    pub fn with_page_size(mut self, size: u64) -> Self {
+        let size = size.max(1);
+        match &mut self {
+            Pagination::Offset(p) => {
+                let size = p.limit_max.map_or(size, |max| size.min(max));
+                p.page_size = size;
+                if p.limit_max.is_some() {
+                    p.limit_max = Some(size);
+                }
+            }
+            Pagination::PageNumber(p) if p.limit_key.is_some() => p.page_size = Some(size),
+            Pagination::Cursor(p) if p.limit_key.is_some() => p.page_size = Some(size),
+            _ => {}
+        }
+        self
+    }
+}
+
 /// `type: offset`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]

@@ -251,7 +251,11 @@ impl HttpSource {
             }),
             None => None,
         };
-        let paginator = Paginator::new(config.effective_pagination())?;
+        let mut pagination = config.effective_pagination();
+        if let Some(size) = ctx.tuning.page_size {
+            pagination = pagination.map(|p| p.with_page_size(size));
+        }
+        let paginator = Paginator::new(pagination)?;
         let estimate = paginator
             .page_size()
             .map_or(1 << 20, |n| {

@@ -109,6 +109,7 @@ fn ctx() -> BuildContext {
         base_dir: ".".into(),
         publish: true,
         cache_dir: None,
+        tuning: Default::default(),
     }
 }
 

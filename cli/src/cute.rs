@@ -166,6 +166,7 @@ pub async fn add_missing(config: &mut ConfigFile, keys: &[String], dry_run: bool
         base_dir: config.base_dir(),
         publish: true,
         cache_dir: None,
+        tuning: Default::default(),
     };
     let mut added = Vec::new();
     for key in missing {

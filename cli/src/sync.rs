@@ -50,6 +50,7 @@ pub fn prepare(
         base_dir: base_dir.clone(),
         publish: !args.no_publish,
         cache_dir: args.use_filecache.then(|| default_cache_dir(config)),
+        tuning: Default::default(),
     };
     let in_file = |e: Error| Error::config(config.at(e.message()));
     let mut sinks = BTreeMap::new();
@@ -427,6 +428,7 @@ async fn pipeline(
                     .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
                     .or(batch_rows)
                     .unwrap_or(5000),
+                transform_rows: None,
                 linger: Duration::from_millis(500),
                 max_errors: ctx.args.max_errors,
             }),

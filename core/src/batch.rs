@@ -134,6 +134,29 @@ impl Batch {
         self.lease.empty_twin()
     }
 
+    /// Takes the first `n` records off into a batch of their own, with the share
+    /// of the lease their count makes up. This batch keeps the rest and the
+    /// position; the part taken off has none (the source cannot resume in the
+    /// middle of a page), so committing it moves no checkpoint.
+    pub fn take_front(&mut self, n: usize) -> Batch {
+        let total = self.records.len();
+        let n = n.min(total);
+        let rest = self.records.split_off(n);
+        let front = std::mem::replace(&mut self.records, rest);
+        let bytes = if total == 0 {
+            0
+        } else {
+            usize::try_from(self.lease.bytes() as u128 * n as u128 / total as u128)
+                .unwrap_or(usize::MAX)
+        };
+        Batch {
+            records: front,
+            position: None,
+            pages: self.pages,
+            lease: self.lease.split(bytes),
+        }
+    }
+
     /// Splits the batch into its records and its lease, for sinks that need to
     /// own the records while keeping the memory accounted until they are done.
     pub fn into_parts(self) -> (Vec<Record>, Option<Position>, MemoryLease) {
@@ -172,5 +195,28 @@ mod tests {
         assert_eq!(a.position(), Some(&Position::new(json!({"offset": 2}))));
         drop(a);
         assert_eq!(budget.in_use(), 0);
+    }
+
+    #[tokio::test]
+    async fn take_front_splits_records_and_memory_and_keeps_the_position_behind() {
+        let budget = MemoryBudget::new(1 << 20);
+        let records = (0..10).map(|i| into_record(json!({"id": i}))).collect();
+        let mut batch = Batch::new(records, budget.acquire(10_000).await.unwrap())
+            .with_page(3)
+            .with_position(Some(Position::new(json!({"offset": 10}))));
+        let front = batch.take_front(4);
+        assert_eq!((front.len(), batch.len()), (4, 6));
+        assert_eq!((front.bytes(), batch.bytes()), (4000, 6000));
+        assert_eq!(front.position(), None, "no resuming in the middle of a page");
+        assert_eq!(batch.position(), Some(&Position::new(json!({"offset": 10}))));
+        assert_eq!(front.pages(), Some((3, 3)));
+        assert_eq!(budget.in_use(), 10_000, "nothing released by splitting");
+        drop(front);
+        assert_eq!(budget.in_use(), 6000);
+        // The budget's permits moved with the bytes: all of it can be acquired again.
+        drop(batch);
+        assert_eq!(budget.in_use(), 0);
+        let all = budget.try_acquire(1 << 20);
+        assert!(all.is_some(), "every permit came back");
     }
 }

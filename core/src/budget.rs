@@ -283,6 +283,28 @@ impl MemoryLease {
         self.bytes = bytes;
     }
 
+    /// Moves `bytes` of this lease (at most all of it) into a new lease on the
+    /// same budget; nothing is acquired or released.
+    pub fn split(&mut self, bytes: usize) -> MemoryLease {
+        let bytes = bytes.min(self.bytes);
+        let keep_units = self.budget.units_for(self.bytes - bytes) as usize;
+        let permit = match &mut self.permit {
+            Some(permit) if permit.num_permits() > keep_units => {
+                permit.split(permit.num_permits() - keep_units)
+            }
+            _ => None,
+        };
+        if keep_units == 0 {
+            self.permit = None;
+        }
+        self.bytes -= bytes;
+        MemoryLease {
+            budget: self.budget.clone(),
+            permit,
+            bytes,
+        }
+    }
+
     /// A zero-byte lease on the same budget.
     pub(crate) fn empty_twin(&self) -> MemoryLease {
         MemoryLease {

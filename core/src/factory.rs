@@ -33,6 +33,21 @@ pub struct BuildContext {
     pub publish: bool,
     /// Where sources may cache responses on disk (`--use-filecache`); `None`: no cache.
     pub cache_dir: Option<PathBuf>,
+    /// Stage sizes the run sets for every adapter; they win over the adapter's
+    /// own configuration where set.
+    pub tuning: StageTuning,
+}
+
+/// Stage sizes a run sets for all its adapters (`--page-size`,
+/// `--max-concurrent-chunks`, a `--preset`); `None` leaves the choice to each
+/// adapter's configuration.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StageTuning {
+    /// Records a source asks for per page (or fetches per query). A source whose
+    /// service caps the page size (`limitMax`) keeps to the cap.
+    pub page_size: Option<u64>,
+    /// Requests a sink sends at once (chunks of a batch written concurrently).
+    pub max_concurrency: Option<usize>,
 }
 
 impl BuildContext {
@@ -45,6 +60,7 @@ impl BuildContext {
             base_dir: PathBuf::from("."),
             publish: true,
             cache_dir: None,
+            tuning: StageTuning::default(),
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod jsonpath;
 pub mod keyed;
 pub mod mapping;
 pub mod memory;
+pub mod monitor;
 pub mod observe;
 pub mod pace;
 pub mod paginate;
@@ -30,7 +31,7 @@ pub use checkpoint::{CheckpointStore, FileCheckpointStore, MemoryCheckpointStore
 pub use config::{Secret, field_error, locate, parse_section};
 pub use content::{ContentModel, Converted, EntryFields, FieldDef, FieldKind, convert};
 pub use error::{Error, ErrorKind, Result, ResultExt};
-pub use factory::{BuildContext, DynFactory, Factory, Prepared};
+pub use factory::{BuildContext, DynFactory, Factory, Prepared, StageTuning};
 pub use jsonpath::JsonSelector;
 pub use keyed::{
     ExistingEntry, KeyedCapabilities, KeyedSink, Lookup, LookupPage, WriteOp, Written,
@@ -39,6 +40,9 @@ pub use mapping::{
     MapOutcome, Mapper, MappingConfig, MappingItem, PreMappingItem, scriban_to_jinja,
 };
 pub use memory::{ProcessMemory, process_memory};
+pub use monitor::{
+    MemoryMonitor, MemoryRelief, MonitorSettings, MonitorSnapshot, MonitorTask, Pressure,
+};
 pub use observe::{NoObserver, Rejected, RunObserver, Stage};
 pub use pace::Pacer;
 pub use paginate::{Page, PageContext, PageSource, paginate};
@@ -47,6 +51,6 @@ pub use record::{Record, approx_record_size, approx_value_size, into_record};
 pub use registry::Registry;
 pub use sink::{BatchAck, Sink, SinkWriter, StreamTarget, WriterSummary};
 pub use source::{BatchSender, BatchStream, ReadRequest, Source, channel_stream};
-pub use stats::{RunStats, StatsSnapshot};
+pub use stats::{InFlight, LATENCY_BOUNDS_MS, RunStats, StatsSnapshot};
 pub use template::{Templates, render_template, template_scope_from_env};
 pub use upsert::{CacheConfig, CacheStats, Prefetch, UpsertOptions, UpsertWriter};

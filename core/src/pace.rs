@@ -55,8 +55,8 @@ impl Pacer {
         self.lock().limit
     }
 
-    /// Waits for this request's slot.
-    pub async fn wait(&self) {
+    /// Waits for this request's slot; returns how long it waited.
+    pub async fn wait(&self) -> Duration {
         let slot = {
             let mut s = self.lock();
             let now = Instant::now();
@@ -64,7 +64,9 @@ impl Pacer {
             s.next = slot + s.interval;
             slot
         };
+        let waited = slot.saturating_duration_since(Instant::now());
         tokio::time::sleep_until(slot).await;
+        waited
     }
 
     /// Adopts the limit the service announces (unless the limit is fixed).

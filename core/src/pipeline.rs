@@ -12,6 +12,7 @@
 //! not fit, the run stops with an [`ErrorKind::MemoryLimit`] error instead of
 //! growing until the process is killed.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,7 @@ use crate::budget::MemoryBudget;
 use crate::checkpoint::CheckpointStore;
 use crate::error::{Error, ErrorKind, Result, ResultExt};
 use crate::mapping::Mapper;
+use crate::monitor::MemoryMonitor;
 use crate::observe::{NoObserver, RunObserver};
 use crate::sink::{BatchAck, SinkWriter, WriterSummary};
 use crate::source::{BatchStream, ReadRequest, Source};
@@ -46,6 +48,10 @@ pub struct PipelineOptions {
     pub mode: ReadMode,
     /// Most records per sink batch (one sink transaction).
     pub batch_rows: usize,
+    /// Most records mapped in one step: larger source pages are split into
+    /// chunks of this size, each mapped and passed on by itself (streaming mode);
+    /// `None`: a page at a time.
+    pub transform_rows: Option<usize>,
     /// How long a partial batch may wait for more records before it is written.
     pub linger: Duration,
     /// Stop the stream once more records were rejected (by the mapping or the
@@ -116,6 +122,7 @@ impl Default for PipelineOptions {
         Self {
             mode: ReadMode::Streaming,
             batch_rows: 5000,
+            transform_rows: None,
             linger: Duration::from_millis(500),
             max_errors: None,
         }
@@ -155,6 +162,7 @@ pub struct Pipeline {
     options: PipelineOptions,
     mapper: Option<Arc<Mapper>>,
     observer: Arc<dyn RunObserver>,
+    monitor: MemoryMonitor,
 }
 
 /// What happens to each source batch before it is regrouped and written.
@@ -204,7 +212,17 @@ impl Pipeline {
             options: PipelineOptions::default(),
             mapper: None,
             observer: Arc::new(NoObserver),
+            monitor: MemoryMonitor::disabled(),
         }
+    }
+
+    /// Follows this memory monitor: gathers batches of the size it allows, writes
+    /// the partial batch and relieves the sink writer when it asks for a flush.
+    /// (Sampling is the monitor's own task; see [`MemoryMonitor::spawn`].)
+    #[must_use]
+    pub fn monitor(mut self, monitor: MemoryMonitor) -> Self {
+        self.monitor = monitor;
+        self
     }
 
     /// Maps every record with this mapping before it is written.
@@ -284,7 +302,14 @@ impl Pipeline {
         };
         match self.options.mode {
             ReadMode::Streaming => {
-                streaming(stream, shaping, &mut writer, &self.budget, &self.options).await?
+                let limits = Gathering {
+                    batch_rows: self.options.batch_rows.max(1),
+                    batch_bytes: self.budget.capacity() / 2,
+                    transform_rows: self.options.transform_rows.map(|n| n.max(1)),
+                    linger: self.options.linger,
+                    monitor: self.monitor.clone(),
+                };
+                streaming(stream, shaping, &mut writer, limits).await?
             }
             ReadMode::Classic => classic(stream, shaping, &mut writer, &self.options).await?,
         }
@@ -370,22 +395,58 @@ impl Writer {
     }
 }
 
+/// How the streaming producer gathers pages into sink batches.
+struct Gathering {
+    /// Configured records per batch (the monitor may scale it down).
+    batch_rows: usize,
+    /// Configured bytes per batch (the monitor may scale it down).
+    batch_bytes: usize,
+    /// Records mapped per step, if source pages are split.
+    transform_rows: Option<usize>,
+    /// How long a partial batch waits for more records.
+    linger: Duration,
+    monitor: MemoryMonitor,
+}
+
 /// Source in a task, regrouping pages into sink batches; the sink in this task.
 async fn streaming(
     mut stream: BatchStream,
     shaping: Shaping,
     writer: &mut Writer,
-    budget: &MemoryBudget,
-    options: &PipelineOptions,
+    limits: Gathering,
 ) -> Result<()> {
     let (tx, mut rx) = mpsc::channel::<Result<Batch>>(1);
-    let batch_rows = options.batch_rows.max(1);
-    let batch_bytes = budget.capacity() / 2;
-    let linger = options.linger;
+    let Gathering {
+        batch_rows: configured_rows,
+        batch_bytes: configured_bytes,
+        transform_rows,
+        linger,
+        monitor,
+    } = limits;
+    let mut sink_flushes = monitor.flush_requests();
+    let producer_monitor = monitor.clone();
     let producer = tokio::spawn(async move {
+        let monitor = producer_monitor;
+        let mut flushes = monitor.flush_requests();
         let mut pending: Option<Batch> = None;
+        // Chunks of a split source page, not mapped yet.
+        let mut chunks: VecDeque<Batch> = VecDeque::new();
         loop {
-            let next = if pending.is_some() {
+            // A flush request: write what was gathered so far at once.
+            if flushes.has_changed().unwrap_or(false) {
+                flushes.mark_unchanged();
+                if let Some(batch) = pending.take() {
+                    monitor.note_batch_flushed(batch.len());
+                    if tx.send(Ok(batch)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            let batch_rows = monitor.batch_rows(configured_rows);
+            let batch_bytes = monitor.batch_bytes(configured_bytes);
+            let next = if let Some(chunk) = chunks.pop_front() {
+                Some(Ok(chunk))
+            } else if pending.is_some() {
                 match tokio::time::timeout(linger, stream.next()).await {
                     Ok(next) => next,
                     Err(_quiet) => {
@@ -401,7 +462,19 @@ async fn streaming(
                 stream.next().await
             };
             let next = match next {
-                Some(Ok(batch)) => Some(shaping.apply(batch).await),
+                Some(Ok(mut batch)) => {
+                    if let Some(n) = transform_rows
+                        && batch.len() > n
+                    {
+                        let mut rest = batch;
+                        batch = rest.take_front(n);
+                        while rest.len() > n {
+                            chunks.push_back(rest.take_front(n));
+                        }
+                        chunks.push_back(rest);
+                    }
+                    Some(shaping.apply(batch).await)
+                }
                 other => other,
             };
             match next {
@@ -454,8 +527,18 @@ async fn streaming(
         }
     });
     let result = async {
-        while let Some(item) = rx.recv().await {
-            writer.write(item?).await?;
+        loop {
+            tokio::select! {
+                item = rx.recv() => match item {
+                    Some(item) => writer.write(item?).await?,
+                    None => break,
+                },
+                Ok(()) = sink_flushes.changed() => {
+                    sink_flushes.mark_unchanged();
+                    let relief = writer.inner.relieve_memory().await.map_err(|e| e.with_context("sync", &writer.sync_key))?;
+                    monitor.note_relief(&writer.sync_key, relief);
+                }
+            }
         }
         Ok(())
     }

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::batch::Batch;
 use crate::error::Result;
+use crate::monitor::MemoryRelief;
 use crate::observe::{NoObserver, RunObserver};
 use crate::stats::RunStats;
 
@@ -144,10 +145,20 @@ pub trait Sink: Send + Sync + 'static {
 ///   whole batch fail is returned as `Err`, and then its position is not committed.
 /// - `finish` is called once after the last batch (not after an error) and may
 ///   flush what the writer buffered; its summary's figures cover the whole stream.
+/// - `relieve_memory` is called between batches when the run's
+///   [`MemoryMonitor`](crate::MemoryMonitor) sees memory above its threshold: drop
+///   caches (they are looked up again), write out buffers, and say what was freed.
+///   A writer that holds nothing beyond a batch keeps the default, which frees
+///   nothing. Wrappers must forward it.
 #[async_trait]
 pub trait SinkWriter: Send {
     /// Writes (or, in a dry run, plans) one batch and acknowledges it.
     async fn write(&mut self, batch: Batch) -> Result<BatchAck>;
+
+    /// Frees what the writer caches or buffers, under memory pressure.
+    async fn relieve_memory(&mut self) -> Result<MemoryRelief> {
+        Ok(MemoryRelief::default())
+    }
 
     /// Finishes the stream and reports its final figures.
     async fn finish(self: Box<Self>) -> Result<WriterSummary>;

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -22,6 +23,41 @@ pub struct RunStats {
     requests: AtomicU64,
     retries: AtomicU64,
     statuses: Mutex<BTreeMap<u16, u64>>,
+    rate_limited: AtomicU64,
+    pacing_wait_nanos: AtomicU64,
+    in_flight: AtomicU64,
+    peak_in_flight: AtomicU64,
+    latency_buckets: [AtomicU64; LATENCY_BOUNDS_MS.len()],
+    latency_count: AtomicU64,
+    latency_nanos: AtomicU64,
+    cache_hits: AtomicU64,
+    cache_misses: AtomicU64,
+    cache_evictions: AtomicU64,
+    cache_entries: AtomicU64,
+    cache_bytes: AtomicU64,
+}
+
+/// Upper bounds (milliseconds) of the request latency histogram's buckets; the
+/// last, unbounded bucket is the count of all requests.
+pub const LATENCY_BOUNDS_MS: [u64; 11] = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000];
+
+/// Counts a request as in flight until dropped ([`RunStats::request_started`]).
+#[derive(Debug)]
+pub struct InFlight<'a> {
+    stats: &'a RunStats,
+    started: std::time::Instant,
+}
+
+impl InFlight<'_> {
+    /// Ends the request (answered or failed) and records its latency.
+    pub fn finish(self) {}
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.stats.observe_latency(self.started.elapsed());
+    }
 }
 
 /// A copy of the counters at one moment.
@@ -47,6 +83,55 @@ pub struct StatsSnapshot {
     pub retries: u64,
     /// Responses per HTTP status code.
     pub statuses: BTreeMap<u16, u64>,
+    /// "Too many requests" answers that paused requests.
+    pub rate_limited: u64,
+    /// Time requests waited for a slot under a rate limit (pacing and pauses).
+    pub rate_limit_wait_ms: u64,
+    /// Requests being sent or awaiting their answer now.
+    pub in_flight: u64,
+    /// The most requests in flight at once.
+    pub peak_in_flight: u64,
+    /// Requests whose answer (status and headers) took at most each bound of
+    /// [`LATENCY_BOUNDS_MS`], cumulative.
+    pub latency_buckets: Vec<u64>,
+    /// Requests timed.
+    pub latency_count: u64,
+    /// Their summed latency, in microseconds.
+    pub latency_total_us: u64,
+    /// Records a sink's lookup cache answered.
+    pub cache_hits: u64,
+    /// Records it did not know.
+    pub cache_misses: u64,
+    /// Entries evicted to stay within its bounds.
+    pub cache_evictions: u64,
+    /// Entries it holds now (the stream being written).
+    pub cache_entries: u64,
+    /// Bytes it holds now, as weighed.
+    pub cache_bytes: u64,
+}
+
+impl StatsSnapshot {
+    /// Mean request latency, if any request was timed.
+    pub fn mean_latency(&self) -> Option<Duration> {
+        (self.latency_count > 0)
+            .then(|| Duration::from_micros(self.latency_total_us / self.latency_count))
+    }
+
+    /// The latency below which `q` (0..1) of the requests answered: the bound of
+    /// the first bucket holding that share (`None` when nothing was timed; the
+    /// largest bound when beyond it).
+    pub fn latency_quantile(&self, q: f64) -> Option<Duration> {
+        if self.latency_count == 0 {
+            return None;
+        }
+        let want = (self.latency_count as f64 * q).ceil() as u64;
+        let ms = LATENCY_BOUNDS_MS
+            .iter()
+            .zip(&self.latency_buckets)
+            .find(|(_, n)| **n >= want)
+            .map_or(LATENCY_BOUNDS_MS[LATENCY_BOUNDS_MS.len() - 1], |(b, _)| *b);
+        Some(Duration::from_millis(ms))
+    }
 }
 
 impl RunStats {
@@ -104,6 +189,58 @@ impl RunStats {
         *statuses.entry(status).or_default() += 1;
     }
 
+    /// Counts a "too many requests" answer.
+    pub fn add_rate_limited(&self) {
+        self.rate_limited.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts time spent waiting for a rate limit's slot.
+    pub fn add_rate_limit_wait(&self, waited: Duration) {
+        self.pacing_wait_nanos
+            .fetch_add(u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// Counts a request in flight until the returned guard is dropped, then
+    /// records its latency.
+    pub fn request_started(&self) -> InFlight<'_> {
+        let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak_in_flight.fetch_max(now, Ordering::Relaxed);
+        InFlight {
+            stats: self,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Records one request's latency.
+    pub fn observe_latency(&self, latency: Duration) {
+        let ms = latency.as_millis();
+        for (bound, bucket) in LATENCY_BOUNDS_MS.iter().zip(&self.latency_buckets) {
+            if ms <= u128::from(*bound) {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        self.latency_nanos
+            .fetch_add(u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// Counts lookups a sink's cache answered (`hits`) or did not (`misses`).
+    pub fn add_cache_lookups(&self, hits: u64, misses: u64) {
+        self.cache_hits.fetch_add(hits, Ordering::Relaxed);
+        self.cache_misses.fetch_add(misses, Ordering::Relaxed);
+    }
+
+    /// Counts one cache eviction.
+    pub fn add_cache_eviction(&self) {
+        self.cache_evictions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sets the size of the cache of the stream being written.
+    pub fn set_cache_size(&self, entries: u64, bytes: u64) {
+        self.cache_entries.store(entries, Ordering::Relaxed);
+        self.cache_bytes.store(bytes, Ordering::Relaxed);
+    }
+
     /// Records read so far.
     pub fn rows_read(&self) -> u64 {
         self.rows_read.load(Ordering::Relaxed)
@@ -131,6 +268,22 @@ impl RunStats {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .clone(),
+            rate_limited: self.rate_limited.load(Ordering::Relaxed),
+            rate_limit_wait_ms: self.pacing_wait_nanos.load(Ordering::Relaxed) / 1_000_000,
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            peak_in_flight: self.peak_in_flight.load(Ordering::Relaxed),
+            latency_buckets: self
+                .latency_buckets
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+            latency_count: self.latency_count.load(Ordering::Relaxed),
+            latency_total_us: self.latency_nanos.load(Ordering::Relaxed) / 1000,
+            cache_hits: self.cache_hits.load(Ordering::Relaxed),
+            cache_misses: self.cache_misses.load(Ordering::Relaxed),
+            cache_evictions: self.cache_evictions.load(Ordering::Relaxed),
+            cache_entries: self.cache_entries.load(Ordering::Relaxed),
+            cache_bytes: self.cache_bytes.load(Ordering::Relaxed),
         }
     }
 }
@@ -155,5 +308,40 @@ mod tests {
         assert_eq!(snap.retries, 1);
         assert_eq!(snap.statuses.get(&200), Some(&2));
         assert_eq!(snap.statuses.get(&503), Some(&1));
+    }
+
+    #[test]
+    fn latency_and_in_flight() {
+        let stats = RunStats::default();
+        let first = stats.request_started();
+        let second = stats.request_started();
+        assert_eq!(stats.snapshot().in_flight, 2);
+        first.finish();
+        drop(second);
+        stats.observe_latency(Duration::from_millis(40));
+        stats.observe_latency(Duration::from_millis(700));
+        let snap = stats.snapshot();
+        assert_eq!((snap.in_flight, snap.peak_in_flight), (0, 2));
+        assert_eq!(snap.latency_count, 4);
+        // 5 ms bucket: the two instant requests; 50 ms: plus the 40 ms one.
+        assert_eq!(snap.latency_buckets[0], 2);
+        assert_eq!(snap.latency_buckets[3], 3);
+        assert_eq!(snap.latency_buckets[7], 4);
+        assert_eq!(snap.latency_quantile(0.5), Some(Duration::from_millis(5)));
+        assert_eq!(snap.latency_quantile(0.99), Some(Duration::from_millis(1000)));
+        assert!(snap.mean_latency().unwrap() >= Duration::from_millis(185));
+    }
+
+    #[test]
+    fn cache_figures() {
+        let stats = RunStats::default();
+        stats.add_cache_lookups(7, 3);
+        stats.add_cache_eviction();
+        stats.set_cache_size(40, 4096);
+        let snap = stats.snapshot();
+        assert_eq!(
+            (snap.cache_hits, snap.cache_misses, snap.cache_evictions, snap.cache_entries, snap.cache_bytes),
+            (7, 3, 1, 40, 4096)
+        );
     }
 }

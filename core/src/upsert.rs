@@ -36,6 +36,7 @@ use crate::batch::Batch;
 use crate::content::{ContentModel, EntryFields, comparable, convert};
 use crate::error::{Error, ErrorKind, Result};
 use crate::keyed::{ExistingEntry, KeyedSink, Lookup, WriteOp};
+use crate::monitor::MemoryRelief;
 use crate::observe::{Rejected, Stage};
 use crate::record::Record;
 use crate::sink::{BatchAck, SinkWriter, StreamTarget, WriterSummary};
@@ -176,10 +177,12 @@ impl<K: KeyedSink> UpsertWriter<K> {
             })
             .eviction_listener({
                 let counters = counters.clone();
+                let stats = target.stats.clone();
                 let complete = complete.clone();
                 move |_k, _v, cause| {
                     if cause.was_evicted() {
                         counters.evictions.fetch_add(1, Ordering::Relaxed);
+                        stats.add_cache_eviction();
                         complete.store(false, Ordering::Relaxed);
                     }
                 }
@@ -579,6 +582,7 @@ impl<K: KeyedSink> SinkWriter for UpsertWriter<K> {
             match self.cache.get(&cand.key) {
                 Some(c) => {
                     self.counters.hits.fetch_add(1, Ordering::Relaxed);
+                    self.target.stats.add_cache_lookups(1, 0);
                     if c.digest == cand.digest {
                         plans.push(Some(Plan::Unchanged));
                     } else {
@@ -588,6 +592,7 @@ impl<K: KeyedSink> SinkWriter for UpsertWriter<K> {
                 }
                 None => {
                     self.counters.misses.fetch_add(1, Ordering::Relaxed);
+                    self.target.stats.add_cache_lookups(0, 1);
                     if complete {
                         plans.push(Some(Plan::Create));
                     } else {
@@ -717,7 +722,26 @@ impl<K: KeyedSink> SinkWriter for UpsertWriter<K> {
                 }
             }
         }
+        self.target
+            .stats
+            .set_cache_size(self.cache.entry_count(), self.cache.weighted_size());
         Ok(ack)
+    }
+
+    /// Empties the lookup cache: its entries are looked up again when needed
+    /// (and a prefetched cache no longer counts as holding every entry).
+    async fn relieve_memory(&mut self) -> Result<MemoryRelief> {
+        self.cache.run_pending_tasks();
+        let relief = MemoryRelief {
+            cache_entries: self.cache.entry_count(),
+            cache_bytes: self.cache.weighted_size(),
+            buffers_flushed: 0,
+        };
+        self.complete.store(false, Ordering::Relaxed);
+        self.cache.invalidate_all();
+        self.cache.run_pending_tasks();
+        self.target.stats.set_cache_size(self.cache.entry_count(), self.cache.weighted_size());
+        Ok(relief)
     }
 
     async fn finish(self: Box<Self>) -> Result<WriterSummary> {

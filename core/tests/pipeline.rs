@@ -18,6 +18,7 @@ fn options(mode: ReadMode, batch_rows: usize) -> PipelineOptions {
     PipelineOptions {
         mode,
         batch_rows,
+        transform_rows: None,
         linger: Duration::from_millis(200),
         max_errors: None,
     }
@@ -240,4 +241,61 @@ async fn mapping_filters_rows_and_rejects_bad_ones_without_stopping() {
         rejected[0].reason
     );
     assert_eq!(sink.tables()["numbers"]["8"]["n"], serde_json::json!("8"));
+}
+
+#[tokio::test]
+async fn under_memory_pressure_batches_shrink_and_everything_is_still_written() {
+    use sluicegate_core::{MemoryMonitor, MonitorSettings};
+    let monitor = MemoryMonitor::with_probe(
+        MonitorSettings {
+            limit_bytes: 100,
+            flush_threshold: 0.8,
+            check_interval: Duration::from_millis(10),
+        },
+        || Some(95),
+    );
+    // Two samples over the threshold: batches are a quarter of their size.
+    monitor.check();
+    monitor.check();
+    let sink = MemorySink::new();
+    let source = Arc::new(VecSource::new(numbered_records(1000), 30));
+    let report = pipeline(&sink, source)
+        .await
+        .monitor(monitor.clone())
+        .options(options(ReadMode::Streaming, 400))
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(report.ack.rows, 1000);
+    assert_eq!(sink.tables()["numbers"].len(), 1000);
+    // Batches of at most 100 records (400 / 4) instead of 400.
+    assert!(report.batches >= 10, "{} batches", report.batches);
+    assert_eq!(monitor.snapshot().batch_shrinks, 2);
+}
+
+#[tokio::test]
+async fn pages_larger_than_the_transform_size_are_split_and_all_written() {
+    let sink = MemorySink::new();
+    let source = Arc::new(VecSource::new(numbered_records(1000), 100));
+    let mut opts = options(ReadMode::Streaming, 30);
+    let report = pipeline(&sink, source.clone())
+        .await
+        .options(opts.clone())
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(report.batches, 10, "a page of 100 is one batch without splitting");
+
+    let sink = MemorySink::new();
+    opts.transform_rows = Some(30);
+    let report = pipeline(&sink, source)
+        .await
+        .options(opts)
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(report.ack.rows, 1000);
+    assert_eq!(sink.tables()["numbers"].len(), 1000);
+    // Each page of 100 goes on as chunks of 30, 30, 30 and 10.
+    assert_eq!(report.batches, 40);
 }

@@ -333,3 +333,27 @@ async fn bad_records_are_rejected_and_the_rest_goes_on() {
         "later duplicates fill gaps"
     );
 }
+
+#[tokio::test]
+async fn relieving_memory_empties_the_cache_and_results_stay_right() {
+    let sink = Arc::new(MemoryKeyedSink::new(model(), "sku"));
+    let mut w = writer(
+        &sink,
+        options(false, 1000, Prefetch::Auto),
+        Arc::new(Collect::default()),
+    );
+    run(&mut w, flat(0, 300, 1.0), 100).await;
+    let relief = w.relieve_memory().await.unwrap();
+    assert_eq!(relief.cache_entries, 300, "every cached entry dropped");
+    assert!(relief.cache_bytes > 0);
+
+    // The cache was prefetched (it held the whole target); after the relief a
+    // miss must be looked up again, not taken for a new entry.
+    let before = sink.counts();
+    let ack = run(&mut w, flat(0, 300, 2.0), 100).await;
+    assert_eq!((ack.inserted, ack.updated), (0, 300), "no duplicates created");
+    let after = sink.counts();
+    assert_eq!(after.creates, before.creates);
+    assert!(after.key_lookups > before.key_lookups, "looked up again");
+    assert_eq!(sink.entries().len(), 300);
+}

@@ -225,9 +225,10 @@ impl ApiClient {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            self.pacer.wait().await;
+            let waited = self.pacer.wait().await;
             let stats = self.stats();
             if let Some(s) = &stats {
+                s.add_rate_limit_wait(waited);
                 s.add_request();
                 if attempt > 1 {
                     s.add_retry();
@@ -244,7 +245,10 @@ impl ApiClient {
             if let Some(body) = body {
                 request = request.body(body.to_string());
             }
-            let failure = match request.send().await {
+            let in_flight = stats.as_ref().map(|s| s.request_started());
+            let sent = request.send().await;
+            drop(in_flight);
+            let failure = match sent {
                 Ok(response) => {
                     let status = response.status().as_u16();
                     if let Some(s) = &stats {
@@ -300,6 +304,9 @@ impl ApiClient {
                                     .unwrap_or(1)
                                     .max(1);
                                 self.pacer.pause(Duration::from_secs(reset));
+                                if let Some(s) = &stats {
+                                    s.add_rate_limited();
+                                }
                                 tracing::warn!(path = %shown_path, reset, "rate limited; pausing");
                                 (err, None)
                             } else if status >= 500 {

@@ -62,6 +62,7 @@ fn sink(dir: &Path, server: &CmaServer, dry_run: bool, extra: Value) -> Contentf
         base_dir: dir.to_path_buf(),
         publish: true,
         cache_dir: None,
+        tuning: Default::default(),
     };
     ContentfulSink::new(config, &ctx).unwrap()
 }

@@ -21,8 +21,8 @@ use std::cmp::Ordering;
 
 use serde_json::Value;
 use sluicegate_core::{
-    Batch, BatchAck, BuildContext, Error, ErrorKind, Record, Result, Sink, SinkWriter,
-    StreamTarget, WriterSummary,
+    Batch, BatchAck, BuildContext, Error, ErrorKind, MemoryRelief, Record, Result, Sink,
+    SinkWriter, StreamTarget, WriterSummary,
 };
 
 use crate::config::DuckDbSinkConfig;
@@ -262,6 +262,27 @@ impl SinkWriter for DuckDbWriter {
         }
         ack.duplicates = duplicates;
         Ok(ack)
+    }
+
+    /// Writes the write-ahead log into the database file (`CHECKPOINT`), so
+    /// DuckDB can evict the pages it kept for it.
+    async fn relieve_memory(&mut self) -> Result<MemoryRelief> {
+        let Some(conn) = self.conn.clone().filter(|_| !self.dry_run) else {
+            return Ok(MemoryRelief::default());
+        };
+        tokio::task::spawn_blocking(move || {
+            let conn = conn
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            conn.execute_batch("CHECKPOINT")
+                .map_err(|e| duck_error("cannot checkpoint the database".to_owned(), e))
+        })
+        .await
+        .map_err(|e| Error::new(ErrorKind::Sink, "duckdb writer task failed").with_source(e))??;
+        Ok(MemoryRelief {
+            buffers_flushed: 1,
+            ..MemoryRelief::default()
+        })
     }
 
     async fn finish(self: Box<Self>) -> Result<WriterSummary> {

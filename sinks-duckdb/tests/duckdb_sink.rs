@@ -14,6 +14,7 @@ fn ctx(dir: &Path, dry_run: bool) -> BuildContext {
         base_dir: dir.to_path_buf(),
         publish: true,
         cache_dir: None,
+        tuning: Default::default(),
     }
 }
 

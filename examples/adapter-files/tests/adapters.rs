@@ -60,6 +60,7 @@ async fn reads_every_line_and_resumes_after_a_failed_write() {
     .budget(MemoryBudget::new(1 << 20))
     .options(PipelineOptions {
         batch_rows: 40,
+        transform_rows: None,
         ..PipelineOptions::default()
     })
     .checkpoints(checkpoints.clone())

@@ -36,7 +36,10 @@ pub struct ContentfulSink {
 
 impl ContentfulSink {
     /// Builds the sink (no request is made until a stream is opened).
-    pub fn new(config: ContentfulSinkConfig, ctx: &BuildContext) -> Result<Self> {
+    pub fn new(mut config: ContentfulSinkConfig, ctx: &BuildContext) -> Result<Self> {
+        if let Some(n) = ctx.tuning.max_concurrency {
+            config.max_concurrency = n.max(1);
+        }
         let resolved = config.resolve(ctx)?;
         let client = cma_client(&resolved, &config)?;
         let description = format!(

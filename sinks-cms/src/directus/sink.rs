@@ -43,7 +43,10 @@ pub struct DirectusSink {
 
 impl DirectusSink {
     /// Builds the sink (no request is made until a stream is opened).
-    pub fn new(config: DirectusSinkConfig, ctx: &BuildContext) -> Result<Self> {
+    pub fn new(mut config: DirectusSinkConfig, ctx: &BuildContext) -> Result<Self> {
+        if let Some(n) = ctx.tuning.max_concurrency {
+            config.max_concurrency = n.max(1);
+        }
         let resolved = config.resolve(ctx)?;
         let url = &resolved.url;
         let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();

@@ -79,6 +79,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .mapper(mapper)
         .options(PipelineOptions {
             batch_rows: 2000,
+            transform_rows: None,
             ..PipelineOptions::default()
         });
     let started = Instant::now();

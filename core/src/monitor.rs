@@ -1,0 +1,589 @@
+//! The memory monitor: samples what the process really uses and acts before the
+//! operating system does.
+//!
+//! The [`MemoryBudget`](crate::MemoryBudget) accounts the bytes of records in
+//! flight and makes sources wait when it is full; it cannot see what decoding,
+//! sink caches, database buffers or the allocator hold. The monitor samples the
+//! process's resident set every [`MonitorSettings::check_interval`]. Above
+//! `flush_threshold` × `limit` it:
+//!
+//! 1. asks every running pipeline to **flush**: the partial batch being gathered
+//!    is written at once, and the sink's writer drops what it buffers or caches
+//!    ([`SinkWriter::relieve_memory`](crate::SinkWriter::relieve_memory));
+//! 2. **halves the batch size** pipelines gather (down to 1/16); after three
+//!    samples in a row below three quarters of the threshold it doubles again, so
+//!    batches grow back once the pressure eases;
+//! 3. asks the allocator to **return freed pages** to the operating system (the
+//!    hook given to [`MemoryMonitor::with_allocator_release`]) and measures how
+//!    much the resident set fell.
+//!
+//! Each action is logged with the figures and counted ([`MonitorSnapshot`]), so a
+//! run report says how often each fired.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::budget::format_bytes;
+use crate::memory::process_memory;
+
+/// Most halvings of the batch size (1/16 of the configured size).
+const MAX_SHIFT: u32 = 4;
+
+/// Samples in a row below the easing mark before batches grow back.
+const CALM_SAMPLES: u64 = 3;
+
+/// What the monitor watches and when it acts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MonitorSettings {
+    /// The memory the run aims to stay within, in bytes.
+    pub limit_bytes: u64,
+    /// Act when the resident set passes this fraction of the limit (0 < f ≤ 1).
+    pub flush_threshold: f64,
+    /// How often the resident set is sampled.
+    pub check_interval: Duration,
+}
+
+impl Default for MonitorSettings {
+    fn default() -> Self {
+        Self {
+            limit_bytes: 96 << 20,
+            flush_threshold: 0.8,
+            check_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl MonitorSettings {
+    /// The resident set size above which the monitor acts.
+    pub fn threshold_bytes(&self) -> u64 {
+        (self.limit_bytes as f64 * self.flush_threshold.clamp(0.0, 1.0)) as u64
+    }
+
+    /// Below this, pressure counts as eased.
+    fn easing_bytes(&self) -> u64 {
+        self.threshold_bytes() / 4 * 3
+    }
+}
+
+/// What a sink writer freed when asked to relieve memory pressure.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemoryRelief {
+    /// Cached entries dropped (looked up again when needed).
+    pub cache_entries: u64,
+    /// Bytes those entries held, as the cache weighs them.
+    pub cache_bytes: u64,
+    /// Buffers written out (for example a database checkpoint).
+    pub buffers_flushed: u64,
+}
+
+impl MemoryRelief {
+    /// Whether the writer freed anything.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// How often each action fired, for reports and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MonitorSnapshot {
+    /// Whether the monitor samples at all (a platform without process figures,
+    /// or a disabled monitor, never acts).
+    pub enabled: bool,
+    /// The resident set size above which it acts.
+    pub threshold_bytes: u64,
+    /// Samples taken.
+    pub checks: u64,
+    /// Samples above the threshold (each one a flush request).
+    pub over_threshold: u64,
+    /// Partial batches written early because of a flush request.
+    pub batches_flushed: u64,
+    /// Records in those batches.
+    pub rows_flushed: u64,
+    /// Times a sink writer relieved memory, and what it freed in total.
+    pub sink_reliefs: u64,
+    /// Cached entries sink writers dropped.
+    pub cache_entries_dropped: u64,
+    /// Buffers sink writers flushed.
+    pub buffers_flushed: u64,
+    /// Times the batch size was halved.
+    pub batch_shrinks: u64,
+    /// Times it doubled again after pressure eased.
+    pub batch_grows: u64,
+    /// The batch size now, as a fraction of the configured one.
+    pub batch_scale: f64,
+    /// The smallest fraction it reached.
+    pub min_batch_scale: f64,
+    /// Times the allocator was asked to return freed memory.
+    pub allocator_releases: u64,
+    /// How far the resident set fell across those releases, in total.
+    pub bytes_returned: u64,
+    /// The last sample.
+    pub last_rss: u64,
+}
+
+type Probe = Box<dyn Fn() -> Option<u64> + Send + Sync>;
+type Release = Box<dyn Fn() + Send + Sync>;
+
+struct Inner {
+    settings: MonitorSettings,
+    enabled: bool,
+    probe: Probe,
+    release: Option<Release>,
+    shift: AtomicU32,
+    max_shift_seen: AtomicU32,
+    calm: AtomicU64,
+    flush_requests: watch::Sender<u64>,
+    checks: AtomicU64,
+    over_threshold: AtomicU64,
+    batches_flushed: AtomicU64,
+    rows_flushed: AtomicU64,
+    sink_reliefs: AtomicU64,
+    cache_entries_dropped: AtomicU64,
+    buffers_flushed: AtomicU64,
+    batch_shrinks: AtomicU64,
+    batch_grows: AtomicU64,
+    allocator_releases: AtomicU64,
+    bytes_returned: AtomicU64,
+    last_rss: AtomicU64,
+    /// Serialises actions so two flushes do not interleave their figures.
+    acting: Mutex<()>,
+}
+
+/// Samples process memory and relieves pressure; see the module docs. Cheap to
+/// clone; every clone is the same monitor.
+#[derive(Clone)]
+pub struct MemoryMonitor {
+    inner: Arc<Inner>,
+}
+
+/// What one sample did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pressure {
+    /// The resident set could not be read.
+    Unknown,
+    /// Below the threshold; nothing to do.
+    Normal,
+    /// Above the threshold: a flush was requested, batches halved (unless at
+    /// their smallest) and the allocator asked to return memory.
+    High,
+    /// Eased long enough: batches doubled again.
+    Eased,
+}
+
+impl MemoryMonitor {
+    /// A monitor of this process's resident set.
+    pub fn new(settings: MonitorSettings) -> Self {
+        Self::build(
+            settings,
+            true,
+            Box::new(|| process_memory().map(|m| m.rss)),
+        )
+    }
+
+    /// A monitor reading memory from `probe` (tests, or a container's own figure).
+    pub fn with_probe(
+        settings: MonitorSettings,
+        probe: impl Fn() -> Option<u64> + Send + Sync + 'static,
+    ) -> Self {
+        Self::build(settings, true, Box::new(probe))
+    }
+
+    /// A monitor that never acts: batches keep their size, nothing is flushed early.
+    pub fn disabled() -> Self {
+        Self::build(MonitorSettings::default(), false, Box::new(|| None))
+    }
+
+    fn build(settings: MonitorSettings, enabled: bool, probe: Probe) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                settings,
+                enabled,
+                probe,
+                release: None,
+                shift: AtomicU32::new(0),
+                max_shift_seen: AtomicU32::new(0),
+                calm: AtomicU64::new(0),
+                flush_requests: watch::channel(0).0,
+                checks: AtomicU64::new(0),
+                over_threshold: AtomicU64::new(0),
+                batches_flushed: AtomicU64::new(0),
+                rows_flushed: AtomicU64::new(0),
+                sink_reliefs: AtomicU64::new(0),
+                cache_entries_dropped: AtomicU64::new(0),
+                buffers_flushed: AtomicU64::new(0),
+                batch_shrinks: AtomicU64::new(0),
+                batch_grows: AtomicU64::new(0),
+                allocator_releases: AtomicU64::new(0),
+                bytes_returned: AtomicU64::new(0),
+                last_rss: AtomicU64::new(0),
+                acting: Mutex::new(()),
+            }),
+        }
+    }
+
+    /// Calls `release` to make the allocator return freed pages to the operating
+    /// system whenever pressure is high (call before sharing the monitor).
+    ///
+    /// # Panics
+    /// When the monitor was already cloned.
+    #[must_use]
+    pub fn with_allocator_release(mut self, release: impl Fn() + Send + Sync + 'static) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("set the allocator release before cloning the monitor")
+            .release = Some(Box::new(release));
+        self
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> MonitorSettings {
+        self.inner.settings
+    }
+
+    /// Takes one sample and acts on it.
+    pub fn check(&self) -> Pressure {
+        let inner = &self.inner;
+        if !inner.enabled {
+            return Pressure::Unknown;
+        }
+        let Some(rss) = (inner.probe)() else {
+            return Pressure::Unknown;
+        };
+        inner.checks.fetch_add(1, Ordering::Relaxed);
+        inner.last_rss.store(rss, Ordering::Relaxed);
+        let settings = inner.settings;
+        let threshold = settings.threshold_bytes();
+        if rss >= threshold {
+            inner.calm.store(0, Ordering::Relaxed);
+            inner.over_threshold.fetch_add(1, Ordering::Relaxed);
+            let shift = inner.shift.load(Ordering::Relaxed);
+            let shrunk = shift < MAX_SHIFT;
+            if shrunk {
+                inner.shift.store(shift + 1, Ordering::Relaxed);
+                inner.max_shift_seen.fetch_max(shift + 1, Ordering::Relaxed);
+                inner.batch_shrinks.fetch_add(1, Ordering::Relaxed);
+            }
+            inner.flush_requests.send_modify(|n| *n += 1);
+            let returned = self.release_allocator();
+            tracing::warn!(
+                rss = %format_bytes(to_usize(rss)),
+                threshold = %format_bytes(to_usize(threshold)),
+                limit = %format_bytes(to_usize(settings.limit_bytes)),
+                batch_scale = %scale_text(self.shift()),
+                returned_to_os = %returned.map_or_else(|| "-".to_owned(), |r| format_bytes(to_usize(r))),
+                "memory over the flush threshold: flushing pending batches and sink caches{}",
+                if shrunk { ", halving the batch size" } else { " (batch size at its smallest)" }
+            );
+            return Pressure::High;
+        }
+        let shift = inner.shift.load(Ordering::Relaxed);
+        if shift > 0 && rss < settings.easing_bytes() {
+            let calm = inner.calm.fetch_add(1, Ordering::Relaxed) + 1;
+            if calm >= CALM_SAMPLES {
+                inner.calm.store(0, Ordering::Relaxed);
+                inner.shift.store(shift - 1, Ordering::Relaxed);
+                inner.batch_grows.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    rss = %format_bytes(to_usize(rss)),
+                    batch_scale = %scale_text(shift - 1),
+                    "memory pressure eased: batch size grows back"
+                );
+                return Pressure::Eased;
+            }
+        } else {
+            inner.calm.store(0, Ordering::Relaxed);
+        }
+        Pressure::Normal
+    }
+
+    /// Samples every `check_interval` until the returned task is dropped.
+    pub fn spawn(&self) -> MonitorTask {
+        let monitor = self.clone();
+        let interval = self.inner.settings.check_interval.max(Duration::from_millis(10));
+        let handle = tokio::spawn(async move {
+            if !monitor.inner.enabled {
+                return;
+            }
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                monitor.check();
+            }
+        });
+        MonitorTask(handle)
+    }
+
+    /// The batch size to gather now, for a configured size of `configured` records.
+    pub fn batch_rows(&self, configured: usize) -> usize {
+        (configured >> self.shift()).max(1)
+    }
+
+    /// The byte size to gather now, for a configured size of `configured` bytes.
+    pub fn batch_bytes(&self, configured: usize) -> usize {
+        (configured >> self.shift()).max(1)
+    }
+
+    fn shift(&self) -> u32 {
+        self.inner.shift.load(Ordering::Relaxed)
+    }
+
+    /// Flush requests: the value grows by one with each; wait on `changed()`.
+    pub fn flush_requests(&self) -> watch::Receiver<u64> {
+        self.inner.flush_requests.subscribe()
+    }
+
+    /// Counts a partial batch of `rows` records written early on a flush request.
+    pub fn note_batch_flushed(&self, rows: usize) {
+        self.inner.batches_flushed.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .rows_flushed
+            .fetch_add(rows as u64, Ordering::Relaxed);
+    }
+
+    /// Counts what a sink writer freed, returns freed pages to the operating
+    /// system and logs the whole flush with how far the resident set fell.
+    pub fn note_relief(&self, sync_key: &str, relief: MemoryRelief) {
+        let inner = &self.inner;
+        if !relief.is_empty() {
+            inner.sink_reliefs.fetch_add(1, Ordering::Relaxed);
+            inner
+                .cache_entries_dropped
+                .fetch_add(relief.cache_entries, Ordering::Relaxed);
+            inner
+                .buffers_flushed
+                .fetch_add(relief.buffers_flushed, Ordering::Relaxed);
+        }
+        let before = (inner.probe)();
+        let returned = self.release_allocator();
+        let after = (inner.probe)();
+        tracing::info!(
+            sync = %sync_key,
+            cache_entries_dropped = relief.cache_entries,
+            cache_bytes = %format_bytes(to_usize(relief.cache_bytes)),
+            buffers_flushed = relief.buffers_flushed,
+            returned_to_os = %returned.map_or_else(|| "-".to_owned(), |r| format_bytes(to_usize(r))),
+            rss_before = %before.map_or_else(|| "-".to_owned(), |b| format_bytes(to_usize(b))),
+            rss_after = %after.map_or_else(|| "-".to_owned(), |b| format_bytes(to_usize(b))),
+            "flushed under memory pressure"
+        );
+    }
+
+    /// Asks the allocator to return freed memory; the resident set's fall, when
+    /// there is a release hook and a probe.
+    fn release_allocator(&self) -> Option<u64> {
+        let inner = &self.inner;
+        let release = inner.release.as_ref()?;
+        let _acting = inner
+            .acting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let before = (inner.probe)();
+        release();
+        let after = (inner.probe)();
+        inner.allocator_releases.fetch_add(1, Ordering::Relaxed);
+        let fell = before?.saturating_sub(after?);
+        inner.bytes_returned.fetch_add(fell, Ordering::Relaxed);
+        Some(fell)
+    }
+
+    /// Every figure so far.
+    pub fn snapshot(&self) -> MonitorSnapshot {
+        let inner = &self.inner;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        MonitorSnapshot {
+            enabled: inner.enabled,
+            threshold_bytes: inner.settings.threshold_bytes(),
+            checks: load(&inner.checks),
+            over_threshold: load(&inner.over_threshold),
+            batches_flushed: load(&inner.batches_flushed),
+            rows_flushed: load(&inner.rows_flushed),
+            sink_reliefs: load(&inner.sink_reliefs),
+            cache_entries_dropped: load(&inner.cache_entries_dropped),
+            buffers_flushed: load(&inner.buffers_flushed),
+            batch_shrinks: load(&inner.batch_shrinks),
+            batch_grows: load(&inner.batch_grows),
+            batch_scale: 1.0 / f64::from(1u32 << self.shift()),
+            min_batch_scale: 1.0 / f64::from(1u32 << inner.max_shift_seen.load(Ordering::Relaxed)),
+            allocator_releases: load(&inner.allocator_releases),
+            bytes_returned: load(&inner.bytes_returned),
+            last_rss: load(&inner.last_rss),
+        }
+    }
+}
+
+impl std::fmt::Debug for MemoryMonitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryMonitor")
+            .field("settings", &self.inner.settings)
+            .field("enabled", &self.inner.enabled)
+            .finish()
+    }
+}
+
+/// The sampling task of [`MemoryMonitor::spawn`]; sampling stops when dropped.
+#[derive(Debug)]
+pub struct MonitorTask(tokio::task::JoinHandle<()>);
+
+impl Drop for MonitorTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn to_usize(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+fn scale_text(shift: u32) -> String {
+    if shift == 0 {
+        "1".to_owned()
+    } else {
+        format!("1/{}", 1u32 << shift)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    const MIB: u64 = 1 << 20;
+
+    fn settings() -> MonitorSettings {
+        MonitorSettings {
+            limit_bytes: 100 * MIB,
+            flush_threshold: 0.8,
+            check_interval: Duration::from_millis(10),
+        }
+    }
+
+    /// A monitor whose "resident set" is whatever the test stores, and whose
+    /// allocator release takes 5 MiB off it.
+    fn fake() -> (MemoryMonitor, Arc<AtomicU64>, Arc<AtomicBool>) {
+        let rss = Arc::new(AtomicU64::new(10 * MIB));
+        let released = Arc::new(AtomicBool::new(false));
+        let probe = rss.clone();
+        let release_rss = rss.clone();
+        let flag = released.clone();
+        let monitor = MemoryMonitor::with_probe(settings(), move || Some(probe.load(Ordering::Relaxed)))
+            .with_allocator_release(move || {
+                flag.store(true, Ordering::Relaxed);
+                let now = release_rss.load(Ordering::Relaxed);
+                release_rss.store(now.saturating_sub(5 * MIB), Ordering::Relaxed);
+            });
+        (monitor, rss, released)
+    }
+
+    #[test]
+    fn below_the_threshold_nothing_happens() {
+        let (monitor, rss, released) = fake();
+        rss.store(79 * MIB, Ordering::Relaxed);
+        assert_eq!(monitor.check(), Pressure::Normal);
+        assert_eq!(monitor.batch_rows(1000), 1000);
+        assert!(!released.load(Ordering::Relaxed));
+        let snap = monitor.snapshot();
+        assert_eq!((snap.checks, snap.over_threshold), (1, 0));
+        assert_eq!(snap.threshold_bytes, 80 * MIB);
+    }
+
+    #[test]
+    fn pressure_flushes_halves_batches_and_returns_memory() {
+        let (monitor, rss, released) = fake();
+        let mut flushes = monitor.flush_requests();
+        rss.store(90 * MIB, Ordering::Relaxed);
+        assert_eq!(monitor.check(), Pressure::High);
+        assert!(flushes.has_changed().unwrap(), "a flush was requested");
+        assert_eq!(*flushes.borrow_and_update(), 1);
+        assert_eq!(monitor.batch_rows(1000), 500);
+        assert!(released.load(Ordering::Relaxed));
+        let snap = monitor.snapshot();
+        assert_eq!(snap.bytes_returned, 5 * MIB, "the fall of the resident set");
+        assert_eq!((snap.over_threshold, snap.batch_shrinks), (1, 1));
+        // Pressure stays: batches shrink to 1/16 and no further.
+        for _ in 0..10 {
+            rss.store(95 * MIB, Ordering::Relaxed);
+            monitor.check();
+        }
+        assert_eq!(monitor.batch_rows(1000), 62);
+        assert_eq!(monitor.batch_rows(8), 1, "never below one record");
+        let snap = monitor.snapshot();
+        assert_eq!((snap.over_threshold, snap.batch_shrinks), (11, 4));
+        assert!((snap.min_batch_scale - 1.0 / 16.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn batches_grow_back_after_calm_samples_only() {
+        let (monitor, rss, _) = fake();
+        rss.store(90 * MIB, Ordering::Relaxed);
+        monitor.check();
+        rss.store(90 * MIB, Ordering::Relaxed);
+        monitor.check();
+        assert_eq!(monitor.batch_rows(1000), 250);
+        // Between the easing mark (60 MiB) and the threshold: no change.
+        rss.store(70 * MIB, Ordering::Relaxed);
+        for _ in 0..5 {
+            assert_eq!(monitor.check(), Pressure::Normal);
+        }
+        assert_eq!(monitor.batch_rows(1000), 250);
+        rss.store(30 * MIB, Ordering::Relaxed);
+        assert_eq!(monitor.check(), Pressure::Normal);
+        assert_eq!(monitor.check(), Pressure::Normal);
+        assert_eq!(monitor.check(), Pressure::Eased);
+        assert_eq!(monitor.batch_rows(1000), 500);
+        for _ in 0..3 {
+            monitor.check();
+        }
+        assert_eq!(monitor.batch_rows(1000), 1000);
+        let snap = monitor.snapshot();
+        assert_eq!((snap.batch_shrinks, snap.batch_grows), (2, 2));
+        assert!((snap.batch_scale - 1.0).abs() < 1e-9);
+        assert!((snap.min_batch_scale - 0.25).abs() < 1e-9);
+    }
+
+    #[test]
+    fn reliefs_are_counted() {
+        let (monitor, _, _) = fake();
+        monitor.note_batch_flushed(120);
+        monitor.note_relief(
+            "products",
+            MemoryRelief {
+                cache_entries: 300,
+                cache_bytes: 30_000,
+                buffers_flushed: 0,
+            },
+        );
+        monitor.note_relief("products", MemoryRelief::default());
+        let snap = monitor.snapshot();
+        assert_eq!((snap.batches_flushed, snap.rows_flushed), (1, 120));
+        assert_eq!((snap.sink_reliefs, snap.cache_entries_dropped), (1, 300));
+        assert_eq!(snap.allocator_releases, 2);
+    }
+
+    #[test]
+    fn a_disabled_monitor_never_acts() {
+        let monitor = MemoryMonitor::disabled();
+        assert_eq!(monitor.check(), Pressure::Unknown);
+        assert_eq!(monitor.batch_rows(1000), 1000);
+        assert!(!monitor.snapshot().enabled);
+    }
+
+    #[tokio::test]
+    async fn the_task_samples_on_its_interval() {
+        let (monitor, rss, _) = fake();
+        rss.store(90 * MIB, Ordering::Relaxed);
+        let mut flushes = monitor.flush_requests();
+        let task = monitor.spawn();
+        tokio::time::timeout(Duration::from_secs(5), flushes.changed())
+            .await
+            .expect("a flush request within the interval")
+            .unwrap();
+        drop(task);
+        assert!(monitor.snapshot().checks >= 1);
+    }
+}
