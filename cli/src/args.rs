@@ -11,8 +11,9 @@ use clap::{Args, Parser, Subcommand};
     name = "sluicegate",
     version,
     propagate_version = true,
-    after_help = "Environment: SLUICEGATE_CONFIG (--config), SLUICEGATE_MAX_MEMORY_MB (--max-memory-mb), \
-SLUICEGATE_LOG (log filter for stderr, e.g. info or debug).\n\
+    after_help = "Environment: SLUICEGATE_CONFIG (--config), SLUICEGATE_LOG (log filter for stderr, e.g. \
+info or debug); each sync-api tuning flag has its SLUICEGATE_* variable (SLUICEGATE_MAX_MEMORY_MB, \
+SLUICEGATE_FLUSH_THRESHOLD_PERCENT, ...; see sync-api --help).\n\
 Exit codes: 0 every sync completed, 1 a sync failed, 2 configuration or usage error, \
 3 every sync completed but some records were rejected (see the dead-letter file)."
 )]
@@ -180,10 +181,12 @@ pub struct SyncArgs {
     #[arg(long)]
     pub streaming: bool,
 
-    /// Most records written per sink batch (one transaction per batch) [default: the
-    /// sink's preferred size: DuckDB 5000, Contentful 500].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    pub batch_size: Option<u64>,
+    /// A set of the knobs below for a common case: `low-memory` (64 MiB, small pages
+    /// and batches, one write at a time), `balanced` (96 MiB, the adapters' own sizes)
+    /// or `throughput` (512 MiB, 4× batches, 8 concurrent writes). Knobs set by flag or
+    /// in the file's `tuning` section win over the preset [default: balanced].
+    #[arg(long, value_enum, env = "SLUICEGATE_PRESET", help_heading = "Tuning")]
+    pub preset: Option<crate::tuning::Preset>,
 
     /// The memory the run aims to stay within, in MiB. What the process uses once its
     /// sinks are open is taken off, and a quarter of the rest (at least 2 MiB) is the
@@ -191,9 +194,40 @@ pub struct SyncArgs {
     /// written); the remainder is headroom for decoding, the sinks' work and the
     /// allocator. When the budget is full the sources wait (streaming) or the run stops
     /// with an error (classic mode). DuckDB's own buffer pool is set on the sink
-    /// (memoryLimitMb).
-    #[arg(long, value_name = "MB", default_value_t = 96, env = "SLUICEGATE_MAX_MEMORY_MB", value_parser = clap::value_parser!(u64).range(1..))]
-    pub max_memory_mb: u64,
+    /// (memoryLimitMb) [default: 96, or the preset's].
+    #[arg(long, value_name = "MB", env = "SLUICEGATE_MAX_MEMORY_MB", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Tuning")]
+    pub max_memory_mb: Option<u64>,
+
+    /// When the process's resident memory passes this share of --max-memory-mb, the
+    /// memory monitor flushes partial batches and sink caches, halves the batch size
+    /// (it grows back once memory eases) and has the allocator return freed memory
+    /// [default: 0.8].
+    #[arg(long, value_name = "FRACTION", env = "SLUICEGATE_FLUSH_THRESHOLD_PERCENT", value_parser = crate::tuning::parse_threshold, help_heading = "Tuning")]
+    pub flush_threshold_percent: Option<f64>,
+
+    /// Seconds between the memory monitor's samples [default: 1].
+    #[arg(long, value_name = "SECONDS", env = "SLUICEGATE_MEMORY_CHECK_INTERVAL", value_parser = crate::tuning::parse_interval, help_heading = "Tuning")]
+    pub memory_check_interval: Option<f64>,
+
+    /// Records each source asks for per page (extract stage); never more than the API
+    /// serves per page (a source's `limitMax` caps it) [default: each source's pageSize].
+    #[arg(long, value_name = "N", env = "SLUICEGATE_PAGE_SIZE", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Tuning")]
+    pub page_size: Option<u64>,
+
+    /// Records mapped in one step (transform stage): larger pages are split and each
+    /// part goes on by itself [default: a whole page].
+    #[arg(long, value_name = "N", env = "SLUICEGATE_TRANSFORM_BATCH_SIZE", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Tuning")]
+    pub transform_batch_size: Option<u64>,
+
+    /// Most records written per sink batch (load stage; one transaction per batch)
+    /// [default: the sink's preferred size: DuckDB 5000, Contentful and Directus 500].
+    #[arg(long, visible_alias = "load-batch-size", value_name = "N", env = "SLUICEGATE_LOAD_BATCH_SIZE", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Tuning")]
+    pub batch_size: Option<u64>,
+
+    /// Requests a content-platform sink sends at once (chunks of a batch looked up,
+    /// written and published concurrently) [default: the sink's maxConcurrency].
+    #[arg(long, value_name = "N", env = "SLUICEGATE_MAX_CONCURRENT_CHUNKS", value_parser = clap::value_parser!(u64).range(1..=64), help_heading = "Tuning")]
+    pub max_concurrent_chunks: Option<u64>,
 
     /// Ignore saved checkpoints and start every stream from the beginning.
     #[arg(long)]

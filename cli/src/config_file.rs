@@ -36,6 +36,8 @@ pub struct ConfigFile {
     pub syncs: Vec<SyncEntry>,
     /// Where `cute` sync entries are read from when a key is not in `syncs`.
     pub cute_entries: Option<CuteEntries>,
+    /// Memory and stage knobs (see [`crate::tuning`]).
+    pub tuning: crate::tuning::TuningConfig,
     /// The file's text, to find the line a message is about.
     text: String,
 }
@@ -67,6 +69,8 @@ struct RawFile {
     syncs: Vec<SyncEntry>,
     #[serde(default)]
     cute_entries: Option<CuteEntries>,
+    #[serde(default)]
+    tuning: crate::tuning::TuningConfig,
 }
 
 /// One `syncs` entry.
@@ -198,6 +202,7 @@ impl ConfigFile {
             sinks: raw.sinks,
             syncs: raw.syncs,
             cute_entries: raw.cute_entries,
+            tuning: raw.tuning,
             text: text.to_owned(),
         })
     }

@@ -10,6 +10,7 @@ pub mod redrive;
 pub mod report;
 pub mod state;
 pub mod sync;
+pub mod tuning;
 pub mod validate;
 
 use std::process::ExitCode;
@@ -66,6 +67,20 @@ pub fn main_with(registry: Registry) -> u8 {
         } => clear_cache(&config),
         Command::State { action } => state_command(action),
     }
+}
+
+static ALLOCATOR_RELEASE: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Registers how the binary's allocator returns freed memory to the operating
+/// system; the memory monitor calls it under memory pressure. (The `sluicegate`
+/// binary purges jemalloc's arenas; without a registration nothing is called.)
+pub fn set_allocator_release(release: fn()) {
+    let _ = ALLOCATOR_RELEASE.set(release);
+}
+
+/// The registered allocator release, if any.
+pub(crate) fn allocator_release() -> Option<fn()> {
+    ALLOCATOR_RELEASE.get().copied()
 }
 
 /// Runs `main_with` and converts its code for `main`.

@@ -26,7 +26,31 @@ pub static MALLOC_CONF: &[u8; 46] = b"narenas:1,dirty_decay_ms:500,muzzy_decay_m
 /// anything; a value already in the environment wins.
 const DUCKDB_MALLOC_CONF: &str = "narenas:1,dirty_decay_ms:500,muzzy_decay_ms:0";
 
+/// Makes jemalloc return every arena's unused dirty pages to the operating
+/// system at once (instead of after the decay time). The memory monitor calls
+/// it when memory is over its threshold.
+fn purge_allocator() {
+    // `MALLCTL_ARENAS_ALL` (4096) addresses every arena.
+    const PURGE_ALL: &[u8] = b"arena.4096.purge\0";
+    // SAFETY: the name is a NUL-terminated string, and `purge` takes and
+    // returns no value, so every pointer passed is null with length 0.
+    #[allow(unsafe_code)]
+    let rc = unsafe {
+        tikv_jemalloc_sys::mallctl(
+            PURGE_ALL.as_ptr().cast(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(rc, "jemalloc purge failed");
+    }
+}
+
 fn main() -> ExitCode {
+    sluicegate_cli::set_allocator_release(purge_allocator);
     if std::env::var_os("DUCKDB_JE_MALLOC_CONF").is_none() {
         // SAFETY: still single-threaded: no runtime or DuckDB thread exists yet,
         // so nothing can read the environment concurrently.

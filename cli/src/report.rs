@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::{Value, json};
-use sluicegate_core::{Error, ErrorKind, MemoryBudget, Result, RunStats, process_memory};
+use sluicegate_core::{
+    Error, ErrorKind, LATENCY_BOUNDS_MS, MemoryBudget, MemoryMonitor, Result, RunStats,
+    process_memory,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
@@ -243,8 +246,14 @@ pub fn budget_json(budget: &MemoryBudget) -> Value {
 }
 
 /// The Prometheus text of the run's figures now.
-pub fn metrics_text(stats: &RunStats, budget: &MemoryBudget, stream: &str) -> String {
+pub fn metrics_text(
+    stats: &RunStats,
+    budget: &MemoryBudget,
+    monitor: &MemoryMonitor,
+    stream: &str,
+) -> String {
     let snap = stats.snapshot();
+    let m = monitor.snapshot();
     let b = budget.snapshot();
     let mem = process_memory().unwrap_or_default();
     let mut out = String::new();
@@ -337,6 +346,144 @@ pub fn metrics_text(stats: &RunStats, budget: &MemoryBudget, stream: &str) -> St
         "Times a reader waited for memory (backpressure).",
         b.waits.to_string(),
     );
+    metric(
+        "memory_virtual_bytes",
+        "gauge",
+        "Virtual memory size.",
+        mem.virtual_size.to_string(),
+    );
+    metric(
+        "memory_threshold_bytes",
+        "gauge",
+        "Resident set size above which the memory monitor acts.",
+        m.threshold_bytes.to_string(),
+    );
+    metric(
+        "memory_pressure_total",
+        "counter",
+        "Memory samples above the flush threshold (flush requests).",
+        m.over_threshold.to_string(),
+    );
+    metric(
+        "memory_batches_flushed_total",
+        "counter",
+        "Partial batches written early on a flush request.",
+        m.batches_flushed.to_string(),
+    );
+    metric(
+        "memory_sink_reliefs_total",
+        "counter",
+        "Times a sink writer dropped caches or flushed buffers under pressure.",
+        m.sink_reliefs.to_string(),
+    );
+    metric(
+        "memory_batch_shrinks_total",
+        "counter",
+        "Times the batch size was halved under pressure.",
+        m.batch_shrinks.to_string(),
+    );
+    metric(
+        "memory_batch_grows_total",
+        "counter",
+        "Times the batch size doubled again after pressure eased.",
+        m.batch_grows.to_string(),
+    );
+    metric(
+        "memory_batch_scale",
+        "gauge",
+        "Batch size now as a fraction of the configured size.",
+        m.batch_scale.to_string(),
+    );
+    metric(
+        "memory_returned_bytes_total",
+        "counter",
+        "How far the resident set fell when the allocator returned memory.",
+        m.bytes_returned.to_string(),
+    );
+    metric(
+        "cache_hits_total",
+        "counter",
+        "Records a sink's lookup cache answered.",
+        snap.cache_hits.to_string(),
+    );
+    metric(
+        "cache_misses_total",
+        "counter",
+        "Records a sink's lookup cache did not know.",
+        snap.cache_misses.to_string(),
+    );
+    metric(
+        "cache_evictions_total",
+        "counter",
+        "Entries evicted from lookup caches to stay within bounds.",
+        snap.cache_evictions.to_string(),
+    );
+    metric(
+        "cache_entries",
+        "gauge",
+        "Entries in the lookup cache of the stream being written.",
+        snap.cache_entries.to_string(),
+    );
+    metric(
+        "cache_bytes",
+        "gauge",
+        "Bytes in that cache, as weighed.",
+        snap.cache_bytes.to_string(),
+    );
+    metric(
+        "rate_limited_total",
+        "counter",
+        "\"Too many requests\" answers that paused requests.",
+        snap.rate_limited.to_string(),
+    );
+    metric(
+        "rate_limit_wait_seconds_total",
+        "counter",
+        "Time requests waited for a slot under a rate limit.",
+        format!("{:.3}", snap.rate_limit_wait_ms as f64 / 1000.0),
+    );
+    metric(
+        "requests_in_flight",
+        "gauge",
+        "Requests sent and not answered yet (concurrency).",
+        snap.in_flight.to_string(),
+    );
+    metric(
+        "requests_in_flight_peak",
+        "gauge",
+        "The most requests in flight at once.",
+        snap.peak_in_flight.to_string(),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP sluicegate_http_request_duration_seconds Time from sending a request to its response headers."
+    );
+    let _ = writeln!(
+        out,
+        "# TYPE sluicegate_http_request_duration_seconds histogram"
+    );
+    for (bound, n) in LATENCY_BOUNDS_MS.iter().zip(&snap.latency_buckets) {
+        let _ = writeln!(
+            out,
+            "sluicegate_http_request_duration_seconds_bucket{{le=\"{}\"}} {n}",
+            *bound as f64 / 1000.0
+        );
+    }
+    let _ = writeln!(
+        out,
+        "sluicegate_http_request_duration_seconds_bucket{{le=\"+Inf\"}} {}",
+        snap.latency_count
+    );
+    let _ = writeln!(
+        out,
+        "sluicegate_http_request_duration_seconds_sum {:.6}",
+        snap.latency_total_us as f64 / 1e6
+    );
+    let _ = writeln!(
+        out,
+        "sluicegate_http_request_duration_seconds_count {}",
+        snap.latency_count
+    );
     let _ = writeln!(
         out,
         "# HELP sluicegate_http_requests_total Requests sent, by response status (0: no response)."
@@ -378,6 +525,7 @@ impl MetricsServer {
         addr: &str,
         stats: Arc<RunStats>,
         budget: MemoryBudget,
+        monitor: MemoryMonitor,
         stream: Arc<Mutex<String>>,
     ) -> Result<Self> {
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
@@ -388,7 +536,12 @@ impl MetricsServer {
             .map_err(|e| Error::new(ErrorKind::Io, "metrics listener").with_source(e))?;
         let task = tokio::spawn(async move {
             while let Ok((mut socket, _)) = listener.accept().await {
-                let (stats, budget, stream) = (stats.clone(), budget.clone(), stream.clone());
+                let (stats, budget, monitor, stream) = (
+                    stats.clone(),
+                    budget.clone(),
+                    monitor.clone(),
+                    stream.clone(),
+                );
                 tokio::spawn(async move {
                     // The request head (the first line is all that matters).
                     let mut buf = Vec::with_capacity(1024);
@@ -405,7 +558,7 @@ impl MetricsServer {
                             .lock()
                             .unwrap_or_else(std::sync::PoisonError::into_inner)
                             .clone();
-                        ("200 OK", metrics_text(&stats, &budget, &name))
+                        ("200 OK", metrics_text(&stats, &budget, &monitor, &name))
                     } else {
                         ("404 Not Found", "only /metrics is served here\n".to_owned())
                     };
@@ -444,7 +597,19 @@ mod tests {
         stats.add_request();
         stats.add_status(200);
         stats.add_request();
-        let text = metrics_text(&stats, &MemoryBudget::new(1 << 20), "orders");
+        stats.observe_latency(std::time::Duration::from_millis(30));
+        stats.add_cache_lookups(3, 1);
+        let text = metrics_text(
+            &stats,
+            &MemoryBudget::new(1 << 20),
+            &MemoryMonitor::disabled(),
+            "orders",
+        );
+        assert!(text.contains("sluicegate_cache_hits_total 3\n"), "{text}");
+        assert!(text.contains("sluicegate_http_request_duration_seconds_bucket{le=\"0.025\"} 0\n"));
+        assert!(text.contains("sluicegate_http_request_duration_seconds_bucket{le=\"0.05\"} 1\n"));
+        assert!(text.contains("sluicegate_http_request_duration_seconds_count 1\n"));
+        assert!(text.contains("sluicegate_memory_batch_scale 1\n"));
         assert!(text.contains("sluicegate_rows_read_total 7\n"), "{text}");
         assert!(text.contains("sluicegate_http_requests_total{status=\"200\"} 1\n"));
         assert!(text.contains("sluicegate_http_requests_total{status=\"0\"} 1\n"));
@@ -452,6 +617,11 @@ mod tests {
         assert!(text.contains("sluicegate_stream_info{key=\"orders\"} 1\n"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap();
+            let name = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .filter(|base| text.contains(&format!("# TYPE {base} histogram")))
+                .unwrap_or(name);
             assert!(
                 text.contains(&format!("# TYPE {name} ")),
                 "{name} has a TYPE line"

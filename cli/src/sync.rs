@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluicegate_core::{
-    BuildContext, CheckpointStore, Error, ErrorKind, Mapper, MemoryBudget, Pipeline,
+    BuildContext, CheckpointStore, Error, ErrorKind, Mapper, MemoryBudget, MemoryMonitor, Pipeline,
     PipelineOptions, Prepared, ReadMode, Registry, Result, RunObserver, RunStats, Sink, Source,
     StreamReport, StreamTarget, WhenFull, format_bytes, process_memory, template_scope_from_env,
 };
@@ -19,6 +19,7 @@ use crate::observer::CliObserver;
 use crate::progress::{Progress, group};
 use crate::report::{self, MemoryWatch, MetricsServer};
 use crate::state::SqliteStateStore;
+use crate::tuning::Tuning;
 
 /// One entry, validated and ready to build.
 pub(crate) struct PreparedEntry {
@@ -31,6 +32,7 @@ pub(crate) struct PreparedEntry {
 pub struct PreparedRun {
     pub(crate) sinks: BTreeMap<String, Box<dyn Prepared<dyn Sink>>>,
     pub(crate) entries: Vec<PreparedEntry>,
+    pub(crate) tuning: Tuning,
 }
 
 /// Parses and validates the sinks, sources and mappings the selected entries
@@ -43,6 +45,8 @@ pub fn prepare(
 ) -> Result<PreparedRun> {
     let scope = template_scope_from_env();
     let base_dir = config.base_dir();
+    let tuning = Tuning::resolve(args, &config.tuning, &|m| config.at(m))?;
+    let stage = tuning.stage();
     let ctx = |key: &str| BuildContext {
         sync_key: key.to_owned(),
         dry_run: !args.apply,
@@ -50,7 +54,7 @@ pub fn prepare(
         base_dir: base_dir.clone(),
         publish: !args.no_publish,
         cache_dir: args.use_filecache.then(|| default_cache_dir(config)),
-        tuning: Default::default(),
+        tuning: stage,
     };
     let in_file = |e: Error| Error::config(config.at(e.message()));
     let mut sinks = BTreeMap::new();
@@ -91,6 +95,7 @@ pub fn prepare(
     Ok(PreparedRun {
         sinks,
         entries: prepared_entries,
+        tuning,
     })
 }
 
@@ -148,6 +153,8 @@ struct RunContext<'a> {
     redrive: bool,
     sinks: BTreeMap<String, Arc<dyn Sink>>,
     budget: MemoryBudget,
+    monitor: MemoryMonitor,
+    tuning: Tuning,
     stats: Arc<RunStats>,
     checkpoints: Option<Arc<dyn CheckpointStore>>,
     observer: Arc<CliObserver>,
@@ -198,10 +205,12 @@ pub async fn run(
     // The budget is what the memory target leaves once the process and its
     // sinks are up (measured now), shared with headroom for decoding, the
     // sinks' own work and the allocator.
+    let tuning = prepared.tuning;
+    tracing::info!(tuning = %tuning.describe(), "tuning");
     let baseline = process_memory().map(|m| usize::try_from(m.rss).unwrap_or(usize::MAX));
-    let budget_bytes = records_budget(args.max_memory_mb, baseline);
+    let budget_bytes = records_budget(tuning.max_memory_mb, baseline);
     tracing::info!(
-        max_memory_mb = args.max_memory_mb,
+        max_memory_mb = tuning.max_memory_mb,
         baseline = baseline.map(format_bytes).unwrap_or_default(),
         budget = %format_bytes(budget_bytes),
         "memory budget for records in flight"
@@ -221,6 +230,11 @@ pub async fn run(
         redrive,
         sinks,
         budget: MemoryBudget::with_policy(budget_bytes, policy),
+        monitor: match crate::allocator_release() {
+            Some(release) => MemoryMonitor::new(tuning.monitor()).with_allocator_release(release),
+            None => MemoryMonitor::new(tuning.monitor()),
+        },
+        tuning,
         stats: Arc::new(RunStats::default()),
         checkpoints: match state_dir {
             Some(_) if redrive => None,
@@ -240,14 +254,20 @@ pub async fn run(
     let memory = MemoryWatch::start(
         ctx.stats.clone(),
         ctx.budget.clone(),
-        args.max_memory_mb.saturating_mul(1 << 20),
+        ctx.tuning.max_memory_bytes(),
     );
+    let _sampling = ctx.monitor.spawn();
     let running = Arc::new(std::sync::Mutex::new(String::new()));
     let _metrics = match &args.metrics_addr {
         Some(addr) => {
-            let server =
-                MetricsServer::start(addr, ctx.stats.clone(), ctx.budget.clone(), running.clone())
-                    .await?;
+            let server = MetricsServer::start(
+                addr,
+                ctx.stats.clone(),
+                ctx.budget.clone(),
+                ctx.monitor.clone(),
+                running.clone(),
+            )
+            .await?;
             eprintln!("metrics: http://{}/metrics", server.addr());
             Some(server)
         }
@@ -312,7 +332,9 @@ fn run_report(
         "command": if ctx.redrive { "redrive" } else { "sync-api" },
         "apply": args.apply,
         "mode": if args.streaming { "streaming" } else { "classic" },
-        "maxMemoryMb": args.max_memory_mb,
+        "maxMemoryMb": ctx.tuning.max_memory_mb,
+        "tuning": ctx.tuning,
+        "memoryMonitor": ctx.monitor.snapshot(),
         "elapsedSecs": elapsed.as_secs_f64(),
         "streams": outcome.reports,
         "failures": outcome
@@ -409,26 +431,22 @@ async fn pipeline(
     let mut target = StreamTarget::new(entry.key.clone(), entry.table(), entry.key_field.clone());
     target.stats = ctx.stats.clone();
     target.observer = ctx.observer.clone() as Arc<dyn RunObserver>;
-    let batch_rows = sink.preferred_batch_rows();
+    let batch_rows = ctx.tuning.load_batch_rows(sink.preferred_batch_rows());
     let writer = sink.open(target).await?;
     Ok(
         Pipeline::new(entry.key.clone(), entry.table(), source, writer)
             .budget(ctx.budget.clone())
             .stats(ctx.stats.clone())
             .observer(ctx.observer.clone() as Arc<dyn RunObserver>)
+            .monitor(ctx.monitor.clone())
             .options(PipelineOptions {
                 mode: if ctx.args.streaming {
                     ReadMode::Streaming
                 } else {
                     ReadMode::Classic
                 },
-                batch_rows: ctx
-                    .args
-                    .batch_size
-                    .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
-                    .or(batch_rows)
-                    .unwrap_or(5000),
-                transform_rows: None,
+                batch_rows,
+                transform_rows: ctx.tuning.transform_rows(),
                 linger: Duration::from_millis(500),
                 max_errors: ctx.args.max_errors,
             }),
@@ -439,8 +457,10 @@ async fn pipeline(
 pub fn hint(err: &Error, args: &SyncArgs) -> Option<String> {
     match err.kind() {
         ErrorKind::MemoryLimit if !args.streaming => Some(format!(
-            "classic mode holds a whole source in memory; add --streaming to keep memory flat, or raise --max-memory-mb (now {})",
+            "classic mode holds a whole source in memory; add --streaming to keep memory flat, or raise --max-memory-mb{}",
             args.max_memory_mb
+                .map(|mb| format!(" (now {mb})"))
+                .unwrap_or_default()
         )),
         ErrorKind::TooManyRejected => Some(format!(
             "the rejected records are in {}; fix their cause and run again, or raise --max-errors",
@@ -619,7 +639,35 @@ fn print_summary(outcome: &Outcome, ctx: &RunContext<'_>, elapsed: Duration) {
         format_bytes(b.capacity),
         b.waits,
     );
+    let m = ctx.monitor.snapshot();
+    if m.over_threshold > 0 {
+        let _ = writeln!(
+            out,
+            "memory monitor: {} of {} samples over {} · {} partial batches flushed ({} rows) · sinks relieved {}× ({} cache entries dropped, {} buffers flushed) · batch size halved {}× (smallest {}), grown back {}× · allocator returned {}",
+            m.over_threshold,
+            m.checks,
+            format_bytes(usize::try_from(m.threshold_bytes).unwrap_or(usize::MAX)),
+            m.batches_flushed,
+            group(m.rows_flushed),
+            m.sink_reliefs,
+            group(m.cache_entries_dropped),
+            m.buffers_flushed,
+            m.batch_shrinks,
+            scale_text(m.min_batch_scale),
+            m.batch_grows,
+            format_bytes(usize::try_from(m.bytes_returned).unwrap_or(usize::MAX)),
+        );
+    }
     print!("{out}");
+}
+
+/// A batch scale as a fraction (`1/4`).
+fn scale_text(scale: f64) -> String {
+    if scale >= 1.0 {
+        "1".to_owned()
+    } else {
+        format!("1/{}", (1.0 / scale).round())
+    }
 }
 
 #[cfg(test)]

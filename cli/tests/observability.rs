@@ -146,9 +146,36 @@ async fn metrics_are_scraped_while_running_and_the_report_holds_every_figure() {
         "sluicegate_budget_capacity_bytes",
         "sluicegate_http_requests_total{status=\"200\"}",
         "sluicegate_stream_info{key=\"orders\"}",
+        "sluicegate_cache_hits_total",
+        "sluicegate_cache_misses_total",
+        "sluicegate_cache_evictions_total",
+        "sluicegate_cache_entries",
+        "sluicegate_rate_limited_total",
+        "sluicegate_rate_limit_wait_seconds_total",
+        "sluicegate_requests_in_flight",
+        "sluicegate_memory_pressure_total",
+        "sluicegate_memory_batch_scale",
+        "sluicegate_http_request_duration_seconds_bucket{le=\"+Inf\"}",
     ] {
         value(&scrapes[2], series);
     }
+    // Latency and concurrency of the requests so far (each page waits 60 ms).
+    assert!(
+        value(
+            &scrapes[2],
+            "sluicegate_http_request_duration_seconds_count"
+        ) >= 3.0
+    );
+    assert!(
+        value(
+            &scrapes[2],
+            "sluicegate_http_request_duration_seconds_bucket{le=\"0.05\"}"
+        ) < value(
+            &scrapes[2],
+            "sluicegate_http_request_duration_seconds_count"
+        )
+    );
+    assert!(value(&scrapes[2], "sluicegate_requests_in_flight_peak") >= 1.0);
     let rows: Vec<f64> = scrapes
         .iter()
         .map(|b| value(b, "sluicegate_rows_read_total"))
@@ -269,6 +296,7 @@ fn the_grafana_dashboard_queries_only_series_the_endpoint_serves() {
     let served = sluicegate_cli::report::metrics_text(
         &sluicegate_core::RunStats::default(),
         &sluicegate_core::MemoryBudget::new(1 << 20),
+        &sluicegate_core::MemoryMonitor::disabled(),
         "orders",
     );
     let path =
@@ -282,6 +310,10 @@ fn the_grafana_dashboard_queries_only_series_the_endpoint_serves() {
                 .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
                 .filter(|w| w.starts_with("sluicegate_"))
             {
+                let name = name
+                    .strip_suffix("_bucket")
+                    .filter(|base| served.contains(&format!("# TYPE {base} histogram")))
+                    .unwrap_or(name);
                 assert!(
                     served.contains(&format!("# TYPE {name} ")),
                     "panel '{}' queries {name}, which /metrics does not serve",
@@ -292,4 +324,60 @@ fn the_grafana_dashboard_queries_only_series_the_endpoint_serves() {
         }
     }
     assert!(checked >= 10, "only {checked} series checked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_memory_pressure_the_monitor_flushes_shrinks_batches_and_keeps_every_row() {
+    let shop = shop(5000, 5).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &shop.url());
+    // The file's tuning section sets the page size (the source's own is 100).
+    let yaml = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{yaml}tuning:\n  pageSize: 50\n")).unwrap();
+    let report = dir.path().join("run.json");
+    let mut cmd = command(
+        &config,
+        &["--report", report.to_str().unwrap(), "--batch-size", "1000"],
+    );
+    // A threshold far below what the process uses: the monitor acts on every sample.
+    cmd.env("SLUICEGATE_FLUSH_THRESHOLD_PERCENT", "0.05")
+        .env("SLUICEGATE_MEMORY_CHECK_INTERVAL", "0.05");
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("memory over the flush threshold"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("memory monitor: "), "{stdout}");
+
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let monitor = &report["memoryMonitor"];
+    let n = |k: &str| {
+        monitor[k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{k} in {monitor}"))
+    };
+    assert!(n("overThreshold") >= 1, "{monitor}");
+    assert!(n("batchShrinks") >= 1, "{monitor}");
+    assert!(
+        n("sinkReliefs") >= 1 && n("buffersFlushed") >= 1,
+        "DuckDB checkpointed: {monitor}"
+    );
+    assert!(n("allocatorReleases") >= 1, "{monitor}");
+    assert!(
+        monitor["minBatchScale"].as_f64().unwrap() < 1.0,
+        "{monitor}"
+    );
+    assert_eq!(report["tuning"]["origins"]["pageSize"], "file");
+    assert_eq!(report["tuning"]["origins"]["flushThresholdPercent"], "flag");
+    assert_eq!(report["stats"]["pages"], 100, "pages of 50: {report}");
+    let batches = report["streams"][0]["batches"].as_u64().unwrap();
+    assert!(batches > 5, "batches shrank below 1000 rows: {batches}");
+
+    let db = dir.path().join("shop.duckdb");
+    let counts = common::query(&db, "SELECT count(*), count(DISTINCT id) FROM orders");
+    assert_eq!(counts[0], vec![Value::from(5000), Value::from(5000)]);
 }

@@ -207,8 +207,15 @@ mod tests {
         let front = batch.take_front(4);
         assert_eq!((front.len(), batch.len()), (4, 6));
         assert_eq!((front.bytes(), batch.bytes()), (4000, 6000));
-        assert_eq!(front.position(), None, "no resuming in the middle of a page");
-        assert_eq!(batch.position(), Some(&Position::new(json!({"offset": 10}))));
+        assert_eq!(
+            front.position(),
+            None,
+            "no resuming in the middle of a page"
+        );
+        assert_eq!(
+            batch.position(),
+            Some(&Position::new(json!({"offset": 10})))
+        );
         assert_eq!(front.pages(), Some((3, 3)));
         assert_eq!(budget.in_use(), 10_000, "nothing released by splitting");
         drop(front);

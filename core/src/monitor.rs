@@ -138,6 +138,8 @@ struct Inner {
     shift: AtomicU32,
     max_shift_seen: AtomicU32,
     calm: AtomicU64,
+    /// Whether the last sample was over the threshold (a pressure episode).
+    pressed: std::sync::atomic::AtomicBool,
     flush_requests: watch::Sender<u64>,
     checks: AtomicU64,
     over_threshold: AtomicU64,
@@ -179,11 +181,7 @@ pub enum Pressure {
 impl MemoryMonitor {
     /// A monitor of this process's resident set.
     pub fn new(settings: MonitorSettings) -> Self {
-        Self::build(
-            settings,
-            true,
-            Box::new(|| process_memory().map(|m| m.rss)),
-        )
+        Self::build(settings, true, Box::new(|| process_memory().map(|m| m.rss)))
     }
 
     /// A monitor reading memory from `probe` (tests, or a container's own figure).
@@ -209,6 +207,7 @@ impl MemoryMonitor {
                 shift: AtomicU32::new(0),
                 max_shift_seen: AtomicU32::new(0),
                 calm: AtomicU64::new(0),
+                pressed: std::sync::atomic::AtomicBool::new(false),
                 flush_requests: watch::channel(0).0,
                 checks: AtomicU64::new(0),
                 over_threshold: AtomicU64::new(0),
@@ -270,17 +269,34 @@ impl MemoryMonitor {
             }
             inner.flush_requests.send_modify(|n| *n += 1);
             let returned = self.release_allocator();
-            tracing::warn!(
-                rss = %format_bytes(to_usize(rss)),
-                threshold = %format_bytes(to_usize(threshold)),
-                limit = %format_bytes(to_usize(settings.limit_bytes)),
-                batch_scale = %scale_text(self.shift()),
-                returned_to_os = %returned.map_or_else(|| "-".to_owned(), |r| format_bytes(to_usize(r))),
-                "memory over the flush threshold: flushing pending batches and sink caches{}",
-                if shrunk { ", halving the batch size" } else { " (batch size at its smallest)" }
-            );
+            let what = if shrunk {
+                ", halving the batch size"
+            } else {
+                " (batch size at its smallest)"
+            };
+            let returned = returned.map_or_else(|| "-".to_owned(), |r| format_bytes(to_usize(r)));
+            // A warning when pressure starts or batches shrink; while it lasts at
+            // the smallest size, each further sample is a debug line.
+            let entering = !inner.pressed.swap(true, Ordering::Relaxed);
+            if entering || shrunk {
+                tracing::warn!(
+                    rss = %format_bytes(to_usize(rss)),
+                    threshold = %format_bytes(to_usize(threshold)),
+                    limit = %format_bytes(to_usize(settings.limit_bytes)),
+                    batch_scale = %scale_text(self.shift()),
+                    returned_to_os = %returned,
+                    "memory over the flush threshold: flushing pending batches and sink caches{what}"
+                );
+            } else {
+                tracing::debug!(
+                    rss = %format_bytes(to_usize(rss)),
+                    returned_to_os = %returned,
+                    "memory still over the flush threshold: flushing again{what}"
+                );
+            }
             return Pressure::High;
         }
+        inner.pressed.store(false, Ordering::Relaxed);
         let shift = inner.shift.load(Ordering::Relaxed);
         if shift > 0 && rss < settings.easing_bytes() {
             let calm = inner.calm.fetch_add(1, Ordering::Relaxed) + 1;
@@ -304,7 +320,11 @@ impl MemoryMonitor {
     /// Samples every `check_interval` until the returned task is dropped.
     pub fn spawn(&self) -> MonitorTask {
         let monitor = self.clone();
-        let interval = self.inner.settings.check_interval.max(Duration::from_millis(10));
+        let interval = self
+            .inner
+            .settings
+            .check_interval
+            .max(Duration::from_millis(10));
         let handle = tokio::spawn(async move {
             if !monitor.inner.enabled {
                 return;
@@ -471,12 +491,13 @@ mod tests {
         let probe = rss.clone();
         let release_rss = rss.clone();
         let flag = released.clone();
-        let monitor = MemoryMonitor::with_probe(settings(), move || Some(probe.load(Ordering::Relaxed)))
-            .with_allocator_release(move || {
-                flag.store(true, Ordering::Relaxed);
-                let now = release_rss.load(Ordering::Relaxed);
-                release_rss.store(now.saturating_sub(5 * MIB), Ordering::Relaxed);
-            });
+        let monitor =
+            MemoryMonitor::with_probe(settings(), move || Some(probe.load(Ordering::Relaxed)))
+                .with_allocator_release(move || {
+                    flag.store(true, Ordering::Relaxed);
+                    let now = release_rss.load(Ordering::Relaxed);
+                    release_rss.store(now.saturating_sub(5 * MIB), Ordering::Relaxed);
+                });
         (monitor, rss, released)
     }
 

@@ -196,8 +196,10 @@ impl RunStats {
 
     /// Counts time spent waiting for a rate limit's slot.
     pub fn add_rate_limit_wait(&self, waited: Duration) {
-        self.pacing_wait_nanos
-            .fetch_add(u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.pacing_wait_nanos.fetch_add(
+            u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     /// Counts a request in flight until the returned guard is dropped, then
@@ -220,8 +222,10 @@ impl RunStats {
             }
         }
         self.latency_count.fetch_add(1, Ordering::Relaxed);
-        self.latency_nanos
-            .fetch_add(u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.latency_nanos.fetch_add(
+            u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     /// Counts lookups a sink's cache answered (`hits`) or did not (`misses`).
@@ -328,7 +332,10 @@ mod tests {
         assert_eq!(snap.latency_buckets[3], 3);
         assert_eq!(snap.latency_buckets[7], 4);
         assert_eq!(snap.latency_quantile(0.5), Some(Duration::from_millis(5)));
-        assert_eq!(snap.latency_quantile(0.99), Some(Duration::from_millis(1000)));
+        assert_eq!(
+            snap.latency_quantile(0.99),
+            Some(Duration::from_millis(1000))
+        );
         assert!(snap.mean_latency().unwrap() >= Duration::from_millis(185));
     }
 
@@ -340,7 +347,13 @@ mod tests {
         stats.set_cache_size(40, 4096);
         let snap = stats.snapshot();
         assert_eq!(
-            (snap.cache_hits, snap.cache_misses, snap.cache_evictions, snap.cache_entries, snap.cache_bytes),
+            (
+                snap.cache_hits,
+                snap.cache_misses,
+                snap.cache_evictions,
+                snap.cache_entries,
+                snap.cache_bytes
+            ),
             (7, 3, 1, 40, 4096)
         );
     }

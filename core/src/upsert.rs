@@ -740,7 +740,9 @@ impl<K: KeyedSink> SinkWriter for UpsertWriter<K> {
         self.complete.store(false, Ordering::Relaxed);
         self.cache.invalidate_all();
         self.cache.run_pending_tasks();
-        self.target.stats.set_cache_size(self.cache.entry_count(), self.cache.weighted_size());
+        self.target
+            .stats
+            .set_cache_size(self.cache.entry_count(), self.cache.weighted_size());
         Ok(relief)
     }
 

@@ -284,7 +284,10 @@ async fn pages_larger_than_the_transform_size_are_split_and_all_written() {
         .run()
         .await
         .unwrap();
-    assert_eq!(report.batches, 10, "a page of 100 is one batch without splitting");
+    assert_eq!(
+        report.batches, 10,
+        "a page of 100 is one batch without splitting"
+    );
 
     let sink = MemorySink::new();
     opts.transform_rows = Some(30);

@@ -351,7 +351,11 @@ async fn relieving_memory_empties_the_cache_and_results_stay_right() {
     // miss must be looked up again, not taken for a new entry.
     let before = sink.counts();
     let ack = run(&mut w, flat(0, 300, 2.0), 100).await;
-    assert_eq!((ack.inserted, ack.updated), (0, 300), "no duplicates created");
+    assert_eq!(
+        (ack.inserted, ack.updated),
+        (0, 300),
+        "no duplicates created"
+    );
     let after = sink.counts();
     assert_eq!(after.creates, before.creates);
     assert!(after.key_lookups > before.key_lookups, "looked up again");
