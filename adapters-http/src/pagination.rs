@@ -536,22 +536,33 @@ impl Paginator {
         token: Option<&Position>,
         facts: &PageFacts<'_>,
     ) -> Option<(u64, u64)> {
-        let Pagination::Offset(p) = &self.style else {
-            return None;
-        };
         if facts.records > 0 {
             return None;
         }
-        let total = self.total.as_ref()?.select_u64(facts.meta)?;
+        let total = self.total_of(facts)?;
+        let done = self.records_before(token)?;
+        (done < total).then_some((done, total))
+    }
+
+    /// The API's total number of records, when the page says (`totalPath`).
+    pub(crate) fn total_of(&self, facts: &PageFacts<'_>) -> Option<u64> {
+        self.total.as_ref()?.select_u64(facts.meta)
+    }
+
+    /// Records before the page at `token`, where the style can tell (offset
+    /// paging, or any style at the first page).
+    pub(crate) fn records_before(&self, token: Option<&Position>) -> Option<u64> {
+        let Pagination::Offset(p) = &self.style else {
+            return token.is_none().then_some(0);
+        };
         let t = token.map(Position::as_value);
-        let done = match p.skip_mode {
+        Some(match p.skip_mode {
             SkipMode::Offset => t.and_then(|t| t["offset"].as_u64()).unwrap_or(0),
             SkipMode::Page => {
                 (t.and_then(|t| t["page"].as_u64()).unwrap_or(p.base_page) - p.base_page)
                     * p.page_size
             }
-        };
-        (done < total).then_some((done, total))
+        })
     }
 
     /// Totals decide when known; otherwise a short page ends the read.

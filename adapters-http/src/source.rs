@@ -447,6 +447,16 @@ impl Inner {
                 headers: &fetched.headers,
                 url: &fetched.url,
             };
+            // The expected count of a top-level read (not of each parent's children).
+            if page == 1
+                && positions
+                && let (Some(total), Some(done)) = (
+                    self.paginator.total_of(&facts),
+                    self.paginator.records_before(token.as_ref()),
+                )
+            {
+                request.stats.set_expected_rows(total.saturating_sub(done));
+            }
             if let Some((done, total)) = self.paginator.empty_before_total(token.as_ref(), &facts) {
                 return Err(Error::decode(format!(
                     "page {page} ({}) has no records, but the API's total is {total} and only {done} were read; \

@@ -454,6 +454,14 @@ pub fn metrics_text(
         "The most requests in flight at once.",
         snap.peak_in_flight.to_string(),
     );
+    if let Some(expected) = stats.expected_rows() {
+        metric(
+            "stream_expected_rows",
+            "gauge",
+            "Records the running stream's source expects to read (its API's total).",
+            expected.to_string(),
+        );
+    }
     let _ = writeln!(
         out,
         "# HELP sluicegate_http_request_duration_seconds Time from sending a request to its response headers."

@@ -256,13 +256,21 @@ async fn json_log_lines_are_one_object_each() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_a_terminal_the_progress_line_is_redrawn_and_cleared_at_the_end() {
-    // Slow pages: the run lasts long enough for several redraws (every 500 ms).
+async fn on_a_terminal_each_stream_has_a_bar_that_ends_cleanly() {
+    // Slow pages: the run lasts long enough for several redraws.
     let shop = shop(2000, 80).await;
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path(), &shop.url());
+    // A second stream: the example's customers.
+    let yaml = std::fs::read_to_string(&config).unwrap();
+    let customers = yaml
+        .split_once("  - key: orders")
+        .unwrap()
+        .1
+        .replace("/api/orders", "/api/customers");
+    std::fs::write(&config, format!("{yaml}  - key: customers{customers}")).unwrap();
     let line = format!(
-        "{} sync-api --key orders --streaming --apply --config {config}",
+        "stty cols 160 rows 40; {} sync-api --key orders --key customers --streaming --apply --config {config}",
         env!("CARGO_BIN_EXE_sluicegate")
     );
     // `script` runs the command on a pseudo-terminal and copies what it drew.
@@ -273,21 +281,51 @@ async fn on_a_terminal_the_progress_line_is_redrawn_and_cleared_at_the_end() {
     let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
         .await
         .unwrap();
-    let screen = text(&out.stdout);
-    assert!(out.status.success(), "{screen}");
-    let redraws = screen.matches("\r\x1b[2K[orders] ").count();
-    assert!(redraws >= 2, "the line is redrawn in place: {screen:?}");
-    assert!(!screen.contains("progress: "), "no log lines on a terminal");
-    let last = screen.rfind("\r\x1b[2K[orders] ").unwrap();
-    let clear = screen[last + 1..]
-        .find("\r\x1b[2K")
-        .map(|i| i + last + 1)
-        .expect("the line is cleared at the end");
-    let summary = screen.find("sync-api: applied").expect("summary");
-    assert!(clear < summary, "cleared before the summary: {screen:?}");
+    let raw = text(&out.stdout);
+    assert!(out.status.success(), "{raw}");
+    assert!(!raw.contains("progress: "), "no log lines on a terminal");
     assert!(
-        !screen[summary..].contains('\x1b'),
-        "the summary is plain text: {screen:?}"
+        raw.matches("\r\x1b[2Korders ").count() >= 2,
+        "the bar is redrawn in place: {raw:?}"
+    );
+    // What a terminal shows at the end: one finished bar per stream, then the summary.
+    let mut terminal = vt100::Parser::new(40, 160, 0);
+    terminal.process(&out.stdout);
+    let screen = terminal.screen().contents();
+    // Row by row (a full-width row is not joined with the next).
+    let all: Vec<String> = terminal.screen().rows(0, 160).collect();
+    let rows: Vec<&str> = all
+        .iter()
+        .map(|r| r.trim_end())
+        .filter(|r| !r.is_empty())
+        .collect();
+    let orders = rows
+        .iter()
+        .position(|r| r.starts_with("orders "))
+        .unwrap_or_else(|| panic!("no orders bar on\n{screen}"));
+    assert!(
+        rows[orders].contains("100% 2,000/2,000 rows") && rows[orders].contains("pages · memory"),
+        "finished with the total (the API announces it): {}",
+        rows[orders]
+    );
+    let customers = rows[orders + 1];
+    assert!(customers.starts_with("customers "), "{screen}");
+    assert!(customers.contains("100%"), "{customers}");
+    assert!(
+        rows[orders + 2].starts_with("sync-api: applied"),
+        "the summary starts below the bars:\n{screen}"
+    );
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r.starts_with("orders ") && r.contains(" rows · "))
+            .count(),
+        1,
+        "each bar drawn once on the final screen:\n{screen}"
+    );
+    let summary = raw.find("sync-api: applied").expect("summary");
+    assert!(
+        !raw[summary..].contains('\x1b'),
+        "the summary is plain text: {raw:?}"
     );
 }
 

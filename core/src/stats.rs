@@ -35,6 +35,7 @@ pub struct RunStats {
     cache_evictions: AtomicU64,
     cache_entries: AtomicU64,
     cache_bytes: AtomicU64,
+    expected_rows: AtomicU64,
 }
 
 /// Upper bounds (milliseconds) of the request latency histogram's buckets; the
@@ -243,6 +244,23 @@ impl RunStats {
     pub fn set_cache_size(&self, entries: u64, bytes: u64) {
         self.cache_entries.store(entries, Ordering::Relaxed);
         self.cache_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Says how many records the stream being read will yield in this run (a
+    /// source that knows the API's total; progress shows an ETA from it).
+    pub fn set_expected_rows(&self, rows: u64) {
+        self.expected_rows
+            .store(rows.saturating_add(1), Ordering::Relaxed);
+    }
+
+    /// Forgets the expected count (a new stream starts).
+    pub fn clear_expected_rows(&self) {
+        self.expected_rows.store(0, Ordering::Relaxed);
+    }
+
+    /// The records the running stream is expected to yield, if its source said.
+    pub fn expected_rows(&self) -> Option<u64> {
+        self.expected_rows.load(Ordering::Relaxed).checked_sub(1)
     }
 
     /// Records read so far.
