@@ -57,6 +57,10 @@ fn the_configuration_reference_names_every_key() {
         accepted_keys::<sluicegate_cli::config_file::SyncEntry>(json!({})),
     );
     check(
+        "tuning",
+        accepted_keys::<sluicegate_cli::tuning::TuningConfig>(json!({})),
+    );
+    check(
         "cuteEntries",
         accepted_keys::<sluicegate_cli::config_file::CuteEntries>(json!({})),
     );
