@@ -586,3 +586,52 @@ async fn validate_checks_the_token_and_the_content_type_without_writing() {
     assert!(stdout.contains("gadget"), "{stdout}");
     assert_eq!(fx.cma.counts().writes, 0, "validate never writes");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_memory_pressure_the_lookup_cache_is_dropped_and_nothing_is_duplicated() {
+    let fx = Fixture::new().await;
+    let n = fx.products();
+    let report = fx.dir.path().join("run.json");
+    // A threshold far below what the process uses: every sample is a flush request.
+    let args = [
+        "--apply",
+        "--flush-threshold-percent",
+        "0.05",
+        "--memory-check-interval",
+        "0.05",
+        "--page-size",
+        "10",
+        "--batch-size",
+        "10",
+        "--max-concurrent-chunks",
+        "2",
+        "--report",
+        report.to_str().unwrap(),
+    ];
+    let out = fx.sync(NAME, &args).await;
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert_eq!(fx.cma.entries().len() as u64, n, "every product once");
+    let figures: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let monitor = &figures["memoryMonitor"];
+    assert!(monitor["sinkReliefs"].as_u64().unwrap() >= 1, "{monitor}");
+    assert!(
+        monitor["cacheEntriesDropped"].as_u64().unwrap() >= 1,
+        "the lookup cache was emptied: {monitor}"
+    );
+    assert_eq!(figures["stats"]["pages"], n.div_ceil(10), "pages of 10");
+    assert_eq!(figures["tuning"]["maxConcurrentChunks"], 2);
+
+    // Again under the same pressure: every entry is found (looked up again after
+    // each emptied cache), none is created or written twice.
+    let before = fx.cma.counts();
+    let out = fx.sync(NAME, &args).await;
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        summary_row(&stdout, "products")[3..6],
+        ["0", "0", &n.to_string()],
+        "{stdout}"
+    );
+    assert_eq!(fx.cma.counts().writes, before.writes, "no writes");
+    assert_eq!(fx.cma.entries().len() as u64, n);
+}
