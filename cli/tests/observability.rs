@@ -331,8 +331,11 @@ async fn on_a_terminal_each_stream_has_a_bar_that_ends_cleanly() {
 
 #[test]
 fn the_grafana_dashboard_queries_only_series_the_endpoint_serves() {
+    // A source that knows its total (the expected-rows gauge is served then).
+    let stats = sluicegate_core::RunStats::default();
+    stats.set_expected_rows(100);
     let served = sluicegate_cli::report::metrics_text(
-        &sluicegate_core::RunStats::default(),
+        &stats,
         &sluicegate_core::MemoryBudget::new(1 << 20),
         &sluicegate_core::MemoryMonitor::disabled(),
         "orders",
