@@ -4,6 +4,7 @@
     python3 profiling/profile.py SCENARIO [SCENARIO ...]   # scenarios/<name>.json
     python3 profiling/profile.py --compare                # classic vs streaming, 1k..1M records
     python3 profiling/profile.py --report                 # redraw RESULTS.md from the raw figures
+    python3 profiling/profile.py --heap-profile SCENARIO  # also under jemalloc's heap profiler
 
 For each scenario it starts the example shop API (release build) with the
 scenario's number of orders, writes a configuration syncing the scenario's keys
@@ -13,7 +14,15 @@ included where the kernel allows) when the machine lets it create one, otherwise
 peak RSS is only measured, and the results say which. Each run writes
 `--report`; the harness keeps from it and from the cgroup: peak and average
 memory, rows, raw bytes received, requests by status, retries, errors, the memory
-snapshots, and whether the kernel killed the process (OOM).
+snapshots, request latency (from the report's histogram), what the memory
+monitor did (samples over its threshold, partial batches flushed, sink reliefs,
+batch shrinks, memory the allocator returned), and whether the kernel killed the
+process (OOM). A scenario with `"sink": "contentful"` also starts the Contentful
+Management API emulator (`cma-emulator`) and syncs customers into it.
+
+`--heap-profile` builds sluicegate with jemalloc's heap profiler (cargo feature
+`heap-profiling`, its own target directory), runs with `prof:true`, and keeps the
+top allocation sites at the run's peak (`jeprof --text`) in the results.
 
 A streaming run must end with every row of every key in DuckDB (checked against
 the API's own totals); `--compare` is the side-by-side of classic and streaming
@@ -36,16 +45,64 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "bench"))
 from benchlib import RELEASE, commit, machine, mib, start_server, today  # noqa: E402
+from rest_to_cms import CONFIG as CMS_CONFIG, CONTENT_TYPE as CMS_CONTENT_TYPE  # noqa: E402
+
+# Upper bounds (ms) of the report's latency buckets (`LATENCY_BOUNDS_MS` in core/src/stats.rs).
+LATENCY_BOUNDS_MS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000]
+HEAP_TARGET = ROOT / "target" / "heap-profiling"
+CMS_TOKEN = "profile-token"
 
 WORK = HERE / "work"
 RAW = WORK / "raw.json"
 COMPARE_SIZES = [1_000, 10_000, 50_000, 100_000, 1_000_000]
 
 
-def build():
+def build(heap=False):
     subprocess.run(
         ["cargo", "build", "--release", "--locked", "-p", "sluicegate-cli", "-p", "sluicegate-examples", "--bins"],
         cwd=ROOT, check=True)
+    if heap:
+        subprocess.run(
+            ["cargo", "build", "--release", "--locked", "-p", "sluicegate-cli", "--features", "heap-profiling"],
+            cwd=ROOT, check=True, env=dict(os.environ, CARGO_TARGET_DIR=str(HEAP_TARGET)))
+
+
+def jeprof():
+    """jemalloc's jeprof script, built with the profiling-enabled jemalloc."""
+    found = sorted(HEAP_TARGET.glob("release/build/tikv-jemalloc-sys-*/out/build/bin/jeprof"))
+    return found[-1] if found else None
+
+
+def heap_top(binary, work, lines=12):
+    """The largest allocation sites at the run's peak: the last dump jemalloc wrote
+    when its mapped memory reached a new high (`prof_gdump`), else the one at exit."""
+    dumps = sorted(work.glob("heap.*.u*.heap"), key=lambda p: p.stat().st_mtime) \
+        or sorted(work.glob("heap.*.heap"), key=lambda p: p.stat().st_mtime)
+    script = jeprof()
+    if not dumps or script is None:
+        return None
+    # Sorted by the bytes allocated under each function (cumulative); sluicegate's
+    # own functions say which stage holds the memory (the flat figures all land in
+    # jemalloc's backtrace function).
+    out = subprocess.run(["perl", script, "--text", "--cum", "--show_bytes", binary, dumps[-1]],
+                         capture_output=True, text=True)
+    rows = [line for line in out.stdout.splitlines() if "sluicegate" in line and "(inline)" not in line]
+    return rows[:lines] or [out.stderr.strip()[:300]]
+
+
+def latency(stats):
+    """p50, p95, p99 (ms, bucket bounds) and the mean (ms) of the report's request latency."""
+    count = stats.get("latency_count") or 0
+    if not count:
+        return None
+    def quantile(q):
+        want = count * q
+        for bound, n in zip(LATENCY_BOUNDS_MS, stats["latency_buckets"]):
+            if n >= want:
+                return bound
+        return f">{LATENCY_BOUNDS_MS[-1]}"
+    return {"p50": quantile(0.5), "p95": quantile(0.95), "p99": quantile(0.99),
+            "mean": stats["latency_total_us"] / count / 1000}
 
 
 class Limit:
@@ -139,7 +196,12 @@ def api_totals(url, keys):
     return totals
 
 
-def write_config(work, url, keys, page_size):
+def write_config(work, url, keys, page_size, cma_url=None):
+    if cma_url is not None:
+        # The bench's customers-into-Contentful configuration, at this page size.
+        path = work / "sluicegate.yaml"
+        path.write_text(CMS_CONFIG.format(cma=cma_url, shop=url).replace("pageSize: 1000", f"pageSize: {page_size}"))
+        return path
     lines = ["version: 1", "sinks:", "  warehouse: { type: duckdb, path: shop.duckdb }", "syncs:"]
     for key in keys:
         lines += [
@@ -152,11 +214,23 @@ def write_config(work, url, keys, page_size):
     return path
 
 
-def one_run(scenario, orders, keys, mode, work):
-    """Starts the API, runs one mode, returns its figures."""
+def one_run(scenario, orders, keys, mode, work, heap=False):
+    """Starts the API (and the CMS emulator), runs one mode, returns its figures."""
+    cms = scenario.get("sink") == "contentful"
+    # Port files of an earlier run in `work` would name a server that is gone.
+    for stale in (f"port-{orders}-{mode}", f"cma-port-{mode}"):
+        (work / stale).unlink(missing_ok=True)
     shop, url = start_server([RELEASE / "shop-api", "--orders", orders], work, name=f"port-{orders}-{mode}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICEGATE_")}
+    env.update(CMA_EMULATOR_TOKEN=CMS_TOKEN, CMA_TOKEN=CMS_TOKEN)
+    cma = cma_url = None
     try:
-        config = write_config(work, url, keys, scenario["pageSize"])
+        if cms:
+            (work / "ct.json").write_text(json.dumps([CMS_CONTENT_TYPE]))
+            cma, cma_url = start_server(
+                [RELEASE / "cma-emulator", "--rate-limit", str(scenario.get("cmaRateLimit", 100)),
+                 "--content-types", work / "ct.json"], work, env=env, name=f"cma-port-{mode}")
+        config = write_config(work, url, keys, scenario["pageSize"], cma_url)
         totals = api_totals(url, keys)
         report = work / f"report-{mode}.json"
         for stale in (report, work / "shop.duckdb", work / "shop.duckdb.wal"):
@@ -164,18 +238,31 @@ def one_run(scenario, orders, keys, mode, work):
         # `classic-4g`: classic mode with a memory target so high that the byte
         # budget never stops it, to show what holding everything costs.
         target = 4096 if mode == "classic-4g" else scenario["maxMemoryMb"]
-        cmd = [RELEASE / "sluicegate", "sync-api", "--config", config, "--apply", "--quiet",
+        binary = (HEAP_TARGET / "release" / "sluicegate") if heap else (RELEASE / "sluicegate")
+        for stale in work.glob("heap.*.heap"):
+            stale.unlink()
+        run_env = dict(env)
+        if heap:
+            # Sample about every 256 KiB allocated; dump the heap at each new peak and at exit.
+            run_env["_RJEM_MALLOC_CONF"] = (
+                f"prof:true,prof_gdump:true,prof_final:true,lg_prof_sample:18,prof_prefix:{work}/heap")
+        cmd = [binary, "sync-api", "--config", config, "--apply", "--quiet",
                "--max-memory-mb", target, "--report", report, "--full-refresh",
                *(["--streaming"] if mode == "streaming" else []), *scenario["extraArgs"]]
         for key in keys:
             cmd += ["--key", key]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICEGATE_")}
-        res = run_limited(cmd, scenario.get("limitMb"), env)
+        res = run_limited(cmd, scenario.get("limitMb"), run_env)
     finally:
-        shop.kill()
-        shop.wait()
+        for server in (shop, cma):
+            if server is not None:
+                server.kill()
+                server.wait()
     rep = json.loads(report.read_text()) if report.exists() else None
-    rows_in_tables = {s["sync_key"]: s["total_rows"] for s in rep["streams"]} if rep else {}
+    if cms:
+        # A content platform has no row count: every record acknowledged and none failed.
+        rows_in_tables = {s["sync_key"]: s["ack"]["rows"] - s["ack"]["failed"] for s in rep["streams"]} if rep else {}
+    else:
+        rows_in_tables = {s["sync_key"]: s["total_rows"] for s in rep["streams"]} if rep else {}
     complete = rep is not None and all(rows_in_tables.get(k) == totals[k] for k in keys)
     killed = res["rc"] in (-9, 137) or res.get("oomKills", 0) > 0
     error = next((line[len("error: "):] for line in res["err"].splitlines() if line.startswith("error: ")), None)
@@ -196,26 +283,37 @@ def one_run(scenario, orders, keys, mode, work):
         "budgetWaits": rep["budget"]["waits"] if rep else None,
         "growthSuspected": rep["memory"]["growthSuspected"] if rep else None,
         "snapshots": rep["memory"]["snapshots"] if rep else [],
+        "latency": latency(rep["stats"]) if rep else None,
+        "monitor": rep.get("memoryMonitor") if rep else None,
+        "sink": "contentful" if cms else "duckdb",
+        "heapTop": heap_top(binary, work) if heap else None,
         "error": error,
     }
 
 
-def run_scenario(name):
+def run_scenario(name, heap=False):
     scenario = json.loads((HERE / "scenarios" / f"{name}.json").read_text())
     results = []
     with tempfile.TemporaryDirectory(prefix=f"profile-{name}-") as tmp:
-        for mode in scenario["modes"]:
-            r = one_run(scenario, scenario["orders"], scenario["keys"], mode, Path(tmp))
-            print(f"{name} {mode}: rc {r['rc']}, complete {r['complete']}, peak {mib(r['peakRss'])}, "
+        # `variants`: the same streaming run with different flags, side by side.
+        plan = [(mode, mode, scenario) for mode in scenario["modes"]]
+        plan += [("streaming", f"streaming, {label}", dict(scenario, extraArgs=scenario["extraArgs"] + args))
+                 for label, args in scenario.get("variants", {}).items()]
+        for mode, label, settings in plan:
+            r = one_run(settings, scenario["orders"], scenario["keys"], mode, Path(tmp), heap)
+            r["mode"] = label
+            print(f"{name} {label}: rc {r['rc']}, complete {r['complete']}, peak {mib(r['peakRss'])}, "
                   f"{r['wall']:.1f} s, {r['limit']}" + (f", error: {r['error']}" if r["error"] else ""))
             results.append(r)
-    streaming = [r for r in results if r["mode"] == "streaming"]
+    streaming = [r for r in results if r["mode"].startswith("streaming")]
     if any(not r["complete"] for r in streaming):
         sys.exit(f"{name}: a streaming run did not sync every row")
     min_raw = scenario.get("minRawBytes")
     if min_raw and streaming and streaming[0]["rawBytes"] < min_raw:
         sys.exit(f"{name}: only {streaming[0]['rawBytes']} bytes of raw JSON; the scenario asks for {min_raw}")
-    return {"scenario": name, "description": scenario["description"], "config": scenario, "runs": results}
+    # A heap-profiled run is kept apart from the scenario's plain figures.
+    return {"scenario": f"{name}+heap" if heap else name, "name": name, "description": scenario["description"],
+            "config": scenario, "runs": results, "heapProfiled": heap}
 
 
 def run_compare():
@@ -252,7 +350,7 @@ def report():
     if tiny:
         out += ["## Tiny container: 128 MB, more than 1 GB of raw JSON", "",
                 "`python3 profiling/profile.py tiny-container` (scenario `profiling/scenarios/tiny-container.json`).", ""]
-        out += run_table(tiny["runs"])
+        out += run_table(tiny["runs"]) + [""] + detail_table(tiny["runs"])
         for r in tiny["runs"]:
             if r["mode"] == "classic":
                 out += ["", f"Classic mode: {'killed by the kernel (OOM)' if r['oomKilled'] else 'stopped'}"
@@ -271,12 +369,21 @@ def report():
             rate = f"{r['rowsPerSec']:,.0f}" if r["complete"] else "-"
             out.append(f"| {r['orders']:,} | {r['mode']} | {result(r)} | {mib(r['peakRss'])} | {r['wall']:.1f} s | {rate} |")
         out += [""]
-    for name in ("baseline", "high-throughput", "stress"):
-        s = raw.get(name)
+    names = ("baseline", "high-throughput", "stress", "cms", "pressure")
+    for key in [*names, *(f"{n}+heap" for n in names)]:
+        s = raw.get(key)
         if s:
-            out += [f"## Scenario `{name}`", "", s["description"], "",
-                    f"`python3 profiling/profile.py {name}`", ""]
-            out += run_table(s["runs"]) + [""]
+            name = s.get("name", key)
+            heap = s.get("heapProfiled")
+            command = f"python3 profiling/profile.py {'--heap-profile ' if heap else ''}{name}"
+            title = f"## Heap profile of `{name}`" if heap else f"## Scenario `{name}`"
+            note = " Run under jemalloc's heap profiler (sampling costs some speed)." if heap else ""
+            out += [title, "", s["description"] + note, "", f"`{command}`", ""]
+            out += run_table(s["runs"]) + [""] + detail_table(s["runs"]) + [""]
+            for r in s["runs"]:
+                if r.get("heapTop"):
+                    out += [f"Largest allocation sites at the peak ({r['mode']}, `jeprof --text --show_bytes`):",
+                            "", "```text", *r["heapTop"], "```", ""]
     (HERE / "RESULTS.md").write_text("\n".join(out))
     print(f"wrote {HERE / 'RESULTS.md'}")
 
@@ -307,16 +414,41 @@ def run_table(runs):
     return lines
 
 
+def detail_table(runs):
+    """Requests and their latency, and what the memory monitor did."""
+    lines = ["| mode | requests | latency p50 / p95 / p99 (mean) | samples over threshold | flush requests | partial batches flushed | "
+             "sink reliefs (cache entries dropped) | batch halved / grown back | allocator returned |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for r in runs:
+        lat = r.get("latency")
+        lat_text = f"≤{lat['p50']} / ≤{lat['p95']} / ≤{lat['p99']} ms ({lat['mean']:.1f} ms)" if lat else "-"
+        m = r.get("monitor") or {}
+        if m:
+            over = f"{m['overThreshold']} of {m['checks']}"
+            requests = m.get("flushRequests", "-")
+            flushed = f"{m['batchesFlushed']} ({m['rowsFlushed']:,} rows)"
+            reliefs = f"{m['sinkReliefs']} ({m['cacheEntriesDropped']:,})"
+            shrinks = f"{m['batchShrinks']} / {m['batchGrows']}"
+            returned = f"{mib(m['bytesReturned'])} in {m['allocatorReleases']} purges"
+        else:
+            over = requests = flushed = reliefs = shrinks = returned = "-"
+        lines.append(f"| {r['mode']} | {r['requests'] or '-'} | {lat_text} | {over} | {requests} | {flushed} | {reliefs} | "
+                     f"{shrinks} | {returned} |")
+    return lines
+
+
 def main():
     args = sys.argv[1:]
     if not args:
         sys.exit(__doc__)
     WORK.mkdir(parents=True, exist_ok=True)
+    heap = "--heap-profile" in args
+    args = [a for a in args if a != "--heap-profile"]
     if args != ["--report"]:
-        build()
+        build(heap)
         raw = load_raw()
         for arg in args:
-            entry = run_compare() if arg == "--compare" else run_scenario(arg)
+            entry = run_compare() if arg == "--compare" else run_scenario(arg, heap)
             raw[entry["scenario"]] = entry
             raw["_meta"] = {"machine": machine(), "commit": commit(), "date": today()}
             RAW.write_text(json.dumps(raw, indent=1))

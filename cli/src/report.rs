@@ -365,6 +365,12 @@ pub fn metrics_text(
         m.over_threshold.to_string(),
     );
     metric(
+        "memory_flush_requests_total",
+        "counter",
+        "Flush requests (memory passed the threshold, or grew further above it).",
+        m.flush_requests.to_string(),
+    );
+    metric(
         "memory_batches_flushed_total",
         "counter",
         "Partial batches written early on a flush request.",

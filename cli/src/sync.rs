@@ -643,10 +643,11 @@ fn print_summary(outcome: &Outcome, ctx: &RunContext<'_>, elapsed: Duration) {
     if m.over_threshold > 0 {
         let _ = writeln!(
             out,
-            "memory monitor: {} of {} samples over {} · {} partial batches flushed ({} rows) · sinks relieved {}× ({} cache entries dropped, {} buffers flushed) · batch size halved {}× (smallest {}), grown back {}× · allocator returned {}",
+            "memory monitor: {} of {} samples over {} · {} flush requests · {} partial batches flushed ({} rows) · sinks relieved {}× ({} cache entries dropped, {} buffers flushed) · batch size halved {}× (smallest {}), grown back {}× · allocator returned {}",
             m.over_threshold,
             m.checks,
             format_bytes(usize::try_from(m.threshold_bytes).unwrap_or(usize::MAX)),
+            m.flush_requests,
             m.batches_flushed,
             group(m.rows_flushed),
             m.sink_reliefs,

@@ -4,18 +4,24 @@
 //! The [`MemoryBudget`](crate::MemoryBudget) accounts the bytes of records in
 //! flight and makes sources wait when it is full; it cannot see what decoding,
 //! sink caches, database buffers or the allocator hold. The monitor samples the
-//! process's resident set every [`MonitorSettings::check_interval`]. Above
-//! `flush_threshold` × `limit` it:
+//! process's resident set every [`MonitorSettings::check_interval`]. When it
+//! passes `flush_threshold` × `limit`, and again each time it has grown by
+//! another tenth of the threshold since the monitor last acted, it:
 //!
 //! 1. asks every running pipeline to **flush**: the partial batch being gathered
 //!    is written at once, and the sink's writer drops what it buffers or caches
 //!    ([`SinkWriter::relieve_memory`](crate::SinkWriter::relieve_memory));
-//! 2. **halves the batch size** pipelines gather (down to 1/16); after three
+//! 2. **halves the batch size** pipelines gather (down to 1/4); after three
 //!    samples in a row below three quarters of the threshold it doubles again, so
-//!    batches grow back once the pressure eases;
-//! 3. asks the allocator to **return freed pages** to the operating system (the
-//!    hook given to [`MemoryMonitor::with_allocator_release`]) and measures how
-//!    much the resident set fell.
+//!    batches grow back once the pressure eases — and also after three samples
+//!    in a row above the threshold without growth, since shrinking did not help.
+//!
+//! On every sample above the threshold it asks the allocator to **return freed
+//! pages** to the operating system (the hook given to
+//! [`MemoryMonitor::with_allocator_release`]) and measures how much the resident
+//! set fell. Memory that stays above the threshold without growing is not
+//! escalated further: flushing and shrinking again would cost throughput for
+//! nothing (most of such a resident set is the process itself, not data).
 //!
 //! Each action is logged with the figures and counted ([`MonitorSnapshot`]), so a
 //! run report says how often each fired.
@@ -30,11 +36,20 @@ use tokio::sync::watch;
 use crate::budget::format_bytes;
 use crate::memory::process_memory;
 
-/// Most halvings of the batch size (1/16 of the configured size).
-const MAX_SHIFT: u32 = 4;
+/// Most halvings of the batch size (1/4 of the configured size: smaller batches
+/// cost a sink like DuckDB far more in transactions than they save in memory).
+const MAX_SHIFT: u32 = 2;
+
+/// Samples in a row above the threshold without growth after which a halved
+/// batch size is doubled again: shrinking did not bring memory down.
+const HOLD_SAMPLES: u64 = 3;
 
 /// Samples in a row below the easing mark before batches grow back.
 const CALM_SAMPLES: u64 = 3;
+
+/// The monitor acts again above the threshold once the resident set has grown
+/// by this fraction of the threshold since it last acted.
+const ESCALATION_STEP: u64 = 10;
 
 /// What the monitor watches and when it acts.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -99,8 +114,11 @@ pub struct MonitorSnapshot {
     pub threshold_bytes: u64,
     /// Samples taken.
     pub checks: u64,
-    /// Samples above the threshold (each one a flush request).
+    /// Samples above the threshold.
     pub over_threshold: u64,
+    /// Flush requests sent (when memory passed the threshold, and each time it
+    /// grew further while above it).
+    pub flush_requests: u64,
     /// Partial batches written early because of a flush request.
     pub batches_flushed: u64,
     /// Records in those batches.
@@ -140,6 +158,11 @@ struct Inner {
     calm: AtomicU64,
     /// Whether the last sample was over the threshold (a pressure episode).
     pressed: std::sync::atomic::AtomicBool,
+    /// The resident set when the monitor last flushed and shrank.
+    acted_at: AtomicU64,
+    /// Samples in a row above the threshold without growth.
+    held: AtomicU64,
+    flushes: AtomicU64,
     flush_requests: watch::Sender<u64>,
     checks: AtomicU64,
     over_threshold: AtomicU64,
@@ -171,9 +194,13 @@ pub enum Pressure {
     Unknown,
     /// Below the threshold; nothing to do.
     Normal,
-    /// Above the threshold: a flush was requested, batches halved (unless at
-    /// their smallest) and the allocator asked to return memory.
+    /// Above the threshold, newly or grown further: a flush was requested,
+    /// batches halved (unless at their smallest) and the allocator asked to
+    /// return memory.
     High,
+    /// Still above the threshold but not grown since the last flush: only the
+    /// allocator was asked to return memory.
+    Holding,
     /// Eased long enough: batches doubled again.
     Eased,
 }
@@ -208,6 +235,9 @@ impl MemoryMonitor {
                 max_shift_seen: AtomicU32::new(0),
                 calm: AtomicU64::new(0),
                 pressed: std::sync::atomic::AtomicBool::new(false),
+                acted_at: AtomicU64::new(0),
+                held: AtomicU64::new(0),
+                flushes: AtomicU64::new(0),
                 flush_requests: watch::channel(0).0,
                 checks: AtomicU64::new(0),
                 over_threshold: AtomicU64::new(0),
@@ -260,6 +290,33 @@ impl MemoryMonitor {
         if rss >= threshold {
             inner.calm.store(0, Ordering::Relaxed);
             inner.over_threshold.fetch_add(1, Ordering::Relaxed);
+            let entering = !inner.pressed.swap(true, Ordering::Relaxed);
+            let step = (threshold / ESCALATION_STEP).max(1);
+            let grew = rss >= inner.acted_at.load(Ordering::Relaxed).saturating_add(step);
+            if !(entering || grew) {
+                // Above the threshold but not growing: only the allocator's share,
+                // and smaller batches that did not help grow back.
+                let held = inner.held.fetch_add(1, Ordering::Relaxed) + 1;
+                let shift = inner.shift.load(Ordering::Relaxed);
+                if held >= HOLD_SAMPLES && shift > 0 {
+                    inner.held.store(0, Ordering::Relaxed);
+                    inner.shift.store(shift - 1, Ordering::Relaxed);
+                    inner.batch_grows.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(
+                        rss = %format_bytes(to_usize(rss)),
+                        batch_scale = %scale_text(shift - 1),
+                        "memory holds steady above the flush threshold: smaller batches did not lower it, batch size grows back"
+                    );
+                }
+                let returned = self.release_allocator();
+                tracing::debug!(
+                    rss = %format_bytes(to_usize(rss)),
+                    returned_to_os = %returned.map_or_else(|| "-".to_owned(), |r| format_bytes(to_usize(r))),
+                    "memory still over the flush threshold, not growing"
+                );
+                return Pressure::Holding;
+            }
+            inner.held.store(0, Ordering::Relaxed);
             let shift = inner.shift.load(Ordering::Relaxed);
             let shrunk = shift < MAX_SHIFT;
             if shrunk {
@@ -267,36 +324,30 @@ impl MemoryMonitor {
                 inner.max_shift_seen.fetch_max(shift + 1, Ordering::Relaxed);
                 inner.batch_shrinks.fetch_add(1, Ordering::Relaxed);
             }
+            inner.flushes.fetch_add(1, Ordering::Relaxed);
             inner.flush_requests.send_modify(|n| *n += 1);
             let returned = self.release_allocator();
+            inner
+                .acted_at
+                .store((inner.probe)().unwrap_or(rss), Ordering::Relaxed);
             let what = if shrunk {
                 ", halving the batch size"
             } else {
                 " (batch size at its smallest)"
             };
-            let returned = returned.map_or_else(|| "-".to_owned(), |r| format_bytes(to_usize(r)));
-            // A warning when pressure starts or batches shrink; while it lasts at
-            // the smallest size, each further sample is a debug line.
-            let entering = !inner.pressed.swap(true, Ordering::Relaxed);
-            if entering || shrunk {
-                tracing::warn!(
-                    rss = %format_bytes(to_usize(rss)),
-                    threshold = %format_bytes(to_usize(threshold)),
-                    limit = %format_bytes(to_usize(settings.limit_bytes)),
-                    batch_scale = %scale_text(self.shift()),
-                    returned_to_os = %returned,
-                    "memory over the flush threshold: flushing pending batches and sink caches{what}"
-                );
-            } else {
-                tracing::debug!(
-                    rss = %format_bytes(to_usize(rss)),
-                    returned_to_os = %returned,
-                    "memory still over the flush threshold: flushing again{what}"
-                );
-            }
+            tracing::warn!(
+                rss = %format_bytes(to_usize(rss)),
+                threshold = %format_bytes(to_usize(threshold)),
+                limit = %format_bytes(to_usize(settings.limit_bytes)),
+                batch_scale = %scale_text(self.shift()),
+                returned_to_os = %returned.map_or_else(|| "-".to_owned(), |r| format_bytes(to_usize(r))),
+                "memory {} the flush threshold: flushing pending batches and sink caches{what}",
+                if entering { "over" } else { "still growing over" }
+            );
             return Pressure::High;
         }
         inner.pressed.store(false, Ordering::Relaxed);
+        inner.held.store(0, Ordering::Relaxed);
         let shift = inner.shift.load(Ordering::Relaxed);
         if shift > 0 && rss < settings.easing_bytes() {
             let calm = inner.calm.fetch_add(1, Ordering::Relaxed) + 1;
@@ -421,6 +472,7 @@ impl MemoryMonitor {
             threshold_bytes: inner.settings.threshold_bytes(),
             checks: load(&inner.checks),
             over_threshold: load(&inner.over_threshold),
+            flush_requests: load(&inner.flushes),
             batches_flushed: load(&inner.batches_flushed),
             rows_flushed: load(&inner.rows_flushed),
             sink_reliefs: load(&inner.sink_reliefs),
@@ -526,16 +578,49 @@ mod tests {
         let snap = monitor.snapshot();
         assert_eq!(snap.bytes_returned, 5 * MIB, "the fall of the resident set");
         assert_eq!((snap.over_threshold, snap.batch_shrinks), (1, 1));
-        // Pressure stays: batches shrink to 1/16 and no further.
-        for _ in 0..10 {
-            rss.store(95 * MIB, Ordering::Relaxed);
-            monitor.check();
+        // Memory keeps growing: batches shrink to 1/4 and no further.
+        for i in 0..10 {
+            rss.store((95 + 10 * i) * MIB, Ordering::Relaxed);
+            assert_eq!(monitor.check(), Pressure::High);
         }
-        assert_eq!(monitor.batch_rows(1000), 62);
-        assert_eq!(monitor.batch_rows(8), 1, "never below one record");
+        assert_eq!(monitor.batch_rows(1000), 250);
+        assert_eq!(monitor.batch_rows(2), 1, "never below one record");
         let snap = monitor.snapshot();
-        assert_eq!((snap.over_threshold, snap.batch_shrinks), (11, 4));
-        assert!((snap.min_batch_scale - 1.0 / 16.0).abs() < 1e-9);
+        assert_eq!((snap.over_threshold, snap.flush_requests, snap.batch_shrinks), (11, 11, 2));
+        assert!((snap.min_batch_scale - 0.25).abs() < 1e-9);
+    }
+
+    #[test]
+    fn memory_that_stays_over_the_threshold_without_growing_is_not_escalated() {
+        let (monitor, rss, _) = fake();
+        let mut flushes = monitor.flush_requests();
+        rss.store(90 * MIB, Ordering::Relaxed);
+        assert_eq!(monitor.check(), Pressure::High);
+        flushes.mark_unchanged();
+        // The release took 5 MiB off (85 MiB); hovering around 86-90 MiB stays
+        // within a tenth of the threshold (8 MiB) of it.
+        for mib in [86, 90] {
+            rss.store(mib * MIB, Ordering::Relaxed);
+            assert_eq!(monitor.check(), Pressure::Holding);
+        }
+        assert!(!flushes.has_changed().unwrap(), "no further flush request");
+        assert_eq!(monitor.batch_rows(1000), 500, "no further halving");
+        // Growing past the step escalates again.
+        rss.store(94 * MIB, Ordering::Relaxed);
+        assert_eq!(monitor.check(), Pressure::High);
+        assert_eq!(monitor.batch_rows(1000), 250);
+        let snap = monitor.snapshot();
+        assert_eq!((snap.over_threshold, snap.flush_requests), (4, 2));
+        assert_eq!(snap.allocator_releases, 4, "the allocator on every sample");
+
+        // Three samples holding steady: the smaller batches did not help, one
+        // halving is undone.
+        for _ in 0..3 {
+            rss.store(90 * MIB, Ordering::Relaxed);
+            assert_eq!(monitor.check(), Pressure::Holding);
+        }
+        assert_eq!(monitor.batch_rows(1000), 500);
+        assert_eq!(monitor.snapshot().batch_grows, 1);
     }
 
     #[test]
@@ -543,7 +628,7 @@ mod tests {
         let (monitor, rss, _) = fake();
         rss.store(90 * MIB, Ordering::Relaxed);
         monitor.check();
-        rss.store(90 * MIB, Ordering::Relaxed);
+        rss.store(99 * MIB, Ordering::Relaxed);
         monitor.check();
         assert_eq!(monitor.batch_rows(1000), 250);
         // Between the easing mark (60 MiB) and the threshold: no change.

@@ -7,6 +7,11 @@
 //! source never holds data back. Each batch's position is committed only after
 //! the sink acknowledged the batch.
 //!
+//! With a [`MemoryMonitor`] ([`Pipeline::monitor`]) the batch sizes follow the
+//! monitor's scale, and a flush request writes the partial batch at once and asks
+//! the sink's writer to relieve memory between batches. With
+//! [`PipelineOptions::transform_rows`] large pages are split before mapping.
+//!
 //! In [`ReadMode::Classic`] the whole source is read first and then written. Give
 //! it a budget with [`WhenFull::Fail`](crate::WhenFull::Fail): when the data does
 //! not fit, the run stops with an [`ErrorKind::MemoryLimit`] error instead of

@@ -252,7 +252,11 @@ async fn under_memory_pressure_batches_shrink_and_everything_is_still_written() 
             flush_threshold: 0.8,
             check_interval: Duration::from_millis(10),
         },
-        || Some(95),
+        {
+            // Memory that keeps growing: each sample is over the threshold and higher.
+            let rss = std::sync::atomic::AtomicU64::new(90);
+            move || Some(rss.fetch_add(10, std::sync::atomic::Ordering::Relaxed))
+        },
     );
     // Two samples over the threshold: batches are a quarter of their size.
     monitor.check();

@@ -99,13 +99,15 @@ impl RunObserver for Rejections {
 }
 
 /// Writes `batches` through a new writer of `sink`; returns the summed acks and
-/// the table's count afterwards.
+/// the table's count afterwards. With `relieve`, the writer is asked to relieve
+/// memory before each batch after the first (what a run under memory pressure does).
 async fn write(
     case: &SinkCase,
     sink: &Arc<dyn Sink>,
     batches: Vec<Vec<Record>>,
     observer: Arc<Rejections>,
     check: &str,
+    relieve: bool,
 ) -> (BatchAck, u64) {
     let mut target = StreamTarget::new(
         format!("testkit-{}", case.table),
@@ -119,7 +121,13 @@ async fn write(
         .unwrap_or_else(|e| case.fail(check, format!("open failed: {e}")));
     let budget = MemoryBudget::unlimited();
     let mut total = BatchAck::default();
-    for records in batches {
+    for (i, records) in batches.into_iter().enumerate() {
+        if relieve && i > 0 {
+            writer
+                .relieve_memory()
+                .await
+                .unwrap_or_else(|e| case.fail(check, format!("relieve_memory failed: {e}")));
+        }
         let lease = budget.acquire(1024).await.expect("an unlimited budget");
         let ack = writer
             .write(Batch::new(records, lease))
@@ -155,6 +163,7 @@ pub async fn check_sink(case: SinkCase) {
         vec![first.clone()],
         obs.clone(),
         check,
+        false,
     )
     .await;
     if count != 0 {
@@ -171,7 +180,15 @@ pub async fn check_sink(case: SinkCase) {
     }
 
     let check = "new records";
-    let (ack, count) = write(&case, &case.sink, vec![first.clone()], obs.clone(), check).await;
+    let (ack, count) = write(
+        &case,
+        &case.sink,
+        vec![first.clone()],
+        obs.clone(),
+        check,
+        false,
+    )
+    .await;
     if (ack.rows, ack.inserted, ack.failed) != (n, n, 0) {
         case.fail(check, format!("{n} new records acknowledged as {ack:?}"));
     }
@@ -183,7 +200,15 @@ pub async fn check_sink(case: SinkCase) {
     }
 
     let check = "the same records again";
-    let (ack, count) = write(&case, &case.sink, vec![first.clone()], obs.clone(), check).await;
+    let (ack, count) = write(
+        &case,
+        &case.sink,
+        vec![first.clone()],
+        obs.clone(),
+        check,
+        false,
+    )
+    .await;
     if ack.inserted != 0 || count != n {
         case.fail(
             check,
@@ -203,12 +228,23 @@ pub async fn check_sink(case: SinkCase) {
         );
     }
 
+    let check = "the same records again, relieving memory between batches";
+    let half = usize::try_from(n / 2).unwrap_or(usize::MAX);
+    let halves = vec![first[..half].to_vec(), first[half..].to_vec()];
+    let (ack, count) = write(&case, &case.sink, halves, obs.clone(), check, true).await;
+    if ack.inserted != 0 || ack.rows != n || count != n {
+        case.fail(
+            check,
+            format!("acknowledged as {ack:?}; the table holds {count}, expected {n}"),
+        );
+    }
+
     let check = "changes, a new key and a duplicate key in one batch";
     let mut batch: Vec<Record> = (1..n).map(|i| (case.make)(i, 0)).collect();
     batch.push((case.make)(0, 1)); // record 0 changed
     batch.push((case.make)(n, 0)); // a new key
     batch.push((case.make)(n, 1)); // the same key again: the last one wins
-    let (ack, count) = write(&case, &case.sink, vec![batch], obs.clone(), check).await;
+    let (ack, count) = write(&case, &case.sink, vec![batch], obs.clone(), check, false).await;
     if ack.duplicates != 1 || ack.inserted != 1 || count != n + 1 {
         case.fail(
             check,
@@ -229,7 +265,7 @@ pub async fn check_sink(case: SinkCase) {
         let check = "an invalid record";
         let obs = Arc::new(Rejections::default());
         let batch = vec![invalid, (case.make)(n + 1, 0)];
-        let (ack, count) = write(&case, &case.sink, vec![batch], obs.clone(), check).await;
+        let (ack, count) = write(&case, &case.sink, vec![batch], obs.clone(), check, false).await;
         if (ack.failed, ack.inserted) != (1, 1) || count != n + 2 {
             case.fail(
                 check,
