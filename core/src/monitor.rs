@@ -12,8 +12,8 @@
 //!    is written at once, and the sink's writer drops what it buffers or caches
 //!    ([`SinkWriter::relieve_memory`](crate::SinkWriter::relieve_memory));
 //! 2. **halves the batch size** pipelines gather (down to 1/4); after three
-//!    samples in a row below three quarters of the threshold it doubles again, so
-//!    batches grow back once the pressure eases — and also after three samples
+//!    samples in a row below the threshold it doubles again, so batches grow
+//!    back once the pressure eases — and also after three samples
 //!    in a row above the threshold without growth, since shrinking did not help.
 //!
 //! On every sample above the threshold it asks the allocator to **return freed
@@ -44,7 +44,7 @@ const MAX_SHIFT: u32 = 2;
 /// batch size is doubled again: shrinking did not bring memory down.
 const HOLD_SAMPLES: u64 = 3;
 
-/// Samples in a row below the easing mark before batches grow back.
+/// Samples in a row below the threshold before batches grow back.
 const CALM_SAMPLES: u64 = 3;
 
 /// The monitor acts again above the threshold once the resident set has grown
@@ -76,11 +76,6 @@ impl MonitorSettings {
     /// The resident set size above which the monitor acts.
     pub fn threshold_bytes(&self) -> u64 {
         (self.limit_bytes as f64 * self.flush_threshold.clamp(0.0, 1.0)) as u64
-    }
-
-    /// Below this, pressure counts as eased.
-    fn easing_bytes(&self) -> u64 {
-        self.threshold_bytes() / 4 * 3
     }
 }
 
@@ -349,7 +344,7 @@ impl MemoryMonitor {
         inner.pressed.store(false, Ordering::Relaxed);
         inner.held.store(0, Ordering::Relaxed);
         let shift = inner.shift.load(Ordering::Relaxed);
-        if shift > 0 && rss < settings.easing_bytes() {
+        if shift > 0 {
             let calm = inner.calm.fetch_add(1, Ordering::Relaxed) + 1;
             if calm >= CALM_SAMPLES {
                 inner.calm.store(0, Ordering::Relaxed);
@@ -586,7 +581,10 @@ mod tests {
         assert_eq!(monitor.batch_rows(1000), 250);
         assert_eq!(monitor.batch_rows(2), 1, "never below one record");
         let snap = monitor.snapshot();
-        assert_eq!((snap.over_threshold, snap.flush_requests, snap.batch_shrinks), (11, 11, 2));
+        assert_eq!(
+            (snap.over_threshold, snap.flush_requests, snap.batch_shrinks),
+            (11, 11, 2)
+        );
         assert!((snap.min_batch_scale - 0.25).abs() < 1e-9);
     }
 
@@ -631,14 +629,10 @@ mod tests {
         rss.store(99 * MIB, Ordering::Relaxed);
         monitor.check();
         assert_eq!(monitor.batch_rows(1000), 250);
-        // Between the easing mark (60 MiB) and the threshold: no change.
+        // Below the threshold: the third sample in a row grows batches back.
         rss.store(70 * MIB, Ordering::Relaxed);
-        for _ in 0..5 {
-            assert_eq!(monitor.check(), Pressure::Normal);
-        }
-        assert_eq!(monitor.batch_rows(1000), 250);
-        rss.store(30 * MIB, Ordering::Relaxed);
         assert_eq!(monitor.check(), Pressure::Normal);
+        assert_eq!(monitor.batch_rows(1000), 250);
         assert_eq!(monitor.check(), Pressure::Normal);
         assert_eq!(monitor.check(), Pressure::Eased);
         assert_eq!(monitor.batch_rows(1000), 500);
