@@ -274,9 +274,8 @@ pub fn split_type(section: &Value, path: &str) -> Result<(String, Value)> {
 /// heuristic for messages: `None` when a step is not found.
 pub fn locate(text: &str, message: &str) -> Option<usize> {
     let path = message.split(": ").next()?;
-    if !(path.starts_with("syncs") || path.starts_with("sinks") || path.starts_with("cuteEntries"))
-        || path.contains(' ')
-    {
+    let sections = ["syncs", "sinks", "cuteEntries", "tuning"];
+    if !sections.iter().any(|section| path.starts_with(section)) || path.contains(' ') {
         return None;
     }
     let lines: Vec<&str> = text.lines().collect();

@@ -492,6 +492,20 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_value_in_the_file_names_its_line() {
+        let text =
+            "version: 1\ntuning:\n  preset: low-memory\n  flushThresholdPercent: 5\nsyncs: []\n";
+        let config =
+            crate::config_file::ConfigFile::parse(text, std::path::Path::new("s.yaml")).unwrap();
+        let err = Tuning::resolve(&args(&[]), &config.tuning, &|m| config.at(m)).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("s.yaml:4: tuning.flushThresholdPercent: 5 is not a fraction"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn bad_values_name_their_place() {
         let file = TuningConfig {
             flush_threshold_percent: Some(80.0),
