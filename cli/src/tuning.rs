@@ -527,29 +527,14 @@ mod tests {
                 .contains("tuning.maxConcurrentChunks: must be between 1 and 64"),
             "{err}"
         );
-        let err = crate::args::Cli::try_parse_from([
-            "sluicegate",
-            "sync-api",
-            "-k",
-            "x",
-            "--flush-threshold-percent",
-            "1.5",
-        ])
-        .unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("not a fraction between 0.05 and 1"),
-            "{err}"
-        );
-        let err = crate::args::Cli::try_parse_from([
-            "sluicegate",
-            "sync-api",
-            "-k",
-            "x",
-            "--memory-check-interval",
-            "soon",
-        ])
-        .unwrap_err();
-        assert!(err.to_string().contains("not a number of seconds"), "{err}");
+        let flag_error = |flag: &str, value: &str| {
+            crate::args::Cli::try_parse_from(["sluicegate", "sync-api", "-k", "x", flag, value])
+                .unwrap_err()
+                .to_string()
+        };
+        let err = flag_error("--flush-threshold-percent", "1.5");
+        assert!(err.contains("not a fraction between 0.05 and 1"), "{err}");
+        let err = flag_error("--memory-check-interval", "soon");
+        assert!(err.contains("not a number of seconds"), "{err}");
     }
 }

@@ -292,21 +292,15 @@ impl MemoryMonitor {
                 // Above the threshold but not growing: only the allocator's share,
                 // and smaller batches that did not help grow back.
                 let held = inner.held.fetch_add(1, Ordering::Relaxed) + 1;
-                let shift = inner.shift.load(Ordering::Relaxed);
-                if held >= HOLD_SAMPLES && shift > 0 {
+                if held >= HOLD_SAMPLES
+                    && self.grow_back(rss, "smaller batches did not lower memory")
+                {
                     inner.held.store(0, Ordering::Relaxed);
-                    inner.shift.store(shift - 1, Ordering::Relaxed);
-                    inner.batch_grows.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(
-                        rss = %format_bytes(to_usize(rss)),
-                        batch_scale = %scale_text(shift - 1),
-                        "memory holds steady above the flush threshold: smaller batches did not lower it, batch size grows back"
-                    );
                 }
                 let returned = self.release_allocator();
                 tracing::debug!(
                     rss = %format_bytes(to_usize(rss)),
-                    returned_to_os = %returned.map_or_else(|| "-".to_owned(), |r| format_bytes(to_usize(r))),
+                    returned_to_os = %bytes_text(returned),
                     "memory still over the flush threshold, not growing"
                 );
                 return Pressure::Holding;
@@ -335,7 +329,7 @@ impl MemoryMonitor {
                 threshold = %format_bytes(to_usize(threshold)),
                 limit = %format_bytes(to_usize(settings.limit_bytes)),
                 batch_scale = %scale_text(self.shift()),
-                returned_to_os = %returned.map_or_else(|| "-".to_owned(), |r| format_bytes(to_usize(r))),
+                returned_to_os = %bytes_text(returned),
                 "memory {} the flush threshold: flushing pending batches and sink caches{what}",
                 if entering { "over" } else { "still growing over" }
             );
@@ -343,24 +337,33 @@ impl MemoryMonitor {
         }
         inner.pressed.store(false, Ordering::Relaxed);
         inner.held.store(0, Ordering::Relaxed);
-        let shift = inner.shift.load(Ordering::Relaxed);
-        if shift > 0 {
+        if self.shift() > 0 {
             let calm = inner.calm.fetch_add(1, Ordering::Relaxed) + 1;
-            if calm >= CALM_SAMPLES {
+            if calm >= CALM_SAMPLES && self.grow_back(rss, "memory pressure eased") {
                 inner.calm.store(0, Ordering::Relaxed);
-                inner.shift.store(shift - 1, Ordering::Relaxed);
-                inner.batch_grows.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(
-                    rss = %format_bytes(to_usize(rss)),
-                    batch_scale = %scale_text(shift - 1),
-                    "memory pressure eased: batch size grows back"
-                );
                 return Pressure::Eased;
             }
         } else {
             inner.calm.store(0, Ordering::Relaxed);
         }
         Pressure::Normal
+    }
+
+    /// Doubles a halved batch size (`false` when it is not halved) and says why.
+    fn grow_back(&self, rss: u64, why: &str) -> bool {
+        let inner = &self.inner;
+        let shift = self.shift();
+        if shift == 0 {
+            return false;
+        }
+        inner.shift.store(shift - 1, Ordering::Relaxed);
+        inner.batch_grows.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            rss = %format_bytes(to_usize(rss)),
+            batch_scale = %scale_text(shift - 1),
+            "{why}: batch size grows back"
+        );
+        true
     }
 
     /// Samples every `check_interval` until the returned task is dropped.
@@ -433,9 +436,9 @@ impl MemoryMonitor {
             cache_entries_dropped = relief.cache_entries,
             cache_bytes = %format_bytes(to_usize(relief.cache_bytes)),
             buffers_flushed = relief.buffers_flushed,
-            returned_to_os = %returned.map_or_else(|| "-".to_owned(), |r| format_bytes(to_usize(r))),
-            rss_before = %before.map_or_else(|| "-".to_owned(), |b| format_bytes(to_usize(b))),
-            rss_after = %after.map_or_else(|| "-".to_owned(), |b| format_bytes(to_usize(b))),
+            returned_to_os = %bytes_text(returned),
+            rss_before = %bytes_text(before),
+            rss_after = %bytes_text(after),
             "flushed under memory pressure"
         );
     }
@@ -505,6 +508,11 @@ impl Drop for MonitorTask {
 
 fn to_usize(n: u64) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+/// A byte count for a log line, `-` when unknown.
+fn bytes_text(bytes: Option<u64>) -> String {
+    bytes.map_or_else(|| "-".to_owned(), |b| format_bytes(to_usize(b)))
 }
 
 fn scale_text(shift: u32) -> String {
