@@ -12,7 +12,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use base64::Engine as _;
 use bytes::BytesMut;
-use chrono::{NaiveDate, NaiveDateTime, TimeDelta};
 use fallible_iterator::FallibleIterator as _;
 use futures::{TryStreamExt, pin_mut};
 use postgres_protocol::types as wire;
@@ -422,12 +421,6 @@ fn uuid(b: [u8; 16]) -> String {
     )
 }
 
-fn epoch() -> NaiveDateTime {
-    NaiveDate::from_ymd_opt(2000, 1, 1)
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .expect("a valid date")
-}
-
 /// `.ffffff` without trailing zeros, or nothing for whole seconds.
 fn fraction(micros: i64) -> String {
     if micros == 0 {
@@ -437,13 +430,42 @@ fn fraction(micros: i64) -> String {
     digits.trim_end_matches('0').to_owned()
 }
 
+/// The proleptic Gregorian date `days` after 2000-01-01, for every day
+/// PostgreSQL can hold (4714 BC to 5874897 AD), where `chrono` stops at
+/// ±262143 years: year, month, day (Howard Hinnant's `civil_from_days`).
+fn civil(days: i64) -> (i64, u32, u32) {
+    // Shift to days since 0000-03-01, in 400-year eras of 146,097 days.
+    let z = days + 10_957 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// `YYYY-MM-DD`; astronomical years (0 is 1 BC), with a sign and at least four
+/// digits outside 0..=9999 (ISO 8601's expanded form, as `chrono` writes it).
+fn ymd(days: i64) -> String {
+    let (year, month, day) = civil(days);
+    let year = if (0..=9999).contains(&year) {
+        format!("{year:04}")
+    } else if year < 0 {
+        format!("-{:04}", -year)
+    } else {
+        format!("+{year:04}")
+    };
+    format!("{year}-{month:02}-{day:02}")
+}
+
 fn date(days: i32) -> String {
     match days {
         i32::MAX => "infinity".into(),
         i32::MIN => "-infinity".into(),
-        d => (epoch() + TimeDelta::days(i64::from(d)))
-            .format("%Y-%m-%d")
-            .to_string(),
+        d => ymd(i64::from(d)),
     }
 }
 
@@ -452,9 +474,17 @@ fn timestamp(micros: i64, zone: &str) -> String {
         i64::MAX => "infinity".into(),
         i64::MIN => "-infinity".into(),
         m => {
-            let t = epoch() + TimeDelta::microseconds(m);
-            let sub = m.rem_euclid(1_000_000);
-            format!("{}{}{zone}", t.format("%Y-%m-%dT%H:%M:%S"), fraction(sub))
+            let days = m.div_euclid(86_400_000_000);
+            let of_day = m.rem_euclid(86_400_000_000);
+            let secs = of_day / 1_000_000;
+            format!(
+                "{}T{:02}:{:02}:{:02}{}{zone}",
+                ymd(days),
+                secs / 3600,
+                secs / 60 % 60,
+                secs % 60,
+                fraction(of_day % 1_000_000)
+            )
         }
     }
 }
@@ -565,11 +595,38 @@ mod tests {
     }
 
     #[test]
+    fn dates_match_chrono_wherever_chrono_reaches() {
+        let epoch = chrono::NaiveDate::from_ymd_opt(2000, 1, 1).unwrap();
+        let mut d: i64 = -95_000_000;
+        while d < 95_000_000 {
+            let want = (epoch + chrono::TimeDelta::days(d))
+                .format("%Y-%m-%d")
+                .to_string();
+            assert_eq!(ymd(d), want, "day {d}");
+            d += 9_973;
+        }
+        for d in -800..800 {
+            let want = (epoch + chrono::TimeDelta::days(d))
+                .format("%Y-%m-%d")
+                .to_string();
+            assert_eq!(ymd(d), want, "day {d}");
+        }
+    }
+
+    #[test]
     fn times_print_like_postgres_iso_output() {
         assert_eq!(timestamp(0, "Z"), "2000-01-01T00:00:00Z");
         assert_eq!(timestamp(-1, ""), "1999-12-31T23:59:59.999999");
         assert_eq!(timestamp(500_000, ""), "2000-01-01T00:00:00.5");
         assert_eq!(date(-1), "1999-12-31");
+        // Beyond chrono's ±262143 years: PostgreSQL's extremes, no panic.
+        assert_eq!(date(2_147_483_494 - 2_451_545 - 1), "+5874897-12-31");
+        assert_eq!(
+            date(-2_451_545),
+            "-4713-11-24",
+            "4714 BC, the first day PostgreSQL holds"
+        );
+        assert_eq!(timestamp(i64::MAX - 1, ""), "+294277-01-09T04:00:54.775806");
         assert_eq!(date(i32::MAX), "infinity");
         assert_eq!(time_of_day(86_400_000_000), "24:00:00");
         let mut raw = 3_600_000_000i64.to_be_bytes().to_vec();

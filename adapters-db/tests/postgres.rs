@@ -72,6 +72,33 @@ async fn special_numbers_and_unsupported_types() {
 }
 
 #[tokio::test]
+async fn dates_beyond_chronos_range_are_read_not_panicked_on() {
+    let url = database("pg_far_dates").await;
+    let got = read(
+        Provider::Postgres,
+        json!({
+            "connectionString": url,
+            "query": "SELECT '262143-01-01'::date AS d, \
+                      '294276-12-31 23:59:59.999999'::timestamp AS t, \
+                      '294276-12-31 23:59:59.5+00'::timestamptz AS tz, \
+                      '4714-11-24 BC'::date AS first, '5874897-12-31'::date AS last, \
+                      '0001-01-01 BC'::date AS year_zero",
+        }),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        got.records,
+        [
+            json!({"d": "+262143-01-01", "t": "+294276-12-31T23:59:59.999999",
+            "tz": "+294276-12-31T23:59:59.5Z", "first": "-4713-11-24",
+            "last": "+5874897-12-31", "year_zero": "0000-01-01"})
+        ]
+    );
+}
+
+#[tokio::test]
 async fn keyset_paging_resumes_after_the_last_key() {
     let url = database("pg_keyset").await;
     exec(

@@ -288,7 +288,15 @@ impl Pipeline {
             budget: self.budget.clone(),
             stats: self.stats.clone(),
         };
-        let stream = self.source.read(request);
+        // A source that panics while polled ends the read with an error (what
+        // was gathered before it is still written), never as the end of the data.
+        let stream: BatchStream = Box::pin(
+            std::panic::AssertUnwindSafe(self.source.read(request))
+                .catch_unwind()
+                .map(|item| {
+                    item.unwrap_or_else(|panic| Err(crate::source::panicked(panic.as_ref())))
+                }),
+        );
         let mut writer = Writer {
             sync_key: self.sync_key.clone(),
             stream: self.stream.clone(),

@@ -9,7 +9,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 
 use crate::batch::{Batch, Position};
@@ -93,7 +93,9 @@ impl Drop for AbortOnDrop {
 
 /// A lazy [`BatchStream`] fed by a task: `produce` is spawned on the first poll
 /// with a [`BatchSender`]; its error (if any) is the stream's last item; dropping
-/// the stream aborts the task. For sources whose reading does not fit
+/// the stream aborts the task. A panic in `produce` is an error too (kind
+/// [`ErrorKind::Contract`], with the panic's message), never a quiet end of the
+/// data: the stream only ends cleanly when `produce` returned `Ok`. For sources whose reading does not fit
 /// [`paginate`](crate::paginate()) (several batches per response, concurrent
 /// fetches), so they still never hand-write a `Stream`.
 pub fn channel_stream<F, Fut>(produce: F) -> BatchStream
@@ -105,7 +107,11 @@ where
         let (tx, rx) = mpsc::channel::<Result<Batch>>(1);
         let errors = tx.clone();
         let task = tokio::spawn(async move {
-            if let Err(e) = produce(BatchSender(tx)).await
+            let outcome = std::panic::AssertUnwindSafe(produce(BatchSender(tx)))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| Err(panicked(panic.as_ref())));
+            if let Err(e) = outcome
                 && e.kind() != ErrorKind::Cancelled
             {
                 let _ = errors.send(Err(e)).await;
@@ -116,6 +122,22 @@ where
         })
     });
     Box::pin(start.flatten())
+}
+
+/// The error for a source task that panicked, with the panic's message.
+pub(crate) fn panicked(payload: &(dyn std::any::Any + Send)) -> Error {
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_owned());
+    Error::new(
+        ErrorKind::Contract,
+        format!(
+            "the source panicked ({message}); the read stopped there and the checkpoint stays \
+             at the last batch the sink acknowledged. This is a bug in the source: please report it"
+        ),
+    )
 }
 
 #[cfg(test)]
@@ -149,6 +171,29 @@ mod tests {
         assert_eq!(
             items[3].as_ref().unwrap_err().to_string(),
             "page 4 is broken"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_panicking_producer_ends_the_stream_with_an_error_not_quietly() {
+        let budget = MemoryBudget::unlimited();
+        let stream = channel_stream(move |tx| async move {
+            tx.send(Batch::new(Vec::new(), budget.acquire(1).await?).with_page(1))
+                .await?;
+            let year: i32 = "262143".parse().unwrap_or_default();
+            if year > 262_142 {
+                panic!("year {year} is out of range");
+            }
+            Ok(())
+        });
+        let items: Vec<Result<Batch>> = stream.collect().await;
+        assert_eq!(items.len(), 2, "the batch, then the error");
+        let err = items[1].as_ref().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Contract);
+        assert!(
+            err.to_string()
+                .contains("the source panicked (year 262143 is out of range)"),
+            "{err}"
         );
     }
 

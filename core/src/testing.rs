@@ -16,12 +16,15 @@ use crate::sink::{BatchAck, Sink, SinkWriter, StreamTarget, WriterSummary};
 use crate::source::{BatchStream, ReadRequest, Source};
 
 /// Serves a fixed list of records in pages of `page_size`, with offset
-/// positions; can be told to fail at one page.
+/// positions; can be told to fail, or to panic (a broken source), at one page,
+/// and to read on a task of its own ([`channel_stream`](crate::channel_stream)).
 #[derive(Debug, Clone)]
 pub struct VecSource {
     records: Arc<Vec<Record>>,
     page_size: usize,
     fail_at_page: Option<u64>,
+    panic_at_page: Option<u64>,
+    on_a_task: bool,
 }
 
 impl VecSource {
@@ -31,7 +34,25 @@ impl VecSource {
             records: Arc::new(records),
             page_size: page_size.max(1),
             fail_at_page: None,
+            panic_at_page: None,
+            on_a_task: false,
         }
+    }
+
+    /// Makes the read panic when it reaches this 1-based page: a broken
+    /// source, which must end the run with an error, never as the end of the data.
+    #[must_use]
+    pub fn panicking_at_page(mut self, page: u64) -> Self {
+        self.panic_at_page = Some(page);
+        self
+    }
+
+    /// Reads on a task of its own that feeds the stream, as sources built on
+    /// [`channel_stream`](crate::channel_stream) do.
+    #[must_use]
+    pub fn on_a_task(mut self) -> Self {
+        self.on_a_task = true;
+        self
     }
 
     /// Makes the read fail when it reaches this 1-based page.
@@ -47,6 +68,9 @@ impl PageSource for VecSource {
     async fn fetch_page(&self, token: Option<&Position>, ctx: &PageContext) -> Result<Page> {
         if self.fail_at_page == Some(ctx.page) {
             return Err(Error::decode("injected failure"));
+        }
+        if self.panic_at_page == Some(ctx.page) {
+            panic!("injected panic at page {}", ctx.page);
         }
         let offset = token
             .and_then(|t| t.as_value()["offset"].as_u64())
@@ -64,7 +88,17 @@ impl PageSource for VecSource {
 
 impl Source for VecSource {
     fn read(&self, request: ReadRequest) -> BatchStream {
-        paginate(Arc::new(self.clone()), request)
+        let pages = paginate(Arc::new(self.clone()), request);
+        if !self.on_a_task {
+            return pages;
+        }
+        crate::source::channel_stream(move |tx| async move {
+            let mut pages = pages;
+            while let Some(batch) = futures::StreamExt::next(&mut pages).await {
+                tx.send(batch?).await?;
+            }
+            Ok(())
+        })
     }
 
     fn describe(&self) -> String {

@@ -123,6 +123,49 @@ async fn a_source_failure_writes_what_came_before_and_names_the_page() {
 }
 
 #[tokio::test]
+async fn a_panicking_source_fails_the_run_and_keeps_the_checkpoint() {
+    for (on_a_task, mode) in [
+        (true, ReadMode::Streaming),
+        (false, ReadMode::Streaming),
+        (true, ReadMode::Classic),
+        (false, ReadMode::Classic),
+    ] {
+        let sink = MemorySink::new();
+        let store = Arc::new(MemoryCheckpointStore::default());
+        let mut source = VecSource::new(numbered_records(500), 50).panicking_at_page(4);
+        if on_a_task {
+            source = source.on_a_task();
+        }
+        let err = pipeline(&sink, Arc::new(source))
+            .await
+            .checkpoints(store.clone())
+            .options(options(mode, 1000))
+            .run()
+            .await
+            .expect_err("a panic is never the end of the data");
+        let case = format!("on a task: {on_a_task}, {mode:?}");
+        assert_eq!(err.kind(), ErrorKind::Contract, "{case}: {err}");
+        assert!(err.to_string().contains("panicked"), "{case}: {err}");
+        let written = sink.tables().get("numbers").map_or(0, |t| t.len());
+        let kept = store.load("numbers", "numbers").unwrap();
+        match mode {
+            ReadMode::Streaming => {
+                assert_eq!(written, 150, "{case}: pages 1-3 were written");
+                assert_eq!(
+                    kept,
+                    Some(Position::new(serde_json::json!({"offset": 150}))),
+                    "{case}"
+                );
+            }
+            ReadMode::Classic => {
+                assert_eq!(written, 0, "{case}: classic writes after the whole read");
+                assert_eq!(kept, None, "{case}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
 async fn classic_mode_stops_with_a_memory_error_when_the_source_does_not_fit() {
     let sink = MemorySink::new();
     let source = Arc::new(VecSource::new(numbered_records(20_000), 500));

@@ -6,11 +6,34 @@
 //! hundreds of megabytes is still downloading. Everything outside that array (the
 //! "skeleton": totals, cursors, next links) is kept, with the array left empty,
 //! and parsed at the end for the pagination metadata.
+//!
+//! The scanner accepts exactly the documents `serde_json` accepts (RFC 8259),
+//! however the body is split: each element is parsed by `serde_json` on its
+//! own, the skeleton is parsed at the end, and the array's own grammar (a
+//! comma between elements and nowhere else, JSON whitespace only) is checked
+//! here, so the three together are the document.
 
 use serde_json::Value;
 
 /// The most bytes of skeleton kept; metadata beyond this is not expected.
 const SKELETON_CAP: usize = 1 << 20;
+
+/// JSON's insignificant whitespace (RFC 8259 section 2): not form feed or
+/// vertical tab, which `u8::is_ascii_whitespace` would also take.
+pub(crate) fn is_json_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+/// What may come next between two elements of the records array.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// Right after `[`: an element or `]`.
+    FirstOrEnd,
+    /// After an element: `,` or `]`.
+    CommaOrEnd,
+    /// After a comma: an element.
+    Element,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Frame {
@@ -26,7 +49,7 @@ enum Mode {
     /// Outside the target array.
     Outside,
     /// Inside the target array, between elements.
-    Between,
+    Between(Expect),
     /// Inside one element of the target array.
     Element { depth: usize, container: bool },
 }
@@ -47,6 +70,12 @@ pub(crate) struct ArrayScanner {
     skeleton: Vec<u8>,
     found: bool,
     finished_target: bool,
+    /// Bytes fed so far (for error messages).
+    offset: u64,
+    /// Elements handed out so far (for error messages).
+    elements: u64,
+    /// The first grammar error; nothing is scanned after it.
+    error: Option<String>,
 }
 
 impl ArrayScanner {
@@ -64,6 +93,9 @@ impl ArrayScanner {
             skeleton: Vec::new(),
             found: false,
             finished_target: false,
+            offset: 0,
+            elements: 0,
+            error: None,
         }
     }
 
@@ -89,14 +121,44 @@ impl ArrayScanner {
     }
 
     /// Feeds a chunk; complete elements are pushed to `out` as raw JSON bytes.
-    pub(crate) fn feed(&mut self, chunk: &[u8], out: &mut Vec<Vec<u8>>) {
+    /// An error says where the records array breaks JSON's grammar; the
+    /// elements pushed before it are valid, but the document as a whole is not.
+    pub(crate) fn feed(&mut self, chunk: &[u8], out: &mut Vec<Vec<u8>>) -> Result<(), String> {
+        if let Some(e) = &self.error {
+            return Err(e.clone());
+        }
         for &b in chunk {
             match self.mode {
                 Mode::Element { depth, container } => self.element_byte(b, depth, container, out),
-                Mode::Between => self.between_byte(b, out),
+                Mode::Between(expect) => self.between_byte(b, expect),
                 Mode::Outside => self.outside_byte(b),
             }
+            self.offset += 1;
+            if let Some(e) = &self.error {
+                return Err(e.clone());
+            }
         }
+        Ok(())
+    }
+
+    fn fail(&mut self, b: u8, what: &str) {
+        let found = if b.is_ascii_graphic() {
+            format!("'{}'", b as char)
+        } else {
+            format!("byte 0x{b:02x}")
+        };
+        self.error = Some(format!(
+            "the response is not valid JSON: {what} but found {found} at byte {} (after {} record{} of the array)",
+            self.offset,
+            self.elements,
+            if self.elements == 1 { "" } else { "s" }
+        ));
+    }
+
+    /// An element's bytes are complete.
+    fn element_done(&mut self, out: &mut Vec<Vec<u8>>) {
+        out.push(std::mem::take(&mut self.element));
+        self.elements += 1;
     }
 
     fn element_byte(&mut self, b: u8, depth: usize, container: bool, out: &mut Vec<Vec<u8>>) {
@@ -110,8 +172,8 @@ impl ArrayScanner {
                 self.in_string = false;
                 if !container && depth == 0 {
                     // A string element ends with its closing quote.
-                    out.push(std::mem::take(&mut self.element));
-                    self.mode = Mode::Between;
+                    self.element_done(out);
+                    self.mode = Mode::Between(Expect::CommaOrEnd);
                 }
             }
             return;
@@ -130,15 +192,15 @@ impl ArrayScanner {
             }
             b'}' | b']' if depth == 0 => {
                 // A scalar element followed by the end of the array.
-                out.push(std::mem::take(&mut self.element));
-                self.mode = Mode::Between;
-                self.between_byte(b, out);
+                self.element_done(out);
+                self.mode = Mode::Between(Expect::CommaOrEnd);
+                self.between_byte(b, Expect::CommaOrEnd);
             }
             b'}' | b']' => {
                 self.element.push(b);
                 if depth == 1 {
-                    out.push(std::mem::take(&mut self.element));
-                    self.mode = Mode::Between;
+                    self.element_done(out);
+                    self.mode = Mode::Between(Expect::CommaOrEnd);
                 } else {
                     self.mode = Mode::Element {
                         depth: depth - 1,
@@ -147,23 +209,25 @@ impl ArrayScanner {
                 }
             }
             b',' if depth == 0 => {
-                out.push(std::mem::take(&mut self.element));
-                self.mode = Mode::Between;
+                self.element_done(out);
+                self.mode = Mode::Between(Expect::Element);
             }
-            b if b.is_ascii_whitespace() && depth == 0 => {
-                if !self.element.is_empty() {
-                    out.push(std::mem::take(&mut self.element));
-                    self.mode = Mode::Between;
-                }
+            b if is_json_space(b) && depth == 0 => {
+                self.element_done(out);
+                self.mode = Mode::Between(Expect::CommaOrEnd);
             }
             _ => self.element.push(b),
         }
     }
 
-    fn between_byte(&mut self, b: u8, out: &mut Vec<Vec<u8>>) {
-        let _ = out;
+    fn between_byte(&mut self, b: u8, expect: Expect) {
         match b {
-            b',' => {}
+            b if is_json_space(b) => {}
+            b',' if expect == Expect::CommaOrEnd => self.mode = Mode::Between(Expect::Element),
+            b',' => self.fail(b, "expected a record"),
+            b']' if expect == Expect::Element => {
+                self.fail(b, "expected a record after the comma (a trailing comma)")
+            }
             b']' => {
                 // The records array ends; the skeleton keeps it empty.
                 self.mode = Mode::Outside;
@@ -173,7 +237,7 @@ impl ArrayScanner {
                 self.keep(b']');
                 self.after_value();
             }
-            b if b.is_ascii_whitespace() => {}
+            _ if expect == Expect::CommaOrEnd => self.fail(b, "expected ',' or ']' after a record"),
             b'"' => {
                 self.element.push(b);
                 self.in_string = true;
@@ -246,7 +310,7 @@ impl ArrayScanner {
                 self.keys.push(None);
                 if target {
                     self.found = true;
-                    self.mode = Mode::Between;
+                    self.mode = Mode::Between(Expect::FirstOrEnd);
                 }
             }
             b'}' | b']' => {
@@ -275,8 +339,8 @@ impl ArrayScanner {
                 "the response ended in the middle of the document (truncated body?)".to_owned(),
             );
         }
-        if self.skeleton.iter().all(u8::is_ascii_whitespace) {
-            return Ok(Value::Null);
+        if self.skeleton.iter().all(|b| is_json_space(*b)) {
+            return Err("the response body is empty (no JSON document)".to_owned());
         }
         serde_json::from_slice(&self.skeleton).map_err(|e| {
             let start: String =
@@ -298,7 +362,7 @@ mod tests {
         let mut s = ArrayScanner::new(path.iter().map(|p| (*p).to_owned()).collect());
         let mut out = Vec::new();
         for c in doc.as_bytes().chunks(chunk.max(1)) {
-            s.feed(c, &mut out);
+            s.feed(c, &mut out).unwrap();
         }
         let found = s.found();
         let values = out

@@ -132,11 +132,11 @@ impl BodyDecoder {
         match self {
             BodyDecoder::JsonStream { scanner, .. } => {
                 let mut raw = Vec::new();
-                scanner.feed(chunk, &mut raw);
+                let scanned = scanner.feed(chunk, &mut raw);
                 for element in raw {
                     out.push(parse_record(&element)?);
                 }
-                Ok(())
+                scanned
             }
             BodyDecoder::JsonBuffered { body, .. } => {
                 body.extend_from_slice(chunk);
@@ -219,7 +219,7 @@ fn ndjson_line(line: &mut Vec<u8>, number: u64, out: &mut Vec<Record>) -> Result
     if line.last() == Some(&b'\r') {
         line.pop();
     }
-    if line.iter().all(u8::is_ascii_whitespace) {
+    if line.iter().all(|b| json_stream::is_json_space(*b)) {
         return Ok(());
     }
     let record = parse_record(line).map_err(|e| format!("NDJSON line {number}: {e}"))?;
