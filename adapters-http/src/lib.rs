@@ -19,8 +19,8 @@ pub use config::{FileCacheConfig, HttpMethod, HttpSourceConfig, RetryConfig};
 pub use decode::{ResultsFormat, decode_body};
 pub use filecache::clear_file_cache;
 pub use pagination::{
-    CursorPaging, HeaderTokenPaging, LinkHeaderPaging, NextUrlPaging, OffsetPaging,
-    PageNumberPaging, Pagination, SinglePaging, SkipMode,
+    CursorPaging, HeaderTokenPaging, LinkHeaderPaging, MAX_EMPTY_PAGES, NextUrlPaging,
+    OffsetPaging, PageNumberPaging, Pagination, SinglePaging, SkipMode,
 };
 pub use source::HttpSource;
 

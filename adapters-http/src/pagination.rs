@@ -1,22 +1,35 @@
 //! Pagination styles: how the next request is made and when to stop.
 //!
-//! | `type` | next request | stops when |
+//! | `type` | next request | the API says there is more when |
 //! |---|---|---|
-//! | `offset` (default) | `skipKey` = record offset (`skipMode: offset`) or page index (`skipMode: page`, `cute`'s current behaviour), `limitKey` = `pageSize` | empty page; total reached (`totalPath`, `totalPagesPath`); `hasMorePath` false; fewer than `limitMax` records; without totals, a short page |
-//! | `page_number` | `pageKey` = page number from `basePage` (default 1), optional `limitKey` | as `offset` |
-//! | `cursor` | the cursor at `cursorPath`, sent as `cursorParam` or into the POST body at `cursorBodyPath` | no cursor; `hasMorePath` false |
-//! | `next_url` | the URL at `nextUrlPath` (relative URLs resolved) | no URL |
-//! | `link_header` | the `rel="next"` URL of the `Link` header (RFC 8288) | no next link |
-//! | `header_token` | the value of the response header `responseHeader`, sent back as request header `requestHeader` (`cute`'s `continuationTokenHeader`) | no header |
-//! | `single` | — | after one request |
+//! | `offset` (default) | `skipKey` = record offset (`skipMode: offset`) or page index (`skipMode: page`, `cute`'s current behaviour), `limitKey` = `pageSize` | the total (`totalPath`/`totalHeader`) is not reached; the page count (`totalPagesPath`/`totalPagesHeader`) is not reached; `hasMorePath` is true; without any of these: the page was full (`limitMax`, else `pageSize`) |
+//! | `page_number` | `pageKey` = page number from `basePage` (default 1), optional `limitKey` | as `offset` (without totals or a page size: the page had records) |
+//! | `cursor` | the cursor at `cursorPath`, sent as `cursorParam` or into the POST body at `cursorBodyPath` | a cursor came (and `hasMorePath` is not false) |
+//! | `next_url` | the URL at `nextUrlPath` (relative URLs resolved) | a URL came |
+//! | `link_header` | the `rel="next"` URL of the `Link` header (RFC 8288) | a next link came |
+//! | `header_token` | the value of the response header `responseHeader`, sent back as request header `requestHeader` (`cute`'s `continuationTokenHeader`) | a token came |
+//! | `single` | — | never |
 //!
-//! Every style stops after `maxPages`, on an empty page, and refuses a repeated
-//! token or URL (a pagination loop) with an error naming the page.
+//! One stop rule for every style, the same whether pages are fetched one by
+//! one or `concurrency` at a time: the read ends at the first page after which
+//! the API does not say there is more. An empty page after which it does is
+//! skipped, up to [`MAX_EMPTY_PAGES`] in a row, then the read fails naming the
+//! page. The one exception is `offset` with record offsets and a total: an
+//! empty page before the total fails at once, because the next offset would
+//! have to assume records that never came. `maxPages` stops any style; a
+//! repeated token or URL (a pagination loop) fails naming the page, after the
+//! page's records were passed on. A `totalPath`, `totalPagesPath`,
+//! `totalHeader` or `totalPagesHeader` that finds nothing on the first page is
+//! an error naming it.
 
 use reqwest::header::HeaderMap;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sluicegate_core::{Error, JsonSelector, Position, Result, field_error};
+
+/// Empty pages in a row that are skipped while the API says there is more;
+/// one more fails the read.
+pub const MAX_EMPTY_PAGES: u64 = 10;
 
 /// `skipKey` semantics of `type: offset`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -99,6 +112,13 @@ pub struct OffsetPaging {
     /// JSONPath to the total number of pages (`cute`'s `resultsTotalPagesPath`).
     #[serde(default)]
     pub total_pages_path: Option<String>,
+    /// Response header with the total number of records (`X-Total-Count`, or
+    /// `Content-Range: items 0-99/1234`, whose part after `/` is read).
+    #[serde(default)]
+    pub total_header: Option<String>,
+    /// Response header with the total number of pages (`X-Total-Pages`).
+    #[serde(default)]
+    pub total_pages_header: Option<String>,
     /// JSONPath to a boolean "more pages" flag.
     #[serde(default)]
     pub has_more_path: Option<String>,
@@ -119,6 +139,8 @@ impl Default for OffsetPaging {
             limit_max: None,
             total_path: None,
             total_pages_path: None,
+            total_header: None,
+            total_pages_header: None,
             has_more_path: None,
             max_pages: None,
         }
@@ -147,6 +169,13 @@ pub struct PageNumberPaging {
     /// JSONPath to the total number of pages.
     #[serde(default)]
     pub total_pages_path: Option<String>,
+    /// Response header with the total number of records (`X-Total-Count`, or
+    /// `Content-Range: items 0-99/1234`, whose part after `/` is read).
+    #[serde(default)]
+    pub total_header: Option<String>,
+    /// Response header with the total number of pages (`X-Total-Pages`).
+    #[serde(default)]
+    pub total_pages_header: Option<String>,
     /// JSONPath to a boolean "more pages" flag.
     #[serde(default)]
     pub has_more_path: Option<String>,
@@ -289,6 +318,8 @@ pub(crate) struct Paginator {
     style: Pagination,
     total: Option<JsonSelector>,
     total_pages: Option<JsonSelector>,
+    total_header: Option<String>,
+    total_pages_header: Option<String>,
     has_more: Option<JsonSelector>,
     cursor: Option<JsonSelector>,
     next_url: Option<JsonSelector>,
@@ -356,10 +387,27 @@ impl Paginator {
         if self::max_pages(&style) == Some(0) {
             return Err(field_error("pagination.maxPages", "must be at least 1"));
         }
+        let (total_header, total_pages_header) = match &style {
+            Pagination::Offset(p) => (p.total_header.clone(), p.total_pages_header.clone()),
+            Pagination::PageNumber(p) => (p.total_header.clone(), p.total_pages_header.clone()),
+            _ => (None, None),
+        };
+        for (name, field) in [
+            (&total_header, "pagination.totalHeader"),
+            (&total_pages_header, "pagination.totalPagesHeader"),
+        ] {
+            if let Some(name) = name
+                && reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err()
+            {
+                return Err(field_error(field, format!("'{name}' is not a header name")));
+            }
+        }
         Ok(Self {
             style,
             total,
             total_pages,
+            total_header,
+            total_pages_header,
             has_more,
             cursor,
             next_url,
@@ -450,31 +498,34 @@ impl Paginator {
         page: u64,
         facts: &PageFacts<'_>,
     ) -> Option<Position> {
-        if max_pages(&self.style).is_some_and(|max| page >= max) || facts.records == 0 {
+        if max_pages(&self.style).is_some_and(|max| page >= max) {
             return None;
         }
-        let flag = |sel: &Option<JsonSelector>| -> Option<bool> {
-            let sel = sel.as_ref()?;
-            sel.select(facts.meta).into_iter().find_map(|v| match v {
-                Value::Bool(b) => Some(*b),
-                Value::String(s) => s.parse().ok(),
-                Value::Number(n) => Some(n.as_u64() != Some(0)),
-                _ => None,
-            })
-        };
-        if flag(&self.has_more) == Some(false) {
+        let has_more = self.has_more_flag(facts);
+        if has_more == Some(false)
+            || (facts.records == 0 && self.has_more.is_some() && has_more.is_none())
+        {
             return None;
         }
         let t = token.map(Position::as_value);
         match &self.style {
             Pagination::Offset(p) => {
-                if p.limit_max.is_some_and(|m| facts.records < m) {
+                if p.limit_max.is_some_and(|m| facts.records < m)
+                    && (facts.records > 0 || !self.counts_known(facts))
+                {
                     return None;
                 }
                 let (done_before, next) = match p.skip_mode {
                     SkipMode::Offset => {
                         let offset = t.and_then(|t| t["offset"].as_u64()).unwrap_or(0);
-                        (offset, json!({ "offset": offset + facts.records }))
+                        // An empty page skipped (the API says there is more):
+                        // the next page starts a page further.
+                        let step = if facts.records == 0 {
+                            p.page_size
+                        } else {
+                            facts.records
+                        };
+                        (offset, json!({ "offset": offset + step }))
                     }
                     SkipMode::Page => {
                         let index = t.and_then(|t| t["page"].as_u64()).unwrap_or(p.base_page);
@@ -499,6 +550,10 @@ impl Paginator {
                 .then(|| Position::new(next))
             }
             Pagination::PageNumber(p) => {
+                if facts.records == 0 && p.page_size.is_none() && !self.counts_known(facts) {
+                    // Nothing says there is more: an empty page ends the read.
+                    return None;
+                }
                 let number = t.and_then(|t| t["page"].as_u64()).unwrap_or(p.base_page);
                 let pages_done = number - p.base_page + 1;
                 let records_done = p.page_size.map_or(0, |n| (pages_done - 1) * n) + facts.records;
@@ -527,16 +582,16 @@ impl Paginator {
         }
     }
 
-    /// For an empty page: the records read so far and the total the page
-    /// announced, when that total says records are still missing. An empty page
-    /// before the total is reached would otherwise end the read early and
-    /// silently drop the rest (offset pagination only; other styles end there).
+    /// For an empty page of record offsets: the records read so far and the
+    /// total the page announced, when that total says records are still
+    /// missing. The next offset would have to assume records that never came,
+    /// so this is an error rather than a skipped page (other styles skip).
     pub(crate) fn empty_before_total(
         &self,
         token: Option<&Position>,
         facts: &PageFacts<'_>,
     ) -> Option<(u64, u64)> {
-        if facts.records > 0 {
+        if facts.records > 0 || !self.record_offsets() {
             return None;
         }
         let total = self.total_of(facts)?;
@@ -544,9 +599,78 @@ impl Paginator {
         (done < total).then_some((done, total))
     }
 
-    /// The API's total number of records, when the page says (`totalPath`).
+    /// Whether positions are record offsets (`offset` with `skipMode: offset`).
+    pub(crate) fn record_offsets(&self) -> bool {
+        matches!(&self.style, Pagination::Offset(p) if p.skip_mode == SkipMode::Offset)
+    }
+
+    /// The API's total number of records, when the page says (`totalPath` or
+    /// `totalHeader`).
     pub(crate) fn total_of(&self, facts: &PageFacts<'_>) -> Option<u64> {
-        self.total.as_ref()?.select_u64(facts.meta)
+        match (&self.total, &self.total_header) {
+            (Some(sel), _) => sel.select_u64(facts.meta),
+            (None, Some(name)) => header_count(facts.headers, name),
+            (None, None) => None,
+        }
+    }
+
+    /// The API's total number of pages, when the page says.
+    fn total_pages_of(&self, facts: &PageFacts<'_>) -> Option<u64> {
+        match (&self.total_pages, &self.total_pages_header) {
+            (Some(sel), _) => sel.select_u64(facts.meta),
+            (None, Some(name)) => header_count(facts.headers, name),
+            (None, None) => None,
+        }
+    }
+
+    /// The page's "has more" flag (`hasMorePath`), if it has one.
+    fn has_more_flag(&self, facts: &PageFacts<'_>) -> Option<bool> {
+        let sel = self.has_more.as_ref()?;
+        sel.select(facts.meta).into_iter().find_map(|v| match v {
+            Value::Bool(b) => Some(*b),
+            Value::String(s) => s.parse().ok(),
+            Value::Number(n) => Some(n.as_u64() != Some(0)),
+            _ => None,
+        })
+    }
+
+    /// Whether the page carries a total, a page count or a true "has more" flag.
+    fn counts_known(&self, facts: &PageFacts<'_>) -> bool {
+        self.total_of(facts).is_some()
+            || self.total_pages_of(facts).is_some()
+            || self.has_more_flag(facts) == Some(true)
+    }
+
+    /// Totals and page counts configured but missing from the first page: an
+    /// error naming the setting, instead of reading on without them.
+    pub(crate) fn check_first_page(&self, facts: &PageFacts<'_>) -> Result<()> {
+        let missing = |what: &str, path: &str, found: Option<u64>| -> Result<()> {
+            if found.is_some() {
+                return Ok(());
+            }
+            Err(Error::decode(format!(
+                "pagination.{what} '{path}' found no number in the first page's {}; fix the setting \
+                 or remove it (the read would go on without knowing when it is complete)",
+                if what.ends_with("Header") {
+                    "response headers"
+                } else {
+                    "body"
+                }
+            )))
+        };
+        if let Some(sel) = &self.total {
+            missing("totalPath", sel.as_str(), sel.select_u64(facts.meta))?;
+        }
+        if let Some(sel) = &self.total_pages {
+            missing("totalPagesPath", sel.as_str(), sel.select_u64(facts.meta))?;
+        }
+        if let Some(name) = &self.total_header {
+            missing("totalHeader", name, header_count(facts.headers, name))?;
+        }
+        if let Some(name) = &self.total_pages_header {
+            missing("totalPagesHeader", name, header_count(facts.headers, name))?;
+        }
+        Ok(())
     }
 
     /// Records before the page at `token`, where the style can tell (offset
@@ -573,27 +697,19 @@ impl Paginator {
         facts: &PageFacts<'_>,
         page_size: Option<u64>,
     ) -> bool {
-        let total = self.total.as_ref().and_then(|s| s.select_u64(facts.meta));
-        let total_pages = self
-            .total_pages
-            .as_ref()
-            .and_then(|s| s.select_u64(facts.meta));
-        match (total, total_pages) {
+        match (self.total_of(facts), self.total_pages_of(facts)) {
             (Some(total), _) => records_done < total,
             (None, Some(pages)) => pages_done < pages,
             (None, None) if self.has_more.is_some() => true,
-            (None, None) => page_size.is_none_or(|n| facts.records >= n),
+            (None, None) => facts.records > 0 && page_size.is_none_or(|n| facts.records >= n),
         }
     }
 
     /// When every page's request can be computed from the first page (offset or
     /// page numbers with a known total), the tokens of all the following pages.
     pub(crate) fn remaining(&self, first: &PageFacts<'_>) -> Option<Vec<Position>> {
-        let total = self.total.as_ref().and_then(|s| s.select_u64(first.meta));
-        let total_pages = self
-            .total_pages
-            .as_ref()
-            .and_then(|s| s.select_u64(first.meta));
+        let total = self.total_of(first);
+        let total_pages = self.total_pages_of(first);
         let max = max_pages(&self.style).unwrap_or(u64::MAX);
         match &self.style {
             Pagination::Offset(p) if p.limit_max.is_none() => {
@@ -655,6 +771,15 @@ fn bad_token(token: Option<&Position>) -> Error {
             token.map_or_else(|| "-".to_owned(), ToString::to_string)
         ),
     )
+}
+
+/// A count in a response header: a plain number (`X-Total-Count: 1234`), or
+/// the part after `/` of a range (`Content-Range: items 0-99/1234`); `None`
+/// when absent or unknown (`0-99/*`).
+fn header_count(headers: &HeaderMap, name: &str) -> Option<u64> {
+    let text = headers.get(name)?.to_str().ok()?.trim();
+    let count = text.rsplit_once('/').map_or(text, |(_, total)| total);
+    count.trim().parse().ok()
 }
 
 /// The target of the link with relation `rel` in `Link` headers (RFC 8288).

@@ -32,7 +32,18 @@ use crate::config::{HttpMethod, HttpSourceConfig, check_url};
 use crate::decode::{BodyDecoder, ResultsFormat, read_zipped_csv};
 use crate::error::HttpError;
 use crate::filecache::FileCache;
-use crate::pagination::{PageFacts, Paginator};
+use crate::pagination::{MAX_EMPTY_PAGES, PageFacts, Paginator};
+
+/// The error for a run of empty pages although the API said there was more.
+fn too_many_empty_pages(page: u64, url: &Url) -> Error {
+    Error::decode(format!(
+        "page {page} ({url}) is the {}th empty page in a row, although the API still says there is \
+         more; stopping instead of reading on without records. Check the pagination settings, or \
+         run again to resume from the last checkpoint",
+        MAX_EMPTY_PAGES + 1
+    ))
+    .with_context("page", page)
+}
 
 /// Records per batch while a page is still arriving.
 const CHUNK_ROWS: usize = 2000;
@@ -427,6 +438,7 @@ impl Inner {
         let mut recent: VecDeque<Position> = VecDeque::new();
         let mut previous_fingerprint = None;
         let mut page = 0;
+        let mut empty_run = 0;
         loop {
             page += 1;
             let fetched = self
@@ -447,6 +459,11 @@ impl Inner {
                 headers: &fetched.headers,
                 url: &fetched.url,
             };
+            if page == 1 {
+                self.paginator
+                    .check_first_page(&facts)
+                    .map_err(|e| e.with_context("page", page))?;
+            }
             // The expected count of a top-level read (not of each parent's children).
             if page == 1
                 && positions
@@ -483,10 +500,23 @@ impl Inner {
             if let Some(n) = &next
                 && (token.as_ref() == Some(n) || recent.contains(n))
             {
-                return Err(Error::decode(format!(
+                // The page itself is new: pass its records on (without a
+                // position, so the checkpoint stays before it), then stop.
+                let error = Error::decode(format!(
                     "pagination loop: page {page} returned next token {n}, which was already used; check the pagination settings"
                 ))
-                .with_context("page", page));
+                .with_context("page", page);
+                let Fetched { records, lease, .. } = fetched;
+                self.emit(request, tx, records, lease, page, None).await?;
+                return Err(error);
+            }
+            empty_run = if fetched.count == 0 && next.is_some() {
+                empty_run + 1
+            } else {
+                0
+            };
+            if empty_run > MAX_EMPTY_PAGES {
+                return Err(too_many_empty_pages(page, &fetched.url));
             }
             let parallel = (page == 1 && token.is_none() && self.concurrency > 1)
                 .then(|| self.paginator.remaining(&facts))
@@ -552,8 +582,30 @@ impl Inner {
             })
             .buffered(self.concurrency);
         let mut nexts = nexts.into_iter();
+        let mut empty_run = 0;
         while let Some(result) = fetches.next().await {
             let (page, mut fetched) = result?;
+            // The same stop rule as one page at a time: an empty page the
+            // total says is not the last is skipped (page numbers) or an
+            // error (record offsets), and only so many in a row.
+            let last = nexts.len() == 1;
+            if fetched.count == 0 && !last {
+                if self.paginator.record_offsets() {
+                    return Err(Error::decode(format!(
+                        "page {page} ({}) has no records, but the API's total says more follow; the data \
+                         changed during the read or the server lost its place. Nothing after it was \
+                         written; run again to resume from the last checkpoint",
+                        fetched.url
+                    ))
+                    .with_context("page", page));
+                }
+                empty_run += 1;
+                if empty_run > MAX_EMPTY_PAGES {
+                    return Err(too_many_empty_pages(page, &fetched.url));
+                }
+            } else {
+                empty_run = 0;
+            }
             // Its turn: the lease grows to the page's size (waiting if it must).
             fetched.lease.resize(fetched.bytes).await?;
             let next = nexts.next().flatten();

@@ -253,7 +253,7 @@ impl Mapper {
         let mut scope = self.base_scope.clone();
         scope.insert("row".to_owned(), Value::Object(row.clone()));
         scope.insert("var".to_owned(), Value::Object(vars.clone()));
-        TplValue::from_serialize(&scope)
+        crate::template::template_value(&Value::Object(scope))
     }
 
     fn render(

@@ -47,8 +47,44 @@ impl Templates {
             .get_template(name)
             .map_err(|e| template_error("unknown template", name, e))?;
         template
-            .render(scope)
+            .render(template_value(scope))
             .map_err(|e| template_error("cannot render template", name, e))
+    }
+}
+
+/// A JSON value as a template value. Numbers keep their exact text in
+/// `serde_json` (every digit of a big integer or a long decimal), which its
+/// `Serialize` hands to other formats as a private map; here they become
+/// template integers (up to 128 bits) or floats, and only a number no float
+/// holds (`1e400`) stays text.
+pub(crate) fn template_value(value: &Value) -> minijinja::Value {
+    use minijinja::Value as V;
+    match value {
+        Value::Null => V::from(()),
+        Value::Bool(b) => V::from(*b),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                V::from(i)
+            } else if let Some(u) = n.as_u64() {
+                V::from(u)
+            } else {
+                let text = n.to_string();
+                if let Ok(i) = text.parse::<i128>() {
+                    V::from(i)
+                } else if let Ok(u) = text.parse::<u128>() {
+                    V::from(u)
+                } else if let Some(f) = n.as_f64() {
+                    V::from(f)
+                } else {
+                    V::from(text)
+                }
+            }
+        }
+        Value::String(s) => V::from(s.as_str()),
+        Value::Array(items) => V::from(items.iter().map(template_value).collect::<Vec<_>>()),
+        Value::Object(map) => {
+            V::from_iter(map.iter().map(|(k, v)| (k.as_str(), template_value(v))))
+        }
     }
 }
 

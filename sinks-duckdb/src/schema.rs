@@ -46,13 +46,22 @@ impl ColumnType {
     }
 
     /// The type a JSON value asks for; `None` for null (no information).
+    ///
+    /// Numbers keep the exact text they had in the source (`serde_json`'s
+    /// `arbitrary_precision`): an integer is `BIGINT` (64 bits), `HUGEINT` (128
+    /// bits) or, beyond that, `VARCHAR` holding its digits; a number with a
+    /// fraction or an exponent is `DOUBLE` (the correctly rounded double of its
+    /// text), or `VARCHAR` holding its text when no double holds it (`1e400`).
     pub(crate) fn of(value: &Value) -> Option<ColumnType> {
         Some(match value {
             Value::Null => return None,
             Value::Bool(_) => ColumnType::Boolean,
-            Value::Number(n) if n.is_i64() => ColumnType::BigInt,
-            Value::Number(n) if n.is_u64() => ColumnType::HugeInt,
-            Value::Number(_) => ColumnType::Double,
+            Value::Number(n) => match number_kind(n) {
+                NumberKind::Int64(_) => ColumnType::BigInt,
+                NumberKind::Int128(_) => ColumnType::HugeInt,
+                NumberKind::Float(_) => ColumnType::Double,
+                NumberKind::Text => ColumnType::Varchar,
+            },
             Value::String(_) => ColumnType::Varchar,
             Value::Array(_) | Value::Object(_) => ColumnType::Json,
         })
@@ -70,6 +79,55 @@ impl ColumnType {
             | (Boolean | BigInt | HugeInt | Double, Json) => Json,
             _ => Varchar,
         }
+    }
+}
+
+/// What a JSON number is, by its exact text.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum NumberKind {
+    /// An integer within 64 bits.
+    Int64(i64),
+    /// An integer within 128 bits (beyond 64).
+    Int128(i128),
+    /// A number with a fraction or an exponent that a double holds.
+    Float(f64),
+    /// An integer beyond 128 bits, or a number beyond a double's range.
+    Text,
+}
+
+/// The largest integer magnitude every neighbour of which a double holds
+/// exactly (2^53): integers within it survive a column's widening to `DOUBLE`.
+pub(crate) const DOUBLE_EXACT_INT: i128 = 1 << 53;
+
+pub(crate) fn number_kind(n: &serde_json::Number) -> NumberKind {
+    if let Some(i) = n.as_i64() {
+        return NumberKind::Int64(i);
+    }
+    if let Some(u) = n.as_u64() {
+        return NumberKind::Int128(i128::from(u));
+    }
+    let text = n.to_string();
+    if !text.contains(['.', 'e', 'E']) {
+        return match text.parse::<i128>() {
+            Ok(i) => NumberKind::Int128(i),
+            Err(_) => NumberKind::Text,
+        };
+    }
+    match n.as_f64() {
+        Some(f) => NumberKind::Float(f),
+        None => NumberKind::Text,
+    }
+}
+
+/// Whether a double holds this number exactly as the source wrote it, as far
+/// as a column's widening is concerned: floats (by rule) and integers within
+/// ±2^53.
+pub(crate) fn fits_double(n: &serde_json::Number) -> bool {
+    match number_kind(n) {
+        NumberKind::Int64(i) => i.unsigned_abs() <= DOUBLE_EXACT_INT as u64,
+        NumberKind::Int128(i) => i.unsigned_abs() <= DOUBLE_EXACT_INT as u128,
+        NumberKind::Float(_) => true,
+        NumberKind::Text => false,
     }
 }
 
@@ -191,15 +249,24 @@ pub(crate) fn cell<'a>(value: &'a Value, ty: &ColumnType) -> Cell<'a> {
     match (value, ty) {
         (Value::Null, _) => Cell::Null,
         (Value::Bool(b), ColumnType::Boolean) => Cell::Bool(*b),
-        (Value::Number(n), ColumnType::BigInt) if n.is_i64() => {
-            Cell::Int(n.as_i64().unwrap_or_default())
+        (Value::Number(n), ColumnType::BigInt | ColumnType::HugeInt | ColumnType::Double) => {
+            match (number_kind(n), ty) {
+                (NumberKind::Int64(i), ColumnType::BigInt) => Cell::Int(i),
+                (NumberKind::Int64(i), ColumnType::HugeInt) => Cell::Huge(i128::from(i)),
+                (NumberKind::Int128(i), ColumnType::HugeInt) => Cell::Huge(i),
+                // DuckDB's storage compresses runs of equal values, and -0.0 ==
+                // 0.0, so a stored zero's sign would depend on its neighbours:
+                // every zero is stored as 0.0 (a documented rule), every other
+                // double bit for bit.
+                (NumberKind::Float(x), ColumnType::Double) if x == 0.0 => Cell::Double(0.0),
+                (NumberKind::Float(x), ColumnType::Double) => Cell::Double(x),
+                // Integers widened into DOUBLE: the sink widens to VARCHAR
+                // instead when one is beyond ±2^53, so this is exact.
+                (NumberKind::Int64(i), ColumnType::Double) => Cell::Double(i as f64),
+                (NumberKind::Int128(i), ColumnType::Double) => Cell::Double(i as f64),
+                _ => Cell::Owned(n.to_string()),
+            }
         }
-        (Value::Number(n), ColumnType::HugeInt) => match (n.as_i64(), n.as_u64()) {
-            (Some(i), _) => Cell::Huge(i128::from(i)),
-            (_, Some(u)) => Cell::Huge(i128::from(u)),
-            _ => Cell::Owned(n.to_string()),
-        },
-        (Value::Number(n), ColumnType::Double) => Cell::Double(n.as_f64().unwrap_or(f64::NAN)),
         (Value::String(s), ColumnType::Varchar | ColumnType::Other(_)) => Cell::Text(s),
         (Value::Array(_) | Value::Object(_), _) | (_, ColumnType::Json) => {
             Cell::Owned(value.to_string())

@@ -27,7 +27,7 @@ use sluicegate_core::{
 
 use crate::config::DuckDbSinkConfig;
 use crate::keys::{Key, merge_duplicate_keys};
-use crate::schema::{Cell, ColumnType, FieldCache, TableSchema, cell, quote_ident};
+use crate::schema::{Cell, ColumnType, FieldCache, TableSchema, cell, fits_double, quote_ident};
 
 /// A DuckDB database file that sync streams write into.
 pub struct DuckDbSink {
@@ -369,6 +369,8 @@ struct SchemaChanges {
 fn evolve(schema: &mut TableSchema, records: &[Record]) -> SchemaChanges {
     let existing = schema.columns.len();
     let mut widened = Vec::new();
+    // Columns holding an integer no double holds exactly (beyond ±2^53).
+    let mut beyond_double: Vec<usize> = Vec::new();
     let mut cache = FieldCache::default();
     for record in records {
         let mut added = false;
@@ -376,36 +378,87 @@ fn evolve(schema: &mut TableSchema, records: &[Record]) -> SchemaChanges {
             let Some(ty) = ColumnType::of(value) else {
                 continue;
             };
-            match column {
+            let idx = match column {
                 Some(idx) => {
                     let current = &schema.columns[*idx].1;
-                    if current == &ty {
-                        continue;
-                    }
-                    let wider = current.widen(&ty);
-                    if &wider != current {
-                        schema.columns[*idx].1 = wider;
-                        if *idx < existing && !widened.contains(idx) {
-                            widened.push(*idx);
+                    if current != &ty {
+                        let wider = current.widen(&ty);
+                        if &wider != current {
+                            schema.columns[*idx].1 = wider;
+                            if *idx < existing && !widened.contains(idx) {
+                                widened.push(*idx);
+                            }
                         }
                     }
+                    *idx
                 }
-                None => {
-                    if schema.column_of(field).is_none() {
-                        schema.add_field(field, ty);
+                None => match schema.column_of(field) {
+                    Some(idx) => idx,
+                    None => {
                         added = true;
+                        schema.add_field(field, ty)
                     }
-                }
+                },
+            };
+            if let Value::Number(n) = value
+                && !fits_double(n)
+                && !beyond_double.contains(&idx)
+            {
+                beyond_double.push(idx);
             }
         }
         if added {
             cache.clear();
         }
     }
+    // Integers and fractions in one column make it DOUBLE, which is exact only
+    // for integers within ±2^53; with a larger one the column holds each
+    // number's text instead.
+    for idx in beyond_double {
+        if schema.columns[idx].1 == ColumnType::Double {
+            schema.columns[idx].1 = ColumnType::Varchar;
+            if idx < existing && !widened.contains(&idx) {
+                widened.push(idx);
+            }
+        }
+    }
     SchemaChanges {
         added: (existing..schema.columns.len()).collect(),
         widened,
     }
+}
+
+/// Widening an existing integer column to `DOUBLE` is exact only when every
+/// integer it holds is within ±2^53; otherwise it becomes `VARCHAR` (each
+/// number's digits) instead.
+fn keep_existing_integers_exact(
+    conn: &Connection,
+    target: &StreamTarget,
+    before: &TableSchema,
+    after: &mut TableSchema,
+    widened: &[usize],
+) -> Result<()> {
+    for idx in widened {
+        let was = &before.columns[*idx].1;
+        if after.columns[*idx].1 != ColumnType::Double
+            || !matches!(was, ColumnType::BigInt | ColumnType::HugeInt)
+        {
+            continue;
+        }
+        let column = quote_ident(&after.columns[*idx].0);
+        let limit = crate::schema::DOUBLE_EXACT_INT;
+        let sql = format!(
+            "SELECT count(*) FROM main.{} WHERE {column} > {limit} OR {column} < -{limit}",
+            quote_ident(&target.table),
+        );
+        let beyond: i64 = conn
+            .query_row(&sql, [], |row| row.get(0))
+            .map_err(|e| duck_error("cannot check an integer column before widening it", e))?;
+        if beyond > 0 {
+            after.columns[*idx].1 = ColumnType::Varchar;
+        }
+    }
+    Ok(())
 }
 
 fn stage_name(table: &str) -> String {
@@ -425,6 +478,9 @@ fn write_batch(
     }
     let mut schema = table.schema.clone();
     let changes = evolve(&mut schema, records);
+    if table.exists {
+        keep_existing_integers_exact(conn, target, &table.schema, &mut schema, &changes.widened)?;
+    }
     if schema.columns.is_empty() {
         // Only empty records or nulls: nothing to store yet.
         return Ok(BatchAck {

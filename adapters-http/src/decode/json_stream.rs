@@ -385,12 +385,13 @@ mod tests {
                     json!({"id": 1, "s": "a\"}],["}),
                     json!([2, {"n": null}]),
                     json!("three"),
-                    json!(45.0),
+                    serde_json::from_str::<Value>("4.5e1").unwrap(),
                     json!(true),
                     json!(null)
                 ],
                 "chunk {chunk}"
             );
+            assert_eq!(values[3].as_f64(), Some(45.0), "numbers keep their text");
             let skeleton = skeleton.unwrap();
             assert_eq!(skeleton["meta"]["total"], json!(3));
             assert_eq!(skeleton["data"]["items"], json!([]));
