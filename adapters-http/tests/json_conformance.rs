@@ -69,8 +69,6 @@ fn the_streaming_decoder_accepts_exactly_what_serde_json_accepts() {
     assert!(cases.len() > 300, "the corpus is there");
     let (mut accepted, mut rejected) = (0, 0);
     for case in &cases {
-        // The deepest nesting cases are about stack depth, not grammar:
-        // serde_json stops at 128 levels, which the scanner does not count.
         let body = case.input.as_bytes();
         let ok = check(&case.name, body, &[]);
         if case.name.starts_with("y_") {
@@ -121,6 +119,22 @@ fn the_cases_found_by_hand_are_rejected_at_every_chunking() {
             "{body:?} is invalid JSON"
         );
         assert!(!check(body, body.as_bytes(), &segments));
+    }
+}
+
+#[test]
+fn nesting_is_limited_like_serde_json_counting_the_envelope() {
+    for n in 120..132 {
+        let nested = format!("{}{}", "[".repeat(n), "]".repeat(n));
+        check(&format!("{n} levels"), nested.as_bytes(), &[]);
+        let doc = format!(r#"{{"data": [{nested}, 1]}}"#);
+        check(&format!("{n} levels under data"), doc.as_bytes(), &["data"]);
+        let doc = format!(r#"{{"data": [{{"a": {nested}}}]}}"#);
+        check(
+            &format!("{n} levels in a record"),
+            doc.as_bytes(),
+            &["data"],
+        );
     }
 }
 

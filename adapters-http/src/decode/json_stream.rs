@@ -24,6 +24,10 @@ pub(crate) fn is_json_space(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r')
 }
 
+/// The deepest nesting `serde_json` accepts in a document (its recursion
+/// limit): the records array's depth plus an element's own must stay within it.
+const MAX_DEPTH: usize = 127;
+
 /// What may come next between two elements of the records array.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Expect {
@@ -184,6 +188,10 @@ impl ArrayScanner {
                 self.in_string = true;
             }
             b'{' | b'[' => {
+                if self.stack.len() + depth + 1 > MAX_DEPTH {
+                    self.fail(b, "nesting deeper than 127 levels");
+                    return;
+                }
                 self.element.push(b);
                 self.mode = Mode::Element {
                     depth: depth + 1,
@@ -247,6 +255,10 @@ impl ArrayScanner {
                 };
             }
             b'{' | b'[' => {
+                if self.stack.len() + 1 > MAX_DEPTH {
+                    self.fail(b, "nesting deeper than 127 levels");
+                    return;
+                }
                 self.element.push(b);
                 self.mode = Mode::Element {
                     depth: 1,
