@@ -57,7 +57,7 @@ fn number(rng: &mut fastrand::Rng) -> Value {
             rng.u128(1 << 64..u128::MAX >> 1)
         ),
         4 => format!("{}{:040}", rng.u8(1..9), rng.u64(..)),
-        5 | 6 | 7 => {
+        5..=7 => {
             let x = f64::from_bits(rng.u64(0x3000_0000_0000_0000..0x4400_0000_0000_0000));
             format!("{:?}", if rng.bool() { x } else { -x })
         }
@@ -404,8 +404,13 @@ fn records_done(case: &Case, position: &Value) -> usize {
 
 // ---------------------------------------------------------------- the comparison
 
-/// DuckDB's table: column types, and rows by id (every value as text, doubles as bits).
-fn table(db: &std::path::Path) -> (Vec<(String, String)>, BTreeMap<i64, Vec<Option<String>>>) {
+/// Column names and DuckDB types, in order.
+type Columns = Vec<(String, String)>;
+/// Rows by id: every cell as text (doubles as `bits:N`), `None` for NULL.
+type Rows = BTreeMap<i64, Vec<Option<String>>>;
+
+/// DuckDB's table: its columns and rows.
+fn table(db: &std::path::Path) -> (Columns, Rows) {
     let conn = duckdb::Connection::open(db).unwrap();
     let mut stmt = conn
         .prepare("SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'records' ORDER BY ordinal_position")

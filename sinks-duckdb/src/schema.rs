@@ -258,8 +258,9 @@ pub(crate) fn cell<'a>(value: &'a Value, ty: &ColumnType) -> Cell<'a> {
                 // 0.0, so a stored zero's sign would depend on its neighbours:
                 // every zero is stored as 0.0 (a documented rule), every other
                 // double bit for bit.
-                (NumberKind::Float(x), ColumnType::Double) if x == 0.0 => Cell::Double(0.0),
-                (NumberKind::Float(x), ColumnType::Double) => Cell::Double(x),
+                (NumberKind::Float(x), ColumnType::Double) => {
+                    Cell::Double(if x == 0.0 { 0.0 } else { x })
+                }
                 // Integers widened into DOUBLE: the sink widens to VARCHAR
                 // instead when one is beyond ±2^53, so this is exact.
                 (NumberKind::Int64(i), ColumnType::Double) => Cell::Double(i as f64),
