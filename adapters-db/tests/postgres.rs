@@ -99,6 +99,35 @@ async fn dates_beyond_chronos_range_are_read_not_panicked_on() {
 }
 
 #[tokio::test]
+async fn numbers_inside_json_and_jsonb_keep_every_digit() {
+    let url = database("pg_json_numbers").await;
+    let doc = r#"{"x": 0.42451918914251396, "big": 123456789012345678901234567890, "far": 1e400}"#;
+    let got = read(
+        Provider::Postgres,
+        json!({
+            "connectionString": url,
+            "query": format!("SELECT '{doc}'::json AS j, '{doc}'::jsonb AS b"),
+        }),
+        None,
+    )
+    .await
+    .unwrap();
+    let j = &got.records[0]["j"];
+    assert_eq!(
+        j.to_string(),
+        r#"{"x":0.42451918914251396,"big":123456789012345678901234567890,"far":1e+400}"#,
+        "json keeps every digit (serde_json writes exponents as e+N)"
+    );
+    let b = &got.records[0]["b"];
+    assert_eq!(b["x"].as_f64(), Some(0.42451918914251396));
+    assert_eq!(b["big"].to_string(), "123456789012345678901234567890");
+    assert!(
+        b["far"].as_f64().is_none() && b["far"].to_string().contains("400"),
+        "{b}"
+    );
+}
+
+#[tokio::test]
 async fn keyset_paging_resumes_after_the_last_key() {
     let url = database("pg_keyset").await;
     exec(

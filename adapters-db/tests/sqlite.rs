@@ -128,3 +128,29 @@ async fn missing_files_and_tables_are_clear_errors() {
         assert!(err.message().contains(expected), "{err}");
     }
 }
+
+#[tokio::test]
+async fn numbers_inside_json_keep_their_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("json.db");
+    let doc = r#"{"x": 0.42451918914251396, "big": 123456789012345678901234567890, "far": 1e400, "max": 9223372036854775807}"#;
+    create(
+        &db,
+        &format!(
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, doc JSON); INSERT INTO t VALUES (1, '{doc}');"
+        ),
+    );
+    let got = read(
+        Provider::Sqlite,
+        json!({"connectionString": db.display().to_string(), "table": "t", "orderBy": "id"}),
+        None,
+    )
+    .await
+    .unwrap();
+    let want: Value = serde_json::from_str(doc).unwrap();
+    assert_eq!(got.records, [json!({"id": 1, "doc": want})]);
+    assert_eq!(
+        got.records[0]["doc"].to_string(),
+        r#"{"x":0.42451918914251396,"big":123456789012345678901234567890,"far":1e+400,"max":9223372036854775807}"#
+    );
+}
