@@ -121,10 +121,8 @@ async fn numbers_inside_json_and_jsonb_keep_every_digit() {
     let b = &got.records[0]["b"];
     assert_eq!(b["x"].as_f64(), Some(0.42451918914251396));
     assert_eq!(b["big"].to_string(), "123456789012345678901234567890");
-    assert!(
-        b["far"].as_f64().is_none() && b["far"].to_string().contains("400"),
-        "{b}"
-    );
+    // jsonb keeps numbers as `numeric`: 1e400 comes back as its 401 digits.
+    assert_eq!(b["far"].to_string(), format!("1{}", "0".repeat(400)));
 }
 
 #[tokio::test]
