@@ -364,6 +364,15 @@ async fn run_entry(prepared: PreparedEntry, ctx: &RunContext<'_>) -> Result<Stre
         return redrive_entry(&entry, mapper, sink, ctx).await;
     }
     let source = source.build().await?;
+    if ctx.checkpoints.is_some() && entry.key_field.is_none() {
+        // Said before anything is written: appends are not replayed exactly.
+        eprintln!(
+            "{}: no keyField, so rows are appended: if this run stops early, the run that resumes \
+             it may append the rows written after the last checkpoint again (at-least-once); set \
+             keyField for exact re-runs",
+            entry.key
+        );
+    }
     if let Some(store) = &ctx.checkpoints {
         if ctx.args.full_refresh {
             store.clear(&entry.key, entry.table())?;

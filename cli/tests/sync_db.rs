@@ -266,3 +266,36 @@ async fn database_errors_name_the_sync_and_provider_without_the_password() {
     );
     assert!(line.contains("sync=pg_orders"), "{line}");
 }
+
+#[tokio::test]
+async fn an_append_sync_says_before_it_starts_that_a_resume_may_append_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("src.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch("CREATE TABLE events (id INTEGER PRIMARY KEY, what TEXT); INSERT INTO events VALUES (1, 'a'), (2, 'b');")
+        .unwrap();
+    drop(conn);
+    let config = dir.path().join("sluicegate.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 1\nsinks:\n  warehouse: {{ type: duckdb, path: out.duckdb }}\nsyncs:\n  - key: events\n    sink: warehouse\n    table: events\n    source: {{ type: sqlite, connectionString: \"{}\", table: events, orderBy: id }}\n",
+            db.display()
+        ),
+    )
+    .unwrap();
+    let out = run(&config, &["--apply"]).await;
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let warning = stderr
+        .find("events: no keyField, so rows are appended")
+        .unwrap_or_else(|| panic!("no warning: {stderr}"));
+    assert!(stderr[warning..].contains("(at-least-once)"), "{stderr}");
+    // Said before anything was read.
+    assert!(!stderr[..warning].contains("rows"), "{stderr}");
+    let dry = run(&config, &[]).await;
+    assert!(
+        !text(&dry.stderr).contains("no keyField"),
+        "a dry run writes nothing, so it has nothing to say about resuming"
+    );
+}
