@@ -1,5 +1,7 @@
-//! MySQL and MariaDB: the text protocol's streaming result set, read row by row
-//! as the batcher makes room, so the server (not this process) holds the rest.
+//! MySQL and MariaDB: a prepared statement's streaming result set (the binary
+//! protocol, so floats arrive as their bits), read row by row as the batcher
+//! makes room, so the server (not this process) holds the rest. A statement the
+//! server cannot prepare is read through the text protocol instead.
 //!
 //! The session reads timestamps in UTC (`time_zone = '+00:00'`), uses
 //! `utf8mb4`, is read-only, and waits for a slow consumer for up to a day
@@ -124,45 +126,94 @@ impl Session for MysqlSession {
         let err = |e: mysql_async::Error| my_error(&origin, &e);
         out.reserve().await?;
         out.next_page();
-        let mut result = self.conn.query_iter(sql).await.map_err(err)?;
-        let columns = result.columns().unwrap_or_else(|| Vec::new().into());
-        check_unique_columns(
-            columns
-                .iter()
-                .map(|c| c.name_ref())
-                .map(|n| std::str::from_utf8(n).unwrap_or("?")),
-        )
-        .map_err(|m| origin.query_failed(m, "rename the column in query"))?;
-        let names: Vec<String> = columns.iter().map(|c| c.name_str().into_owned()).collect();
-        let mut total = 0u64;
-        while let Some(row) = result.next().await.map_err(err)? {
-            let values = row.unwrap_raw();
-            let mut record = Map::with_capacity(names.len());
-            for ((name, column), value) in names.iter().zip(columns.iter()).zip(values) {
-                let value = match value {
-                    None | Some(mysql_async::Value::NULL) => Value::Null,
-                    Some(mysql_async::Value::Bytes(bytes)) => {
-                        decode(column, bytes).map_err(|why| origin.undecodable(name, why))?
-                    }
-                    Some(other) => {
-                        return Err(origin.undecodable(
-                            name,
-                            format!("unexpected binary-protocol value {other:?}"),
-                        ));
-                    }
-                };
-                record.insert(name.clone(), value);
+        // The binary protocol (a prepared statement): FLOAT and DOUBLE come as
+        // the stored bits, where the text protocol prints FLOAT with six
+        // digits. Statements the server cannot prepare are read as text.
+        match self.conn.exec_iter(sql, ()).await {
+            Ok(result) => read_rows(result, &origin, out).await,
+            Err(mysql_async::Error::Server(e)) if e.code == ER_UNSUPPORTED_PS => {
+                let result = self.conn.query_iter(sql).await.map_err(err)?;
+                read_rows(result, &origin, out).await
             }
-            out.push(record).await?;
-            total += 1;
+            Err(e) => Err(err(e)),
         }
-        // Statements after the first one (a multi-statement query) are not read.
-        result.drop_result().await.map_err(err)?;
-        Ok(total)
     }
 }
 
-/// Converts one text-protocol value of `column`:
+/// "This command is not supported in the prepared statement protocol yet".
+const ER_UNSUPPORTED_PS: u16 = 1295;
+
+/// Reads a result set row by row into the batcher.
+async fn read_rows<P: mysql_async::prelude::Protocol>(
+    mut result: mysql_async::QueryResult<'_, 'static, P>,
+    origin: &Origin,
+    out: &mut Batcher,
+) -> Result<u64> {
+    let err = |e: mysql_async::Error| my_error(origin, &e);
+    let columns = result.columns().unwrap_or_else(|| Vec::new().into());
+    check_unique_columns(
+        columns
+            .iter()
+            .map(|c| c.name_ref())
+            .map(|n| std::str::from_utf8(n).unwrap_or("?")),
+    )
+    .map_err(|m| origin.query_failed(m, "rename the column in query"))?;
+    let names: Vec<String> = columns.iter().map(|c| c.name_str().into_owned()).collect();
+    let mut total = 0u64;
+    while let Some(row) = result.next().await.map_err(err)? {
+        let values = row.unwrap_raw();
+        let mut record = Map::with_capacity(names.len());
+        for ((name, column), value) in names.iter().zip(columns.iter()).zip(values) {
+            let value = match value.and_then(|v| as_text(column, v)) {
+                None => Value::Null,
+                Some(bytes) => {
+                    decode(column, bytes).map_err(|why| origin.undecodable(name, why))?
+                }
+            };
+            record.insert(name.clone(), value);
+        }
+        out.push(record).await?;
+        total += 1;
+    }
+    // Statements after the first one (a multi-statement query) are not read.
+    result.drop_result().await.map_err(err)?;
+    Ok(total)
+}
+
+/// A value of either protocol as the text protocol sends it (`None`: NULL),
+/// so one conversion serves both. FLOAT is written as the shortest decimal
+/// that reads back as the same 32-bit float (`123456.79`, not the server's
+/// six-digit `123457`), DOUBLE as the shortest that reads back as the same
+/// double.
+fn as_text(column: &Column, value: mysql_async::Value) -> Option<Vec<u8>> {
+    use mysql_async::Value as V;
+    Some(match value {
+        V::NULL => return None,
+        V::Bytes(bytes) => bytes,
+        V::Int(i) => i.to_string().into_bytes(),
+        V::UInt(u) => u.to_string().into_bytes(),
+        V::Float(f) => f.to_string().into_bytes(),
+        V::Double(d) => d.to_string().into_bytes(),
+        V::Date(y, mo, d, h, mi, s, us) => {
+            let date = format!("{y:04}-{mo:02}-{d:02}");
+            if matches!(
+                column.column_type(),
+                ColumnType::MYSQL_TYPE_DATE | ColumnType::MYSQL_TYPE_NEWDATE
+            ) {
+                date.into_bytes()
+            } else {
+                format!("{date} {h:02}:{mi:02}:{s:02}.{us:06}").into_bytes()
+            }
+        }
+        V::Time(negative, days, h, mi, s, us) => {
+            let hours = u64::from(days) * 24 + u64::from(h);
+            let sign = if negative { "-" } else { "" };
+            format!("{sign}{hours:02}:{mi:02}:{s:02}.{us:06}").into_bytes()
+        }
+    })
+}
+
+/// Converts one value of `column`, in the text protocol's form ([`as_text`]):
 ///
 /// | MySQL / MariaDB | JSON |
 /// |---|---|

@@ -34,6 +34,57 @@ async fn every_type_reads_without_loss() {
 }
 
 #[tokio::test]
+async fn floats_and_doubles_arrive_as_the_stored_bits_not_six_digits() {
+    let url = database("my_floats").await;
+    let floats = [
+        "123456.789",
+        "0.1",
+        "3.4e38",
+        "-1.1754944e-38",
+        "16777217",
+        "1.5",
+    ];
+    let doubles = [
+        "0.42451918914251396",
+        "1.7976931348623157e308",
+        "-2.2250738585072014e-308",
+        "0.1",
+        "2",
+        "-0.5",
+    ];
+    let rows: Vec<String> = floats
+        .iter()
+        .zip(doubles)
+        .enumerate()
+        .map(|(i, (f, d))| format!("({i}, {f}, {d})"))
+        .collect();
+    exec(
+        &url,
+        &format!(
+            "CREATE TABLE nums (id INT PRIMARY KEY, f FLOAT, d DOUBLE); INSERT INTO nums VALUES {};",
+            rows.join(", ")
+        ),
+    )
+    .await;
+    for query in [None, Some("SELECT id, f, d FROM nums ORDER BY id")] {
+        let section = match query {
+            None => json!({"connectionString": url, "table": "nums", "orderBy": "id"}),
+            Some(q) => json!({"connectionString": url, "query": q}),
+        };
+        let got = read(Provider::Mysql, section, None).await.unwrap();
+        assert_eq!(got.records.len(), floats.len());
+        for (record, (f, d)) in got.records.iter().zip(floats.iter().zip(doubles)) {
+            // A FLOAT is the shortest decimal of its 32-bit value.
+            let want_f: f64 = f.parse::<f32>().unwrap().to_string().parse().unwrap();
+            assert_eq!(record["f"].as_f64(), Some(want_f), "FLOAT {f}: {record:?}");
+            let want_d: f64 = d.parse().unwrap();
+            let got_d = record["d"].as_f64().unwrap();
+            assert_eq!(got_d.to_bits(), want_d.to_bits(), "DOUBLE {d}: {record:?}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn keyset_paging_resumes_after_text_keys_with_quotes() {
     let url = database("my_keyset").await;
     exec(
