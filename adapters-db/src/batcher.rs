@@ -120,6 +120,21 @@ impl Batcher {
         Ok(())
     }
 
+    /// Where `row`, the next row to be pushed (perhaps decoded only in part),
+    /// is, for an error about one of its values: its number in the read and,
+    /// with keyset paging, its key, or the key of the row before it.
+    pub(crate) fn locate(&self, row: &Record) -> String {
+        let n = self.total + 1;
+        match &self.tracker {
+            Tracker::Keyset { column, last } => match (row.get(column.as_str()), last) {
+                (Some(v), _) if !v.is_null() => format!("row {n} of the read ({column} = {v})"),
+                (_, Some(v)) => format!("row {n} of the read (the row after {column} = {v})"),
+                _ => format!("row {n} of the read"),
+            },
+            _ => format!("row {n} of the read"),
+        }
+    }
+
     /// Adds one row; sends the batch when it is full.
     pub(crate) async fn push(&mut self, mut record: Record) -> Result<()> {
         self.reserve().await?;

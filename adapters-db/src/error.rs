@@ -67,9 +67,18 @@ impl Origin {
         )
     }
 
-    /// A value the source cannot convert.
-    pub(crate) fn undecodable(&self, column: &str, detail: impl std::fmt::Display) -> Error {
-        self.error(ErrorKind::Decode, format!("column '{column}': {detail}"))
+    /// A value the source cannot convert, in the row `at` names (see
+    /// [`Batcher::locate`](crate::batcher::Batcher::locate)).
+    pub(crate) fn undecodable(
+        &self,
+        column: &str,
+        at: &str,
+        detail: impl std::fmt::Display,
+    ) -> Error {
+        self.error(
+            ErrorKind::Decode,
+            format!("column '{column}' of {at}: {detail}"),
+        )
     }
 }
 

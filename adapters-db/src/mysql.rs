@@ -163,14 +163,22 @@ async fn read_rows<P: mysql_async::prelude::Protocol>(
     while let Some(row) = result.next().await.map_err(err)? {
         let values = row.unwrap_raw();
         let mut record = Map::with_capacity(names.len());
+        let mut failed = None;
         for ((name, column), value) in names.iter().zip(columns.iter()).zip(values) {
             let value = match value.and_then(|v| as_text(column, v)) {
                 None => Value::Null,
-                Some(bytes) => {
-                    decode(column, bytes).map_err(|why| origin.undecodable(name, why))?
-                }
+                Some(bytes) => match decode(column, bytes) {
+                    Ok(value) => value,
+                    Err(why) => {
+                        failed.get_or_insert((name, why));
+                        continue;
+                    }
+                },
             };
             record.insert(name.clone(), value);
+        }
+        if let Some((name, why)) = failed {
+            return Err(origin.undecodable(name, &out.locate(&record), why));
         }
         out.push(record).await?;
         total += 1;

@@ -138,7 +138,8 @@ impl Session for PgSession {
             pin_mut!(rows);
             let mut fetched = 0usize;
             while let Some(row) = rows.try_next().await.map_err(err)? {
-                out.push(decode_row(&origin, &row, &names)?).await?;
+                let record = decode_row(&origin, &row, &names, out)?;
+                out.push(record).await?;
                 fetched += 1;
             }
             total += fetched as u64;
@@ -151,23 +152,35 @@ impl Session for PgSession {
     }
 }
 
-fn decode_row(origin: &Origin, row: &Row, names: &[String]) -> Result<Record> {
+/// Decodes a row; a value that cannot be decoded is an error naming its
+/// column and the row (its key, when the other columns decode).
+fn decode_row(origin: &Origin, row: &Row, names: &[String], out: &Batcher) -> Result<Record> {
     let mut record = Map::with_capacity(names.len());
+    let mut failed = None;
     for (i, name) in names.iter().enumerate() {
-        let value = row.try_get::<_, PgValue>(i).map_err(|e| {
-            let ty = row.columns()[i].type_().name().to_owned();
-            let why = e
-                .source()
-                .map_or_else(|| e.to_string(), ToString::to_string);
-            if why.contains(&ty) {
-                origin.undecodable(name, why)
-            } else {
-                origin.undecodable(name, format!("{why} (type {ty})"))
+        match row.try_get::<_, PgValue>(i) {
+            Ok(value) => {
+                record.insert(name.clone(), value.0);
             }
-        })?;
-        record.insert(name.clone(), value.0);
+            Err(e) if failed.is_none() => {
+                let ty = row.columns()[i].type_().name().to_owned();
+                let why = e
+                    .source()
+                    .map_or_else(|| e.to_string(), ToString::to_string);
+                let why = if why.contains(&ty) {
+                    why
+                } else {
+                    format!("{why} (type {ty})")
+                };
+                failed = Some((name, why));
+            }
+            Err(_) => {}
+        }
     }
-    Ok(record)
+    match failed {
+        Some((name, why)) => Err(origin.undecodable(name, &out.locate(&record), why)),
+        None => Ok(record),
+    }
 }
 
 /// The keyset value as PostgreSQL text input (the server converts it to the

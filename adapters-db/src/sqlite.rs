@@ -72,7 +72,7 @@ impl Session for SqliteSession {
         });
         let mut total = 0u64;
         while let Some(chunk) = rx.recv().await {
-            let chunk = chunk.map_err(|f| f.into_error(&self.origin))?;
+            let chunk = chunk.map_err(|f| f.into_error(&self.origin, out))?;
             for record in chunk {
                 out.push(record).await?;
                 total += 1;
@@ -90,12 +90,13 @@ impl Session for SqliteSession {
 enum Failure {
     Open(rusqlite::Error),
     Query(rusqlite::Error),
-    Column(String, String),
+    /// A value that cannot be decoded: column, why, and the rest of its row.
+    Column(String, String, Record),
     Duplicate(String),
 }
 
 impl Failure {
-    fn into_error(self, origin: &Origin) -> sluicegate_core::Error {
+    fn into_error(self, origin: &Origin, out: &Batcher) -> sluicegate_core::Error {
         match self {
             Failure::Open(e) => origin.error(
                 ErrorKind::Config,
@@ -107,7 +108,9 @@ impl Failure {
                 let detail = e.to_string();
                 origin.query_failed(&detail, query_hint(&detail))
             }
-            Failure::Column(column, why) => origin.undecodable(&column, why),
+            Failure::Column(column, why, row) => {
+                origin.undecodable(&column, &out.locate(&row), why)
+            }
             Failure::Duplicate(m) => origin.query_failed(m, "rename the column in query"),
         }
     }
@@ -174,11 +177,24 @@ fn read(
     let mut chunk = Vec::with_capacity(CHUNK_ROWS);
     while let Some(row) = rows.next().map_err(Failure::Query)? {
         let mut record = Map::with_capacity(names.len());
+        let mut failed = None;
         for (i, name) in names.iter().enumerate() {
             let value = row.get_ref(i).map_err(Failure::Query)?;
-            let value =
-                decode(value, declared[i]).map_err(|why| Failure::Column(name.clone(), why))?;
-            record.insert(name.clone(), value);
+            match decode(value, declared[i]) {
+                Ok(value) => {
+                    record.insert(name.clone(), value);
+                }
+                Err(why) => {
+                    failed.get_or_insert((name.clone(), why));
+                }
+            }
+        }
+        if let Some((name, why)) = failed {
+            // The rows before it go first, so the error can say which row it is.
+            if !chunk.is_empty() {
+                let _ = tx.blocking_send(Ok(std::mem::take(&mut chunk)));
+            }
+            return Err(Failure::Column(name, why, record));
         }
         chunk.push(record);
         if chunk.len() == CHUNK_ROWS

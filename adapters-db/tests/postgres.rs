@@ -64,11 +64,37 @@ async fn special_numbers_and_unsupported_types() {
     assert_eq!(err.kind(), ErrorKind::Decode);
     assert!(
         err.message().starts_with(
-            "postgres source: column 'price': type money has no lossless conversion to JSON"
+            "postgres source: column 'price' of row 1 of the read: type money has no lossless conversion to JSON"
         ),
         "{err}"
     );
     assert!(err.message().contains("cast it in the query"), "{err}");
+}
+
+#[tokio::test]
+async fn a_value_that_cannot_be_read_names_its_column_and_its_rows_key() {
+    let url = database("pg_bad_value").await;
+    exec(
+        &url,
+        "CREATE TABLE prices (id int PRIMARY KEY, price money, note text); \
+         INSERT INTO prices SELECT g, NULL, 'n' || g FROM generate_series(1, 30) g; \
+         UPDATE prices SET price = 12.5 WHERE id = 17;",
+    )
+    .await;
+    let err = read(
+        Provider::Postgres,
+        json!({"connectionString": url, "table": "prices", "orderBy": "id"}),
+        None,
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(
+        err.message().starts_with(
+            "postgres source: column 'price' of row 17 of the read (id = 17): type money"
+        ),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -154,3 +154,29 @@ async fn numbers_inside_json_keep_their_text() {
         r#"{"x":0.42451918914251396,"big":123456789012345678901234567890,"far":1e+400,"max":9223372036854775807}"#
     );
 }
+
+#[tokio::test]
+async fn a_value_that_cannot_be_read_names_its_column_and_its_rows_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bad.db");
+    create(
+        &db,
+        "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT, tag TEXT);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000)
+         INSERT INTO notes SELECT i, 'note ' || i, 't' FROM n;
+         UPDATE notes SET body = CAST(X'66FF6F' AS TEXT) WHERE id = 2345;",
+    );
+    let err = read(
+        Provider::Sqlite,
+        json!({"connectionString": db.display().to_string(), "table": "notes", "orderBy": "id"}),
+        None,
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(
+        err.message()
+            .starts_with("sqlite source: column 'body' of row 2345 of the read (id = 2345): "),
+        "{err}"
+    );
+}
