@@ -303,7 +303,7 @@ impl OAuth2 {
                     ErrorKind::Auth,
                     format!("cannot reach the token endpoint {}", self.token_url),
                 )
-                .with_source(e)
+                .with_source(e.without_url())
             })?;
         let status = response.status();
         let body: serde_json::Value = response.json().await.unwrap_or_default();

@@ -78,7 +78,10 @@ impl From<HttpError> for Error {
         let message = format!("{err}{hint}");
         let error = Error::new(kind, message).retryable(retryable);
         match err {
-            HttpError::Network { source, .. } => error.with_source(source),
+            // reqwest's own text names the URL as sent, with query
+            // credentials (`api_key` in the query): the message names the
+            // request's URL without them instead.
+            HttpError::Network { source, .. } => error.with_source(source.without_url()),
             _ => error,
         }
     }

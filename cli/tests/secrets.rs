@@ -171,3 +171,92 @@ syncs:
     // The trace logs were really searched (requests, responses, retries).
     assert!(searched > 10_000, "only {searched} bytes of output");
 }
+
+/// An API key sent in the query string never appears when the connection
+/// fails (refused, or no answer within the timeout): not in the error line,
+/// the text or JSON logs, the report, or `validate`'s output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_api_key_never_appears_when_the_connection_fails() {
+    const KEY: &str = "query-key-5d2e91";
+    // A port that refuses (bound, then closed) and one that accepts and never answers.
+    let refused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    for port in [refused, silent_port] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("sluicegate.yaml"),
+            format!(
+                r#"version: 1
+sinks:
+  warehouse: {{ type: duckdb, path: out.duckdb }}
+syncs:
+  - key: orders
+    sink: warehouse
+    table: orders
+    keyField: id
+    source:
+      type: http
+      endPoint: "http://127.0.0.1:{port}/api/orders?page=1"
+      resultsJsonPath: "$.data"
+      timeoutSecs: 1
+      retry: {{ maxAttempts: 2, initialBackoffMs: 10, maxBackoffMs: 20 }}
+      auth: {{ type: api_key, name: api_key, location: query, valueEnv: THE_KEY }}
+"#
+            ),
+        )
+        .unwrap();
+        let env = [("THE_KEY", KEY)];
+        let mut outputs = vec![
+            run(
+                dir.path(),
+                &["sync-api", "--all", "--apply", "--report", "report.json"],
+                &env,
+            )
+            .await,
+            run(
+                dir.path(),
+                &["sync-api", "--all", "--apply", "--log-format", "json"],
+                &env,
+            )
+            .await,
+            run(dir.path(), &["sync-api", "--all"], &env).await,
+            run(dir.path(), &["validate"], &env).await,
+        ];
+        for out in &outputs {
+            assert!(!out.status.success(), "port {port}: the run cannot succeed");
+        }
+        let stderr = text(&outputs[0].stderr);
+        assert!(
+            stderr.contains(&format!("127.0.0.1:{port}")),
+            "port {port}: the error names the server: {stderr}"
+        );
+        let mut files_left = Vec::new();
+        files(dir.path(), &mut files_left);
+        assert!(
+            files_left.iter().any(|(p, _)| p.ends_with("report.json")),
+            "port {port}: a report was written"
+        );
+        for out in outputs.drain(..) {
+            for bytes in [out.stdout, out.stderr] {
+                let t = text(&bytes);
+                assert!(!t.contains(KEY), "port {port}: the key leaked: {t}");
+            }
+        }
+        for (path, bytes) in files_left {
+            assert!(
+                !String::from_utf8_lossy(&bytes).contains(KEY),
+                "port {port}: the key leaked into {path}"
+            );
+        }
+    }
+}
