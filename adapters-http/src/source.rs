@@ -703,6 +703,7 @@ impl Inner {
         loop {
             attempt += 1;
             let mut sent_any = false;
+            let mut answered = false;
             let result = self
                 .fetch_once(
                     request,
@@ -716,12 +717,16 @@ impl Inner {
                     &key,
                     page,
                     target,
-                    &mut sent_any,
+                    (&mut sent_any, &mut answered),
                 )
                 .await;
             match result {
+                // Only a body that broke off is asked for again here: a request
+                // that got no answer was already retried by the client, and one
+                // retry budget (`retry.maxAttempts`) covers the whole request.
                 Err(e)
                     if e.kind() == ErrorKind::Network
+                        && answered
                         && !sent_any
                         && attempt < self.requester.retry.max_attempts =>
                 {
@@ -749,7 +754,7 @@ impl Inner {
         key: &str,
         page: u64,
         target: &Target,
-        sent_any: &mut bool,
+        (sent_any, answered): (&mut bool, &mut bool),
     ) -> Result<Fetched> {
         let estimate = self.estimate.load(Ordering::Relaxed);
         let mut lease = request.budget.acquire(estimate).await?;
@@ -789,6 +794,7 @@ impl Inner {
                             &request.stats,
                         )
                         .await?;
+                    *answered = true;
                     let h = response.headers().clone();
                     let shown = shown.to_owned();
                     (

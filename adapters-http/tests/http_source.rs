@@ -304,3 +304,40 @@ async fn templated_headers_are_sent_and_never_described() {
     );
     assert!(!src.describe().contains("s3cret"));
 }
+
+/// One retry budget per request: a server that closes every connection at
+/// once is tried `retry.maxAttempts` times in all, not that many times per
+/// page-level retry; a server that never answers fails after as many
+/// time-outs, and the error says it was a time-out.
+#[tokio::test]
+async fn one_retry_budget_per_request_and_a_time_out_says_so() {
+    use std::sync::atomic::AtomicU64;
+    for silent in [false, true] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicU64::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                if silent {
+                    held.push(socket);
+                }
+            }
+        });
+        let src = source(&url, json!({"timeoutSecs": 1}));
+        let started = std::time::Instant::now();
+        let (result, _) = read_all(&src).await;
+        let err = result.err().unwrap().to_string();
+        assert_eq!(accepted.load(Ordering::SeqCst), 3, "silent {silent}: {err}");
+        assert!(err.contains("giving up after 3 attempts"), "{err}");
+        if silent {
+            assert!(err.contains("timed out"), "a time-out says so: {err}");
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "{err}"
+            );
+        }
+    }
+}
