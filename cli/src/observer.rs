@@ -1,6 +1,7 @@
 //! What the CLI does with rejected records and change notes: rejected records
 //! go to the dead-letter file (one JSON object per line, created owner-only on
-//! the first one), change notes to stdout at `--verbosity detailed`.
+//! the first one) — in a dry run, which writes nothing anywhere, they are only
+//! listed on stderr — and change notes to stdout at `--verbosity detailed`.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -17,7 +18,11 @@ pub struct CliObserver {
     file: Mutex<Option<BufWriter<File>>>,
     rejected: AtomicU64,
     detailed: bool,
+    dry_run: bool,
 }
+
+/// Records a dry run lists one by one; the rest are only counted.
+const DRY_RUN_LISTED: u64 = 20;
 
 impl CliObserver {
     /// An observer writing dead letters to `path`, printing changes if `detailed`.
@@ -27,7 +32,21 @@ impl CliObserver {
             file: Mutex::new(None),
             rejected: AtomicU64::new(0),
             detailed,
+            dry_run: false,
         }
+    }
+
+    /// A dry run's observer: rejected records are listed on stderr (the first
+    /// few) and counted, never written to the dead-letter file.
+    #[must_use]
+    pub fn dry_run(mut self, dry_run: bool) -> Self {
+        self.dry_run = dry_run;
+        self
+    }
+
+    /// Whether rejected records go to the dead-letter file.
+    pub fn writes_letters(&self) -> bool {
+        !self.dry_run
     }
 
     /// Records rejected so far.
@@ -80,7 +99,24 @@ impl RunObserver for CliObserver {
     }
 
     fn rejected(&self, sync_key: &str, rejected: Rejected) {
-        self.rejected.fetch_add(1, Ordering::Relaxed);
+        let n = self.rejected.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.dry_run {
+            if n <= DRY_RUN_LISTED {
+                let key = rejected
+                    .key
+                    .as_ref()
+                    .map_or_else(|| "(no key)".to_owned(), ToString::to_string);
+                let stage = json!(rejected.stage);
+                let stage = stage.as_str().unwrap_or("?");
+                eprintln!(
+                    "{sync_key}: a dry run would reject record {key} at the {stage} stage: {}",
+                    rejected.reason
+                );
+            } else if n == DRY_RUN_LISTED + 1 {
+                eprintln!("{sync_key}: more records would be rejected; the summary counts them");
+            }
+            return;
+        }
         let line = json!({
             "syncKey": sync_key,
             "stage": rejected.stage,

@@ -241,10 +241,10 @@ pub async fn run(
             Some(dir) => Some(Arc::new(SqliteStateStore::open(&dir)?) as Arc<dyn CheckpointStore>),
             None => None,
         },
-        observer: Arc::new(CliObserver::new(
-            observer_path,
-            args.verbosity() >= Verbosity::Detailed,
-        )),
+        observer: Arc::new(
+            CliObserver::new(observer_path, args.verbosity() >= Verbosity::Detailed)
+                .dry_run(!args.apply),
+        ),
     };
     let progress = Progress::start(
         ctx.stats.clone(),
@@ -634,8 +634,10 @@ fn print_summary(outcome: &Outcome, ctx: &RunContext<'_>, elapsed: Duration) {
             "filtered out {} · rejected {}{}",
             group(snap.rows_filtered),
             group(snap.rows_rejected),
-            if ctx.observer.rejected() > 0 {
+            if ctx.observer.rejected() > 0 && ctx.observer.writes_letters() {
                 format!(" (written to {})", ctx.dead_letter.display())
+            } else if ctx.observer.rejected() > 0 {
+                " (a dry run: listed above, not written)".to_owned()
             } else {
                 String::new()
             },

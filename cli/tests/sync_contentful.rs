@@ -282,6 +282,30 @@ async fn a_dry_run_reports_changes_but_writes_and_publishes_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_lists_what_it_would_reject_and_writes_no_dead_letter() {
+    let fx = Fixture::new().await;
+    // Product 3's mapping fails: a rejection at the map stage, which a dry run sees too.
+    let broken = "{{ row.name }}{% if row.id == 3 %}{{ no_such_function() }}{% endif %}";
+    let out = fx.sync(broken, &[]).await;
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(3), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("products: a dry run would reject record")
+            && stderr.contains("at the map stage"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("rejected 1 (a dry run: listed above, not written)"),
+        "{stdout}"
+    );
+    assert!(
+        !fx.dir.path().join(".sluicegate").exists(),
+        "a dry run writes nothing anywhere"
+    );
+    assert!(fx.cma.entries().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_entry_goes_to_the_dead_letter_file_and_the_rest_is_synced() {
     let fx = Fixture::new().await;
     // Product 3's name is made longer than a Symbol allows (256 characters).
