@@ -236,6 +236,28 @@ impl<K: KeyedSink> UpsertWriter<K> {
         Ok(model)
     }
 
+    /// The key of a mapped record that did not convert, read from its flat
+    /// fields (`sku` or `sku.<locale>`, the default locale first), so its dead
+    /// letter still says which record it is.
+    fn raw_key(&self, model: &ContentModel, record: &Record) -> Option<String> {
+        let default = format!("{}.{}", self.key_field, model.default_locale());
+        let prefix = format!("{}.", self.key_field);
+        let value = record
+            .get(&self.key_field)
+            .or_else(|| record.get(&default))
+            .or_else(|| {
+                record
+                    .iter()
+                    .find(|(k, _)| k.starts_with(&prefix))
+                    .map(|(_, v)| v)
+            })?;
+        match value {
+            Value::String(s) if !s.is_empty() => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }
+    }
+
     fn key_of(&self, model: &ContentModel, fields: &EntryFields) -> Option<String> {
         let value = fields.get(&self.key_field)?.get(model.default_locale())?;
         match value {
@@ -324,7 +346,8 @@ impl<K: KeyedSink> UpsertWriter<K> {
                 Ok(c) => c,
                 Err(e) => {
                     failed += 1;
-                    self.reject(Stage::Convert, None, e.to_string(), record);
+                    let key = self.raw_key(model, &record);
+                    self.reject(Stage::Convert, key, e.to_string(), record);
                     continue;
                 }
             };

@@ -300,10 +300,11 @@ async fn bad_records_are_rejected_and_the_rest_goes_on() {
     assert_eq!(
         stages,
         [
-            (Stage::Convert, None),
+            (Stage::Convert, Some("B".into())),
             (Stage::Convert, None),
             (Stage::Write, Some("C".into()))
-        ]
+        ],
+        "a record that does not convert is still named by its key when it has one"
     );
     assert!(
         rejected[0].reason.contains("'cheap' is not a valid Number"),
