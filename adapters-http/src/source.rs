@@ -45,6 +45,18 @@ fn too_many_empty_pages(page: u64, url: &Url) -> Error {
     .with_context("page", page)
 }
 
+/// The error for an empty page of record offsets before the API's total: the
+/// next offset would have to assume records that never came. `read` says how
+/// far the read got.
+fn empty_before_total(page: u64, url: &Url, read: &str) -> Error {
+    Error::decode(format!(
+        "page {page} ({url}) has no records, but {read}; the data changed during the read or the \
+         server lost its place. Nothing after it was written; run again to resume from the last \
+         checkpoint"
+    ))
+    .with_context("page", page)
+}
+
 /// Records per batch while a page is still arriving.
 const CHUNK_ROWS: usize = 2000;
 /// How many recent tokens are remembered to detect pagination loops.
@@ -475,13 +487,8 @@ impl Inner {
                 request.stats.set_expected_rows(total.saturating_sub(done));
             }
             if let Some((done, total)) = self.paginator.empty_before_total(token.as_ref(), &facts) {
-                return Err(Error::decode(format!(
-                    "page {page} ({}) has no records, but the API's total is {total} and only {done} were read; \
-                     the data changed during the read or the server lost its place. Nothing after it was \
-                     written; run again to resume from the last checkpoint",
-                    fetched.url
-                ))
-                .with_context("page", page));
+                let read = format!("the API's total is {total} and only {done} were read");
+                return Err(empty_before_total(page, &fetched.url, &read));
             }
             // A server that ignores the paging parameters serves the same page
             // again and again under advancing tokens: refuse it, like a loop.
@@ -591,13 +598,8 @@ impl Inner {
             let last = nexts.len() == 1;
             if fetched.count == 0 && !last {
                 if self.paginator.record_offsets() {
-                    return Err(Error::decode(format!(
-                        "page {page} ({}) has no records, but the API's total says more follow; the data \
-                         changed during the read or the server lost its place. Nothing after it was \
-                         written; run again to resume from the last checkpoint",
-                        fetched.url
-                    ))
-                    .with_context("page", page));
+                    let read = "the API's total says more follow";
+                    return Err(empty_before_total(page, &fetched.url, read));
                 }
                 empty_run += 1;
                 if empty_run > MAX_EMPTY_PAGES {

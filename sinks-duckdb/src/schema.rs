@@ -56,12 +56,7 @@ impl ColumnType {
         Some(match value {
             Value::Null => return None,
             Value::Bool(_) => ColumnType::Boolean,
-            Value::Number(n) => match number_kind(n) {
-                NumberKind::Int64(_) => ColumnType::BigInt,
-                NumberKind::Int128(_) => ColumnType::HugeInt,
-                NumberKind::Float(_) => ColumnType::Double,
-                NumberKind::Text => ColumnType::Varchar,
-            },
+            Value::Number(n) => number_kind(n).column_type(),
             Value::String(_) => ColumnType::Varchar,
             Value::Array(_) | Value::Object(_) => ColumnType::Json,
         })
@@ -119,15 +114,27 @@ pub(crate) fn number_kind(n: &serde_json::Number) -> NumberKind {
     }
 }
 
-/// Whether a double holds this number exactly as the source wrote it, as far
-/// as a column's widening is concerned: floats (by rule) and integers within
-/// ±2^53.
-pub(crate) fn fits_double(n: &serde_json::Number) -> bool {
-    match number_kind(n) {
-        NumberKind::Int64(i) => i.unsigned_abs() <= DOUBLE_EXACT_INT as u64,
-        NumberKind::Int128(i) => i.unsigned_abs() <= DOUBLE_EXACT_INT as u128,
-        NumberKind::Float(_) => true,
-        NumberKind::Text => false,
+impl NumberKind {
+    /// The column type a number of this kind asks for.
+    pub(crate) fn column_type(self) -> ColumnType {
+        match self {
+            NumberKind::Int64(_) => ColumnType::BigInt,
+            NumberKind::Int128(_) => ColumnType::HugeInt,
+            NumberKind::Float(_) => ColumnType::Double,
+            NumberKind::Text => ColumnType::Varchar,
+        }
+    }
+
+    /// Whether a double holds this number exactly as the source wrote it, as
+    /// far as a column's widening is concerned: floats (by rule) and integers
+    /// within ±2^53.
+    pub(crate) fn fits_double(self) -> bool {
+        match self {
+            NumberKind::Int64(i) => i.unsigned_abs() <= DOUBLE_EXACT_INT as u64,
+            NumberKind::Int128(i) => i.unsigned_abs() <= DOUBLE_EXACT_INT as u128,
+            NumberKind::Float(_) => true,
+            NumberKind::Text => false,
+        }
     }
 }
 

@@ -27,7 +27,7 @@ use sluicegate_core::{
 
 use crate::config::DuckDbSinkConfig;
 use crate::keys::{Key, merge_duplicate_keys};
-use crate::schema::{Cell, ColumnType, FieldCache, TableSchema, cell, fits_double, quote_ident};
+use crate::schema::{Cell, ColumnType, FieldCache, TableSchema, cell, number_kind, quote_ident};
 
 /// A DuckDB database file that sync streams write into.
 pub struct DuckDbSink {
@@ -375,8 +375,17 @@ fn evolve(schema: &mut TableSchema, records: &[Record]) -> SchemaChanges {
     for record in records {
         let mut added = false;
         for ((field, value), column) in record.iter().zip(cache.resolve(schema, record)) {
-            let Some(ty) = ColumnType::of(value) else {
-                continue;
+            // A number is classified once (its text parsed once) for both
+            // its type and whether a DOUBLE column would hold it exactly.
+            let (ty, exact_in_double) = match value {
+                Value::Number(n) => {
+                    let kind = number_kind(n);
+                    (kind.column_type(), kind.fits_double())
+                }
+                other => match ColumnType::of(other) {
+                    Some(ty) => (ty, true),
+                    None => continue,
+                },
             };
             let idx = match column {
                 Some(idx) => {
@@ -400,10 +409,7 @@ fn evolve(schema: &mut TableSchema, records: &[Record]) -> SchemaChanges {
                     }
                 },
             };
-            if let Value::Number(n) = value
-                && !fits_double(n)
-                && !beyond_double.contains(&idx)
-            {
+            if !exact_in_double && !beyond_double.contains(&idx) {
                 beyond_double.push(idx);
             }
         }
