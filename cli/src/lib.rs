@@ -137,7 +137,9 @@ fn state_command(action: StateAction) -> u8 {
             }
             Ok(())
         }),
-        StateAction::Reset { keys, state } if keys.is_empty() => state::move_aside(&state.dir())
+        StateAction::Reset { keys, state } if keys.is_empty() => lock::lock_all(&state.dir())
+            // Not while any key runs: its next commit would write into a new file.
+            .and_then(|_locks| state::move_aside(&state.dir()))
             .map(|aside| match aside {
                 Some(aside) => println!(
                     "moved the state file to {}; every sync starts from the beginning",

@@ -28,14 +28,45 @@ impl RunLock {
 /// Takes the lock of `key` in `dir` (created owner-only if missing), or says
 /// which process holds it.
 pub fn lock(dir: &Path, key: &str) -> Result<RunLock> {
+    crate::state::create_private_dir(dir)?;
+    lock_file(dir.join(format!("{}.lock", file_safe(key))), key)
+}
+
+/// Takes the lock of every key that has a lock file in `dir` (every key that
+/// ever ran with this state), or says which key is running. What `state reset`
+/// of the whole state holds while it moves the file aside.
+pub fn lock_all(dir: &Path) -> Result<Vec<RunLock>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(Error::new(
+                ErrorKind::Checkpoint,
+                format!("cannot list {}: {e}", dir.display()),
+            ));
+        }
+    };
+    let mut held = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "lock") {
+            let key = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            held.push(lock_file(path, &key)?);
+        }
+    }
+    Ok(held)
+}
+
+fn lock_file(path: PathBuf, key: &str) -> Result<RunLock> {
     let io = |action: &str, path: &Path, e: std::io::Error| {
         Error::new(
             ErrorKind::Checkpoint,
             format!("cannot {action} {}: {e}", path.display()),
         )
     };
-    crate::state::create_private_dir(dir)?;
-    let path = dir.join(format!("{}.lock", file_safe(key)));
     let mut options = OpenOptions::new();
     options.read(true).write(true).create(true).truncate(false);
     #[cfg(unix)]
@@ -92,7 +123,11 @@ mod tests {
         let other = lock(&state, "orders").unwrap();
         drop(first);
         let again = lock(&state, "shop/products").unwrap();
+        // The whole state is held by nobody else only when no key runs.
+        let err = lock_all(&state).unwrap_err().to_string();
+        assert!(err.contains("is already running"), "{err}");
         drop((again, other));
+        assert_eq!(lock_all(&state).unwrap().len(), 2);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

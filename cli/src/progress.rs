@@ -156,9 +156,10 @@ fn update_bar(bar: &ProgressBar, current: &Current, stats: &RunStats) {
     let mem = process_memory().unwrap_or_default();
     let rate = rows as f64 / current.started.elapsed().as_secs_f64().max(1e-3);
     bar.set_message(format!(
-        "{} rows/s · {} pages · memory {} (peak {})",
+        "{} rows/s · {} pages{} · memory {} (peak {})",
         group(rate as u64),
         group(snap.pages.saturating_sub(current.pages_base)),
+        entries(&snap),
         format_bytes(usize::try_from(mem.rss).unwrap_or(usize::MAX)),
         format_bytes(usize::try_from(mem.peak_rss).unwrap_or(usize::MAX)),
     ));
@@ -186,12 +187,13 @@ fn status_line(current: &Current, stats: &RunStats, budget: &MemoryBudget, rate:
         _ => String::new(),
     };
     format!(
-        "[{}] {}{of_total} rows written ({} read), {} rows/s, {} pages, {} requests, {} retries, memory {} (peak {}), budget {}/{}, {:.0}s",
+        "[{}] {}{of_total} rows written ({} read), {} rows/s, {} pages{}, {} requests, {} retries, memory {} (peak {}), budget {}/{}, {:.0}s",
         current.name,
         group(rows),
         group(snap.rows_read),
         group(rate as u64),
         group(snap.pages.saturating_sub(current.pages_base)),
+        entries(&snap),
         group(snap.requests),
         snap.retries,
         format_bytes(mem.rss as usize),
@@ -199,6 +201,22 @@ fn status_line(current: &Current, stats: &RunStats, budget: &MemoryBudget, rate:
         format_bytes(b.in_use),
         format_bytes(b.capacity),
         current.started.elapsed().as_secs_f64(),
+    )
+}
+
+/// What a content-platform sink has done so far, as it happens (its rows count
+/// only when a whole batch is acknowledged): records looked up, entries
+/// written and published. Empty for sinks that do not look up.
+fn entries(snap: &sluicegate_core::StatsSnapshot) -> String {
+    let looked_up = snap.cache_hits + snap.cache_misses;
+    if looked_up == 0 && snap.entries_written == 0 {
+        return String::new();
+    }
+    format!(
+        ", {} looked up, {} entries written, {} published",
+        group(looked_up),
+        group(snap.entries_written),
+        group(snap.entries_published)
     )
 }
 

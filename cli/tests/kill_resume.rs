@@ -1,6 +1,7 @@
-//! `kill -9` at several points of a 100,000-record sync, then re-runs of the same
-//! command: the sink ends holding exactly the source's records — none missing,
-//! none twice, every value as served — in DuckDB and in the Contentful emulator.
+//! `kill -9` at several points of a sync (100,000 records into DuckDB, 20,000
+//! into the Contentful emulator), then re-runs of the same command: the sink ends
+//! holding exactly the source's records — none missing, none twice, every value
+//! as served.
 //!
 //! Each run is killed once its committed checkpoint passed a point (early, middle,
 //! late; the first one only a moment after start, before or around the first
@@ -18,18 +19,20 @@ use serde_json::{Value, json};
 use sluicegate_examples::cma::{CmaConfig, CmaServer};
 use sluicegate_examples::shop::{Dataset, Resource, ShopConfig, ShopServer};
 
-/// Customers synced (the shop serves one customer per five orders).
+/// Customers synced into DuckDB (the shop serves one customer per five orders).
 const RECORDS: u64 = 100_000;
+/// Customers synced into the emulator (every entry is written and published).
+const CMS_RECORDS: u64 = 20_000;
 const TOKEN: &str = "kill-test-token";
 
 /// Where the runs are killed: a moment after start, then once the committed
-/// checkpoint has passed these offsets.
-const KILL_AFTER_OFFSETS: [u64; 3] = [20_000, 55_000, 85_000];
+/// checkpoint has passed these fractions of the records.
+const KILL_AFTER: [f64; 3] = [0.2, 0.55, 0.85];
 
-async fn shop() -> ShopServer {
+async fn shop(records: u64) -> ShopServer {
     ShopServer::start(
         ShopConfig {
-            orders: RECORDS * 5,
+            orders: records * 5,
             ..ShopConfig::default()
         },
         "127.0.0.1:0",
@@ -89,19 +92,19 @@ fn run_and_kill(dir: &Path, config: &Path, after: Option<u64>) -> Option<u64> {
 
 /// Kills a run at each point, then runs to the end; checks that each re-run
 /// resumed from the checkpoint the killed one left.
-async fn kill_at_several_points_then_finish(dir: &Path, config: &Path) -> String {
+async fn kill_at_several_points_then_finish(dir: &Path, config: &Path, records: u64) -> String {
     let (dir_owned, config_owned) = (dir.to_path_buf(), config.to_path_buf());
     let stderr_of_resumes = tokio::task::spawn_blocking(move || {
         let (dir, config) = (dir_owned.as_path(), config_owned.as_path());
         let mut points = vec![None];
-        points.extend(KILL_AFTER_OFFSETS.map(Some));
+        points.extend(KILL_AFTER.map(|f| Some((records as f64 * f) as u64)));
         let mut last = None;
         let mut resumes = String::new();
         for point in points {
             let committed = run_and_kill(dir, config, point);
             if let Some(point) = point {
                 let committed = committed.expect("a checkpoint past the kill point");
-                assert!(committed >= point && committed < RECORDS, "{committed}");
+                assert!(committed >= point && committed < records, "{committed}");
                 assert!(committed > last.unwrap_or(0), "progress between kills");
             }
             last = committed.or(last);
@@ -121,7 +124,7 @@ async fn kill_at_several_points_then_finish(dir: &Path, config: &Path) -> String
             .replace(',', "")
             .parse()
             .unwrap();
-        assert_eq!(read, RECORDS - offset, "only the rest is read again");
+        assert_eq!(read, records - offset, "only the rest is read again");
         resumes.push_str(&stderr);
         resumes
     })
@@ -136,7 +139,7 @@ async fn kill_at_several_points_then_finish(dir: &Path, config: &Path) -> String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duckdb_holds_exactly_the_source_after_kills_at_several_points() {
-    let shop = shop().await;
+    let shop = shop(RECORDS).await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("sluicegate.yaml");
     std::fs::write(
@@ -147,7 +150,7 @@ async fn duckdb_holds_exactly_the_source_after_kills_at_several_points() {
         ),
     )
     .unwrap();
-    kill_at_several_points_then_finish(dir.path(), &config).await;
+    kill_at_several_points_then_finish(dir.path(), &config, RECORDS).await;
 
     let got = table_records(&dir.path().join("shop.duckdb"), "customers");
     let dataset = Dataset::new(RECORDS * 5);
@@ -175,7 +178,7 @@ fn customer_type() -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cms_holds_exactly_the_source_after_kills_at_several_points() {
-    let shop = shop().await;
+    let shop = shop(CMS_RECORDS).await;
     let cma = CmaServer::start(
         CmaConfig {
             token: TOKEN.into(),
@@ -211,9 +214,9 @@ syncs:
         ),
     )
     .unwrap();
-    kill_at_several_points_then_finish(dir.path(), &config).await;
+    kill_at_several_points_then_finish(dir.path(), &config, CMS_RECORDS).await;
 
-    let dataset = Dataset::new(RECORDS * 5);
+    let dataset = Dataset::new(CMS_RECORDS * 5);
     let entries = cma.entries();
     let mut seen = BTreeSet::new();
     for entry in entries.values() {
@@ -235,7 +238,7 @@ syncs:
             "customer {id} is published: {entry}"
         );
     }
-    assert_eq!(seen.len() as u64, RECORDS, "no gaps");
+    assert_eq!(seen.len() as u64, CMS_RECORDS, "no gaps");
     assert_eq!(seen.first(), Some(&1));
-    assert_eq!(seen.last(), Some(&RECORDS));
+    assert_eq!(seen.last(), Some(&CMS_RECORDS));
 }

@@ -21,6 +21,11 @@ pub struct ExistingEntry {
     pub fields: EntryFields,
     /// Metadata (tags, ...) to keep on update.
     pub metadata: Option<Value>,
+    /// Its current version is not live: a draft, or changed since it was last
+    /// published (or its last publish failed). A sink with a publishing step
+    /// sets it, so an unchanged record still gets published; others leave it
+    /// `false`.
+    pub publish_pending: bool,
 }
 
 /// How to look entries up.
@@ -103,7 +108,12 @@ pub struct KeyedCapabilities {
 ///   for that operation only; the others still apply. A version conflict should be
 ///   resolved inside the sink (re-read, merge the same mapped fields, retry once).
 /// - [`KeyedSink::publish`] publishes what was written, when the sink has a
-///   publishing step ([`KeyedCapabilities::publish`]); one result per item.
+///   publishing step ([`KeyedCapabilities::publish`]); one result per item. An
+///   item counts as published only when the sink saw that version (or a later
+///   one) published: a conflict is checked by reading the entry again, never
+///   assumed. Entries whose current version is not live are looked up with
+///   [`ExistingEntry::publish_pending`] set, and are published again even when
+///   their fields are unchanged.
 /// - Requests count into the [`RunStats`](crate::RunStats) of the
 ///   [`StreamTarget`].
 #[async_trait]

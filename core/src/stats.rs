@@ -35,6 +35,8 @@ pub struct RunStats {
     cache_evictions: AtomicU64,
     cache_entries: AtomicU64,
     cache_bytes: AtomicU64,
+    entries_written: AtomicU64,
+    entries_published: AtomicU64,
     expected_rows: AtomicU64,
 }
 
@@ -109,6 +111,11 @@ pub struct StatsSnapshot {
     pub cache_entries: u64,
     /// Bytes it holds now, as weighed.
     pub cache_bytes: u64,
+    /// Entries a keyed sink created or updated, counted as each write succeeds
+    /// (before its batch is acknowledged).
+    pub entries_written: u64,
+    /// Entries a keyed sink published, counted as each publish succeeds.
+    pub entries_published: u64,
 }
 
 impl StatsSnapshot {
@@ -235,6 +242,16 @@ impl RunStats {
         self.cache_misses.fetch_add(misses, Ordering::Relaxed);
     }
 
+    /// Counts entries a keyed sink wrote, as the writes succeed.
+    pub fn add_entries_written(&self, n: u64) {
+        self.entries_written.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts entries a keyed sink published, as the publishes succeed.
+    pub fn add_entries_published(&self, n: u64) {
+        self.entries_published.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// Counts one cache eviction.
     pub fn add_cache_eviction(&self) {
         self.cache_evictions.fetch_add(1, Ordering::Relaxed);
@@ -306,6 +323,8 @@ impl RunStats {
             cache_evictions: self.cache_evictions.load(Ordering::Relaxed),
             cache_entries: self.cache_entries.load(Ordering::Relaxed),
             cache_bytes: self.cache_bytes.load(Ordering::Relaxed),
+            entries_written: self.entries_written.load(Ordering::Relaxed),
+            entries_published: self.entries_published.load(Ordering::Relaxed),
         }
     }
 }

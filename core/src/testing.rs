@@ -244,7 +244,8 @@ pub fn numbered_records(n: usize) -> Vec<Record> {
 ///
 /// Entries get ids `e1`, `e2`, ... and versions like Contentful's (create 1,
 /// each update +1, publish +1). A write whose fields hold the text `INVALID` in
-/// any locale is rejected, like a validation error.
+/// any locale is rejected, like a validation error; while
+/// [`refuse_publishing`](Self::refuse_publishing) is on, every publish is refused.
 pub struct MemoryKeyedSink {
     model: crate::content::ContentModel,
     key_field: String,
@@ -256,6 +257,7 @@ pub struct MemoryKeyedSink {
 struct KeyedState {
     entries: BTreeMap<String, crate::keyed::ExistingEntry>,
     next_id: u64,
+    refuse_publishing: bool,
     counts: KeyedCounts,
 }
 
@@ -298,6 +300,12 @@ impl MemoryKeyedSink {
         self.state().counts
     }
 
+    /// Refuses every publish while `on` (a validation error), as a platform does
+    /// for an entry that may not go live.
+    pub fn refuse_publishing(&self, on: bool) {
+        self.state().refuse_publishing = on;
+    }
+
     /// Every entry, by id.
     pub fn entries(&self) -> BTreeMap<String, crate::keyed::ExistingEntry> {
         self.state().entries.clone()
@@ -315,6 +323,7 @@ impl MemoryKeyedSink {
                 version: 1,
                 fields,
                 metadata,
+                publish_pending: false,
             },
         );
         id
@@ -429,6 +438,7 @@ impl crate::keyed::KeyedSink for MemoryKeyedSink {
                             version: 1,
                             fields,
                             metadata: None,
+                            publish_pending: true,
                         },
                     );
                     Ok(Written { id, version: 1 })
@@ -443,6 +453,7 @@ impl crate::keyed::KeyedSink for MemoryKeyedSink {
                     }
                     entry.version += 1;
                     entry.fields = fields;
+                    entry.publish_pending = true;
                     Ok(Written {
                         id: entry.id.clone(),
                         version: entry.version,
@@ -458,6 +469,7 @@ impl crate::keyed::KeyedSink for MemoryKeyedSink {
         items: Vec<crate::keyed::Written>,
     ) -> Vec<Result<crate::keyed::Written>> {
         let mut st = self.state();
+        let refuse = st.refuse_publishing;
         items
             .into_iter()
             .map(|w| {
@@ -466,7 +478,11 @@ impl crate::keyed::KeyedSink for MemoryKeyedSink {
                     .entries
                     .get_mut(&w.id)
                     .ok_or_else(|| Error::sink(format!("entry {} does not exist", w.id)))?;
+                if refuse {
+                    return Err(Error::sink("validation failed: publishing is refused"));
+                }
                 entry.version += 1;
+                entry.publish_pending = false;
                 Ok(crate::keyed::Written {
                     id: w.id,
                     version: entry.version,

@@ -5,8 +5,8 @@
 //! 1. converts each mapped (flat) record to typed fields with the target's
 //!    [`ContentModel`]; a record that does not convert, or has no key, is rejected
 //!    (reported to the observer) and the batch goes on;
-//! 2. merges records with the same key: the first wins, later ones only fill
-//!    fields the first left out, and conflicting values are counted and logged;
+//! 2. merges records with the same key: the last one wins, whole (the same rule
+//!    as every sink's), and each merge is counted as a duplicate;
 //! 3. consults the cache (key → id, version, digest of the mapped fields): a digest
 //!    equal to the record's means unchanged, with no request at all;
 //! 4. looks the misses up by key, and the cache hits whose digest differs by id,
@@ -15,7 +15,10 @@
 //!    observer wants them) or unchanged;
 //! 6. with `--apply`, creates new entries and updates changed ones: the update
 //!    body is the existing entry with only the mapped fields replaced, so unmapped
-//!    fields, other locales and metadata survive; then publishes what it wrote.
+//!    fields, other locales and metadata survive; then publishes what it wrote,
+//!    and entries whose fields are unchanged but whose current version is not
+//!    live (a draft, or a failed publish). A record refused at publish is a
+//!    failed record, reported like a refused write.
 //!
 //! The cache is bounded by entries and by bytes (and optionally a time-to-live),
 //! so memory never grows with the dataset. When the whole target fits the cache,
@@ -35,7 +38,7 @@ use serde_json::{Map, Value};
 use crate::batch::Batch;
 use crate::content::{ContentModel, EntryFields, comparable, convert};
 use crate::error::{Error, ErrorKind, Result};
-use crate::keyed::{ExistingEntry, KeyedSink, Lookup, WriteOp};
+use crate::keyed::{ExistingEntry, KeyedSink, Lookup, WriteOp, Written};
 use crate::monitor::MemoryRelief;
 use crate::observe::{Rejected, Stage};
 use crate::record::Record;
@@ -76,7 +79,8 @@ pub enum Prefetch {
 pub struct UpsertOptions {
     /// Plan only: look up and compare, write and publish nothing.
     pub dry_run: bool,
-    /// Publish what was written (when the sink has a publishing step).
+    /// Publish what was written (when the sink has a publishing step); a dry
+    /// run only counts what it would publish.
     pub publish: bool,
     /// Cache bounds.
     pub cache: CacheConfig,
@@ -106,6 +110,8 @@ struct Cached {
     id: Arc<str>,
     version: u64,
     digest: u64,
+    /// The entry's current version is not live (see [`ExistingEntry::publish_pending`]).
+    publish_pending: bool,
 }
 
 struct Counters {
@@ -128,6 +134,18 @@ enum Plan {
     Unchanged,
     Create,
     Update(ExistingEntry),
+    /// Fields unchanged, but the current version is not live: publish it.
+    Publish {
+        id: String,
+        version: u64,
+    },
+}
+
+/// How a written record was counted, so a failed publish can take it back.
+#[derive(Clone, Copy)]
+enum Counted {
+    Inserted,
+    Updated,
 }
 
 /// Syncs batches of mapped records into a [`KeyedSink`]; see the module docs.
@@ -320,6 +338,7 @@ impl<K: KeyedSink> UpsertWriter<K> {
                             id: entry.id.as_str().into(),
                             version: entry.version,
                             digest,
+                            publish_pending: entry.publish_pending,
                         },
                     );
                 }
@@ -336,14 +355,23 @@ impl<K: KeyedSink> UpsertWriter<K> {
         Ok(())
     }
 
-    /// Converts and merges the batch's records.
-    fn candidates(&self, model: &ContentModel, records: Vec<Record>) -> (Vec<Candidate>, u64, u64) {
+    /// Converts and merges the batch's records. A mapping that does not fit the
+    /// target (a locale or field it lacks, a key of the wrong form) is an error
+    /// for the stream, before anything is written, not a rejection per record.
+    fn candidates(
+        &self,
+        model: &ContentModel,
+        records: Vec<Record>,
+    ) -> Result<(Vec<Candidate>, u64, u64)> {
         let mut out: Vec<Candidate> = Vec::with_capacity(records.len());
         let mut index: HashMap<String, usize> = HashMap::with_capacity(records.len());
         let (mut failed, mut duplicates) = (0, 0);
         for record in records {
             let converted = match convert(model, &record) {
                 Ok(c) => c,
+                Err(e) if e.kind() == ErrorKind::Config => {
+                    return Err(e.with_context("target", &model.name));
+                }
                 Err(e) => {
                     failed += 1;
                     let key = self.raw_key(model, &record);
@@ -361,45 +389,27 @@ impl<K: KeyedSink> UpsertWriter<K> {
                 self.reject(Stage::Convert, None, reason, record);
                 continue;
             };
+            let pairs = pairs_of(&converted.fields);
+            let digest = digest_of(model, pairs.iter(), |f, l| {
+                converted.fields.get(f).and_then(|m| m.get(l))
+            });
             match index.get(&key) {
                 Some(&at) => {
+                    // The last record of a key wins, whole (as in every sink).
                     duplicates += 1;
-                    let first = &mut out[at];
-                    let mut conflicts = Vec::new();
-                    for (field, locales) in converted.fields {
-                        let Value::Object(locales) = locales else {
-                            continue;
-                        };
-                        let slot = first
-                            .fields
-                            .entry(field.clone())
-                            .or_insert_with(|| Value::Object(Map::new()));
-                        if let Value::Object(existing) = slot {
-                            for (locale, v) in locales {
-                                match existing.get(&locale) {
-                                    None => {
-                                        existing.insert(locale, v);
-                                    }
-                                    Some(old) if old != &v => {
-                                        conflicts.push(format!("{field}.{locale}"))
-                                    }
-                                    Some(_) => {}
-                                }
-                            }
-                        }
+                    let earlier = &mut out[at];
+                    if earlier.digest != digest {
+                        tracing::warn!(sync = %self.target.sync_key, %key, "duplicate key with different values; the last record wins");
                     }
-                    if !conflicts.is_empty() {
-                        tracing::warn!(sync = %self.target.sync_key, %key, fields = %conflicts.join(", "), "duplicate key with conflicting values; the first record wins");
-                    }
-                    first.digest = digest_of(model, pairs_of(&first.fields).iter(), |f, l| {
-                        first.fields.get(f).and_then(|m| m.get(l))
-                    });
+                    *earlier = Candidate {
+                        key,
+                        id: converted.id,
+                        fields: converted.fields,
+                        digest,
+                        record,
+                    };
                 }
                 None => {
-                    let pairs = pairs_of(&converted.fields);
-                    let digest = digest_of(model, pairs.iter(), |f, l| {
-                        converted.fields.get(f).and_then(|m| m.get(l))
-                    });
                     index.insert(key.clone(), out.len());
                     out.push(Candidate {
                         key,
@@ -411,7 +421,7 @@ impl<K: KeyedSink> UpsertWriter<K> {
                 }
             }
         }
-        (out, failed, duplicates)
+        Ok((out, failed, duplicates))
     }
 
     /// Looks entries up by keys or ids, chunked to the sink's limit.
@@ -460,8 +470,20 @@ impl<K: KeyedSink> UpsertWriter<K> {
                     );
                 }
             }
+            Plan::Publish { .. } => observer.change(
+                &self.target.sync_key,
+                &format!(
+                    "'{}' '{}' {verb} published (its fields are unchanged; its current version is not live)",
+                    model.name, cand.key
+                ),
+            ),
             Plan::Unchanged => {}
         }
+    }
+
+    /// Whether written entries are published.
+    fn publishing(&self) -> bool {
+        self.options.publish && self.sink.capabilities().publish
     }
 }
 
@@ -584,7 +606,7 @@ impl<K: KeyedSink> SinkWriter for UpsertWriter<K> {
     async fn write(&mut self, batch: Batch) -> Result<BatchAck> {
         let model = self.model().await?;
         let (records, _position, _lease) = batch.into_parts();
-        let (cands, failed_convert, duplicates) = self.candidates(&model, records);
+        let (cands, failed_convert, duplicates) = self.candidates(&model, records)?;
         if !self.prefetched {
             let pairs: BTreeSet<(String, String)> =
                 cands.iter().flat_map(|c| pairs_of(&c.fields)).collect();
@@ -599,6 +621,7 @@ impl<K: KeyedSink> SinkWriter for UpsertWriter<K> {
 
         // Cache first; then one lookup pass for misses (by key) and changed hits (by id).
         let complete = self.complete.load(Ordering::Relaxed);
+        let publishing = self.publishing();
         let mut plans: Vec<Option<Plan>> = Vec::with_capacity(cands.len());
         let (mut miss_keys, mut hit_ids) = (Vec::new(), Vec::new());
         for cand in &cands {
@@ -606,7 +629,12 @@ impl<K: KeyedSink> SinkWriter for UpsertWriter<K> {
                 Some(c) => {
                     self.counters.hits.fetch_add(1, Ordering::Relaxed);
                     self.target.stats.add_cache_lookups(1, 0);
-                    if c.digest == cand.digest {
+                    if c.digest == cand.digest && c.publish_pending && publishing {
+                        plans.push(Some(Plan::Publish {
+                            id: c.id.to_string(),
+                            version: c.version,
+                        }));
+                    } else if c.digest == cand.digest {
                         plans.push(Some(Plan::Unchanged));
                     } else {
                         hit_ids.push(c.id.to_string());
@@ -653,9 +681,17 @@ impl<K: KeyedSink> SinkWriter for UpsertWriter<K> {
                             id: entry.id.as_str().into(),
                             version: entry.version,
                             digest: cand.digest,
+                            publish_pending: entry.publish_pending,
                         },
                     );
-                    Plan::Unchanged
+                    if entry.publish_pending && publishing {
+                        Plan::Publish {
+                            id: entry.id,
+                            version: entry.version,
+                        }
+                    } else {
+                        Plan::Unchanged
+                    }
                 }
                 Some(entry) => Plan::Update(entry),
             });
@@ -663,13 +699,20 @@ impl<K: KeyedSink> SinkWriter for UpsertWriter<K> {
 
         let mut ops = Vec::new();
         let mut op_cands = Vec::new();
+        let mut to_publish = Vec::new();
+        let mut publish_keys = Vec::new();
         for (cand, plan) in cands.into_iter().zip(plans) {
             let plan = plan.unwrap_or(Plan::Unchanged);
             self.note_changes(&model, &cand, &plan);
             match plan {
                 Plan::Unchanged => ack.unchanged += 1,
                 Plan::Create if self.options.dry_run => ack.inserted += 1,
-                Plan::Update(_) if self.options.dry_run => ack.updated += 1,
+                Plan::Update(_) | Plan::Publish { .. } if self.options.dry_run => ack.updated += 1,
+                Plan::Publish { id, version } => {
+                    ack.updated += 1;
+                    publish_keys.push((cand.key, cand.record, Counted::Updated));
+                    to_publish.push(Written { id, version });
+                }
                 Plan::Create => {
                     ops.push(WriteOp::Create {
                         id: cand.id.clone(),
@@ -687,11 +730,11 @@ impl<K: KeyedSink> SinkWriter for UpsertWriter<K> {
                 }
             }
         }
-        if ops.is_empty() {
-            return Ok(ack);
-        }
-
-        let results = self.sink.write(&self.target, ops).await;
+        let results = if ops.is_empty() {
+            Vec::new()
+        } else {
+            self.sink.write(&self.target, ops).await
+        };
         if results.len() != op_cands.len() {
             return Err(Error::new(
                 ErrorKind::Contract,
@@ -703,25 +746,26 @@ impl<K: KeyedSink> SinkWriter for UpsertWriter<K> {
                 ),
             ));
         }
-        let mut to_publish = Vec::new();
-        let mut publish_keys = Vec::new();
         for ((cand, was_update), result) in op_cands.into_iter().zip(results) {
             match result {
                 Ok(written) => {
-                    if was_update {
+                    let counted = if was_update {
                         ack.updated += 1;
+                        Counted::Updated
                     } else {
                         ack.inserted += 1;
-                    }
+                        Counted::Inserted
+                    };
                     self.cache.insert(
                         cand.key.clone(),
                         Cached {
                             id: written.id.as_str().into(),
                             version: written.version,
                             digest: cand.digest,
+                            publish_pending: true,
                         },
                     );
-                    publish_keys.push((cand.key, cand.record));
+                    publish_keys.push((cand.key, cand.record, counted));
                     to_publish.push(written);
                 }
                 Err(e) => {
@@ -730,18 +774,40 @@ impl<K: KeyedSink> SinkWriter for UpsertWriter<K> {
                 }
             }
         }
-        if self.options.publish && self.sink.capabilities().publish && !to_publish.is_empty() {
+        if publishing && !to_publish.is_empty() {
+            let sent = to_publish.len();
             let results = self.sink.publish(&self.target, to_publish).await;
-            for ((key, record), result) in publish_keys.into_iter().zip(results) {
+            if results.len() != sent {
+                return Err(Error::new(
+                    ErrorKind::Contract,
+                    format!(
+                        "{} returned {} results for {sent} publishes",
+                        self.sink.describe(),
+                        results.len(),
+                    ),
+                ));
+            }
+            for ((key, record, counted), result) in publish_keys.into_iter().zip(results) {
                 match result {
                     Ok(published) => {
                         self.published += 1;
                         if let Some(mut c) = self.cache.get(&key) {
                             c.version = published.version;
+                            c.publish_pending = false;
                             self.cache.insert(key, c);
                         }
                     }
-                    Err(e) => self.reject(Stage::Publish, Some(key), e.to_string(), record),
+                    // Written but not live: a failed record. The cache keeps
+                    // the entry as pending, so a repeat of the record in this
+                    // run publishes it again; the next run finds it pending.
+                    Err(e) => {
+                        match counted {
+                            Counted::Inserted => ack.inserted -= 1,
+                            Counted::Updated => ack.updated -= 1,
+                        }
+                        ack.failed += 1;
+                        self.reject(Stage::Publish, Some(key), e.to_string(), record);
+                    }
                 }
             }
         }

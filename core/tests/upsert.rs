@@ -327,12 +327,64 @@ async fn bad_records_are_rejected_and_the_rest_goes_on() {
         .into_values()
         .find(|e| e.fields["sku"]["en"] == json!("A"))
         .unwrap();
-    assert_eq!(a.fields["name"]["en"], json!("ok"), "the first record wins");
     assert_eq!(
-        a.fields["notes"]["en"],
-        json!("fills a gap"),
-        "later duplicates fill gaps"
+        a.fields["name"]["en"],
+        json!("dup with conflict"),
+        "the last record of a key wins"
     );
+    assert_eq!(a.fields["notes"]["en"], json!("fills a gap"));
+    assert!(
+        a.fields.get("price").is_none(),
+        "whole: nothing of the earlier record is kept"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_publish_is_a_failed_record_and_the_next_run_publishes_it() {
+    let sink = Arc::new(MemoryKeyedSink::new(model(), "sku"));
+    let obs = Arc::new(Collect::default());
+    let records = flat(0, 10, 1.0);
+    let mut w = writer(&sink, options(false, 100, Prefetch::Never), obs.clone());
+    run(&mut w, records[..6].to_vec(), 5).await;
+    sink.refuse_publishing(true);
+    let ack = run(&mut w, records[6..].to_vec(), 5).await;
+    assert_eq!((ack.inserted, ack.failed), (0, 4), "{ack:?}");
+    let rejected = obs.rejected.lock().unwrap().clone();
+    let keys: Vec<(Stage, Option<String>)> =
+        rejected.iter().map(|r| (r.stage, r.key.clone())).collect();
+    let want: Vec<(Stage, Option<String>)> = (6..10)
+        .map(|i| (Stage::Publish, Some(format!("S{i:05}"))))
+        .collect();
+    assert_eq!(keys, want);
+    // The same writer meets the records again: still not live, so they are
+    // published again (and refused again), never called unchanged.
+    let ack = run(&mut w, records[6..].to_vec(), 5).await;
+    assert_eq!((ack.unchanged, ack.failed), (0, 4), "{ack:?}");
+
+    // The platform accepts them now: a new run with unchanged fields publishes
+    // them, and only them, with and without a prefetched cache.
+    sink.refuse_publishing(false);
+    let before = sink.counts();
+    let mut w = writer(&sink, options(false, 100, Prefetch::Auto), obs.clone());
+    let ack = run(&mut w, records.clone(), 5).await;
+    assert_eq!(
+        (ack.updated, ack.unchanged, ack.failed),
+        (4, 6, 0),
+        "{ack:?}"
+    );
+    let after = sink.counts();
+    assert_eq!(
+        (
+            after.publishes - before.publishes,
+            after.updates,
+            after.creates
+        ),
+        (4, before.updates, before.creates),
+        "published without a write"
+    );
+    assert!(sink.entries().values().all(|e| !e.publish_pending));
+    let ack = run(&mut w, records, 5).await;
+    assert_eq!(ack.unchanged, 10);
 }
 
 #[tokio::test]
@@ -361,4 +413,27 @@ async fn relieving_memory_empties_the_cache_and_results_stay_right() {
     assert_eq!(after.creates, before.creates);
     assert!(after.key_lookups > before.key_lookups, "looked up again");
     assert_eq!(sink.entries().len(), 300);
+}
+
+#[tokio::test]
+async fn a_mapping_naming_a_locale_the_target_lacks_fails_once_before_any_write() {
+    let sink = Arc::new(MemoryKeyedSink::new(model(), "sku"));
+    let obs = Arc::new(Collect::default());
+    let mut w = writer(&sink, options(false, 100, Prefetch::Never), obs.clone());
+    let records = vec![
+        into_record(json!({"sku.en": "A", "name.en": "ok"})),
+        into_record(json!({"sku.en": "B", "name.fr": "pas de locale"})),
+    ];
+    let budget = MemoryBudget::unlimited();
+    let err = w
+        .write(Batch::new(records, budget.acquire(1).await.unwrap()))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("names locale 'fr', which the target does not have (locales: en, nl)"),
+        "{err}"
+    );
+    assert!(obs.rejected.lock().unwrap().is_empty(), "not per record");
+    assert!(sink.entries().is_empty(), "nothing written");
 }

@@ -90,7 +90,7 @@ pub(crate) fn upsert_options(
 ) -> sluicegate_core::UpsertOptions {
     sluicegate_core::UpsertOptions {
         dry_run,
-        publish: publish && !dry_run,
+        publish,
         cache: sluicegate_core::CacheConfig {
             max_entries: cache_max_entries,
             max_bytes: cache_max_mb.saturating_mul(1 << 20),
@@ -208,6 +208,12 @@ impl ApiClient {
 
     /// Sends a request, retrying what may succeed later; returns the JSON body
     /// (`Null` for 204).
+    ///
+    /// Reads and versioned writes (GET, PUT, PATCH, DELETE) are asked again after
+    /// a 429, a 5xx or a network failure. A POST (a bulk action, a create without
+    /// an id) is not idempotent: it is sent again only when the server surely did
+    /// not act on it (a 429, or a connection that was never made); after any
+    /// other failure the caller finds out what happened (see the sinks).
     pub(crate) async fn call(
         &self,
         method: Method,
@@ -222,6 +228,7 @@ impl ApiClient {
             None => path.clone(),
         };
         let _permit = self.in_flight.acquire().await;
+        let repeatable = method != Method::POST;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -309,30 +316,37 @@ impl ApiClient {
                                 }
                                 tracing::warn!(path = %shown_path, reset, "rate limited; pausing");
                                 (err, None)
-                            } else if status >= 500 {
+                            } else if status >= 500 && repeatable {
                                 (err, Some(backoff(attempt)))
                             } else {
                                 return Err(err);
                             }
                         }
-                        Err(e) => (
-                            ApiError::Network {
+                        Err(e) => {
+                            let err = ApiError::Network {
                                 method: method.to_string(),
                                 path: shown_path.clone(),
-                                message: e.to_string(),
-                            },
-                            Some(backoff(attempt)),
-                        ),
+                                message: format!("the answer broke off: {e}"),
+                            };
+                            if !repeatable {
+                                return Err(err);
+                            }
+                            (err, Some(backoff(attempt)))
+                        }
                     }
                 }
-                Err(e) => (
-                    ApiError::Network {
+                Err(e) => {
+                    let never_sent = e.is_connect();
+                    let err = ApiError::Network {
                         method: method.to_string(),
                         path: shown_path.clone(),
                         message: e.to_string(),
-                    },
-                    Some(backoff(attempt)),
-                ),
+                    };
+                    if !repeatable && !never_sent {
+                        return Err(err);
+                    }
+                    (err, Some(backoff(attempt)))
+                }
             };
             let (err, delay) = failure;
             if attempt >= self.max_attempts {

@@ -210,3 +210,129 @@ async fn a_request_failing_every_attempt_names_the_request_and_status() {
     result.unwrap();
     assert_exact(&server);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_bulk_publish_answer_is_not_sent_again_and_fails_nothing() {
+    // The emulator runs the bulk action; its answer breaks off. The POST is not
+    // repeated: the chunk is published entry by entry, the conflicts re-read, and
+    // entries the lost action published count as published.
+    assert_recovered(
+        FaultRule::new("/bulk_actions/publish", FaultKind::Truncate, 3).method("POST"),
+    )
+    .await;
+    // Lost answers of the one-by-one publishes too.
+    let server = emulator().await;
+    let rules = vec![
+        FaultRule::new("/bulk_actions/publish", FaultKind::Truncate, 3).method("POST"),
+        FaultRule::new("/published", FaultKind::Truncate, 10).method("PUT"),
+    ];
+    let proxy = FaultProxy::start(server.addr(), rules).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (ack, rejected) = sync(dir.path(), &proxy.url()).await;
+    let ack = ack.unwrap();
+    assert!(rejected.is_empty(), "{rejected:?}");
+    assert_eq!((ack.inserted, ack.failed), (RECORDS, 0));
+    assert_exact(&server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_publish_is_a_failed_record_and_the_next_run_publishes_it() {
+    let server = emulator().await;
+    let refused = status(422, &[]);
+    let rules = vec![
+        FaultRule::new("/bulk_actions/publish", refused.clone(), 100).method("POST"),
+        FaultRule::new("/published", refused, 1000).method("PUT"),
+    ];
+    let proxy = FaultProxy::start(server.addr(), rules).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (ack, rejected) = sync(dir.path(), &proxy.url()).await;
+    let ack = ack.unwrap();
+    assert_eq!(
+        (ack.inserted, ack.updated, ack.failed),
+        (0, 0, RECORDS),
+        "written but not live is failed: {ack:?}"
+    );
+    assert_eq!(rejected.len() as u64, RECORDS);
+    assert!(
+        rejected
+            .iter()
+            .all(|r| r.stage == sluicegate_core::Stage::Publish && r.key.is_some()),
+        "{rejected:?}"
+    );
+    assert_eq!(
+        server.entries().len() as u64,
+        RECORDS,
+        "drafts were created"
+    );
+    // The cause is gone: the same records, fields unchanged, are published.
+    let (ack, rejected) = sync(dir.path(), &server.url()).await;
+    let ack = ack.unwrap();
+    assert!(rejected.is_empty(), "{rejected:?}");
+    assert_eq!(
+        (ack.inserted, ack.updated, ack.unchanged, ack.failed),
+        (0, RECORDS, 0, 0),
+        "{ack:?}"
+    );
+    assert_exact(&server);
+    // And then nothing is left to do.
+    let (ack, _) = sync(dir.path(), &server.url()).await;
+    assert_eq!(ack.unwrap().unchanged, RECORDS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_size_refused_as_too_big_stays_smaller_for_the_stream() {
+    // 60 entries of about 1 KB; the emulator refuses answers over 8 KB, as the
+    // API does over 7 MB.
+    let product = json!({
+        "sys": {"id": "product"}, "name": "Product", "displayField": "name",
+        "fields": [
+            {"id": "sku", "name": "SKU", "type": "Symbol", "required": true},
+            {"id": "name", "name": "Name", "type": "Text"},
+        ],
+    });
+    let server = CmaServer::start(
+        CmaConfig {
+            token: TOKEN.into(),
+            content_types: vec![product],
+            rate_limit: Some(1000),
+            max_response_bytes: 8_000,
+            ..CmaConfig::default()
+        },
+        "127.0.0.1:0",
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let big = |i: u64| {
+        into_record(
+            json!({"sku.en-US": format!("SKU-{i:03}"), "name.en-US": format!("{i} {}", "x".repeat(1000))}),
+        )
+    };
+    let run = |records: Vec<Record>| {
+        let sink = sink(dir.path(), &server.url());
+        async move {
+            let mut target = StreamTarget::new("products", "product", Some("sku.en-US".into()));
+            let stats = target.stats.clone();
+            target.observer = Arc::new(Collect::default());
+            let mut writer = sink.open(target).await.unwrap();
+            let budget = MemoryBudget::unlimited();
+            let mut total = BatchAck::default();
+            for chunk in records.chunks(20) {
+                let batch = Batch::new(chunk.to_vec(), budget.acquire(1).await.unwrap());
+                total.add(&writer.write(batch).await.unwrap());
+            }
+            writer.finish().await.unwrap();
+            (
+                total,
+                stats.snapshot().statuses.get(&400).copied().unwrap_or(0),
+            )
+        }
+    };
+    let (ack, _) = run((0..60).map(big).collect()).await;
+    assert_eq!(ack.inserted, 60);
+    // A new run reads the entries back (a prefetch of pages, then lookups).
+    let (ack, refused) = run((0..60).map(big).collect()).await;
+    assert_eq!(ack.unchanged, 60, "{ack:?}");
+    // 1000 → 500 → … → 7: seven refusals, then every page fits.
+    assert!(refused <= 8, "{refused} pages were refused as too big");
+}

@@ -5,7 +5,7 @@ use std::cmp::Ordering;
 use std::collections::HashMap;
 
 use serde_json::Value;
-use sluicegate_core::{Error, ErrorKind, Record, Result};
+use sluicegate_core::Record;
 
 /// A key value that can be ordered: integers numerically, strings by bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,41 +47,94 @@ impl Key {
     }
 }
 
+/// A record the sink cannot hold: its key (when it has one), why, and the record.
+pub(crate) type Refused = (Option<String>, String, Record);
+
 /// A batch after merging duplicate keys.
 pub(crate) struct Merged {
     pub(crate) records: Vec<Record>,
     pub(crate) duplicates: u64,
+    /// Records without a key, or with a field name DuckDB cannot hold.
+    pub(crate) refused: Vec<Refused>,
     /// Smallest and largest key, when every key is of one orderable kind.
     pub(crate) range: Option<(Key, Key)>,
 }
 
+/// Why DuckDB cannot hold a field name as a column, if it cannot.
+fn bad_name(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("a field name is empty")
+    } else if name.contains('\0') {
+        Some("a field name holds a NUL character")
+    } else {
+        None
+    }
+}
+
 /// Keeps the last record of each key, in first-seen order. A batch whose keys
 /// strictly increase (the common case for paginated sources) is passed through
-/// without hashing. A record without a key is an error showing the record.
-pub(crate) fn merge_duplicate_keys(records: Vec<Record>, key: Option<&str>) -> Result<Merged> {
+/// without hashing. A record without a key, or with a field name that cannot be
+/// a column, is refused alone (the rest of the batch goes on).
+pub(crate) fn merge_duplicate_keys(records: Vec<Record>, key: Option<&str>) -> Merged {
+    let mut refused = Vec::new();
+    let records: Vec<Record> = if records
+        .iter()
+        .any(|r| r.keys().any(|k| bad_name(k).is_some()))
+    {
+        records
+            .into_iter()
+            .filter_map(|r| match r.keys().find_map(|k| bad_name(k)) {
+                Some(why) => {
+                    let key = key
+                        .and_then(|f| r.get(f))
+                        .and_then(Key::of)
+                        .map(|k| k.text());
+                    refused.push((
+                        key,
+                        format!("{why}; DuckDB cannot name a column so (rename it in a mapping)"),
+                        r,
+                    ));
+                    None
+                }
+                None => Some(r),
+            })
+            .collect()
+    } else {
+        records
+    };
     let Some(field) = key else {
-        return Ok(Merged {
+        return Merged {
             records,
             duplicates: 0,
+            refused,
             range: None,
-        });
+        };
     };
     let mut keys = Vec::with_capacity(records.len());
+    let records: Vec<Record> = if records
+        .iter()
+        .all(|r| r.get(field).and_then(Key::of).is_some())
+    {
+        records
+    } else {
+        records
+            .into_iter()
+            .filter(|r| {
+                if r.get(field).and_then(Key::of).is_some() {
+                    return true;
+                }
+                refused.push((
+                    None,
+                    format!("no value for the key field '{field}' (missing or null)"),
+                    r.clone(),
+                ));
+                false
+            })
+            .collect()
+    };
     for record in &records {
-        match record.get(field).and_then(Key::of) {
-            Some(k) => keys.push(k),
-            None => {
-                let shown: String = Value::Object(record.clone())
-                    .to_string()
-                    .chars()
-                    .take(200)
-                    .collect();
-                return Err(Error::new(
-                    ErrorKind::Sink,
-                    format!("a record has no value for the key field '{field}'; fix keyField or the data"),
-                )
-                .with_context("record", shown));
-            }
+        if let Some(k) = record.get(field).and_then(Key::of) {
+            keys.push(k);
         }
     }
     let increasing = keys
@@ -94,11 +147,12 @@ pub(crate) fn merge_duplicate_keys(records: Vec<Record>, key: Option<&str>) -> R
             }
             _ => None,
         };
-        return Ok(Merged {
+        return Merged {
             records,
             duplicates: 0,
+            refused,
             range,
-        });
+        };
     }
     let mut index: HashMap<String, usize> = HashMap::with_capacity(records.len());
     let mut out: Vec<Record> = Vec::with_capacity(records.len());
@@ -140,11 +194,12 @@ pub(crate) fn merge_duplicate_keys(records: Vec<Record>, key: Option<&str>) -> R
             }
         }
     }
-    Ok(Merged {
+    Merged {
         records: out,
         duplicates,
+        refused,
         range,
-    })
+    }
 }
 
 #[cfg(test)]
@@ -162,8 +217,7 @@ mod tests {
         let m = merge_duplicate_keys(
             recs(vec![json!({"id": 1}), json!({"id": 5}), json!({"id": 9})]),
             Some("id"),
-        )
-        .unwrap();
+        );
         assert_eq!(m.duplicates, 0);
         assert_eq!(m.range, Some((Key::Int(1), Key::Int(9))));
     }
@@ -177,8 +231,7 @@ mod tests {
                 json!({"id": "b", "v": 2}),
             ]),
             Some("id"),
-        )
-        .unwrap();
+        );
         assert_eq!(m.duplicates, 1);
         assert_eq!(m.records.len(), 2);
         assert_eq!(m.records[0]["v"], json!(2));
@@ -189,15 +242,46 @@ mod tests {
     }
 
     #[test]
+    fn records_without_a_key_or_with_unusable_names_are_refused_alone() {
+        let m = merge_duplicate_keys(
+            recs(vec![
+                json!({"id": 1}),
+                json!({"id": null}),
+                json!({"name": "no id"}),
+                json!({"id": 4, "": "empty name"}),
+                json!({"id": 5, "a\u{0}b": 1}),
+                json!({"id": 6}),
+            ]),
+            Some("id"),
+        );
+        let kept: Vec<&Value> = m.records.iter().map(|r| &r["id"]).collect();
+        assert_eq!(kept, [&json!(1), &json!(6)]);
+        let refused: Vec<(Option<String>, &str)> = m
+            .refused
+            .iter()
+            .map(|(k, why, _)| (k.clone(), why.as_str()))
+            .collect();
+        assert_eq!(refused.len(), 4);
+        assert_eq!(refused[0].0, Some("4".into()));
+        assert!(refused[0].1.starts_with("a field name is empty"));
+        assert!(refused[1].1.starts_with("a field name holds a NUL"));
+        assert_eq!(
+            refused[2],
+            (None, "no value for the key field 'id' (missing or null)")
+        );
+        // Without a key field, only the names matter.
+        let m = merge_duplicate_keys(recs(vec![json!({"": 1}), json!({"a": 1})]), None);
+        assert_eq!((m.records.len(), m.refused.len()), (1, 1));
+    }
+
+    #[test]
     fn mixed_kinds_have_no_range() {
-        let m = merge_duplicate_keys(recs(vec![json!({"id": 2}), json!({"id": "1"})]), Some("id"))
-            .unwrap();
+        let m = merge_duplicate_keys(recs(vec![json!({"id": 2}), json!({"id": "1"})]), Some("id"));
         assert_eq!(m.range, None);
         let m = merge_duplicate_keys(
             recs(vec![json!({"id": 1.5}), json!({"id": 2.5})]),
             Some("id"),
-        )
-        .unwrap();
+        );
         assert_eq!(m.range, None);
     }
 }

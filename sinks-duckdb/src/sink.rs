@@ -21,8 +21,8 @@ use std::cmp::Ordering;
 
 use serde_json::Value;
 use sluicegate_core::{
-    Batch, BatchAck, BuildContext, Error, ErrorKind, MemoryRelief, Record, Result, Sink,
-    SinkWriter, StreamTarget, WriterSummary,
+    Batch, BatchAck, BuildContext, Error, ErrorKind, MemoryRelief, Record, Rejected, Result, Sink,
+    SinkWriter, Stage, StreamTarget, WriterSummary,
 };
 
 use crate::config::DuckDbSinkConfig;
@@ -204,8 +204,22 @@ impl SinkWriter for DuckDbWriter {
     async fn write(&mut self, batch: Batch) -> Result<BatchAck> {
         let target = self.target.clone();
         let (records, _position, lease) = batch.into_parts();
-        let merged = merge_duplicate_keys(records, target.key_field.as_deref())?;
+        let mut merged = merge_duplicate_keys(records, target.key_field.as_deref());
         let duplicates = merged.duplicates;
+        let refused = std::mem::take(&mut merged.refused);
+        let failed = refused.len() as u64;
+        for (key, reason, record) in refused {
+            tracing::warn!(sync = %target.sync_key, key = key.as_deref().unwrap_or("-"), %reason, "record rejected");
+            target.observer.rejected(
+                &target.sync_key,
+                Rejected {
+                    stage: Stage::Write,
+                    key,
+                    reason,
+                    record,
+                },
+            );
+        }
         let merged_range = merged.range.clone();
         let Some(conn) = self.conn.clone() else {
             // Dry run against a database that does not exist: everything is new.
@@ -214,6 +228,7 @@ impl SinkWriter for DuckDbWriter {
                 rows,
                 inserted: rows,
                 duplicates,
+                failed,
                 ..BatchAck::default()
             });
         };
@@ -261,6 +276,7 @@ impl SinkWriter for DuckDbWriter {
             self.note_written(merged_range);
         }
         ack.duplicates = duplicates;
+        ack.failed += failed;
         Ok(ack)
     }
 

@@ -248,20 +248,69 @@ async fn duplicate_keys_in_a_batch_keep_the_last_record() {
     );
 }
 
+#[derive(Default)]
+struct Collect(std::sync::Mutex<Vec<sluicegate_core::Rejected>>);
+
+impl sluicegate_core::RunObserver for Collect {
+    fn rejected(&self, _sync_key: &str, rejected: sluicegate_core::Rejected) {
+        self.0.lock().unwrap().push(rejected);
+    }
+}
+
 #[tokio::test]
-async fn a_record_without_its_key_is_an_error_showing_the_record() {
-    let dir = tempfile::tempdir().unwrap();
-    let sink = sink(dir.path(), false);
-    let mut w = sink.open(target("k", Some("id"))).await.unwrap();
-    let err = w
-        .write(batch(vec![json!({"id": 1}), json!({"name": "no key"})]).await)
-        .await
-        .unwrap_err();
-    assert!(
-        err.to_string().contains("no value for the key field 'id'"),
-        "{err}"
-    );
-    assert_eq!(err.context_value("record"), Some("{\"name\":\"no key\"}"));
+async fn records_without_a_key_or_with_unusable_field_names_are_rejected_alone() {
+    for dry_run in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = sink(dir.path(), dry_run);
+        let observer = std::sync::Arc::new(Collect::default());
+        let mut t = target("k", Some("id"));
+        t.observer = observer.clone();
+        let mut w = sink.open(t).await.unwrap();
+        let ack = w
+            .write(
+                batch(vec![
+                    json!({"id": 1}),
+                    json!({"name": "no key"}),
+                    json!({"id": null}),
+                    json!({"id": 4, "": "empty name"}),
+                    json!({"id": 5, "a\u{0}b": 2}),
+                    json!({"id": 6}),
+                ])
+                .await,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (ack.inserted, ack.failed),
+            (2, 4),
+            "dry run {dry_run}: {ack:?}"
+        );
+        let rejected = observer.0.lock().unwrap().clone();
+        let reasons: Vec<String> = rejected.iter().map(|r| r.reason.clone()).collect();
+        assert_eq!(rejected.len(), 4, "{reasons:?}");
+        assert!(
+            reasons[0].starts_with("a field name is empty"),
+            "{reasons:?}"
+        );
+        assert_eq!(rejected[0].key.as_deref(), Some("4"));
+        assert!(
+            reasons[2].contains("no value for the key field 'id'"),
+            "{reasons:?}"
+        );
+        assert_eq!(
+            rejected[2].record["name"],
+            json!("no key"),
+            "the record travels with it"
+        );
+        w.finish().await.unwrap();
+        drop(sink);
+        if !dry_run {
+            assert_eq!(
+                query(dir.path(), "SELECT id FROM k ORDER BY id"),
+                vec![vec![json!(1)], vec![json!(6)]]
+            );
+        }
+    }
 }
 
 #[tokio::test]

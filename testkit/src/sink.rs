@@ -260,6 +260,26 @@ pub async fn check_sink(case: SinkCase) {
             format!("expected 1 update and {} unchanged, got {ack:?}", n - 1),
         );
     }
+    if case.compares_content {
+        // The duplicate rule: the last record of a key wins, so writing it again
+        // changes nothing, and writing the first one again is a change.
+        let check = "the last duplicate won";
+        let (ack, _) = write(
+            &case,
+            &case.sink,
+            vec![vec![(case.make)(n, 1)]],
+            obs.clone(),
+            check,
+            false,
+        )
+        .await;
+        if ack.unchanged != 1 {
+            case.fail(
+                check,
+                format!("the last of two records with one key is not what the sink holds: writing it again was acknowledged as {ack:?}"),
+            );
+        }
+    }
 
     if let Some(invalid) = case.invalid.clone() {
         let check = "an invalid record";

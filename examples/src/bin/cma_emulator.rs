@@ -77,6 +77,7 @@ async fn main() -> anyhow::Result<()> {
         rate_limit: Some(args.rate_limit),
         latency: Duration::from_millis(args.latency_ms),
         faults: Vec::new(),
+        ..CmaConfig::default()
     };
     let server = CmaServer::start(config, &args.addr)
         .await

@@ -54,6 +54,9 @@ pub struct CmaConfig {
     pub latency: Duration,
     /// Injected failures.
     pub faults: Vec<CmaFault>,
+    /// Largest entry collection answered: bigger ones are refused with `400
+    /// Response size too big`, as the API does above 7 MB (7,340,032 bytes).
+    pub max_response_bytes: usize,
 }
 
 impl Default for CmaConfig {
@@ -67,6 +70,7 @@ impl Default for CmaConfig {
             rate_limit: None,
             latency: Duration::ZERO,
             faults: Vec::new(),
+            max_response_bytes: 7_340_032,
         }
     }
 }
@@ -688,6 +692,12 @@ async fn list_entries(
         let (total, items) = query.run(e.entries.values().collect(), &default);
         Ok(collection(total, query.skip, query.limit, items))
     })?;
+    let max = cma.config.max_response_bytes;
+    if body.to_string().len() > max {
+        return Err(ApiError::bad_request(format!(
+            "Response size too big. Maximum allowed response size: {max}B."
+        )));
+    }
     ok(body)
 }
 

@@ -2,6 +2,7 @@
 //! driven by the core upsert action.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -78,6 +79,7 @@ impl Sink for ContentfulSink {
             client: self.client.clone(),
             publish_chunk: self.config.publish_chunk,
             max_concurrency: self.config.max_concurrency,
+            page_limit: AtomicU64::new(u64::MAX),
         });
         Ok(Box::new(UpsertWriter::new(keyed, target, self.options())?))
     }
@@ -96,6 +98,8 @@ pub(crate) struct ContentfulKeyed {
     client: Arc<ApiClient>,
     publish_chunk: usize,
     max_concurrency: usize,
+    /// The largest page the API answered without "Response size too big".
+    page_limit: AtomicU64,
 }
 
 fn key_field(target: &StreamTarget) -> &str {
@@ -104,12 +108,22 @@ fn key_field(target: &StreamTarget) -> &str {
 }
 
 fn existing(entry: &Value) -> Option<ExistingEntry> {
+    let version = entry["sys"]["version"].as_u64()?;
     Some(ExistingEntry {
         id: entry["sys"]["id"].as_str()?.to_owned(),
-        version: entry["sys"]["version"].as_u64()?,
+        version,
         fields: entry["fields"].as_object().cloned().unwrap_or_default(),
         metadata: entry.get("metadata").cloned(),
+        publish_pending: !live(entry, version),
     })
+}
+
+/// Whether an entry's current version is the published one: publishing makes
+/// the published version the version it had, and adds one to the version.
+fn live(entry: &Value, version: u64) -> bool {
+    entry["sys"]["publishedVersion"]
+        .as_u64()
+        .is_some_and(|p| p + 1 == version)
 }
 
 fn field_kind(name: &str) -> FieldKind {
@@ -170,7 +184,8 @@ impl ContentfulKeyed {
         skip: u64,
     ) -> Result<(Vec<ExistingEntry>, u64)> {
         let ct = encode(&target.table);
-        let mut limit = limit;
+        // A page size the API refused as too big stays halved for the stream.
+        let mut limit = limit.min(self.page_limit.load(Ordering::Relaxed)).max(1);
         loop {
             let relative = format!(
                 "entries?content_type={ct}&{query}&limit={limit}&skip={skip}&order=sys.createdAt,sys.id"
@@ -187,7 +202,9 @@ impl ContentfulKeyed {
                 }
                 // The API refuses responses over 7 MB; ask for smaller pages.
                 Err(e) if e.to_string().contains("Response size too big") && limit > 1 => {
-                    limit /= 2
+                    limit /= 2;
+                    self.page_limit.fetch_min(limit, Ordering::Relaxed);
+                    tracing::info!(content_type = %target.table, limit, "response too big; asking for smaller pages from now on");
                 }
                 Err(e) => return Err(e.with_context("content_type", &target.table)),
             }
@@ -338,7 +355,7 @@ impl ContentfulKeyed {
         let url = self
             .client
             .url(&format!("entries/{}/published", encode(&item.id)))?;
-        let entry = self
+        let answer = self
             .client
             .call(
                 Method::PUT,
@@ -346,8 +363,29 @@ impl ContentfulKeyed {
                 None,
                 vec![("x-contentful-version", item.version.to_string())],
             )
-            .await?;
-        written(&entry)
+            .await;
+        match answer {
+            Ok(entry) => written(&entry),
+            // The version moved on: a bulk action whose answer was lost, or an
+            // earlier attempt of this request, may have published it. Only
+            // what the entry says counts.
+            Err(ApiError::Api { status: 409, .. }) => {
+                let current = self
+                    .client
+                    .get(&format!("entries/{}", encode(&item.id)))
+                    .await?;
+                let published = current["sys"]["publishedVersion"].as_u64();
+                if published.is_some_and(|p| p >= item.version) {
+                    written(&current)
+                } else {
+                    Err(Error::sink(format!(
+                        "entry {} was changed by someone else (version {} is now {}) before it could be published; run again to publish the current version",
+                        item.id, item.version, current["sys"]["version"]
+                    )))
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
@@ -504,13 +542,19 @@ impl KeyedSink for ContentfulKeyed {
 
     async fn write(&self, target: &StreamTarget, ops: Vec<WriteOp>) -> Vec<Result<Written>> {
         futures::stream::iter(ops)
-            .map(|op| self.write_one(target, op))
+            .map(|op| async {
+                let result = self.write_one(target, op).await;
+                if result.is_ok() {
+                    target.stats.add_entries_written(1);
+                }
+                result
+            })
             .buffered(self.max_concurrency)
             .collect()
             .await
     }
 
-    async fn publish(&self, _target: &StreamTarget, items: Vec<Written>) -> Vec<Result<Written>> {
+    async fn publish(&self, target: &StreamTarget, items: Vec<Written>) -> Vec<Result<Written>> {
         let mut chunks = Vec::new();
         let mut items = items.into_iter().peekable();
         while items.peek().is_some() {
@@ -523,7 +567,12 @@ impl KeyedSink for ContentfulKeyed {
         }
         // Several bulk actions at once (as `cute` does), results kept in order.
         let results: Vec<Vec<Result<Written>>> = futures::stream::iter(chunks)
-            .map(|chunk| self.publish_chunk(chunk))
+            .map(|chunk| async {
+                let results = self.publish_chunk(chunk).await;
+                let ok = results.iter().filter(|r| r.is_ok()).count();
+                target.stats.add_entries_published(ok as u64);
+                results
+            })
             .buffered(PUBLISH_ACTIONS_IN_FLIGHT)
             .collect()
             .await;

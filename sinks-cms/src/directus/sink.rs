@@ -13,6 +13,7 @@
 //! - a batch create is one transaction: when it is refused, its items are created
 //!   one by one, so one bad record fails alone with Directus's message.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -206,6 +207,11 @@ fn normalized(kind: FieldKind, value: &Value) -> Value {
 }
 
 /// The plain item body of typed fields (`{field: {LOCALE: value}}` → `{field: value}`).
+/// The key of an item body, as text.
+fn item_key(body: &Map<String, Value>, field: &str) -> Option<String> {
+    id_text(body.get(field)?)
+}
+
 fn item_body(fields: &EntryFields) -> Map<String, Value> {
     fields
         .iter()
@@ -237,6 +243,7 @@ impl DirectusKeyed {
             version: 0,
             fields: out,
             metadata: None,
+            publish_pending: false,
         })
     }
 
@@ -276,8 +283,9 @@ impl DirectusKeyed {
         target: &StreamTarget,
         bodies: Vec<Map<String, Value>>,
     ) -> Vec<Result<Written>> {
-        let mut out = Vec::with_capacity(bodies.len());
+        let mut out: Vec<Result<Written>> = Vec::with_capacity(bodies.len());
         for chunk in bodies.chunks(self.create_chunk) {
+            let start = out.len();
             match self
                 .create(
                     target,
@@ -298,21 +306,74 @@ impl DirectusKeyed {
                     out.extend(created.into_iter().take(chunk.len()).map(Ok));
                     out.extend((0..missing).map(|_| Err(Error::sink(text.clone()))));
                 }
-                Err(_) if chunk.len() > 1 => {
-                    // One transaction: nothing was created. Find the bad ones.
+                Err(e) if chunk.len() > 1 || e.is_retryable() => {
+                    // A refusal: one transaction, nothing was created. A failure
+                    // that may have come after Directus acted (a lost answer; a
+                    // create is not repeated blindly): look the keys up first.
+                    let found = if e.is_retryable() {
+                        match self.created_before(target, chunk).await {
+                            Ok(found) => found,
+                            Err(e) => {
+                                out.extend(
+                                    chunk
+                                        .iter()
+                                        .map(|_| Err(Error::new(e.kind(), e.to_string()))),
+                                );
+                                continue;
+                            }
+                        }
+                    } else {
+                        HashMap::new()
+                    };
                     let singles = futures::stream::iter(chunk.iter().cloned())
-                        .map(|body| async move {
-                            self.create(target, Value::Object(body))
-                                .await
-                                .map(|mut w| w.remove(0))
+                        .map(|body| {
+                            let known = item_key(&body, key_field(target))
+                                .and_then(|k| found.get(&k).cloned());
+                            async move {
+                                match known {
+                                    Some(written) => Ok(written),
+                                    None => self
+                                        .create(target, Value::Object(body))
+                                        .await
+                                        .map(|mut w| w.remove(0)),
+                                }
+                            }
                         })
                         .buffered(self.max_concurrency);
                     out.extend(singles.collect::<Vec<_>>().await);
                 }
                 Err(e) => out.push(Err(e)),
             }
+            let created = out[start..].iter().filter(|r| r.is_ok()).count();
+            target.stats.add_entries_written(created as u64);
         }
         out
+    }
+
+    /// The items of `chunk` that exist already, by key: after a create whose
+    /// answer was lost, those it made.
+    async fn created_before(
+        &self,
+        target: &StreamTarget,
+        chunk: &[Map<String, Value>],
+    ) -> Result<HashMap<String, Written>> {
+        let field = key_field(target);
+        let keys: Vec<String> = chunk.iter().filter_map(|b| item_key(b, field)).collect();
+        let found = self.lookup(target, Lookup::Keys(&keys)).await?;
+        Ok(found
+            .entries
+            .into_iter()
+            .filter_map(|e| {
+                let key = id_text(e.fields.get(field)?.get(LOCALE)?)?;
+                Some((
+                    key,
+                    Written {
+                        id: e.id,
+                        version: 0,
+                    },
+                ))
+            })
+            .collect())
     }
 
     async fn create(&self, target: &StreamTarget, body: Value) -> Result<Vec<Written>> {
@@ -523,7 +584,11 @@ impl KeyedSink for DirectusKeyed {
         }
         let updated: Vec<(usize, Result<Written>)> = futures::stream::iter(updates)
             .map(|(i, existing, fields)| async move {
-                (i, self.update(target, &existing, &fields).await)
+                let result = self.update(target, &existing, &fields).await;
+                if result.is_ok() {
+                    target.stats.add_entries_written(1);
+                }
+                (i, result)
             })
             .buffer_unordered(self.max_concurrency)
             .collect()
