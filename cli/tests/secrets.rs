@@ -260,3 +260,158 @@ syncs:
         }
     }
 }
+
+/// A server for the error paths: `/status/N` answers N, `/bad` answers 200 with
+/// a body that is not JSON, `/token` grants `ACCESS` (OAuth 2), `/token-refused`
+/// answers 401. It never echoes what it was sent.
+async fn error_server() -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head);
+                let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
+                let (status, body) = if path.starts_with("/token-refused") {
+                    (401, r#"{"error":"invalid_client"}"#.to_owned())
+                } else if path.starts_with("/token") {
+                    (
+                        200,
+                        format!(
+                            r#"{{"access_token":"{ACCESS}","token_type":"bearer","expires_in":3600}}"#
+                        ),
+                    )
+                } else if let Some(code) = path.strip_prefix("/status/") {
+                    let code: u16 = code[..3].parse().unwrap();
+                    (code, r#"{"error":"no"}"#.to_owned())
+                } else {
+                    (200, "{\"data\": [1, 2".to_owned())
+                };
+                let reply = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    port
+}
+
+const SECRET: &str = "matrix-secret-31c8aa";
+const USER: &str = "matrix-user";
+const ACCESS: &str = "granted-access-token-6be2";
+
+/// Every auth type, every error path: the secret (and what is derived from it:
+/// the basic-auth header value, a granted OAuth 2 token) appears in no output,
+/// log line (text or JSON), report or file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_appears_on_any_error_path_for_any_auth_type() {
+    use base64::Engine;
+    let server = error_server().await;
+    let refused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let auths = [
+        "{ type: bearer, tokenEnv: SECRET }".to_owned(),
+        "{ type: basic, usernameEnv: USER, passwordEnv: SECRET }".to_owned(),
+        "{ type: api_key, name: X-Api-Key, location: header, valueEnv: SECRET }".to_owned(),
+        "{ type: api_key, name: key, location: query, valueEnv: SECRET }".to_owned(),
+        format!(
+            "{{ type: oauth2_client_credentials, tokenUrl: \"http://127.0.0.1:{server}/token\", clientIdEnv: USER, clientSecretEnv: SECRET }}"
+        ),
+        format!(
+            "{{ type: oauth2_client_credentials, tokenUrl: \"http://127.0.0.1:{server}/token-refused\", clientIdEnv: USER, clientSecretEnv: SECRET }}"
+        ),
+    ];
+    let endpoints = [
+        format!("http://127.0.0.1:{refused}/api/orders"),
+        format!("http://127.0.0.1:{silent_port}/api/orders"),
+        format!("http://127.0.0.1:{server}/status/401"),
+        format!("http://127.0.0.1:{server}/status/403"),
+        format!("http://127.0.0.1:{server}/status/500"),
+        format!("http://127.0.0.1:{server}/bad"),
+    ];
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{SECRET}"));
+    let forbidden = [SECRET, basic.as_str(), ACCESS];
+    for auth in &auths {
+        for endpoint in &endpoints {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(
+                dir.path().join("sluicegate.yaml"),
+                format!(
+                    r#"version: 1
+sinks:
+  warehouse: {{ type: duckdb, path: out.duckdb }}
+syncs:
+  - key: orders
+    sink: warehouse
+    keyField: id
+    source:
+      type: http
+      endPoint: "{endpoint}?page=1"
+      resultsJsonPath: "$.data"
+      timeoutSecs: 1
+      retry: {{ maxAttempts: 2, initialBackoffMs: 10, maxBackoffMs: 20 }}
+      auth: {auth}
+"#
+                ),
+            )
+            .unwrap();
+            let env = [("SECRET", SECRET), ("USER", USER)];
+            let outputs = [
+                run(
+                    dir.path(),
+                    &["sync-api", "--all", "--apply", "--report", "report.json"],
+                    &env,
+                )
+                .await,
+                run(
+                    dir.path(),
+                    &["sync-api", "--all", "--apply", "--log-format", "json"],
+                    &env,
+                )
+                .await,
+                run(dir.path(), &["validate"], &env).await,
+            ];
+            let case = format!("auth {auth}, endpoint {endpoint}");
+            for out in &outputs {
+                assert!(!out.status.success(), "{case}: the run cannot succeed");
+                for bytes in [&out.stdout, &out.stderr] {
+                    let t = text(bytes);
+                    for secret in forbidden {
+                        assert!(!t.contains(secret), "{case}: {secret} leaked: {t}");
+                    }
+                }
+            }
+            let stderr = text(&outputs[0].stderr);
+            assert!(stderr.contains("error:"), "{case}: an error line: {stderr}");
+            let mut files_left = Vec::new();
+            files(dir.path(), &mut files_left);
+            for (path, bytes) in files_left {
+                let t = String::from_utf8_lossy(&bytes);
+                for secret in forbidden {
+                    assert!(!t.contains(secret), "{case}: {secret} leaked into {path}");
+                }
+            }
+        }
+    }
+}

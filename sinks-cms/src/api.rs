@@ -359,6 +359,11 @@ impl ApiClient {
         }
     }
 
+    /// Attempts per request, as configured.
+    pub(crate) fn max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
     /// GET a JSON body.
     pub(crate) async fn get(&self, relative: &str) -> Result<Value, Error> {
         let url = self.url(relative)?;
@@ -374,7 +379,7 @@ fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
 }
 
 /// Capped full-jitter backoff: up to 250 ms × 2^(attempt-1), at most 10 s.
-fn backoff(attempt: u32) -> Duration {
+pub(crate) fn backoff(attempt: u32) -> Duration {
     let cap = 250u64
         .saturating_mul(1 << attempt.saturating_sub(1).min(6))
         .min(10_000);

@@ -332,10 +332,7 @@ impl DirectusKeyed {
                             async move {
                                 match known {
                                     Some(written) => Ok(written),
-                                    None => self
-                                        .create(target, Value::Object(body))
-                                        .await
-                                        .map(|mut w| w.remove(0)),
+                                    None => self.create_one(target, body).await,
                                 }
                             }
                         })
@@ -348,6 +345,30 @@ impl DirectusKeyed {
             target.stats.add_entries_written(created as u64);
         }
         out
+    }
+
+    /// Creates one item. After a failure that may have come after Directus
+    /// acted, its key is looked up: found, it was created; not found, the
+    /// create is sent again (up to the configured attempts).
+    async fn create_one(&self, target: &StreamTarget, body: Map<String, Value>) -> Result<Written> {
+        let mut attempt = 1;
+        loop {
+            match self.create(target, Value::Object(body.clone())).await {
+                Ok(mut written) => return Ok(written.remove(0)),
+                Err(e) if e.is_retryable() && attempt < self.client.max_attempts() => {
+                    let chunk = std::slice::from_ref(&body);
+                    let found = self.created_before(target, chunk).await?;
+                    if let Some(written) =
+                        item_key(&body, key_field(target)).and_then(|k| found.get(&k).cloned())
+                    {
+                        return Ok(written);
+                    }
+                    tokio::time::sleep(crate::api::backoff(attempt)).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The items of `chunk` that exist already, by key: after a create whose
