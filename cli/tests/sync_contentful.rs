@@ -659,3 +659,88 @@ async fn under_memory_pressure_the_lookup_cache_is_dropped_and_nothing_is_duplic
     assert_eq!(fx.cma.counts().writes, before.writes, "no writes");
     assert_eq!(fx.cma.entries().len() as u64, n);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_publish_fails_the_run_and_its_letter_stays_until_it_is_published() {
+    // The CMS refuses every bulk publish, and single publishes (422) for the
+    // first run and the first re-drive: one per product, twice.
+    let n = Fixture::new().await.products();
+    let fx = Fixture::with_faults(vec![
+        CmaFault {
+            method: Some("POST".into()),
+            path_contains: "/bulk_actions".into(),
+            status: 422,
+            times: 1000,
+        },
+        CmaFault {
+            method: Some("PUT".into()),
+            path_contains: "/published".into(),
+            status: 422,
+            times: u32::try_from(2 * n).unwrap(),
+        },
+    ])
+    .await;
+    let dead_path = fx.dir.path().join(".sluicegate/dead-letters.ndjson");
+    let letters = || -> Vec<Value> {
+        std::fs::read_to_string(&dead_path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let drafts = |fx: &Fixture| {
+        fx.cma
+            .entries()
+            .values()
+            .filter(|e| e["sys"]["publishedVersion"].is_null())
+            .count() as u64
+    };
+
+    let out = fx.sync(NAME, &["--apply"]).await;
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout} {}", text(&out.stderr));
+    let row = summary_row(&stdout, "products");
+    assert_eq!(
+        (row[3].as_str(), row[6].as_str()),
+        ("0", n.to_string().as_str()),
+        "{stdout}"
+    );
+    let dead = letters();
+    assert_eq!(dead.len() as u64, n);
+    assert!(
+        dead.iter().all(|l| l["stage"] == "publish"
+            && l["key"].is_string()
+            && l["reason"].as_str().is_some_and(|r| r.contains("422"))),
+        "{dead:?}"
+    );
+    assert_eq!(drafts(&fx), n, "written, not live");
+
+    // A re-drive while the CMS still refuses: nothing delivered, nothing removed.
+    let out = fx.command("redrive", NAME, &["--apply"]).await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stdout));
+    assert_eq!(letters().len() as u64, n, "the letters stay");
+    assert_eq!(drafts(&fx), n);
+
+    // The CMS accepts again: a plain re-sync publishes the unchanged drafts.
+    let out = fx.sync(NAME, &["--apply"]).await;
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout} {}", text(&out.stderr));
+    let row = summary_row(&stdout, "products");
+    assert_eq!(
+        (row[4].as_str(), row[6].as_str()),
+        (n.to_string().as_str(), "0"),
+        "{stdout}"
+    );
+    assert_eq!(drafts(&fx), 0);
+    for e in fx.cma.entries().values() {
+        assert_eq!(
+            e["sys"]["publishedVersion"].as_u64().map(|p| p + 1),
+            e["sys"]["version"].as_u64(),
+            "live: {e}"
+        );
+    }
+    // The re-drive now finds them delivered and empties the file.
+    let out = fx.command("redrive", NAME, &["--apply"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(letters().is_empty());
+}
