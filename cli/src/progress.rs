@@ -267,4 +267,29 @@ mod tests {
         );
         assert!(!line.contains(['\r', '\x1b']));
     }
+
+    #[test]
+    fn a_content_platform_sync_shows_lookups_writes_and_publishes_before_a_batch_is_acknowledged() {
+        let stats = RunStats::default();
+        let current = Current {
+            name: "products".into(),
+            rows_base: 0,
+            pages_base: 0,
+            started: Instant::now(),
+            bar: None,
+        };
+        let budget = MemoryBudget::new(1 << 20);
+        let line = status_line(&current, &stats, &budget, 0.0);
+        assert!(!line.contains("looked up"), "not for other sinks: {line}");
+        stats.add_cache_lookups(3, 497);
+        stats.add_entries_written(120);
+        stats.add_entries_published(80);
+        let line = status_line(&current, &stats, &budget, 0.0);
+        assert!(
+            line.starts_with(
+                "[products] 0 rows written (0 read), 0 rows/s, 0 pages, 500 looked up, 120 entries written, 80 published,"
+            ),
+            "{line}"
+        );
+    }
 }

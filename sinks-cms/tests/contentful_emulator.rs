@@ -289,6 +289,8 @@ async fn rate_limits_and_server_errors_are_recovered() {
     // is not repeated: that chunk is published entry by entry instead.
     assert!(snap.retries >= 5, "{snap:?}");
     assert_eq!(snap.statuses.get(&503).copied(), Some(1), "{snap:?}");
+    // Counted as each write and publish succeeded (what progress shows).
+    assert_eq!((snap.entries_written, snap.entries_published), (60, 60));
     assert_eq!(
         snap.statuses.get(&429).copied().unwrap_or(0),
         3,
