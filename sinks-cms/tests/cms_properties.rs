@@ -112,7 +112,7 @@ fn product_type() -> Value {
 fn sink(dir: &Path, url: &str, publish_chunk: usize) -> ContentfulSink {
     std::fs::write(dir.join("token"), format!("{TOKEN}\n")).unwrap();
     let section = json!({"spaceId": "space1", "baseUrl": url, "tokenFile": "token",
-                         "timeoutSecs": 2, "maxAttempts": 6, "publishChunk": publish_chunk});
+                         "timeoutSecs": 2, "maxAttempts": 10, "publishChunk": publish_chunk});
     let config: ContentfulSinkConfig = parse_section(section, "sinks.cms").unwrap();
     let mut ctx = BuildContext::new("products", false);
     ctx.base_dir = dir.to_path_buf();
@@ -403,7 +403,7 @@ async fn failures_are_counted_kept_and_delivered_later() {
 fn directus_sink(dir: &Path, url: &str, token: &str) -> sluicegate_sinks_cms::DirectusSink {
     std::fs::write(dir.join("directus-token"), format!("{token}\n")).unwrap();
     let section =
-        json!({"url": url, "tokenFile": "directus-token", "timeoutSecs": 5, "maxAttempts": 6});
+        json!({"url": url, "tokenFile": "directus-token", "timeoutSecs": 5, "maxAttempts": 10});
     let config: sluicegate_sinks_cms::DirectusSinkConfig =
         parse_section(section, "sinks.directus").unwrap();
     let mut ctx = BuildContext::new("products", false);
