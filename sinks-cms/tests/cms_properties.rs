@@ -1,4 +1,4 @@
-//! Property suite of the `contentful` sink: every failure is counted, kept and
+//! Property suite of the content-platform sinks: every failure is counted, kept and
 //! delivered later, and nothing is published twice or lost.
 //!
 //! Each case generates records nobody picked by hand (unicode, numbers, keys
@@ -9,6 +9,9 @@
 //! publishes, single publishes), connection resets, 5xx and 429 answers, an
 //! editor changing entries while the run goes on (so cached versions go stale
 //! and writes meet version conflicts), and random publish-chunk and batch sizes.
+//! The faults stay within the retry budget (at most 8 per kind of request, 10
+//! attempts), so the run must succeed. The `directus` sink gets the same with
+//! lost create and update answers, 503s, resets and records Directus refuses.
 //! Invariants, after the run:
 //! - it ends without an error; `failed` equals the records reported refused,
 //!   each with its key and the platform's message, and they are exactly the
