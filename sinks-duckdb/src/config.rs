@@ -5,7 +5,7 @@
 //!   warehouse:
 //!     type: duckdb
 //!     path: shop.duckdb      # relative to the configuration file
-//!     memoryLimitMb: 32      # DuckDB's own buffer pool
+//!     memoryLimitMb: 32      # the least DuckDB's buffer pool gets (optional)
 //! ```
 
 use std::collections::BTreeMap;
@@ -20,10 +20,11 @@ pub struct DuckDbSinkConfig {
     /// The database file, relative to the configuration file's directory;
     /// `:memory:` for a database that lives only as long as the run.
     pub path: String,
-    /// DuckDB's memory limit (its buffer pool) in MiB. Together with the run's
-    /// memory budget this bounds the process's memory.
-    #[serde(default = "default_memory_limit_mb")]
-    pub memory_limit_mb: u64,
+    /// The least memory DuckDB's buffer pool gets, in MiB (default 16). The sink
+    /// raises DuckDB's limit above it when the tables being written are too wide
+    /// for it (see the sink's README): a lower limit fails at a checkpoint.
+    #[serde(default)]
+    pub memory_limit_mb: Option<u64>,
     /// DuckDB worker threads. One is plenty for batch appends and keeps DuckDB's
     /// per-thread memory low; raise it for very large tables with many updates.
     #[serde(default = "default_threads")]
@@ -34,9 +35,8 @@ pub struct DuckDbSinkConfig {
     pub settings: BTreeMap<String, String>,
 }
 
-fn default_memory_limit_mb() -> u64 {
-    16
-}
+/// DuckDB's buffer pool when `memoryLimitMb` is not set, in MiB.
+pub(crate) const DEFAULT_MEMORY_LIMIT_MB: u64 = 16;
 
 fn default_threads() -> Option<u32> {
     Some(1)
@@ -48,7 +48,7 @@ impl DuckDbSinkConfig {
     pub fn new(path: impl Into<String>) -> Self {
         Self {
             path: path.into(),
-            memory_limit_mb: default_memory_limit_mb(),
+            memory_limit_mb: None,
             threads: default_threads(),
             settings: BTreeMap::new(),
         }
@@ -61,7 +61,7 @@ impl DuckDbSinkConfig {
         }
         // At 12 MiB a 1M-row sync of the example's orders failed to checkpoint
         // (DuckDB could not pin a block), which invalidates the database.
-        if self.memory_limit_mb < 16 {
+        if self.memory_limit_mb.is_some_and(|mb| mb < 16) {
             return Err(field_error("memoryLimitMb", "must be at least 16"));
         }
         if self.threads == Some(0) {

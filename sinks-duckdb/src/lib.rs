@@ -2,6 +2,7 @@
 
 pub mod config;
 mod keys;
+mod memory;
 mod schema;
 mod sink;
 

@@ -27,6 +27,7 @@ use sluicegate_core::{
 
 use crate::config::DuckDbSinkConfig;
 use crate::keys::{Key, merge_duplicate_keys};
+use crate::memory::{MemoryPlan, NEW_FILE_BLOCK_SIZE, block_size};
 use crate::schema::{Cell, ColumnType, FieldCache, TableSchema, cell, number_kind, quote_ident};
 
 /// A DuckDB database file that sync streams write into.
@@ -35,6 +36,8 @@ pub struct DuckDbSink {
     /// `None` in a dry run against a database that does not exist yet.
     conn: Option<Arc<Mutex<Connection>>>,
     dry_run: bool,
+    /// DuckDB's memory, planned from the widths of the tables being written.
+    plan: Arc<MemoryPlan>,
 }
 
 fn duck_error(what: impl Into<String>, err: duckdb::Error) -> Error {
@@ -51,9 +54,16 @@ impl DuckDbSink {
         } else {
             ctx.base_dir.join(&config.path)
         };
+        let floor_mb = config
+            .memory_limit_mb
+            .unwrap_or(crate::config::DEFAULT_MEMORY_LIMIT_MB);
         let mut settings = Config::default()
-            .max_memory(&format!("{}MB", config.memory_limit_mb))
-            .map_err(|e| duck_error("invalid memoryLimitMb", e))?;
+            .max_memory(&format!("{floor_mb}MB"))
+            .map_err(|e| duck_error("invalid memoryLimitMb", e))?
+            // New files get small blocks: DuckDB then needs a sixteenth of the
+            // memory per column (see `memory`).
+            .with("default_block_size", NEW_FILE_BLOCK_SIZE.to_string())
+            .map_err(|e| duck_error("cannot set the block size", e))?;
         if let Some(threads) = config.threads {
             settings = settings
                 .threads(i64::from(threads))
@@ -102,10 +112,16 @@ impl DuckDbSink {
                 )
             })?)
         };
+        let block_size = conn.as_ref().map_or(NEW_FILE_BLOCK_SIZE, block_size);
         Ok(Self {
             path,
             conn: conn.map(|c| Arc::new(Mutex::new(c))),
             dry_run: ctx.dry_run,
+            plan: Arc::new(MemoryPlan::new(
+                floor_mb,
+                config.memory_limit_mb.is_some(),
+                block_size,
+            )),
         })
     }
 
@@ -120,6 +136,7 @@ impl Sink for DuckDbSink {
     async fn open(&self, target: StreamTarget) -> Result<Box<dyn SinkWriter>> {
         Ok(Box::new(DuckDbWriter {
             conn: self.conn.clone(),
+            plan: self.plan.clone(),
             target: Arc::new(target),
             table: None,
             dry_run: self.dry_run,
@@ -149,6 +166,7 @@ struct TableState {
 
 struct DuckDbWriter {
     conn: Option<Arc<Mutex<Connection>>>,
+    plan: Arc<MemoryPlan>,
     target: Arc<StreamTarget>,
     /// Loaded on the first write; dropped after a failed write so it is re-read.
     table: Option<TableState>,
@@ -233,6 +251,7 @@ impl SinkWriter for DuckDbWriter {
             });
         };
         let table = self.table.take();
+        let plan = self.plan.clone();
         let dry_run = self.dry_run;
         let known_empty = self.empty_at_start;
         let append_after = (!self.unordered).then(|| self.max_written.clone());
@@ -260,7 +279,7 @@ impl SinkWriter for DuckDbWriter {
                     }
                     _ => WriteMode::Upsert,
                 };
-                write_batch(&conn, &target, &mut table, &merged.records, mode)
+                write_batch(&conn, &target, &plan, &mut table, &merged.records, mode)
             };
             drop(merged.records);
             drop(lease);
@@ -302,6 +321,7 @@ impl SinkWriter for DuckDbWriter {
     }
 
     async fn finish(self: Box<Self>) -> Result<WriterSummary> {
+        self.plan.forget(&self.target.sync_key);
         let Some(conn) = self.conn.clone() else {
             return Ok(WriterSummary {
                 total_rows: Some(0),
@@ -490,6 +510,7 @@ fn stage_name(table: &str) -> String {
 fn write_batch(
     conn: &Connection,
     target: &StreamTarget,
+    plan: &MemoryPlan,
     table: &mut TableState,
     records: &[Record],
     mode: WriteMode,
@@ -540,6 +561,7 @@ fn write_batch(
     if !changes.added.is_empty() && table.exists {
         tracing::info!(table = %target.table, columns = ?changes.added.iter().map(|i| &schema.columns[*i].0).collect::<Vec<_>>(), "adding columns");
     }
+    plan.note_width(conn, &target.sync_key, schema.columns.len())?;
     let key_column = match target.key_field.as_deref() {
         Some(field) => Some(quote_ident(
             &schema.columns[schema.column_of(field).ok_or_else(|| {

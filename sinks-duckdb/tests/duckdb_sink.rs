@@ -21,7 +21,7 @@ fn ctx(dir: &Path, dry_run: bool) -> BuildContext {
 fn sink(dir: &Path, dry_run: bool) -> DuckDbSink {
     let config = DuckDbSinkConfig {
         path: "test.duckdb".into(),
-        memory_limit_mb: 32,
+        memory_limit_mb: Some(32),
         threads: Some(1),
         settings: Default::default(),
     };
@@ -600,4 +600,66 @@ async fn integers_beyond_64_bits_stay_exact_and_never_widen_their_neighbours_to_
         "SELECT CAST(n AS VARCHAR) FROM later ORDER BY id",
     );
     assert_eq!(rows, [[json!("1152921504606846977")], [json!("0.25")]]);
+}
+
+/// Wide, sparse records (600 distinct fields, about 25 per record, nested
+/// values among them) at the default settings: the first load and a re-sync of
+/// the same keys into the existing table both complete. With DuckDB's default
+/// 256 KiB blocks and a fixed 16 MiB limit, this failed at a checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wide_sparse_records_load_and_re_sync_at_default_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ctx = ctx(dir.path(), false);
+    ctx.base_dir = dir.path().to_path_buf();
+    let sink = DuckDbSink::open(&DuckDbSinkConfig::new("test.duckdb"), &ctx).unwrap();
+    let mut rng = fastrand::Rng::with_seed(7);
+    let records: Vec<Value> = (0..6000u64)
+        .map(|id| {
+            let mut r = serde_json::Map::new();
+            r.insert("id".into(), json!(id));
+            for _ in 0..25 {
+                let f = rng.usize(0..600);
+                let v = match f % 4 {
+                    0 => json!(rng.i64(..)),
+                    1 => json!(format!("text {} {}", id, "x".repeat(rng.usize(0..40)))),
+                    2 => json!(rng.f64()),
+                    _ => json!({"a": id, "b": [f, "y"]}),
+                };
+                r.insert(format!("field_{f:03}"), v);
+            }
+            Value::Object(r)
+        })
+        .collect();
+    for pass in 0..2 {
+        let mut w = sink.open(target("wide", Some("id"))).await.unwrap();
+        for chunk in records.chunks(1000) {
+            let ack = w.write(batch(chunk.to_vec()).await).await.unwrap();
+            if pass == 1 {
+                assert_eq!(ack.updated, 1000, "a re-sync replaces every row");
+            }
+        }
+        let summary = w.finish().await.unwrap();
+        assert_eq!(summary.total_rows, Some(6000));
+    }
+    drop(sink);
+    let columns = query(
+        dir.path(),
+        "SELECT count(*) FROM information_schema.columns WHERE table_name = 'wide'",
+    );
+    assert_eq!(columns, vec![vec![json!(601)]]);
+    let block = query(dir.path(), "SELECT block_size FROM pragma_database_size()");
+    assert_eq!(
+        block,
+        vec![vec![json!(16384)]],
+        "new files get 16 KiB blocks"
+    );
+    // A value survives: the first record's fields, as written.
+    let first = records[0].as_object().unwrap();
+    for (field, value) in first.iter().filter(|(_, v)| v.is_string()) {
+        let got = query(
+            dir.path(),
+            &format!("SELECT \"{field}\" FROM wide WHERE id = 0"),
+        );
+        assert_eq!(got, vec![vec![value.clone()]], "{field}");
+    }
 }

@@ -1,0 +1,181 @@
+//! DuckDB's memory, planned from the shape of what is written.
+//!
+//! What DuckDB needs to append and checkpoint grows with the number of columns
+//! being written: each column holds blocks of its own while a row group fills
+//! and while it is compressed at a checkpoint. Measured with DuckDB 1.5.6, one
+//! thread, batches of 1,000 rows in one transaction each, then `CHECKPOINT`
+//! (the smallest memory limit that completed, by bisection):
+//!
+//! | block size | 10 columns | 30 columns | 100 columns | 400 columns |
+//! |---|---|---|---|---|
+//! | 256 KiB (DuckDB's default) | 9 MiB | 25 MiB | 111 MiB | fails below 300 MiB |
+//! | 16 KiB | ≤ 16 MiB | ≤ 16 MiB | ≤ 32 MiB | 33–48 MiB |
+//!
+//! So the sink creates new database files with 16 KiB blocks, and raises
+//! DuckDB's limit before a batch when the columns of the tables being written
+//! need more than it has: 16 MiB plus 1/8 MiB per column with 16 KiB blocks (a
+//! file created elsewhere with 256 KiB blocks: 1¼ MiB per column). A fixed
+//! limit below that fails, and a failed checkpoint invalidates the database for
+//! the rest of the run.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use duckdb::Connection;
+use sluicegate_core::{Error, ErrorKind, Result};
+
+/// The block size the sink creates database files with.
+pub(crate) const NEW_FILE_BLOCK_SIZE: u64 = 16 * 1024;
+
+/// DuckDB's working memory besides the columns being written, in MiB.
+const BASE_MB: u64 = 16;
+
+/// The memory DuckDB needs to write `columns` columns at once with blocks of
+/// `block_size` bytes, in MiB (see the module docs).
+pub(crate) fn needed_mb(block_size: u64, columns: usize) -> u64 {
+    // 1/8 MiB per column with 16 KiB blocks, proportionally more for larger ones.
+    let per_column_kib =
+        (128 * block_size.max(NEW_FILE_BLOCK_SIZE) / NEW_FILE_BLOCK_SIZE).min(1280);
+    BASE_MB + (columns as u64 * per_column_kib).div_ceil(1024)
+}
+
+/// The sink's plan: the configured floor, the file's block size, and the width
+/// of each table being written.
+#[derive(Debug)]
+pub(crate) struct MemoryPlan {
+    floor_mb: u64,
+    /// `memoryLimitMb` was set explicitly: raising it is announced as a warning.
+    explicit: bool,
+    block_size: u64,
+    state: Mutex<PlanState>,
+}
+
+#[derive(Debug, Default)]
+struct PlanState {
+    /// Columns of each stream's table, while its writer is open.
+    widths: BTreeMap<String, usize>,
+    /// The limit DuckDB has now, in MiB.
+    applied_mb: u64,
+}
+
+impl MemoryPlan {
+    /// A plan starting at `floor_mb` for a database whose blocks are
+    /// `block_size` bytes.
+    pub(crate) fn new(floor_mb: u64, explicit: bool, block_size: u64) -> Self {
+        Self {
+            floor_mb,
+            explicit,
+            block_size,
+            state: Mutex::new(PlanState {
+                widths: BTreeMap::new(),
+                applied_mb: floor_mb,
+            }),
+        }
+    }
+
+    /// DuckDB's limit now, in MiB.
+    #[cfg(test)]
+    pub(crate) fn limit_mb(&self) -> u64 {
+        self.state().applied_mb
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, PlanState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Notes that `stream` writes a table of `columns` columns, and raises
+    /// DuckDB's limit (on `conn`) when the open tables need more than it has.
+    pub(crate) fn note_width(&self, conn: &Connection, stream: &str, columns: usize) -> Result<()> {
+        let mut st = self.state();
+        if st.widths.get(stream) == Some(&columns) {
+            return Ok(());
+        }
+        st.widths.insert(stream.to_owned(), columns);
+        let total: usize = st.widths.values().sum();
+        let want = needed_mb(self.block_size, total).max(self.floor_mb);
+        if want <= st.applied_mb {
+            return Ok(());
+        }
+        conn.execute_batch(&format!("SET memory_limit = '{want}MiB'"))
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Sink,
+                    format!("cannot raise DuckDB's memory limit to {want} MiB"),
+                )
+                .with_source(e)
+            })?;
+        if self.explicit {
+            tracing::warn!(
+                columns = total,
+                from_mb = st.applied_mb,
+                to_mb = want,
+                "DuckDB needs more memory than memoryLimitMb for tables this wide; raised it (a lower limit fails at a checkpoint)"
+            );
+        } else {
+            tracing::info!(
+                columns = total,
+                from_mb = st.applied_mb,
+                to_mb = want,
+                "DuckDB's memory limit raised for the columns being written"
+            );
+        }
+        st.applied_mb = want;
+        Ok(())
+    }
+
+    /// `stream`'s writer is done: its columns no longer count (the limit stays
+    /// where it is; DuckDB gives back what it does not use).
+    pub(crate) fn forget(&self, stream: &str) {
+        self.state().widths.remove(stream);
+    }
+}
+
+/// The block size of the main database of `conn`, in bytes.
+pub(crate) fn block_size(conn: &Connection) -> u64 {
+    conn.query_row(
+        "SELECT block_size FROM pragma_database_size() WHERE database_name = current_database()",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .ok()
+    .and_then(|b| u64::try_from(b).ok())
+    .filter(|&b| b > 0)
+    .unwrap_or(256 * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_need_follows_the_measured_table() {
+        // 16 KiB blocks: 400 columns completed at 48 MiB, not at 32.
+        assert_eq!(needed_mb(16 * 1024, 400), 66);
+        assert_eq!(needed_mb(16 * 1024, 10), 18);
+        // 256 KiB blocks: 100 columns needed between 64 and 128 MiB.
+        assert_eq!(needed_mb(256 * 1024, 100), 141);
+        assert_eq!(needed_mb(256 * 1024, 30), 54);
+    }
+
+    #[test]
+    fn the_limit_rises_with_the_open_tables_and_never_below_the_floor() {
+        let conn = Connection::open_in_memory().unwrap();
+        let plan = MemoryPlan::new(16, false, 16 * 1024);
+        plan.note_width(&conn, "a", 10).unwrap();
+        assert_eq!(plan.limit_mb(), 18);
+        plan.note_width(&conn, "b", 400).unwrap();
+        assert_eq!(plan.limit_mb(), 68);
+        let set: String = conn
+            .query_row("SELECT current_setting('memory_limit')", [], |r| r.get(0))
+            .unwrap();
+        assert!(set.starts_with("68.0 MiB") || set.contains("MiB"), "{set}");
+        plan.forget("b");
+        plan.note_width(&conn, "a", 11).unwrap();
+        assert_eq!(plan.limit_mb(), 68, "never lowered while the run goes on");
+        let floor = MemoryPlan::new(512, true, 16 * 1024);
+        floor.note_width(&conn, "a", 400).unwrap();
+        assert_eq!(floor.limit_mb(), 512);
+    }
+}
