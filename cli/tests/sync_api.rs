@@ -472,3 +472,51 @@ async fn validate_checks_every_entry_without_writing_anything() {
         text(&out.stderr)
     );
 }
+
+/// `state reset`, of one key or of the whole state, is refused while a run of
+/// that key holds its lock (its next commit would undo the reset), and works
+/// once the run is gone.
+#[test]
+fn state_reset_is_refused_while_a_sync_of_the_key_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sluicegate.yaml");
+    std::fs::write(&config, "version: 1\nsinks: {}\nsyncs: []\n").unwrap();
+    let state = dir.path().join(".sluicegate/state");
+    std::fs::create_dir_all(&state).unwrap();
+    // What a running `sync-api --apply --key orders` holds.
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(state.join("orders.lock"))
+        .unwrap();
+    lock.try_lock().unwrap();
+    let reset = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_sluicegate"))
+            .args(["state", "reset", "--config", config.to_str().unwrap()])
+            .args(args)
+            .env_remove("SLUICEGATE_CONFIG")
+            .output()
+            .unwrap()
+    };
+    for args in [&["--key", "orders"][..], &[][..]] {
+        let out = reset(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains("is already running"), "{args:?}: {stderr}");
+    }
+    drop(lock);
+    let out = reset(&["--key", "orders"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = reset(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
