@@ -797,10 +797,13 @@ impl<K: KeyedSink> SinkWriter for UpsertWriter<K> {
                             self.cache.insert(key, c);
                         }
                     }
-                    // Written but not live: a failed record. The cache keeps
-                    // the entry as pending, so a repeat of the record in this
-                    // run publishes it again; the next run finds it pending.
+                    // Written but not live: a failed record. The entry is
+                    // forgotten by the cache (its version may have moved on), so a
+                    // repeat of the record in this run looks it up and publishes
+                    // it again; the next run finds it pending.
                     Err(e) => {
+                        self.cache.invalidate(&key);
+                        self.complete.store(false, Ordering::Relaxed);
                         match counted {
                             Counted::Inserted => ack.inserted -= 1,
                             Counted::Updated => ack.updated -= 1,
