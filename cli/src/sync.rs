@@ -364,7 +364,25 @@ async fn run_entry(prepared: PreparedEntry, ctx: &RunContext<'_>) -> Result<Stre
         return redrive_entry(&entry, mapper, sink, ctx).await;
     }
     let source = source.build().await?;
-    if ctx.checkpoints.is_some() && entry.key_field.is_none() {
+    let mut pipeline = pipeline(&entry, source, sink, ctx).await?;
+    if let Some(mapper) = mapper {
+        pipeline = pipeline.mapper(mapper);
+    }
+    if let Some(store) = &ctx.checkpoints {
+        pipeline = pipeline.checkpoints(store.clone());
+        if ctx.args.full_refresh {
+            pipeline = pipeline.fresh_start();
+        }
+    }
+    // The checkpoint store's position, or the sink's where the sink commits
+    // positions with its batches (DuckDB): decided before anything is read.
+    if let Some(position) = pipeline.resume_point().await? {
+        eprintln!(
+            "{}: resuming after checkpoint {position} (use --full-refresh to start over)",
+            entry.key
+        );
+    }
+    if ctx.checkpoints.is_some() && entry.key_field.is_none() && !pipeline.exactly_once_resume() {
         // Said before anything is written: appends are not replayed exactly.
         eprintln!(
             "{}: no keyField, so rows are appended: if this run stops early, the run that resumes \
@@ -372,23 +390,6 @@ async fn run_entry(prepared: PreparedEntry, ctx: &RunContext<'_>) -> Result<Stre
              keyField for exact re-runs",
             entry.key
         );
-    }
-    if let Some(store) = &ctx.checkpoints {
-        if ctx.args.full_refresh {
-            store.clear(&entry.key, entry.table())?;
-        } else if let Some(position) = store.load(&entry.key, entry.table())? {
-            eprintln!(
-                "{}: resuming after checkpoint {position} (use --full-refresh to start over)",
-                entry.key
-            );
-        }
-    }
-    let mut pipeline = pipeline(&entry, source, sink, ctx).await?;
-    if let Some(mapper) = mapper {
-        pipeline = pipeline.mapper(mapper);
-    }
-    if let Some(store) = &ctx.checkpoints {
-        pipeline = pipeline.checkpoints(store.clone());
     }
     pipeline.run().await
 }

@@ -49,7 +49,7 @@ pub use paginate::{Page, PageContext, PageSource, paginate};
 pub use pipeline::{ErrorLimit, Pipeline, PipelineOptions, ReadMode, StreamReport};
 pub use record::{Record, approx_record_size, approx_value_size, into_record};
 pub use registry::Registry;
-pub use sink::{BatchAck, Sink, SinkWriter, StreamTarget, WriterSummary};
+pub use sink::{BatchAck, Sink, SinkPosition, SinkWriter, StreamTarget, WriterSummary};
 pub use source::{BatchSender, BatchStream, ReadRequest, Source, channel_stream};
 pub use stats::{InFlight, LATENCY_BOUNDS_MS, RunStats, StatsSnapshot};
 pub use template::{Templates, render_template, template_scope_from_env};

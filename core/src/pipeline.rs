@@ -32,7 +32,7 @@ use crate::error::{Error, ErrorKind, Result, ResultExt};
 use crate::mapping::Mapper;
 use crate::monitor::MemoryMonitor;
 use crate::observe::{NoObserver, RunObserver};
-use crate::sink::{BatchAck, SinkWriter, WriterSummary};
+use crate::sink::{BatchAck, SinkPosition, SinkWriter, WriterSummary};
 use crate::source::{BatchStream, ReadRequest, Source};
 use crate::stats::RunStats;
 
@@ -168,6 +168,12 @@ pub struct Pipeline {
     mapper: Option<Arc<Mapper>>,
     observer: Arc<dyn RunObserver>,
     monitor: MemoryMonitor,
+    /// Start over: forget the positions of the checkpoint store and the sink.
+    fresh: bool,
+    /// Where the run resumes, once decided (see [`Pipeline::resume_point`]).
+    decided: Option<Option<Position>>,
+    /// The sink commits positions with its batches.
+    sink_positions: bool,
 }
 
 /// What happens to each source batch before it is regrouped and written.
@@ -218,7 +224,68 @@ impl Pipeline {
             mapper: None,
             observer: Arc::new(NoObserver),
             monitor: MemoryMonitor::disabled(),
+            fresh: false,
+            decided: None,
+            sink_positions: false,
         }
+    }
+
+    /// Whether a resumed run writes every record exactly once even without a
+    /// key: the sink commits each batch's position with its rows. Known once
+    /// [`Pipeline::resume_point`] ran with a checkpoint store.
+    pub fn exactly_once_resume(&self) -> bool {
+        self.sink_positions
+    }
+
+    /// Starts over (a full refresh): the checkpoint store's and the sink's
+    /// positions of this stream are forgotten before anything is read.
+    #[must_use]
+    pub fn fresh_start(mut self) -> Self {
+        self.fresh = true;
+        self
+    }
+
+    /// Where the run resumes: after the checkpoint store's position, or after
+    /// the sink's when the sink commits positions with its batches and the two
+    /// differ (the sink is the truth: a run stopped between its commit and the
+    /// store's); from the beginning when the sink says the stream's last run
+    /// completed. Decided once, before reading; `run` uses the same answer.
+    pub async fn resume_point(&mut self) -> Result<Option<Position>> {
+        if let Some(decided) = &self.decided {
+            return Ok(decided.clone());
+        }
+        let Some(store) = self.checkpoints.clone() else {
+            self.decided = Some(None);
+            return Ok(None);
+        };
+        let in_sink = self.writer.committed_position().await?;
+        self.sink_positions = !matches!(in_sink, SinkPosition::Unknown);
+        if self.fresh {
+            store.clear(&self.sync_key, &self.stream)?;
+            self.writer.forget_position().await?;
+            self.decided = Some(None);
+            return Ok(None);
+        }
+        let stored = store.load(&self.sync_key, &self.stream)?;
+        let point = match in_sink {
+            SinkPosition::After(position) => {
+                if stored.as_ref() != Some(&position) {
+                    tracing::info!(sync = %self.sync_key, stream = %self.stream, %position, "the sink committed past the checkpoint store; resuming after the sink's position");
+                    store.commit(&self.sync_key, &self.stream, &position)?;
+                }
+                Some(position)
+            }
+            SinkPosition::Complete => {
+                if stored.is_some() {
+                    tracing::info!(sync = %self.sync_key, stream = %self.stream, "the sink says the last run completed; starting from the beginning");
+                    store.clear(&self.sync_key, &self.stream)?;
+                }
+                None
+            }
+            _ => stored,
+        };
+        self.decided = Some(point.clone());
+        Ok(point)
     }
 
     /// Follows this memory monitor: gathers batches of the size it allows, writes
@@ -273,12 +340,9 @@ impl Pipeline {
     }
 
     /// Runs the stream to completion.
-    pub async fn run(self) -> Result<StreamReport> {
+    pub async fn run(mut self) -> Result<StreamReport> {
         let started = Instant::now();
-        let resumed_from = match &self.checkpoints {
-            Some(store) => store.load(&self.sync_key, &self.stream)?,
-            None => None,
-        };
+        let resumed_from = self.resume_point().await?;
         if let Some(position) = &resumed_from {
             tracing::info!(sync = %self.sync_key, stream = %self.stream, %position, "resuming from checkpoint");
         }

@@ -162,4 +162,35 @@ pub trait SinkWriter: Send {
 
     /// Finishes the stream and reports its final figures.
     async fn finish(self: Box<Self>) -> Result<WriterSummary>;
+
+    /// Where this stream stands in the sink itself, for a sink that commits each
+    /// batch's position in the same transaction as the batch's rows: then the
+    /// sink, not the checkpoint store, is the truth when they differ (a run
+    /// stopped between the two commits), and a resumed run writes every record
+    /// exactly once, with or without a key. The default knows nothing.
+    /// Wrappers must forward it.
+    async fn committed_position(&mut self) -> Result<SinkPosition> {
+        Ok(SinkPosition::Unknown)
+    }
+
+    /// Forgets the position the sink holds for this stream (a full refresh).
+    /// Wrappers must forward it.
+    async fn forget_position(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Where a stream stands in a sink that commits positions with its batches.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum SinkPosition {
+    /// The sink keeps no positions.
+    Unknown,
+    /// The sink keeps positions, but none for this stream yet (the checkpoint
+    /// store's, if any, is used).
+    NotYet,
+    /// Every batch up to this position is in the sink, and nothing after it.
+    After(crate::batch::Position),
+    /// The stream's last run finished: a new run starts from the beginning.
+    Complete,
 }

@@ -3,6 +3,7 @@
 pub mod config;
 mod keys;
 mod memory;
+mod positions;
 mod schema;
 mod sink;
 

@@ -22,12 +22,13 @@ use std::cmp::Ordering;
 use serde_json::Value;
 use sluicegate_core::{
     Batch, BatchAck, BuildContext, Error, ErrorKind, MemoryRelief, Record, Rejected, Result, Sink,
-    SinkWriter, Stage, StreamTarget, WriterSummary,
+    SinkPosition, SinkWriter, Stage, StreamTarget, WriterSummary,
 };
 
 use crate::config::DuckDbSinkConfig;
 use crate::keys::{Key, merge_duplicate_keys};
 use crate::memory::{MemoryPlan, NEW_FILE_BLOCK_SIZE, block_size};
+use crate::positions;
 use crate::schema::{Cell, ColumnType, FieldCache, TableSchema, cell, number_kind, quote_ident};
 
 /// A DuckDB database file that sync streams write into.
@@ -143,6 +144,7 @@ impl Sink for DuckDbSink {
             empty_at_start: None,
             max_written: None,
             unordered: false,
+            keep_positions: false,
         }))
     }
 
@@ -180,6 +182,9 @@ struct DuckDbWriter {
     max_written: Option<Key>,
     /// Set once a batch's keys could not be ordered; disables the append path.
     unordered: bool,
+    /// Each batch's position is committed with its rows (the pipeline resumes
+    /// from checkpoints: it asked where the stream stands).
+    keep_positions: bool,
 }
 
 impl DuckDbWriter {
@@ -221,7 +226,10 @@ enum WriteMode {
 impl SinkWriter for DuckDbWriter {
     async fn write(&mut self, batch: Batch) -> Result<BatchAck> {
         let target = self.target.clone();
-        let (records, _position, lease) = batch.into_parts();
+        let (records, position, lease) = batch.into_parts();
+        let position = position
+            .filter(|_| self.keep_positions && !self.dry_run)
+            .map(|p| p.as_value().to_string());
         let mut merged = merge_duplicate_keys(records, target.key_field.as_deref());
         let duplicates = merged.duplicates;
         let refused = std::mem::take(&mut merged.refused);
@@ -279,7 +287,15 @@ impl SinkWriter for DuckDbWriter {
                     }
                     _ => WriteMode::Upsert,
                 };
-                write_batch(&conn, &target, &plan, &mut table, &merged.records, mode)
+                write_batch(
+                    &conn,
+                    &target,
+                    &plan,
+                    &mut table,
+                    &merged.records,
+                    mode,
+                    position.as_deref(),
+                )
             };
             drop(merged.records);
             drop(lease);
@@ -320,8 +336,56 @@ impl SinkWriter for DuckDbWriter {
         })
     }
 
+    async fn committed_position(&mut self) -> Result<SinkPosition> {
+        let Some(conn) = self.conn.clone().filter(|_| !self.dry_run) else {
+            return Ok(SinkPosition::Unknown);
+        };
+        self.keep_positions = true;
+        let target = self.target.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = conn
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            positions::read(&conn, &target)
+        })
+        .await
+        .map_err(|e| Error::new(ErrorKind::Sink, "duckdb writer task failed").with_source(e))?
+    }
+
+    async fn forget_position(&mut self) -> Result<()> {
+        let Some(conn) = self.conn.clone().filter(|_| !self.dry_run) else {
+            return Ok(());
+        };
+        self.keep_positions = true;
+        let target = self.target.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = conn
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            positions::forget(&conn, &target)
+        })
+        .await
+        .map_err(|e| Error::new(ErrorKind::Sink, "duckdb writer task failed").with_source(e))?
+    }
+
     async fn finish(self: Box<Self>) -> Result<WriterSummary> {
         self.plan.forget(&self.target.sync_key);
+        if self.keep_positions
+            && !self.dry_run
+            && let Some(conn) = self.conn.clone()
+        {
+            let target = self.target.clone();
+            tokio::task::spawn_blocking(move || {
+                let conn = conn
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                positions::record(&conn, &target, None, true)
+            })
+            .await
+            .map_err(|e| {
+                Error::new(ErrorKind::Sink, "duckdb writer task failed").with_source(e)
+            })??;
+        }
         let Some(conn) = self.conn.clone() else {
             return Ok(WriterSummary {
                 total_rows: Some(0),
@@ -507,6 +571,7 @@ fn stage_name(table: &str) -> String {
     quote_ident(&format!("sluicegate_stage_{table}"))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn write_batch(
     conn: &Connection,
     target: &StreamTarget,
@@ -514,9 +579,13 @@ fn write_batch(
     table: &mut TableState,
     records: &[Record],
     mode: WriteMode,
+    position: Option<&str>,
 ) -> Result<BatchAck> {
     let rows = records.len() as u64;
     if records.is_empty() {
+        if let Some(p) = position {
+            positions::record(conn, target, Some(p), false)?;
+        }
         return Ok(BatchAck::default());
     }
     let mut schema = table.schema.clone();
@@ -526,6 +595,9 @@ fn write_batch(
     }
     if schema.columns.is_empty() {
         // Only empty records or nulls: nothing to store yet.
+        if let Some(p) = position {
+            positions::record(conn, target, Some(p), false)?;
+        }
         return Ok(BatchAck {
             rows,
             ..BatchAck::default()
@@ -626,6 +698,11 @@ fn write_batch(
             ..BatchAck::default()
         })
     })();
+    // The batch's position commits with its rows.
+    let result = result.and_then(|ack| match position {
+        Some(p) => positions::record(conn, target, Some(p), false).map(|()| ack),
+        None => Ok(ack),
+    });
     match result {
         Ok(ack) => {
             conn.execute_batch("COMMIT")

@@ -663,3 +663,105 @@ async fn wide_sparse_records_load_and_re_sync_at_default_settings() {
         assert_eq!(got, vec![vec![value.clone()]], "{field}");
     }
 }
+
+/// A checkpoint store that refuses its commits after the first `commits`: the
+/// run stops right after DuckDB committed a batch and before the store did —
+/// what a kill between the two commits leaves.
+struct StopAfterCommits {
+    inner: sluicegate_core::MemoryCheckpointStore,
+    left: std::sync::atomic::AtomicU64,
+}
+
+impl sluicegate_core::CheckpointStore for StopAfterCommits {
+    fn load(
+        &self,
+        sync_key: &str,
+        stream: &str,
+    ) -> sluicegate_core::Result<Option<sluicegate_core::Position>> {
+        self.inner.load(sync_key, stream)
+    }
+    fn commit(
+        &self,
+        sync_key: &str,
+        stream: &str,
+        position: &sluicegate_core::Position,
+    ) -> sluicegate_core::Result<()> {
+        use std::sync::atomic::Ordering;
+        if self.left.load(Ordering::SeqCst) == 0 {
+            return Err(sluicegate_core::Error::new(
+                sluicegate_core::ErrorKind::Checkpoint,
+                "stopped here",
+            ));
+        }
+        self.left.fetch_sub(1, Ordering::SeqCst);
+        self.inner.commit(sync_key, stream, position)
+    }
+    fn clear(&self, sync_key: &str, stream: &str) -> sluicegate_core::Result<()> {
+        self.inner.clear(sync_key, stream)
+    }
+}
+
+/// Appends without a key resume exactly once: DuckDB commits each batch's
+/// position with its rows, and a resumed run continues after it, even when the
+/// checkpoint store is a batch behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_stopped_between_the_two_commits_resumes_exactly_once() {
+    use sluicegate_core::testing::{VecSource, numbered_records};
+    use sluicegate_core::{CheckpointStore, Pipeline, PipelineOptions};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let sink = sink(dir.path(), false);
+    let store = Arc::new(StopAfterCommits {
+        inner: sluicegate_core::MemoryCheckpointStore::default(),
+        left: AtomicU64::new(4),
+    });
+    let source = Arc::new(VecSource::new(numbered_records(1000), 100));
+    let options = PipelineOptions {
+        batch_rows: 100,
+        ..PipelineOptions::default()
+    };
+    let run = |store: Arc<StopAfterCommits>| {
+        let (sink, source, options) = (&sink, source.clone(), options.clone());
+        async move {
+            let writer = sink.open(target("events", None)).await.unwrap();
+            let mut pipeline = Pipeline::new("events", "events", source, writer)
+                .options(options)
+                .checkpoints(store);
+            let resumed = pipeline.resume_point().await.unwrap();
+            (
+                resumed,
+                pipeline.exactly_once_resume(),
+                pipeline.run().await,
+            )
+        }
+    };
+    let (resumed, exactly_once, result) = run(store.clone()).await;
+    assert_eq!(resumed, None);
+    assert!(exactly_once, "the DuckDB sink keeps positions");
+    let err = result.expect_err("the fifth commit of the store fails");
+    assert!(err.to_string().contains("stopped here"), "{err}");
+    let in_store = store.inner.load("events", "events").unwrap().unwrap();
+    store.left.store(u64::MAX, Ordering::SeqCst);
+    let (resumed, _, result) = run(store.clone()).await;
+    let resumed = resumed.expect("resumes");
+    assert_ne!(
+        resumed, in_store,
+        "after the sink's position, a batch past the store's"
+    );
+    result.unwrap();
+    drop(sink);
+    assert_eq!(
+        query(
+            dir.path(),
+            "SELECT count(*), count(DISTINCT id), min(id), max(id) FROM events"
+        ),
+        vec![vec![json!(1000), json!(1000), json!(0), json!(999)]],
+        "every record once"
+    );
+    // The stream completed: the next run starts from the beginning.
+    let sink = self::sink(dir.path(), false);
+    let writer = sink.open(target("events", None)).await.unwrap();
+    let mut pipeline = Pipeline::new("events", "events", source, writer).checkpoints(store);
+    assert_eq!(pipeline.resume_point().await.unwrap(), None);
+}
