@@ -145,6 +145,7 @@ impl Sink for DuckDbSink {
             max_written: None,
             unordered: false,
             keep_positions: false,
+            position_seq: 0,
         }))
     }
 
@@ -185,6 +186,8 @@ struct DuckDbWriter {
     /// Each batch's position is committed with its rows (the pipeline resumes
     /// from checkpoints: it asked where the stream stands).
     keep_positions: bool,
+    /// The sequence number of the last position row written (or read).
+    position_seq: u64,
 }
 
 impl DuckDbWriter {
@@ -230,6 +233,8 @@ impl SinkWriter for DuckDbWriter {
         let position = position
             .filter(|_| self.keep_positions && !self.dry_run)
             .map(|p| p.as_value().to_string());
+        let seq = self.position_seq + 1;
+        let has_position = position.is_some();
         let mut merged = merge_duplicate_keys(records, target.key_field.as_deref());
         let duplicates = merged.duplicates;
         let refused = std::mem::take(&mut merged.refused);
@@ -294,7 +299,7 @@ impl SinkWriter for DuckDbWriter {
                     &mut table,
                     &merged.records,
                     mode,
-                    position.as_deref(),
+                    position.as_deref().map(|p| (seq, p)),
                 )
             };
             drop(merged.records);
@@ -309,6 +314,9 @@ impl SinkWriter for DuckDbWriter {
         let mut ack = result.map_err(|e| e.with_context("table", &self.target.table))?;
         if !self.dry_run {
             self.note_written(merged_range);
+        }
+        if has_position {
+            self.position_seq = seq;
         }
         ack.duplicates = duplicates;
         ack.failed += failed;
@@ -342,14 +350,16 @@ impl SinkWriter for DuckDbWriter {
         };
         self.keep_positions = true;
         let target = self.target.clone();
-        tokio::task::spawn_blocking(move || {
+        let (position, seq) = tokio::task::spawn_blocking(move || {
             let conn = conn
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             positions::read(&conn, &target)
         })
         .await
-        .map_err(|e| Error::new(ErrorKind::Sink, "duckdb writer task failed").with_source(e))?
+        .map_err(|e| Error::new(ErrorKind::Sink, "duckdb writer task failed").with_source(e))??;
+        self.position_seq = seq;
+        Ok(position)
     }
 
     async fn forget_position(&mut self) -> Result<()> {
@@ -375,11 +385,12 @@ impl SinkWriter for DuckDbWriter {
             && let Some(conn) = self.conn.clone()
         {
             let target = self.target.clone();
+            let seq = self.position_seq + 1;
             tokio::task::spawn_blocking(move || {
                 let conn = conn
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                positions::record(&conn, &target, None, true)
+                positions::record(&conn, &target, seq, None, true)
             })
             .await
             .map_err(|e| {
@@ -579,12 +590,12 @@ fn write_batch(
     table: &mut TableState,
     records: &[Record],
     mode: WriteMode,
-    position: Option<&str>,
+    position: Option<(u64, &str)>,
 ) -> Result<BatchAck> {
     let rows = records.len() as u64;
     if records.is_empty() {
-        if let Some(p) = position {
-            positions::record(conn, target, Some(p), false)?;
+        if let Some((seq, p)) = position {
+            positions::record(conn, target, seq, Some(p), false)?;
         }
         return Ok(BatchAck::default());
     }
@@ -595,8 +606,8 @@ fn write_batch(
     }
     if schema.columns.is_empty() {
         // Only empty records or nulls: nothing to store yet.
-        if let Some(p) = position {
-            positions::record(conn, target, Some(p), false)?;
+        if let Some((seq, p)) = position {
+            positions::record(conn, target, seq, Some(p), false)?;
         }
         return Ok(BatchAck {
             rows,
@@ -700,7 +711,7 @@ fn write_batch(
     })();
     // The batch's position commits with its rows.
     let result = result.and_then(|ack| match position {
-        Some(p) => positions::record(conn, target, Some(p), false).map(|()| ack),
+        Some((seq, p)) => positions::record(conn, target, seq, Some(p), false).map(|()| ack),
         None => Ok(ack),
     });
     match result {
