@@ -172,13 +172,9 @@ syncs:
     assert!(searched > 10_000, "only {searched} bytes of output");
 }
 
-/// An API key sent in the query string never appears when the connection
-/// fails (refused, or no answer within the timeout): not in the error line,
-/// the text or JSON logs, the report, or `validate`'s output.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_query_api_key_never_appears_when_the_connection_fails() {
-    const KEY: &str = "query-key-5d2e91";
-    // A port that refuses (bound, then closed) and one that accepts and never answers.
+/// Two ports on 127.0.0.1 that never answer: one refuses connections (bound,
+/// then closed), one accepts them and says nothing.
+async fn dead_ports() -> (u16, u16) {
     let refused = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
@@ -191,6 +187,16 @@ async fn a_query_api_key_never_appears_when_the_connection_fails() {
             held.push(socket);
         }
     });
+    (refused, silent_port)
+}
+
+/// An API key sent in the query string never appears when the connection
+/// fails (refused, or no answer within the timeout): not in the error line,
+/// the text or JSON logs, the report, or `validate`'s output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_api_key_never_appears_when_the_connection_fails() {
+    const KEY: &str = "query-key-5d2e91";
+    let (refused, silent_port) = dead_ports().await;
     for port in [refused, silent_port] {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
@@ -318,18 +324,7 @@ const ACCESS: &str = "granted-access-token-6be2";
 async fn no_secret_appears_on_any_error_path_for_any_auth_type() {
     use base64::Engine;
     let server = error_server().await;
-    let refused = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let silent_port = silent.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = silent.accept().await {
-            held.push(socket);
-        }
-    });
+    let (refused, silent_port) = dead_ports().await;
     let auths = [
         "{ type: bearer, tokenEnv: SECRET }".to_owned(),
         "{ type: basic, usernameEnv: USER, passwordEnv: SECRET }".to_owned(),

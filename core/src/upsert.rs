@@ -481,6 +481,20 @@ impl<K: KeyedSink> UpsertWriter<K> {
         }
     }
 
+    /// The keyed-sink contract: one result per operation.
+    fn one_result_each(&self, what: &str, got: usize, sent: usize) -> Result<()> {
+        if got == sent {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::Contract,
+            format!(
+                "{} returned {got} results for {sent} {what}",
+                self.sink.describe()
+            ),
+        ))
+    }
+
     /// Whether written entries are published.
     fn publishing(&self) -> bool {
         self.options.publish && self.sink.capabilities().publish
@@ -735,17 +749,7 @@ impl<K: KeyedSink> SinkWriter for UpsertWriter<K> {
         } else {
             self.sink.write(&self.target, ops).await
         };
-        if results.len() != op_cands.len() {
-            return Err(Error::new(
-                ErrorKind::Contract,
-                format!(
-                    "{} returned {} results for {} writes",
-                    self.sink.describe(),
-                    results.len(),
-                    op_cands.len()
-                ),
-            ));
-        }
+        self.one_result_each("writes", results.len(), op_cands.len())?;
         for ((cand, was_update), result) in op_cands.into_iter().zip(results) {
             match result {
                 Ok(written) => {
@@ -777,16 +781,7 @@ impl<K: KeyedSink> SinkWriter for UpsertWriter<K> {
         if publishing && !to_publish.is_empty() {
             let sent = to_publish.len();
             let results = self.sink.publish(&self.target, to_publish).await;
-            if results.len() != sent {
-                return Err(Error::new(
-                    ErrorKind::Contract,
-                    format!(
-                        "{} returned {} results for {sent} publishes",
-                        self.sink.describe(),
-                        results.len(),
-                    ),
-                ));
-            }
+            self.one_result_each("publishes", results.len(), sent)?;
             for ((key, record, counted), result) in publish_keys.into_iter().zip(results) {
                 match result {
                     Ok(published) => {

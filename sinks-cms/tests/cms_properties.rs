@@ -122,14 +122,17 @@ fn sink(dir: &Path, url: &str, publish_chunk: usize) -> ContentfulSink {
     ContentfulSink::new(config, &ctx).unwrap()
 }
 
-/// Writes `batches` through one writer; between batches, `between` runs.
-async fn run(
-    sink: &ContentfulSink,
+/// Writes `batches` into `table` (keyed by `key_field`) through one writer of
+/// `sink`; between batches, `between` runs.
+async fn write_batches(
+    sink: &dyn Sink,
+    table: &str,
+    key_field: &str,
     batches: Vec<Vec<Record>>,
     mut between: impl FnMut(usize),
 ) -> (sluicegate_core::Result<BatchAck>, Vec<Rejected>) {
     let observer = Arc::new(Collect::default());
-    let mut target = StreamTarget::new("products", "product", Some("sku.en-US".into()));
+    let mut target = StreamTarget::new("products", table, Some(key_field.into()));
     target.observer = observer.clone();
     let result = async {
         let mut writer = sink.open(target).await?;
@@ -149,6 +152,16 @@ async fn run(
     .await;
     let rejected = observer.0.lock().unwrap().clone();
     (result, rejected)
+}
+
+/// Writes `batches` into the emulator's `product` type; between batches,
+/// `between` runs.
+async fn run(
+    sink: &ContentfulSink,
+    batches: Vec<Vec<Record>>,
+    between: impl FnMut(usize),
+) -> (sluicegate_core::Result<BatchAck>, Vec<Rejected>) {
+    write_batches(sink, "product", "sku.en-US", batches, between).await
 }
 
 fn batches_of(rng: &mut fastrand::Rng, records: Vec<Record>) -> Vec<Vec<Record>> {
@@ -388,17 +401,22 @@ async fn case(seed: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_are_counted_kept_and_delivered_later() {
-    let seed: u64 = std::env::var("SLUICEGATE_CMS_PROPERTY_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1);
-    let cases: u64 = std::env::var("SLUICEGATE_CMS_PROPERTY_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(12);
-    for s in seed..seed + cases {
+    for s in seeds(1) {
         case(s).await;
     }
+}
+
+/// The seeds to run: `SLUICEGATE_CMS_PROPERTY_SEED` (default 1) on, one case in
+/// `every` of `SLUICEGATE_CMS_PROPERTY_CASES` (default 12).
+fn seeds(every: u64) -> std::ops::Range<u64> {
+    let var = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default)
+    };
+    let seed = var("SLUICEGATE_CMS_PROPERTY_SEED", 1);
+    seed..seed + var("SLUICEGATE_CMS_PROPERTY_CASES", 12).div_ceil(every)
 }
 
 // ------------------------------------------------------------------ Directus
@@ -419,26 +437,7 @@ async fn directus_run(
     collection: &str,
     batches: Vec<Vec<Record>>,
 ) -> (sluicegate_core::Result<BatchAck>, Vec<Rejected>) {
-    let observer = Arc::new(Collect::default());
-    let mut target = StreamTarget::new("products", collection, Some("sku".into()));
-    target.observer = observer.clone();
-    let result = async {
-        let mut writer = sink.open(target).await?;
-        let budget = MemoryBudget::unlimited();
-        let mut total = BatchAck::default();
-        for batch in batches {
-            total.add(
-                &writer
-                    .write(Batch::new(batch, budget.acquire(1).await?))
-                    .await?,
-            );
-        }
-        writer.finish().await?;
-        Ok(total)
-    }
-    .await;
-    let rejected = observer.0.lock().unwrap().clone();
-    (result, rejected)
+    write_batches(sink, collection, "sku", batches, |_| {}).await
 }
 
 async fn directus_case(seed: u64) {
@@ -551,16 +550,8 @@ async fn directus_case(seed: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn directus_failures_are_counted_kept_and_delivered_later() {
-    let seed: u64 = std::env::var("SLUICEGATE_CMS_PROPERTY_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1);
-    let cases: u64 = std::env::var("SLUICEGATE_CMS_PROPERTY_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(12u64)
-        .div_ceil(3);
-    for s in seed..seed + cases {
+    // Directus is slower: a third as many cases.
+    for s in seeds(3) {
         directus_case(s).await;
     }
 }
