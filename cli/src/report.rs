@@ -82,8 +82,14 @@ pub struct MemoryWatch {
 }
 
 impl MemoryWatch {
-    /// Starts sampling; takes the `start` snapshot.
-    pub fn start(stats: Arc<RunStats>, budget: MemoryBudget, limit: u64) -> Self {
+    /// Starts sampling; takes the `start` snapshot. Growth is suspected only
+    /// beyond the run's memory plan, which ends where `monitor` acts.
+    pub fn start(
+        stats: Arc<RunStats>,
+        budget: MemoryBudget,
+        limit: u64,
+        monitor: MemoryMonitor,
+    ) -> Self {
         let state = Arc::new(Mutex::new(WatchState {
             figures: MemoryFigures {
                 limit,
@@ -114,7 +120,7 @@ impl MemoryWatch {
                         snapshot(&state, &point, started, &stats, &budget);
                         next_batch =
                             (snap.batches / SNAPSHOT_EVERY_BATCHES + 1) * SNAPSHOT_EVERY_BATCHES;
-                        check_growth(&state);
+                        check_growth(&state, monitor.threshold_bytes());
                     }
                 }
             })
@@ -184,8 +190,10 @@ fn snapshot(
     });
 }
 
-/// Warns once when the last batch snapshots all grew, by more than a fifth in all.
-fn check_growth(state: &Mutex<WatchState>) {
+/// Warns once when the last batch snapshots all grew, by more than a fifth in
+/// all, to beyond `planned` (growth within the plan is the sinks' planned
+/// working memory filling up).
+fn check_growth(state: &Mutex<WatchState>, planned: u64) {
     let mut state = state
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -204,7 +212,7 @@ fn check_growth(state: &Mutex<WatchState>) {
     let last = &batches[batches.len() - GROWTH_SNAPSHOTS..];
     let growing = last.windows(2).all(|w| w[1].rss > w[0].rss);
     let (first, latest) = (last[0].rss, last[GROWTH_SNAPSHOTS - 1].rss);
-    if growing && latest > first + first / 5 {
+    if growing && latest > first + first / 5 && latest > planned {
         tracing::warn!(
             from_mib = first >> 20,
             to_mib = latest >> 20,

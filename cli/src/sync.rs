@@ -15,6 +15,7 @@ use sluicegate_core::{
 
 use crate::args::{SyncArgs, Verbosity};
 use crate::config_file::{ConfigFile, SyncEntry, split_type};
+use crate::memory_plan::{GrowthGuard, MemoryPlan, hold_sink_growth};
 use crate::observer::CliObserver;
 use crate::progress::{Progress, group};
 use crate::report::{self, MemoryWatch, MetricsServer};
@@ -127,23 +128,6 @@ pub fn default_dead_letter(config: &ConfigFile) -> PathBuf {
         .join("dead-letters.ndjson")
 }
 
-/// The smallest budget for records in flight.
-const MIN_BUDGET: usize = 2 << 20;
-
-/// The budget for records in flight from the run's memory target: a quarter of
-/// what the target leaves above the process's current resident set (at least
-/// 2 MiB), or a sixth of the target when the resident set cannot be read.
-/// (Measured: each budget byte costs about 2.5 bytes of resident memory once
-/// decoding, the sink's copies and the allocator are counted.)
-pub fn records_budget(max_memory_mb: u64, baseline: Option<usize>) -> usize {
-    let target = usize::try_from(max_memory_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
-    let share = match baseline {
-        Some(used) => target.saturating_sub(used) / 4,
-        None => target / 6,
-    };
-    share.max(MIN_BUDGET)
-}
-
 /// What every stream of a run shares.
 struct RunContext<'a> {
     args: &'a SyncArgs,
@@ -202,19 +186,27 @@ pub async fn run(
             .map_err(|e| Error::new(e.kind(), format!("sink '{name}': {e}")))?;
         sinks.insert(name, built);
     }
-    // The budget is what the memory target leaves once the process and its
-    // sinks are up (measured now), shared with headroom for decoding, the
-    // sinks' own work and the allocator.
+    // The memory plan: what the target leaves for records in flight once the
+    // process and its sinks are up (measured now) and the sinks' own working
+    // memory is set aside, under the monitor's threshold.
     let tuning = prepared.tuning;
     tracing::info!(tuning = %tuning.describe(), "tuning");
-    let baseline = process_memory().map(|m| usize::try_from(m.rss).unwrap_or(usize::MAX));
-    let budget_bytes = records_budget(tuning.max_memory_mb, baseline);
-    tracing::info!(
-        max_memory_mb = tuning.max_memory_mb,
-        baseline = baseline.map(format_bytes).unwrap_or_default(),
-        budget = %format_bytes(budget_bytes),
-        "memory budget for records in flight"
+    let process = process_memory().map(|m| m.rss);
+    let plan = MemoryPlan::new(
+        tuning.max_memory_bytes(),
+        tuning.flush_threshold,
+        process,
+        sinks.values().map(|s| s.working_memory_bytes()).sum(),
     );
+    if plan.fits() {
+        tracing::info!(plan = %plan.describe(), "memory plan");
+    } else {
+        tracing::warn!(
+            plan = %plan.describe(),
+            "the memory target is too small for this process and its sinks: records get the smallest budget, and the run will pass the target (raise --max-memory-mb, or see the README's low-memory settings)"
+        );
+    }
+    let budget_bytes = plan.records;
     // A re-drive writes the records rejected again to a file of their own; it
     // replaces the dead-letter file's lines of these keys once all went well.
     let observer_path = if redrive {
@@ -251,12 +243,23 @@ pub async fn run(
         ctx.budget.clone(),
         args.verbosity() == Verbosity::Quiet,
     );
+    ctx.monitor.set_threshold_bytes(plan.monitor_threshold());
     let memory = MemoryWatch::start(
         ctx.stats.clone(),
         ctx.budget.clone(),
         ctx.tuning.max_memory_bytes(),
+        ctx.monitor.clone(),
     );
     let _sampling = ctx.monitor.spawn();
+    let _growth = (policy == WhenFull::Wait).then(|| {
+        GrowthGuard(hold_sink_growth(
+            plan,
+            ctx.sinks.values().cloned().collect(),
+            ctx.budget.clone(),
+            ctx.monitor.clone(),
+            ctx.tuning.monitor().check_interval,
+        ))
+    });
     let running = Arc::new(std::sync::Mutex::new(String::new()));
     let _metrics = match &args.metrics_addr {
         Some(addr) => {
@@ -680,21 +683,5 @@ fn scale_text(scale: f64) -> String {
         "1".to_owned()
     } else {
         format!("1/{}", (1.0 / scale).round())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_budget_is_a_quarter_of_what_the_target_leaves() {
-        assert_eq!(records_budget(96, Some(40 << 20)), 14 << 20);
-        assert_eq!(
-            records_budget(64, Some(70 << 20)),
-            MIN_BUDGET,
-            "never below the minimum"
-        );
-        assert_eq!(records_budget(96, None), 16 << 20);
     }
 }

@@ -171,6 +171,9 @@ struct Inner {
     allocator_releases: AtomicU64,
     bytes_returned: AtomicU64,
     last_rss: AtomicU64,
+    /// The resident set above which the monitor acts (from the settings, or
+    /// set by the run's memory plan).
+    threshold: AtomicU64,
     /// Serialises actions so two flushes do not interleave their figures.
     acting: Mutex<()>,
 }
@@ -246,6 +249,7 @@ impl MemoryMonitor {
                 allocator_releases: AtomicU64::new(0),
                 bytes_returned: AtomicU64::new(0),
                 last_rss: AtomicU64::new(0),
+                threshold: AtomicU64::new(settings.threshold_bytes()),
                 acting: Mutex::new(()),
             }),
         }
@@ -269,6 +273,19 @@ impl MemoryMonitor {
         self.inner.settings
     }
 
+    /// The resident set size above which the monitor acts now.
+    pub fn threshold_bytes(&self) -> u64 {
+        self.inner.threshold.load(Ordering::Relaxed)
+    }
+
+    /// Moves the threshold to `bytes`: a run that plans its memory (the
+    /// process, its sinks' working memory and the records in flight) sets it
+    /// where the plan ends, so the monitor reacts only to memory beyond the
+    /// plan, and moves it when the plan changes.
+    pub fn set_threshold_bytes(&self, bytes: u64) {
+        self.inner.threshold.store(bytes, Ordering::Relaxed);
+    }
+
     /// Takes one sample and acts on it.
     pub fn check(&self) -> Pressure {
         let inner = &self.inner;
@@ -280,8 +297,7 @@ impl MemoryMonitor {
         };
         inner.checks.fetch_add(1, Ordering::Relaxed);
         inner.last_rss.store(rss, Ordering::Relaxed);
-        let settings = inner.settings;
-        let threshold = settings.threshold_bytes();
+        let threshold = inner.threshold.load(Ordering::Relaxed);
         if rss >= threshold {
             inner.calm.store(0, Ordering::Relaxed);
             inner.over_threshold.fetch_add(1, Ordering::Relaxed);
@@ -327,7 +343,7 @@ impl MemoryMonitor {
             tracing::warn!(
                 rss = %format_bytes(to_usize(rss)),
                 threshold = %format_bytes(to_usize(threshold)),
-                limit = %format_bytes(to_usize(settings.limit_bytes)),
+                limit = %format_bytes(to_usize(inner.settings.limit_bytes)),
                 batch_scale = %scale_text(self.shift()),
                 returned_to_os = %bytes_text(returned),
                 "memory {} the flush threshold: flushing pending batches and sink caches{what}",
@@ -467,7 +483,7 @@ impl MemoryMonitor {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         MonitorSnapshot {
             enabled: inner.enabled,
-            threshold_bytes: inner.settings.threshold_bytes(),
+            threshold_bytes: inner.threshold.load(Ordering::Relaxed),
             checks: load(&inner.checks),
             over_threshold: load(&inner.over_threshold),
             flush_requests: load(&inner.flushes),

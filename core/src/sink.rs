@@ -131,6 +131,15 @@ pub trait Sink: Send + Sync + 'static {
     fn preferred_batch_rows(&self) -> Option<usize> {
         None
     }
+
+    /// The memory the sink itself works with besides the batches it is handed,
+    /// in bytes: an embedded database's buffer pool, for example. A run plans
+    /// it inside its memory target (records in flight get what is left) and
+    /// reads it again while it runs, since it may grow (wider tables). A sink
+    /// that holds nothing beyond a batch keeps the default, 0.
+    fn working_memory_bytes(&self) -> u64 {
+        0
+    }
 }
 
 /// Writes the batches of one stream, acknowledging each.

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod config;
+mod database;
 mod keys;
 mod memory;
 mod positions;

@@ -13,10 +13,10 @@
 //! count which exist.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
-use duckdb::{AccessMode, Config, Connection, appender_params_from_iter};
+use duckdb::{Connection, appender_params_from_iter};
 use std::cmp::Ordering;
 
 use serde_json::Value;
@@ -26,6 +26,7 @@ use sluicegate_core::{
 };
 
 use crate::config::DuckDbSinkConfig;
+use crate::database::{Database, OpenOptions, duck_error};
 use crate::keys::{Key, merge_duplicate_keys};
 use crate::memory::{MemoryPlan, NEW_FILE_BLOCK_SIZE, block_size};
 use crate::positions;
@@ -35,14 +36,10 @@ use crate::schema::{Cell, ColumnType, FieldCache, TableSchema, cell, number_kind
 pub struct DuckDbSink {
     path: PathBuf,
     /// `None` in a dry run against a database that does not exist yet.
-    conn: Option<Arc<Mutex<Connection>>>,
+    db: Option<Arc<Database>>,
     dry_run: bool,
     /// DuckDB's memory, planned from the widths of the tables being written.
     plan: Arc<MemoryPlan>,
-}
-
-fn duck_error(what: impl Into<String>, err: duckdb::Error) -> Error {
-    Error::new(ErrorKind::Sink, what).with_source(err)
 }
 
 impl DuckDbSink {
@@ -58,65 +55,17 @@ impl DuckDbSink {
         let floor_mb = config
             .memory_limit_mb
             .unwrap_or(crate::config::DEFAULT_MEMORY_LIMIT_MB);
-        let mut settings = Config::default()
-            .max_memory(&format!("{floor_mb}MB"))
-            .map_err(|e| duck_error("invalid memoryLimitMb", e))?
-            // New files get small blocks: DuckDB then needs a sixteenth of the
-            // memory per column (see `memory`).
-            .with("default_block_size", NEW_FILE_BLOCK_SIZE.to_string())
-            .map_err(|e| duck_error("cannot set the block size", e))?;
-        if let Some(threads) = config.threads {
-            settings = settings
-                .threads(i64::from(threads))
-                .map_err(|e| duck_error("invalid threads", e))?;
-        }
-        for (name, value) in &config.settings {
-            settings = settings
-                .with(name, value)
-                .map_err(|e| duck_error(format!("invalid DuckDB setting {name}"), e))?;
-        }
-        let conn = if ctx.dry_run {
-            if in_memory || !path.exists() {
-                None
-            } else {
-                let settings = settings
-                    .access_mode(AccessMode::ReadOnly)
-                    .map_err(|e| duck_error("cannot configure read-only access", e))?;
-                Some(Connection::open_with_flags(&path, settings).map_err(|e| {
-                    duck_error(format!("cannot open {} read-only", path.display()), e)
-                })?)
-            }
-        } else if in_memory {
-            Some(
-                Connection::open_in_memory_with_flags(settings)
-                    .map_err(|e| duck_error("cannot open an in-memory database", e))?,
-            )
-        } else {
-            if let Some(parent) = path.parent()
-                && !parent.as_os_str().is_empty()
-            {
-                std::fs::create_dir_all(parent).map_err(|e| {
-                    Error::new(
-                        ErrorKind::Io,
-                        format!("cannot create directory {}", parent.display()),
-                    )
-                    .with_source(e)
-                })?;
-            }
-            Some(Connection::open_with_flags(&path, settings).map_err(|e| {
-                duck_error(
-                    format!(
-                        "cannot open {} (is another process using it?)",
-                        path.display()
-                    ),
-                    e,
-                )
-            })?)
+        let options = OpenOptions {
+            path: path.clone(),
+            config: config.clone(),
+            in_memory,
+            dry_run: ctx.dry_run,
         };
+        let conn = options.connect(floor_mb)?;
         let block_size = conn.as_ref().map_or(NEW_FILE_BLOCK_SIZE, block_size);
         Ok(Self {
             path,
-            conn: conn.map(|c| Arc::new(Mutex::new(c))),
+            db: conn.map(|c| Arc::new(Database::new(c, options))),
             dry_run: ctx.dry_run,
             plan: Arc::new(MemoryPlan::new(
                 floor_mb,
@@ -130,13 +79,19 @@ impl DuckDbSink {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// How often the database was opened again after DuckDB failed fatally
+    /// during this sink's life (see the crate's README).
+    pub fn reopened(&self) -> u64 {
+        self.db.as_ref().map_or(0, |db| db.reopened())
+    }
 }
 
 #[async_trait]
 impl Sink for DuckDbSink {
     async fn open(&self, target: StreamTarget) -> Result<Box<dyn SinkWriter>> {
         Ok(Box::new(DuckDbWriter {
-            conn: self.conn.clone(),
+            db: self.db.clone(),
             plan: self.plan.clone(),
             target: Arc::new(target),
             table: None,
@@ -156,6 +111,17 @@ impl Sink for DuckDbSink {
     fn preferred_batch_rows(&self) -> Option<usize> {
         Some(5000)
     }
+
+    /// DuckDB's memory limit (planned from the widths of the tables being
+    /// written, raised after a fatal failure; see the crate's README) plus
+    /// what DuckDB allocates outside it.
+    fn working_memory_bytes(&self) -> u64 {
+        if self.db.is_some() {
+            self.plan.working_bytes()
+        } else {
+            0
+        }
+    }
 }
 
 /// What the writer knows of its table.
@@ -168,7 +134,7 @@ struct TableState {
 }
 
 struct DuckDbWriter {
-    conn: Option<Arc<Mutex<Connection>>>,
+    db: Option<Arc<Database>>,
     plan: Arc<MemoryPlan>,
     target: Arc<StreamTarget>,
     /// Loaded on the first write; dropped after a failed write so it is re-read.
@@ -252,7 +218,7 @@ impl SinkWriter for DuckDbWriter {
             );
         }
         let merged_range = merged.range.clone();
-        let Some(conn) = self.conn.clone() else {
+        let Some(db) = self.db.clone() else {
             // Dry run against a database that does not exist: everything is new.
             let rows = merged.records.len() as u64;
             return Ok(BatchAck {
@@ -270,42 +236,90 @@ impl SinkWriter for DuckDbWriter {
         let append_after = (!self.unordered).then(|| self.max_written.clone());
         let range = merged.range.clone();
         let (result, table, empty) = tokio::task::spawn_blocking(move || {
-            let conn = conn
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let mut table = match table {
-                Some(t) => t,
-                None => match load_table(&conn, &target.table) {
-                    Ok(t) => t,
-                    Err(e) => return (Err(e), None, known_empty),
-                },
-            };
-            let empty = known_empty.unwrap_or(table.empty_at_load);
-            let result = if dry_run {
-                plan_batch(&conn, &target, &table, &merged.records)
-            } else {
-                let mode = match (&append_after, &range) {
-                    (Some(after), Some((lowest, _)))
-                        if empty && is_after(lowest, after.as_ref()) =>
-                    {
-                        WriteMode::Append
-                    }
-                    _ => WriteMode::Upsert,
+            let mut conn = db.lock();
+            let mut table = table;
+            let mut empty = known_empty;
+            let mut reopened = false;
+            let rows = merged.records.len() as u64;
+            let outcome = loop {
+                let mut prepared = None;
+                let result = (|| {
+                    let mut state = match table.take() {
+                        Some(t) => t,
+                        None => load_table(&conn, &target.table)?,
+                    };
+                    let is_empty = *empty.get_or_insert(state.empty_at_load);
+                    let ack = if dry_run {
+                        plan_batch(&conn, &target, &state, &merged.records)?
+                    } else {
+                        let mode = match (&append_after, &range) {
+                            (Some(after), Some((lowest, _)))
+                                if !reopened && is_empty && is_after(lowest, after.as_ref()) =>
+                            {
+                                WriteMode::Append
+                            }
+                            _ => WriteMode::Upsert,
+                        };
+                        write_batch(
+                            &conn,
+                            &target,
+                            &plan,
+                            &mut state,
+                            &merged.records,
+                            mode,
+                            position.as_deref().map(|p| (seq, p)),
+                            &mut prepared,
+                        )?
+                    };
+                    Ok((ack, state))
+                })();
+                let error = match result {
+                    Ok((ack, state)) => break (Ok(ack), Some(state)),
+                    Err(e) => e,
                 };
-                write_batch(
-                    &conn,
-                    &target,
-                    &plan,
-                    &mut table,
-                    &merged.records,
-                    mode,
-                    position.as_deref().map(|p| (seq, p)),
-                )
+                // A second failure of the same batch is not retried.
+                if reopened {
+                    break (Err(error), None);
+                }
+                match db.recover(&mut conn, &plan, &error) {
+                    Ok(false) => break (Err(error), None),
+                    Err(fatal) => break (Err(fatal), None),
+                    Ok(true) => reopened = true,
+                }
+                // Did the batch commit before DuckDB failed? Its position says.
+                if position.is_some() {
+                    match positions::read(&conn, &target) {
+                        Ok((_, committed)) if committed >= seq => {
+                            tracing::info!(sync = %target.sync_key, "the batch had committed before DuckDB failed");
+                            break (
+                                Ok(prepared.unwrap_or(BatchAck {
+                                    rows,
+                                    inserted: rows,
+                                    ..BatchAck::default()
+                                })),
+                                None,
+                            );
+                        }
+                        Ok(_) => {}
+                        Err(e) => break (Err(e), None),
+                    }
+                } else if target.key_field.is_none() {
+                    // Rows without a key and without positions: writing the
+                    // batch again could double it, and nothing tells whether it
+                    // committed.
+                    break (
+                        Err(error.with_context(
+                            "recovery",
+                            "the database was opened again, but whether this batch committed is unknown (no key, no positions): check the table, or run with checkpoints",
+                        )),
+                        None,
+                    );
+                }
+                tracing::warn!(sync = %target.sync_key, "writing the batch again after DuckDB failed");
             };
             drop(merged.records);
             drop(lease);
-            let keep = result.is_ok().then_some(table);
-            (result, keep, Some(empty))
+            (outcome.0, outcome.1, empty)
         })
         .await
         .map_err(|e| Error::new(ErrorKind::Sink, "duckdb writer task failed").with_source(e))?;
@@ -326,112 +340,105 @@ impl SinkWriter for DuckDbWriter {
     /// Writes the write-ahead log into the database file (`CHECKPOINT`), so
     /// DuckDB can evict the pages it kept for it.
     async fn relieve_memory(&mut self) -> Result<MemoryRelief> {
-        let Some(conn) = self.conn.clone().filter(|_| !self.dry_run) else {
+        let Some(db) = self.db.clone().filter(|_| !self.dry_run) else {
             return Ok(MemoryRelief::default());
         };
-        tokio::task::spawn_blocking(move || {
-            let conn = conn
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            conn.execute_batch("CHECKPOINT")
-                .map_err(|e| duck_error("cannot checkpoint the database".to_owned(), e))
+        let plan = self.plan.clone();
+        blocking(move || {
+            let mut conn = db.lock();
+            let Err(e) = conn.execute_batch("CHECKPOINT") else {
+                return Ok(MemoryRelief {
+                    buffers_flushed: 1,
+                    ..MemoryRelief::default()
+                });
+            };
+            let error = duck_error("cannot checkpoint the database", e);
+            // A checkpoint that failed fatally loses nothing committed: the
+            // database is opened again and the run goes on.
+            if db.recover(&mut conn, &plan, &error)? {
+                Ok(MemoryRelief::default())
+            } else {
+                Err(error)
+            }
         })
         .await
-        .map_err(|e| Error::new(ErrorKind::Sink, "duckdb writer task failed").with_source(e))??;
-        Ok(MemoryRelief {
-            buffers_flushed: 1,
-            ..MemoryRelief::default()
-        })
     }
 
     async fn committed_position(&mut self) -> Result<SinkPosition> {
-        let Some(conn) = self.conn.clone().filter(|_| !self.dry_run) else {
+        let Some(db) = self.db.clone().filter(|_| !self.dry_run) else {
             return Ok(SinkPosition::Unknown);
         };
         self.keep_positions = true;
         let target = self.target.clone();
-        let (position, seq) = tokio::task::spawn_blocking(move || {
-            let conn = conn
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            positions::read(&conn, &target)
-        })
-        .await
-        .map_err(|e| Error::new(ErrorKind::Sink, "duckdb writer task failed").with_source(e))??;
+        let plan = self.plan.clone();
+        let (position, seq) =
+            blocking(move || db.retry_once(&plan, |conn| positions::read(conn, &target))).await?;
         self.position_seq = seq;
         Ok(position)
     }
 
     async fn forget_position(&mut self) -> Result<()> {
-        let Some(conn) = self.conn.clone().filter(|_| !self.dry_run) else {
+        let Some(db) = self.db.clone().filter(|_| !self.dry_run) else {
             return Ok(());
         };
         self.keep_positions = true;
         let target = self.target.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = conn
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            positions::forget(&conn, &target)
-        })
-        .await
-        .map_err(|e| Error::new(ErrorKind::Sink, "duckdb writer task failed").with_source(e))?
+        let plan = self.plan.clone();
+        blocking(move || db.retry_once(&plan, |conn| positions::forget(conn, &target))).await
     }
 
     async fn finish(self: Box<Self>) -> Result<WriterSummary> {
         self.plan.forget(&self.target.sync_key);
-        if self.keep_positions
-            && !self.dry_run
-            && let Some(conn) = self.conn.clone()
-        {
-            let target = self.target.clone();
-            let seq = self.position_seq + 1;
-            tokio::task::spawn_blocking(move || {
-                let conn = conn
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                positions::record(&conn, &target, seq, None, true)
-            })
-            .await
-            .map_err(|e| {
-                Error::new(ErrorKind::Sink, "duckdb writer task failed").with_source(e)
-            })??;
-        }
-        let Some(conn) = self.conn.clone() else {
+        let Some(db) = self.db.clone() else {
             return Ok(WriterSummary {
                 total_rows: Some(0),
                 ..WriterSummary::default()
             });
         };
-        let table = self.target.table.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = conn
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if !load_table(&conn, &table)?.exists {
-                return Ok(WriterSummary {
-                    total_rows: Some(0),
+        let complete = (self.keep_positions && !self.dry_run).then_some(self.position_seq + 1);
+        let target = self.target.clone();
+        let plan = self.plan.clone();
+        blocking(move || {
+            if let Some(seq) = complete {
+                db.retry_once(&plan, |conn| {
+                    positions::record(conn, &target, seq, None, true)
+                })?;
+            }
+            db.retry_once(&plan, |conn| {
+                let table = &target.table;
+                if !load_table(conn, table)?.exists {
+                    return Ok(WriterSummary {
+                        total_rows: Some(0),
+                        ..WriterSummary::default()
+                    });
+                }
+                if tracing::enabled!(tracing::Level::DEBUG) {
+                    log_memory(conn);
+                }
+                let n: i64 = conn
+                    .query_row(
+                        &format!("SELECT count(*) FROM main.{}", quote_ident(table)),
+                        [],
+                        |r| r.get(0),
+                    )
+                    .map_err(|e| duck_error(format!("cannot count rows of {table}"), e))?;
+                Ok(WriterSummary {
+                    total_rows: Some(u64::try_from(n).unwrap_or(0)),
                     ..WriterSummary::default()
-                });
-            }
-            if tracing::enabled!(tracing::Level::DEBUG) {
-                log_memory(&conn);
-            }
-            let n: i64 = conn
-                .query_row(
-                    &format!("SELECT count(*) FROM main.{}", quote_ident(&table)),
-                    [],
-                    |r| r.get(0),
-                )
-                .map_err(|e| duck_error(format!("cannot count rows of {table}"), e))?;
-            Ok(WriterSummary {
-                total_rows: Some(u64::try_from(n).unwrap_or(0)),
-                ..WriterSummary::default()
+                })
             })
         })
         .await
-        .map_err(|e| Error::new(ErrorKind::Sink, "duckdb writer task failed").with_source(e))?
     }
+}
+
+/// Runs a blocking step of a writer on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    step: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(step)
+        .await
+        .map_err(|e| Error::new(ErrorKind::Sink, "duckdb writer task failed").with_source(e))?
 }
 
 fn load_table(conn: &Connection, table: &str) -> Result<TableState> {
@@ -591,6 +598,7 @@ fn write_batch(
     records: &[Record],
     mode: WriteMode,
     position: Option<(u64, &str)>,
+    prepared: &mut Option<BatchAck>,
 ) -> Result<BatchAck> {
     let rows = records.len() as u64;
     if records.is_empty() {
@@ -658,6 +666,7 @@ fn write_batch(
         None => None,
     };
 
+    injected_fault(conn, "begin")?;
     conn.execute_batch("BEGIN TRANSACTION")
         .map_err(|e| duck_error("cannot begin a transaction", e))?;
     let result = (|| -> Result<BatchAck> {
@@ -716,6 +725,8 @@ fn write_batch(
     });
     match result {
         Ok(ack) => {
+            *prepared = Some(ack);
+            injected_fault(conn, "commit")?;
             conn.execute_batch("COMMIT")
                 .map_err(|e| duck_error("cannot commit", e))?;
             table.schema = schema;
@@ -729,6 +740,31 @@ fn write_batch(
             Err(e)
         }
     }
+}
+
+/// Fault injection for this crate's tests: with the fail point
+/// `duckdb-sink-fatal` set to `return(begin)` or `return(commit)`, DuckDB
+/// really fails fatally at that step (a checkpoint aborted by DuckDB's own
+/// `debug_checkpoint_abort` setting): before the batch's transaction begins, or
+/// as its commit checkpoints (the commit is durable, the database invalidated).
+/// Without the `fail/failpoints` feature this is nothing.
+#[allow(clippy::unnecessary_wraps)]
+fn injected_fault(conn: &Connection, at: &str) -> Result<()> {
+    let _ = (conn, at);
+    fail::fail_point!("duckdb-sink-fatal", |arg| {
+        if arg.as_deref() != Some(at) {
+            return Ok(());
+        }
+        let abort = "SET debug_checkpoint_abort = 'before_header';";
+        let sql = if at == "commit" {
+            format!("{abort} SET checkpoint_threshold = '1b';")
+        } else {
+            format!("{abort} CHECKPOINT;")
+        };
+        conn.execute_batch(&sql)
+            .map_err(|e| duck_error("injected fault", e))
+    });
+    Ok(())
 }
 
 /// Appends records through DuckDB's Appender into `main.table` or `temp.table`.

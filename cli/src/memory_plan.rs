@@ -1,0 +1,289 @@
+//! The run's memory plan: `--max-memory-mb` split between the process itself,
+//! the sinks' own working memory and the records in flight.
+//!
+//! ```text
+//! free      = target − process at start − sinks' working memory
+//! records   = flush threshold × free ÷ k          (the budget sources lease from)
+//! monitored = process + sinks + flush threshold × free
+//! ```
+//!
+//! - *process at start*: the resident set once the sinks are open (code pages
+//!   of the binary and its libraries, the runtime), measured;
+//! - *sinks' working memory*: what each sink says it works with besides the
+//!   batches it is handed ([`Sink::working_memory_bytes`]; for DuckDB its
+//!   memory limit plus what it allocates outside it);
+//! - *records*: the bytes of records in flight, each costing about
+//!   `k` = [`RESIDENT_PER_BUDGET_BYTE`] resident bytes;
+//! - the rest of `free` is headroom for what nothing plans.
+//!
+//! The memory monitor acts above `monitored`, so it reacts to memory beyond
+//! the plan, not to the sinks' planned working memory. When a sink's working
+//! memory grows while the run goes on (a wider table), the growth is taken
+//! from the records budget (a lease of it is held back, see
+//! [`hold_sink_growth`]) and the monitor's threshold moves with the plan.
+//! When the target cannot hold the process, its sinks and the smallest
+//! budget, the run says so at the start, with the figures.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluicegate_core::{MemoryBudget, MemoryMonitor, Sink, format_bytes};
+
+/// Resident bytes one byte of records budget costs once decoding, the sink's
+/// copies of a batch and the allocator are counted. Measured on the bundled
+/// example: what Rust's allocator held grew by 0.9 bytes per budget byte
+/// between budgets of 6 and 35 MiB; a quarter more for peaks.
+pub const RESIDENT_PER_BUDGET_BYTE: f64 = 1.25;
+
+/// The smallest budget for records in flight.
+pub const MIN_BUDGET: usize = 2 << 20;
+
+/// How the run's memory target is divided.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MemoryPlan {
+    /// `--max-memory-mb`, in bytes.
+    pub target: u64,
+    /// The share of what is free that the plan uses (the flush threshold).
+    pub fill: f64,
+    /// The process's resident set once the sinks were open, when known.
+    pub process: Option<u64>,
+    /// The sinks' working memory.
+    pub sinks: u64,
+    /// The budget for records in flight, in bytes.
+    pub records: usize,
+}
+
+impl MemoryPlan {
+    /// Plans `target` bytes for a process using `process` bytes now (when
+    /// known) and sinks working with `sinks` bytes, using `fill` (the flush
+    /// threshold) of what they leave. Without a process figure a sixth of what
+    /// the sinks leave goes to records.
+    pub fn new(target: u64, fill: f64, process: Option<u64>, sinks: u64) -> Self {
+        let fill = fill.clamp(0.0, 1.0);
+        let mut plan = Self {
+            target,
+            fill,
+            process,
+            sinks,
+            records: 0,
+        };
+        plan.records = match process {
+            Some(_) => (plan.filled() as f64 / RESIDENT_PER_BUDGET_BYTE) as usize,
+            None => usize::try_from(target.saturating_sub(sinks) / 6).unwrap_or(usize::MAX),
+        }
+        .max(MIN_BUDGET);
+        plan
+    }
+
+    /// What the target leaves once the process and the sinks are counted.
+    fn free(&self) -> u64 {
+        self.target
+            .saturating_sub(self.process.unwrap_or(0))
+            .saturating_sub(self.sinks)
+    }
+
+    /// The share of `free` the records may fill.
+    fn filled(&self) -> u64 {
+        (self.free() as f64 * self.fill) as u64
+    }
+
+    /// The resident set the plan expects at its fullest.
+    pub fn expected(&self) -> u64 {
+        self.process.unwrap_or(0)
+            + self.sinks
+            + (self.records as f64 * RESIDENT_PER_BUDGET_BYTE) as u64
+    }
+
+    /// Where the memory monitor acts: above the plan (and never below the
+    /// flush threshold of the whole target).
+    pub fn monitor_threshold(&self) -> u64 {
+        let plain = (self.target as f64 * self.fill) as u64;
+        match self.process {
+            Some(process) => (process + self.sinks + self.filled())
+                .max(self.expected())
+                .max(plain),
+            None => plain,
+        }
+    }
+
+    /// Whether the plan fits the target (it does not when the process and its
+    /// sinks leave less than the smallest budget).
+    pub fn fits(&self) -> bool {
+        self.expected() <= self.target
+    }
+
+    /// The same plan with the sinks working with `sinks` bytes now.
+    pub fn with_sinks(&self, sinks: u64) -> Self {
+        Self { sinks, ..*self }
+    }
+
+    /// One line with the figures, for logs.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} target: process {} + sinks' working memory {} + records {} (×{RESIDENT_PER_BUDGET_BYTE}); memory monitor above {}",
+            fmt(self.target),
+            self.process.map_or_else(|| "unknown".to_owned(), fmt),
+            fmt(self.sinks),
+            format_bytes(self.records),
+            fmt(self.monitor_threshold()),
+        )
+    }
+}
+
+fn fmt(bytes: u64) -> String {
+    format_bytes(usize::try_from(bytes).unwrap_or(usize::MAX))
+}
+
+/// Takes growth of the sinks' working memory from the records budget while
+/// the run goes on: every `interval` it reads the sinks' figures, holds a
+/// lease of the budget for what they grew by since `plan` was made (the
+/// growth over [`RESIDENT_PER_BUDGET_BYTE`], keeping at least [`MIN_BUDGET`]
+/// for records), and moves the monitor's threshold with the plan. Ends when
+/// the returned handle is aborted.
+pub fn hold_sink_growth(
+    plan: MemoryPlan,
+    sinks: Vec<Arc<dyn Sink>>,
+    budget: MemoryBudget,
+    monitor: MemoryMonitor,
+    interval: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut held = budget.empty_lease();
+        let most = budget.capacity().saturating_sub(MIN_BUDGET);
+        let mut seen = plan.sinks;
+        // A plan that did not fit was announced at the start.
+        let mut warned = !plan.fits();
+        loop {
+            tokio::time::sleep(interval).await;
+            let now: u64 = sinks.iter().map(|s| s.working_memory_bytes()).sum();
+            if now <= seen {
+                continue;
+            }
+            seen = now;
+            let grown = now.saturating_sub(plan.sinks);
+            let want = (grown as f64 / RESIDENT_PER_BUDGET_BYTE) as usize;
+            if want > most && !warned {
+                warned = true;
+                tracing::warn!(
+                    sinks = %fmt(now),
+                    target = %fmt(plan.target),
+                    "the sinks now need more working memory than the memory target leaves: \
+                     records keep the smallest budget, and the run may pass its target (raise --max-memory-mb)"
+                );
+            }
+            let want = want.min(most);
+            let moved = plan.with_sinks(now);
+            monitor.set_threshold_bytes(moved.monitor_threshold());
+            tracing::info!(
+                sinks = %fmt(now),
+                held_back = %format_bytes(want),
+                monitor_threshold = %fmt(moved.monitor_threshold()),
+                "the sinks' working memory grew: the records budget gives way"
+            );
+            if want > held.bytes() && held.resize(want).await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// Aborts the growth task when the run ends.
+pub struct GrowthGuard(pub tokio::task::JoinHandle<()>);
+
+impl Drop for GrowthGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn records_get_their_share_of_what_the_process_and_sinks_leave() {
+        let plan = MemoryPlan::new(96 * MIB, 0.8, Some(40 * MIB), 40 * MIB);
+        // 16 MiB free, 80% of it for records at 1.25 resident bytes each.
+        assert_eq!(plan.records / 1024, (12.8 * 1024.0 / 1.25) as usize);
+        assert!(plan.fits());
+        // The monitor acts beyond the plan: above process + sinks + 12.8 MiB.
+        let want = 80 * MIB + (12.8 * MIB as f64) as u64;
+        assert!(
+            plan.monitor_threshold().abs_diff(want) < 16,
+            "{} vs {want}",
+            plan.monitor_threshold()
+        );
+        assert!(plan.expected() <= plan.monitor_threshold());
+    }
+
+    #[test]
+    fn a_target_too_small_keeps_the_smallest_budget_and_says_it_does_not_fit() {
+        let plan = MemoryPlan::new(64 * MIB, 0.7, Some(43 * MIB), 40 * MIB);
+        assert_eq!(plan.records, MIN_BUDGET);
+        assert!(!plan.fits());
+        assert!(plan.monitor_threshold() >= plan.expected());
+        assert!(
+            plan.describe().contains("64.0 MiB target"),
+            "{}",
+            plan.describe()
+        );
+    }
+
+    #[test]
+    fn without_a_process_figure_a_sixth_of_what_the_sinks_leave() {
+        let plan = MemoryPlan::new(96 * MIB, 0.8, None, 0);
+        assert_eq!(plan.records, (16 * MIB) as usize);
+        assert_eq!(plan.monitor_threshold(), (96.0 * 0.8 * MIB as f64) as u64);
+    }
+
+    /// A sink whose working memory grows by 30 MiB.
+    struct Growing(std::sync::atomic::AtomicU64);
+
+    #[async_trait::async_trait]
+    impl Sink for Growing {
+        async fn open(
+            &self,
+            _: sluicegate_core::StreamTarget,
+        ) -> sluicegate_core::Result<Box<dyn sluicegate_core::SinkWriter>> {
+            unreachable!()
+        }
+        fn describe(&self) -> String {
+            "growing".into()
+        }
+        fn working_memory_bytes(&self) -> u64 {
+            self.0.load(std::sync::atomic::Ordering::Relaxed)
+        }
+    }
+
+    #[tokio::test]
+    async fn sink_growth_is_taken_from_the_records_budget() {
+        let sink = Arc::new(Growing(std::sync::atomic::AtomicU64::new(16 * MIB)));
+        let plan = MemoryPlan::new(256 * MIB, 0.8, Some(40 * MIB), 16 * MIB);
+        let budget = MemoryBudget::new(plan.records);
+        let monitor = MemoryMonitor::disabled();
+        monitor.set_threshold_bytes(plan.monitor_threshold());
+        let _guard = GrowthGuard(hold_sink_growth(
+            plan,
+            vec![sink.clone() as Arc<dyn Sink>],
+            budget.clone(),
+            monitor.clone(),
+            Duration::from_millis(5),
+        ));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert_eq!(budget.in_use(), 0, "no growth, nothing held");
+        sink.0.store(46 * MIB, std::sync::atomic::Ordering::Relaxed);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while budget.in_use() < (24 * MIB) as usize {
+            assert!(std::time::Instant::now() < deadline, "{}", budget.in_use());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(budget.in_use(), (24 * MIB) as usize, "30 MiB over ×1.25");
+        assert_eq!(
+            monitor.threshold_bytes(),
+            plan.with_sinks(46 * MIB).monitor_threshold(),
+            "the monitor moves with the plan"
+        );
+    }
+}

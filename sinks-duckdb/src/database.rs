@@ -1,0 +1,199 @@
+//! The sink's one connection, and its recovery after a fatal DuckDB error.
+//!
+//! When DuckDB hits an error it cannot recover from inside the running
+//! instance (a checkpoint that failed, a block it could not pin), it
+//! *invalidates* the database: every later statement fails until the database
+//! is opened again. What was committed before is durable (DuckDB says so, and
+//! replays its write-ahead log when the file is opened). So after a failed
+//! statement the sink asks whether the connection still works; when it does
+//! not, it closes the instance, opens the file again with the same settings
+//! and DuckDB's memory limit raised by half (an out-of-memory failure is the
+//! usual cause), and the writer finds out from the positions table whether
+//! its batch committed before it writes it again (see `sink.rs`). Writers of
+//! other streams share the connection, so they carry on with the reopened one.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use duckdb::{AccessMode, Config, Connection};
+use sluicegate_core::{Error, ErrorKind, Result};
+
+use crate::config::DuckDbSinkConfig;
+use crate::memory::{MemoryPlan, NEW_FILE_BLOCK_SIZE};
+
+pub(crate) fn duck_error(what: impl Into<String>, err: duckdb::Error) -> Error {
+    Error::new(ErrorKind::Sink, what).with_source(err)
+}
+
+/// How the database was opened, to open it again the same way.
+#[derive(Debug, Clone)]
+pub(crate) struct OpenOptions {
+    pub(crate) path: PathBuf,
+    pub(crate) config: DuckDbSinkConfig,
+    pub(crate) in_memory: bool,
+    pub(crate) dry_run: bool,
+}
+
+impl OpenOptions {
+    fn settings(&self, memory_mb: u64) -> Result<Config> {
+        let mut settings = Config::default()
+            .max_memory(&format!("{memory_mb}MB"))
+            .map_err(|e| duck_error("invalid memoryLimitMb", e))?
+            // New files get small blocks: DuckDB then needs a sixteenth of the
+            // memory per column (see `memory`).
+            .with("default_block_size", NEW_FILE_BLOCK_SIZE.to_string())
+            .map_err(|e| duck_error("cannot set the block size", e))?;
+        if let Some(threads) = self.config.threads {
+            settings = settings
+                .threads(i64::from(threads))
+                .map_err(|e| duck_error("invalid threads", e))?;
+        }
+        for (name, value) in &self.config.settings {
+            settings = settings
+                .with(name, value)
+                .map_err(|e| duck_error(format!("invalid DuckDB setting {name}"), e))?;
+        }
+        Ok(settings)
+    }
+
+    /// Opens the database with DuckDB's limit at `memory_mb`; `None` in a dry
+    /// run against a database that does not exist (nothing is created then).
+    pub(crate) fn connect(&self, memory_mb: u64) -> Result<Option<Connection>> {
+        let settings = self.settings(memory_mb)?;
+        let path = &self.path;
+        if self.dry_run {
+            if self.in_memory || !path.exists() {
+                return Ok(None);
+            }
+            let settings = settings
+                .access_mode(AccessMode::ReadOnly)
+                .map_err(|e| duck_error("cannot configure read-only access", e))?;
+            return Connection::open_with_flags(path, settings)
+                .map(Some)
+                .map_err(|e| duck_error(format!("cannot open {} read-only", path.display()), e));
+        }
+        if self.in_memory {
+            return Connection::open_in_memory_with_flags(settings)
+                .map(Some)
+                .map_err(|e| duck_error("cannot open an in-memory database", e));
+        }
+        if let Some(parent) = path.parent()
+            && !parent.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                Error::new(
+                    ErrorKind::Io,
+                    format!("cannot create directory {}", parent.display()),
+                )
+                .with_source(e)
+            })?;
+        }
+        Connection::open_with_flags(path, settings)
+            .map(Some)
+            .map_err(|e| {
+                duck_error(
+                    format!(
+                        "cannot open {} (is another process using it?)",
+                        path.display()
+                    ),
+                    e,
+                )
+            })
+    }
+}
+
+/// The database every writer of the sink writes through.
+pub(crate) struct Database {
+    conn: Mutex<Connection>,
+    options: OpenOptions,
+    /// How often the database was opened again after a fatal error.
+    reopened: AtomicU64,
+}
+
+impl Database {
+    pub(crate) fn new(conn: Connection, options: OpenOptions) -> Self {
+        Self {
+            conn: Mutex::new(conn),
+            options,
+            reopened: AtomicU64::new(0),
+        }
+    }
+
+    /// The connection, for one blocking step at a time.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Connection> {
+        self.conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How often the database was opened again after a fatal error.
+    pub(crate) fn reopened(&self) -> u64 {
+        self.reopened.load(Ordering::Relaxed)
+    }
+
+    /// After `error` from a statement on `conn`: when DuckDB invalidated the
+    /// database, opens it again (with DuckDB's limit raised by half) and
+    /// returns `true`; `false` when the connection still works (an ordinary
+    /// error, nothing to recover). An in-memory database cannot be recovered:
+    /// its rows died with the instance, so that is an error.
+    pub(crate) fn recover(
+        &self,
+        conn: &mut Connection,
+        plan: &MemoryPlan,
+        error: &Error,
+    ) -> Result<bool> {
+        if self.options.dry_run || conn.execute_batch("SELECT 1").is_ok() {
+            return Ok(false);
+        }
+        if self.options.in_memory {
+            return Err(Error::new(
+                ErrorKind::Sink,
+                format!(
+                    "DuckDB failed fatally and invalidated the in-memory database (its rows are lost): {error}"
+                ),
+            ));
+        }
+        let limit_mb = plan.raise_after_failure();
+        tracing::warn!(
+            path = %self.options.path.display(),
+            error = %error,
+            memory_limit_mb = limit_mb,
+            "DuckDB failed fatally and invalidated the database: opening it again (committed batches are durable)"
+        );
+        // The old instance must be closed before the file is opened again: two
+        // instances on one file would each think they own it.
+        let placeholder = Connection::open_in_memory()
+            .map_err(|e| duck_error("cannot open a placeholder connection", e))?;
+        drop(std::mem::replace(conn, placeholder));
+        let reopened = self.options.connect(limit_mb)?.ok_or_else(|| {
+            Error::new(
+                ErrorKind::Sink,
+                "the database vanished while it was reopened",
+            )
+        })?;
+        *conn = reopened;
+        self.reopened.fetch_add(1, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    /// Runs `step` (which must be safe to repeat); when DuckDB failed fatally
+    /// during it, opens the database again and runs it once more.
+    pub(crate) fn retry_once<T>(
+        &self,
+        plan: &MemoryPlan,
+        step: impl Fn(&Connection) -> Result<T>,
+    ) -> Result<T> {
+        let mut conn = self.lock();
+        match step(&conn) {
+            Ok(value) => Ok(value),
+            Err(error) => {
+                if self.recover(&mut conn, plan, &error)? {
+                    step(&conn)
+                } else {
+                    Err(error)
+                }
+            }
+        }
+    }
+}
