@@ -22,7 +22,9 @@
 //! from the records budget (a lease of it is held back, see
 //! [`hold_sink_growth`]) and the monitor's threshold moves with the plan.
 //! When the target cannot hold the process, its sinks and the smallest
-//! budget, the run says so at the start, with the figures.
+//! budget, the run says so at the start, with the figures; records then get
+//! an eighth of the target (at least the smallest budget) and the monitor acts
+//! at the flush threshold of the target, as asked.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,11 +69,18 @@ impl MemoryPlan {
             sinks,
             records: 0,
         };
-        plan.records = match process {
+        let records = match process {
             Some(_) => (plan.filled() as f64 / RESIDENT_PER_BUDGET_BYTE) as usize,
             None => usize::try_from(target.saturating_sub(sinks) / 6).unwrap_or(usize::MAX),
+        };
+        plan.records = records.max(MIN_BUDGET);
+        if !plan.fits() {
+            // The target cannot be met: records get an eighth of it (at least
+            // the smallest budget), so the run still moves at a fair pace.
+            plan.records = usize::try_from(target / 8)
+                .unwrap_or(usize::MAX)
+                .max(MIN_BUDGET);
         }
-        .max(MIN_BUDGET);
         plan
     }
 
@@ -95,21 +104,25 @@ impl MemoryPlan {
     }
 
     /// Where the memory monitor acts: above the plan (and never below the
-    /// flush threshold of the whole target).
+    /// flush threshold of the whole target). When the plan does not fit, at
+    /// the flush threshold of the target, as asked.
     pub fn monitor_threshold(&self) -> u64 {
         let plain = (self.target as f64 * self.fill) as u64;
         match self.process {
-            Some(process) => (process + self.sinks + self.filled())
+            Some(process) if self.fits() => (process + self.sinks + self.filled())
                 .max(self.expected())
                 .max(plain),
-            None => plain,
+            _ => plain,
         }
     }
 
-    /// Whether the plan fits the target (it does not when the process and its
-    /// sinks leave less than the smallest budget).
+    /// Whether the plan fits the target: the process, its sinks and the
+    /// smallest budget fit in it.
     pub fn fits(&self) -> bool {
-        self.expected() <= self.target
+        self.process.unwrap_or(0)
+            + self.sinks
+            + (MIN_BUDGET as f64 * RESIDENT_PER_BUDGET_BYTE) as u64
+            <= self.target
     }
 
     /// The same plan with the sinks working with `sinks` bytes now.
@@ -219,16 +232,18 @@ mod tests {
     }
 
     #[test]
-    fn a_target_too_small_keeps_the_smallest_budget_and_says_it_does_not_fit() {
+    fn a_target_too_small_says_it_does_not_fit_and_the_monitor_acts_as_asked() {
         let plan = MemoryPlan::new(64 * MIB, 0.7, Some(43 * MIB), 40 * MIB);
-        assert_eq!(plan.records, MIN_BUDGET);
         assert!(!plan.fits());
-        assert!(plan.monitor_threshold() >= plan.expected());
+        assert_eq!(plan.records, (8 * MIB) as usize, "an eighth of the target");
+        assert_eq!(plan.monitor_threshold(), (64.0 * 0.7 * MIB as f64) as u64);
         assert!(
             plan.describe().contains("64.0 MiB target"),
             "{}",
             plan.describe()
         );
+        let tiny = MemoryPlan::new(8 * MIB, 0.8, Some(43 * MIB), 0);
+        assert_eq!(tiny.records, MIN_BUDGET);
     }
 
     #[test]

@@ -198,12 +198,11 @@ pub async fn run(
         process,
         sinks.values().map(|s| s.working_memory_bytes()).sum(),
     );
-    if plan.fits() {
-        tracing::info!(plan = %plan.describe(), "memory plan");
-    } else {
+    tracing::info!(plan = %plan.describe(), "memory plan");
+    if !plan.fits() {
         tracing::warn!(
             plan = %plan.describe(),
-            "the memory target is too small for this process and its sinks: records get the smallest budget, and the run will pass the target (raise --max-memory-mb, or see the README's low-memory settings)"
+            "the memory target is too small for this process and its sinks: the run will pass it (raise --max-memory-mb; docs/tuning.md)"
         );
     }
     let budget_bytes = plan.records;

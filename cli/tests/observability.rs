@@ -239,10 +239,7 @@ async fn json_log_lines_are_one_object_each() {
             "{line}"
         );
     }
-    assert!(
-        stderr.contains("\"message\":\"memory budget for records in flight\""),
-        "{stderr}"
-    );
+    assert!(stderr.contains("\"message\":\"memory plan\""), "{stderr}");
 
     // `--verbosity debug` turns debug log lines on.
     let mut cmd = command(&config, &["--verbosity", "debug", "--log-format", "json"]);
@@ -380,8 +377,10 @@ async fn under_memory_pressure_the_monitor_flushes_shrinks_batches_and_keeps_eve
         &config,
         &["--report", report.to_str().unwrap(), "--batch-size", "1000"],
     );
-    // A threshold far below what the process uses: the monitor acts on every sample.
-    cmd.env("SLUICEGATE_FLUSH_THRESHOLD_PERCENT", "0.05")
+    // A target the process and its sink cannot fit, and a threshold far below
+    // what the process uses: the monitor acts on every sample.
+    cmd.env("SLUICEGATE_MAX_MEMORY_MB", "20")
+        .env("SLUICEGATE_FLUSH_THRESHOLD_PERCENT", "0.05")
         .env("SLUICEGATE_MEMORY_CHECK_INTERVAL", "0.05");
     let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
         .await

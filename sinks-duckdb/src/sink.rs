@@ -325,7 +325,23 @@ impl SinkWriter for DuckDbWriter {
         .map_err(|e| Error::new(ErrorKind::Sink, "duckdb writer task failed").with_source(e))?;
         self.empty_at_start = empty;
         self.table = table;
-        let mut ack = result.map_err(|e| e.with_context("table", &self.target.table))?;
+        let plan = self.plan.clone();
+        let mut ack = result.map_err(|e| {
+            let e = e.with_context("table", &self.target.table);
+            // DuckDB's message names its own `SET memory_limit`; say which
+            // setting of ours it is.
+            if e.to_string().contains("Out of Memory") {
+                e.with_context(
+                    "what to do",
+                    format!(
+                        "DuckDB ran out of its memory limit ({} MiB now): raise memoryLimitMb on this sink",
+                        plan.limit_mb()
+                    ),
+                )
+            } else {
+                e
+            }
+        })?;
         if !self.dry_run {
             self.note_written(merged_range);
         }
@@ -652,7 +668,12 @@ fn write_batch(
     if !changes.added.is_empty() && table.exists {
         tracing::info!(table = %target.table, columns = ?changes.added.iter().map(|i| &schema.columns[*i].0).collect::<Vec<_>>(), "adding columns");
     }
-    plan.note_width(conn, &target.sync_key, schema.columns.len())?;
+    plan.note_width(
+        conn,
+        &target.sync_key,
+        schema.columns.len(),
+        largest_value(records),
+    )?;
     let key_column = match target.key_field.as_deref() {
         Some(field) => Some(quote_ident(
             &schema.columns[schema.column_of(field).ok_or_else(|| {
@@ -765,6 +786,25 @@ fn injected_fault(conn: &Connection, at: &str) -> Result<()> {
             .map_err(|e| duck_error("injected fault", e))
     });
     Ok(())
+}
+
+/// The size of the largest value of `records` as DuckDB stores it, in bytes
+/// (about: a nested value's JSON text is estimated from its strings).
+fn largest_value(records: &[Record]) -> usize {
+    fn size(value: &Value) -> usize {
+        match value {
+            Value::String(s) => s.len(),
+            Value::Array(items) => items.iter().map(|v| size(v) + 8).sum(),
+            Value::Object(map) => map.iter().map(|(k, v)| k.len() + size(v) + 8).sum(),
+            _ => 8,
+        }
+    }
+    records
+        .iter()
+        .flat_map(|r| r.values())
+        .map(size)
+        .max()
+        .unwrap_or(0)
 }
 
 /// Appends records through DuckDB's Appender into `main.table` or `temp.table`.

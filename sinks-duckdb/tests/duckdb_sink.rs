@@ -765,3 +765,51 @@ async fn an_append_stopped_between_the_two_commits_resumes_exactly_once() {
     let mut pipeline = Pipeline::new("events", "events", source, writer).checkpoints(store);
     assert_eq!(pipeline.resume_point().await.unwrap(), None);
 }
+
+/// A value longer than DuckDB's default limit (a 40 MiB string, and a nested
+/// value holding one) loads at default settings: the sink raises DuckDB's limit
+/// for it instead of failing at the commit or the checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_larger_than_duckdbs_default_memory_load_at_default_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = ctx(dir.path(), false);
+    let sink = DuckDbSink::open(&DuckDbSinkConfig::new("test.duckdb"), &ctx).unwrap();
+    let long = "é".repeat(20 << 20); // 40 MiB of UTF-8
+    let mut writer = sink.open(target("blobs", Some("id"))).await.unwrap();
+    writer
+        .write(
+            batch(vec![
+                json!({"id": 1, "body": long.clone(), "nested": {"html": "<p>"}}),
+            ])
+            .await,
+        )
+        .await
+        .unwrap();
+    writer
+        .write(
+            batch(vec![
+                json!({"id": 2, "body": "short", "nested": {"html": long.clone()}}),
+            ])
+            .await,
+        )
+        .await
+        .unwrap();
+    writer.finish().await.unwrap();
+    let working = sink.working_memory_bytes();
+    assert!(
+        working > 120 << 20,
+        "the raised limit is part of the sink's working memory: {working}"
+    );
+    drop(sink);
+    let got = query(
+        dir.path(),
+        "SELECT id, length(body), body = repeat('é', 20971520), nested->>'html' = repeat('é', 20971520) FROM blobs ORDER BY id",
+    );
+    assert_eq!(
+        got,
+        vec![
+            vec![json!(1), json!(20 << 20), json!(true), json!(false)],
+            vec![json!(2), json!(5), json!(false), json!(true)],
+        ]
+    );
+}
