@@ -18,9 +18,9 @@
 //!
 //! The memory monitor acts above `monitored`, so it reacts to memory beyond
 //! the plan, not to the sinks' planned working memory. When a sink's working
-//! memory grows while the run goes on (a wider table), the growth is taken
-//! from the records budget (a lease of it is held back, see
-//! [`hold_sink_growth`]) and the monitor's threshold moves with the plan.
+//! memory grows while the run goes on (a wider table, a longer value), the
+//! monitor's threshold moves with the plan ([`follow_sink_growth`]), and the
+//! run says when the plan no longer fits the target.
 //! When the target cannot hold the process, its sinks and the smallest
 //! budget, the run says so at the start, with the figures; records then get
 //! an eighth of the target (at least the smallest budget) and the monitor acts
@@ -29,7 +29,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluicegate_core::{MemoryBudget, MemoryMonitor, Sink, format_bytes};
+use sluicegate_core::{MemoryMonitor, Sink, format_bytes};
 
 /// Resident bytes one byte of records budget costs once decoding, the sink's
 /// copies of a batch and the allocator are counted. Measured on the bundled
@@ -147,22 +147,21 @@ fn fmt(bytes: u64) -> String {
     format_bytes(usize::try_from(bytes).unwrap_or(usize::MAX))
 }
 
-/// Takes growth of the sinks' working memory from the records budget while
-/// the run goes on: every `interval` it reads the sinks' figures, holds a
-/// lease of the budget for what they grew by since `plan` was made (the
-/// growth over [`RESIDENT_PER_BUDGET_BYTE`], keeping at least [`MIN_BUDGET`]
-/// for records), and moves the monitor's threshold with the plan. Ends when
-/// the returned handle is aborted.
-pub fn hold_sink_growth(
+/// Follows the sinks' working memory while the run goes on: every `interval`
+/// it reads the sinks' figures and, when they grew (DuckDB's limit raised for a
+/// wider table or a longer value), moves the monitor's threshold with the plan,
+/// so the monitor keeps reacting only to memory beyond it. When the plan no
+/// longer fits the target it says so, once. (The records budget keeps its
+/// size: a budget shrunk under sources that wait for it could leave a request
+/// larger than what is left waiting for ever.) Ends when the returned handle
+/// is aborted.
+pub fn follow_sink_growth(
     plan: MemoryPlan,
     sinks: Vec<Arc<dyn Sink>>,
-    budget: MemoryBudget,
     monitor: MemoryMonitor,
     interval: Duration,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut held = budget.empty_lease();
-        let most = budget.capacity().saturating_sub(MIN_BUDGET);
         let mut seen = plan.sinks;
         // A plan that did not fit was announced at the start.
         let mut warned = !plan.fits();
@@ -173,28 +172,19 @@ pub fn hold_sink_growth(
                 continue;
             }
             seen = now;
-            let grown = now.saturating_sub(plan.sinks);
-            let want = (grown as f64 / RESIDENT_PER_BUDGET_BYTE) as usize;
-            if want > most && !warned {
-                warned = true;
-                tracing::warn!(
-                    sinks = %fmt(now),
-                    target = %fmt(plan.target),
-                    "the sinks now need more working memory than the memory target leaves: \
-                     records keep the smallest budget, and the run may pass its target (raise --max-memory-mb)"
-                );
-            }
-            let want = want.min(most);
             let moved = plan.with_sinks(now);
             monitor.set_threshold_bytes(moved.monitor_threshold());
             tracing::info!(
                 sinks = %fmt(now),
-                held_back = %format_bytes(want),
                 monitor_threshold = %fmt(moved.monitor_threshold()),
-                "the sinks' working memory grew: the records budget gives way"
+                "the sinks' working memory grew: the memory monitor's threshold follows"
             );
-            if want > held.bytes() && held.resize(want).await.is_err() {
-                return;
+            if moved.expected() > plan.target && !warned {
+                warned = true;
+                tracing::warn!(
+                    plan = %moved.describe(),
+                    "the sinks now need more working memory than the memory target leaves: the run will pass it (raise --max-memory-mb; docs/tuning.md)"
+                );
             }
         }
     })
@@ -273,32 +263,30 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn sink_growth_is_taken_from_the_records_budget() {
+    async fn the_monitor_threshold_follows_the_sinks_growth() {
         let sink = Arc::new(Growing(std::sync::atomic::AtomicU64::new(16 * MIB)));
         let plan = MemoryPlan::new(256 * MIB, 0.8, Some(40 * MIB), 16 * MIB);
-        let budget = MemoryBudget::new(plan.records);
         let monitor = MemoryMonitor::disabled();
         monitor.set_threshold_bytes(plan.monitor_threshold());
-        let _guard = GrowthGuard(hold_sink_growth(
+        let _guard = GrowthGuard(follow_sink_growth(
             plan,
             vec![sink.clone() as Arc<dyn Sink>],
-            budget.clone(),
             monitor.clone(),
             Duration::from_millis(5),
         ));
         tokio::time::sleep(Duration::from_millis(30)).await;
-        assert_eq!(budget.in_use(), 0, "no growth, nothing held");
+        assert_eq!(monitor.threshold_bytes(), plan.monitor_threshold());
         sink.0.store(46 * MIB, std::sync::atomic::Ordering::Relaxed);
+        let want = plan.with_sinks(46 * MIB).monitor_threshold();
+        assert!(want > plan.monitor_threshold());
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while budget.in_use() < (24 * MIB) as usize {
-            assert!(std::time::Instant::now() < deadline, "{}", budget.in_use());
+        while monitor.threshold_bytes() != want {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{}",
+                monitor.threshold_bytes()
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert_eq!(budget.in_use(), (24 * MIB) as usize, "30 MiB over ×1.25");
-        assert_eq!(
-            monitor.threshold_bytes(),
-            plan.with_sinks(46 * MIB).monitor_threshold(),
-            "the monitor moves with the plan"
-        );
     }
 }
