@@ -650,8 +650,8 @@ async fn wide_sparse_records_load_and_re_sync_at_default_settings() {
     let block = query(dir.path(), "SELECT block_size FROM pragma_database_size()");
     assert_eq!(
         block,
-        vec![vec![json!(16384)]],
-        "new files get 16 KiB blocks"
+        vec![vec![json!(65536)]],
+        "new files get 64 KiB blocks"
     );
     // A value survives: the first record's fields, as written.
     let first = records[0].as_object().unwrap();
