@@ -182,19 +182,21 @@ pub struct SyncArgs {
     pub streaming: bool,
 
     /// A set of the knobs below for a common case: `low-memory` (64 MiB, small pages
-    /// and batches, one write at a time), `balanced` (96 MiB, the adapters' own sizes)
+    /// and batches, one write at a time), `balanced` (128 MiB, the adapters' own sizes)
     /// or `throughput` (512 MiB, 4× batches, 8 concurrent writes). Knobs set by flag or
     /// in the file's `tuning` section win over the preset [default: balanced].
     #[arg(long, value_enum, env = "SLUICEGATE_PRESET", help_heading = "Tuning")]
     pub preset: Option<crate::tuning::Preset>,
 
-    /// The memory the run aims to stay within, in MiB. What the process uses once its
-    /// sinks are open is taken off, and a quarter of the rest (at least 2 MiB) is the
-    /// budget for records in flight (pages being decoded, batches waiting and being
-    /// written); the remainder is headroom for decoding, the sinks' work and the
-    /// allocator. When the budget is full the sources wait (streaming) or the run stops
-    /// with an error (classic mode). DuckDB's own buffer pool is set on the sink
-    /// (memoryLimitMb) [default: 96, or the preset's].
+    /// The memory the run aims to stay within, in MiB, planned at the start: what the
+    /// process uses once its sinks are open and the sinks' own working memory (DuckDB:
+    /// its memory limit plus what it allocates outside it) are taken off, and the flush
+    /// threshold's share of the rest (80%) is the budget for records in flight (pages
+    /// being decoded, batches waiting and being written), each budget byte counted as
+    /// 1.25 resident bytes. When the budget is full the sources wait (streaming) or the
+    /// run stops with an error (classic mode). The memory monitor acts beyond the plan.
+    /// A target too small for the process and its sinks is announced at the start
+    /// [default: 128, or the preset's].
     #[arg(long, value_name = "MB", env = "SLUICEGATE_MAX_MEMORY_MB", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Tuning")]
     pub max_memory_mb: Option<u64>,
 

@@ -103,14 +103,15 @@ impl MemoryPlan {
             + (self.records as f64 * RESIDENT_PER_BUDGET_BYTE) as u64
     }
 
-    /// Where the memory monitor acts: above the plan (and never below the
-    /// flush threshold of the whole target). When the plan does not fit, at
-    /// the flush threshold of the target, as asked.
+    /// Where the memory monitor acts: above the plan, but not above the
+    /// target (and never below the flush threshold of the whole target). When
+    /// the plan does not fit, at the flush threshold of the target, as asked.
     pub fn monitor_threshold(&self) -> u64 {
         let plain = (self.target as f64 * self.fill) as u64;
         match self.process {
             Some(process) if self.fits() => (process + self.sinks + self.filled())
                 .max(self.expected())
+                .min(self.target)
                 .max(plain),
             _ => plain,
         }
@@ -150,8 +151,9 @@ fn fmt(bytes: u64) -> String {
 /// Follows the sinks' working memory while the run goes on: every `interval`
 /// it reads the sinks' figures and, when they grew (DuckDB's limit raised for a
 /// wider table or a longer value), moves the monitor's threshold with the plan,
-/// so the monitor keeps reacting only to memory beyond it. When the plan no
-/// longer fits the target it says so, once. (The records budget keeps its
+/// so the monitor keeps reacting only to memory beyond it. When the target can
+/// no longer hold the process, its sinks and the smallest budget, it says so,
+/// once. (The records budget keeps its
 /// size: a budget shrunk under sources that wait for it could leave a request
 /// larger than what is left waiting for ever.) Ends when the returned handle
 /// is aborted.
@@ -179,7 +181,7 @@ pub fn follow_sink_growth(
                 monitor_threshold = %fmt(moved.monitor_threshold()),
                 "the sinks' working memory grew: the memory monitor's threshold follows"
             );
-            if moved.expected() > plan.target && !warned {
+            if !moved.fits() && !warned {
                 warned = true;
                 tracing::warn!(
                     plan = %moved.describe(),

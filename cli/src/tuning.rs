@@ -34,7 +34,7 @@ pub enum Preset {
     /// Small containers (64 MiB): small pages, chunks and batches, one write at
     /// a time, the monitor acting early and often.
     LowMemory,
-    /// The default: 96 MiB, the adapters' own page and batch sizes.
+    /// The default: 128 MiB, the adapters' own page and batch sizes.
     #[default]
     Balanced,
     /// Large machines and fast APIs: 512 MiB, batches four times the sink's
@@ -65,7 +65,7 @@ impl Preset {
                 max_concurrency: Some(1),
             },
             Preset::Balanced => Knobs {
-                max_memory_mb: Some(96),
+                max_memory_mb: Some(128),
                 flush_threshold: Some(0.8),
                 check_interval: Some(1.0),
                 ..Knobs::default()
@@ -167,7 +167,7 @@ pub struct Tuning {
     pub origins: std::collections::BTreeMap<&'static str, Origin>,
 }
 
-const DEFAULT_MAX_MEMORY_MB: u64 = 96;
+const DEFAULT_MAX_MEMORY_MB: u64 = 128;
 
 impl Tuning {
     /// Resolves the knobs from the flags, the file's section and the preset.
@@ -458,7 +458,7 @@ mod tests {
     fn without_anything_set_the_adapters_choose() {
         let t = Tuning::resolve(&args(&[]), &TuningConfig::default(), &at).unwrap();
         assert_eq!(t.preset, Preset::Balanced);
-        assert_eq!(t.max_memory_mb, 96);
+        assert_eq!(t.max_memory_mb, 128);
         assert_eq!(t.stage(), StageTuning::default());
         assert_eq!(t.load_batch_rows(Some(500)), 500);
         assert_eq!(t.load_batch_rows(None), 5000);
@@ -466,7 +466,7 @@ mod tests {
         assert_eq!(t.monitor().check_interval, Duration::from_secs(1));
         assert!(
             t.describe()
-                .starts_with("preset balanced · max memory 96 MiB · flush at 80% every 1s"),
+                .starts_with("preset balanced · max memory 128 MiB · flush at 80% every 1s"),
             "{}",
             t.describe()
         );
