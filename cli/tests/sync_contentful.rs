@@ -616,9 +616,12 @@ async fn under_memory_pressure_the_lookup_cache_is_dropped_and_nothing_is_duplic
     let fx = Fixture::new().await;
     let n = fx.products();
     let report = fx.dir.path().join("run.json");
-    // A threshold far below what the process uses: every sample is a flush request.
+    // A target the process cannot fit and a threshold far below what it uses:
+    // every sample is a flush request.
     let args = [
         "--apply",
+        "--max-memory-mb",
+        "20",
         "--flush-threshold-percent",
         "0.05",
         "--memory-check-interval",
