@@ -191,6 +191,140 @@ enum WriteMode {
     Upsert,
 }
 
+/// One batch's blocking work: written (or, in a dry run, planned), and after a
+/// fatal DuckDB error found out or written again, once.
+struct BatchJob {
+    target: Arc<StreamTarget>,
+    plan: Arc<MemoryPlan>,
+    records: Vec<Record>,
+    /// The table as the writer knows it (`None`: read it first).
+    table: Option<TableState>,
+    /// Whether the table was empty when the writer first saw it.
+    empty: Option<bool>,
+    dry_run: bool,
+    /// The largest key written so far, while keys are ordered (see
+    /// `DuckDbWriter::max_written`).
+    append_after: Option<Option<Key>>,
+    /// The batch's lowest and highest keys.
+    range: Option<(Key, Key)>,
+    /// The batch's position, when positions are kept.
+    position: Option<String>,
+    /// The sequence number of that position.
+    seq: u64,
+}
+
+/// What a batch is after DuckDB failed fatally and the database was opened again.
+enum AfterReopen {
+    /// It had committed: acknowledged with these counts.
+    Committed(BatchAck),
+    /// It had not (or writing it again is harmless).
+    WriteAgain,
+    /// Nothing can tell.
+    Unknown(Error),
+}
+
+impl BatchJob {
+    /// Writes the batch through `db`; returns the outcome, the table state to
+    /// keep (after success) and whether the table was empty at first sight.
+    fn run(mut self, db: &Database) -> (Result<BatchAck>, Option<TableState>, Option<bool>) {
+        let mut conn = db.lock();
+        let mut reopened = false;
+        let (result, table) = loop {
+            let mut prepared = None;
+            let error = match self.attempt(&conn, reopened, &mut prepared) {
+                Ok((ack, state)) => break (Ok(ack), Some(state)),
+                Err(e) => e,
+            };
+            // A second failure of the same batch is not retried.
+            if reopened {
+                break (Err(error), None);
+            }
+            match db.recover(&mut conn, &self.plan, &error) {
+                Ok(true) => reopened = true,
+                Ok(false) => break (Err(error), None),
+                Err(fatal) => break (Err(fatal), None),
+            }
+            match self.after_reopen(&conn, error, prepared) {
+                Ok(AfterReopen::Committed(ack)) => break (Ok(ack), None),
+                Ok(AfterReopen::Unknown(e)) | Err(e) => break (Err(e), None),
+                Ok(AfterReopen::WriteAgain) => {
+                    tracing::warn!(sync = %self.target.sync_key, "writing the batch again after DuckDB failed");
+                }
+            }
+        };
+        (result, table, self.empty)
+    }
+
+    /// One try. After a reopening the batch is upserted (never appended): it
+    /// may be partly known to the table.
+    fn attempt(
+        &mut self,
+        conn: &Connection,
+        reopened: bool,
+        prepared: &mut Option<BatchAck>,
+    ) -> Result<(BatchAck, TableState)> {
+        let mut state = match self.table.take() {
+            Some(t) => t,
+            None => load_table(conn, &self.target.table)?,
+        };
+        let is_empty = *self.empty.get_or_insert(state.empty_at_load);
+        if self.dry_run {
+            let ack = plan_batch(conn, &self.target, &state, &self.records)?;
+            return Ok((ack, state));
+        }
+        let mode = match (&self.append_after, &self.range) {
+            (Some(after), Some((lowest, _)))
+                if !reopened && is_empty && is_after(lowest, after.as_ref()) =>
+            {
+                WriteMode::Append
+            }
+            _ => WriteMode::Upsert,
+        };
+        let ack = write_batch(
+            conn,
+            &self.target,
+            &self.plan,
+            &mut state,
+            &self.records,
+            mode,
+            self.position.as_deref().map(|p| (self.seq, p)),
+            prepared,
+        )?;
+        Ok((ack, state))
+    }
+
+    /// Whether the batch committed before DuckDB failed: its position says;
+    /// without positions a keyed batch is written again (upserts are
+    /// idempotent) and an unkeyed one cannot be told.
+    fn after_reopen(
+        &self,
+        conn: &Connection,
+        error: Error,
+        prepared: Option<BatchAck>,
+    ) -> Result<AfterReopen> {
+        if self.position.is_some() {
+            let (_, committed) = positions::read(conn, &self.target)?;
+            if committed < self.seq {
+                return Ok(AfterReopen::WriteAgain);
+            }
+            tracing::info!(sync = %self.target.sync_key, "the batch had committed before DuckDB failed");
+            let rows = self.records.len() as u64;
+            return Ok(AfterReopen::Committed(prepared.unwrap_or(BatchAck {
+                rows,
+                inserted: rows,
+                ..BatchAck::default()
+            })));
+        }
+        if self.target.key_field.is_some() {
+            return Ok(AfterReopen::WriteAgain);
+        }
+        Ok(AfterReopen::Unknown(error.with_context(
+            "recovery",
+            "the database was opened again, but whether this batch committed is unknown (no key, no positions): check the table, or run with checkpoints",
+        )))
+    }
+}
+
 #[async_trait]
 impl SinkWriter for DuckDbWriter {
     async fn write(&mut self, batch: Batch) -> Result<BatchAck> {
@@ -229,97 +363,22 @@ impl SinkWriter for DuckDbWriter {
                 ..BatchAck::default()
             });
         };
-        let table = self.table.take();
-        let plan = self.plan.clone();
-        let dry_run = self.dry_run;
-        let known_empty = self.empty_at_start;
-        let append_after = (!self.unordered).then(|| self.max_written.clone());
-        let range = merged.range.clone();
+        let job = BatchJob {
+            target,
+            plan: self.plan.clone(),
+            records: merged.records,
+            table: self.table.take(),
+            empty: self.empty_at_start,
+            dry_run: self.dry_run,
+            append_after: (!self.unordered).then(|| self.max_written.clone()),
+            range: merged.range,
+            position,
+            seq,
+        };
         let (result, table, empty) = tokio::task::spawn_blocking(move || {
-            let mut conn = db.lock();
-            let mut table = table;
-            let mut empty = known_empty;
-            let mut reopened = false;
-            let rows = merged.records.len() as u64;
-            let outcome = loop {
-                let mut prepared = None;
-                let result = (|| {
-                    let mut state = match table.take() {
-                        Some(t) => t,
-                        None => load_table(&conn, &target.table)?,
-                    };
-                    let is_empty = *empty.get_or_insert(state.empty_at_load);
-                    let ack = if dry_run {
-                        plan_batch(&conn, &target, &state, &merged.records)?
-                    } else {
-                        let mode = match (&append_after, &range) {
-                            (Some(after), Some((lowest, _)))
-                                if !reopened && is_empty && is_after(lowest, after.as_ref()) =>
-                            {
-                                WriteMode::Append
-                            }
-                            _ => WriteMode::Upsert,
-                        };
-                        write_batch(
-                            &conn,
-                            &target,
-                            &plan,
-                            &mut state,
-                            &merged.records,
-                            mode,
-                            position.as_deref().map(|p| (seq, p)),
-                            &mut prepared,
-                        )?
-                    };
-                    Ok((ack, state))
-                })();
-                let error = match result {
-                    Ok((ack, state)) => break (Ok(ack), Some(state)),
-                    Err(e) => e,
-                };
-                // A second failure of the same batch is not retried.
-                if reopened {
-                    break (Err(error), None);
-                }
-                match db.recover(&mut conn, &plan, &error) {
-                    Ok(false) => break (Err(error), None),
-                    Err(fatal) => break (Err(fatal), None),
-                    Ok(true) => reopened = true,
-                }
-                // Did the batch commit before DuckDB failed? Its position says.
-                if position.is_some() {
-                    match positions::read(&conn, &target) {
-                        Ok((_, committed)) if committed >= seq => {
-                            tracing::info!(sync = %target.sync_key, "the batch had committed before DuckDB failed");
-                            break (
-                                Ok(prepared.unwrap_or(BatchAck {
-                                    rows,
-                                    inserted: rows,
-                                    ..BatchAck::default()
-                                })),
-                                None,
-                            );
-                        }
-                        Ok(_) => {}
-                        Err(e) => break (Err(e), None),
-                    }
-                } else if target.key_field.is_none() {
-                    // Rows without a key and without positions: writing the
-                    // batch again could double it, and nothing tells whether it
-                    // committed.
-                    break (
-                        Err(error.with_context(
-                            "recovery",
-                            "the database was opened again, but whether this batch committed is unknown (no key, no positions): check the table, or run with checkpoints",
-                        )),
-                        None,
-                    );
-                }
-                tracing::warn!(sync = %target.sync_key, "writing the batch again after DuckDB failed");
-            };
-            drop(merged.records);
+            let outcome = job.run(&db);
             drop(lease);
-            (outcome.0, outcome.1, empty)
+            outcome
         })
         .await
         .map_err(|e| Error::new(ErrorKind::Sink, "duckdb writer task failed").with_source(e))?;
