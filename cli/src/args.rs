@@ -200,10 +200,12 @@ pub struct SyncArgs {
     #[arg(long, value_name = "MB", env = "SLUICEGATE_MAX_MEMORY_MB", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Tuning")]
     pub max_memory_mb: Option<u64>,
 
-    /// When the process's resident memory passes this share of --max-memory-mb, the
-    /// memory monitor flushes partial batches and sink caches, halves the batch size
-    /// (it grows back once memory eases) and has the allocator return freed memory
-    /// [default: 0.8].
+    /// The share of what --max-memory-mb leaves beyond the process and its sinks that
+    /// records in flight may fill. When the process's resident memory passes the plan
+    /// (process + sinks + this share; this share of --max-memory-mb when the target
+    /// cannot hold the process and its sinks), the memory monitor flushes partial
+    /// batches and sink caches, halves the batch size (it grows back once memory eases)
+    /// and has the allocator return freed memory [default: 0.8].
     #[arg(long, value_name = "FRACTION", env = "SLUICEGATE_FLUSH_THRESHOLD_PERCENT", value_parser = crate::tuning::parse_threshold, help_heading = "Tuning")]
     pub flush_threshold_percent: Option<f64>,
 
