@@ -360,7 +360,7 @@ def report():
     if compare:
         out += ["## Classic against streaming under 128 MB", "",
                 "`python3 profiling/profile.py --compare`: the `orders` resource alone, N records, 128 MiB hard limit.",
-                "`classic` and `streaming` run with the default `--max-memory-mb 96`: classic mode stops with a",
+                "`classic` and `streaming` run with `--max-memory-mb 96` (the default until the memory plan; now 128): classic mode stops with a",
                 "clear memory error as soon as the source does not fit its byte budget. `classic-4g` is classic",
                 "mode with `--max-memory-mb 4096`, so the budget never stops it: it shows what holding the whole",
                 "source costs, and the kernel kills it once that passes the container's 128 MiB.", "",
