@@ -155,15 +155,15 @@ fn fmt(bytes: u64) -> String {
 /// no longer hold the process, its sinks and the smallest budget, it says so,
 /// once. (The records budget keeps its
 /// size: a budget shrunk under sources that wait for it could leave a request
-/// larger than what is left waiting for ever.) Ends when the returned handle
-/// is aborted.
+/// larger than what is left waiting for ever.) Ends when the returned guard
+/// is dropped.
 pub fn follow_sink_growth(
     plan: MemoryPlan,
     sinks: Vec<Arc<dyn Sink>>,
     monitor: MemoryMonitor,
     interval: Duration,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+) -> GrowthGuard {
+    GrowthGuard(tokio::spawn(async move {
         let mut seen = plan.sinks;
         // A plan that did not fit was announced at the start.
         let mut warned = !plan.fits();
@@ -189,11 +189,12 @@ pub fn follow_sink_growth(
                 );
             }
         }
-    })
+    }))
 }
 
-/// Aborts the growth task when the run ends.
-pub struct GrowthGuard(pub tokio::task::JoinHandle<()>);
+/// The growth task of [`follow_sink_growth`]; aborted when dropped (at the
+/// run's end).
+pub struct GrowthGuard(tokio::task::JoinHandle<()>);
 
 impl Drop for GrowthGuard {
     fn drop(&mut self) {
@@ -270,12 +271,12 @@ mod tests {
         let plan = MemoryPlan::new(256 * MIB, 0.8, Some(40 * MIB), 16 * MIB);
         let monitor = MemoryMonitor::disabled();
         monitor.set_threshold_bytes(plan.monitor_threshold());
-        let _guard = GrowthGuard(follow_sink_growth(
+        let _guard = follow_sink_growth(
             plan,
             vec![sink.clone() as Arc<dyn Sink>],
             monitor.clone(),
             Duration::from_millis(5),
-        ));
+        );
         tokio::time::sleep(Duration::from_millis(30)).await;
         assert_eq!(monitor.threshold_bytes(), plan.monitor_threshold());
         sink.0.store(46 * MIB, std::sync::atomic::Ordering::Relaxed);

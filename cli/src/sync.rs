@@ -15,7 +15,7 @@ use sluicegate_core::{
 
 use crate::args::{SyncArgs, Verbosity};
 use crate::config_file::{ConfigFile, SyncEntry, split_type};
-use crate::memory_plan::{GrowthGuard, MemoryPlan, follow_sink_growth};
+use crate::memory_plan::{MemoryPlan, follow_sink_growth};
 use crate::observer::CliObserver;
 use crate::progress::{Progress, group};
 use crate::report::{self, MemoryWatch, MetricsServer};
@@ -250,12 +250,12 @@ pub async fn run(
         ctx.monitor.clone(),
     );
     let _sampling = ctx.monitor.spawn();
-    let _growth = GrowthGuard(follow_sink_growth(
+    let _growth = follow_sink_growth(
         plan,
         ctx.sinks.values().cloned().collect(),
         ctx.monitor.clone(),
         ctx.tuning.monitor().check_interval,
-    ));
+    );
     let running = Arc::new(std::sync::Mutex::new(String::new()));
     let _metrics = match &args.metrics_addr {
         Some(addr) => {
