@@ -20,7 +20,8 @@
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use sluicegate_core::{BuildContext, Result, field_error, render_template};
+use sluicegate_core::{BuildContext, Result, field_error};
+use sluicegate_templates::render_template;
 
 use crate::connstr::ConnectionParams;
 

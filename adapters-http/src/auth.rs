@@ -16,9 +16,8 @@ use std::time::{Duration, Instant};
 
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 use serde::Deserialize;
-use sluicegate_core::{
-    BuildContext, Error, ErrorKind, Result, Secret, field_error, render_template,
-};
+use sluicegate_core::{BuildContext, Error, ErrorKind, Result, Secret, field_error};
+use sluicegate_templates::render_template;
 use tokio::sync::Mutex;
 
 /// A secret: from an environment variable or a file.

@@ -6,7 +6,8 @@ use std::time::{Duration, SystemTime};
 use std::sync::Arc;
 
 use reqwest::header::{HeaderMap, RETRY_AFTER};
-use sluicegate_core::{Error, Pacer, Result, RunStats};
+use sluicegate_core::{Error, Result, RunStats};
+use sluicegate_http_client::Pacer;
 
 use crate::auth::Auth;
 

@@ -18,11 +18,11 @@
 
 use std::collections::BTreeMap;
 
+use crate::jsonpath::JsonSelector;
 use serde::Deserialize;
 use serde_json::Value;
-use sluicegate_core::{
-    BuildContext, JsonSelector, Result, Templates, field_error, render_template,
-};
+use sluicegate_core::{BuildContext, Result, field_error};
+use sluicegate_templates::{Templates, render_template};
 
 use crate::auth::AuthConfig;
 use crate::decode::ResultsFormat;

@@ -6,6 +6,7 @@ pub mod config;
 mod decode;
 mod error;
 mod filecache;
+pub mod jsonpath;
 mod pagination;
 mod source;
 
@@ -18,6 +19,7 @@ pub use auth::{AuthConfig, KeyLocation};
 pub use config::{FileCacheConfig, HttpMethod, HttpSourceConfig, RetryConfig};
 pub use decode::{ResultsFormat, decode_body};
 pub use filecache::clear_file_cache;
+pub use jsonpath::JsonSelector;
 pub use pagination::{
     CursorPaging, HeaderTokenPaging, LinkHeaderPaging, MAX_EMPTY_PAGES, NextUrlPaging,
     OffsetPaging, PageNumberPaging, Pagination, SinglePaging, SkipMode,

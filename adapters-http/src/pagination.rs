@@ -22,10 +22,11 @@
 //! `totalHeader` or `totalPagesHeader` that finds nothing on the first page is
 //! an error naming it.
 
+use crate::jsonpath::JsonSelector;
 use reqwest::header::HeaderMap;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sluicegate_core::{Error, JsonSelector, Position, Result, field_error};
+use sluicegate_core::{Error, Position, Result, field_error};
 
 /// Empty pages in a row that are skipped while the API says there is more;
 /// one more fails the read.

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::jsonpath::JsonSelector;
 use bytes::Bytes;
 use futures::FutureExt;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
@@ -22,10 +23,11 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, Url};
 use serde_json::{Map, Value, json};
 use sluicegate_core::{
-    Batch, BatchSender, BatchStream, BuildContext, Error, ErrorKind, JsonSelector, MemoryLease,
-    Pacer, Position, ReadRequest, Record, Result, ResultExt, Secret, Source, Templates,
-    approx_record_size, channel_stream, render_template,
+    Batch, BatchSender, BatchStream, BuildContext, Error, ErrorKind, MemoryLease, Position,
+    ReadRequest, Record, Result, ResultExt, Secret, Source, approx_record_size, channel_stream,
 };
+use sluicegate_http_client::Pacer;
+use sluicegate_templates::{Templates, render_template};
 
 use crate::client::{Requester, RetryPolicy, ensure_crypto_provider};
 use crate::config::{HttpMethod, HttpSourceConfig, check_url};

@@ -269,7 +269,7 @@ pub struct SyncArgs {
     /// end) [default: no limit]. The stopped sync fails (exit code 1); what was
     /// written before stays and it resumes from its checkpoint.
     #[arg(long, value_name = "N|P%")]
-    pub max_errors: Option<sluicegate_core::ErrorLimit>,
+    pub max_errors: Option<sluicegate_engine::ErrorLimit>,
 
     /// Write every figure of the run to this JSON file at the end: per stream
     /// counts, requests by status, retries, budget use and waits, and memory (peak,

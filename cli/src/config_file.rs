@@ -89,10 +89,10 @@ pub struct SyncEntry {
     pub key_field: Option<String>,
     /// Variables rendered before the mapping (`var.<name>`).
     #[serde(default)]
-    pub pre_mapping: Vec<sluicegate_core::PreMappingItem>,
+    pub pre_mapping: Vec<sluicegate_engine::PreMappingItem>,
     /// Target fields and their templates; without it records pass unchanged.
     #[serde(default)]
-    pub mapping: Vec<sluicegate_core::MappingItem>,
+    pub mapping: Vec<sluicegate_engine::MappingItem>,
     /// Keep a record only when this template renders `true`.
     #[serde(default)]
     pub filter_expression: Option<String>,
@@ -107,11 +107,11 @@ impl SyncEntry {
     }
 
     /// The entry's mapping, if it has one.
-    pub fn mapping(&self) -> Option<sluicegate_core::MappingConfig> {
+    pub fn mapping(&self) -> Option<sluicegate_engine::MappingConfig> {
         (!self.mapping.is_empty()
             || !self.pre_mapping.is_empty()
             || self.filter_expression.is_some())
-        .then(|| sluicegate_core::MappingConfig {
+        .then(|| sluicegate_engine::MappingConfig {
             pre_mapping: self.pre_mapping.clone(),
             mapping: self.mapping.clone(),
             filter_expression: self.filter_expression.clone(),

@@ -8,10 +8,9 @@
 //! `sourceType: database`). `id` and `contentDisplayField` are ignored, as `cute`
 //! ignores them. Keys neither side knows are refused with the usual message.
 
+use crate::scriban::scriban_to_jinja;
 use serde_json::{Map, Value};
-use sluicegate_core::{
-    BuildContext, Error, Result, parse_section, scriban_to_jinja, template_scope_from_env,
-};
+use sluicegate_core::{BuildContext, Error, Result, parse_section, template_scope_from_env};
 use sluicegate_sinks_cms::{ContentfulSinkConfig, fetch_cute_entry};
 
 use crate::config_file::{ConfigFile, SyncEntry, split_type};
@@ -235,7 +234,7 @@ mapping:
             "cute counts pages"
         );
         let scope = serde_json::json!({"env": {}, "config": {"Cute__ExampleApiKey": "k"}});
-        sluicegate_core::Mapper::new(&e.mapping().unwrap(), &scope).unwrap();
+        sluicegate_engine::Mapper::new(&e.mapping().unwrap(), &scope).unwrap();
     }
 
     #[test]

@@ -8,7 +8,6 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
-use sluicegate_core::checkpoint::file_safe;
 use sluicegate_core::{Error, ErrorKind, Result};
 
 /// A held lock; released when dropped.
@@ -101,6 +100,20 @@ fn lock_file(path: PathBuf, key: &str) -> Result<RunLock> {
         }
         Err(TryLockError::Error(e)) => Err(io("lock", &path, e)),
     }
+}
+
+/// A sync key or stream name as a readable, safe file name: ASCII letters,
+/// digits, `-` and `_` kept, anything else `_`. Names the lock files.
+fn file_safe(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use sluicegate_core::{MemoryBudget, RunStats, format_bytes, process_memory};
+use sluicegate_core::{MemoryBudget, RunStats, format_bytes};
+use sluicegate_engine::process_memory;
 use tokio::sync::watch;
 
 /// How often a terminal display refreshes.

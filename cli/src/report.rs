@@ -16,10 +16,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::{Value, json};
-use sluicegate_core::{
-    Error, ErrorKind, LATENCY_BOUNDS_MS, MemoryBudget, MemoryMonitor, Result, RunStats,
-    process_memory,
-};
+use sluicegate_core::{Error, ErrorKind, LATENCY_BOUNDS_MS, MemoryBudget, Result, RunStats};
+use sluicegate_engine::{MemoryMonitor, process_memory};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 

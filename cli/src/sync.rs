@@ -8,19 +8,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluicegate_core::{
-    BuildContext, CheckpointStore, Error, ErrorKind, Mapper, MemoryBudget, MemoryMonitor, Pipeline,
-    PipelineOptions, Prepared, ReadMode, Registry, Result, RunObserver, RunStats, Sink, Source,
-    StreamReport, StreamTarget, WhenFull, format_bytes, process_memory, template_scope_from_env,
+    BuildContext, CheckpointStore, Error, ErrorKind, MemoryBudget, Prepared, Registry, Result,
+    RunObserver, RunStats, Sink, Source, StreamTarget, WhenFull, format_bytes,
+    template_scope_from_env,
+};
+use sluicegate_engine::{
+    Mapper, MemoryMonitor, Pipeline, PipelineOptions, ReadMode, StreamReport, process_memory,
 };
 
 use crate::args::{SyncArgs, Verbosity};
 use crate::config_file::{ConfigFile, SyncEntry, split_type};
-use crate::memory_plan::{MemoryPlan, follow_sink_growth};
 use crate::observer::CliObserver;
 use crate::progress::{Progress, group};
 use crate::report::{self, MemoryWatch, MetricsServer};
 use crate::state::SqliteStateStore;
 use crate::tuning::Tuning;
+use sluicegate_engine::{MemoryPlan, follow_sink_growth};
 
 /// One entry, validated and ready to build.
 pub(crate) struct PreparedEntry {

@@ -23,7 +23,8 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use sluicegate_core::{Error, MonitorSettings, Result, StageTuning};
+use sluicegate_core::{Error, Result, StageTuning};
+use sluicegate_engine::MonitorSettings;
 
 use crate::args::SyncArgs;
 

@@ -66,11 +66,11 @@ fn the_configuration_reference_names_every_key() {
     );
     check(
         "mapping",
-        accepted_keys::<sluicegate_core::mapping::MappingItem>(json!({})),
+        accepted_keys::<sluicegate_engine::mapping::MappingItem>(json!({})),
     );
     check(
         "preMapping",
-        accepted_keys::<sluicegate_core::mapping::PreMappingItem>(json!({})),
+        accepted_keys::<sluicegate_engine::mapping::PreMappingItem>(json!({})),
     );
     use sluicegate_adapters_http as http;
     check(

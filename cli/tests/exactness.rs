@@ -29,9 +29,10 @@ use axum::routing::get;
 use serde_json::{Map, Value, json};
 use sluicegate_adapters_http::{HttpSource, HttpSourceConfig};
 use sluicegate_core::{
-    BuildContext, CheckpointStore, MemoryBudget, MemoryCheckpointStore, Pipeline, PipelineOptions,
-    Sink, StreamTarget, parse_section,
+    BuildContext, CheckpointStore, MemoryBudget, MemoryCheckpointStore, Sink, StreamTarget,
+    parse_section,
 };
+use sluicegate_engine::{Pipeline, PipelineOptions};
 use sluicegate_sinks_duckdb::{DuckDbSink, DuckDbSinkConfig};
 
 // ---------------------------------------------------------------- the data

@@ -334,7 +334,7 @@ fn the_grafana_dashboard_queries_only_series_the_endpoint_serves() {
     let served = sluicegate_cli::report::metrics_text(
         &stats,
         &sluicegate_core::MemoryBudget::new(1 << 20),
-        &sluicegate_core::MemoryMonitor::disabled(),
+        &sluicegate_engine::MemoryMonitor::disabled(),
         "orders",
     );
     let path =

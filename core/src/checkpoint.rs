@@ -1,16 +1,14 @@
 //! Checkpoints: where each stream resumes after an interrupted run.
 //!
-//! The rules are in [`CheckpointStore`]'s contract; [`FileCheckpointStore`] keeps
-//! positions in a JSON file.
+//! The rules are in [`CheckpointStore`]'s contract; [`MemoryCheckpointStore`]
+//! keeps positions for one process (tests, dry runs). The CLI keeps them in
+//! SQLite.
 
 use std::collections::BTreeMap;
-use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::batch::Position;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::Result;
 
 /// Stores the last acknowledged position per sync key and stream.
 ///
@@ -68,115 +66,6 @@ impl CheckpointStore for MemoryCheckpointStore {
     }
 }
 
-/// Checkpoints as one small JSON file per sync key and stream in a directory,
-/// replaced atomically (write to a temporary file, sync, rename).
-#[derive(Debug, Clone)]
-pub struct FileCheckpointStore {
-    dir: PathBuf,
-}
-
-impl FileCheckpointStore {
-    /// A store in `dir` (created on the first commit).
-    pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
-    }
-
-    /// The directory holding the checkpoint files.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    fn file(&self, sync_key: &str, stream: &str) -> PathBuf {
-        self.dir.join(format!(
-            "{}.{}.json",
-            file_safe(sync_key),
-            file_safe(stream)
-        ))
-    }
-}
-
-/// A sync key or stream name as a readable, safe file name: ASCII letters,
-/// digits, `-` and `_` kept, anything else `_`. Used for checkpoint files and by
-/// tools that keep per-key files next to them (run locks).
-pub fn file_safe(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-fn io_error(action: &str, path: &Path, err: std::io::Error) -> Error {
-    Error::new(
-        ErrorKind::Checkpoint,
-        format!("cannot {action} checkpoint {}", path.display()),
-    )
-    .with_source(err)
-}
-
-impl CheckpointStore for FileCheckpointStore {
-    fn load(&self, sync_key: &str, stream: &str) -> Result<Option<Position>> {
-        let path = self.file(sync_key, stream);
-        let text = match fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_error("read", &path, e)),
-        };
-        let stored: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-            Error::new(
-                ErrorKind::Checkpoint,
-                format!(
-                    "checkpoint {} is corrupt; delete it to start the stream over",
-                    path.display()
-                ),
-            )
-            .with_source(e)
-        })?;
-        match stored.get("position") {
-            Some(position) if stored["syncKey"] == sync_key => Ok(Some(Position(position.clone()))),
-            _ => Err(Error::new(
-                ErrorKind::Checkpoint,
-                format!(
-                    "checkpoint {} does not belong to sync '{sync_key}'; delete it to start the stream over",
-                    path.display()
-                ),
-            )),
-        }
-    }
-
-    fn commit(&self, sync_key: &str, stream: &str, position: &Position) -> Result<()> {
-        fs::create_dir_all(&self.dir)
-            .map_err(|e| io_error("create directory for", &self.dir, e))?;
-        let path = self.file(sync_key, stream);
-        let tmp = path.with_extension("json.tmp");
-        let body = serde_json::json!({
-            "syncKey": sync_key,
-            "stream": stream,
-            "position": position,
-        });
-        let write = || -> std::io::Result<()> {
-            let mut file = fs::File::create(&tmp)?;
-            file.write_all(body.to_string().as_bytes())?;
-            file.sync_all()?;
-            fs::rename(&tmp, &path)
-        };
-        write().map_err(|e| io_error("write", &path, e))
-    }
-
-    fn clear(&self, sync_key: &str, stream: &str) -> Result<()> {
-        let path = self.file(sync_key, stream);
-        match fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_error("remove", &path, e)),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,28 +87,5 @@ mod tests {
     #[test]
     fn memory_store_roundtrips() {
         roundtrip(&MemoryCheckpointStore::default());
-    }
-
-    #[test]
-    fn file_store_roundtrips_and_survives_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        roundtrip(&FileCheckpointStore::new(dir.path()));
-        let store = FileCheckpointStore::new(dir.path());
-        store.commit("k/1", "s", &Position::new(json!(7))).unwrap();
-        let reopened = FileCheckpointStore::new(dir.path());
-        assert_eq!(
-            reopened.load("k/1", "s").unwrap(),
-            Some(Position::new(json!(7)))
-        );
-    }
-
-    #[test]
-    fn corrupt_file_is_a_clear_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = FileCheckpointStore::new(dir.path());
-        std::fs::write(dir.path().join("k.s.json"), "{not json").unwrap();
-        let err = store.load("k", "s").unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Checkpoint);
-        assert!(err.to_string().contains("is corrupt; delete it"), "{err}");
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::config::{locate, parse_section};
 use crate::error::Result;
@@ -24,7 +24,7 @@ pub struct BuildContext {
     /// dry run must not create or change anything.
     pub dry_run: bool,
     /// The scope that templates in configuration can read (`env`, `config`); see
-    /// [`template_scope_from_env`](crate::template_scope_from_env).
+    /// [`template_scope_from_env`].
     pub template_scope: Value,
     /// The directory relative paths in configuration are resolved against (the
     /// configuration file's directory).
@@ -56,7 +56,7 @@ impl BuildContext {
         Self {
             sync_key: sync_key.into(),
             dry_run,
-            template_scope: crate::template::template_scope_from_env(),
+            template_scope: template_scope_from_env(),
             base_dir: PathBuf::from("."),
             publish: true,
             cache_dir: None,
@@ -162,4 +162,16 @@ impl<F: Factory> DynFactory<F::Output> for F {
             ctx,
         }))
     }
+}
+
+/// The default template scope: `{"env": {...}, "config": {...}}` from the process
+/// environment.
+pub fn template_scope_from_env() -> Value {
+    let vars: Map<String, Value> = std::env::vars()
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect();
+    let mut scope = Map::new();
+    scope.insert("env".to_owned(), Value::Object(vars.clone()));
+    scope.insert("config".to_owned(), Value::Object(vars));
+    Value::Object(scope)
 }

@@ -1,5 +1,5 @@
 //! The keyed-sink contract: what a content platform (Contentful, Directus, ...)
-//! implements so that [`UpsertWriter`](crate::UpsertWriter) can sync into it.
+//! implements so that `sluicegate-upsert`'s `UpsertWriter` can sync into it.
 //!
 //! The rules are in [`KeyedSink`]'s contract.
 

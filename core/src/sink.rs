@@ -9,7 +9,6 @@ use serde::Serialize;
 
 use crate::batch::Batch;
 use crate::error::Result;
-use crate::monitor::MemoryRelief;
 use crate::observe::{NoObserver, RunObserver};
 use crate::stats::RunStats;
 
@@ -94,7 +93,7 @@ pub struct WriterSummary {
     /// The target's row count after the run, when the sink can tell cheaply.
     pub total_rows: Option<u64>,
     /// Figures of the writer's lookup cache, if it has one.
-    pub cache: Option<crate::upsert::CacheStats>,
+    pub cache: Option<crate::stats::CacheStats>,
     /// Entries published.
     pub published: u64,
     /// Whether the sink compares content, so `unchanged` counts mean something
@@ -155,7 +154,7 @@ pub trait Sink: Send + Sync + 'static {
 /// - `finish` is called once after the last batch (not after an error) and may
 ///   flush what the writer buffered; its summary's figures cover the whole stream.
 /// - `relieve_memory` is called between batches when the run's
-///   [`MemoryMonitor`](crate::MemoryMonitor) sees memory above its threshold: drop
+///   memory monitor (`sluicegate-engine`) sees memory above its threshold: drop
 ///   caches (they are looked up again), write out buffers, and say what was freed.
 ///   A writer that holds nothing beyond a batch keeps the default, which frees
 ///   nothing. Wrappers must forward it.
@@ -202,4 +201,23 @@ pub enum SinkPosition {
     After(crate::batch::Position),
     /// The stream's last run finished: a new run starts from the beginning.
     Complete,
+}
+
+/// What a sink writer freed when asked to relieve memory pressure.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemoryRelief {
+    /// Cached entries dropped (looked up again when needed).
+    pub cache_entries: u64,
+    /// Bytes those entries held, as the cache weighs them.
+    pub cache_bytes: u64,
+    /// Buffers written out (for example a database checkpoint).
+    pub buffers_flushed: u64,
+}
+
+impl MemoryRelief {
+    /// Whether the writer freed anything.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
 }

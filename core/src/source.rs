@@ -124,8 +124,9 @@ where
     Box::pin(start.flatten())
 }
 
-/// The error for a source task that panicked, with the panic's message.
-pub(crate) fn panicked(payload: &(dyn std::any::Any + Send)) -> Error {
+/// The error for a source task that panicked, with the panic's message (for
+/// runners and sources that read a stream on a task of their own).
+pub fn panicked(payload: &(dyn std::any::Any + Send)) -> Error {
     let message = payload
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())

@@ -329,6 +329,24 @@ impl RunStats {
     }
 }
 
+/// Figures of a writer's lookup cache (keyed sinks look existing entries up
+/// through one), for the run summary.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct CacheStats {
+    /// Records answered by the cache.
+    pub hits: u64,
+    /// Records the cache did not know.
+    pub misses: u64,
+    /// Entries evicted to stay within bounds.
+    pub evictions: u64,
+    /// Entries held at the end.
+    pub entries: u64,
+    /// Bytes held at the end (as weighed).
+    pub bytes: u64,
+    /// Whether the target was prefetched.
+    pub prefetched: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::json;
-use sluicegate_core::{Mapper, MappingConfig, MappingItem, into_record};
+use sluicegate_core::into_record;
+use sluicegate_engine::{Mapper, MappingConfig, MappingItem};
 
 fuzz_target!(|input: &str| {
     // Field name, expression and record, separated by NUL characters.

@@ -9,7 +9,8 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{Method, Url};
 use serde_json::Value;
-use sluicegate_core::{BuildContext, Error, ErrorKind, Pacer, RunStats, Secret, field_error};
+use sluicegate_core::{BuildContext, Error, ErrorKind, RunStats, Secret, field_error};
+use sluicegate_http_client::Pacer;
 use tokio::sync::Semaphore;
 
 /// A failed call: the API's status and error body, or a network failure.
@@ -87,19 +88,19 @@ pub(crate) fn upsert_options(
     cache_max_mb: u64,
     cache_ttl_secs: Option<u64>,
     prefetch: &str,
-) -> sluicegate_core::UpsertOptions {
-    sluicegate_core::UpsertOptions {
+) -> sluicegate_upsert::UpsertOptions {
+    sluicegate_upsert::UpsertOptions {
         dry_run,
         publish,
-        cache: sluicegate_core::CacheConfig {
+        cache: sluicegate_upsert::CacheConfig {
             max_entries: cache_max_entries,
             max_bytes: cache_max_mb.saturating_mul(1 << 20),
             ttl: cache_ttl_secs.map(Duration::from_secs),
         },
         prefetch: if prefetch == "never" {
-            sluicegate_core::Prefetch::Never
+            sluicegate_upsert::Prefetch::Never
         } else {
-            sluicegate_core::Prefetch::Auto
+            sluicegate_upsert::Prefetch::Auto
         },
     }
 }

@@ -706,8 +706,9 @@ impl sluicegate_core::CheckpointStore for StopAfterCommits {
 /// checkpoint store is a batch behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_append_stopped_between_the_two_commits_resumes_exactly_once() {
-    use sluicegate_core::testing::{VecSource, numbered_records};
-    use sluicegate_core::{CheckpointStore, Pipeline, PipelineOptions};
+    use sluicegate_core::CheckpointStore;
+    use sluicegate_engine::{Pipeline, PipelineOptions};
+    use sluicegate_testkit::doubles::{VecSource, numbered_records};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
     let dir = tempfile::tempdir().unwrap();

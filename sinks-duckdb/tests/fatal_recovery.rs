@@ -11,12 +11,12 @@ use std::sync::Arc;
 
 use fail::FailScenario;
 use serde_json::{Value, json};
-use sluicegate_core::testing::{VecSource, numbered_records};
 use sluicegate_core::{
-    Batch, BuildContext, MemoryBudget, MemoryCheckpointStore, Pipeline, PipelineOptions, Sink,
-    StreamTarget, into_record,
+    Batch, BuildContext, MemoryBudget, MemoryCheckpointStore, Sink, StreamTarget, into_record,
 };
+use sluicegate_engine::{Pipeline, PipelineOptions};
 use sluicegate_sinks_duckdb::{DuckDbSink, DuckDbSinkConfig};
+use sluicegate_testkit::doubles::{VecSource, numbered_records};
 
 fn sink(dir: &Path) -> DuckDbSink {
     let ctx = BuildContext {

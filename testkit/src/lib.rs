@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod doubles;
 mod sink;
 mod source;
 

@@ -5,11 +5,11 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use serde_json::json;
-use sluicegate_core::testing::{MemorySink, VecSource, numbered_records};
 use sluicegate_core::{
     Batch, BatchAck, BatchStream, Position, ReadRequest, Record, Result, Sink, SinkWriter, Source,
     StreamTarget, WriterSummary, approx_record_size, channel_stream, into_record,
 };
+use sluicegate_testkit::doubles::{MemorySink, VecSource, numbered_records};
 use sluicegate_testkit::{SinkCase, SourceCase, check_sink, check_source};
 
 /// How a test source misbehaves.

@@ -8,9 +8,10 @@ mod json_stream;
 
 use std::io::Read;
 
+use crate::jsonpath::JsonSelector;
 use serde::Deserialize;
 use serde_json::Value;
-use sluicegate_core::{JsonSelector, Record, into_record};
+use sluicegate_core::{Record, into_record};
 
 pub(crate) use csv_stream::CsvDecoder;
 pub(crate) use json_stream::ArrayScanner;

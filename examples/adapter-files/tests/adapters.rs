@@ -5,11 +5,12 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use serde_json::json;
-use sluicegate_core::testing::MemorySink;
 use sluicegate_core::{
-    BuildContext, CheckpointStore, MemoryBudget, MemoryCheckpointStore, Pipeline, PipelineOptions,
-    Registry, RunStats, Sink, StreamTarget,
+    BuildContext, CheckpointStore, MemoryBudget, MemoryCheckpointStore, Registry, RunStats, Sink,
+    StreamTarget,
 };
+use sluicegate_engine::{Pipeline, PipelineOptions};
+use sluicegate_testkit::doubles::MemorySink;
 
 fn write_lines(dir: &std::path::Path, lines: &[String]) {
     let mut f = std::fs::File::create(dir.join("events.jsonl")).unwrap();

@@ -12,8 +12,9 @@ use serde_json::{Map, Value, json};
 use sluicegate_core::{
     BuildContext, ContentModel, EntryFields, Error, ErrorKind, ExistingEntry, FieldDef, FieldKind,
     KeyedCapabilities, KeyedSink, Lookup, LookupPage, Result, Sink, SinkWriter, StreamTarget,
-    UpsertOptions, UpsertWriter, WriteOp, Written,
+    WriteOp, Written,
 };
+use sluicegate_upsert::{UpsertOptions, UpsertWriter};
 
 use super::client::cma_client;
 use super::config::ContentfulSinkConfig;

@@ -9,7 +9,8 @@
 //! ```
 
 use serde::Deserialize;
-use sluicegate_core::{BuildContext, Result, Secret, field_error, render_template};
+use sluicegate_core::{BuildContext, Result, Secret, field_error};
+use sluicegate_templates::render_template;
 
 use crate::api::read_token;
 

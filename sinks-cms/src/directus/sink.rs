@@ -23,8 +23,9 @@ use serde_json::{Map, Value, json};
 use sluicegate_core::{
     BuildContext, ContentModel, EntryFields, Error, ErrorKind, ExistingEntry, FieldDef, FieldKind,
     KeyedCapabilities, KeyedSink, Lookup, LookupPage, Result, Sink, SinkWriter, StreamTarget,
-    UpsertOptions, UpsertWriter, WriteOp, Written,
+    WriteOp, Written,
 };
+use sluicegate_upsert::{UpsertOptions, UpsertWriter};
 
 use super::config::DirectusSinkConfig;
 use crate::api::{ApiClient, ApiError, Dialect, Settings, percent_encode, upsert_options};

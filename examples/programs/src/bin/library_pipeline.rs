@@ -15,8 +15,10 @@ use std::time::{Duration, Instant};
 
 use sluicegate_adapters_http::{HttpSource, HttpSourceConfig, OffsetPaging, Pagination};
 use sluicegate_core::{
-    BuildContext, Mapper, MappingConfig, MappingItem, MemoryBudget, Pipeline, PipelineOptions,
-    RunStats, Sink, StreamTarget, format_bytes, process_memory, template_scope_from_env,
+    BuildContext, MemoryBudget, RunStats, Sink, StreamTarget, format_bytes, template_scope_from_env,
+};
+use sluicegate_engine::{
+    Mapper, MappingConfig, MappingItem, Pipeline, PipelineOptions, process_memory,
 };
 use sluicegate_examples::shop::{ShopConfig, ShopServer};
 use sluicegate_sinks_duckdb::{DuckDbSink, DuckDbSinkConfig};

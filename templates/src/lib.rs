@@ -9,9 +9,9 @@
 //! map; the name used by `cute` configurations, e.g. `{{ config.Cute__ApiKey }}`).
 
 use minijinja::{Environment, UndefinedBehavior};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use crate::error::{Error, ErrorKind, Result};
+use sluicegate_core::{Error, ErrorKind, Result};
 
 /// A set of named, compiled templates sharing one environment.
 pub struct Templates {
@@ -57,7 +57,7 @@ impl Templates {
 /// `Serialize` hands to other formats as a private map; here they become
 /// template integers (up to 128 bits) or floats, and only a number no float
 /// holds (`1e400`) stays text.
-pub(crate) fn template_value(value: &Value) -> minijinja::Value {
+pub fn template_value(value: &Value) -> minijinja::Value {
     use minijinja::Value as V;
     match value {
         Value::Null => V::from(()),
@@ -104,18 +104,6 @@ pub fn render_template(name: &str, source: &str, scope: &Value) -> Result<String
     let mut templates = Templates::new();
     templates.add(name, source)?;
     templates.render(name, scope)
-}
-
-/// The default template scope: `{"env": {...}, "config": {...}}` from the process
-/// environment.
-pub fn template_scope_from_env() -> Value {
-    let vars: Map<String, Value> = std::env::vars()
-        .map(|(k, v)| (k, Value::String(v)))
-        .collect();
-    let mut scope = Map::new();
-    scope.insert("env".to_owned(), Value::Object(vars.clone()));
-    scope.insert("config".to_owned(), Value::Object(vars));
-    Value::Object(scope)
 }
 
 #[cfg(test)]

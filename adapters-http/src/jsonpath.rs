@@ -8,7 +8,7 @@
 use serde_json::Value;
 use serde_json_path::JsonPath;
 
-use crate::error::{Error, Result};
+use sluicegate_core::{Error, Result};
 
 /// A compiled selector.
 #[derive(Debug, Clone)]

@@ -32,17 +32,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde::Serialize;
 use serde_json::{Map, Value};
+use sluicegate_core::CacheStats;
 
-use crate::batch::Batch;
-use crate::content::{ContentModel, EntryFields, comparable, convert};
-use crate::error::{Error, ErrorKind, Result};
-use crate::keyed::{ExistingEntry, KeyedSink, Lookup, WriteOp, Written};
-use crate::monitor::MemoryRelief;
-use crate::observe::{Rejected, Stage};
-use crate::record::Record;
-use crate::sink::{BatchAck, SinkWriter, StreamTarget, WriterSummary};
+use sluicegate_core::batch::Batch;
+use sluicegate_core::content::{ContentModel, EntryFields};
+
+use crate::convert::{comparable, convert};
+use sluicegate_core::MemoryRelief;
+use sluicegate_core::error::{Error, ErrorKind, Result};
+use sluicegate_core::keyed::{ExistingEntry, KeyedSink, Lookup, WriteOp, Written};
+use sluicegate_core::observe::{Rejected, Stage};
+use sluicegate_core::record::Record;
+use sluicegate_core::sink::{BatchAck, SinkWriter, StreamTarget, WriterSummary};
 
 /// Bounds of the lookup cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,23 +88,6 @@ pub struct UpsertOptions {
     pub cache: CacheConfig,
     /// Prefetching.
     pub prefetch: Prefetch,
-}
-
-/// Figures of the lookup cache, for the run summary.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct CacheStats {
-    /// Records answered by the cache.
-    pub hits: u64,
-    /// Records the cache did not know.
-    pub misses: u64,
-    /// Entries evicted to stay within bounds.
-    pub evictions: u64,
-    /// Entries held at the end.
-    pub entries: u64,
-    /// Bytes held at the end (as weighed).
-    pub bytes: u64,
-    /// Whether the target was prefetched.
-    pub prefetched: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -8,16 +8,16 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
-use crate::batch::{Batch, Position};
-use crate::error::{Error, Result};
-use crate::paginate::{Page, PageContext, PageSource, paginate};
-use crate::record::Record;
-use crate::sink::{BatchAck, Sink, SinkWriter, StreamTarget, WriterSummary};
-use crate::source::{BatchStream, ReadRequest, Source};
+use sluicegate_core::batch::{Batch, Position};
+use sluicegate_core::error::{Error, Result};
+use sluicegate_core::paginate::{Page, PageContext, PageSource, paginate};
+use sluicegate_core::record::Record;
+use sluicegate_core::sink::{BatchAck, Sink, SinkWriter, StreamTarget, WriterSummary};
+use sluicegate_core::source::{BatchStream, ReadRequest, Source};
 
 /// Serves a fixed list of records in pages of `page_size`, with offset
 /// positions; can be told to fail, or to panic (a broken source), at one page,
-/// and to read on a task of its own ([`channel_stream`](crate::channel_stream)).
+/// and to read on a task of its own ([`channel_stream`](sluicegate_core::channel_stream)).
 #[derive(Debug, Clone)]
 pub struct VecSource {
     records: Arc<Vec<Record>>,
@@ -48,7 +48,7 @@ impl VecSource {
     }
 
     /// Reads on a task of its own that feeds the stream, as sources built on
-    /// [`channel_stream`](crate::channel_stream) do.
+    /// [`channel_stream`](sluicegate_core::channel_stream) do.
     #[must_use]
     pub fn on_a_task(mut self) -> Self {
         self.on_a_task = true;
@@ -92,7 +92,7 @@ impl Source for VecSource {
         if !self.on_a_task {
             return pages;
         }
-        crate::source::channel_stream(move |tx| async move {
+        sluicegate_core::source::channel_stream(move |tx| async move {
             let mut pages = pages;
             while let Some(batch) = futures::StreamExt::next(&mut pages).await {
                 tx.send(batch?).await?;
@@ -235,19 +235,21 @@ impl SinkWriter for MemoryWriter {
 /// `n` records `{"id": i, "name": "record i"}` for `i` in `0..n`.
 pub fn numbered_records(n: usize) -> Vec<Record> {
     (0..n)
-        .map(|i| crate::record::into_record(json!({"id": i, "name": format!("record {i}")})))
+        .map(|i| {
+            sluicegate_core::record::into_record(json!({"id": i, "name": format!("record {i}")}))
+        })
         .collect()
 }
 
 /// A keyed sink in memory with request counters: the reference implementation
-/// of the [`KeyedSink`](crate::KeyedSink) contract used to test the upsert action.
+/// of the [`KeyedSink`](sluicegate_core::KeyedSink) contract used to test the upsert action.
 ///
 /// Entries get ids `e1`, `e2`, ... and versions like Contentful's (create 1,
 /// each update +1, publish +1). A write whose fields hold the text `INVALID` in
 /// any locale is rejected, like a validation error; while
 /// [`refuse_publishing`](Self::refuse_publishing) is on, every publish is refused.
 pub struct MemoryKeyedSink {
-    model: crate::content::ContentModel,
+    model: sluicegate_core::content::ContentModel,
     key_field: String,
     state: Mutex<KeyedState>,
     max_lookup_keys: usize,
@@ -255,7 +257,7 @@ pub struct MemoryKeyedSink {
 
 #[derive(Default)]
 struct KeyedState {
-    entries: BTreeMap<String, crate::keyed::ExistingEntry>,
+    entries: BTreeMap<String, sluicegate_core::keyed::ExistingEntry>,
     next_id: u64,
     refuse_publishing: bool,
     counts: KeyedCounts,
@@ -280,7 +282,7 @@ pub struct KeyedCounts {
 
 impl MemoryKeyedSink {
     /// An empty sink for `model`, matching records on `key_field`.
-    pub fn new(model: crate::content::ContentModel, key_field: &str) -> Self {
+    pub fn new(model: sluicegate_core::content::ContentModel, key_field: &str) -> Self {
         Self {
             model,
             key_field: key_field.to_owned(),
@@ -307,18 +309,22 @@ impl MemoryKeyedSink {
     }
 
     /// Every entry, by id.
-    pub fn entries(&self) -> BTreeMap<String, crate::keyed::ExistingEntry> {
+    pub fn entries(&self) -> BTreeMap<String, sluicegate_core::keyed::ExistingEntry> {
         self.state().entries.clone()
     }
 
     /// Puts an entry in directly (as if made by someone else); returns its id.
-    pub fn seed(&self, fields: crate::content::EntryFields, metadata: Option<Value>) -> String {
+    pub fn seed(
+        &self,
+        fields: sluicegate_core::content::EntryFields,
+        metadata: Option<Value>,
+    ) -> String {
         let mut st = self.state();
         st.next_id += 1;
         let id = format!("e{}", st.next_id);
         st.entries.insert(
             id.clone(),
-            crate::keyed::ExistingEntry {
+            sluicegate_core::keyed::ExistingEntry {
                 id: id.clone(),
                 version: 1,
                 fields,
@@ -329,7 +335,7 @@ impl MemoryKeyedSink {
         id
     }
 
-    fn key_of(&self, entry: &crate::keyed::ExistingEntry) -> Option<String> {
+    fn key_of(&self, entry: &sluicegate_core::keyed::ExistingEntry) -> Option<String> {
         match entry
             .fields
             .get(&self.key_field)?
@@ -341,7 +347,7 @@ impl MemoryKeyedSink {
     }
 }
 
-fn is_invalid(fields: &crate::content::EntryFields) -> bool {
+fn is_invalid(fields: &sluicegate_core::content::EntryFields) -> bool {
     fields
         .values()
         .filter_map(Value::as_object)
@@ -350,25 +356,28 @@ fn is_invalid(fields: &crate::content::EntryFields) -> bool {
 }
 
 #[async_trait]
-impl crate::keyed::KeyedSink for MemoryKeyedSink {
-    fn capabilities(&self) -> crate::keyed::KeyedCapabilities {
-        crate::keyed::KeyedCapabilities {
+impl sluicegate_core::keyed::KeyedSink for MemoryKeyedSink {
+    fn capabilities(&self) -> sluicegate_core::keyed::KeyedCapabilities {
+        sluicegate_core::keyed::KeyedCapabilities {
             max_lookup_keys: self.max_lookup_keys,
             max_page_size: 100,
             publish: true,
         }
     }
 
-    async fn model(&self, _target: &StreamTarget) -> Result<crate::content::ContentModel> {
+    async fn model(
+        &self,
+        _target: &StreamTarget,
+    ) -> Result<sluicegate_core::content::ContentModel> {
         Ok(self.model.clone())
     }
 
     async fn lookup(
         &self,
         _target: &StreamTarget,
-        lookup: crate::keyed::Lookup<'_>,
-    ) -> Result<crate::keyed::LookupPage> {
-        use crate::keyed::{Lookup, LookupPage};
+        lookup: sluicegate_core::keyed::Lookup<'_>,
+    ) -> Result<sluicegate_core::keyed::LookupPage> {
+        use sluicegate_core::keyed::{Lookup, LookupPage};
         let mut st = self.state();
         let page = match lookup {
             Lookup::Keys(keys) => {
@@ -416,9 +425,9 @@ impl crate::keyed::KeyedSink for MemoryKeyedSink {
     async fn write(
         &self,
         _target: &StreamTarget,
-        ops: Vec<crate::keyed::WriteOp>,
-    ) -> Vec<Result<crate::keyed::Written>> {
-        use crate::keyed::{ExistingEntry, WriteOp, Written};
+        ops: Vec<sluicegate_core::keyed::WriteOp>,
+    ) -> Vec<Result<sluicegate_core::keyed::Written>> {
+        use sluicegate_core::keyed::{ExistingEntry, WriteOp, Written};
         let mut st = self.state();
         ops.into_iter()
             .map(|op| match op {
@@ -466,8 +475,8 @@ impl crate::keyed::KeyedSink for MemoryKeyedSink {
     async fn publish(
         &self,
         _target: &StreamTarget,
-        items: Vec<crate::keyed::Written>,
-    ) -> Vec<Result<crate::keyed::Written>> {
+        items: Vec<sluicegate_core::keyed::Written>,
+    ) -> Vec<Result<sluicegate_core::keyed::Written>> {
         let mut st = self.state();
         let refuse = st.refuse_publishing;
         items
@@ -483,7 +492,7 @@ impl crate::keyed::KeyedSink for MemoryKeyedSink {
                 }
                 entry.version += 1;
                 entry.publish_pending = false;
-                Ok(crate::keyed::Written {
+                Ok(sluicegate_core::keyed::Written {
                     id: w.id,
                     version: entry.version,
                 })

@@ -13,7 +13,7 @@
 //! [`PipelineOptions::transform_rows`] large pages are split before mapping.
 //!
 //! In [`ReadMode::Classic`] the whole source is read first and then written. Give
-//! it a budget with [`WhenFull::Fail`](crate::WhenFull::Fail): when the data does
+//! it a budget with [`WhenFull::Fail`](sluicegate_core::WhenFull::Fail): when the data does
 //! not fit, the run stops with an [`ErrorKind::MemoryLimit`] error instead of
 //! growing until the process is killed.
 
@@ -25,16 +25,16 @@ use futures::StreamExt;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::batch::{Batch, Position};
-use crate::budget::MemoryBudget;
-use crate::checkpoint::CheckpointStore;
-use crate::error::{Error, ErrorKind, Result, ResultExt};
 use crate::mapping::Mapper;
 use crate::monitor::MemoryMonitor;
-use crate::observe::{NoObserver, RunObserver};
-use crate::sink::{BatchAck, SinkPosition, SinkWriter, WriterSummary};
-use crate::source::{BatchStream, ReadRequest, Source};
-use crate::stats::RunStats;
+use sluicegate_core::batch::{Batch, Position};
+use sluicegate_core::budget::MemoryBudget;
+use sluicegate_core::checkpoint::CheckpointStore;
+use sluicegate_core::error::{Error, ErrorKind, Result, ResultExt};
+use sluicegate_core::observe::{NoObserver, RunObserver};
+use sluicegate_core::sink::{BatchAck, SinkPosition, SinkWriter, WriterSummary};
+use sluicegate_core::source::{BatchStream, ReadRequest, Source};
+use sluicegate_core::stats::RunStats;
 
 /// How a stream is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -358,7 +358,9 @@ impl Pipeline {
             std::panic::AssertUnwindSafe(self.source.read(request))
                 .catch_unwind()
                 .map(|item| {
-                    item.unwrap_or_else(|panic| Err(crate::source::panicked(panic.as_ref())))
+                    item.unwrap_or_else(|panic| {
+                        Err(sluicegate_core::source::panicked(panic.as_ref()))
+                    })
                 }),
         );
         let mut writer = Writer {

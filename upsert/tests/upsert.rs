@@ -4,12 +4,12 @@
 use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
-use sluicegate_core::testing::MemoryKeyedSink;
 use sluicegate_core::{
-    Batch, CacheConfig, ContentModel, FieldDef, FieldKind, MemoryBudget, Prefetch, Record,
-    Rejected, RunObserver, SinkWriter, Stage, StreamTarget, UpsertOptions, UpsertWriter,
-    into_record,
+    Batch, ContentModel, FieldDef, FieldKind, MemoryBudget, Record, Rejected, RunObserver,
+    SinkWriter, Stage, StreamTarget, into_record,
 };
+use sluicegate_testkit::doubles::MemoryKeyedSink;
+use sluicegate_upsert::{CacheConfig, Prefetch, UpsertOptions, UpsertWriter};
 
 fn model() -> ContentModel {
     let f = |id: &str, kind, localized| FieldDef {

@@ -1,6 +1,5 @@
-//! Core hot paths: mapping 1,000 records through `cute`-style templates, and the
-//! upsert's classification of a 1,000-record batch against its cache (the
-//! re-sync case: every record unchanged, no request).
+//! Upsert hot path: classifying a 1,000-record batch against the lookup cache
+//! (the re-sync case: every record unchanged, no request).
 
 // `criterion_group!` generates an undocumented function.
 #![allow(missing_docs)]
@@ -9,46 +8,12 @@ use std::sync::Arc;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::json;
-use sluicegate_core::testing::MemoryKeyedSink;
 use sluicegate_core::{
-    Batch, CacheConfig, ContentModel, FieldDef, FieldKind, Mapper, MappingConfig, MemoryBudget,
-    Prefetch, Record, SinkWriter, StreamTarget, UpsertOptions, UpsertWriter, into_record,
+    Batch, ContentModel, FieldDef, FieldKind, MemoryBudget, Record, SinkWriter, StreamTarget,
+    into_record,
 };
-
-fn products(n: usize) -> Vec<Record> {
-    (0..n)
-        .map(|i| {
-            into_record(json!({
-                "sku": format!("SKU-{i:05}"), "name": format!("Product {i}"), "price": i as f64 * 1.5,
-                "type": (["mug", "plate", "bowl"][i % 3]), "tags": ["red", "blue"],
-                "dimensions": {"width_cm": 5 + i % 30},
-            }))
-        })
-        .collect()
-}
-
-fn mapping(c: &mut Criterion) {
-    let config: MappingConfig = serde_json::from_value(json!({
-        "mapping": [
-            {"fieldName": "sku.en-US", "expression": "{{ row.sku }}"},
-            {"fieldName": "name.en-US", "expression": "{{ row.name | upper }}"},
-            {"fieldName": "price.en-US", "expression": "{{ row.price }}"},
-            {"fieldName": "kind.en-US", "expression": "{{ row.type }}"},
-            {"fieldName": "tags.en-US[]", "expression": "{{ row.tags | join('|') }}"},
-            {"fieldName": "width.en-US", "expression": "{{ row.dimensions.width_cm }}"},
-        ],
-        "filterExpression": "{{ row.type != 'bowl' }}",
-    }))
-    .unwrap();
-    let mapper = Mapper::new(&config, &json!({})).unwrap();
-    let rows = products(1_000);
-    let mut group = c.benchmark_group("mapping");
-    group.throughput(Throughput::Elements(1_000));
-    group.bench_function("6 fields and a filter, 1000 records", |b| {
-        b.iter(|| rows.iter().filter_map(|r| mapper.map(r).unwrap()).count())
-    });
-    group.finish();
-}
+use sluicegate_testkit::doubles::MemoryKeyedSink;
+use sluicegate_upsert::{CacheConfig, Prefetch, UpsertOptions, UpsertWriter};
 
 fn model() -> ContentModel {
     let field = |id: &str, kind| FieldDef {
@@ -117,5 +82,5 @@ fn upsert(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, mapping, upsert);
+criterion_group!(benches, upsert);
 criterion_main!(benches);

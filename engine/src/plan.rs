@@ -29,7 +29,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluicegate_core::{MemoryMonitor, Sink, format_bytes};
+use crate::MemoryMonitor;
+use sluicegate_core::{Sink, format_bytes};
 
 /// Resident bytes one byte of records budget costs once decoding, the sink's
 /// copies of a batch and the allocator are counted. Measured on the bundled

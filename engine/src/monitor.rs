@@ -1,7 +1,7 @@
 //! The memory monitor: samples what the process really uses and acts before the
 //! operating system does.
 //!
-//! The [`MemoryBudget`](crate::MemoryBudget) accounts the bytes of records in
+//! The [`MemoryBudget`](sluicegate_core::MemoryBudget) accounts the bytes of records in
 //! flight and makes sources wait when it is full; it cannot see what decoding,
 //! sink caches, database buffers or the allocator hold. The monitor samples the
 //! process's resident set every [`MonitorSettings::check_interval`]. When it
@@ -10,7 +10,7 @@
 //!
 //! 1. asks every running pipeline to **flush**: the partial batch being gathered
 //!    is written at once, and the sink's writer drops what it buffers or caches
-//!    ([`SinkWriter::relieve_memory`](crate::SinkWriter::relieve_memory));
+//!    ([`SinkWriter::relieve_memory`](sluicegate_core::SinkWriter::relieve_memory));
 //! 2. **halves the batch size** pipelines gather (down to 1/4); after three
 //!    samples in a row below the threshold it doubles again, so batches grow
 //!    back once the pressure eases — and also after three samples
@@ -33,8 +33,9 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::budget::format_bytes;
-use crate::memory::process_memory;
+use crate::process::process_memory;
+use sluicegate_core::MemoryRelief;
+use sluicegate_core::budget::format_bytes;
 
 /// Most halvings of the batch size (1/4 of the configured size: smaller batches
 /// cost a sink like DuckDB far more in transactions than they save in memory).
@@ -76,25 +77,6 @@ impl MonitorSettings {
     /// The resident set size above which the monitor acts.
     pub fn threshold_bytes(&self) -> u64 {
         (self.limit_bytes as f64 * self.flush_threshold.clamp(0.0, 1.0)) as u64
-    }
-}
-
-/// What a sink writer freed when asked to relieve memory pressure.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct MemoryRelief {
-    /// Cached entries dropped (looked up again when needed).
-    pub cache_entries: u64,
-    /// Bytes those entries held, as the cache weighs them.
-    pub cache_bytes: u64,
-    /// Buffers written out (for example a database checkpoint).
-    pub buffers_flushed: u64,
-}
-
-impl MemoryRelief {
-    /// Whether the writer freed anything.
-    pub fn is_empty(&self) -> bool {
-        *self == Self::default()
     }
 }
 

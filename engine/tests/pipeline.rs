@@ -4,11 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluicegate_core::testing::{MemorySink, VecSource, numbered_records};
 use sluicegate_core::{
-    CheckpointStore, ErrorKind, MemoryBudget, MemoryCheckpointStore, Pipeline, PipelineOptions,
-    Position, ReadMode, Sink, StreamTarget, WhenFull,
+    CheckpointStore, ErrorKind, MemoryBudget, MemoryCheckpointStore, Position, Sink, StreamTarget,
+    WhenFull,
 };
+use sluicegate_engine::{Pipeline, PipelineOptions, ReadMode};
+use sluicegate_testkit::doubles::{MemorySink, VecSource, numbered_records};
 
 fn target() -> StreamTarget {
     StreamTarget::new("numbers", "numbers", Some("id".into()))
@@ -243,7 +244,7 @@ impl sluicegate_core::RunObserver for Rejects {
 
 #[tokio::test]
 async fn mapping_filters_rows_and_rejects_bad_ones_without_stopping() {
-    let config: sluicegate_core::MappingConfig = serde_json::from_value(serde_json::json!({
+    let config: sluicegate_engine::MappingConfig = serde_json::from_value(serde_json::json!({
         "filterExpression": "{{ row.id is even }}",
         "mapping": [
             {"fieldName": "id", "expression": "{{ row.id }}"},
@@ -251,7 +252,7 @@ async fn mapping_filters_rows_and_rejects_bad_ones_without_stopping() {
         ],
     }))
     .unwrap();
-    let mapper = Arc::new(sluicegate_core::Mapper::new(&config, &serde_json::json!({})).unwrap());
+    let mapper = Arc::new(sluicegate_engine::Mapper::new(&config, &serde_json::json!({})).unwrap());
     let records: Vec<_> = (0..20)
         .map(|i| {
             let n = if i == 4 {
@@ -288,7 +289,7 @@ async fn mapping_filters_rows_and_rejects_bad_ones_without_stopping() {
 
 #[tokio::test]
 async fn under_memory_pressure_batches_shrink_and_everything_is_still_written() {
-    use sluicegate_core::{MemoryMonitor, MonitorSettings};
+    use sluicegate_engine::{MemoryMonitor, MonitorSettings};
     let monitor = MemoryMonitor::with_probe(
         MonitorSettings {
             limit_bytes: 100,
