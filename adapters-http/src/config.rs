@@ -402,15 +402,8 @@ mod tests {
     use sluicegate_core::{locate, parse_section};
 
     fn ctx() -> BuildContext {
-        BuildContext {
-            sync_key: "orders".into(),
-            dry_run: true,
-            template_scope: json!({"env": {"PORT": "9"}, "config": {}}),
-            base_dir: ".".into(),
-            publish: true,
-            cache_dir: None,
-            tuning: Default::default(),
-        }
+        BuildContext::new("orders", true)
+            .with_template_scope(json!({"env": {"PORT": "9"}, "config": {}}))
     }
 
     fn parse(v: Value) -> Result<HttpSourceConfig> {

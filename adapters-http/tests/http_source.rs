@@ -102,15 +102,8 @@ async fn serve(behaviour: Behaviour) -> (String, Arc<Behaviour>) {
 }
 
 fn ctx() -> BuildContext {
-    BuildContext {
-        sync_key: "items".into(),
-        dry_run: false,
-        template_scope: json!({"env": {"TOKEN_FOR_TEST": "s3cret"}, "config": {}}),
-        base_dir: ".".into(),
-        publish: true,
-        cache_dir: None,
-        tuning: Default::default(),
-    }
+    BuildContext::new("items", false)
+        .with_template_scope(json!({"env": {"TOKEN_FOR_TEST": "s3cret"}, "config": {}}))
 }
 
 fn source(url: &str, extra: Value) -> HttpSource {

@@ -130,15 +130,7 @@ async fn serve(empty: impl IntoIterator<Item = u64>, loop_at: Option<u64>) -> St
 }
 
 fn ctx() -> BuildContext {
-    BuildContext {
-        sync_key: "stop".into(),
-        dry_run: false,
-        template_scope: json!({"env": {}, "config": {}}),
-        base_dir: ".".into(),
-        publish: true,
-        cache_dir: None,
-        tuning: Default::default(),
-    }
+    BuildContext::new("stop", false).with_template_scope(json!({"env": {}, "config": {}}))
 }
 
 /// Each style: a name, the route, where records are, the pagination section.

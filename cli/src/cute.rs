@@ -158,15 +158,9 @@ pub async fn add_missing(config: &mut ConfigFile, keys: &[String], dry_run: bool
         )));
     }
     let sink_config: ContentfulSinkConfig = parse_section(rest, &path)?;
-    let ctx = BuildContext {
-        sync_key: String::new(),
-        dry_run,
-        template_scope: template_scope_from_env(),
-        base_dir: config.base_dir(),
-        publish: true,
-        cache_dir: None,
-        tuning: Default::default(),
-    };
+    let ctx = BuildContext::new("", dry_run)
+        .with_template_scope(template_scope_from_env())
+        .with_base_dir(config.base_dir());
     let mut added = Vec::new();
     for key in missing {
         let found = fetch_cute_entry(&sink_config, &ctx, &cute.content_type, key).await?;

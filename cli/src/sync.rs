@@ -51,14 +51,13 @@ pub fn prepare(
     let base_dir = config.base_dir();
     let tuning = Tuning::resolve(args, &config.tuning, &|m| config.at(m))?;
     let stage = tuning.stage();
-    let ctx = |key: &str| BuildContext {
-        sync_key: key.to_owned(),
-        dry_run: !args.apply,
-        template_scope: scope.clone(),
-        base_dir: base_dir.clone(),
-        publish: !args.no_publish,
-        cache_dir: args.use_filecache.then(|| default_cache_dir(config)),
-        tuning: stage,
+    let ctx = |key: &str| {
+        BuildContext::new(key, !args.apply)
+            .with_template_scope(scope.clone())
+            .with_base_dir(base_dir.clone())
+            .with_publish(!args.no_publish)
+            .with_cache_dir(args.use_filecache.then(|| default_cache_dir(config)))
+            .with_tuning(stage)
     };
     let in_file = |e: Error| Error::config(config.at(e.message()));
     let mut sinks = BTreeMap::new();
@@ -451,17 +450,18 @@ async fn pipeline(
             .stats(ctx.stats.clone())
             .observer(ctx.observer.clone() as Arc<dyn RunObserver>)
             .monitor(ctx.monitor.clone())
-            .options(PipelineOptions {
-                mode: if ctx.args.streaming {
-                    ReadMode::Streaming
-                } else {
-                    ReadMode::Classic
-                },
-                batch_rows,
-                transform_rows: ctx.tuning.transform_rows(),
-                linger: Duration::from_millis(500),
-                max_errors: ctx.args.max_errors,
-            }),
+            .options(
+                PipelineOptions::default()
+                    .with_mode(if ctx.args.streaming {
+                        ReadMode::Streaming
+                    } else {
+                        ReadMode::Classic
+                    })
+                    .with_batch_rows(batch_rows)
+                    .with_transform_rows(ctx.tuning.transform_rows())
+                    .with_linger(Duration::from_millis(500))
+                    .with_max_errors(ctx.args.max_errors),
+            ),
     )
 }
 

@@ -290,21 +290,20 @@ impl Tuning {
 
     /// What sources and sinks are built with.
     pub fn stage(&self) -> StageTuning {
-        StageTuning {
-            page_size: self.page_size,
-            max_concurrency: self
-                .max_concurrent_chunks
+        StageTuning::new(
+            self.page_size,
+            self.max_concurrent_chunks
                 .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
-        }
+        )
     }
 
     /// The memory monitor's settings.
     pub fn monitor(&self) -> MonitorSettings {
-        MonitorSettings {
-            limit_bytes: self.max_memory_bytes(),
-            flush_threshold: self.flush_threshold,
-            check_interval: Duration::from_secs_f64(self.memory_check_interval),
-        }
+        MonitorSettings::new(
+            self.max_memory_bytes(),
+            self.flush_threshold,
+            Duration::from_secs_f64(self.memory_check_interval),
+        )
     }
 
     /// The memory target in bytes.

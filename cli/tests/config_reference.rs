@@ -66,11 +66,11 @@ fn the_configuration_reference_names_every_key() {
     );
     check(
         "mapping",
-        accepted_keys::<sluicegate_engine::mapping::MappingItem>(json!({})),
+        accepted_keys::<sluicegate_engine::MappingItem>(json!({})),
     );
     check(
         "preMapping",
-        accepted_keys::<sluicegate_engine::mapping::PreMappingItem>(json!({})),
+        accepted_keys::<sluicegate_engine::PreMappingItem>(json!({})),
     );
     use sluicegate_adapters_http as http;
     check(

@@ -375,11 +375,11 @@ async fn run(
     Pipeline::new("exact", "records", source, writer)
         .budget(MemoryBudget::from_mb(16))
         .checkpoints(store)
-        .options(PipelineOptions {
-            batch_rows: 37,
-            transform_rows: None,
-            ..PipelineOptions::default()
-        })
+        .options(
+            PipelineOptions::default()
+                .with_batch_rows(37)
+                .with_transform_rows(None),
+        )
         .run()
         .await
         .map(|_| ())

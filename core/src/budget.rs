@@ -33,6 +33,17 @@ pub enum WhenFull {
 }
 
 /// A byte budget shared by every stage of a run. Cheap to clone.
+///
+/// A source acquires a [`MemoryLease`] for the bytes of a page *before* it fetches
+/// or decodes it, corrects the lease once it knows the decoded size, and hands the
+/// lease to the [`Batch`](crate::Batch) that carries the records. The lease returns
+/// its bytes when the batch is dropped, after the sink has written it. When the
+/// budget is full, [`MemoryBudget::acquire`] waits: that is the backpressure that
+/// keeps a run's memory flat whatever the size of the dataset.
+///
+/// In [`WhenFull::Fail`] mode (the classic, read-everything-first mode) a full
+/// budget is an [`ErrorKind::MemoryLimit`] error instead of a wait, because nothing
+/// would ever free memory.
 #[derive(Clone)]
 pub struct MemoryBudget {
     inner: Arc<Inner>,

@@ -21,6 +21,10 @@ use crate::error::Result;
 ///   next run of a completed stream starts from the beginning.
 /// - `commit` must be atomic: after a crash, `load` returns either the previous or
 ///   the new position, never a torn one.
+///
+/// The rules are in [`CheckpointStore`]'s contract; [`MemoryCheckpointStore`]
+/// keeps positions for one process (tests, dry runs). The CLI keeps them in
+/// SQLite.
 pub trait CheckpointStore: Send + Sync {
     /// The committed position of a stream, if any.
     fn load(&self, sync_key: &str, stream: &str) -> Result<Option<Position>>;

@@ -50,6 +50,11 @@ pub struct FieldDef {
 }
 
 /// A target's fields and locales, read once per stream from the sink.
+///
+/// localized fields of an entry (`{field: {locale: value}}`).
+///
+/// Converting mapped (flat) records into these fields is the upsert toolkit's
+/// work (`sluicegate-upsert`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContentModel {
     /// Content type (or collection) id.

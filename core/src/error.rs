@@ -79,6 +79,11 @@ type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// assert_eq!(err.to_string(), "unexpected status 404 (sync=products, page=3)");
 /// assert_eq!(err.context_value("page"), Some("3"));
 /// ```
+///
+/// Every adapter converts its private errors into [`Error`], which carries a
+/// [`ErrorKind`], whether retrying could help, key-value context (sync key, page,
+/// record key, ...) and the underlying cause. Its `Display` is a single line:
+/// `message (key=value, ...): cause`.
 pub struct Error {
     kind: ErrorKind,
     message: String,

@@ -17,6 +17,7 @@ use crate::error::Result;
 
 /// Context handed to factories when they validate and build.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct BuildContext {
     /// The sync key being built (empty for a sink shared by several syncs).
     pub sync_key: String,
@@ -42,12 +43,23 @@ pub struct BuildContext {
 /// `--max-concurrent-chunks`, a `--preset`); `None` leaves the choice to each
 /// adapter's configuration.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StageTuning {
     /// Records a source asks for per page (or fetches per query). A source whose
     /// service caps the page size (`limitMax`) keeps to the cap.
     pub page_size: Option<u64>,
     /// Requests a sink sends at once (chunks of a batch written concurrently).
     pub max_concurrency: Option<usize>,
+}
+
+impl StageTuning {
+    /// Records per page and requests at once (`None`: each adapter's own).
+    pub fn new(page_size: Option<u64>, max_concurrency: Option<usize>) -> Self {
+        Self {
+            page_size,
+            max_concurrency,
+        }
+    }
 }
 
 impl BuildContext {
@@ -63,6 +75,36 @@ impl BuildContext {
             tuning: StageTuning::default(),
         }
     }
+
+    /// With relative paths resolved against `dir`.
+    pub fn with_base_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.base_dir = dir.into();
+        self
+    }
+
+    /// With `scope` as what configuration templates read.
+    pub fn with_template_scope(mut self, scope: Value) -> Self {
+        self.template_scope = scope;
+        self
+    }
+
+    /// With publishing allowed (`true`) or not.
+    pub fn with_publish(mut self, publish: bool) -> Self {
+        self.publish = publish;
+        self
+    }
+
+    /// With sources caching responses on disk in `dir`.
+    pub fn with_cache_dir(mut self, dir: Option<PathBuf>) -> Self {
+        self.cache_dir = dir;
+        self
+    }
+
+    /// With the run's stage sizes.
+    pub fn with_tuning(mut self, tuning: StageTuning) -> Self {
+        self.tuning = tuning;
+        self
+    }
 }
 
 /// Builds adapters of one type from configuration: the typed trait for authors.
@@ -73,6 +115,11 @@ impl BuildContext {
 ///   [`field_error`](crate::field_error) so messages name the failing key.
 /// - `build` may do I/O (open files, connect, read remote metadata).
 /// - The config type should use `#[serde(deny_unknown_fields)]`.
+///
+/// Adapter authors implement the typed [`Factory`] trait (with a serde config
+/// type); the framework uses its object-safe twin [`DynFactory`], which every
+/// `Factory` implements through a blanket impl. A source factory has
+/// `Output = dyn Source`, a sink factory `Output = dyn Sink`.
 #[async_trait]
 pub trait Factory: Send + Sync + 'static {
     /// The adapter's configuration, a serde struct with `deny_unknown_fields`.

@@ -116,6 +116,10 @@ pub struct KeyedCapabilities {
 ///   their fields are unchanged.
 /// - Requests count into the [`RunStats`](crate::RunStats) of the
 ///   [`StreamTarget`].
+///
+/// implements so that `sluicegate-upsert`'s `UpsertWriter` can sync into it.
+///
+/// The rules are in [`KeyedSink`]'s contract.
 #[async_trait]
 pub trait KeyedSink: Send + Sync + 'static {
     /// What the sink can do.

@@ -1,20 +1,20 @@
 #![doc = include_str!("../README.md")]
 
-pub mod batch;
-pub mod budget;
-pub mod checkpoint;
-pub mod config;
-pub mod content;
-pub mod error;
-pub mod factory;
-pub mod keyed;
-pub mod observe;
-pub mod paginate;
-pub mod record;
-pub mod registry;
-pub mod sink;
-pub mod source;
-pub mod stats;
+mod batch;
+mod budget;
+mod checkpoint;
+mod config;
+mod content;
+mod error;
+mod factory;
+mod keyed;
+mod observe;
+mod paginate;
+mod record;
+mod registry;
+mod sink;
+mod source;
+mod stats;
 
 pub use batch::{Batch, Position};
 pub use budget::{BudgetSnapshot, MemoryBudget, MemoryLease, WhenFull, format_bytes};

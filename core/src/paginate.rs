@@ -72,6 +72,15 @@ struct State<P> {
 
 /// Turns a [`PageSource`] into a lazy, budget-aware [`BatchStream`] that starts
 /// after `request.resume_from` when set.
+///
+/// into a [`BatchStream`].
+///
+/// An adapter implements [`PageSource::fetch_page`]; [`paginate`] does the rest:
+/// it leases memory before each fetch (estimated from the previous page) and
+/// corrects the lease to the decoded size, stamps each batch with its page number
+/// and resume position, counts pages and rows, stops when a page has no next
+/// token, and refuses a pagination loop (a next token equal to one of the last
+/// tokens) with an error naming the page.
 pub fn paginate<P: PageSource>(source: Arc<P>, request: ReadRequest) -> BatchStream {
     let estimate = source.page_bytes_hint().max(1);
     let state = State {

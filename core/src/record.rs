@@ -7,6 +7,10 @@
 use serde_json::{Map, Value};
 
 /// One record: a JSON object whose field order is preserved.
+///
+/// A record is a JSON object (field order preserved). Sources that read other
+/// shapes (CSV rows, database rows) convert into it; a non-object value from a
+/// source is wrapped as `{"value": ...}` by [`into_record`].
 pub type Record = Map<String, Value>;
 
 /// Converts any JSON value into a record: objects as they are, anything else

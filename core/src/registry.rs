@@ -20,6 +20,17 @@ use crate::sink::Sink;
 use crate::source::Source;
 
 /// Source and sink factories by type name.
+///
+/// Each adapter crate exposes `pub fn register(registry: &mut Registry)`; a binary
+/// calls the ones it wants. There is no link-time magic: what is registered is
+/// what the binary's `main` says.
+///
+/// ```
+/// use sluicegate_core::Registry;
+/// let registry = Registry::new();
+/// let err = registry.source("ftp").err().unwrap();
+/// assert!(err.to_string().contains("unknown source type 'ftp'"));
+/// ```
 #[derive(Default, Clone)]
 pub struct Registry {
     sources: BTreeMap<&'static str, Arc<dyn DynFactory<dyn Source>>>,

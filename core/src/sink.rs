@@ -10,10 +10,11 @@ use serde::Serialize;
 use crate::batch::Batch;
 use crate::error::Result;
 use crate::observe::{NoObserver, RunObserver};
-use crate::stats::RunStats;
+use crate::stats::{CacheStats, RunStats};
 
 /// Which stream a writer writes, how records are matched, and where it reports.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct StreamTarget {
     /// The sync key (for context in errors and logs).
     pub sync_key: String,
@@ -60,6 +61,7 @@ impl std::fmt::Debug for StreamTarget {
 /// in the sink, `updated` keys that exist (whether their content changed is only
 /// known to sinks that compare content; those report `unchanged` as well).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct BatchAck {
     /// Records in the batch after merging duplicate keys.
     pub rows: u64,
@@ -76,6 +78,44 @@ pub struct BatchAck {
 }
 
 impl BatchAck {
+    /// An acknowledgement of `rows` records, none of them counted yet.
+    pub fn new(rows: u64) -> Self {
+        Self {
+            rows,
+            ..Self::default()
+        }
+    }
+
+    /// With `n` records inserted.
+    pub fn with_inserted(mut self, n: u64) -> Self {
+        self.inserted = n;
+        self
+    }
+
+    /// With `n` records updated.
+    pub fn with_updated(mut self, n: u64) -> Self {
+        self.updated = n;
+        self
+    }
+
+    /// With `n` records unchanged.
+    pub fn with_unchanged(mut self, n: u64) -> Self {
+        self.unchanged = n;
+        self
+    }
+
+    /// With `n` records rejected.
+    pub fn with_failed(mut self, n: u64) -> Self {
+        self.failed = n;
+        self
+    }
+
+    /// With `n` duplicate keys merged.
+    pub fn with_duplicates(mut self, n: u64) -> Self {
+        self.duplicates = n;
+        self
+    }
+
     /// Adds another acknowledgement's counts to this one.
     pub fn add(&mut self, other: &BatchAck) {
         self.rows += other.rows;
@@ -89,16 +129,44 @@ impl BatchAck {
 
 /// What a writer reports when a stream is finished.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct WriterSummary {
     /// The target's row count after the run, when the sink can tell cheaply.
     pub total_rows: Option<u64>,
     /// Figures of the writer's lookup cache, if it has one.
-    pub cache: Option<crate::stats::CacheStats>,
+    pub cache: Option<CacheStats>,
     /// Entries published.
     pub published: u64,
     /// Whether the sink compares content, so `unchanged` counts mean something
     /// (keyed sinks do; bulk loaders that replace rows do not).
     pub compares_content: bool,
+}
+
+impl WriterSummary {
+    /// A summary reporting the target's row count.
+    pub fn with_total_rows(mut self, rows: u64) -> Self {
+        self.total_rows = Some(rows);
+        self
+    }
+
+    /// A summary with the figures of the writer's lookup cache.
+    pub fn with_cache(mut self, cache: CacheStats) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// A summary counting `n` entries published.
+    pub fn with_published(mut self, n: u64) -> Self {
+        self.published = n;
+        self
+    }
+
+    /// A summary of a writer that compares content (its `unchanged` counts mean
+    /// something).
+    pub fn comparing_content(mut self) -> Self {
+        self.compares_content = true;
+        self
+    }
 }
 
 /// A configured destination; opens one writer per stream.
@@ -205,6 +273,7 @@ pub enum SinkPosition {
 
 /// What a sink writer freed when asked to relieve memory pressure.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 #[serde(rename_all = "camelCase")]
 pub struct MemoryRelief {
     /// Cached entries dropped (looked up again when needed).
@@ -216,6 +285,19 @@ pub struct MemoryRelief {
 }
 
 impl MemoryRelief {
+    /// With `entries` cached entries of `bytes` dropped.
+    pub fn with_cache(mut self, entries: u64, bytes: u64) -> Self {
+        self.cache_entries = entries;
+        self.cache_bytes = bytes;
+        self
+    }
+
+    /// With `n` buffers written out.
+    pub fn with_buffers_flushed(mut self, n: u64) -> Self {
+        self.buffers_flushed = n;
+        self
+    }
+
     /// Whether the writer freed anything.
     pub fn is_empty(&self) -> bool {
         *self == Self::default()

@@ -22,6 +22,7 @@ pub type BatchStream = Pin<Box<dyn Stream<Item = Result<Batch>> + Send + 'static
 
 /// What the pipeline asks of a source for one read.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct ReadRequest {
     /// The sync key, for error context and logs.
     pub sync_key: String,
@@ -43,6 +44,18 @@ impl ReadRequest {
             stats: Arc::new(RunStats::default()),
         }
     }
+
+    /// Resuming after `position` (`None`: from the beginning).
+    pub fn with_resume_from(mut self, position: Option<Position>) -> Self {
+        self.resume_from = position;
+        self
+    }
+
+    /// Counting requests, pages and rows into `stats`.
+    pub fn with_stats(mut self, stats: Arc<RunStats>) -> Self {
+        self.stats = stats;
+        self
+    }
 }
 
 /// A built source, ready to be read.
@@ -59,6 +72,12 @@ impl ReadRequest {
 ///   decoding, so a full budget stops the source (backpressure).
 /// - A batch's [`Position`] is where to resume after it; a source that receives
 ///   `resume_from` continues right after that position.
+///
+/// The rules a source follows are in [`Source`]'s contract.
+///
+/// Paginated sources usually implement [`PageSource`](crate::PageSource) instead
+/// and let [`paginate`](crate::paginate()) build the stream. Sources are built from
+/// configuration by a [`Factory`](crate::Factory) with `Output = dyn Source`.
 pub trait Source: Send + Sync + 'static {
     /// Starts a lazy read; see the trait's contract.
     fn read(&self, request: ReadRequest) -> BatchStream;

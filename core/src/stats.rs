@@ -332,6 +332,7 @@ impl RunStats {
 /// Figures of a writer's lookup cache (keyed sinks look existing entries up
 /// through one), for the run summary.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct CacheStats {
     /// Records answered by the cache.
     pub hits: u64,

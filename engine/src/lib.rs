@@ -1,13 +1,13 @@
 #![doc = include_str!("../README.md")]
 
-pub mod mapping;
-pub mod monitor;
-pub mod pipeline;
-pub mod plan;
-pub mod process;
+mod mapping;
+mod monitor;
+mod pipeline;
+mod plan;
+mod process;
 
 pub use mapping::{MapOutcome, Mapper, MappingConfig, MappingItem, PreMappingItem};
 pub use monitor::{MemoryMonitor, MonitorSettings, MonitorSnapshot, MonitorTask, Pressure};
 pub use pipeline::{ErrorLimit, Pipeline, PipelineOptions, ReadMode, StreamReport};
-pub use plan::{GrowthGuard, MemoryPlan, follow_sink_growth};
+pub use plan::{GrowthGuard, MIN_BUDGET, MemoryPlan, RESIDENT_PER_BUDGET_BYTE, follow_sink_growth};
 pub use process::{ProcessMemory, process_memory};

@@ -30,10 +30,10 @@ use minijinja::{
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use sluicegate_core::batch::Batch;
-use sluicegate_core::error::{Error, ErrorKind, Result};
-use sluicegate_core::observe::{Rejected, Stage};
-use sluicegate_core::record::{Record, approx_record_size};
+use sluicegate_core::Batch;
+use sluicegate_core::{Error, ErrorKind, Result};
+use sluicegate_core::{Record, approx_record_size};
+use sluicegate_core::{Rejected, Stage};
 
 /// The mapping section of a sync entry.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -85,12 +85,36 @@ impl MappingItem {
 }
 
 /// A compiled mapping.
+///
+/// `preMapping` and `filterExpression`, in Jinja syntax).
+///
+/// For each row the scope holds `row` (the source record), `var` (the
+/// `preMapping` results), and `env`/`config` (the process environment). Each
+/// `mapping` item renders its `fieldName` and its `expression`; the result is a
+/// *flat* record: `{"name.en": "Mug", "tags.en[]": "a|b", ...}` whose keys follow
+/// `cute`'s forms and whose values are strings, converted to typed fields later by the
+/// upsert toolkit (`sluicegate-upsert`). An expression that renders to nothing (empty or
+/// only whitespace) means "no value": the key is left out, unless the item has
+/// `overwriteNull: true`, in which case it is kept as `null` and clears the field.
+///
+/// `filterExpression` keeps a row only when it renders `true` (case-insensitive).
+/// Missing row fields render as nothing, also through chains (`row.a.b.c`), since
+/// fields that appear only in some rows are normal. Template syntax errors and
+/// unknown filters or functions are configuration errors found when the mapping is
+/// built, before any request.
+///
+/// Helpers beyond minijinja's built-in filters (`lower`, `upper`, `trim`, `join`,
+/// `replace`, `default`, `tojson`, `round`, ...): the filters `to_int`,
+/// `slug` (`normalize_string`), `pascal_case` (`to_pascal_case`), `url_last_segment`,
+/// and the function `switch(value, k1, v1, k2, v2, ..., default)`.
 pub struct Mapper {
     env: Arc<Environment<'static>>,
     pre: Vec<(String, String)>,
     fields: Vec<(String, String, bool)>,
     filter: Option<String>,
-    base_scope: Map<String, Value>,
+    /// The scope's fixed part (`env`, `config`), converted to template values
+    /// once: every row shares it instead of copying the environment.
+    base_scope: Vec<(String, TplValue)>,
 }
 
 impl std::fmt::Debug for Mapper {
@@ -211,7 +235,14 @@ impl Mapper {
             Some(f) => Some(add("filterExpression".to_owned(), f)?),
             None => None,
         };
-        let base_scope = env_scope.as_object().cloned().unwrap_or_default();
+        let base_scope = env_scope
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), sluicegate_templates::template_value(v)))
+                    .collect()
+            })
+            .unwrap_or_default();
         let mapper = Self {
             env: Arc::new(env),
             pre,
@@ -226,7 +257,8 @@ impl Mapper {
     /// Renders every template against an empty row: unknown filters, functions
     /// and tests surface here rather than on the first real row.
     fn check_names(&self) -> Result<()> {
-        let scope = self.scope(&Record::new(), &Map::new());
+        let empty_row = sluicegate_templates::template_value_of_map(&Record::new());
+        let scope = self.scope(&empty_row, &Map::new());
         let names = self
             .pre
             .iter()
@@ -249,11 +281,12 @@ impl Mapper {
         Ok(())
     }
 
-    fn scope(&self, row: &Record, vars: &Map<String, Value>) -> TplValue {
-        let mut scope = self.base_scope.clone();
-        scope.insert("row".to_owned(), Value::Object(row.clone()));
-        scope.insert("var".to_owned(), Value::Object(vars.clone()));
-        sluicegate_templates::template_value(&Value::Object(scope))
+    /// The scope a row's templates see; `row` is converted once per row by
+    /// the caller, the fixed part is shared.
+    fn scope(&self, row: &TplValue, vars: &Map<String, Value>) -> TplValue {
+        let fixed = self.base_scope.iter().map(|(k, v)| (k.as_str(), v.clone()));
+        let vars = sluicegate_templates::template_value_of_map(vars);
+        TplValue::from_iter(fixed.chain([("row", row.clone()), ("var", vars)]))
     }
 
     fn render(
@@ -266,14 +299,15 @@ impl Mapper {
 
     /// Maps one row: `None` when the filter drops it, otherwise the flat record.
     pub fn map(&self, row: &Record) -> Result<Option<Record>> {
+        let row = sluicegate_templates::template_value_of_map(row);
         let mut vars = Map::new();
         for (var, name) in &self.pre {
             let value = self
-                .render(name, &self.scope(row, &vars))
+                .render(name, &self.scope(&row, &vars))
                 .map_err(|e| template_error("cannot render", name, &e))?;
             vars.insert(var.clone(), Value::String(value));
         }
-        let scope = self.scope(row, &vars);
+        let scope = self.scope(&row, &vars);
         if let Some(filter) = &self.filter {
             let keep = self
                 .render(filter, &scope)
@@ -348,7 +382,7 @@ pub struct MapOutcome {
 mod tests {
     use super::*;
     use serde_json::json;
-    use sluicegate_core::record::into_record;
+    use sluicegate_core::into_record;
 
     fn config(v: Value) -> MappingConfig {
         serde_json::from_value(v).unwrap()

@@ -35,7 +35,7 @@ use tokio::sync::watch;
 
 use crate::process::process_memory;
 use sluicegate_core::MemoryRelief;
-use sluicegate_core::budget::format_bytes;
+use sluicegate_core::format_bytes;
 
 /// Most halvings of the batch size (1/4 of the configured size: smaller batches
 /// cost a sink like DuckDB far more in transactions than they save in memory).
@@ -54,6 +54,7 @@ const ESCALATION_STEP: u64 = 10;
 
 /// What the monitor watches and when it acts.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct MonitorSettings {
     /// The memory the run aims to stay within, in bytes.
     pub limit_bytes: u64,
@@ -66,7 +67,7 @@ pub struct MonitorSettings {
 impl Default for MonitorSettings {
     fn default() -> Self {
         Self {
-            limit_bytes: 96 << 20,
+            limit_bytes: 128 << 20,
             flush_threshold: 0.8,
             check_interval: Duration::from_secs(1),
         }
@@ -74,6 +75,16 @@ impl Default for MonitorSettings {
 }
 
 impl MonitorSettings {
+    /// Act above `flush_threshold` (0 to 1) of `limit_bytes`, sampling every
+    /// `check_interval`.
+    pub fn new(limit_bytes: u64, flush_threshold: f64, check_interval: Duration) -> Self {
+        Self {
+            limit_bytes,
+            flush_threshold,
+            check_interval,
+        }
+    }
+
     /// The resident set size above which the monitor acts.
     pub fn threshold_bytes(&self) -> u64 {
         (self.limit_bytes as f64 * self.flush_threshold.clamp(0.0, 1.0)) as u64
@@ -83,6 +94,7 @@ impl MonitorSettings {
 /// How often each action fired, for reports and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct MonitorSnapshot {
     /// Whether the monitor samples at all (a platform without process figures,
     /// or a disabled monitor, never acts).
@@ -162,6 +174,33 @@ struct Inner {
 
 /// Samples process memory and relieves pressure; see the module docs. Cheap to
 /// clone; every clone is the same monitor.
+///
+/// operating system does.
+///
+/// The [`MemoryBudget`](sluicegate_core::MemoryBudget) accounts the bytes of records in
+/// flight and makes sources wait when it is full; it cannot see what decoding,
+/// sink caches, database buffers or the allocator hold. The monitor samples the
+/// process's resident set every [`MonitorSettings::check_interval`]. When it
+/// passes `flush_threshold` × `limit`, and again each time it has grown by
+/// another tenth of the threshold since the monitor last acted, it:
+///
+/// 1. asks every running pipeline to **flush**: the partial batch being gathered
+///    is written at once, and the sink's writer drops what it buffers or caches
+///    ([`SinkWriter::relieve_memory`](sluicegate_core::SinkWriter::relieve_memory));
+/// 2. **halves the batch size** pipelines gather (down to 1/4); after three
+///    samples in a row below the threshold it doubles again, so batches grow
+///    back once the pressure eases — and also after three samples
+///    in a row above the threshold without growth, since shrinking did not help.
+///
+/// On every sample above the threshold it asks the allocator to **return freed
+/// pages** to the operating system (the hook given to
+/// [`MemoryMonitor::with_allocator_release`]) and measures how much the resident
+/// set fell. Memory that stays above the threshold without growing is not
+/// escalated further: flushing and shrinking again would cost throughput for
+/// nothing (most of such a resident set is the process itself, not data).
+///
+/// Each action is logged with the figures and counted ([`MonitorSnapshot`]), so a
+/// run report says how often each fired.
 #[derive(Clone)]
 pub struct MemoryMonitor {
     inner: Arc<Inner>,
@@ -656,14 +695,7 @@ mod tests {
     fn reliefs_are_counted() {
         let (monitor, _, _) = fake();
         monitor.note_batch_flushed(120);
-        monitor.note_relief(
-            "products",
-            MemoryRelief {
-                cache_entries: 300,
-                cache_bytes: 30_000,
-                buffers_flushed: 0,
-            },
-        );
+        monitor.note_relief("products", MemoryRelief::default().with_cache(300, 30_000));
         monitor.note_relief("products", MemoryRelief::default());
         let snap = monitor.snapshot();
         assert_eq!((snap.batches_flushed, snap.rows_flushed), (1, 120));

@@ -27,14 +27,14 @@ use tokio::sync::mpsc;
 
 use crate::mapping::Mapper;
 use crate::monitor::MemoryMonitor;
-use sluicegate_core::batch::{Batch, Position};
-use sluicegate_core::budget::MemoryBudget;
-use sluicegate_core::checkpoint::CheckpointStore;
-use sluicegate_core::error::{Error, ErrorKind, Result, ResultExt};
-use sluicegate_core::observe::{NoObserver, RunObserver};
-use sluicegate_core::sink::{BatchAck, SinkPosition, SinkWriter, WriterSummary};
-use sluicegate_core::source::{BatchStream, ReadRequest, Source};
-use sluicegate_core::stats::RunStats;
+use sluicegate_core::CheckpointStore;
+use sluicegate_core::MemoryBudget;
+use sluicegate_core::RunStats;
+use sluicegate_core::{Batch, Position};
+use sluicegate_core::{BatchAck, SinkPosition, SinkWriter, WriterSummary};
+use sluicegate_core::{BatchStream, ReadRequest, Source};
+use sluicegate_core::{Error, ErrorKind, Result, ResultExt};
+use sluicegate_core::{NoObserver, RunObserver};
 
 /// How a stream is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -48,6 +48,7 @@ pub enum ReadMode {
 
 /// Tuning of a pipeline run.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct PipelineOptions {
     /// Streaming or classic.
     pub mode: ReadMode,
@@ -122,6 +123,38 @@ impl std::str::FromStr for ErrorLimit {
     }
 }
 
+impl PipelineOptions {
+    /// Streaming (or classic) reading.
+    pub fn with_mode(mut self, mode: ReadMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// At most `rows` records per sink batch.
+    pub fn with_batch_rows(mut self, rows: usize) -> Self {
+        self.batch_rows = rows;
+        self
+    }
+
+    /// At most `rows` records mapped in one step (`None`: a page at a time).
+    pub fn with_transform_rows(mut self, rows: Option<usize>) -> Self {
+        self.transform_rows = rows;
+        self
+    }
+
+    /// A partial batch waits at most `linger` for more records.
+    pub fn with_linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
+        self
+    }
+
+    /// Stop once more records were rejected than `limit` allows.
+    pub fn with_max_errors(mut self, limit: Option<ErrorLimit>) -> Self {
+        self.max_errors = limit;
+        self
+    }
+}
+
 impl Default for PipelineOptions {
     fn default() -> Self {
         Self {
@@ -136,6 +169,7 @@ impl Default for PipelineOptions {
 
 /// The outcome of one stream.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct StreamReport {
     /// The sync key.
     pub sync_key: String,
@@ -156,6 +190,23 @@ pub struct StreamReport {
 }
 
 /// One source-to-sink run of a stream.
+///
+/// In [`ReadMode::Streaming`] the source runs in its own task, ahead of the sink
+/// by at most what the memory budget allows; its pages are regrouped into sink
+/// batches of up to `batch_rows` records (or half the budget's bytes), and a
+/// partial batch is flushed when the source has been quiet for `linger`, so a slow
+/// source never holds data back. Each batch's position is committed only after
+/// the sink acknowledged the batch.
+///
+/// With a [`MemoryMonitor`] ([`Pipeline::monitor`]) the batch sizes follow the
+/// monitor's scale, and a flush request writes the partial batch at once and asks
+/// the sink's writer to relieve memory between batches. With
+/// [`PipelineOptions::transform_rows`] large pages are split before mapping.
+///
+/// In [`ReadMode::Classic`] the whole source is read first and then written. Give
+/// it a budget with [`WhenFull::Fail`](sluicegate_core::WhenFull::Fail): when the data does
+/// not fit, the run stops with an [`ErrorKind::MemoryLimit`] error instead of
+/// growing until the process is killed.
 pub struct Pipeline {
     sync_key: String,
     stream: String,
@@ -346,21 +397,16 @@ impl Pipeline {
         if let Some(position) = &resumed_from {
             tracing::info!(sync = %self.sync_key, stream = %self.stream, %position, "resuming from checkpoint");
         }
-        let request = ReadRequest {
-            sync_key: self.sync_key.clone(),
-            resume_from: resumed_from.clone(),
-            budget: self.budget.clone(),
-            stats: self.stats.clone(),
-        };
+        let request = ReadRequest::new(self.sync_key.clone(), self.budget.clone())
+            .with_resume_from(resumed_from.clone())
+            .with_stats(self.stats.clone());
         // A source that panics while polled ends the read with an error (what
         // was gathered before it is still written), never as the end of the data.
         let stream: BatchStream = Box::pin(
             std::panic::AssertUnwindSafe(self.source.read(request))
                 .catch_unwind()
                 .map(|item| {
-                    item.unwrap_or_else(|panic| {
-                        Err(sluicegate_core::source::panicked(panic.as_ref()))
-                    })
+                    item.unwrap_or_else(|panic| Err(sluicegate_core::panicked(panic.as_ref())))
                 }),
         );
         let mut writer = Writer {

@@ -42,6 +42,33 @@ pub const RESIDENT_PER_BUDGET_BYTE: f64 = 1.25;
 pub const MIN_BUDGET: usize = 2 << 20;
 
 /// How the run's memory target is divided.
+///
+/// the sinks' own working memory and the records in flight.
+///
+/// ```text
+/// free      = target − process at start − sinks' working memory
+/// records   = flush threshold × free ÷ k          (the budget sources lease from)
+/// monitored = process + sinks + flush threshold × free
+/// ```
+///
+/// - *process at start*: the resident set once the sinks are open (code pages
+///   of the binary and its libraries, the runtime), measured;
+/// - *sinks' working memory*: what each sink says it works with besides the
+///   batches it is handed ([`Sink::working_memory_bytes`]; for DuckDB its
+///   memory limit plus what it allocates outside it);
+/// - *records*: the bytes of records in flight, each costing about
+///   `k` = [`RESIDENT_PER_BUDGET_BYTE`] resident bytes;
+/// - the rest of `free` is headroom for what nothing plans.
+///
+/// The memory monitor acts above `monitored`, so it reacts to memory beyond
+/// the plan, not to the sinks' planned working memory. When a sink's working
+/// memory grows while the run goes on (a wider table, a longer value), the
+/// monitor's threshold moves with the plan ([`follow_sink_growth`]), and the
+/// run says when the plan no longer fits the target.
+/// When the target cannot hold the process, its sinks and the smallest
+/// budget, the run says so at the start, with the figures; records then get
+/// an eighth of the target (at least the smallest budget) and the monitor acts
+/// at the flush threshold of the target, as asked.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MemoryPlan {
     /// `--max-memory-mb`, in bytes.

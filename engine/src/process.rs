@@ -19,6 +19,10 @@ pub struct ProcessMemory {
 }
 
 /// Reads the current process's memory figures, where the platform allows.
+///
+/// The budget accounts the bytes of data in flight; this module reads what the
+/// whole process really uses, for progress lines and reports. On Linux it reads
+/// `/proc/self/status`; elsewhere it returns `None`.
 pub fn process_memory() -> Option<ProcessMemory> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     parse_status(&status)

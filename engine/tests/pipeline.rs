@@ -16,13 +16,10 @@ fn target() -> StreamTarget {
 }
 
 fn options(mode: ReadMode, batch_rows: usize) -> PipelineOptions {
-    PipelineOptions {
-        mode,
-        batch_rows,
-        transform_rows: None,
-        linger: Duration::from_millis(200),
-        max_errors: None,
-    }
+    PipelineOptions::default()
+        .with_mode(mode)
+        .with_batch_rows(batch_rows)
+        .with_linger(Duration::from_millis(200))
 }
 
 /// A pipeline from `source` into a writer of `sink` for the `numbers` stream.
@@ -290,18 +287,12 @@ async fn mapping_filters_rows_and_rejects_bad_ones_without_stopping() {
 #[tokio::test]
 async fn under_memory_pressure_batches_shrink_and_everything_is_still_written() {
     use sluicegate_engine::{MemoryMonitor, MonitorSettings};
-    let monitor = MemoryMonitor::with_probe(
-        MonitorSettings {
-            limit_bytes: 100,
-            flush_threshold: 0.8,
-            check_interval: Duration::from_millis(10),
-        },
-        {
+    let monitor =
+        MemoryMonitor::with_probe(MonitorSettings::new(100, 0.8, Duration::from_millis(10)), {
             // Memory that keeps growing: each sample is over the threshold and higher.
             let rss = std::sync::atomic::AtomicU64::new(90);
             move || Some(rss.fetch_add(10, std::sync::atomic::Ordering::Relaxed))
-        },
-    );
+        });
     // Two samples over the threshold: batches are a quarter of their size.
     monitor.check();
     monitor.check();

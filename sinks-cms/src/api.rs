@@ -89,20 +89,19 @@ pub(crate) fn upsert_options(
     cache_ttl_secs: Option<u64>,
     prefetch: &str,
 ) -> sluicegate_upsert::UpsertOptions {
-    sluicegate_upsert::UpsertOptions {
-        dry_run,
-        publish,
-        cache: sluicegate_upsert::CacheConfig {
-            max_entries: cache_max_entries,
-            max_bytes: cache_max_mb.saturating_mul(1 << 20),
-            ttl: cache_ttl_secs.map(Duration::from_secs),
-        },
-        prefetch: if prefetch == "never" {
+    sluicegate_upsert::UpsertOptions::new(dry_run, publish)
+        .with_cache(
+            sluicegate_upsert::CacheConfig::new(
+                cache_max_entries,
+                cache_max_mb.saturating_mul(1 << 20),
+            )
+            .with_ttl(cache_ttl_secs.map(Duration::from_secs)),
+        )
+        .with_prefetch(if prefetch == "never" {
             sluicegate_upsert::Prefetch::Never
         } else {
             sluicegate_upsert::Prefetch::Auto
-        },
-    }
+        })
 }
 
 /// Percent-encodes a path segment or query value: unreserved characters

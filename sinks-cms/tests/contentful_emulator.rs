@@ -55,15 +55,9 @@ fn sink(dir: &Path, server: &CmaServer, dry_run: bool, extra: Value) -> Contentf
         section[k] = v.clone();
     }
     let config: ContentfulSinkConfig = parse_section(section, "sinks.cms").unwrap();
-    let ctx = BuildContext {
-        sync_key: String::new(),
-        dry_run,
-        template_scope: json!({"env": {}, "config": {}}),
-        base_dir: dir.to_path_buf(),
-        publish: true,
-        cache_dir: None,
-        tuning: Default::default(),
-    };
+    let ctx = BuildContext::new("", dry_run)
+        .with_template_scope(json!({"env": {}, "config": {}}))
+        .with_base_dir(dir.to_path_buf());
     ContentfulSink::new(config, &ctx).unwrap()
 }
 

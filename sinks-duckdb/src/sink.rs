@@ -309,11 +309,9 @@ impl BatchJob {
             }
             tracing::info!(sync = %self.target.sync_key, "the batch had committed before DuckDB failed");
             let rows = self.records.len() as u64;
-            return Ok(AfterReopen::Committed(prepared.unwrap_or(BatchAck {
-                rows,
-                inserted: rows,
-                ..BatchAck::default()
-            })));
+            return Ok(AfterReopen::Committed(
+                prepared.unwrap_or(BatchAck::new(rows).with_inserted(rows)),
+            ));
         }
         if self.target.key_field.is_some() {
             return Ok(AfterReopen::WriteAgain);
@@ -355,13 +353,10 @@ impl SinkWriter for DuckDbWriter {
         let Some(db) = self.db.clone() else {
             // Dry run against a database that does not exist: everything is new.
             let rows = merged.records.len() as u64;
-            return Ok(BatchAck {
-                rows,
-                inserted: rows,
-                duplicates,
-                failed,
-                ..BatchAck::default()
-            });
+            return Ok(BatchAck::new(rows)
+                .with_inserted(rows)
+                .with_duplicates(duplicates)
+                .with_failed(failed));
         };
         let job = BatchJob {
             target,
@@ -422,10 +417,7 @@ impl SinkWriter for DuckDbWriter {
         blocking(move || {
             let mut conn = db.lock();
             let Err(e) = conn.execute_batch("CHECKPOINT") else {
-                return Ok(MemoryRelief {
-                    buffers_flushed: 1,
-                    ..MemoryRelief::default()
-                });
+                return Ok(MemoryRelief::default().with_buffers_flushed(1));
             };
             let error = duck_error("cannot checkpoint the database", e);
             // A checkpoint that failed fatally loses nothing committed: the
@@ -465,10 +457,7 @@ impl SinkWriter for DuckDbWriter {
     async fn finish(self: Box<Self>) -> Result<WriterSummary> {
         self.plan.forget(&self.target.sync_key);
         let Some(db) = self.db.clone() else {
-            return Ok(WriterSummary {
-                total_rows: Some(0),
-                ..WriterSummary::default()
-            });
+            return Ok(WriterSummary::default().with_total_rows(0));
         };
         let complete = (self.keep_positions && !self.dry_run).then_some(self.position_seq + 1);
         let target = self.target.clone();
@@ -482,10 +471,7 @@ impl SinkWriter for DuckDbWriter {
             db.retry_once(&plan, |conn| {
                 let table = &target.table;
                 if !load_table(conn, table)?.exists {
-                    return Ok(WriterSummary {
-                        total_rows: Some(0),
-                        ..WriterSummary::default()
-                    });
+                    return Ok(WriterSummary::default().with_total_rows(0));
                 }
                 if tracing::enabled!(tracing::Level::DEBUG) {
                     log_memory(conn);
@@ -497,10 +483,7 @@ impl SinkWriter for DuckDbWriter {
                         |r| r.get(0),
                     )
                     .map_err(|e| duck_error(format!("cannot count rows of {table}"), e))?;
-                Ok(WriterSummary {
-                    total_rows: Some(u64::try_from(n).unwrap_or(0)),
-                    ..WriterSummary::default()
-                })
+                Ok(WriterSummary::default().with_total_rows(u64::try_from(n).unwrap_or(0)))
             })
         })
         .await
@@ -692,10 +675,7 @@ fn write_batch(
         if let Some((seq, p)) = position {
             positions::record(conn, target, seq, Some(p), false)?;
         }
-        return Ok(BatchAck {
-            rows,
-            ..BatchAck::default()
-        });
+        return Ok(BatchAck::new(rows));
     }
     let t = quote_ident(&target.table);
     let mut ddl = String::new();
@@ -759,11 +739,7 @@ fn write_batch(
             Some(key) if mode == WriteMode::Upsert => key,
             _ => {
                 append_rows(conn, &target.table, false, &schema, records)?;
-                return Ok(BatchAck {
-                    rows,
-                    inserted: rows,
-                    ..BatchAck::default()
-                });
+                return Ok(BatchAck::new(rows).with_inserted(rows));
             }
         };
         let stage = stage_name(&target.table);
@@ -791,12 +767,9 @@ fn write_batch(
         .map_err(|e| duck_error("cannot insert rows", e))?;
         conn.execute_batch(&format!("DROP TABLE temp.{stage}"))
             .map_err(|e| duck_error("cannot drop the staging table", e))?;
-        Ok(BatchAck {
-            rows,
-            inserted: rows - replaced.min(rows),
-            updated: replaced.min(rows),
-            ..BatchAck::default()
-        })
+        Ok(BatchAck::new(rows)
+            .with_inserted(rows - replaced.min(rows))
+            .with_updated(replaced.min(rows)))
     })();
     // The batch's position commits with its rows.
     let result = result.and_then(|ack| match position {
@@ -909,11 +882,7 @@ fn plan_batch(
     records: &[Record],
 ) -> Result<BatchAck> {
     let rows = records.len() as u64;
-    let all_new = BatchAck {
-        rows,
-        inserted: rows,
-        ..BatchAck::default()
-    };
+    let all_new = BatchAck::new(rows).with_inserted(rows);
     let Some(field) = target.key_field.as_deref() else {
         return Ok(all_new);
     };
@@ -950,12 +919,9 @@ fn plan_batch(
         )
         .map_err(|e| duck_error("cannot count existing keys", e))?;
     let existing = u64::try_from(existing).unwrap_or(0).min(rows);
-    Ok(BatchAck {
-        rows,
-        inserted: rows - existing,
-        updated: existing,
-        ..BatchAck::default()
-    })
+    Ok(BatchAck::new(rows)
+        .with_inserted(rows - existing)
+        .with_updated(existing))
 }
 
 /// Logs DuckDB's own view of its memory (buffer manager use by tag).

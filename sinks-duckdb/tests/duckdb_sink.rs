@@ -7,15 +7,9 @@ use sluicegate_core::{Batch, BuildContext, MemoryBudget, Sink, StreamTarget, int
 use sluicegate_sinks_duckdb::{DuckDbSink, DuckDbSinkConfig};
 
 fn ctx(dir: &Path, dry_run: bool) -> BuildContext {
-    BuildContext {
-        sync_key: String::new(),
-        dry_run,
-        template_scope: json!({}),
-        base_dir: dir.to_path_buf(),
-        publish: true,
-        cache_dir: None,
-        tuning: Default::default(),
-    }
+    BuildContext::new("", dry_run)
+        .with_template_scope(json!({}))
+        .with_base_dir(dir.to_path_buf())
 }
 
 fn sink(dir: &Path, dry_run: bool) -> DuckDbSink {
@@ -718,10 +712,7 @@ async fn an_append_stopped_between_the_two_commits_resumes_exactly_once() {
         left: AtomicU64::new(4),
     });
     let source = Arc::new(VecSource::new(numbered_records(1000), 100));
-    let options = PipelineOptions {
-        batch_rows: 100,
-        ..PipelineOptions::default()
-    };
+    let options = PipelineOptions::default().with_batch_rows(100);
     let run = |store: Arc<StopAfterCommits>| {
         let (sink, source, options) = (&sink, source.clone(), options.clone());
         async move {

@@ -19,15 +19,9 @@ use sluicegate_sinks_duckdb::{DuckDbSink, DuckDbSinkConfig};
 use sluicegate_testkit::doubles::{VecSource, numbered_records};
 
 fn sink(dir: &Path) -> DuckDbSink {
-    let ctx = BuildContext {
-        sync_key: String::new(),
-        dry_run: false,
-        template_scope: json!({}),
-        base_dir: dir.to_path_buf(),
-        publish: true,
-        cache_dir: None,
-        tuning: Default::default(),
-    };
+    let ctx = BuildContext::new("", false)
+        .with_template_scope(json!({}))
+        .with_base_dir(dir.to_path_buf());
     DuckDbSink::open(&DuckDbSinkConfig::new("test.duckdb"), &ctx).unwrap()
 }
 
@@ -80,10 +74,7 @@ async fn a_fatal_error_reopens_the_database_and_the_stream_resumes_exactly_once(
             .unwrap();
         let store = Arc::new(MemoryCheckpointStore::default());
         let mut pipeline = Pipeline::new("events", "events", source, writer)
-            .options(PipelineOptions {
-                batch_rows: 100,
-                ..PipelineOptions::default()
-            })
+            .options(PipelineOptions::default().with_batch_rows(100))
             .checkpoints(store);
         assert_eq!(pipeline.resume_point().await.unwrap(), None);
         let summary = pipeline.run().await.unwrap_or_else(|e| panic!("{at}: {e}"));

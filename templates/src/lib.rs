@@ -82,10 +82,14 @@ pub fn template_value(value: &Value) -> minijinja::Value {
         }
         Value::String(s) => V::from(s.as_str()),
         Value::Array(items) => V::from(items.iter().map(template_value).collect::<Vec<_>>()),
-        Value::Object(map) => {
-            V::from_iter(map.iter().map(|(k, v)| (k.as_str(), template_value(v))))
-        }
+        Value::Object(map) => template_value_of_map(map),
     }
+}
+
+/// A JSON object as a template value (see [`template_value`]), without
+/// copying it into a [`Value`] first.
+pub fn template_value_of_map(map: &serde_json::Map<String, Value>) -> minijinja::Value {
+    minijinja::Value::from_iter(map.iter().map(|(k, v)| (k.as_str(), template_value(v))))
 }
 
 fn template_error(what: &str, name: &str, err: minijinja::Error) -> Error {

@@ -8,12 +8,12 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
-use sluicegate_core::batch::{Batch, Position};
-use sluicegate_core::error::{Error, Result};
-use sluicegate_core::paginate::{Page, PageContext, PageSource, paginate};
-use sluicegate_core::record::Record;
-use sluicegate_core::sink::{BatchAck, Sink, SinkWriter, StreamTarget, WriterSummary};
-use sluicegate_core::source::{BatchStream, ReadRequest, Source};
+use sluicegate_core::Record;
+use sluicegate_core::{Batch, Position};
+use sluicegate_core::{BatchAck, Sink, SinkWriter, StreamTarget, WriterSummary};
+use sluicegate_core::{BatchStream, ReadRequest, Source};
+use sluicegate_core::{Error, Result};
+use sluicegate_core::{Page, PageContext, PageSource, paginate};
 
 /// Serves a fixed list of records in pages of `page_size`, with offset
 /// positions; can be told to fail, or to panic (a broken source), at one page,
@@ -92,7 +92,7 @@ impl Source for VecSource {
         if !self.on_a_task {
             return pages;
         }
-        sluicegate_core::source::channel_stream(move |tx| async move {
+        sluicegate_core::channel_stream(move |tx| async move {
             let mut pages = pages;
             while let Some(batch) = futures::StreamExt::next(&mut pages).await {
                 tx.send(batch?).await?;
@@ -225,19 +225,15 @@ impl SinkWriter for MemoryWriter {
             .tables
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        Ok(WriterSummary {
-            total_rows: Some(tables.get(&self.target.table).map_or(0, |t| t.len() as u64)),
-            ..WriterSummary::default()
-        })
+        Ok(WriterSummary::default()
+            .with_total_rows(tables.get(&self.target.table).map_or(0, |t| t.len() as u64)))
     }
 }
 
 /// `n` records `{"id": i, "name": "record i"}` for `i` in `0..n`.
 pub fn numbered_records(n: usize) -> Vec<Record> {
     (0..n)
-        .map(|i| {
-            sluicegate_core::record::into_record(json!({"id": i, "name": format!("record {i}")}))
-        })
+        .map(|i| sluicegate_core::into_record(json!({"id": i, "name": format!("record {i}")})))
         .collect()
 }
 
@@ -249,7 +245,7 @@ pub fn numbered_records(n: usize) -> Vec<Record> {
 /// any locale is rejected, like a validation error; while
 /// [`refuse_publishing`](Self::refuse_publishing) is on, every publish is refused.
 pub struct MemoryKeyedSink {
-    model: sluicegate_core::content::ContentModel,
+    model: sluicegate_core::ContentModel,
     key_field: String,
     state: Mutex<KeyedState>,
     max_lookup_keys: usize,
@@ -257,7 +253,7 @@ pub struct MemoryKeyedSink {
 
 #[derive(Default)]
 struct KeyedState {
-    entries: BTreeMap<String, sluicegate_core::keyed::ExistingEntry>,
+    entries: BTreeMap<String, sluicegate_core::ExistingEntry>,
     next_id: u64,
     refuse_publishing: bool,
     counts: KeyedCounts,
@@ -282,7 +278,7 @@ pub struct KeyedCounts {
 
 impl MemoryKeyedSink {
     /// An empty sink for `model`, matching records on `key_field`.
-    pub fn new(model: sluicegate_core::content::ContentModel, key_field: &str) -> Self {
+    pub fn new(model: sluicegate_core::ContentModel, key_field: &str) -> Self {
         Self {
             model,
             key_field: key_field.to_owned(),
@@ -309,22 +305,18 @@ impl MemoryKeyedSink {
     }
 
     /// Every entry, by id.
-    pub fn entries(&self) -> BTreeMap<String, sluicegate_core::keyed::ExistingEntry> {
+    pub fn entries(&self) -> BTreeMap<String, sluicegate_core::ExistingEntry> {
         self.state().entries.clone()
     }
 
     /// Puts an entry in directly (as if made by someone else); returns its id.
-    pub fn seed(
-        &self,
-        fields: sluicegate_core::content::EntryFields,
-        metadata: Option<Value>,
-    ) -> String {
+    pub fn seed(&self, fields: sluicegate_core::EntryFields, metadata: Option<Value>) -> String {
         let mut st = self.state();
         st.next_id += 1;
         let id = format!("e{}", st.next_id);
         st.entries.insert(
             id.clone(),
-            sluicegate_core::keyed::ExistingEntry {
+            sluicegate_core::ExistingEntry {
                 id: id.clone(),
                 version: 1,
                 fields,
@@ -335,7 +327,7 @@ impl MemoryKeyedSink {
         id
     }
 
-    fn key_of(&self, entry: &sluicegate_core::keyed::ExistingEntry) -> Option<String> {
+    fn key_of(&self, entry: &sluicegate_core::ExistingEntry) -> Option<String> {
         match entry
             .fields
             .get(&self.key_field)?
@@ -347,7 +339,7 @@ impl MemoryKeyedSink {
     }
 }
 
-fn is_invalid(fields: &sluicegate_core::content::EntryFields) -> bool {
+fn is_invalid(fields: &sluicegate_core::EntryFields) -> bool {
     fields
         .values()
         .filter_map(Value::as_object)
@@ -356,28 +348,25 @@ fn is_invalid(fields: &sluicegate_core::content::EntryFields) -> bool {
 }
 
 #[async_trait]
-impl sluicegate_core::keyed::KeyedSink for MemoryKeyedSink {
-    fn capabilities(&self) -> sluicegate_core::keyed::KeyedCapabilities {
-        sluicegate_core::keyed::KeyedCapabilities {
+impl sluicegate_core::KeyedSink for MemoryKeyedSink {
+    fn capabilities(&self) -> sluicegate_core::KeyedCapabilities {
+        sluicegate_core::KeyedCapabilities {
             max_lookup_keys: self.max_lookup_keys,
             max_page_size: 100,
             publish: true,
         }
     }
 
-    async fn model(
-        &self,
-        _target: &StreamTarget,
-    ) -> Result<sluicegate_core::content::ContentModel> {
+    async fn model(&self, _target: &StreamTarget) -> Result<sluicegate_core::ContentModel> {
         Ok(self.model.clone())
     }
 
     async fn lookup(
         &self,
         _target: &StreamTarget,
-        lookup: sluicegate_core::keyed::Lookup<'_>,
-    ) -> Result<sluicegate_core::keyed::LookupPage> {
-        use sluicegate_core::keyed::{Lookup, LookupPage};
+        lookup: sluicegate_core::Lookup<'_>,
+    ) -> Result<sluicegate_core::LookupPage> {
+        use sluicegate_core::{Lookup, LookupPage};
         let mut st = self.state();
         let page = match lookup {
             Lookup::Keys(keys) => {
@@ -425,9 +414,9 @@ impl sluicegate_core::keyed::KeyedSink for MemoryKeyedSink {
     async fn write(
         &self,
         _target: &StreamTarget,
-        ops: Vec<sluicegate_core::keyed::WriteOp>,
-    ) -> Vec<Result<sluicegate_core::keyed::Written>> {
-        use sluicegate_core::keyed::{ExistingEntry, WriteOp, Written};
+        ops: Vec<sluicegate_core::WriteOp>,
+    ) -> Vec<Result<sluicegate_core::Written>> {
+        use sluicegate_core::{ExistingEntry, WriteOp, Written};
         let mut st = self.state();
         ops.into_iter()
             .map(|op| match op {
@@ -475,8 +464,8 @@ impl sluicegate_core::keyed::KeyedSink for MemoryKeyedSink {
     async fn publish(
         &self,
         _target: &StreamTarget,
-        items: Vec<sluicegate_core::keyed::Written>,
-    ) -> Vec<Result<sluicegate_core::keyed::Written>> {
+        items: Vec<sluicegate_core::Written>,
+    ) -> Vec<Result<sluicegate_core::Written>> {
         let mut st = self.state();
         let refuse = st.refuse_publishing;
         items
@@ -492,7 +481,7 @@ impl sluicegate_core::keyed::KeyedSink for MemoryKeyedSink {
                 }
                 entry.version += 1;
                 entry.publish_pending = false;
-                Ok(sluicegate_core::keyed::Written {
+                Ok(sluicegate_core::Written {
                     id: w.id,
                     version: entry.version,
                 })

@@ -167,18 +167,11 @@ impl SinkWriter for AppendWriter {
                 .unwrap()
                 .extend(batch.records().iter().cloned());
         }
-        Ok(BatchAck {
-            rows: batch.len() as u64,
-            inserted: batch.len() as u64,
-            ..BatchAck::default()
-        })
+        Ok(BatchAck::new(batch.len() as u64).with_inserted(batch.len() as u64))
     }
 
     async fn finish(self: Box<Self>) -> Result<WriterSummary> {
-        Ok(WriterSummary {
-            total_rows: Some(self.rows.lock().unwrap().len() as u64),
-            ..WriterSummary::default()
-        })
+        Ok(WriterSummary::default().with_total_rows(self.rows.lock().unwrap().len() as u64))
     }
 }
 

@@ -13,7 +13,7 @@ use sluicegate_core::{
     into_record,
 };
 use sluicegate_testkit::doubles::MemoryKeyedSink;
-use sluicegate_upsert::{CacheConfig, Prefetch, UpsertOptions, UpsertWriter};
+use sluicegate_upsert::{UpsertOptions, UpsertWriter};
 
 fn model() -> ContentModel {
     let field = |id: &str, kind| FieldDef {
@@ -52,12 +52,7 @@ fn upsert(c: &mut Criterion) {
         .build()
         .unwrap();
     let sink = Arc::new(MemoryKeyedSink::new(model(), "sku"));
-    let options = UpsertOptions {
-        dry_run: false,
-        publish: false,
-        cache: CacheConfig::default(),
-        prefetch: Prefetch::Auto,
-    };
+    let options = UpsertOptions::new(false, false);
     let target = StreamTarget::new("products", "product", Some("sku.en-US".into()));
     let mut writer = UpsertWriter::new(sink, target, options).unwrap();
     let budget = MemoryBudget::unlimited();

@@ -190,6 +190,29 @@ fn array(field: &FieldDef, text: &str) -> Value {
 }
 
 /// Converts a flat mapped record into typed fields of `model`.
+///
+/// typed, localized fields.
+///
+/// A flat record's keys follow `cute`'s forms: `field.locale` for a scalar,
+/// `field.locale[]` for an array, `field.locale.lat` / `field.locale.lon` for a
+/// location, and `sys.id` for an explicit entry id. Values are strings (or `null`
+/// to clear a field). [`convert`] turns them into `{field: {locale: value}}` by the
+/// target field's type:
+///
+/// | type | from the string |
+/// |---|---|
+/// | Symbol, Text, Date | as it is (Date must start with `YYYY-MM-DD`) |
+/// | Integer, Number | parsed; not a number is an error for that record |
+/// | Boolean | `true`/`false`, `yes`/`no`, `1`/`0` (any case) |
+/// | Link | `{"sys": {"type": "Link", "linkType": <field's link type>, "id": <value>}}` |
+/// | Array | split on `\|` if present, else on `,`, items trimmed; Link items become links |
+/// | Location | `{"lat": .., "lon": ..}` from the `.lat` and `.lon` keys |
+/// | Object | parsed as JSON |
+/// | RichText | a document with one paragraph holding the text |
+///
+/// Unlike `cute`, an empty value never becomes `0` or an error: it means "no value"
+/// (see the engine's mapping). A key naming a field the content type does
+/// not have is an error naming the fields it has, instead of being dropped.
 pub fn convert(model: &ContentModel, flat: &Record) -> Result<Converted> {
     let mut fields = EntryFields::new();
     let mut id = None;

@@ -1,7 +1,7 @@
 #![doc = include_str!("../README.md")]
 
-pub mod convert;
-pub mod writer;
+mod convert;
+mod writer;
 
 pub use convert::{Converted, comparable, convert};
 pub use writer::{CacheConfig, Prefetch, UpsertOptions, UpsertWriter};

@@ -35,19 +35,20 @@ use async_trait::async_trait;
 use serde_json::{Map, Value};
 use sluicegate_core::CacheStats;
 
-use sluicegate_core::batch::Batch;
-use sluicegate_core::content::{ContentModel, EntryFields};
+use sluicegate_core::Batch;
+use sluicegate_core::{ContentModel, EntryFields};
 
 use crate::convert::{comparable, convert};
 use sluicegate_core::MemoryRelief;
-use sluicegate_core::error::{Error, ErrorKind, Result};
-use sluicegate_core::keyed::{ExistingEntry, KeyedSink, Lookup, WriteOp, Written};
-use sluicegate_core::observe::{Rejected, Stage};
-use sluicegate_core::record::Record;
-use sluicegate_core::sink::{BatchAck, SinkWriter, StreamTarget, WriterSummary};
+use sluicegate_core::Record;
+use sluicegate_core::{BatchAck, SinkWriter, StreamTarget, WriterSummary};
+use sluicegate_core::{Error, ErrorKind, Result};
+use sluicegate_core::{ExistingEntry, KeyedSink, Lookup, WriteOp, Written};
+use sluicegate_core::{Rejected, Stage};
 
 /// Bounds of the lookup cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CacheConfig {
     /// Most entries held.
     pub max_entries: u64,
@@ -67,6 +68,23 @@ impl Default for CacheConfig {
     }
 }
 
+impl CacheConfig {
+    /// At most `max_entries` entries and `max_bytes` bytes, kept until evicted.
+    pub fn new(max_entries: u64, max_bytes: u64) -> Self {
+        Self {
+            max_entries,
+            max_bytes,
+            ttl: None,
+        }
+    }
+
+    /// Entries are forgotten after `ttl`.
+    pub fn with_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.ttl = ttl;
+        self
+    }
+}
+
 /// Whether to load the whole target into the cache up front.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Prefetch {
@@ -78,6 +96,7 @@ pub enum Prefetch {
 
 /// How the upsert behaves.
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct UpsertOptions {
     /// Plan only: look up and compare, write and publish nothing.
     pub dry_run: bool,
@@ -88,6 +107,31 @@ pub struct UpsertOptions {
     pub cache: CacheConfig,
     /// Prefetching.
     pub prefetch: Prefetch,
+}
+
+impl UpsertOptions {
+    /// Writing (`dry_run: false`) or planning, publishing or not, with the
+    /// default cache and prefetching when the target fits it.
+    pub fn new(dry_run: bool, publish: bool) -> Self {
+        Self {
+            dry_run,
+            publish,
+            cache: CacheConfig::default(),
+            prefetch: Prefetch::Auto,
+        }
+    }
+
+    /// With these cache bounds.
+    pub fn with_cache(mut self, cache: CacheConfig) -> Self {
+        self.cache = cache;
+        self
+    }
+
+    /// With this prefetching.
+    pub fn with_prefetch(mut self, prefetch: Prefetch) -> Self {
+        self.prefetch = prefetch;
+        self
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -134,6 +178,32 @@ enum Counted {
 }
 
 /// Syncs batches of mapped records into a [`KeyedSink`]; see the module docs.
+///
+/// bounded cache of existing entries, writing only what changed.
+///
+/// Per batch, [`UpsertWriter`]:
+/// 1. converts each mapped (flat) record to typed fields with the target's
+///    [`ContentModel`]; a record that does not convert, or has no key, is rejected
+///    (reported to the observer) and the batch goes on;
+/// 2. merges records with the same key: the last one wins, whole (the same rule
+///    as every sink's), and each merge is counted as a duplicate;
+/// 3. consults the cache (key → id, version, digest of the mapped fields): a digest
+///    equal to the record's means unchanged, with no request at all;
+/// 4. looks the misses up by key, and the cache hits whose digest differs by id,
+///    in as few requests as the sink's `max_lookup_keys` allows;
+/// 5. classifies each record as new, changed (listing changed fields when the
+///    observer wants them) or unchanged;
+/// 6. with `--apply`, creates new entries and updates changed ones: the update
+///    body is the existing entry with only the mapped fields replaced, so unmapped
+///    fields, other locales and metadata survive; then publishes what it wrote,
+///    and entries whose fields are unchanged but whose current version is not
+///    live (a draft, or a failed publish). A record refused at publish is a
+///    failed record, reported like a refused write.
+///
+/// The cache is bounded by entries and by bytes (and optionally a time-to-live),
+/// so memory never grows with the dataset. When the whole target fits the cache,
+/// it is prefetched page by page on the first batch: then a cache miss means "new"
+/// without any lookup, until the first eviction.
 pub struct UpsertWriter<K: KeyedSink> {
     sink: Arc<K>,
     target: StreamTarget,
@@ -611,12 +681,9 @@ impl<K: KeyedSink> SinkWriter for UpsertWriter<K> {
                 cands.iter().flat_map(|c| pairs_of(&c.fields)).collect();
             self.prefetch(&model, &pairs).await?;
         }
-        let mut ack = BatchAck {
-            rows: cands.len() as u64,
-            failed: failed_convert,
-            duplicates,
-            ..BatchAck::default()
-        };
+        let mut ack = BatchAck::new(cands.len() as u64)
+            .with_failed(failed_convert)
+            .with_duplicates(duplicates);
 
         // Cache first; then one lookup pass for misses (by key) and changed hits (by id).
         let complete = self.complete.load(Ordering::Relaxed);
@@ -804,11 +871,8 @@ impl<K: KeyedSink> SinkWriter for UpsertWriter<K> {
     /// (and a prefetched cache no longer counts as holding every entry).
     async fn relieve_memory(&mut self) -> Result<MemoryRelief> {
         self.cache.run_pending_tasks();
-        let relief = MemoryRelief {
-            cache_entries: self.cache.entry_count(),
-            cache_bytes: self.cache.weighted_size(),
-            buffers_flushed: 0,
-        };
+        let relief = MemoryRelief::default()
+            .with_cache(self.cache.entry_count(), self.cache.weighted_size());
         self.complete.store(false, Ordering::Relaxed);
         self.cache.invalidate_all();
         self.cache.run_pending_tasks();
@@ -820,18 +884,16 @@ impl<K: KeyedSink> SinkWriter for UpsertWriter<K> {
 
     async fn finish(self: Box<Self>) -> Result<WriterSummary> {
         self.cache.run_pending_tasks();
-        Ok(WriterSummary {
-            total_rows: None,
-            cache: Some(CacheStats {
-                hits: self.counters.hits.load(Ordering::Relaxed),
-                misses: self.counters.misses.load(Ordering::Relaxed),
-                evictions: self.counters.evictions.load(Ordering::Relaxed),
-                entries: self.cache.entry_count(),
-                bytes: self.cache.weighted_size(),
-                prefetched: self.prefetch_loaded,
-            }),
-            published: self.published,
-            compares_content: true,
-        })
+        let mut cache = CacheStats::default();
+        cache.hits = self.counters.hits.load(Ordering::Relaxed);
+        cache.misses = self.counters.misses.load(Ordering::Relaxed);
+        cache.evictions = self.counters.evictions.load(Ordering::Relaxed);
+        cache.entries = self.cache.entry_count();
+        cache.bytes = self.cache.weighted_size();
+        cache.prefetched = self.prefetch_loaded;
+        Ok(WriterSummary::default()
+            .with_cache(cache)
+            .with_published(self.published)
+            .comparing_content())
     }
 }

@@ -51,16 +51,9 @@ impl RunObserver for Collect {
 }
 
 fn options(dry_run: bool, max_entries: u64, prefetch: Prefetch) -> UpsertOptions {
-    UpsertOptions {
-        dry_run,
-        publish: true,
-        cache: CacheConfig {
-            max_entries,
-            max_bytes: 1 << 20,
-            ttl: None,
-        },
-        prefetch,
-    }
+    UpsertOptions::new(dry_run, true)
+        .with_cache(CacheConfig::new(max_entries, 1 << 20))
+        .with_prefetch(prefetch)
 }
 
 fn writer(

@@ -179,11 +179,9 @@ impl SinkWriter for JsonFilesWriter {
                 }
             }
         }
-        Ok(WriterSummary {
-            total_rows: Some(total),
-            compares_content: true,
-            ..WriterSummary::default()
-        })
+        Ok(WriterSummary::default()
+            .with_total_rows(total)
+            .comparing_content())
     }
 }
 

@@ -59,11 +59,11 @@ async fn reads_every_line_and_resumes_after_a_failed_write() {
         failing.open(target.clone()).await.unwrap(),
     )
     .budget(MemoryBudget::new(1 << 20))
-    .options(PipelineOptions {
-        batch_rows: 40,
-        transform_rows: None,
-        ..PipelineOptions::default()
-    })
+    .options(
+        PipelineOptions::default()
+            .with_batch_rows(40)
+            .with_transform_rows(None),
+    )
     .checkpoints(checkpoints.clone())
     .run()
     .await

@@ -79,11 +79,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .budget(budget.clone())
         .stats(stats.clone())
         .mapper(mapper)
-        .options(PipelineOptions {
-            batch_rows: 2000,
-            transform_rows: None,
-            ..PipelineOptions::default()
-        });
+        .options(
+            PipelineOptions::default()
+                .with_batch_rows(2000)
+                .with_transform_rows(None),
+        );
     let started = Instant::now();
     let progress = {
         let stats = stats.clone();
