@@ -24,28 +24,7 @@ use sluicegate_core::{BuildContext, Result, field_error};
 use sluicegate_templates::render_template;
 
 use crate::connstr::ConnectionParams;
-
-/// The database products this crate reads from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Provider {
-    /// PostgreSQL (and wire-compatible servers).
-    Postgres,
-    /// MySQL and MariaDB.
-    Mysql,
-    /// SQLite database files.
-    Sqlite,
-}
-
-impl Provider {
-    /// The configuration type name (`postgres`, `mysql`, `sqlite`).
-    pub fn type_name(self) -> &'static str {
-        match self {
-            Provider::Postgres => "postgres",
-            Provider::Mysql => "mysql",
-            Provider::Sqlite => "sqlite",
-        }
-    }
-}
+use crate::provider::Provider;
 
 /// Configuration of a database source; see the module documentation.
 #[derive(Debug, Clone, Deserialize)]

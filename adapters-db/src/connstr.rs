@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use sluicegate_core::{Error, Result};
 
-use crate::config::Provider;
+use crate::provider::Provider;
 
 /// Parsed connection options for one provider.
 #[derive(Clone)]

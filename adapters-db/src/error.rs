@@ -3,8 +3,8 @@
 
 use sluicegate_core::{Error, ErrorKind};
 
-use crate::config::Provider;
 use crate::connstr::ConnectionParams;
+use crate::provider::Provider;
 
 /// Where an error happened, for the message and its context.
 #[derive(Clone)]

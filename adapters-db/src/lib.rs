@@ -6,6 +6,7 @@ mod connstr;
 mod error;
 mod mysql;
 mod postgres;
+mod provider;
 mod session;
 mod source;
 mod sqlite;
@@ -15,7 +16,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use sluicegate_core::{BuildContext, Factory, Registry, Result, Source};
 
-pub use config::{DbSourceConfig, Provider, QueryPagination};
+pub use config::{DbSourceConfig, QueryPagination};
+pub use provider::Provider;
 pub use source::DbSource;
 
 /// Builds database sources of one provider (`postgres`, `mysql` or `sqlite`).

@@ -10,9 +10,10 @@ use sluicegate_core::{
 };
 
 use crate::batcher::{Batcher, Tracker};
-use crate::config::{DbSourceConfig, Provider, split_table};
+use crate::config::{DbSourceConfig, split_table};
 use crate::connstr::ConnectionParams;
 use crate::error::Origin;
+use crate::provider::Provider;
 use crate::session::Session;
 use crate::{mysql, postgres, sqlite};
 

@@ -289,6 +289,22 @@ pub struct SyncArgs {
     pub dead_letter: Option<PathBuf>,
 }
 
+impl SyncArgs {
+    /// The tuning flags, for [`Tuning::resolve`](crate::tuning::Tuning::resolve).
+    pub fn tuning_flags(&self) -> crate::tuning::TuningFlags {
+        crate::tuning::TuningFlags {
+            preset: self.preset,
+            max_memory_mb: self.max_memory_mb,
+            flush_threshold_percent: self.flush_threshold_percent,
+            memory_check_interval: self.memory_check_interval,
+            page_size: self.page_size,
+            transform_batch_size: self.transform_batch_size,
+            batch_size: self.batch_size,
+            max_concurrent_chunks: self.max_concurrent_chunks,
+        }
+    }
+}
+
 /// Output levels of `sync-api`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub enum Verbosity {

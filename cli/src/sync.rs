@@ -49,7 +49,7 @@ pub fn prepare(
 ) -> Result<PreparedRun> {
     let scope = template_scope_from_env();
     let base_dir = config.base_dir();
-    let tuning = Tuning::resolve(args, &config.tuning, &|m| config.at(m))?;
+    let tuning = Tuning::resolve(&args.tuning_flags(), &config.tuning, &|m| config.at(m))?;
     let stage = tuning.stage();
     let ctx = |key: &str| {
         BuildContext::new(key, !args.apply)

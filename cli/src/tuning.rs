@@ -26,8 +26,6 @@ use serde::{Deserialize, Serialize};
 use sluicegate_core::{Error, Result, StageTuning};
 use sluicegate_engine::MonitorSettings;
 
-use crate::args::SyncArgs;
-
 /// Named sets of knobs for the common cases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -170,10 +168,31 @@ pub struct Tuning {
 
 const DEFAULT_MAX_MEMORY_MB: u64 = 128;
 
+/// The tuning flags of a run (`--preset`, `--max-memory-mb`, ...), as given.
+#[derive(Debug, Clone, Default)]
+pub struct TuningFlags {
+    /// `--preset`.
+    pub preset: Option<Preset>,
+    /// `--max-memory-mb`.
+    pub max_memory_mb: Option<u64>,
+    /// `--flush-threshold-percent`.
+    pub flush_threshold_percent: Option<f64>,
+    /// `--memory-check-interval`.
+    pub memory_check_interval: Option<f64>,
+    /// `--page-size`.
+    pub page_size: Option<u64>,
+    /// `--transform-batch-size`.
+    pub transform_batch_size: Option<u64>,
+    /// `--batch-size`.
+    pub batch_size: Option<u64>,
+    /// `--max-concurrent-chunks`.
+    pub max_concurrent_chunks: Option<u64>,
+}
+
 impl Tuning {
     /// Resolves the knobs from the flags, the file's section and the preset.
     pub fn resolve(
-        args: &SyncArgs,
+        args: &TuningFlags,
         file: &TuningConfig,
         at: &dyn Fn(&str) -> String,
     ) -> Result<Self> {
@@ -416,11 +435,11 @@ mod tests {
     use super::*;
     use clap::Parser;
 
-    fn args(extra: &[&str]) -> SyncArgs {
+    fn args(extra: &[&str]) -> TuningFlags {
         let mut argv = vec!["sluicegate", "sync-api", "-k", "x"];
         argv.extend_from_slice(extra);
         match crate::args::Cli::parse_from(argv).command {
-            crate::args::Command::SyncApi(a) => a,
+            crate::args::Command::SyncApi(a) => a.tuning_flags(),
             _ => unreachable!(),
         }
     }
