@@ -92,17 +92,17 @@ def heap_top(binary, work, lines=12):
 
 def latency(stats):
     """p50, p95, p99 (ms, bucket bounds) and the mean (ms) of the report's request latency."""
-    count = stats.get("latency_count") or 0
+    count = stats.get("latencyCount") or 0
     if not count:
         return None
     def quantile(q):
         want = count * q
-        for bound, n in zip(LATENCY_BOUNDS_MS, stats["latency_buckets"]):
+        for bound, n in zip(LATENCY_BOUNDS_MS, stats["latencyBuckets"]):
             if n >= want:
                 return bound
         return f">{LATENCY_BOUNDS_MS[-1]}"
     return {"p50": quantile(0.5), "p95": quantile(0.95), "p99": quantile(0.99),
-            "mean": stats["latency_total_us"] / count / 1000}
+            "mean": stats["latencyTotalUs"] / count / 1000}
 
 
 class Limit:
@@ -260,9 +260,9 @@ def one_run(scenario, orders, keys, mode, work, heap=False):
     rep = json.loads(report.read_text()) if report.exists() else None
     if cms:
         # A content platform has no row count: every record acknowledged and none failed.
-        rows_in_tables = {s["sync_key"]: s["ack"]["rows"] - s["ack"]["failed"] for s in rep["streams"]} if rep else {}
+        rows_in_tables = {s["syncKey"]: s["ack"]["rows"] - s["ack"]["failed"] for s in rep["streams"]} if rep else {}
     else:
-        rows_in_tables = {s["sync_key"]: s["total_rows"] for s in rep["streams"]} if rep else {}
+        rows_in_tables = {s["syncKey"]: s["totalRows"] for s in rep["streams"]} if rep else {}
     complete = rep is not None and all(rows_in_tables.get(k) == totals[k] for k in keys)
     killed = res["rc"] in (-9, 137) or res.get("oomKills", 0) > 0
     error = next((line[len("error: "):] for line in res["err"].splitlines() if line.startswith("error: ")), None)
@@ -274,11 +274,11 @@ def one_run(scenario, orders, keys, mode, work, heap=False):
         "peakRss": rep["memory"]["peakRss"] if rep else res["maxRss"],
         "averageRss": rep["memory"]["averageRss"] if rep else None,
         "cgroupPeak": res.get("cgroupPeak"),
-        "rawBytes": rep["stats"]["bytes_received"] if rep else None,
+        "rawBytes": rep["stats"]["bytesReceived"] if rep else None,
         "requests": rep["stats"]["requests"] if rep else None,
         "statuses": rep["stats"]["statuses"] if rep else None,
         "retries": rep["stats"]["retries"] if rep else None,
-        "rowsPerSec": (rep["stats"]["rows_written"] / res["wall"]) if rep else None,
+        "rowsPerSec": (rep["stats"]["rowsWritten"] / res["wall"]) if rep else None,
         "processMaxRss": res["maxRss"],
         "budgetWaits": rep["budget"]["waits"] if rep else None,
         "growthSuspected": rep["memory"]["growthSuspected"] if rep else None,

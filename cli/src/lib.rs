@@ -89,13 +89,17 @@ pub fn exit_code(code: u8) -> ExitCode {
     ExitCode::from(code)
 }
 
-/// Logs to stderr; `SLUICEGATE_LOG` overrides the `default` filter.
+/// Logs to stderr; `SLUICEGATE_LOG` overrides the `default` filter. Colours only
+/// on a terminal, and never with `NO_COLOR` set.
 fn init_logging(format: args::LogFormat, default: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICEGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .with_target(false);
     let _ = match format {
         args::LogFormat::Text => builder.try_init(),

@@ -13,7 +13,8 @@ use sluicegate_core::{
     template_scope_from_env,
 };
 use sluicegate_engine::{
-    Mapper, MemoryMonitor, Pipeline, PipelineOptions, ReadMode, StreamReport, process_memory,
+    Mapper, MemoryMonitor, MemoryPlan, Pipeline, PipelineOptions, ReadMode, StreamReport,
+    follow_sink_growth, process_memory,
 };
 
 use crate::args::{SyncArgs, Verbosity};
@@ -23,7 +24,6 @@ use crate::progress::{Progress, group};
 use crate::report::{self, MemoryWatch, MetricsServer};
 use crate::state::SqliteStateStore;
 use crate::tuning::Tuning;
-use sluicegate_engine::{MemoryPlan, follow_sink_growth};
 
 /// One entry, validated and ready to build.
 pub(crate) struct PreparedEntry {
@@ -198,7 +198,10 @@ pub async fn run(
         tuning.max_memory_bytes(),
         tuning.flush_threshold,
         process,
-        sinks.values().map(|s| s.working_memory_bytes()).sum(),
+        sinks
+            .values()
+            .map(|s| s.capabilities().working_memory_bytes())
+            .sum(),
     );
     tracing::info!(plan = %plan.describe(), "memory plan");
     if !plan.fits() {
@@ -296,7 +299,8 @@ pub async fn run(
             Ok(report) => outcome.reports.push(report),
             Err(e) => {
                 let e = e.with_context("sync", &key);
-                tracing::error!(sync = %key, error = %e, "sync failed");
+                // The error itself is printed once, after the summary.
+                tracing::error!(sync = %key, "sync failed; the error follows the summary");
                 outcome.failures.push((key, e));
             }
         }
@@ -442,7 +446,9 @@ async fn pipeline(
     let mut target = StreamTarget::new(entry.key.clone(), entry.table(), entry.key_field.clone());
     target.stats = ctx.stats.clone();
     target.observer = ctx.observer.clone() as Arc<dyn RunObserver>;
-    let batch_rows = ctx.tuning.load_batch_rows(sink.preferred_batch_rows());
+    let batch_rows = ctx
+        .tuning
+        .load_batch_rows(sink.capabilities().preferred_batch_rows);
     let writer = sink.open(target).await?;
     Ok(
         Pipeline::new(entry.key.clone(), entry.table(), source, writer)

@@ -188,7 +188,29 @@ async fn metrics_are_scraped_while_running_and_the_report_holds_every_figure() {
 
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     assert_eq!(report["streams"][0]["ack"]["rows"], 3000, "{report}");
-    assert_eq!(report["stats"]["rows_read"], 3000, "{report}");
+    assert_eq!(report["stats"]["rowsRead"], 3000, "{report}");
+    // One naming style: every key the report defines is camelCase (map keys
+    // that are data, like status codes, aside).
+    fn snake_keys(value: &Value, at: &str, out: &mut Vec<String>) {
+        match value {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    if k.contains('_') {
+                        out.push(format!("{at}.{k}"));
+                    }
+                    snake_keys(v, &format!("{at}.{k}"), out);
+                }
+            }
+            Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .for_each(|(i, v)| snake_keys(v, &format!("{at}[{i}]"), out)),
+            _ => {}
+        }
+    }
+    let mut snake = Vec::new();
+    snake_keys(&report, "report", &mut snake);
+    assert!(snake.is_empty(), "keys not in camelCase: {snake:?}");
     assert!(report["stats"]["statuses"]["200"].as_u64().unwrap() >= 30);
     let memory = &report["memory"];
     assert!(memory["peakRss"].as_u64().unwrap() > 1 << 20, "{memory}");

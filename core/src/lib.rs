@@ -33,7 +33,8 @@ pub use paginate::{Page, PageContext, PageSource, paginate};
 pub use record::{Record, approx_record_size, approx_value_size, into_record};
 pub use registry::Registry;
 pub use sink::{
-    BatchAck, MemoryRelief, Sink, SinkPosition, SinkWriter, StreamTarget, WriterSummary,
+    BatchAck, MemoryRelief, Sink, SinkCapabilities, SinkPosition, SinkWriter, StreamTarget,
+    WorkingMemory, WriterExtension, WriterSummary,
 };
 pub use source::{BatchSender, BatchStream, ReadRequest, Source, channel_stream, panicked};
 pub use stats::{CacheStats, InFlight, LATENCY_BOUNDS_MS, RunStats, StatsSnapshot};

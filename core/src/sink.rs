@@ -61,6 +61,7 @@ impl std::fmt::Debug for StreamTarget {
 /// in the sink, `updated` keys that exist (whether their content changed is only
 /// known to sinks that compare content; those report `unchanged` as well).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub struct BatchAck {
     /// Records in the batch after merging duplicate keys.
@@ -129,6 +130,7 @@ impl BatchAck {
 
 /// What a writer reports when a stream is finished.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub struct WriterSummary {
     /// The target's row count after the run, when the sink can tell cheaply.
@@ -192,20 +194,66 @@ pub trait Sink: Send + Sync + 'static {
     /// A one-line human description, free of secrets.
     fn describe(&self) -> String;
 
+    /// What the sink offers beyond opening writers. Required rather than a
+    /// default, so a sink that wraps another says what it passes on; a sink
+    /// with nothing to declare returns [`SinkCapabilities::none`].
+    fn capabilities(&self) -> SinkCapabilities;
+}
+
+/// What a sink offers beyond opening writers, declared as a value.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct SinkCapabilities {
     /// The batch size (records) that suits this sink, used when the run does not
     /// set one: large for bulk loaders, smaller for APIs where a batch's lookups,
     /// writes and publishing are held in memory together.
-    fn preferred_batch_rows(&self) -> Option<usize> {
-        None
+    pub preferred_batch_rows: Option<usize>,
+    /// The memory the sink itself works with besides the batches it is handed
+    /// (an embedded database's buffer pool, for example). A run plans it inside
+    /// its memory target (records in flight get what is left) and reads it again
+    /// while it runs, since it may grow (wider tables).
+    pub working_memory: Option<WorkingMemory>,
+}
+
+impl SinkCapabilities {
+    /// Nothing beyond writers.
+    pub fn none() -> Self {
+        Self::default()
     }
 
-    /// The memory the sink itself works with besides the batches it is handed,
-    /// in bytes: an embedded database's buffer pool, for example. A run plans
-    /// it inside its memory target (records in flight get what is left) and
-    /// reads it again while it runs, since it may grow (wider tables). A sink
-    /// that holds nothing beyond a batch keeps the default, 0.
-    fn working_memory_bytes(&self) -> u64 {
-        0
+    /// With `rows` records as the batch size that suits the sink.
+    pub fn with_preferred_batch_rows(mut self, rows: usize) -> Self {
+        self.preferred_batch_rows = Some(rows);
+        self
+    }
+
+    /// With working memory of its own, in bytes, as `read` tells at any time.
+    pub fn with_working_memory(mut self, read: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
+        self.working_memory = Some(WorkingMemory(Arc::new(read)));
+        self
+    }
+
+    /// The sink's own working memory now, in bytes (0 if it declares none).
+    pub fn working_memory_bytes(&self) -> u64 {
+        self.working_memory.as_ref().map_or(0, WorkingMemory::bytes)
+    }
+}
+
+/// A live figure of a sink's own working memory (see
+/// [`SinkCapabilities::working_memory`]).
+#[derive(Clone)]
+pub struct WorkingMemory(Arc<dyn Fn() -> u64 + Send + Sync>);
+
+impl WorkingMemory {
+    /// The figure now, in bytes.
+    pub fn bytes(&self) -> u64 {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for WorkingMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WorkingMemory({} bytes)", self.bytes())
     }
 }
 
@@ -221,39 +269,44 @@ pub trait Sink: Send + Sync + 'static {
 ///   whole batch fail is returned as `Err`, and then its position is not committed.
 /// - `finish` is called once after the last batch (not after an error) and may
 ///   flush what the writer buffered; its summary's figures cover the whole stream.
-/// - `relieve_memory` is called between batches when the run's
-///   memory monitor (`sluicegate-engine`) sees memory above its threshold: drop
-///   caches (they are looked up again), write out buffers, and say what was freed.
-///   A writer that holds nothing beyond a batch keeps the default, which frees
-///   nothing. Wrappers must forward it.
+/// - `extension` gives the writer's optional operations ([`WriterExtension`]):
+///   `None` for a writer that holds nothing beyond a batch and keeps no
+///   positions. It is required, not a default, so that a writer wrapping
+///   another passes the inner writer's on instead of silently losing them.
 #[async_trait]
 pub trait SinkWriter: Send {
     /// Writes (or, in a dry run, plans) one batch and acknowledges it.
     async fn write(&mut self, batch: Batch) -> Result<BatchAck>;
 
-    /// Frees what the writer caches or buffers, under memory pressure.
-    async fn relieve_memory(&mut self) -> Result<MemoryRelief> {
-        Ok(MemoryRelief::default())
-    }
-
     /// Finishes the stream and reports its final figures.
     async fn finish(self: Box<Self>) -> Result<WriterSummary>;
+
+    /// The writer's optional operations, if it has any.
+    fn extension(&mut self) -> Option<&mut dyn WriterExtension>;
+}
+
+/// What a writer can do beyond writing batches. A writer that has any of it
+/// implements all of it (every method is required, so nothing is lost to a
+/// default) and returns itself from [`SinkWriter::extension`].
+#[async_trait]
+pub trait WriterExtension: Send {
+    /// Frees what the writer caches or buffers, under memory pressure. Called
+    /// between batches when the run's memory monitor (`sluicegate-engine`) sees
+    /// memory above its threshold: drop caches (they are looked up again),
+    /// write out buffers, and say what was freed.
+    async fn relieve_memory(&mut self) -> Result<MemoryRelief>;
 
     /// Where this stream stands in the sink itself, for a sink that commits each
     /// batch's position in the same transaction as the batch's rows: then the
     /// sink, not the checkpoint store, is the truth when they differ (a run
     /// stopped between the two commits), and a resumed run writes every record
-    /// exactly once, with or without a key. The default knows nothing.
-    /// Wrappers must forward it.
-    async fn committed_position(&mut self) -> Result<SinkPosition> {
-        Ok(SinkPosition::Unknown)
-    }
+    /// exactly once, with or without a key. A writer that keeps no positions
+    /// answers [`SinkPosition::Unknown`].
+    async fn committed_position(&mut self) -> Result<SinkPosition>;
 
-    /// Forgets the position the sink holds for this stream (a full refresh).
-    /// Wrappers must forward it.
-    async fn forget_position(&mut self) -> Result<()> {
-        Ok(())
-    }
+    /// Forgets the position the sink holds for this stream (a full refresh);
+    /// nothing to do for a writer that keeps none.
+    async fn forget_position(&mut self) -> Result<()>;
 }
 
 /// Where a stream stands in a sink that commits positions with its batches.

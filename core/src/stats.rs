@@ -65,6 +65,7 @@ impl Drop for InFlight<'_> {
 
 /// A copy of the counters at one moment.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct StatsSnapshot {
     /// Records produced by sources.
     pub rows_read: u64,
@@ -332,6 +333,7 @@ impl RunStats {
 /// Figures of a writer's lookup cache (keyed sinks look existing entries up
 /// through one), for the run summary.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub struct CacheStats {
     /// Records answered by the cache.

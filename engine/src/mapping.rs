@@ -30,10 +30,9 @@ use minijinja::{
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use sluicegate_core::Batch;
-use sluicegate_core::{Error, ErrorKind, Result};
-use sluicegate_core::{Record, approx_record_size};
-use sluicegate_core::{Rejected, Stage};
+use sluicegate_core::{
+    Batch, Error, ErrorKind, Record, Rejected, Result, Stage, approx_record_size,
+};
 
 /// The mapping section of a sync entry.
 #[derive(Debug, Clone, Default, Deserialize)]

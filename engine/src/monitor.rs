@@ -34,8 +34,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::process::process_memory;
-use sluicegate_core::MemoryRelief;
-use sluicegate_core::format_bytes;
+use sluicegate_core::{MemoryRelief, format_bytes};
 
 /// Most halvings of the batch size (1/4 of the configured size: smaller batches
 /// cost a sink like DuckDB far more in transactions than they save in memory).

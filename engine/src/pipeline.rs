@@ -27,14 +27,11 @@ use tokio::sync::mpsc;
 
 use crate::mapping::Mapper;
 use crate::monitor::MemoryMonitor;
-use sluicegate_core::CheckpointStore;
-use sluicegate_core::MemoryBudget;
-use sluicegate_core::RunStats;
-use sluicegate_core::{Batch, Position};
-use sluicegate_core::{BatchAck, SinkPosition, SinkWriter, WriterSummary};
-use sluicegate_core::{BatchStream, ReadRequest, Source};
-use sluicegate_core::{Error, ErrorKind, Result, ResultExt};
-use sluicegate_core::{NoObserver, RunObserver};
+use sluicegate_core::{
+    Batch, BatchAck, BatchStream, CheckpointStore, Error, ErrorKind, MemoryBudget, MemoryRelief,
+    NoObserver, Position, ReadRequest, Result, ResultExt, RunObserver, RunStats, SinkPosition,
+    SinkWriter, Source, WriterSummary,
+};
 
 /// How a stream is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -169,6 +166,7 @@ impl Default for PipelineOptions {
 
 /// The outcome of one stream.
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub struct StreamReport {
     /// The sync key.
@@ -309,11 +307,16 @@ impl Pipeline {
             self.decided = Some(None);
             return Ok(None);
         };
-        let in_sink = self.writer.committed_position().await?;
+        let in_sink = match self.writer.extension() {
+            Some(ext) => ext.committed_position().await?,
+            None => SinkPosition::Unknown,
+        };
         self.sink_positions = !matches!(in_sink, SinkPosition::Unknown);
         if self.fresh {
             store.clear(&self.sync_key, &self.stream)?;
-            self.writer.forget_position().await?;
+            if let Some(ext) = self.writer.extension() {
+                ext.forget_position().await?;
+            }
             self.decided = Some(None);
             return Ok(None);
         }
@@ -660,7 +663,10 @@ async fn streaming(
                 },
                 Ok(()) = sink_flushes.changed() => {
                     sink_flushes.mark_unchanged();
-                    let relief = writer.inner.relieve_memory().await.map_err(|e| e.with_context("sync", &writer.sync_key))?;
+                    let relief = match writer.inner.extension() {
+                        Some(ext) => ext.relieve_memory().await.map_err(|e| e.with_context("sync", &writer.sync_key))?,
+                        None => MemoryRelief::default(),
+                    };
                     monitor.note_relief(&writer.sync_key, relief);
                 }
             }

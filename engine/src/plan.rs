@@ -10,7 +10,7 @@
 //! - *process at start*: the resident set once the sinks are open (code pages
 //!   of the binary and its libraries, the runtime), measured;
 //! - *sinks' working memory*: what each sink says it works with besides the
-//!   batches it is handed ([`Sink::working_memory_bytes`]; for DuckDB its
+//!   batches it is handed ([`SinkCapabilities::working_memory`](sluicegate_core::SinkCapabilities::working_memory); for DuckDB its
 //!   memory limit plus what it allocates outside it);
 //! - *records*: the bytes of records in flight, each costing about
 //!   `k` = [`RESIDENT_PER_BUDGET_BYTE`] resident bytes;
@@ -54,7 +54,7 @@ pub const MIN_BUDGET: usize = 2 << 20;
 /// - *process at start*: the resident set once the sinks are open (code pages
 ///   of the binary and its libraries, the runtime), measured;
 /// - *sinks' working memory*: what each sink says it works with besides the
-///   batches it is handed ([`Sink::working_memory_bytes`]; for DuckDB its
+///   batches it is handed ([`SinkCapabilities::working_memory`](sluicegate_core::SinkCapabilities::working_memory); for DuckDB its
 ///   memory limit plus what it allocates outside it);
 /// - *records*: the bytes of records in flight, each costing about
 ///   `k` = [`RESIDENT_PER_BUDGET_BYTE`] resident bytes;
@@ -191,13 +191,17 @@ pub fn follow_sink_growth(
     monitor: MemoryMonitor,
     interval: Duration,
 ) -> GrowthGuard {
+    let gauges: Vec<_> = sinks
+        .iter()
+        .filter_map(|s| s.capabilities().working_memory)
+        .collect();
     GrowthGuard(tokio::spawn(async move {
         let mut seen = plan.sinks;
         // A plan that did not fit was announced at the start.
         let mut warned = !plan.fits();
         loop {
             tokio::time::sleep(interval).await;
-            let now: u64 = sinks.iter().map(|s| s.working_memory_bytes()).sum();
+            let now: u64 = gauges.iter().map(|g| g.bytes()).sum();
             if now <= seen {
                 continue;
             }
@@ -275,7 +279,7 @@ mod tests {
     }
 
     /// A sink whose working memory grows by 30 MiB.
-    struct Growing(std::sync::atomic::AtomicU64);
+    struct Growing(Arc<std::sync::atomic::AtomicU64>);
 
     #[async_trait::async_trait]
     impl Sink for Growing {
@@ -288,14 +292,18 @@ mod tests {
         fn describe(&self) -> String {
             "growing".into()
         }
-        fn working_memory_bytes(&self) -> u64 {
-            self.0.load(std::sync::atomic::Ordering::Relaxed)
+        fn capabilities(&self) -> sluicegate_core::SinkCapabilities {
+            let bytes = self.0.clone();
+            sluicegate_core::SinkCapabilities::none()
+                .with_working_memory(move || bytes.load(std::sync::atomic::Ordering::Relaxed))
         }
     }
 
     #[tokio::test]
     async fn the_monitor_threshold_follows_the_sinks_growth() {
-        let sink = Arc::new(Growing(std::sync::atomic::AtomicU64::new(16 * MIB)));
+        let sink = Arc::new(Growing(Arc::new(std::sync::atomic::AtomicU64::new(
+            16 * MIB,
+        ))));
         let plan = MemoryPlan::new(256 * MIB, 0.8, Some(40 * MIB), 16 * MIB);
         let monitor = MemoryMonitor::disabled();
         monitor.set_threshold_bytes(plan.monitor_threshold());

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 /// Memory figures of the current process, in bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ProcessMemory {
     /// Resident set size now.
     pub rss: u64,

@@ -22,7 +22,8 @@ use std::cmp::Ordering;
 use serde_json::Value;
 use sluicegate_core::{
     Batch, BatchAck, BuildContext, Error, ErrorKind, MemoryRelief, Record, Rejected, Result, Sink,
-    SinkPosition, SinkWriter, Stage, StreamTarget, WriterSummary,
+    SinkCapabilities, SinkPosition, SinkWriter, Stage, StreamTarget, WriterExtension,
+    WriterSummary,
 };
 
 use crate::config::DuckDbSinkConfig;
@@ -108,19 +109,17 @@ impl Sink for DuckDbSink {
         format!("duckdb {}", self.path.display())
     }
 
-    fn preferred_batch_rows(&self) -> Option<usize> {
-        Some(5000)
-    }
-
-    /// DuckDB's memory limit (planned from the widths of the tables being
-    /// written, raised after a fatal failure; see the crate's README) plus
-    /// what DuckDB allocates outside it.
-    fn working_memory_bytes(&self) -> u64 {
-        if self.db.is_some() {
-            self.plan.working_bytes()
-        } else {
-            0
+    /// Batches of 5,000 rows; as working memory, DuckDB's memory limit
+    /// (planned from the widths of the tables being written, raised after a
+    /// fatal failure; see the crate's README) plus what DuckDB allocates
+    /// outside it (none in a dry run that opened no database).
+    fn capabilities(&self) -> SinkCapabilities {
+        let capabilities = SinkCapabilities::none().with_preferred_batch_rows(5000);
+        if self.db.is_none() {
+            return capabilities;
         }
+        let plan = self.plan.clone();
+        capabilities.with_working_memory(move || plan.working_bytes())
     }
 }
 
@@ -407,6 +406,48 @@ impl SinkWriter for DuckDbWriter {
         Ok(ack)
     }
 
+    async fn finish(self: Box<Self>) -> Result<WriterSummary> {
+        self.plan.forget(&self.target.sync_key);
+        let Some(db) = self.db.clone() else {
+            return Ok(WriterSummary::default().with_total_rows(0));
+        };
+        let complete = (self.keep_positions && !self.dry_run).then_some(self.position_seq + 1);
+        let target = self.target.clone();
+        let plan = self.plan.clone();
+        blocking(move || {
+            if let Some(seq) = complete {
+                db.retry_once(&plan, |conn| {
+                    positions::record(conn, &target, seq, None, true)
+                })?;
+            }
+            db.retry_once(&plan, |conn| {
+                let table = &target.table;
+                if !load_table(conn, table)?.exists {
+                    return Ok(WriterSummary::default().with_total_rows(0));
+                }
+                if tracing::enabled!(tracing::Level::DEBUG) {
+                    log_memory(conn);
+                }
+                let n: i64 = conn
+                    .query_row(
+                        &format!("SELECT count(*) FROM main.{}", quote_ident(table)),
+                        [],
+                        |r| r.get(0),
+                    )
+                    .map_err(|e| duck_error(format!("cannot count rows of {table}"), e))?;
+                Ok(WriterSummary::default().with_total_rows(u64::try_from(n).unwrap_or(0)))
+            })
+        })
+        .await
+    }
+
+    fn extension(&mut self) -> Option<&mut dyn WriterExtension> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl WriterExtension for DuckDbWriter {
     /// Writes the write-ahead log into the database file (`CHECKPOINT`), so
     /// DuckDB can evict the pages it kept for it.
     async fn relieve_memory(&mut self) -> Result<MemoryRelief> {
@@ -452,41 +493,6 @@ impl SinkWriter for DuckDbWriter {
         let target = self.target.clone();
         let plan = self.plan.clone();
         blocking(move || db.retry_once(&plan, |conn| positions::forget(conn, &target))).await
-    }
-
-    async fn finish(self: Box<Self>) -> Result<WriterSummary> {
-        self.plan.forget(&self.target.sync_key);
-        let Some(db) = self.db.clone() else {
-            return Ok(WriterSummary::default().with_total_rows(0));
-        };
-        let complete = (self.keep_positions && !self.dry_run).then_some(self.position_seq + 1);
-        let target = self.target.clone();
-        let plan = self.plan.clone();
-        blocking(move || {
-            if let Some(seq) = complete {
-                db.retry_once(&plan, |conn| {
-                    positions::record(conn, &target, seq, None, true)
-                })?;
-            }
-            db.retry_once(&plan, |conn| {
-                let table = &target.table;
-                if !load_table(conn, table)?.exists {
-                    return Ok(WriterSummary::default().with_total_rows(0));
-                }
-                if tracing::enabled!(tracing::Level::DEBUG) {
-                    log_memory(conn);
-                }
-                let n: i64 = conn
-                    .query_row(
-                        &format!("SELECT count(*) FROM main.{}", quote_ident(table)),
-                        [],
-                        |r| r.get(0),
-                    )
-                    .map_err(|e| duck_error(format!("cannot count rows of {table}"), e))?;
-                Ok(WriterSummary::default().with_total_rows(u64::try_from(n).unwrap_or(0)))
-            })
-        })
-        .await
     }
 }
 

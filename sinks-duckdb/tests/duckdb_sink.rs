@@ -787,7 +787,7 @@ async fn values_larger_than_duckdbs_default_memory_load_at_default_settings() {
         .await
         .unwrap();
     writer.finish().await.unwrap();
-    let working = sink.working_memory_bytes();
+    let working = sink.capabilities().working_memory_bytes();
     assert!(
         working > 120 << 20,
         "the raised limit is part of the sink's working memory: {working}"

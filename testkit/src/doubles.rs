@@ -8,12 +8,11 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
-use sluicegate_core::Record;
-use sluicegate_core::{Batch, Position};
-use sluicegate_core::{BatchAck, Sink, SinkWriter, StreamTarget, WriterSummary};
-use sluicegate_core::{BatchStream, ReadRequest, Source};
-use sluicegate_core::{Error, Result};
-use sluicegate_core::{Page, PageContext, PageSource, paginate};
+use sluicegate_core::{
+    Batch, BatchAck, BatchStream, Error, Page, PageContext, PageSource, Position, ReadRequest,
+    Record, Result, Sink, SinkCapabilities, SinkWriter, Source, StreamTarget, WriterExtension,
+    WriterSummary, paginate,
+};
 
 /// Serves a fixed list of records in pages of `page_size`, with offset
 /// positions; can be told to fail, or to panic (a broken source), at one page,
@@ -152,6 +151,10 @@ impl Sink for MemorySink {
     fn describe(&self) -> String {
         "in-memory sink".to_owned()
     }
+
+    fn capabilities(&self) -> SinkCapabilities {
+        SinkCapabilities::none()
+    }
 }
 
 struct MemoryWriter {
@@ -227,6 +230,10 @@ impl SinkWriter for MemoryWriter {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         Ok(WriterSummary::default()
             .with_total_rows(tables.get(&self.target.table).map_or(0, |t| t.len() as u64)))
+    }
+
+    fn extension(&mut self) -> Option<&mut dyn WriterExtension> {
+        None
     }
 }
 

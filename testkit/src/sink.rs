@@ -122,9 +122,11 @@ async fn write(
     let budget = MemoryBudget::unlimited();
     let mut total = BatchAck::default();
     for (i, records) in batches.into_iter().enumerate() {
-        if relieve && i > 0 {
-            writer
-                .relieve_memory()
+        if relieve
+            && i > 0
+            && let Some(ext) = writer.extension()
+        {
+            ext.relieve_memory()
                 .await
                 .unwrap_or_else(|e| case.fail(check, format!("relieve_memory failed: {e}")));
         }

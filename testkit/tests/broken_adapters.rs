@@ -6,8 +6,9 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use serde_json::json;
 use sluicegate_core::{
-    Batch, BatchAck, BatchStream, Position, ReadRequest, Record, Result, Sink, SinkWriter, Source,
-    StreamTarget, WriterSummary, approx_record_size, channel_stream, into_record,
+    Batch, BatchAck, BatchStream, Position, ReadRequest, Record, Result, Sink, SinkCapabilities,
+    SinkWriter, Source, StreamTarget, WriterExtension, WriterSummary, approx_record_size,
+    channel_stream, into_record,
 };
 use sluicegate_testkit::doubles::{MemorySink, VecSource, numbered_records};
 use sluicegate_testkit::{SinkCase, SourceCase, check_sink, check_source};
@@ -151,6 +152,10 @@ impl Sink for Appender {
     fn describe(&self) -> String {
         "appender".into()
     }
+
+    fn capabilities(&self) -> SinkCapabilities {
+        SinkCapabilities::none()
+    }
 }
 
 struct AppendWriter {
@@ -172,6 +177,10 @@ impl SinkWriter for AppendWriter {
 
     async fn finish(self: Box<Self>) -> Result<WriterSummary> {
         Ok(WriterSummary::default().with_total_rows(self.rows.lock().unwrap().len() as u64))
+    }
+
+    fn extension(&mut self) -> Option<&mut dyn WriterExtension> {
+        None
     }
 }
 

@@ -33,18 +33,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::{Map, Value};
-use sluicegate_core::CacheStats;
-
-use sluicegate_core::Batch;
-use sluicegate_core::{ContentModel, EntryFields};
+use sluicegate_core::{
+    Batch, BatchAck, CacheStats, ContentModel, EntryFields, Error, ErrorKind, ExistingEntry,
+    KeyedSink, Lookup, MemoryRelief, Record, Rejected, Result, SinkPosition, SinkWriter, Stage,
+    StreamTarget, WriteOp, WriterExtension, WriterSummary, Written,
+};
 
 use crate::convert::{comparable, convert};
-use sluicegate_core::MemoryRelief;
-use sluicegate_core::Record;
-use sluicegate_core::{BatchAck, SinkWriter, StreamTarget, WriterSummary};
-use sluicegate_core::{Error, ErrorKind, Result};
-use sluicegate_core::{ExistingEntry, KeyedSink, Lookup, WriteOp, Written};
-use sluicegate_core::{Rejected, Stage};
 
 /// Bounds of the lookup cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -867,6 +862,28 @@ impl<K: KeyedSink> SinkWriter for UpsertWriter<K> {
         Ok(ack)
     }
 
+    async fn finish(self: Box<Self>) -> Result<WriterSummary> {
+        self.cache.run_pending_tasks();
+        let mut cache = CacheStats::default();
+        cache.hits = self.counters.hits.load(Ordering::Relaxed);
+        cache.misses = self.counters.misses.load(Ordering::Relaxed);
+        cache.evictions = self.counters.evictions.load(Ordering::Relaxed);
+        cache.entries = self.cache.entry_count();
+        cache.bytes = self.cache.weighted_size();
+        cache.prefetched = self.prefetch_loaded;
+        Ok(WriterSummary::default()
+            .with_cache(cache)
+            .with_published(self.published)
+            .comparing_content())
+    }
+
+    fn extension(&mut self) -> Option<&mut dyn WriterExtension> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl<K: KeyedSink> WriterExtension for UpsertWriter<K> {
     /// Empties the lookup cache: its entries are looked up again when needed
     /// (and a prefetched cache no longer counts as holding every entry).
     async fn relieve_memory(&mut self) -> Result<MemoryRelief> {
@@ -882,18 +899,12 @@ impl<K: KeyedSink> SinkWriter for UpsertWriter<K> {
         Ok(relief)
     }
 
-    async fn finish(self: Box<Self>) -> Result<WriterSummary> {
-        self.cache.run_pending_tasks();
-        let mut cache = CacheStats::default();
-        cache.hits = self.counters.hits.load(Ordering::Relaxed);
-        cache.misses = self.counters.misses.load(Ordering::Relaxed);
-        cache.evictions = self.counters.evictions.load(Ordering::Relaxed);
-        cache.entries = self.cache.entry_count();
-        cache.bytes = self.cache.weighted_size();
-        cache.prefetched = self.prefetch_loaded;
-        Ok(WriterSummary::default()
-            .with_cache(cache)
-            .with_published(self.published)
-            .comparing_content())
+    /// Keyed sinks keep no positions: the checkpoint store's are used.
+    async fn committed_position(&mut self) -> Result<SinkPosition> {
+        Ok(SinkPosition::Unknown)
+    }
+
+    async fn forget_position(&mut self) -> Result<()> {
+        Ok(())
     }
 }

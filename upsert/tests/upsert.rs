@@ -389,7 +389,7 @@ async fn relieving_memory_empties_the_cache_and_results_stay_right() {
         Arc::new(Collect::default()),
     );
     run(&mut w, flat(0, 300, 1.0), 100).await;
-    let relief = w.relieve_memory().await.unwrap();
+    let relief = w.extension().unwrap().relieve_memory().await.unwrap();
     assert_eq!(relief.cache_entries, 300, "every cached entry dropped");
     assert!(relief.cache_bytes > 0);
 

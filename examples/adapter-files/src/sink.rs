@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use sluicegate_core::{
     Batch, BatchAck, BuildContext, Error, ErrorKind, Factory, Record, Rejected, Result, Sink,
-    SinkWriter, Stage, StreamTarget, WriterSummary, field_error,
+    SinkCapabilities, SinkWriter, Stage, StreamTarget, WriterExtension, WriterSummary, field_error,
 };
 
 /// Configuration of a `json_files` sink.
@@ -82,8 +82,8 @@ impl Sink for JsonFilesSink {
         format!("json_files {}", self.dir.display())
     }
 
-    fn preferred_batch_rows(&self) -> Option<usize> {
-        Some(500)
+    fn capabilities(&self) -> SinkCapabilities {
+        SinkCapabilities::none().with_preferred_batch_rows(500)
     }
 }
 
@@ -182,6 +182,10 @@ impl SinkWriter for JsonFilesWriter {
         Ok(WriterSummary::default()
             .with_total_rows(total)
             .comparing_content())
+    }
+
+    fn extension(&mut self) -> Option<&mut dyn WriterExtension> {
+        None
     }
 }
 

@@ -11,8 +11,8 @@ use reqwest::Method;
 use serde_json::{Map, Value, json};
 use sluicegate_core::{
     BuildContext, ContentModel, EntryFields, Error, ErrorKind, ExistingEntry, FieldDef, FieldKind,
-    KeyedCapabilities, KeyedSink, Lookup, LookupPage, Result, Sink, SinkWriter, StreamTarget,
-    WriteOp, Written,
+    KeyedCapabilities, KeyedSink, Lookup, LookupPage, Result, Sink, SinkCapabilities, SinkWriter,
+    StreamTarget, WriteOp, Written,
 };
 use sluicegate_upsert::{UpsertOptions, UpsertWriter};
 
@@ -89,8 +89,8 @@ impl Sink for ContentfulSink {
         self.description.clone()
     }
 
-    fn preferred_batch_rows(&self) -> Option<usize> {
-        Some(500)
+    fn capabilities(&self) -> SinkCapabilities {
+        SinkCapabilities::none().with_preferred_batch_rows(500)
     }
 }
 
