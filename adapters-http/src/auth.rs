@@ -31,23 +31,8 @@ fn secret(
         (Some(var), None) => {
             Secret::from_env(var).map_err(|e| field_error(&format!("auth.{field}Env"), e.message()))
         }
-        (None, Some(file)) => {
-            let path = base_dir.join(file);
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                field_error(
-                    &format!("auth.{field}File"),
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
-            let value = text.trim();
-            if value.is_empty() {
-                return Err(field_error(
-                    &format!("auth.{field}File"),
-                    format!("{} is empty", path.display()),
-                ));
-            }
-            Ok(Secret::new(value))
-        }
+        (None, Some(file)) => Secret::from_file(&base_dir.join(file))
+            .map_err(|e| field_error(&format!("auth.{field}File"), e.message())),
         _ => Err(field_error(
             "auth",
             format!("give exactly one of {field}Env and {field}File"),

@@ -29,7 +29,7 @@ use sluicegate_core::{
 use sluicegate_http_client::Pacer;
 use sluicegate_templates::{Templates, render_template};
 
-use crate::client::{Requester, RetryPolicy, ensure_crypto_provider};
+use crate::client::{Requester, RetryPolicy};
 use crate::config::{HttpMethod, HttpSourceConfig, check_url};
 use crate::decode::{BodyDecoder, ResultsFormat, read_zipped_csv};
 use crate::error::HttpError;
@@ -257,13 +257,10 @@ impl HttpSource {
             .as_deref()
             .map(|s| render_template("resultsSecret", s, &scope).map(Secret::new))
             .transpose()?;
-        ensure_crypto_provider();
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(config.timeout_secs))
-            .connect_timeout(Duration::from_secs(config.timeout_secs.min(30)))
-            .user_agent(concat!("sluicegate/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| Error::config("cannot build the HTTP client").with_source(e))?;
+        let client = sluicegate_http_client::client(
+            Duration::from_secs(config.timeout_secs),
+            Some(Duration::from_secs(config.timeout_secs.min(30))),
+        )?;
         let auth = match &config.auth {
             Some(a) => a.resolve(ctx)?,
             None => crate::auth::Auth::None,
@@ -732,12 +729,12 @@ impl Inner {
                     if e.kind() == ErrorKind::Network
                         && answered
                         && !sent_any
-                        && attempt < self.requester.retry.max_attempts =>
+                        && attempt < self.requester.retry.policy.max_attempts =>
                 {
                     // The body broke off before anything was sent on: ask again.
                     request.stats.add_retry();
                     tracing::warn!(url = %shown, attempt, error = %e, "response body failed, retrying the page");
-                    tokio::time::sleep(self.requester.retry.backoff(attempt)).await;
+                    tokio::time::sleep(self.requester.retry.policy.backoff(attempt)).await;
                 }
                 other => return other,
             }

@@ -64,6 +64,19 @@ impl Secret {
         Self(value.into())
     }
 
+    /// Reads a secret from a file (surrounding white space, such as the final
+    /// newline, is not part of it); a file that cannot be read or is empty is
+    /// a configuration error that names it.
+    pub fn from_file(path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::config(format!("cannot read {}: {e}", path.display())))?;
+        let value = text.trim();
+        if value.is_empty() {
+            return Err(Error::config(format!("{} is empty", path.display())));
+        }
+        Ok(Self(value.to_owned()))
+    }
+
     /// Reads a secret from an environment variable; a missing or empty variable
     /// is a configuration error that names it.
     pub fn from_env(var: &str) -> Result<Self> {

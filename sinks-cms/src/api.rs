@@ -10,7 +10,7 @@ use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{Method, Url};
 use serde_json::Value;
 use sluicegate_core::{BuildContext, Error, ErrorKind, RunStats, Secret, field_error};
-use sluicegate_http_client::Pacer;
+use sluicegate_http_client::{Attempt, Pacer, RetryPolicy, retry_after, retrying};
 use tokio::sync::Semaphore;
 
 /// A failed call: the API's status and error body, or a network failure.
@@ -62,20 +62,8 @@ pub(crate) fn read_token(
     ctx: &BuildContext,
 ) -> Result<Secret, Error> {
     match token_file {
-        Some(file) => {
-            let path = ctx.base_dir.join(file);
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                field_error("tokenFile", format!("cannot read {}: {e}", path.display()))
-            })?;
-            let token = text.trim();
-            if token.is_empty() {
-                return Err(field_error(
-                    "tokenFile",
-                    format!("{} is empty", path.display()),
-                ));
-            }
-            Ok(Secret::new(token))
-        }
+        Some(file) => Secret::from_file(&ctx.base_dir.join(file))
+            .map_err(|e| field_error("tokenFile", e.message())),
         None => Secret::from_env(token_env).map_err(|e| field_error("tokenEnv", e.message())),
     }
 }
@@ -102,21 +90,6 @@ pub(crate) fn upsert_options(
         } else {
             sluicegate_upsert::Prefetch::Auto
         })
-}
-
-/// Percent-encodes a path segment or query value: unreserved characters
-/// (`A-Z a-z 0-9 - _ . ~`) and those in `keep` stay as they are.
-pub(crate) fn percent_encode(value: &str, keep: &[u8]) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') || keep.contains(&b)
-        {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// What differs between the platforms' APIs.
@@ -152,8 +125,15 @@ pub(crate) struct ApiClient {
     dialect: Dialect,
     pacer: Pacer,
     in_flight: Semaphore,
-    max_attempts: u32,
+    retry: RetryPolicy,
     stats: Mutex<Option<Arc<RunStats>>>,
+}
+
+/// What every attempt of one call shares.
+struct Call<'a> {
+    method: &'a Method,
+    shown_path: &'a str,
+    stats: Option<&'a RunStats>,
 }
 
 /// An optional request header.
@@ -161,14 +141,7 @@ pub(crate) type Headers = Vec<(&'static str, String)>;
 
 impl ApiClient {
     pub(crate) fn new(settings: Settings, dialect: Dialect) -> Result<Self, Error> {
-        if rustls::crypto::CryptoProvider::get_default().is_none() {
-            let _ = rustls::crypto::ring::default_provider().install_default();
-        }
-        let http = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .user_agent(concat!("sluicegate/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| Error::config("cannot build the HTTP client").with_source(e))?;
+        let http = sluicegate_http_client::client(settings.timeout, None)?;
         Ok(Self {
             http,
             base: settings.base,
@@ -179,7 +152,12 @@ impl ApiClient {
                 settings.rate_limit.is_some(),
             ),
             in_flight: Semaphore::new(settings.max_concurrency.max(1)),
-            max_attempts: settings.max_attempts.max(1),
+            // Up to 250 ms × 2^(retry-1) between attempts, at most 10 s.
+            retry: RetryPolicy::new(
+                settings.max_attempts,
+                Duration::from_millis(250),
+                Duration::from_secs(10),
+            ),
             stats: Mutex::new(None),
         })
     }
@@ -228,19 +206,14 @@ impl ApiClient {
             None => path.clone(),
         };
         let _permit = self.in_flight.acquire().await;
-        let repeatable = method != Method::POST;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let waited = self.pacer.wait().await;
-            let stats = self.stats();
-            if let Some(s) = &stats {
-                s.add_rate_limit_wait(waited);
-                s.add_request();
-                if attempt > 1 {
-                    s.add_retry();
-                }
-            }
+        let stats = self.stats();
+        let stats = stats.as_deref();
+        let call = Call {
+            method: &method,
+            shown_path: &shown_path,
+            stats,
+        };
+        retrying(&self.retry, Some(&self.pacer), stats, |attempt| {
             let mut request = self
                 .http
                 .request(method.clone(), url.clone())
@@ -252,116 +225,131 @@ impl ApiClient {
             if let Some(body) = body {
                 request = request.body(body.to_string());
             }
-            let in_flight = stats.as_ref().map(|s| s.request_started());
-            let sent = request.send().await;
-            drop(in_flight);
-            let failure = match sent {
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    if let Some(s) = &stats {
-                        s.add_status(status);
-                    }
-                    let headers = response.headers().clone();
-                    if let Some(limit) = self
-                        .dialect
-                        .limit_header
-                        .and_then(|name| header_u64(&headers, name))
-                    {
-                        self.pacer.learn(u32::try_from(limit).unwrap_or(u32::MAX));
-                    }
-                    let bytes = response.bytes().await;
-                    match bytes {
-                        Ok(bytes) if (200..300).contains(&status) => {
-                            if bytes.is_empty() {
-                                return Ok(Value::Null);
-                            }
-                            match serde_json::from_slice(&bytes) {
-                                Ok(value) => return Ok(value),
-                                Err(e) => {
-                                    let served = headers
-                                        .get(reqwest::header::CONTENT_TYPE)
-                                        .and_then(|v| v.to_str().ok())
-                                        .unwrap_or("no content type");
-                                    let start: String = String::from_utf8_lossy(&bytes)
-                                        .chars()
-                                        .filter(|c| !c.is_control())
-                                        .take(60)
-                                        .collect();
-                                    let err = ApiError::Network {
-                                        method: method.to_string(),
-                                        path: shown_path.clone(),
-                                        message: format!(
-                                            "answered {status} but the body is not JSON ({e}; served as {served}, starting `{start}`)"
-                                        ),
-                                    };
-                                    // A broken gateway or proxy: ask again where asking
-                                    // again is safe (reads, and versioned writes).
-                                    if method != Method::GET && method != Method::PUT {
-                                        return Err(err);
-                                    }
-                                    (err, Some(backoff(attempt)))
-                                }
-                            }
-                        }
-                        Ok(bytes) => {
-                            let err =
-                                (self.dialect.parse_error)(&method, &shown_path, status, &bytes);
-                            if status == 429 {
-                                let reset = header_u64(&headers, self.dialect.reset_header)
-                                    .unwrap_or(1)
-                                    .max(1);
-                                self.pacer.pause(Duration::from_secs(reset));
-                                if let Some(s) = &stats {
-                                    s.add_rate_limited();
-                                }
-                                tracing::warn!(path = %shown_path, reset, "rate limited; pausing");
-                                (err, None)
-                            } else if status >= 500 && repeatable {
-                                (err, Some(backoff(attempt)))
-                            } else {
-                                return Err(err);
-                            }
-                        }
-                        Err(e) => {
-                            let err = ApiError::Network {
-                                method: method.to_string(),
-                                path: shown_path.clone(),
-                                message: format!("the answer broke off: {e}"),
-                            };
-                            if !repeatable {
-                                return Err(err);
-                            }
-                            (err, Some(backoff(attempt)))
-                        }
-                    }
+            self.attempt(request, &call, attempt)
+        })
+        .await
+        .map_err(|gave_up| gave_up.error)
+    }
+
+    /// One attempt of a call: what its answer (or its failure) means.
+    async fn attempt(
+        &self,
+        request: reqwest::RequestBuilder,
+        call: &Call<'_>,
+        attempt: u32,
+    ) -> Attempt<Value, ApiError> {
+        let Call {
+            method,
+            shown_path,
+            stats,
+        } = *call;
+        let repeatable = *method != Method::POST;
+        let network = |message: String| ApiError::Network {
+            method: method.to_string(),
+            path: shown_path.to_owned(),
+            message,
+        };
+        let in_flight = stats.map(RunStats::request_started);
+        let sent = request.send().await;
+        drop(in_flight);
+        let response = match sent {
+            Ok(response) => response,
+            Err(e) => {
+                let never_sent = e.is_connect();
+                let err = network(e.to_string());
+                if !repeatable && !never_sent {
+                    return Attempt::Fail(err);
                 }
+                return Attempt::Again {
+                    error: err,
+                    wait: self.retry.backoff(attempt),
+                };
+            }
+        };
+        let status = response.status().as_u16();
+        if let Some(s) = stats {
+            s.add_status(status);
+        }
+        let headers = response.headers().clone();
+        if let Some(limit) = self
+            .dialect
+            .limit_header
+            .and_then(|name| header_u64(&headers, name))
+        {
+            self.pacer.learn(u32::try_from(limit).unwrap_or(u32::MAX));
+        }
+        let bytes = match response.bytes().await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                let err = network(format!("the answer broke off: {e}"));
+                if !repeatable {
+                    return Attempt::Fail(err);
+                }
+                return Attempt::Again {
+                    error: err,
+                    wait: self.retry.backoff(attempt),
+                };
+            }
+        };
+        if (200..300).contains(&status) {
+            if bytes.is_empty() {
+                return Attempt::Done(Value::Null);
+            }
+            return match serde_json::from_slice(&bytes) {
+                Ok(value) => Attempt::Done(value),
                 Err(e) => {
-                    let never_sent = e.is_connect();
-                    let err = ApiError::Network {
-                        method: method.to_string(),
-                        path: shown_path.clone(),
-                        message: e.to_string(),
-                    };
-                    if !repeatable && !never_sent {
-                        return Err(err);
+                    let served = headers
+                        .get(reqwest::header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("no content type");
+                    let start: String = String::from_utf8_lossy(&bytes)
+                        .chars()
+                        .filter(|c| !c.is_control())
+                        .take(60)
+                        .collect();
+                    let err = network(format!(
+                        "answered {status} but the body is not JSON ({e}; served as {served}, starting `{start}`)"
+                    ));
+                    // A broken gateway or proxy: ask again where asking
+                    // again is safe (reads, and versioned writes).
+                    if *method != Method::GET && *method != Method::PUT {
+                        return Attempt::Fail(err);
                     }
-                    (err, Some(backoff(attempt)))
+                    Attempt::Again {
+                        error: err,
+                        wait: self.retry.backoff(attempt),
+                    }
                 }
             };
-            let (err, delay) = failure;
-            if attempt >= self.max_attempts {
-                return Err(err);
+        }
+        let err = (self.dialect.parse_error)(method, shown_path, status, &bytes);
+        if status == 429 {
+            let reset = retry_after(&headers, &[self.dialect.reset_header])
+                .unwrap_or(Duration::from_secs(1))
+                .max(Duration::from_secs(1));
+            self.pacer.pause(reset);
+            if let Some(s) = stats {
+                s.add_rate_limited();
             }
-            if let Some(delay) = delay {
-                tracing::warn!(error = %err, attempt, "request failed, retrying");
-                tokio::time::sleep(delay).await;
+            tracing::warn!(path = %shown_path, reset_secs = reset.as_secs(), "rate limited; pausing");
+            // The pacer holds every caller back for the reset.
+            Attempt::Again {
+                error: err,
+                wait: Duration::ZERO,
             }
+        } else if status >= 500 && repeatable {
+            Attempt::Again {
+                error: err,
+                wait: self.retry.backoff(attempt),
+            }
+        } else {
+            Attempt::Fail(err)
         }
     }
 
-    /// Attempts per request, as configured.
-    pub(crate) fn max_attempts(&self) -> u32 {
-        self.max_attempts
+    /// The client's retry policy (attempts per request, waits between them).
+    pub(crate) fn retry_policy(&self) -> RetryPolicy {
+        self.retry
     }
 
     /// GET a JSON body.
@@ -376,12 +364,4 @@ fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
         .get(name)
         .and_then(|v: &HeaderValue| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok())
-}
-
-/// Capped full-jitter backoff: up to 250 ms × 2^(attempt-1), at most 10 s.
-pub(crate) fn backoff(attempt: u32) -> Duration {
-    let cap = 250u64
-        .saturating_mul(1 << attempt.saturating_sub(1).min(6))
-        .min(10_000);
-    Duration::from_millis(fastrand::u64(0..=cap))
 }

@@ -19,15 +19,7 @@ pub struct CuteSyncEntry {
 }
 
 fn encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    sluicegate_http_client::encode_component(value)
 }
 
 /// Fetches the sync entry `key` of content type `content_type` (normally

@@ -18,7 +18,7 @@ use sluicegate_upsert::{UpsertOptions, UpsertWriter};
 
 use super::client::cma_client;
 use super::config::ContentfulSinkConfig;
-use crate::api::{ApiClient, ApiError, percent_encode, upsert_options};
+use crate::api::{ApiClient, ApiError, upsert_options};
 
 /// Longest query string sent for lookups (the API refuses very long URLs).
 const MAX_QUERY_CHARS: usize = 6000;
@@ -145,7 +145,7 @@ fn field_kind(name: &str) -> FieldKind {
 
 /// Percent-encodes a query value (commas kept: they separate `[in]` values).
 fn encode(value: &str) -> String {
-    percent_encode(value, b",")
+    sluicegate_http_client::encode_component(value).replace("%2C", ",")
 }
 
 /// The entries a set of keys can be matched to with `[in]` queries that stay

@@ -25,10 +25,11 @@ use sluicegate_core::{
     KeyedCapabilities, KeyedSink, Lookup, LookupPage, Result, Sink, SinkCapabilities, SinkWriter,
     StreamTarget, WriteOp, Written,
 };
+use sluicegate_http_client::{Attempt, retrying};
 use sluicegate_upsert::{UpsertOptions, UpsertWriter};
 
 use super::config::DirectusSinkConfig;
-use crate::api::{ApiClient, ApiError, Dialect, Settings, percent_encode, upsert_options};
+use crate::api::{ApiClient, ApiError, Dialect, Settings, upsert_options};
 
 /// The one locale of a Directus content model.
 pub(crate) const LOCALE: &str = "default";
@@ -179,7 +180,7 @@ fn api_error(method: &Method, path: &str, status: u16, body: &[u8]) -> ApiError 
 
 /// Percent-encodes a path segment or query value.
 fn encode(value: &str) -> String {
-    percent_encode(value, b"")
+    sluicegate_http_client::encode_component(value)
 }
 
 /// A primary key as text (Directus keys are integers or strings).
@@ -352,24 +353,31 @@ impl DirectusKeyed {
     /// acted, its key is looked up: found, it was created; not found, the
     /// create is sent again (up to the configured attempts).
     async fn create_one(&self, target: &StreamTarget, body: Map<String, Value>) -> Result<Written> {
-        let mut attempt = 1;
-        loop {
-            match self.create(target, Value::Object(body.clone())).await {
-                Ok(mut written) => return Ok(written.remove(0)),
-                Err(e) if e.is_retryable() && attempt < self.client.max_attempts() => {
-                    let chunk = std::slice::from_ref(&body);
-                    let found = self.created_before(target, chunk).await?;
-                    if let Some(written) =
-                        item_key(&body, key_field(target)).and_then(|k| found.get(&k).cloned())
-                    {
-                        return Ok(written);
-                    }
-                    tokio::time::sleep(crate::api::backoff(attempt)).await;
-                    attempt += 1;
-                }
-                Err(e) => return Err(e),
+        // The client paces and counts each request; this loop only decides
+        // whether a create is sent again.
+        let retry = self.client.retry_policy();
+        let body = &body;
+        retrying(&retry, None, None, |attempt| async move {
+            let error = match self.create(target, Value::Object(body.clone())).await {
+                Ok(mut written) => return Attempt::Done(written.remove(0)),
+                Err(e) if e.is_retryable() => e,
+                Err(e) => return Attempt::Fail(e),
+            };
+            let chunk = std::slice::from_ref(body);
+            let found = match self.created_before(target, chunk).await {
+                Ok(found) => found,
+                Err(e) => return Attempt::Fail(e),
+            };
+            match item_key(body, key_field(target)).and_then(|k| found.get(&k).cloned()) {
+                Some(written) => Attempt::Done(written),
+                None => Attempt::Again {
+                    error,
+                    wait: retry.backoff(attempt),
+                },
             }
-        }
+        })
+        .await
+        .map_err(|gave_up| gave_up.error)
     }
 
     /// The items of `chunk` that exist already, by key: after a create whose
