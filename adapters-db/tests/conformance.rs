@@ -5,7 +5,7 @@ mod common;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
-use sluicegate_adapters_db::{DbSourceConfig, DbSourceFactory, Provider};
+use sluicegate_adapters_db::{DbSourceConfig, Provider};
 use sluicegate_core::{BuildContext, Factory, Source, parse_section};
 use sluicegate_examples::dbserver::{self, DbKind};
 use sluicegate_testkit::{SourceCase, check_failing_source, check_source};
@@ -14,7 +14,7 @@ const ROWS: usize = 3_000;
 
 async fn source(provider: Provider, section: Value) -> Arc<dyn Source> {
     let ctx = BuildContext::new("conformance", true);
-    let factory = DbSourceFactory::new(provider);
+    let factory = sluicegate_adapters_db::factory(provider);
     let config: DbSourceConfig = parse_section(section, "source").unwrap();
     factory.validate(&config, &ctx).unwrap();
     factory.build(config, &ctx).await.unwrap()

@@ -12,8 +12,7 @@ mod source;
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use sluicegate_core::{BuildContext, Factory, Registry, Result, Source};
+use sluicegate_core::{Factory, Registry, Source};
 
 pub use auth::{AuthConfig, KeyLocation};
 pub use config::{FileCacheConfig, HttpMethod, HttpSourceConfig, RetryConfig};
@@ -26,29 +25,16 @@ pub use pagination::{
 };
 pub use source::HttpSource;
 
-/// Builds `http` sources.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct HttpSourceFactory;
-
-#[async_trait]
-impl Factory for HttpSourceFactory {
-    type Config = HttpSourceConfig;
-    type Output = dyn Source;
-
-    fn type_name(&self) -> &'static str {
-        "http"
-    }
-
-    fn validate(&self, config: &HttpSourceConfig, ctx: &BuildContext) -> Result<()> {
-        config.validate(ctx)
-    }
-
-    async fn build(&self, config: HttpSourceConfig, ctx: &BuildContext) -> Result<Arc<dyn Source>> {
-        Ok(Arc::new(HttpSource::new(&config, ctx)?))
-    }
-}
-
 /// Registers this crate's source types (`http`).
 pub fn register(registry: &mut Registry) {
-    registry.register_source(HttpSourceFactory);
+    registry.register_source(factory());
+}
+
+/// The factory of `http` sources.
+pub fn factory() -> impl Factory<Config = HttpSourceConfig, Output = dyn Source> {
+    sluicegate_core::factory(
+        "http",
+        HttpSourceConfig::validate,
+        |config, ctx| async move { Ok(Arc::new(HttpSource::new(&config, &ctx)?) as Arc<dyn Source>) },
+    )
 }

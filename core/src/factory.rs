@@ -5,6 +5,8 @@
 //! `Factory` implements through a blanket impl. A source factory has
 //! `Output = dyn Source`, a sink factory `Output = dyn Sink`.
 
+use std::future::Future;
+use std::marker::PhantomData;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -147,6 +149,73 @@ pub trait Factory: Send + Sync + 'static {
 pub trait Prepared<T: ?Sized>: Send + Sync {
     /// Builds the adapter (may do I/O).
     async fn build(self: Box<Self>) -> Result<Arc<T>>;
+}
+
+/// A [`Factory`] made of two functions, for adapters whose factory holds
+/// nothing but what the functions capture: `validate` checks a parsed
+/// configuration without I/O, `build` builds the adapter (and may do I/O).
+/// Make one with [`factory`].
+pub struct FnFactory<C, O: ?Sized, V, B> {
+    type_name: &'static str,
+    validate: V,
+    build: B,
+    _made: PhantomData<fn(C) -> Arc<O>>,
+}
+
+/// A factory for the adapter type `type_name` from a `validate` and a `build`
+/// function:
+///
+/// ```
+/// # use std::sync::Arc;
+/// # use sluicegate_core::{BuildContext, Registry, Result, Source, factory};
+/// # #[derive(serde::Deserialize)] struct MyConfig { url: String }
+/// # impl MyConfig { fn validate(&self, _: &BuildContext) -> Result<()> { Ok(()) } }
+/// # async fn open(config: MyConfig, ctx: BuildContext) -> Result<Arc<dyn Source>> { unimplemented!() }
+/// let mut registry = Registry::new();
+/// registry.register_source(factory("my_api", MyConfig::validate, open));
+/// ```
+pub fn factory<C, O, V, B, F>(
+    type_name: &'static str,
+    validate: V,
+    build: B,
+) -> FnFactory<C, O, V, B>
+where
+    O: ?Sized,
+    V: Fn(&C, &BuildContext) -> Result<()>,
+    B: Fn(C, BuildContext) -> F,
+    F: Future<Output = Result<Arc<O>>>,
+{
+    FnFactory {
+        type_name,
+        validate,
+        build,
+        _made: PhantomData,
+    }
+}
+
+#[async_trait]
+impl<C, O, V, B, F> Factory for FnFactory<C, O, V, B>
+where
+    C: DeserializeOwned + Send + Sync + 'static,
+    O: ?Sized + Send + Sync + 'static,
+    V: Fn(&C, &BuildContext) -> Result<()> + Send + Sync + 'static,
+    B: Fn(C, BuildContext) -> F + Send + Sync + 'static,
+    F: Future<Output = Result<Arc<O>>> + Send + 'static,
+{
+    type Config = C;
+    type Output = O;
+
+    fn type_name(&self) -> &'static str {
+        self.type_name
+    }
+
+    fn validate(&self, config: &C, ctx: &BuildContext) -> Result<()> {
+        (self.validate)(config, ctx)
+    }
+
+    async fn build(&self, config: C, ctx: &BuildContext) -> Result<Arc<O>> {
+        (self.build)(config, ctx.clone()).await
+    }
 }
 
 /// The object-safe twin of [`Factory`], used by the [`Registry`](crate::Registry).

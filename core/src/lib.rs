@@ -23,7 +23,8 @@ pub use config::{Secret, field_error, locate, parse_section};
 pub use content::{ContentModel, EntryFields, FieldDef, FieldKind};
 pub use error::{Error, ErrorKind, Result, ResultExt};
 pub use factory::{
-    BuildContext, DynFactory, Factory, Prepared, StageTuning, template_scope_from_env,
+    BuildContext, DynFactory, Factory, FnFactory, Prepared, StageTuning, factory,
+    template_scope_from_env,
 };
 pub use keyed::{
     ExistingEntry, KeyedCapabilities, KeyedSink, Lookup, LookupPage, WriteOp, Written,

@@ -185,7 +185,7 @@ struct Inner {
 ///
 /// 1. asks every running pipeline to **flush**: the partial batch being gathered
 ///    is written at once, and the sink's writer drops what it buffers or caches
-///    ([`SinkWriter::relieve_memory`](sluicegate_core::SinkWriter::relieve_memory));
+///    ([`WriterExtension::relieve_memory`](sluicegate_core::WriterExtension::relieve_memory));
 /// 2. **halves the batch size** pipelines gather (down to 1/4); after three
 ///    samples in a row below the threshold it doubles again, so batches grow
 ///    back once the pressure eases — and also after three samples

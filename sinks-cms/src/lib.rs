@@ -6,62 +6,31 @@ pub mod directus;
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use sluicegate_core::{BuildContext, Factory, Registry, Result, Sink};
+use sluicegate_core::{Factory, Registry, Sink, factory};
 
 pub use contentful::{ContentfulSink, ContentfulSinkConfig, CuteSyncEntry, fetch_cute_entry};
 pub use directus::{DirectusSink, DirectusSinkConfig};
 
-/// Builds `contentful` sinks.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct ContentfulSinkFactory;
-
-#[async_trait]
-impl Factory for ContentfulSinkFactory {
-    type Config = ContentfulSinkConfig;
-    type Output = dyn Sink;
-
-    fn type_name(&self) -> &'static str {
-        "contentful"
-    }
-
-    fn validate(&self, config: &ContentfulSinkConfig, ctx: &BuildContext) -> Result<()> {
-        config.validate(ctx)
-    }
-
-    async fn build(
-        &self,
-        config: ContentfulSinkConfig,
-        ctx: &BuildContext,
-    ) -> Result<Arc<dyn Sink>> {
-        Ok(Arc::new(ContentfulSink::new(config, ctx)?))
-    }
-}
-
-/// Builds `directus` sinks.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct DirectusSinkFactory;
-
-#[async_trait]
-impl Factory for DirectusSinkFactory {
-    type Config = DirectusSinkConfig;
-    type Output = dyn Sink;
-
-    fn type_name(&self) -> &'static str {
-        "directus"
-    }
-
-    fn validate(&self, config: &DirectusSinkConfig, ctx: &BuildContext) -> Result<()> {
-        config.validate(ctx)
-    }
-
-    async fn build(&self, config: DirectusSinkConfig, ctx: &BuildContext) -> Result<Arc<dyn Sink>> {
-        Ok(Arc::new(DirectusSink::new(config, ctx)?))
-    }
-}
-
 /// Registers this crate's sink types (`contentful`, `directus`).
 pub fn register(registry: &mut Registry) {
-    registry.register_sink(ContentfulSinkFactory);
-    registry.register_sink(DirectusSinkFactory);
+    registry.register_sink(contentful_factory());
+    registry.register_sink(directus_factory());
+}
+
+/// The factory of `contentful` sinks.
+pub fn contentful_factory() -> impl Factory<Config = ContentfulSinkConfig, Output = dyn Sink> {
+    factory(
+        "contentful",
+        ContentfulSinkConfig::validate,
+        |config, ctx| async move { Ok(Arc::new(ContentfulSink::new(config, &ctx)?) as Arc<dyn Sink>) },
+    )
+}
+
+/// The factory of `directus` sinks.
+pub fn directus_factory() -> impl Factory<Config = DirectusSinkConfig, Output = dyn Sink> {
+    factory(
+        "directus",
+        DirectusSinkConfig::validate,
+        |config, ctx| async move { Ok(Arc::new(DirectusSink::new(config, &ctx)?) as Arc<dyn Sink>) },
+    )
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use futures::StreamExt;
 use serde_json::Value;
-use sluicegate_adapters_db::{DbSourceConfig, DbSourceFactory, Provider};
+use sluicegate_adapters_db::{DbSourceConfig, Provider};
 use sluicegate_core::{
     BuildContext, Factory, MemoryBudget, Position, ReadRequest, Result, parse_section,
 };
@@ -47,7 +47,7 @@ pub(crate) async fn read_with(
     if let Some(dir) = base_dir {
         ctx.base_dir = dir.to_owned();
     }
-    let factory = DbSourceFactory::new(provider);
+    let factory = sluicegate_adapters_db::factory(provider);
     let config: DbSourceConfig = parse_section(section, "source")?;
     factory.validate(&config, &ctx)?;
     let source = factory.build(config, &ctx).await?;
