@@ -4,6 +4,7 @@ pub mod args;
 pub mod config_file;
 pub mod cute;
 pub mod lock;
+pub mod metrics;
 pub mod observer;
 pub mod progress;
 pub mod redrive;

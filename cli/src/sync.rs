@@ -19,9 +19,10 @@ use sluicegate_engine::{
 
 use crate::args::{SyncArgs, Verbosity};
 use crate::config_file::{ConfigFile, SyncEntry, split_type};
+use crate::metrics::{MetricsServer, RunCollector};
 use crate::observer::CliObserver;
 use crate::progress::{Progress, group};
-use crate::report::{self, MemoryWatch, MetricsServer};
+use crate::report::{self, MemoryWatch};
 use crate::state::SqliteStateStore;
 use crate::tuning::Tuning;
 
@@ -264,14 +265,13 @@ pub async fn run(
     let running = Arc::new(std::sync::Mutex::new(String::new()));
     let _metrics = match &args.metrics_addr {
         Some(addr) => {
-            let server = MetricsServer::start(
-                addr,
+            let collector = RunCollector::new(
                 ctx.stats.clone(),
                 ctx.budget.clone(),
                 ctx.monitor.clone(),
                 running.clone(),
-            )
-            .await?;
+            );
+            let server = MetricsServer::start(addr, collector).await?;
             eprintln!("metrics: http://{}/metrics", server.addr());
             Some(server)
         }

@@ -65,7 +65,7 @@ fn scrape(url: &str) -> String {
         .and_then(|rest| rest.strip_suffix("/metrics"))
         .unwrap_or_else(|| panic!("unexpected metrics URL {url}"));
     let mut socket = std::net::TcpStream::connect(addr).unwrap();
-    let request = format!("GET /metrics HTTP/1.1\r\nhost: {addr}\r\n\r\n");
+    let request = format!("GET /metrics HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
     socket.write_all(request.as_bytes()).unwrap();
     let mut answer = String::new();
     socket.read_to_string(&mut answer).unwrap();
@@ -351,14 +351,15 @@ async fn on_a_terminal_each_stream_has_a_bar_that_ends_cleanly() {
 #[test]
 fn the_grafana_dashboard_queries_only_series_the_endpoint_serves() {
     // A source that knows its total (the expected-rows gauge is served then).
-    let stats = sluicegate_core::RunStats::default();
+    let stats = std::sync::Arc::new(sluicegate_core::RunStats::default());
     stats.set_expected_rows(100);
-    let served = sluicegate_cli::report::metrics_text(
-        &stats,
-        &sluicegate_core::MemoryBudget::new(1 << 20),
-        &sluicegate_engine::MemoryMonitor::disabled(),
-        "orders",
-    );
+    let served = sluicegate_cli::metrics::RunCollector::new(
+        stats,
+        sluicegate_core::MemoryBudget::new(1 << 20),
+        sluicegate_engine::MemoryMonitor::disabled(),
+        std::sync::Arc::new(std::sync::Mutex::new("orders".to_owned())),
+    )
+    .text();
     let path =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../observability/grafana-dashboard.json");
     let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
@@ -370,12 +371,16 @@ fn the_grafana_dashboard_queries_only_series_the_endpoint_serves() {
                 .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
                 .filter(|w| w.starts_with("sluicegate_"))
             {
-                let name = name
-                    .strip_suffix("_bucket")
-                    .filter(|base| served.contains(&format!("# TYPE {base} histogram")))
-                    .unwrap_or(name);
+                // A counter's samples end in `_total` and a histogram's in
+                // `_bucket`, `_sum` or `_count`; the TYPE line names the family.
+                let typed = ["", "_total", "_bucket", "_sum", "_count"]
+                    .iter()
+                    .any(|suffix| {
+                        name.strip_suffix(suffix)
+                            .is_some_and(|family| served.contains(&format!("# TYPE {family} ")))
+                    });
                 assert!(
-                    served.contains(&format!("# TYPE {name} ")),
+                    typed,
                     "panel '{}' queries {name}, which /metrics does not serve",
                     panel["title"]
                 );
