@@ -13,7 +13,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use sluicegate_core::{Error, ErrorKind, LATENCY_BOUNDS_MS, MemoryBudget, Result, RunStats};
-use sluicegate_engine::{MemoryMonitor, process_memory};
+use sluicegate_engine::{MemoryMonitor, cgroup_memory, process_memory};
 
 /// What a scrape reads: the run's counters, budget and memory monitor, and
 /// the stream running now.
@@ -198,6 +198,18 @@ impl Collector for RunCollector {
                 Gauge(snap.peak_in_flight),
             ),
         ];
+        if let Some(cgroup) = cgroup_memory() {
+            series.push((
+                "memory_cgroup_usage_bytes",
+                "Bytes charged to the run's container (cgroup), page cache included.",
+                Gauge(cgroup.usage),
+            ));
+            series.push((
+                "memory_cgroup_limit_bytes",
+                "The memory limit of the run's container (cgroup).",
+                Gauge(cgroup.limit),
+            ));
+        }
         if let Some(expected) = self.stats.expected_rows() {
             series.push((
                 "stream_expected_rows",

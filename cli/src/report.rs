@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::{Value, json};
 use sluicegate_core::{Error, ErrorKind, MemoryBudget, Result, RunStats};
-use sluicegate_engine::{MemoryMonitor, process_memory};
+use sluicegate_engine::{MemoryMonitor, cgroup_memory, process_memory};
 use tokio::sync::watch;
 
 /// A snapshot is taken every this many batches written.
@@ -41,6 +41,9 @@ pub struct MemorySnapshot {
     pub budget_in_use: usize,
     /// Rows written so far.
     pub rows_written: u64,
+    /// Bytes charged to the run's container (cgroup), when it has a memory
+    /// limit.
+    pub cgroup_usage: Option<u64>,
 }
 
 /// The memory figures of a run, as the report holds them.
@@ -59,6 +62,10 @@ pub struct MemoryFigures {
     pub snapshots: Vec<MemorySnapshot>,
     /// Whether memory kept growing across batches while the budget was steady.
     pub growth_suspected: bool,
+    /// The memory limit of the run's container (cgroup), if it has one.
+    pub cgroup_limit: Option<u64>,
+    /// The most bytes charged to that container at a sample.
+    pub cgroup_peak_usage: Option<u64>,
 }
 
 struct WatchState {
@@ -160,6 +167,11 @@ fn sample(state: &Mutex<WatchState>) {
     state.sum += u128::from(mem.rss);
     state.figures.samples += 1;
     state.figures.peak_rss = state.figures.peak_rss.max(mem.peak_rss);
+    if let Some(cgroup) = cgroup_memory() {
+        let figures = &mut state.figures;
+        figures.cgroup_limit = Some(cgroup.limit);
+        figures.cgroup_peak_usage = Some(figures.cgroup_peak_usage.unwrap_or(0).max(cgroup.usage));
+    }
 }
 
 fn snapshot(
@@ -182,6 +194,7 @@ fn snapshot(
         percent_of_limit: mem.rss as f64 * 100.0 / limit as f64,
         budget_in_use: budget.snapshot().in_use,
         rows_written: stats.rows_written(),
+        cgroup_usage: cgroup_memory().map(|c| c.usage),
     });
 }
 

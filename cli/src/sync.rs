@@ -14,7 +14,7 @@ use sluicegate_core::{
 };
 use sluicegate_engine::{
     Mapper, MemoryMonitor, MemoryPlan, Pipeline, PipelineOptions, ReadMode, StreamReport,
-    follow_sink_growth, process_memory,
+    cgroup_memory, follow_sink_growth, process_memory,
 };
 
 use crate::args::{SyncArgs, Verbosity};
@@ -192,7 +192,16 @@ pub async fn run(
     // The memory plan: what the target leaves for records in flight once the
     // process and its sinks are up (measured now) and the sinks' own working
     // memory is set aside, under the monitor's threshold.
-    let tuning = prepared.tuning;
+    let mut tuning = prepared.tuning;
+    if let Some(cgroup) = cgroup_memory()
+        && let Some(target) = tuning.fit_container(cgroup.limit)
+    {
+        tracing::warn!(
+            container_limit = %format_bytes(usize::try_from(cgroup.limit).unwrap_or(usize::MAX)),
+            target_mb = target,
+            "the container's memory limit is below the memory target: the run plans for the container's limit"
+        );
+    }
     tracing::info!(tuning = %tuning.describe(), "tuning");
     let process = process_memory().map(|m| m.rss);
     let plan = MemoryPlan::new(

@@ -137,6 +137,8 @@ pub enum Origin {
     Preset,
     /// Nothing set it: the built-in default or the adapter's own choice.
     Default,
+    /// Lowered to the memory limit of the container (cgroup) the run is in.
+    Container,
 }
 
 /// The knobs a run uses, resolved.
@@ -348,12 +350,28 @@ impl Tuning {
             .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
     }
 
+    /// Lowers the memory target to `limit_bytes`, the memory limit of the
+    /// container the run is in, when the target is above it (a process cannot
+    /// use more than its container allows: planning for more plans for an
+    /// out-of-memory kill). Returns the target it had, if it lowered it.
+    pub fn fit_container(&mut self, limit_bytes: u64) -> Option<u64> {
+        let limit_mb = (limit_bytes >> 20).max(1);
+        if self.max_memory_mb <= limit_mb {
+            return None;
+        }
+        let before = self.max_memory_mb;
+        self.max_memory_mb = limit_mb;
+        self.origins.insert("maxMemoryMb", Origin::Container);
+        Some(before)
+    }
+
     /// One line for the log: every knob and where it came from.
     pub fn describe(&self) -> String {
         let origin = |name: &str| match self.origins.get(name) {
             Some(Origin::Flag) => " (flag)",
             Some(Origin::File) => " (file)",
             Some(Origin::Preset) => " (preset)",
+            Some(Origin::Container) => " (the container's limit)",
             _ => "",
         };
         let mut out = format!("preset {}", self.preset.name());

@@ -1,8 +1,14 @@
-//! Process memory as the operating system sees it (resident set size).
+//! Memory as the operating system sees it: the process's resident set size,
+//! and the figures of the control group it runs in when that group has a
+//! memory limit (a container).
 //!
 //! The budget accounts the bytes of data in flight; this module reads what the
-//! whole process really uses, for progress lines and reports. On Linux it reads
-//! `/proc/self/status`; elsewhere it returns `None`.
+//! whole process really uses, for the memory monitor, progress lines, metrics
+//! and reports. On Linux it reads `/proc/self/status` and the cgroup's files
+//! (v1 or v2); elsewhere it returns `None`.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use serde::Serialize;
 
@@ -47,9 +53,137 @@ fn parse_status(status: &str) -> Option<ProcessMemory> {
     })
 }
 
+/// The memory figures of the control group (cgroup) the process runs in, when
+/// it or one of its parents has a memory limit: the limit a container sets.
+/// Usage is what the kernel charges to the group (page cache included), which
+/// is what its out-of-memory killer compares with the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CgroupMemory {
+    /// Bytes charged to the group now.
+    pub usage: u64,
+    /// The group's memory limit (the smallest on its path), in bytes.
+    pub limit: u64,
+}
+
+/// Where the process's cgroup keeps its memory figures: the file with its
+/// usage, and the files with the limits of it and its parents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CgroupFiles {
+    usage: PathBuf,
+    limits: Vec<PathBuf>,
+}
+
+/// Reads the memory figures of the process's cgroup; `None` when it has no
+/// memory limit or the platform has no cgroups.
+pub fn cgroup_memory() -> Option<CgroupMemory> {
+    static FILES: OnceLock<Option<CgroupFiles>> = OnceLock::new();
+    let files = FILES.get_or_init(|| {
+        let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+        cgroup_files(Path::new("/sys/fs/cgroup"), &own)
+    });
+    read_cgroup(files.as_ref()?)
+}
+
+/// The files of the memory controller for `own` (the text of
+/// `/proc/self/cgroup`) under `mount`: cgroup v1's `memory` hierarchy if there
+/// is one, else the unified (v2) hierarchy.
+fn cgroup_files(mount: &Path, own: &str) -> Option<CgroupFiles> {
+    let entry = |pick: &dyn Fn(&str) -> bool| {
+        own.lines().find_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            pick(controllers).then(|| path.trim_start_matches('/').to_owned())
+        })
+    };
+    let (root, path, usage, limit) =
+        if let Some(path) = entry(&|c| c.split(',').any(|c| c == "memory")) {
+            let root = mount.join("memory");
+            (root, path, "memory.usage_in_bytes", "memory.limit_in_bytes")
+        } else {
+            let path = entry(&|c| c.is_empty())?;
+            (mount.to_path_buf(), path, "memory.current", "memory.max")
+        };
+    let own_dir = root.join(&path);
+    if !own_dir.join(usage).exists() {
+        return None;
+    }
+    let limits = own_dir
+        .ancestors()
+        .take_while(|dir| dir.starts_with(&root))
+        .map(|dir| dir.join(limit))
+        .filter(|file| file.exists())
+        .collect();
+    Some(CgroupFiles {
+        usage: own_dir.join(usage),
+        limits,
+    })
+}
+
+fn read_cgroup(files: &CgroupFiles) -> Option<CgroupMemory> {
+    // cgroup v1 writes "no limit" as a huge number (close to i64::MAX, rounded
+    // to a page), v2 as `max`.
+    const NO_LIMIT: u64 = 1 << 62;
+    let number =
+        |file: &Path| -> Option<u64> { std::fs::read_to_string(file).ok()?.trim().parse().ok() };
+    let limit = files
+        .limits
+        .iter()
+        .filter_map(|file| number(file))
+        .filter(|&limit| limit < NO_LIMIT)
+        .min()?;
+    Some(CgroupMemory {
+        usage: number(&files.usage)?,
+        limit,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_the_smallest_limit_on_the_path_in_v1_and_v2() {
+        let dir = tempfile::tempdir().unwrap();
+        let mount = dir.path();
+        let write = |rel: &str, text: &str| {
+            let file = mount.join(rel);
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(file, text).unwrap();
+        };
+        // v1: the job's group has no limit of its own; its parent has one.
+        write("memory/memory.limit_in_bytes", "9223372036854771712\n");
+        write("memory/jobs/memory.limit_in_bytes", "536870912\n");
+        write(
+            "memory/jobs/one/memory.limit_in_bytes",
+            "9223372036854771712\n",
+        );
+        write("memory/jobs/one/memory.usage_in_bytes", "104857600\n");
+        let own = "9:name=systemd:/\n4:memory:/jobs/one\n0::/\n";
+        let files = cgroup_files(mount, own).unwrap();
+        assert_eq!(
+            read_cgroup(&files),
+            Some(CgroupMemory {
+                usage: 100 << 20,
+                limit: 512 << 20
+            })
+        );
+        // v2: `max` is no limit; without any limit there are no figures.
+        write("app/memory.max", "max\n");
+        write("app/memory.current", "4096\n");
+        let files = cgroup_files(mount, "0::/app\n").unwrap();
+        assert_eq!(read_cgroup(&files), None);
+        write("app/memory.max", "268435456\n");
+        assert_eq!(
+            read_cgroup(&files),
+            Some(CgroupMemory {
+                usage: 4096,
+                limit: 256 << 20
+            })
+        );
+        // A group whose files are not there (another mount namespace).
+        assert_eq!(cgroup_files(mount, "0::/elsewhere\n"), None);
+    }
 
     #[test]
     fn parses_proc_status() {
