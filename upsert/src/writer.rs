@@ -165,6 +165,23 @@ enum Plan {
     },
 }
 
+/// The writes of a batch, and the entries to publish that need no write.
+#[derive(Default)]
+struct Pending {
+    ops: Vec<WriteOp>,
+    /// The candidate of each write, and whether it is an update.
+    op_cands: Vec<(Candidate, bool)>,
+    publish: Vec<ToPublish>,
+}
+
+/// An entry to publish, with what its record was counted as.
+struct ToPublish {
+    key: String,
+    record: Record,
+    counted: Counted,
+    written: Written,
+}
+
 /// How a written record was counted, so a failed publish can take it back.
 #[derive(Clone, Copy)]
 enum Counted {
@@ -549,6 +566,236 @@ impl<K: KeyedSink> UpsertWriter<K> {
     fn publishing(&self) -> bool {
         self.options.publish && self.sink.capabilities().publish
     }
+
+    /// What to do with each candidate: the cache answers first (an equal
+    /// digest is unchanged with no request); then one lookup pass finds the
+    /// misses by key and the changed hits by id, and compares their fields.
+    async fn plan(&self, model: &ContentModel, cands: &[Candidate]) -> Result<Vec<Plan>> {
+        let complete = self.complete.load(Ordering::Relaxed);
+        let publishing = self.publishing();
+        let mut plans: Vec<Option<Plan>> = Vec::with_capacity(cands.len());
+        let (mut miss_keys, mut hit_ids) = (Vec::new(), Vec::new());
+        for cand in cands {
+            match self.cache.get(&cand.key) {
+                Some(c) => {
+                    self.counters.hits.fetch_add(1, Ordering::Relaxed);
+                    self.target.stats.add_cache_lookups(1, 0);
+                    if c.digest == cand.digest && c.publish_pending && publishing {
+                        plans.push(Some(Plan::Publish {
+                            id: c.id.to_string(),
+                            version: c.version,
+                        }));
+                    } else if c.digest == cand.digest {
+                        plans.push(Some(Plan::Unchanged));
+                    } else {
+                        hit_ids.push(c.id.to_string());
+                        plans.push(None);
+                    }
+                }
+                None => {
+                    self.counters.misses.fetch_add(1, Ordering::Relaxed);
+                    self.target.stats.add_cache_lookups(0, 1);
+                    if complete {
+                        plans.push(Some(Plan::Create));
+                    } else {
+                        miss_keys.push(cand.key.clone());
+                        plans.push(None);
+                    }
+                }
+            }
+        }
+        let mut existing: HashMap<String, ExistingEntry> = HashMap::new();
+        if !miss_keys.is_empty() {
+            for entry in self.lookup_all(false, miss_keys).await? {
+                if let Some(key) = self.key_of(model, &entry.fields) {
+                    existing.entry(key).or_insert(entry);
+                }
+            }
+        }
+        if !hit_ids.is_empty() {
+            for entry in self.lookup_all(true, hit_ids).await? {
+                if let Some(key) = self.key_of(model, &entry.fields) {
+                    existing.insert(key, entry);
+                }
+            }
+        }
+        Ok(cands
+            .iter()
+            .zip(plans)
+            .map(|(cand, plan)| {
+                plan.unwrap_or_else(|| self.compared(model, cand, existing.remove(&cand.key)))
+            })
+            .collect())
+    }
+
+    /// The plan for a candidate the cache could not answer, from the entry the
+    /// lookup found (if any); an unchanged entry goes into the cache.
+    fn compared(
+        &self,
+        model: &ContentModel,
+        cand: &Candidate,
+        found: Option<ExistingEntry>,
+    ) -> Plan {
+        match found {
+            None => Plan::Create,
+            Some(entry) if diff(model, &cand.fields, &entry).is_empty() => {
+                self.cache.insert(
+                    cand.key.clone(),
+                    Cached {
+                        id: entry.id.as_str().into(),
+                        version: entry.version,
+                        digest: cand.digest,
+                        publish_pending: entry.publish_pending,
+                    },
+                );
+                if entry.publish_pending && self.publishing() {
+                    Plan::Publish {
+                        id: entry.id,
+                        version: entry.version,
+                    }
+                } else {
+                    Plan::Unchanged
+                }
+            }
+            Some(entry) => Plan::Update(entry),
+        }
+    }
+
+    /// Counts what needs no request (and, in a dry run, what would be
+    /// written) and turns the rest into writes and publishes.
+    fn to_write(
+        &self,
+        model: &ContentModel,
+        cands: Vec<Candidate>,
+        plans: Vec<Plan>,
+        ack: &mut BatchAck,
+    ) -> Pending {
+        let mut pending = Pending::default();
+        for (cand, plan) in cands.into_iter().zip(plans) {
+            self.note_changes(model, &cand, &plan);
+            match plan {
+                Plan::Unchanged => ack.unchanged += 1,
+                Plan::Create if self.options.dry_run => ack.inserted += 1,
+                Plan::Update(_) | Plan::Publish { .. } if self.options.dry_run => ack.updated += 1,
+                Plan::Publish { id, version } => {
+                    ack.updated += 1;
+                    pending.publish.push(ToPublish {
+                        key: cand.key,
+                        record: cand.record,
+                        counted: Counted::Updated,
+                        written: Written { id, version },
+                    });
+                }
+                Plan::Create => {
+                    pending.ops.push(WriteOp::Create {
+                        id: cand.id.clone(),
+                        fields: created(&cand.fields),
+                    });
+                    pending.op_cands.push((cand, false));
+                }
+                Plan::Update(entry) => {
+                    let fields = merged(&entry, &cand.fields);
+                    pending.ops.push(WriteOp::Update {
+                        existing: entry,
+                        fields,
+                    });
+                    pending.op_cands.push((cand, true));
+                }
+            }
+        }
+        pending
+    }
+
+    /// Sends the writes; each written entry goes into the cache (its version
+    /// not live yet) and is to be published; each refused one is a failed
+    /// record.
+    async fn apply(&mut self, pending: Pending, ack: &mut BatchAck) -> Result<Vec<ToPublish>> {
+        let Pending {
+            ops,
+            op_cands,
+            mut publish,
+        } = pending;
+        let results = if ops.is_empty() {
+            Vec::new()
+        } else {
+            self.sink.write(&self.target, ops).await
+        };
+        self.one_result_each("writes", results.len(), op_cands.len())?;
+        for ((cand, was_update), result) in op_cands.into_iter().zip(results) {
+            match result {
+                Ok(written) => {
+                    let counted = if was_update {
+                        ack.updated += 1;
+                        Counted::Updated
+                    } else {
+                        ack.inserted += 1;
+                        Counted::Inserted
+                    };
+                    self.cache.insert(
+                        cand.key.clone(),
+                        Cached {
+                            id: written.id.as_str().into(),
+                            version: written.version,
+                            digest: cand.digest,
+                            publish_pending: true,
+                        },
+                    );
+                    publish.push(ToPublish {
+                        key: cand.key,
+                        record: cand.record,
+                        counted,
+                        written,
+                    });
+                }
+                Err(e) => {
+                    ack.failed += 1;
+                    self.reject(Stage::Write, Some(cand.key), e.to_string(), cand.record);
+                }
+            }
+        }
+        Ok(publish)
+    }
+
+    /// Publishes what was written (when the sink has a publishing step and the
+    /// run publishes). A record written but refused at publish is a failed
+    /// record: the cache forgets its entry (its version may have moved on), so
+    /// a repeat of the record in this run looks it up and publishes it again,
+    /// and the next run finds it pending.
+    async fn publish_written(&mut self, items: Vec<ToPublish>, ack: &mut BatchAck) -> Result<()> {
+        if !self.publishing() || items.is_empty() {
+            return Ok(());
+        }
+        let sent = items.len();
+        let (items, written): (Vec<_>, Vec<_>) = items
+            .into_iter()
+            .map(|item| ((item.key, item.record, item.counted), item.written))
+            .unzip();
+        let results = self.sink.publish(&self.target, written).await;
+        self.one_result_each("publishes", results.len(), sent)?;
+        for ((key, record, counted), result) in items.into_iter().zip(results) {
+            match result {
+                Ok(published) => {
+                    self.published += 1;
+                    if let Some(mut c) = self.cache.get(&key) {
+                        c.version = published.version;
+                        c.publish_pending = false;
+                        self.cache.insert(key, c);
+                    }
+                }
+                Err(e) => {
+                    self.cache.invalidate(&key);
+                    self.complete.store(false, Ordering::Relaxed);
+                    match counted {
+                        Counted::Inserted => ack.inserted -= 1,
+                        Counted::Updated => ack.updated -= 1,
+                    }
+                    ack.failed += 1;
+                    self.reject(Stage::Publish, Some(key), e.to_string(), record);
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 fn snip(v: &Value) -> String {
@@ -679,183 +926,10 @@ impl<K: KeyedSink> SinkWriter for UpsertWriter<K> {
         let mut ack = BatchAck::new(cands.len() as u64)
             .with_failed(failed_convert)
             .with_duplicates(duplicates);
-
-        // Cache first; then one lookup pass for misses (by key) and changed hits (by id).
-        let complete = self.complete.load(Ordering::Relaxed);
-        let publishing = self.publishing();
-        let mut plans: Vec<Option<Plan>> = Vec::with_capacity(cands.len());
-        let (mut miss_keys, mut hit_ids) = (Vec::new(), Vec::new());
-        for cand in &cands {
-            match self.cache.get(&cand.key) {
-                Some(c) => {
-                    self.counters.hits.fetch_add(1, Ordering::Relaxed);
-                    self.target.stats.add_cache_lookups(1, 0);
-                    if c.digest == cand.digest && c.publish_pending && publishing {
-                        plans.push(Some(Plan::Publish {
-                            id: c.id.to_string(),
-                            version: c.version,
-                        }));
-                    } else if c.digest == cand.digest {
-                        plans.push(Some(Plan::Unchanged));
-                    } else {
-                        hit_ids.push(c.id.to_string());
-                        plans.push(None);
-                    }
-                }
-                None => {
-                    self.counters.misses.fetch_add(1, Ordering::Relaxed);
-                    self.target.stats.add_cache_lookups(0, 1);
-                    if complete {
-                        plans.push(Some(Plan::Create));
-                    } else {
-                        miss_keys.push(cand.key.clone());
-                        plans.push(None);
-                    }
-                }
-            }
-        }
-        let mut existing: HashMap<String, ExistingEntry> = HashMap::new();
-        if !miss_keys.is_empty() {
-            for entry in self.lookup_all(false, miss_keys).await? {
-                if let Some(key) = self.key_of(&model, &entry.fields) {
-                    existing.entry(key).or_insert(entry);
-                }
-            }
-        }
-        if !hit_ids.is_empty() {
-            for entry in self.lookup_all(true, hit_ids).await? {
-                if let Some(key) = self.key_of(&model, &entry.fields) {
-                    existing.insert(key, entry);
-                }
-            }
-        }
-        for (cand, plan) in cands.iter().zip(plans.iter_mut()) {
-            if plan.is_some() {
-                continue;
-            }
-            *plan = Some(match existing.remove(&cand.key) {
-                None => Plan::Create,
-                Some(entry) if diff(&model, &cand.fields, &entry).is_empty() => {
-                    self.cache.insert(
-                        cand.key.clone(),
-                        Cached {
-                            id: entry.id.as_str().into(),
-                            version: entry.version,
-                            digest: cand.digest,
-                            publish_pending: entry.publish_pending,
-                        },
-                    );
-                    if entry.publish_pending && publishing {
-                        Plan::Publish {
-                            id: entry.id,
-                            version: entry.version,
-                        }
-                    } else {
-                        Plan::Unchanged
-                    }
-                }
-                Some(entry) => Plan::Update(entry),
-            });
-        }
-
-        let mut ops = Vec::new();
-        let mut op_cands = Vec::new();
-        let mut to_publish = Vec::new();
-        let mut publish_keys = Vec::new();
-        for (cand, plan) in cands.into_iter().zip(plans) {
-            let plan = plan.unwrap_or(Plan::Unchanged);
-            self.note_changes(&model, &cand, &plan);
-            match plan {
-                Plan::Unchanged => ack.unchanged += 1,
-                Plan::Create if self.options.dry_run => ack.inserted += 1,
-                Plan::Update(_) | Plan::Publish { .. } if self.options.dry_run => ack.updated += 1,
-                Plan::Publish { id, version } => {
-                    ack.updated += 1;
-                    publish_keys.push((cand.key, cand.record, Counted::Updated));
-                    to_publish.push(Written { id, version });
-                }
-                Plan::Create => {
-                    ops.push(WriteOp::Create {
-                        id: cand.id.clone(),
-                        fields: created(&cand.fields),
-                    });
-                    op_cands.push((cand, false));
-                }
-                Plan::Update(entry) => {
-                    let fields = merged(&entry, &cand.fields);
-                    ops.push(WriteOp::Update {
-                        existing: entry,
-                        fields,
-                    });
-                    op_cands.push((cand, true));
-                }
-            }
-        }
-        let results = if ops.is_empty() {
-            Vec::new()
-        } else {
-            self.sink.write(&self.target, ops).await
-        };
-        self.one_result_each("writes", results.len(), op_cands.len())?;
-        for ((cand, was_update), result) in op_cands.into_iter().zip(results) {
-            match result {
-                Ok(written) => {
-                    let counted = if was_update {
-                        ack.updated += 1;
-                        Counted::Updated
-                    } else {
-                        ack.inserted += 1;
-                        Counted::Inserted
-                    };
-                    self.cache.insert(
-                        cand.key.clone(),
-                        Cached {
-                            id: written.id.as_str().into(),
-                            version: written.version,
-                            digest: cand.digest,
-                            publish_pending: true,
-                        },
-                    );
-                    publish_keys.push((cand.key, cand.record, counted));
-                    to_publish.push(written);
-                }
-                Err(e) => {
-                    ack.failed += 1;
-                    self.reject(Stage::Write, Some(cand.key), e.to_string(), cand.record);
-                }
-            }
-        }
-        if publishing && !to_publish.is_empty() {
-            let sent = to_publish.len();
-            let results = self.sink.publish(&self.target, to_publish).await;
-            self.one_result_each("publishes", results.len(), sent)?;
-            for ((key, record, counted), result) in publish_keys.into_iter().zip(results) {
-                match result {
-                    Ok(published) => {
-                        self.published += 1;
-                        if let Some(mut c) = self.cache.get(&key) {
-                            c.version = published.version;
-                            c.publish_pending = false;
-                            self.cache.insert(key, c);
-                        }
-                    }
-                    // Written but not live: a failed record. The entry is
-                    // forgotten by the cache (its version may have moved on), so a
-                    // repeat of the record in this run looks it up and publishes
-                    // it again; the next run finds it pending.
-                    Err(e) => {
-                        self.cache.invalidate(&key);
-                        self.complete.store(false, Ordering::Relaxed);
-                        match counted {
-                            Counted::Inserted => ack.inserted -= 1,
-                            Counted::Updated => ack.updated -= 1,
-                        }
-                        ack.failed += 1;
-                        self.reject(Stage::Publish, Some(key), e.to_string(), record);
-                    }
-                }
-            }
-        }
+        let plans = self.plan(&model, &cands).await?;
+        let pending = self.to_write(&model, cands, plans, &mut ack);
+        let written = self.apply(pending, &mut ack).await?;
+        self.publish_written(written, &mut ack).await?;
         self.target
             .stats
             .set_cache_size(self.cache.entry_count(), self.cache.weighted_size());
