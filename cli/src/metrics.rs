@@ -41,13 +41,102 @@ enum Sample {
 
 impl Collector for RunCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        use Sample::{Counter, Fraction, Gauge, Seconds};
+        for (name, help, sample) in self.series() {
+            let kind = match sample {
+                Counter(_) | Seconds(_) => MetricType::Counter,
+                Gauge(_) | Fraction(_) => MetricType::Gauge,
+            };
+            let metric = encoder.encode_descriptor(name, help, None, kind)?;
+            match sample {
+                Counter(n) => ConstCounter::new(n).encode(metric)?,
+                Seconds(s) => ConstCounter::new(s).encode(metric)?,
+                Gauge(n) => ConstGauge::new(n).encode(metric)?,
+                Fraction(f) => ConstGauge::new(f).encode(metric)?,
+            }
+        }
+
+        let snap = self.stats.snapshot();
+        // Request latency: the counters hold cumulative buckets; the encoder
+        // wants each bucket's own count (it adds them up again).
+        let mut buckets = Vec::with_capacity(LATENCY_BOUNDS_MS.len() + 1);
+        let mut below = 0;
+        for (bound, cumulative) in LATENCY_BOUNDS_MS.iter().zip(&snap.latency_buckets) {
+            buckets.push((*bound as f64 / 1000.0, cumulative.saturating_sub(below)));
+            below = *cumulative;
+        }
+        buckets.push((f64::INFINITY, snap.latency_count.saturating_sub(below)));
+        encoder
+            .encode_descriptor(
+                "http_request_duration_seconds",
+                "Time from sending a request to its response headers.",
+                None,
+                MetricType::Histogram,
+            )?
+            .encode_histogram::<NoLabelSet>(
+                snap.latency_total_us as f64 / 1e6,
+                snap.latency_count,
+                &buckets,
+                None,
+            )?;
+
+        let mut requests = encoder.encode_descriptor(
+            "http_requests",
+            "Requests sent, by response status (0: no response).",
+            None,
+            MetricType::Counter,
+        )?;
+        let mut answered = 0;
+        for (status, n) in &snap.statuses {
+            answered += n;
+            let status = status.to_string();
+            ConstCounter::new(*n)
+                .encode(requests.encode_family(&[("status", status.as_str())])?)?;
+        }
+        ConstCounter::new(snap.requests.saturating_sub(answered))
+            .encode(requests.encode_family(&[("status", "0")])?)?;
+
+        let stream = self
+            .stream
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let mut info = encoder.encode_descriptor(
+            "stream_info",
+            "The stream running now.",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(1).encode(info.encode_family(&[("key", stream.as_str())])?)?;
+        Ok(())
+    }
+}
+
+impl RunCollector {
+    /// A collector of these figures; `stream` names the stream running now.
+    pub fn new(
+        stats: Arc<RunStats>,
+        budget: MemoryBudget,
+        monitor: MemoryMonitor,
+        stream: Arc<Mutex<String>>,
+    ) -> Self {
+        Self {
+            stats,
+            budget,
+            monitor,
+            stream,
+        }
+    }
+
+    /// The plain series (counters and gauges): name, help, value.
+    fn series(&self) -> Vec<(&'static str, &'static str, Sample)> {
         let snap = self.stats.snapshot();
         let m = self.monitor.snapshot();
         let b = self.budget.snapshot();
         let mem = process_memory().unwrap_or_default();
         let to_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
         use Sample::{Counter, Fraction, Gauge, Seconds};
-        let mut series: Vec<(&str, &str, Sample)> = vec![
+        let mut series: Vec<(&'static str, &'static str, Sample)> = vec![
             (
                 "rows_read",
                 "Rows read from sources.",
@@ -217,89 +306,7 @@ impl Collector for RunCollector {
                 Gauge(expected),
             ));
         }
-        for (name, help, sample) in series {
-            let kind = match sample {
-                Counter(_) | Seconds(_) => MetricType::Counter,
-                Gauge(_) | Fraction(_) => MetricType::Gauge,
-            };
-            let metric = encoder.encode_descriptor(name, help, None, kind)?;
-            match sample {
-                Counter(n) => ConstCounter::new(n).encode(metric)?,
-                Seconds(s) => ConstCounter::new(s).encode(metric)?,
-                Gauge(n) => ConstGauge::new(n).encode(metric)?,
-                Fraction(f) => ConstGauge::new(f).encode(metric)?,
-            }
-        }
-
-        // Request latency: the counters hold cumulative buckets; the encoder
-        // wants each bucket's own count (it adds them up again).
-        let mut buckets = Vec::with_capacity(LATENCY_BOUNDS_MS.len() + 1);
-        let mut below = 0;
-        for (bound, cumulative) in LATENCY_BOUNDS_MS.iter().zip(&snap.latency_buckets) {
-            buckets.push((*bound as f64 / 1000.0, cumulative.saturating_sub(below)));
-            below = *cumulative;
-        }
-        buckets.push((f64::INFINITY, snap.latency_count.saturating_sub(below)));
-        encoder
-            .encode_descriptor(
-                "http_request_duration_seconds",
-                "Time from sending a request to its response headers.",
-                None,
-                MetricType::Histogram,
-            )?
-            .encode_histogram::<NoLabelSet>(
-                snap.latency_total_us as f64 / 1e6,
-                snap.latency_count,
-                &buckets,
-                None,
-            )?;
-
-        let mut requests = encoder.encode_descriptor(
-            "http_requests",
-            "Requests sent, by response status (0: no response).",
-            None,
-            MetricType::Counter,
-        )?;
-        let mut answered = 0;
-        for (status, n) in &snap.statuses {
-            answered += n;
-            let status = status.to_string();
-            ConstCounter::new(*n)
-                .encode(requests.encode_family(&[("status", status.as_str())])?)?;
-        }
-        ConstCounter::new(snap.requests.saturating_sub(answered))
-            .encode(requests.encode_family(&[("status", "0")])?)?;
-
-        let stream = self
-            .stream
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        let mut info = encoder.encode_descriptor(
-            "stream_info",
-            "The stream running now.",
-            None,
-            MetricType::Gauge,
-        )?;
-        ConstGauge::new(1).encode(info.encode_family(&[("key", stream.as_str())])?)?;
-        Ok(())
-    }
-}
-
-impl RunCollector {
-    /// A collector of these figures; `stream` names the stream running now.
-    pub fn new(
-        stats: Arc<RunStats>,
-        budget: MemoryBudget,
-        monitor: MemoryMonitor,
-        stream: Arc<Mutex<String>>,
-    ) -> Self {
-        Self {
-            stats,
-            budget,
-            monitor,
-            stream,
-        }
+        series
     }
 
     /// The figures now, in the OpenMetrics text format, every series named

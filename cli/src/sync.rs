@@ -529,6 +529,14 @@ fn print_summary(outcome: &Outcome, ctx: &RunContext<'_>, elapsed: Duration) {
             "{command}: dry run ({mode} mode), nothing was written; add --apply to write"
         );
     }
+    stream_table(outcome, &mut out);
+    cache_lines(outcome, &mut out);
+    run_lines(ctx, elapsed, &mut out);
+    print!("{out}");
+}
+
+/// One row per stream (and per failed stream), columns aligned.
+fn stream_table(outcome: &Outcome, out: &mut String) {
     let header = [
         "key",
         "table",
@@ -594,6 +602,11 @@ fn print_summary(outcome: &Outcome, ctx: &RunContext<'_>, elapsed: Duration) {
     for row in &rows {
         let _ = writeln!(out, "{}", line(row));
     }
+}
+
+/// For streams written through a lookup cache: what was written and
+/// published, and the cache's figures.
+fn cache_lines(outcome: &Outcome, out: &mut String) {
     for r in &outcome.reports {
         if let Some(c) = &r.writer.cache {
             let _ = writeln!(
@@ -619,6 +632,11 @@ fn print_summary(outcome: &Outcome, ctx: &RunContext<'_>, elapsed: Duration) {
             );
         }
     }
+}
+
+/// The run's totals: reads and requests, filtered and rejected rows, memory,
+/// and what the memory monitor did.
+fn run_lines(ctx: &RunContext<'_>, elapsed: Duration, out: &mut String) {
     let snap = ctx.stats.snapshot();
     let statuses: Vec<String> = snap
         .statuses
@@ -688,7 +706,6 @@ fn print_summary(outcome: &Outcome, ctx: &RunContext<'_>, elapsed: Duration) {
             format_bytes(usize::try_from(m.bytes_returned).unwrap_or(usize::MAX)),
         );
     }
-    print!("{out}");
 }
 
 /// A batch scale as a fraction (`1/4`).
