@@ -700,27 +700,28 @@ impl Inner {
             None => Vec::new(),
         };
         let key = FileCache::key(method.as_str(), &shown, &body_bytes);
+        let sent = PageRequest {
+            url,
+            shown,
+            method,
+            headers,
+            body,
+            body_bytes,
+            key,
+        };
+        let to = PageTo {
+            request,
+            tx,
+            page,
+            target,
+        };
+        let shown = &sent.shown;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut sent_any = false;
-            let mut answered = false;
-            let result = self
-                .fetch_once(
-                    request,
-                    tx,
-                    &url,
-                    &shown,
-                    &method,
-                    &headers,
-                    &body,
-                    &body_bytes,
-                    &key,
-                    page,
-                    target,
-                    (&mut sent_any, &mut answered),
-                )
-                .await;
+            let mut progress = Progress::default();
+            let result = self.fetch_once(&to, &sent, &mut progress).await;
+            let Progress { sent_any, answered } = progress;
             match result {
                 // Only a body that broke off is asked for again here: a request
                 // that got no answer was already retried by the client, and one
@@ -741,81 +742,29 @@ impl Inner {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// One attempt at a page: lease, fetch (or read the file cache), decode.
     async fn fetch_once(
         &self,
-        request: &ReadRequest,
-        tx: Option<&BatchSender>,
-        url: &Url,
-        shown: &str,
-        method: &Method,
-        headers: &HeaderMap,
-        body: &Option<Body>,
-        body_bytes: &[u8],
-        key: &str,
-        page: u64,
-        target: &Target,
-        (sent_any, answered): (&mut bool, &mut bool),
+        to: &PageTo<'_>,
+        sent: &PageRequest,
+        progress: &mut Progress,
     ) -> Result<Fetched> {
+        let PageTo {
+            request,
+            tx,
+            page,
+            target,
+        } = *to;
         let estimate = self.estimate.load(Ordering::Relaxed);
         let mut lease = request.budget.acquire(estimate).await?;
-        let hit = self.cache.as_ref().and_then(|c| c.lookup(key));
-        let (response_headers, mut chunks): (HeaderMap, BoxStream<'static, Result<Bytes>>) =
-            match &hit {
-                Some(hit) => (hit.headers.clone(), file_chunks(hit.body.clone())),
-                None => {
-                    let response = self
-                        .requester
-                        .send(
-                            || {
-                                let mut r = self
-                                    .requester
-                                    .client
-                                    .request(method.clone(), url.clone())
-                                    .headers(headers.clone());
-                                match body {
-                                    Some(Body::Json(_)) => {
-                                        r = r
-                                            .header("content-type", "application/json")
-                                            .body(body_bytes.to_vec())
-                                    }
-                                    Some(Body::Form(_)) => {
-                                        r = r
-                                            .header(
-                                                "content-type",
-                                                "application/x-www-form-urlencoded",
-                                            )
-                                            .body(body_bytes.to_vec())
-                                    }
-                                    None => {}
-                                }
-                                r
-                            },
-                            shown,
-                            &request.stats,
-                        )
-                        .await?;
-                    *answered = true;
-                    let h = response.headers().clone();
-                    let shown = shown.to_owned();
-                    (
-                        h,
-                        response
-                            .bytes_stream()
-                            .map_err(move |e| {
-                                Error::from(HttpError::Network {
-                                    url: shown.clone(),
-                                    source: e,
-                                })
-                            })
-                            .boxed(),
-                    )
-                }
-            };
-        let mut writer = match (&self.cache, &hit) {
-            (Some(cache), None) => Some(cache.writer(key, &response_headers)?),
-            _ => None,
-        };
+        let download = self.download(request, sent, progress).await?;
+        let Download {
+            headers: response_headers,
+            mut chunks,
+            mut writer,
+            cached,
+        } = download;
+        let (url, shown) = (&sent.url, sent.shown.as_str());
         // The first bytes of the body, to show what came instead of the format
         // expected (an HTML error page served as 200, say).
         let mut head: Vec<u8> = Vec::new();
@@ -841,19 +790,14 @@ impl Inner {
         };
 
         if self.format == ResultsFormat::ZippedCsv {
+            let download = Download {
+                headers: response_headers,
+                chunks,
+                writer,
+                cached,
+            };
             return self
-                .zipped(
-                    request,
-                    tx,
-                    chunks,
-                    writer,
-                    lease,
-                    page,
-                    target,
-                    url,
-                    response_headers,
-                    sent_any,
-                )
+                .zipped(to, download, lease, url, &mut progress.sent_any)
                 .await;
         }
         let mut decoder = BodyDecoder::new(self.format, &self.selector);
@@ -865,7 +809,7 @@ impl Inner {
         let (mut sized, mut pending_bytes) = (0usize, 0usize);
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk?;
-            if hit.is_none() {
+            if !cached {
                 request.stats.add_bytes_received(chunk.len() as u64);
             }
             if let Some(w) = &mut writer {
@@ -897,7 +841,7 @@ impl Inner {
                         target,
                     )
                     .await?;
-                *sent_any = true;
+                progress.sent_any = true;
             }
         }
         let tail = decoder
@@ -923,29 +867,116 @@ impl Inner {
         })
     }
 
-    /// Zipped CSV: the archive is written to a temporary file (its directory is
-    /// at the end), then its first file is read in chunks on a blocking thread.
-    #[allow(clippy::too_many_arguments)]
-    async fn zipped(
+    /// The page's body as a stream of chunks: from the file cache, or sent for
+    /// (then written to the cache as it arrives, when there is one).
+    async fn download(
         &self,
         request: &ReadRequest,
-        tx: Option<&BatchSender>,
-        mut chunks: BoxStream<'static, Result<Bytes>>,
-        mut writer: Option<crate::filecache::CacheWriter>,
+        sent: &PageRequest,
+        progress: &mut Progress,
+    ) -> Result<Download> {
+        let PageRequest {
+            url,
+            shown,
+            method,
+            headers,
+            body,
+            body_bytes,
+            key,
+        } = sent;
+        let hit = self.cache.as_ref().and_then(|c| c.lookup(key));
+        let (response_headers, chunks): (HeaderMap, BoxStream<'static, Result<Bytes>>) = match &hit
+        {
+            Some(hit) => (hit.headers.clone(), file_chunks(hit.body.clone())),
+            None => {
+                let response = self
+                    .requester
+                    .send(
+                        || {
+                            let mut r = self
+                                .requester
+                                .client
+                                .request(method.clone(), url.clone())
+                                .headers(headers.clone());
+                            match body {
+                                Some(Body::Json(_)) => {
+                                    r = r
+                                        .header("content-type", "application/json")
+                                        .body(body_bytes.to_vec())
+                                }
+                                Some(Body::Form(_)) => {
+                                    r = r
+                                        .header("content-type", "application/x-www-form-urlencoded")
+                                        .body(body_bytes.to_vec())
+                                }
+                                None => {}
+                            }
+                            r
+                        },
+                        shown,
+                        &request.stats,
+                    )
+                    .await?;
+                progress.answered = true;
+                let h = response.headers().clone();
+                let shown = shown.to_owned();
+                (
+                    h,
+                    response
+                        .bytes_stream()
+                        .map_err(move |e| {
+                            Error::from(HttpError::Network {
+                                url: shown.clone(),
+                                source: e,
+                            })
+                        })
+                        .boxed(),
+                )
+            }
+        };
+        let writer = match (&self.cache, &hit) {
+            (Some(cache), None) => Some(cache.writer(key, &response_headers)?),
+            _ => None,
+        };
+        Ok(Download {
+            headers: response_headers,
+            chunks,
+            writer,
+            cached: hit.is_some(),
+        })
+    }
+
+    /// Zipped CSV: the archive is written to a temporary file (its directory is
+    /// at the end), then its first file is read in chunks on a blocking thread.
+    async fn zipped(
+        &self,
+        to: &PageTo<'_>,
+        download: Download,
         mut lease: MemoryLease,
-        page: u64,
-        target: &Target,
         url: &Url,
-        headers: HeaderMap,
         sent_any: &mut bool,
     ) -> Result<Fetched> {
         use std::io::Write;
+        let PageTo {
+            request,
+            tx,
+            page,
+            target,
+        } = *to;
+        let Download {
+            headers,
+            mut chunks,
+            mut writer,
+            cached,
+        } = download;
         let mut file = tempfile::tempfile().map_err(|e| {
             Error::new(ErrorKind::Io, "cannot create a temporary file").with_source(e)
         })?;
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk?;
-            request.stats.add_bytes_received(chunk.len() as u64);
+            if !cached {
+                request.stats.add_bytes_received(chunk.len() as u64);
+            }
             if let Some(w) = &mut writer {
                 w.write(&chunk)?;
             }
@@ -1047,6 +1078,47 @@ impl Inner {
 }
 
 /// A request body.
+/// One page's request as it is sent (and as the file cache names it).
+struct PageRequest {
+    url: Url,
+    /// The URL as shown in messages (it holds no secret).
+    shown: String,
+    method: Method,
+    headers: HeaderMap,
+    body: Option<Body>,
+    body_bytes: Vec<u8>,
+    /// The file cache's key of the request.
+    key: String,
+}
+
+/// Where a page's records go: the read they belong to, the channel full parts
+/// are sent on while the page arrives (if any), the page's number and target.
+#[derive(Clone, Copy)]
+struct PageTo<'a> {
+    request: &'a ReadRequest,
+    tx: Option<&'a BatchSender>,
+    page: u64,
+    target: &'a Target,
+}
+
+/// How far an attempt at a page got, to decide whether it may be repeated.
+#[derive(Default)]
+struct Progress {
+    /// Records of the page were sent on already.
+    sent_any: bool,
+    /// The server answered (the body may still have broken off).
+    answered: bool,
+}
+
+/// A page's body arriving: its headers, its chunks, the file cache entry it is
+/// written to, and whether it comes from the cache.
+struct Download {
+    headers: HeaderMap,
+    chunks: BoxStream<'static, Result<Bytes>>,
+    writer: Option<crate::filecache::CacheWriter>,
+    cached: bool,
+}
+
 enum Body {
     Json(Value),
     Form(Vec<(String, String)>),

@@ -574,4 +574,29 @@ mod tests {
         let err = flag_error("--memory-check-interval", "soon");
         assert!(err.contains("not a number of seconds"), "{err}");
     }
+
+    #[test]
+    fn a_container_limit_below_the_target_lowers_it() {
+        let mut t = Tuning::resolve(
+            &args(&["--max-memory-mb", "512"]),
+            &TuningConfig::default(),
+            &at,
+        )
+        .unwrap();
+        assert_eq!(
+            t.fit_container(1 << 30),
+            None,
+            "a limit above the target changes nothing"
+        );
+        assert_eq!(t.max_memory_mb, 512);
+        assert_eq!(t.fit_container(256 << 20), Some(512));
+        assert_eq!(t.max_memory_bytes(), 256 << 20);
+        assert_eq!(t.origins.get("maxMemoryMb"), Some(&Origin::Container));
+        assert!(
+            t.describe()
+                .contains("max memory 256 MiB (the container's limit)"),
+            "{}",
+            t.describe()
+        );
+    }
 }

@@ -538,142 +538,16 @@ struct Gathering {
 
 /// Source in a task, regrouping pages into sink batches; the sink in this task.
 async fn streaming(
-    mut stream: BatchStream,
+    stream: BatchStream,
     shaping: Shaping,
     writer: &mut Writer,
     limits: Gathering,
 ) -> Result<()> {
-    let (tx, mut rx) = mpsc::channel::<Result<Batch>>(1);
-    let Gathering {
-        batch_rows: configured_rows,
-        batch_bytes: configured_bytes,
-        transform_rows,
-        linger,
-        monitor,
-    } = limits;
-    let mut sink_flushes = monitor.flush_requests();
-    let producer_monitor = monitor.clone();
-    let producer = tokio::spawn(async move {
-        let monitor = producer_monitor;
-        let mut flushes = monitor.flush_requests();
-        let mut pending: Option<Batch> = None;
-        // Chunks of a split source page, not mapped yet.
-        let mut chunks: VecDeque<Batch> = VecDeque::new();
-        loop {
-            // A flush request: write what was gathered so far at once.
-            if flushes.has_changed().unwrap_or(false) {
-                flushes.mark_unchanged();
-                if let Some(batch) = pending.take() {
-                    monitor.note_batch_flushed(batch.len());
-                    if tx.send(Ok(batch)).await.is_err() {
-                        return;
-                    }
-                }
-            }
-            let batch_rows = monitor.batch_rows(configured_rows);
-            let batch_bytes = monitor.batch_bytes(configured_bytes);
-            let next = if let Some(chunk) = chunks.pop_front() {
-                Some(Ok(chunk))
-            } else if pending.is_some() {
-                match tokio::time::timeout(linger, stream.next()).await {
-                    Ok(next) => next,
-                    Err(_quiet) => {
-                        if let Some(batch) = pending.take()
-                            && tx.send(Ok(batch)).await.is_err()
-                        {
-                            return;
-                        }
-                        continue;
-                    }
-                }
-            } else {
-                stream.next().await
-            };
-            let next = match next {
-                Some(Ok(mut batch)) => {
-                    if let Some(n) = transform_rows
-                        && batch.len() > n
-                    {
-                        let mut rest = batch;
-                        batch = rest.take_front(n);
-                        while rest.len() > n {
-                            chunks.push_back(rest.take_front(n));
-                        }
-                        chunks.push_back(rest);
-                    }
-                    Some(shaping.apply(batch).await)
-                }
-                other => other,
-            };
-            match next {
-                Some(Ok(batch)) => {
-                    let full = match &mut pending {
-                        Some(p) if p.len() + batch.len() > batch_rows => {
-                            let ready = std::mem::replace(p, batch);
-                            if tx.send(Ok(ready)).await.is_err() {
-                                return;
-                            }
-                            p.len() >= batch_rows || p.bytes() >= batch_bytes
-                        }
-                        Some(p) => {
-                            if let Err(e) = p.append(batch) {
-                                let _ = tx.send(Err(e)).await;
-                                return;
-                            }
-                            p.len() >= batch_rows || p.bytes() >= batch_bytes
-                        }
-                        None => {
-                            let full = batch.len() >= batch_rows || batch.bytes() >= batch_bytes;
-                            pending = Some(batch);
-                            full
-                        }
-                    };
-                    if full
-                        && let Some(batch) = pending.take()
-                        && tx.send(Ok(batch)).await.is_err()
-                    {
-                        return;
-                    }
-                }
-                Some(Err(e)) => {
-                    // Write what was read before the error, so its position commits.
-                    if let Some(batch) = pending.take()
-                        && tx.send(Ok(batch)).await.is_err()
-                    {
-                        return;
-                    }
-                    let _ = tx.send(Err(e)).await;
-                    return;
-                }
-                None => {
-                    if let Some(batch) = pending.take() {
-                        let _ = tx.send(Ok(batch)).await;
-                    }
-                    return;
-                }
-            }
-        }
-    });
-    let result = async {
-        loop {
-            tokio::select! {
-                item = rx.recv() => match item {
-                    Some(item) => writer.write(item?).await?,
-                    None => break,
-                },
-                Ok(()) = sink_flushes.changed() => {
-                    sink_flushes.mark_unchanged();
-                    let relief = match writer.inner.extension() {
-                        Some(ext) => ext.relieve_memory().await.map_err(|e| e.with_context("sync", &writer.sync_key))?,
-                        None => MemoryRelief::default(),
-                    };
-                    monitor.note_relief(&writer.sync_key, relief);
-                }
-            }
-        }
-        Ok(())
-    }
-    .await;
+    let (tx, rx) = mpsc::channel::<Result<Batch>>(1);
+    let monitor = limits.monitor.clone();
+    let sink_flushes = monitor.flush_requests();
+    let producer = tokio::spawn(gather(stream, shaping, limits, tx));
+    let result = write_all(rx, writer, &monitor, sink_flushes).await;
     if result.is_err() {
         // Stop the source: dropping its stream cancels the read.
         producer.abort();
@@ -686,6 +560,165 @@ async fn streaming(
         }
     }
     result
+}
+
+/// The producer: reads the source, splits large pages for mapping, maps, and
+/// gathers the result into sink batches sent on `tx`. A batch goes out when it
+/// is full (rows or bytes, as the memory monitor scales them), when the source
+/// has been quiet for `linger`, on a flush request, before an error, and at
+/// the end.
+async fn gather(
+    mut stream: BatchStream,
+    shaping: Shaping,
+    limits: Gathering,
+    tx: mpsc::Sender<Result<Batch>>,
+) {
+    let Gathering {
+        batch_rows: configured_rows,
+        batch_bytes: configured_bytes,
+        transform_rows,
+        linger,
+        monitor,
+    } = limits;
+    let mut flushes = monitor.flush_requests();
+    let mut pending: Option<Batch> = None;
+    // Chunks of a split source page, not mapped yet.
+    let mut chunks: VecDeque<Batch> = VecDeque::new();
+    loop {
+        // A flush request: write what was gathered so far at once.
+        if flushes.has_changed().unwrap_or(false) {
+            flushes.mark_unchanged();
+            if let Some(batch) = pending.take() {
+                monitor.note_batch_flushed(batch.len());
+                if tx.send(Ok(batch)).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let batch_rows = monitor.batch_rows(configured_rows);
+        let batch_bytes = monitor.batch_bytes(configured_bytes);
+        let next = if let Some(chunk) = chunks.pop_front() {
+            Some(Ok(chunk))
+        } else if pending.is_some() {
+            match tokio::time::timeout(linger, stream.next()).await {
+                Ok(next) => next,
+                Err(_quiet) => {
+                    if let Some(batch) = pending.take()
+                        && tx.send(Ok(batch)).await.is_err()
+                    {
+                        return;
+                    }
+                    continue;
+                }
+            }
+        } else {
+            stream.next().await
+        };
+        let next = match next {
+            Some(Ok(batch)) => Some(
+                shaping
+                    .apply(split_page(batch, transform_rows, &mut chunks))
+                    .await,
+            ),
+            other => other,
+        };
+        let (ready, end) = match next {
+            Some(Ok(batch)) => match add_to_pending(&mut pending, batch, batch_rows, batch_bytes) {
+                Ok(ready) => (ready, None),
+                Err(e) => (Vec::new(), Some(Err(e))),
+            },
+            // Write what was read before the error, so its position commits.
+            Some(Err(e)) => (pending.take().into_iter().collect(), Some(Err(e))),
+            None => (pending.take().into_iter().collect(), Some(Ok(()))),
+        };
+        for batch in ready {
+            if tx.send(Ok(batch)).await.is_err() {
+                return;
+            }
+        }
+        match end {
+            None => {}
+            Some(Ok(())) => return,
+            Some(Err(e)) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        }
+    }
+}
+
+/// The first `transform_rows` records of a source page; the rest is queued on
+/// `chunks` in pieces of that size (each is mapped and passed on by itself).
+fn split_page(batch: Batch, transform_rows: Option<usize>, chunks: &mut VecDeque<Batch>) -> Batch {
+    match transform_rows {
+        Some(n) if batch.len() > n => {
+            let mut rest = batch;
+            let first = rest.take_front(n);
+            while rest.len() > n {
+                chunks.push_back(rest.take_front(n));
+            }
+            chunks.push_back(rest);
+            first
+        }
+        _ => batch,
+    }
+}
+
+/// Adds a mapped batch to the one being gathered and returns the batches
+/// ready to be written: the gathered one when the new one would overflow it,
+/// and the gathered one when it is full.
+fn add_to_pending(
+    pending: &mut Option<Batch>,
+    batch: Batch,
+    batch_rows: usize,
+    batch_bytes: usize,
+) -> Result<Vec<Batch>> {
+    let mut ready = Vec::new();
+    let full = match pending {
+        Some(p) if p.len() + batch.len() > batch_rows => {
+            ready.push(std::mem::replace(p, batch));
+            p.len() >= batch_rows || p.bytes() >= batch_bytes
+        }
+        Some(p) => {
+            p.append(batch)?;
+            p.len() >= batch_rows || p.bytes() >= batch_bytes
+        }
+        None => {
+            let full = batch.len() >= batch_rows || batch.bytes() >= batch_bytes;
+            *pending = Some(batch);
+            full
+        }
+    };
+    if full {
+        ready.extend(pending.take());
+    }
+    Ok(ready)
+}
+
+/// The sink side: writes each batch as it comes, and between batches asks the
+/// writer to free memory when the monitor requests a flush.
+async fn write_all(
+    mut rx: mpsc::Receiver<Result<Batch>>,
+    writer: &mut Writer,
+    monitor: &MemoryMonitor,
+    mut sink_flushes: tokio::sync::watch::Receiver<u64>,
+) -> Result<()> {
+    loop {
+        tokio::select! {
+            item = rx.recv() => match item {
+                Some(item) => writer.write(item?).await?,
+                None => return Ok(()),
+            },
+            Ok(()) = sink_flushes.changed() => {
+                sink_flushes.mark_unchanged();
+                let relief = match writer.inner.extension() {
+                    Some(ext) => ext.relieve_memory().await.map_err(|e| e.with_context("sync", &writer.sync_key))?,
+                    None => MemoryRelief::default(),
+                };
+                monitor.note_relief(&writer.sync_key, relief);
+            }
+        }
+    }
 }
 
 /// Reads the whole source, then writes it in batches.
