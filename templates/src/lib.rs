@@ -1,12 +1,11 @@
-//! Templates in configuration values (`{{ env.API_TOKEN }}`), Jinja syntax.
-//!
-//! Endpoints, headers and (later) mappings are templates rendered with
-//! [`minijinja`]. Undefined variables are errors, so a missing environment
-//! variable is reported before any request is made instead of producing an
-//! empty URL or header.
-//!
-//! The scope always holds `env` (the process environment) and `config` (the same
-//! map; the name used by `cute` configurations, e.g. `{{ config.Cute__ApiKey }}`).
+#![doc = include_str!("../README.md")]
+
+// The crate's documentation is its README; this comment is for readers of the
+// source: endpoints, headers and credentials are rendered here, and the
+// engine's mappings convert values with [`template_value`]. The scope always
+// holds `env` (the process environment) and `config` (the same map; the name
+// `cute` configurations use, e.g. `{{ config.Cute__ApiKey }}`), built by
+// `sluicegate_core::template_scope_from_env`.
 
 use minijinja::{Environment, UndefinedBehavior};
 use serde_json::Value;
