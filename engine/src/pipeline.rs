@@ -625,13 +625,13 @@ async fn gather(
         let (ready, end) = match next {
             Some(Ok(batch)) => match add_to_pending(&mut pending, batch, batch_rows, batch_bytes) {
                 Ok(ready) => (ready, None),
-                Err(e) => (Vec::new(), Some(Err(e))),
+                Err(e) => ([None, None], Some(Err(e))),
             },
             // Write what was read before the error, so its position commits.
-            Some(Err(e)) => (pending.take().into_iter().collect(), Some(Err(e))),
-            None => (pending.take().into_iter().collect(), Some(Ok(()))),
+            Some(Err(e)) => ([pending.take(), None], Some(Err(e))),
+            None => ([pending.take(), None], Some(Ok(()))),
         };
-        for batch in ready {
+        for batch in ready.into_iter().flatten() {
             if tx.send(Ok(batch)).await.is_err() {
                 return;
             }
@@ -665,18 +665,18 @@ fn split_page(batch: Batch, transform_rows: Option<usize>, chunks: &mut VecDeque
 }
 
 /// Adds a mapped batch to the one being gathered and returns the batches
-/// ready to be written: the gathered one when the new one would overflow it,
-/// and the gathered one when it is full.
+/// ready to be written, in order: the gathered one when the new one would
+/// overflow it, and the gathered one when it is full.
 fn add_to_pending(
     pending: &mut Option<Batch>,
     batch: Batch,
     batch_rows: usize,
     batch_bytes: usize,
-) -> Result<Vec<Batch>> {
-    let mut ready = Vec::new();
+) -> Result<[Option<Batch>; 2]> {
+    let mut overflowed = None;
     let full = match pending {
         Some(p) if p.len() + batch.len() > batch_rows => {
-            ready.push(std::mem::replace(p, batch));
+            overflowed = Some(std::mem::replace(p, batch));
             p.len() >= batch_rows || p.bytes() >= batch_bytes
         }
         Some(p) => {
@@ -689,10 +689,8 @@ fn add_to_pending(
             full
         }
     };
-    if full {
-        ready.extend(pending.take());
-    }
-    Ok(ready)
+    let filled = if full { pending.take() } else { None };
+    Ok([overflowed, filled])
 }
 
 /// The sink side: writes each batch as it comes, and between batches asks the

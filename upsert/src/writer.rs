@@ -623,7 +623,9 @@ impl<K: KeyedSink> UpsertWriter<K> {
             .iter()
             .zip(plans)
             .map(|(cand, plan)| {
-                plan.unwrap_or_else(|| self.compared(model, cand, existing.remove(&cand.key)))
+                plan.unwrap_or_else(|| {
+                    self.compared(model, cand, existing.remove(&cand.key), publishing)
+                })
             })
             .collect())
     }
@@ -635,6 +637,7 @@ impl<K: KeyedSink> UpsertWriter<K> {
         model: &ContentModel,
         cand: &Candidate,
         found: Option<ExistingEntry>,
+        publishing: bool,
     ) -> Plan {
         match found {
             None => Plan::Create,
@@ -648,7 +651,7 @@ impl<K: KeyedSink> UpsertWriter<K> {
                         publish_pending: entry.publish_pending,
                     },
                 );
-                if entry.publish_pending && self.publishing() {
+                if entry.publish_pending && publishing {
                     Plan::Publish {
                         id: entry.id,
                         version: entry.version,
