@@ -1,16 +1,18 @@
 //! Turns rows into budgeted batches with resume positions.
 //!
-//! Every provider pushes its rows, one at a time, into a [`Batcher`]. The
-//! batcher holds a [`MemoryLease`] for the batch being filled, taken from the
-//! run's budget *before* rows arrive and grown as they do: a full budget stops
-//! the reader, and the database (through its cursor or the TCP window) waits.
+//! Every provider pushes its rows, one at a time, into a [`Batcher`]: the
+//! contract crate's [`BatchBuilder`] plus what a database read adds (the resume
+//! position, JSON columns, where a row is for an error). The builder leases
+//! memory for the batch being filled from the run's budget *before* rows arrive
+//! and grows it as they do: a full budget stops the reader, and the database
+//! (through its cursor or the TCP window) waits.
 
 use std::sync::Arc;
 
 use serde_json::{Value, json};
 use sluicegate_core::{
-    Batch, BatchSender, Error, ErrorKind, MemoryBudget, MemoryLease, Position, ReadRequest, Record,
-    Result, RunStats, approx_record_size,
+    BatchBuilder, BatchLimits, BatchSender, Error, ErrorKind, Position, ReadRequest, Record,
+    Result, RunStats,
 };
 
 /// What a batch's position records.
@@ -45,17 +47,13 @@ impl Tracker {
     }
 }
 
-/// Collects rows into batches of at most `max_rows` rows and `max_bytes` bytes.
+/// Collects rows into batches of at most `max_rows` rows and a quarter of the
+/// budget in bytes, through the contract crate's [`BatchBuilder`], and sends
+/// them with the position the [`Tracker`] records.
 pub(crate) struct Batcher {
     tx: BatchSender,
-    budget: MemoryBudget,
+    builder: BatchBuilder,
     stats: Arc<RunStats>,
-    max_rows: usize,
-    max_bytes: usize,
-    rows: Vec<Record>,
-    bytes: usize,
-    lease: Option<MemoryLease>,
-    avg_row: usize,
     tracker: Tracker,
     page: u64,
     total: u64,
@@ -70,19 +68,13 @@ impl Batcher {
         max_rows: usize,
         tracker: Tracker,
     ) -> Self {
-        let capacity = request.budget.capacity();
+        let mut builder =
+            BatchBuilder::new(request, BatchLimits::for_budget(max_rows, &request.budget));
+        builder.set_page(1);
         Self {
             tx,
-            budget: request.budget.clone(),
+            builder,
             stats: request.stats.clone(),
-            max_rows,
-            // A quarter of the budget per batch leaves room for the batches
-            // ahead of it in the pipeline.
-            max_bytes: (capacity / 4).max(64 * 1024),
-            rows: Vec::new(),
-            bytes: 0,
-            lease: None,
-            avg_row: 256,
             tracker,
             page: 0,
             total: 0,
@@ -99,6 +91,7 @@ impl Batcher {
     /// Counts a new fetch or page: batches after it carry its number.
     pub(crate) fn next_page(&mut self) {
         self.page += 1;
+        self.builder.set_page(self.page);
         self.stats.add_page();
         self.stats.add_request();
     }
@@ -113,11 +106,7 @@ impl Batcher {
     /// Leases memory for the next batch before its rows are fetched (waits
     /// while the budget is full).
     pub(crate) async fn reserve(&mut self) -> Result<()> {
-        if self.lease.is_none() {
-            let estimate = (self.avg_row * self.max_rows).clamp(1024, self.max_bytes);
-            self.lease = Some(self.budget.acquire(estimate).await?);
-        }
-        Ok(())
+        self.builder.reserve().await
     }
 
     /// Where `row`, the next row to be pushed (perhaps decoded only in part),
@@ -137,7 +126,6 @@ impl Batcher {
 
     /// Adds one row; sends the batch when it is full.
     pub(crate) async fn push(&mut self, mut record: Record) -> Result<()> {
-        self.reserve().await?;
         for column in &self.json_columns {
             if let Some(value) = record.get_mut(column.as_str())
                 && let Value::String(text) = value
@@ -181,15 +169,8 @@ impl Batcher {
             },
             Tracker::Offset { next } => *next += 1,
         }
-        self.bytes += approx_record_size(&record);
-        self.rows.push(record);
         self.total += 1;
-        let lease = self.lease.as_mut().expect("reserved above");
-        if self.bytes > lease.bytes() {
-            // Grow ahead of need; waiting here stops the reader.
-            lease.resize(self.bytes + self.bytes / 2).await?;
-        }
-        if self.rows.len() >= self.max_rows || self.bytes >= self.max_bytes {
+        if self.builder.push(record).await? {
             self.flush().await?;
         }
         Ok(())
@@ -197,19 +178,10 @@ impl Batcher {
 
     /// Sends the rows collected so far, if any.
     pub(crate) async fn flush(&mut self) -> Result<()> {
-        if self.rows.is_empty() {
-            return Ok(());
+        match self.builder.cut(self.tracker.position()).await? {
+            Some(batch) => self.tx.send(batch).await,
+            None => Ok(()),
         }
-        let mut lease = self.lease.take().expect("a batch with rows holds a lease");
-        lease.shrink_to(self.bytes);
-        let rows = std::mem::take(&mut self.rows);
-        self.avg_row = (self.bytes / rows.len()).max(32);
-        self.bytes = 0;
-        self.stats.add_rows_read(rows.len() as u64);
-        let batch = Batch::new(rows, lease)
-            .with_position(self.tracker.position())
-            .with_page(self.page.max(1));
-        self.tx.send(batch).await
     }
 }
 
@@ -217,7 +189,7 @@ impl Batcher {
 mod tests {
     use super::*;
     use futures::StreamExt;
-    use sluicegate_core::{channel_stream, into_record};
+    use sluicegate_core::{Batch, MemoryBudget, channel_stream, into_record};
 
     #[tokio::test]
     async fn batches_close_at_the_row_limit_and_carry_the_last_key() {

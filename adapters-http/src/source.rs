@@ -10,7 +10,6 @@
 //! `concurrency` at a time, each on its own task, and emitted in page order. A child endpoint
 //! (`parent`) is called once per parent record, `fanOut` at a time.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -23,8 +22,9 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, Url};
 use serde_json::{Map, Value, json};
 use sluicegate_core::{
-    Batch, BatchSender, BatchStream, BuildContext, Error, ErrorKind, MemoryLease, Position,
-    ReadRequest, Record, Result, ResultExt, Secret, Source, approx_record_size, channel_stream,
+    BatchBuilder, BatchLimits, BatchSender, BatchStream, BuildContext, Error, ErrorKind,
+    PageLoopGuard, Position, ReadRequest, Record, Result, ResultExt, Secret, Source,
+    channel_stream,
 };
 use sluicegate_http_client::Pacer;
 use sluicegate_templates::{Templates, render_template};
@@ -61,8 +61,6 @@ fn empty_before_total(page: u64, url: &Url, read: &str) -> Error {
 
 /// Records per batch while a page is still arriving.
 const CHUNK_ROWS: usize = 2000;
-/// How many recent tokens are remembered to detect pagination loops.
-const LOOP_WINDOW: usize = 4;
 
 /// A built `http` source.
 pub struct HttpSource {
@@ -118,11 +116,12 @@ struct Target {
 
 /// A page's records not yet sent, and what the paginator needs to know.
 struct Fetched {
-    records: Vec<Record>,
-    /// Leases `bytes`, except for a page fetched ahead of its turn (see
-    /// [`settle`]) whose lease may still have to grow.
-    lease: MemoryLease,
-    bytes: usize,
+    /// The page's records not sent yet. A page read in its turn holds a lease
+    /// for them; a page fetched ahead of its turn (parallel pages) holds none:
+    /// the page before it may be waiting for that very memory, and it cannot be
+    /// emitted first. Its records are accounted when its turn comes (the
+    /// overshoot is at most `concurrency - 1` decoded pages).
+    builder: BatchBuilder,
     count: u64,
     meta: Value,
     matched: bool,
@@ -134,8 +133,9 @@ struct Fetched {
 /// first and last records. `None` for an empty page, or one whose records were
 /// already sent on in parts (streamed decode).
 fn page_fingerprint(fetched: &Fetched) -> Option<(u64, String, String)> {
-    let (first, last) = (fetched.records.first()?, fetched.records.last()?);
-    (fetched.count == fetched.records.len() as u64).then(|| {
+    let records = fetched.builder.records();
+    let (first, last) = (records.first()?, records.last()?);
+    (fetched.count == records.len() as u64).then(|| {
         (
             fetched.count,
             Value::Object(first.clone()).to_string(),
@@ -144,22 +144,6 @@ fn page_fingerprint(fetched: &Fetched) -> Option<(u64, String, String)> {
     })
 }
 
-/// Makes a page's lease cover its decoded `bytes`. A page read in its turn
-/// (`in_turn`) waits for memory. A page fetched ahead of its turn (parallel
-/// pages) must not hold any: the page before it may be waiting for that very
-/// memory, and it cannot be emitted first. It releases its lease and grows it
-/// when its turn comes; until then its records are unaccounted, so the
-/// overshoot is at most `concurrency - 1` decoded pages.
-async fn settle(lease: &mut MemoryLease, bytes: usize, in_turn: bool) -> Result<()> {
-    if in_turn {
-        lease.resize(bytes).await
-    } else {
-        lease.shrink_to(0);
-        Ok(())
-    }
-}
-
-/// Renders string leaves of a JSON body template.
 fn render_body(value: &Value, scope: &Value) -> Result<Value> {
     Ok(match value {
         Value::String(s) => Value::String(render_template("body", s, scope)?),
@@ -445,15 +429,15 @@ impl Inner {
         start: Option<Position>,
         positions: bool,
     ) -> Result<()> {
-        let mut token = start;
-        let mut recent: VecDeque<Position> = VecDeque::new();
+        let mut guard = PageLoopGuard::new(start);
         let mut previous_fingerprint = None;
         let mut page = 0;
         let mut empty_run = 0;
         loop {
             page += 1;
-            let fetched = self
-                .fetch(request, Some(tx), target, token.as_ref(), page)
+            let token = guard.current();
+            let mut fetched = self
+                .fetch(request, Some(tx), target, token, page)
                 .await
                 .context("page", page)?;
             if !fetched.matched && page == 1 && token.is_none() {
@@ -480,12 +464,12 @@ impl Inner {
                 && positions
                 && let (Some(total), Some(done)) = (
                     self.paginator.total_of(&facts),
-                    self.paginator.records_before(token.as_ref()),
+                    self.paginator.records_before(token),
                 )
             {
                 request.stats.set_expected_rows(total.saturating_sub(done));
             }
-            if let Some((done, total)) = self.paginator.empty_before_total(token.as_ref(), &facts) {
+            if let Some((done, total)) = self.paginator.empty_before_total(token, &facts) {
                 let read = format!("the API's total is {total} and only {done} were read");
                 return Err(empty_before_total(page, &fetched.url, &read));
             }
@@ -502,18 +486,13 @@ impl Inner {
                 .with_context("page", page));
             }
             previous_fingerprint = fingerprint;
-            let next = self.paginator.next(token.as_ref(), page, &facts);
+            let next = self.paginator.next(token, page, &facts);
             if let Some(n) = &next
-                && (token.as_ref() == Some(n) || recent.contains(n))
+                && let Err(error) = guard.check(page, n)
             {
                 // The page itself is new: pass its records on (without a
                 // position, so the checkpoint stays before it), then stop.
-                let error = Error::decode(format!(
-                    "pagination loop: page {page} returned next token {n}, which was already used; check the pagination settings"
-                ))
-                .with_context("page", page);
-                let Fetched { records, lease, .. } = fetched;
-                self.emit(request, tx, records, lease, page, None).await?;
+                tx.send(fetched.builder.end_page(None).await?).await?;
                 return Err(error);
             }
             empty_run = if fetched.count == 0 && next.is_some() {
@@ -527,27 +506,17 @@ impl Inner {
             let parallel = (page == 1 && token.is_none() && self.concurrency > 1)
                 .then(|| self.paginator.remaining(&facts))
                 .flatten();
-            let Fetched { records, lease, .. } = fetched;
+            let mut builder = fetched.builder;
             if let Some(rest) = parallel {
                 let position = positions.then(|| rest.first().cloned()).flatten();
-                self.emit(request, tx, records, lease, page, position)
-                    .await?;
+                tx.send(builder.end_page(position).await?).await?;
                 return self.parallel(request, tx, target, rest, positions).await;
             }
             let position = if positions { next.clone() } else { None };
-            self.emit(request, tx, records, lease, page, position)
-                .await?;
+            tx.send(builder.end_page(position).await?).await?;
             match next {
                 None => return Ok(()),
-                Some(n) => {
-                    if let Some(previous) = token.take() {
-                        recent.push_back(previous);
-                        if recent.len() > LOOP_WINDOW {
-                            recent.pop_front();
-                        }
-                    }
-                    token = Some(n);
-                }
+                Some(n) => guard.advance(n),
             }
         }
     }
@@ -590,7 +559,7 @@ impl Inner {
         let mut nexts = nexts.into_iter();
         let mut empty_run = 0;
         while let Some(result) = fetches.next().await {
-            let (page, mut fetched) = result?;
+            let (page, fetched) = result?;
             // The same stop rule as one page at a time: an empty page the
             // total says is not the last is skipped (page numbers) or an
             // error (record offsets), and only so many in a row.
@@ -607,33 +576,14 @@ impl Inner {
             } else {
                 empty_run = 0;
             }
-            // Its turn: the lease grows to the page's size (waiting if it must).
-            fetched.lease.resize(fetched.bytes).await?;
+            // Its turn: the page's records are accounted (waiting for memory
+            // if they must).
             let next = nexts.next().flatten();
             let position = if positions { next } else { None };
-            self.emit(request, tx, fetched.records, fetched.lease, page, position)
-                .await?;
+            let mut builder = fetched.builder;
+            tx.send(builder.end_page(position).await?).await?;
         }
         Ok(())
-    }
-
-    async fn emit(
-        &self,
-        request: &ReadRequest,
-        tx: &BatchSender,
-        records: Vec<Record>,
-        lease: MemoryLease,
-        page: u64,
-        position: Option<Position>,
-    ) -> Result<()> {
-        request.stats.add_page();
-        request.stats.add_rows_read(records.len() as u64);
-        tx.send(
-            Batch::new(records, lease)
-                .with_page(page)
-                .with_position(position),
-        )
-        .await
     }
 
     fn url_for(
@@ -755,8 +705,8 @@ impl Inner {
             page,
             target,
         } = *to;
-        let estimate = self.estimate.load(Ordering::Relaxed);
-        let mut lease = request.budget.acquire(estimate).await?;
+        let mut builder = self.builder(request, page);
+        builder.reserve().await?;
         let download = self.download(request, sent, progress).await?;
         let Download {
             headers: response_headers,
@@ -797,16 +747,12 @@ impl Inner {
                 cached,
             };
             return self
-                .zipped(to, download, lease, url, &mut progress.sent_any)
+                .zipped(to, download, builder, url, &mut progress.sent_any)
                 .await;
         }
         let mut decoder = BodyDecoder::new(self.format, &self.selector);
-        let mut records: Vec<Record> = Vec::new();
+        let mut decoded: Vec<Record> = Vec::new();
         let mut count = 0u64;
-        // A part goes out at `chunk_rows` records or a quarter of the budget,
-        // whichever comes first, so a part never outgrows the budget.
-        let part_bytes = (request.budget.capacity() / 4).max(16 * 1024);
-        let (mut sized, mut pending_bytes) = (0usize, 0usize);
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk?;
             if !cached {
@@ -819,46 +765,24 @@ impl Inner {
                 head.extend_from_slice(&chunk[..chunk.len().min(60 - head.len())]);
             }
             decoder
-                .feed(&chunk, &mut records)
+                .feed(&chunk, &mut decoded)
                 .map_err(|msg| decode_error(msg, &head))?;
-            pending_bytes += records[sized..]
-                .iter()
-                .map(approx_record_size)
-                .sum::<usize>();
-            sized = records.len();
-            if let Some(tx) = tx
-                && (records.len() >= self.chunk_rows || pending_bytes >= part_bytes)
-            {
-                (sized, pending_bytes) = (0, 0);
-                count += records.len() as u64;
-                lease = self
-                    .send_part(
-                        request,
-                        tx,
-                        std::mem::take(&mut records),
-                        lease,
-                        page,
-                        target,
-                    )
-                    .await?;
+            count += decoded.len() as u64;
+            if self.add(tx, &mut builder, &mut decoded, target).await? {
                 progress.sent_any = true;
             }
         }
         let tail = decoder
-            .finish(&mut records)
+            .finish(&mut decoded)
             .map_err(|msg| decode_error(msg, &head))?;
         if let Some(w) = writer {
             w.commit()?;
         }
-        count += records.len() as u64;
-        self.add_parent_fields(&mut records, target);
-        let bytes: usize = records.iter().map(approx_record_size).sum();
-        settle(&mut lease, bytes, tx.is_some()).await?;
-        self.estimate.store(bytes.max(4096), Ordering::Relaxed);
+        count += decoded.len() as u64;
+        self.add(tx, &mut builder, &mut decoded, target).await?;
+        self.settle(&mut builder, tx.is_some());
         Ok(Fetched {
-            records,
-            lease,
-            bytes,
+            builder,
             count,
             meta: tail.meta,
             matched: tail.matched,
@@ -952,7 +876,7 @@ impl Inner {
         &self,
         to: &PageTo<'_>,
         download: Download,
-        mut lease: MemoryLease,
+        mut builder: BatchBuilder,
         url: &Url,
         sent_any: &mut bool,
     ) -> Result<Fetched> {
@@ -960,7 +884,7 @@ impl Inner {
         let PageTo {
             request,
             tx,
-            page,
+            page: _,
             target,
         } = *to;
         let Download {
@@ -999,41 +923,30 @@ impl Inner {
                 rows_tx.blocking_send(rows).is_ok()
             })
         });
-        let mut records = Vec::new();
         let mut count = 0u64;
         while let Some(mut rows) = rows_rx.recv().await {
-            if let Some(tx) = tx {
-                if !records.is_empty() {
-                    count += records.len() as u64;
-                    lease = self
-                        .send_part(
-                            request,
-                            tx,
-                            std::mem::take(&mut records),
-                            lease,
-                            page,
-                            target,
-                        )
-                        .await?;
-                    *sent_any = true;
-                }
-                records = rows;
-            } else {
-                records.append(&mut rows);
+            // The reader's chunks are `chunk_rows` long: the one before goes
+            // on as a part when another follows.
+            if let Some(tx) = tx
+                && let Some(part) = builder.cut(None).await?
+            {
+                tx.send(part).await?;
+                builder.reserve().await?;
+                *sent_any = true;
+            }
+            count += rows.len() as u64;
+            self.add(None, &mut builder, &mut rows, target).await?;
+            if tx.is_some() {
+                builder.grow().await?;
             }
         }
         reader
             .await
             .map_err(|e| Error::new(ErrorKind::Contract, "the zip reader failed").with_source(e))?
             .map_err(|e| Error::decode(format!("{url}: {e}")))?;
-        count += records.len() as u64;
-        self.add_parent_fields(&mut records, target);
-        let bytes = records.iter().map(approx_record_size).sum();
-        settle(&mut lease, bytes, tx.is_some()).await?;
+        self.settle(&mut builder, tx.is_some());
         Ok(Fetched {
-            records,
-            lease,
-            bytes,
+            builder,
             count,
             meta: Value::Null,
             matched: true,
@@ -1042,37 +955,53 @@ impl Inner {
         })
     }
 
-    /// Sends the records decoded so far of a page that is still arriving (no
-    /// position: the page is not complete), and leases memory for the next part.
-    async fn send_part(
-        &self,
-        request: &ReadRequest,
-        tx: &BatchSender,
-        mut records: Vec<Record>,
-        mut lease: MemoryLease,
-        page: u64,
-        target: &Target,
-    ) -> Result<MemoryLease> {
-        self.add_parent_fields(&mut records, target);
-        lease
-            .resize(records.iter().map(approx_record_size).sum())
-            .await?;
-        request.stats.add_rows_read(records.len() as u64);
-        tx.send(Batch::new(records, lease).with_page(page)).await?;
-        request
-            .budget
-            .acquire(self.estimate.load(Ordering::Relaxed))
-            .await
+    /// A builder for one page: parts of `chunk_rows` records or a quarter of
+    /// the budget, whichever comes first (so a part never outgrows the
+    /// budget), leasing the size of the last page before the first part.
+    fn builder(&self, request: &ReadRequest, page: u64) -> BatchBuilder {
+        let limits = BatchLimits::for_budget(self.chunk_rows, &request.budget);
+        let mut builder =
+            BatchBuilder::new(request, limits).with_estimate(self.estimate.load(Ordering::Relaxed));
+        builder.set_page(page);
+        builder
     }
 
-    fn add_parent_fields(&self, records: &mut [Record], target: &Target) {
-        if target.parent_fields.is_empty() {
-            return;
-        }
-        for r in records {
+    /// Adds the records decoded so far (with the parent's fields) to the
+    /// page's builder. Read in its turn (`tx`), the lease grows as they arrive
+    /// and a full part is sent on (no position: the page is not complete);
+    /// returns whether one was.
+    async fn add(
+        &self,
+        tx: Option<&BatchSender>,
+        builder: &mut BatchBuilder,
+        decoded: &mut Vec<Record>,
+        target: &Target,
+    ) -> Result<bool> {
+        let mut sent = false;
+        for mut record in decoded.drain(..) {
             for (k, v) in &target.parent_fields {
-                r.insert(k.clone(), v.clone());
+                record.insert(k.clone(), v.clone());
             }
+            let full = builder.add(record);
+            if let Some(tx) = tx {
+                builder.grow().await?;
+                if full && let Some(part) = builder.cut(None).await? {
+                    tx.send(part).await?;
+                    builder.reserve().await?;
+                    sent = true;
+                }
+            }
+        }
+        Ok(sent)
+    }
+
+    /// Ends a page's fetch: the next page leases what this one's rest needs. A
+    /// page fetched ahead of its turn gives its memory back (see [`Fetched`]).
+    fn settle(&self, builder: &mut BatchBuilder, in_turn: bool) {
+        self.estimate
+            .store(builder.bytes().max(4096), Ordering::Relaxed);
+        if !in_turn {
+            builder.release();
         }
     }
 }

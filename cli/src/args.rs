@@ -219,12 +219,13 @@ pub struct SyncArgs {
     pub page_size: Option<u64>,
 
     /// Records mapped in one step (transform stage): larger pages are split and each
-    /// part goes on by itself [default: a whole page].
+    /// part goes on by itself [default: a whole page, up to --batch-size].
     #[arg(long, value_name = "N", env = "SLUICEGATE_TRANSFORM_BATCH_SIZE", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Tuning")]
     pub transform_batch_size: Option<u64>,
 
-    /// Most records written per sink batch (load stage; one transaction per batch)
-    /// [default: the sink's preferred size: DuckDB 5000, Contentful and Directus 500].
+    /// Most records written per sink batch (load stage; one transaction per batch): a
+    /// maximum, larger source pages are split [default: the sink's preferred size:
+    /// DuckDB 5000, Contentful and Directus 500].
     #[arg(long, visible_alias = "load-batch-size", value_name = "N", env = "SLUICEGATE_LOAD_BATCH_SIZE", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Tuning")]
     pub batch_size: Option<u64>,
 

@@ -2,6 +2,7 @@
 
 mod batch;
 mod budget;
+mod builder;
 mod checkpoint;
 mod config;
 mod content;
@@ -18,6 +19,7 @@ mod stats;
 
 pub use batch::{Batch, Position};
 pub use budget::{BudgetSnapshot, MemoryBudget, MemoryLease, WhenFull, format_bytes};
+pub use builder::{BatchBuilder, BatchLimits, PageLoopGuard};
 pub use checkpoint::{CheckpointStore, MemoryCheckpointStore};
 pub use config::{Secret, field_error, locate, parse_section};
 pub use content::{ContentModel, EntryFields, FieldDef, FieldKind};

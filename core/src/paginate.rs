@@ -1,21 +1,25 @@
 //! "Fetch the page after this token": the helper that turns a paginated adapter
 //! into a [`BatchStream`].
 //!
-//! An adapter implements [`PageSource::fetch_page`]; [`paginate`] does the rest:
-//! it leases memory before each fetch (estimated from the previous page) and
-//! corrects the lease to the decoded size, stamps each batch with its page number
-//! and resume position, counts pages and rows, stops when a page has no next
-//! token, and refuses a pagination loop (a next token equal to one of the last
-//! tokens) with an error naming the page.
+//! An adapter implements [`PageSource::fetch_page`]; [`paginate`] does the rest
+//! with a [`BatchBuilder`] and a [`PageLoopGuard`]: it leases memory before each
+//! fetch (estimated from the previous page) and fits the lease to the decoded
+//! size, stamps each batch with its page number and resume position, counts
+//! pages and rows, stops when a page has no next token, and refuses a pagination
+//! loop (a next token equal to one of the last tokens) with an error naming the
+//! page. The re-drive of dead letters and the example file adapter are built on
+//! it; sources that fetch pages concurrently or stream rows (the HTTP and
+//! database sources) use the [`BatchBuilder`] directly.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::stream;
 
-use crate::batch::{Batch, Position};
-use crate::error::{Error, ErrorKind, Result, ResultExt};
-use crate::record::{Record, approx_record_size};
+use crate::batch::Position;
+use crate::builder::{BatchBuilder, BatchLimits, PageLoopGuard};
+use crate::error::{Error, Result, ResultExt};
+use crate::record::Record;
 use crate::source::{BatchStream, ReadRequest};
 use crate::stats::RunStats;
 
@@ -57,96 +61,84 @@ pub trait PageSource: Send + Sync + 'static {
     fn page_bytes_hint(&self) -> usize;
 }
 
-/// How many recent tokens are remembered to detect pagination loops.
-const LOOP_WINDOW: usize = 4;
-
 struct State<P> {
     source: Arc<P>,
     request: ReadRequest,
-    token: Option<Position>,
-    recent: Vec<Position>,
+    guard: PageLoopGuard,
+    builder: BatchBuilder,
     page: u64,
-    estimate: usize,
     done: bool,
+    /// A pagination loop found on the page just passed on.
+    failed: Option<Error>,
 }
 
 /// Turns a [`PageSource`] into a lazy, budget-aware [`BatchStream`] that starts
 /// after `request.resume_from` when set.
 ///
-/// into a [`BatchStream`].
-///
-/// An adapter implements [`PageSource::fetch_page`]; [`paginate`] does the rest:
-/// it leases memory before each fetch (estimated from the previous page) and
-/// corrects the lease to the decoded size, stamps each batch with its page number
-/// and resume position, counts pages and rows, stops when a page has no next
-/// token, and refuses a pagination loop (a next token equal to one of the last
-/// tokens) with an error naming the page.
+/// Each page becomes one batch, built by a [`BatchBuilder`]: memory is leased
+/// before the fetch (the previous page's size, or
+/// [`PageSource::page_bytes_hint`] for the first) and fitted to the page's
+/// records after it; a [`PageLoopGuard`] refuses a pagination loop.
 pub fn paginate<P: PageSource>(source: Arc<P>, request: ReadRequest) -> BatchStream {
     let estimate = source.page_bytes_hint().max(1);
+    let builder = BatchBuilder::new(
+        &request,
+        BatchLimits::for_budget(usize::MAX, &request.budget),
+    )
+    .with_estimate(estimate);
     let state = State {
-        token: request.resume_from.clone(),
+        guard: PageLoopGuard::new(request.resume_from.clone()),
         source,
         request,
-        recent: Vec::new(),
+        builder,
         page: 0,
-        estimate,
         done: false,
+        failed: None,
     };
     Box::pin(stream::try_unfold(state, |mut st| async move {
+        if let Some(e) = st.failed.take() {
+            return Err(e);
+        }
         if st.done {
             return Ok(None);
         }
         st.page += 1;
+        let in_read = |e: Error, page: u64| e.with_context("page", page);
         let ctx = PageContext {
             sync_key: st.request.sync_key.clone(),
             page: st.page,
             stats: st.request.stats.clone(),
         };
-        let mut lease = st.request.budget.acquire(st.estimate).await?;
+        st.builder.set_page(st.page);
+        st.builder.reserve().await?;
         let page = st
             .source
-            .fetch_page(st.token.as_ref(), &ctx)
+            .fetch_page(st.guard.current(), &ctx)
             .await
-            .context("page", st.page)
+            .map_err(|e| in_read(e, st.page))
             .context("sync", &st.request.sync_key)?;
-        let decoded: usize = page.records.iter().map(approx_record_size).sum();
-        lease
-            .resize(decoded)
+        let mut next = page.next;
+        if let Some(token) = &next
+            && let Err(e) = st.guard.check(st.page, token)
+        {
+            // The page itself is new: pass its records on without a position
+            // (the checkpoint stays before it), then stop with the error.
+            st.failed = Some(e.with_context("sync", &st.request.sync_key));
+            next = None;
+        }
+        for record in page.records {
+            st.builder.add(record);
+        }
+        let batch = st
+            .builder
+            .end_page(next.clone())
             .await
-            .context("page", st.page)
+            .map_err(|e| in_read(e, st.page))
             .context("sync", &st.request.sync_key)?;
-        // Next time, lease what this page needed (never less than a little).
-        st.estimate = decoded.max(4096);
-
-        if let Some(next) = &page.next {
-            let looped = st.token.as_ref() == Some(next) || st.recent.contains(next);
-            if looped {
-                st.done = true;
-                return Err(Error::new(
-                    ErrorKind::Decode,
-                    format!(
-                        "pagination loop: page {} returned next token {next}, which was already used; \
-                         check the pagination settings",
-                        st.page
-                    ),
-                )
-                .with_context("sync", &st.request.sync_key)
-                .with_context("page", st.page));
-            }
+        st.done = next.is_none();
+        if let Some(next) = next {
+            st.guard.advance(next);
         }
-        if let Some(prev) = st.token.take() {
-            st.recent.push(prev);
-            if st.recent.len() > LOOP_WINDOW {
-                st.recent.remove(0);
-            }
-        }
-        st.request.stats.add_page();
-        st.request.stats.add_rows_read(page.records.len() as u64);
-        st.done = page.next.is_none();
-        st.token = page.next.clone();
-        let batch = Batch::new(page.records, lease)
-            .with_page(st.page)
-            .with_position(page.next);
         Ok(Some((batch, st)))
     }))
 }
@@ -154,6 +146,7 @@ pub fn paginate<P: PageSource>(source: Arc<P>, request: ReadRequest) -> BatchStr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::batch::Batch;
     use crate::budget::MemoryBudget;
     use crate::record::into_record;
     use futures::StreamExt;

@@ -1,8 +1,8 @@
 //! The pipeline: read a source, write a sink, commit checkpoints after acks.
 //!
 //! In [`ReadMode::Streaming`] the source runs in its own task, ahead of the sink
-//! by at most what the memory budget allows; its pages are regrouped into sink
-//! batches of up to `batch_rows` records (or half the budget's bytes), and a
+//! by at most what the memory budget allows; its pages are split and regrouped
+//! into sink batches of at most `batch_rows` records (or half the budget's bytes), and a
 //! partial batch is flushed when the source has been quiet for `linger`, so a slow
 //! source never holds data back. Each batch's position is committed only after
 //! the sink acknowledged the batch.
@@ -49,11 +49,12 @@ pub enum ReadMode {
 pub struct PipelineOptions {
     /// Streaming or classic.
     pub mode: ReadMode,
-    /// Most records per sink batch (one sink transaction).
+    /// Most records per sink batch (one sink transaction): a maximum, a source
+    /// page larger than it is split (its position stays on the last piece).
     pub batch_rows: usize,
     /// Most records mapped in one step: larger source pages are split into
     /// chunks of this size, each mapped and passed on by itself (streaming mode);
-    /// `None`: a page at a time.
+    /// `None`: up to `batch_rows` at a time.
     pub transform_rows: Option<usize>,
     /// How long a partial batch may wait for more records before it is written.
     pub linger: Duration,
@@ -190,8 +191,8 @@ pub struct StreamReport {
 /// One source-to-sink run of a stream.
 ///
 /// In [`ReadMode::Streaming`] the source runs in its own task, ahead of the sink
-/// by at most what the memory budget allows; its pages are regrouped into sink
-/// batches of up to `batch_rows` records (or half the budget's bytes), and a
+/// by at most what the memory budget allows; its pages are split and regrouped
+/// into sink batches of at most `batch_rows` records (or half the budget's bytes), and a
 /// partial batch is flushed when the source has been quiet for `linger`, so a slow
 /// source never holds data back. Each batch's position is committed only after
 /// the sink acknowledged the batch.
@@ -617,7 +618,11 @@ async fn gather(
         let next = match next {
             Some(Ok(batch)) => Some(
                 shaping
-                    .apply(split_page(batch, transform_rows, &mut chunks))
+                    .apply(split_page(
+                        batch,
+                        step_rows(transform_rows, batch_rows),
+                        &mut chunks,
+                    ))
                     .await,
             ),
             other => other,
@@ -647,21 +652,29 @@ async fn gather(
     }
 }
 
-/// The first `transform_rows` records of a source page; the rest is queued on
-/// `chunks` in pieces of that size (each is mapped and passed on by itself).
-fn split_page(batch: Batch, transform_rows: Option<usize>, chunks: &mut VecDeque<Batch>) -> Batch {
-    match transform_rows {
-        Some(n) if batch.len() > n => {
-            let mut rest = batch;
-            let first = rest.take_front(n);
-            while rest.len() > n {
-                chunks.push_back(rest.take_front(n));
-            }
-            chunks.push_back(rest);
-            first
-        }
-        _ => batch,
+/// Records mapped in one step: `transform_rows` when set, and never more than
+/// a sink batch holds (mapping never adds records, so `--batch-size` is a
+/// maximum even for a source page larger than it).
+fn step_rows(transform_rows: Option<usize>, batch_rows: usize) -> usize {
+    transform_rows
+        .map_or(batch_rows, |n| n.min(batch_rows))
+        .max(1)
+}
+
+/// The first `rows` records of a source page; the rest is queued on `chunks`
+/// in pieces of that size (each is mapped and passed on by itself). The last
+/// piece keeps the page's position.
+fn split_page(batch: Batch, rows: usize, chunks: &mut VecDeque<Batch>) -> Batch {
+    if batch.len() <= rows {
+        return batch;
     }
+    let mut rest = batch;
+    let first = rest.take_front(rows);
+    while rest.len() > rows {
+        chunks.push_back(rest.take_front(rows));
+    }
+    chunks.push_back(rest);
+    first
 }
 
 /// Adds a mapped batch to the one being gathered and returns the batches
@@ -745,13 +758,18 @@ async fn classic(
         })?);
     }
     drop(stream);
+    let rows = options.batch_rows.max(1);
     let mut pending: Option<Batch> = None;
-    for batch in all {
-        match &mut pending {
-            Some(p) if p.len() + batch.len() <= options.batch_rows.max(1) => p.append(batch)?,
-            _ => {
-                if let Some(ready) = pending.replace(batch) {
-                    writer.write(ready).await?;
+    let mut pieces = VecDeque::new();
+    for page in all {
+        let first = split_page(page, rows, &mut pieces);
+        for batch in std::iter::once(first).chain(pieces.drain(..)) {
+            match &mut pending {
+                Some(p) if p.len() + batch.len() <= rows => p.append(batch)?,
+                _ => {
+                    if let Some(ready) = pending.replace(batch) {
+                        writer.write(ready).await?;
+                    }
                 }
             }
         }

@@ -323,13 +323,12 @@ async fn pages_larger_than_the_transform_size_are_split_and_all_written() {
         .run()
         .await
         .unwrap();
-    assert_eq!(
-        report.batches, 10,
-        "a page of 100 is one batch without splitting"
-    );
+    // `--batch-size` is a maximum: each page of 100 goes on as 30, 30, 30 and 10.
+    assert_eq!(report.ack.rows, 1000);
+    assert_eq!(report.batches, 40);
 
     let sink = MemorySink::new();
-    opts.transform_rows = Some(30);
+    opts.transform_rows = Some(20);
     let report = pipeline(&sink, source)
         .await
         .options(opts)
@@ -338,6 +337,23 @@ async fn pages_larger_than_the_transform_size_are_split_and_all_written() {
         .unwrap();
     assert_eq!(report.ack.rows, 1000);
     assert_eq!(sink.tables()["numbers"].len(), 1000);
-    // Each page of 100 goes on as chunks of 30, 30, 30 and 10.
-    assert_eq!(report.batches, 40);
+    // Each page of 100 is mapped as five chunks of 20; two would overflow a
+    // batch of 30, so each goes on by itself.
+    assert_eq!(report.batches, 50);
+}
+
+#[tokio::test]
+async fn classic_mode_splits_pages_larger_than_the_batch_size() {
+    let sink = MemorySink::new();
+    let source = Arc::new(VecSource::new(numbered_records(2_000), 500));
+    let report = pipeline(&sink, source)
+        .await
+        .options(options(ReadMode::Classic, 300))
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(report.ack.rows, 2000);
+    assert_eq!(sink.tables()["numbers"].len(), 2000);
+    // Pages of 500 go on as 300 and 200 (200 + 300 would overflow).
+    assert_eq!(report.batches, 8);
 }
