@@ -13,7 +13,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use sluicegate_core::{Error, ErrorKind, LATENCY_BOUNDS_MS, MemoryBudget, Result, RunStats};
-use sluicegate_engine::{MemoryMonitor, cgroup_memory, process_memory};
+use sluicegate_engine::MemoryMonitor;
 
 /// What a scrape reads: the run's counters, budget and memory monitor, and
 /// the stream running now.
@@ -133,7 +133,8 @@ impl RunCollector {
         let snap = self.stats.snapshot();
         let m = self.monitor.snapshot();
         let b = self.budget.snapshot();
-        let mem = process_memory().unwrap_or_default();
+        let now = self.monitor.memory().unwrap_or_default();
+        let mem = now.process;
         let to_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
         use Sample::{Counter, Fraction, Gauge, Seconds};
         let mut series: Vec<(&'static str, &'static str, Sample)> = vec![
@@ -287,7 +288,7 @@ impl RunCollector {
                 Gauge(snap.peak_in_flight),
             ),
         ];
-        if let Some(cgroup) = cgroup_memory() {
+        if let Some(cgroup) = now.cgroup {
             series.push((
                 "memory_cgroup_usage_bytes",
                 "Bytes charged to the run's container (cgroup), page cache included.",

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sluicegate_core::{MemoryBudget, RunStats, format_bytes};
-use sluicegate_engine::process_memory;
+use sluicegate_engine::MemorySampler;
 use tokio::sync::watch;
 
 /// How often a terminal display refreshes.
@@ -33,14 +33,21 @@ struct Current {
 pub struct Progress {
     current: Arc<Mutex<Current>>,
     stats: Arc<RunStats>,
+    sampler: MemorySampler,
     bars: Option<MultiProgress>,
     stop: watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Progress {
-    /// Starts the display (or a silent one when `quiet`).
-    pub fn start(stats: Arc<RunStats>, budget: MemoryBudget, quiet: bool) -> Self {
+    /// Starts the display (or a silent one when `quiet`), showing memory as
+    /// the run's `sampler` reads it.
+    pub fn start(
+        stats: Arc<RunStats>,
+        budget: MemoryBudget,
+        sampler: MemorySampler,
+        quiet: bool,
+    ) -> Self {
         let current = Arc::new(Mutex::new(Current {
             name: String::new(),
             rows_base: 0,
@@ -55,6 +62,7 @@ impl Progress {
         let task = (!quiet).then(|| {
             let current = current.clone();
             let stats = stats.clone();
+            let sampler = sampler.clone();
             tokio::spawn(async move {
                 let every = if tty { TTY_EVERY } else { LINE_EVERY };
                 let mut last = (Instant::now(), stats.rows_written());
@@ -70,9 +78,9 @@ impl Progress {
                     last = (now, rows);
                     let current = lock(&current);
                     if let Some(bar) = &current.bar {
-                        update_bar(bar, &current, &stats);
+                        update_bar(bar, &current, &stats, &sampler);
                     } else if !tty && !current.name.is_empty() {
-                        let line = status_line(&current, &stats, &budget, rate);
+                        let line = status_line(&current, &stats, &budget, &sampler, rate);
                         let mut err = std::io::stderr().lock();
                         let _ = writeln!(err, "progress: {line}");
                         let _ = err.flush();
@@ -83,6 +91,7 @@ impl Progress {
         Self {
             current,
             stats,
+            sampler,
             bars,
             stop,
             task,
@@ -94,7 +103,7 @@ impl Progress {
         self.stats.clear_expected_rows();
         let mut current = lock(&self.current);
         if let Some(bar) = current.bar.take() {
-            update_bar(&bar, &current, &self.stats);
+            update_bar(&bar, &current, &self.stats, &self.sampler);
             bar.finish();
         }
         current.name = name.to_owned();
@@ -118,7 +127,7 @@ impl Progress {
         }
         let mut current = lock(&self.current);
         if let Some(bar) = current.bar.take() {
-            update_bar(&bar, &current, &self.stats);
+            update_bar(&bar, &current, &self.stats, &self.sampler);
             bar.finish();
             // What follows (the summary) starts below the last bar.
             eprintln!();
@@ -144,7 +153,7 @@ fn style(known_total: bool) -> ProgressStyle {
         .progress_chars("=> ")
 }
 
-fn update_bar(bar: &ProgressBar, current: &Current, stats: &RunStats) {
+fn update_bar(bar: &ProgressBar, current: &Current, stats: &RunStats, sampler: &MemorySampler) {
     let snap = stats.snapshot();
     let rows = snap.rows_written.saturating_sub(current.rows_base);
     if let Some(total) = stats.expected_rows()
@@ -154,7 +163,7 @@ fn update_bar(bar: &ProgressBar, current: &Current, stats: &RunStats) {
         bar.set_length(total);
     }
     bar.set_position(rows);
-    let mem = process_memory().unwrap_or_default();
+    let mem = sampler.latest().unwrap_or_default().process;
     let rate = rows as f64 / current.started.elapsed().as_secs_f64().max(1e-3);
     bar.set_message(format!(
         "{} rows/s · {} pages{} · memory {} (peak {})",
@@ -166,9 +175,15 @@ fn update_bar(bar: &ProgressBar, current: &Current, stats: &RunStats) {
     ));
 }
 
-fn status_line(current: &Current, stats: &RunStats, budget: &MemoryBudget, rate: f64) -> String {
+fn status_line(
+    current: &Current,
+    stats: &RunStats,
+    budget: &MemoryBudget,
+    sampler: &MemorySampler,
+    rate: f64,
+) -> String {
     let snap = stats.snapshot();
-    let mem = process_memory().unwrap_or_default();
+    let mem = sampler.latest().unwrap_or_default().process;
     let b = budget.snapshot();
     let rows = snap.rows_written.saturating_sub(current.rows_base);
     let of_total = match stats.expected_rows() {
@@ -258,10 +273,11 @@ mod tests {
         };
         stats.add_rows_written(250);
         let budget = MemoryBudget::new(1 << 20);
-        let line = status_line(&current, &stats, &budget, 50.0);
+        let sampler = MemorySampler::new();
+        let line = status_line(&current, &stats, &budget, &sampler, 50.0);
         assert!(line.starts_with("[orders] 250 rows written"), "{line}");
         stats.set_expected_rows(1000);
-        let line = status_line(&current, &stats, &budget, 50.0);
+        let line = status_line(&current, &stats, &budget, &sampler, 50.0);
         assert!(
             line.starts_with("[orders] 250/1,000 (25%, ETA 15s) rows written"),
             "{line}"
@@ -280,12 +296,13 @@ mod tests {
             bar: None,
         };
         let budget = MemoryBudget::new(1 << 20);
-        let line = status_line(&current, &stats, &budget, 0.0);
+        let sampler = MemorySampler::new();
+        let line = status_line(&current, &stats, &budget, &sampler, 0.0);
         assert!(!line.contains("looked up"), "not for other sinks: {line}");
         stats.add_cache_lookups(3, 497);
         stats.add_entries_written(120);
         stats.add_entries_published(80);
-        let line = status_line(&current, &stats, &budget, 0.0);
+        let line = status_line(&current, &stats, &budget, &sampler, 0.0);
         assert!(
             line.starts_with(
                 "[products] 0 rows written (0 read), 0 rows/s, 0 pages, 500 looked up, 120 entries written, 80 published,"

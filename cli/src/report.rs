@@ -2,8 +2,8 @@
 //! JSON report of `--report FILE.json` (the Prometheus endpoint is
 //! [`crate::metrics`]).
 //!
-//! [`MemoryWatch`] samples the process's memory every 250 ms for the peak and the
-//! average, and keeps snapshots at key points: the start, the first page read,
+//! [`MemoryWatch`] reads the run's memory sampler (shared with the monitor, the
+//! progress display and the metrics) every 250 ms for the peak and the average, and keeps snapshots at key points: the start, the first page read,
 //! every [`SNAPSHOT_EVERY_BATCHES`] batches written, and the end. When the
 //! resident set grows across [`GROWTH_SNAPSHOTS`] batch snapshots in a row by more
 //! than a fifth while the budget's peak stays put, it warns: memory that grows
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::{Value, json};
 use sluicegate_core::{Error, ErrorKind, MemoryBudget, Result, RunStats};
-use sluicegate_engine::{MemoryMonitor, cgroup_memory, process_memory};
+use sluicegate_engine::{MemoryMonitor, MemorySampler};
 use tokio::sync::watch;
 
 /// A snapshot is taken every this many batches written.
@@ -79,13 +79,24 @@ pub struct MemoryWatch {
     started: Instant,
     stats: Arc<RunStats>,
     budget: MemoryBudget,
+    monitor: MemoryMonitor,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
+/// What a snapshot is taken with.
+#[derive(Clone, Copy)]
+struct Taken<'a> {
+    started: Instant,
+    stats: &'a RunStats,
+    budget: &'a MemoryBudget,
+    sampler: &'a MemorySampler,
+}
+
 impl MemoryWatch {
-    /// Starts sampling; takes the `start` snapshot. Growth is suspected only
-    /// beyond the run's memory plan, which ends where `monitor` acts.
+    /// Starts sampling (through `monitor`'s sampler); takes the `start`
+    /// snapshot. Growth is suspected only beyond the run's memory plan, which
+    /// ends where `monitor` acts.
     pub fn start(
         stats: Arc<RunStats>,
         budget: MemoryBudget,
@@ -103,7 +114,15 @@ impl MemoryWatch {
         let (stop, mut stopped) = watch::channel(false);
         let task = {
             let (state, stats, budget) = (state.clone(), stats.clone(), budget.clone());
+            let monitor = monitor.clone();
             tokio::spawn(async move {
+                let sampler = monitor.sampler();
+                let at = Taken {
+                    started,
+                    stats: &stats,
+                    budget: &budget,
+                    sampler,
+                };
                 let mut seen_page = false;
                 let mut next_batch = SNAPSHOT_EVERY_BATCHES;
                 loop {
@@ -111,15 +130,15 @@ impl MemoryWatch {
                         _ = tokio::time::sleep(Duration::from_millis(250)) => {}
                         _ = stopped.changed() => break,
                     }
-                    sample(&state);
+                    sample(&state, sampler);
                     let snap = stats.snapshot();
                     if !seen_page && snap.pages > 0 {
                         seen_page = true;
-                        snapshot(&state, "first page", started, &stats, &budget);
+                        snapshot(&state, "first page", at);
                     }
                     if snap.batches >= next_batch {
                         let point = format!("batch {}", snap.batches);
-                        snapshot(&state, &point, started, &stats, &budget);
+                        snapshot(&state, &point, at);
                         next_batch =
                             (snap.batches / SNAPSHOT_EVERY_BATCHES + 1) * SNAPSHOT_EVERY_BATCHES;
                         check_growth(&state, monitor.threshold_bytes());
@@ -132,20 +151,32 @@ impl MemoryWatch {
             started,
             stats,
             budget,
+            monitor,
             stop,
             task,
         };
-        sample(&watch.state);
-        snapshot(&watch.state, "start", started, &watch.stats, &watch.budget);
+        sample(&watch.state, watch.monitor.sampler());
+        snapshot(&watch.state, "start", watch.taken());
         watch
     }
 
+    fn taken(&self) -> Taken<'_> {
+        Taken {
+            started: self.started,
+            stats: &self.stats,
+            budget: &self.budget,
+            sampler: self.monitor.sampler(),
+        }
+    }
+
     /// Stops sampling; takes the `end` snapshot and returns the figures.
-    pub async fn finish(self) -> MemoryFigures {
+    pub async fn finish(mut self) -> MemoryFigures {
         let _ = self.stop.send(true);
-        let _ = self.task.await;
-        sample(&self.state);
-        snapshot(&self.state, "end", self.started, &self.stats, &self.budget);
+        let _ = (&mut self.task).await;
+        // The end's figures are read now, not shared from before.
+        self.monitor.sampler().sample();
+        sample(&self.state, self.monitor.sampler());
+        snapshot(&self.state, "end", self.taken());
         let state = self
             .state
             .lock()
@@ -157,31 +188,33 @@ impl MemoryWatch {
     }
 }
 
-fn sample(state: &Mutex<WatchState>) {
-    let Some(mem) = process_memory() else {
+fn sample(state: &Mutex<WatchState>, sampler: &MemorySampler) {
+    let Some(now) = sampler.latest() else {
         return;
     };
+    let mem = now.process;
     let mut state = state
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     state.sum += u128::from(mem.rss);
     state.figures.samples += 1;
     state.figures.peak_rss = state.figures.peak_rss.max(mem.peak_rss);
-    if let Some(cgroup) = cgroup_memory() {
+    if let Some(cgroup) = now.cgroup {
         let figures = &mut state.figures;
         figures.cgroup_limit = Some(cgroup.limit);
         figures.cgroup_peak_usage = Some(figures.cgroup_peak_usage.unwrap_or(0).max(cgroup.usage));
     }
 }
 
-fn snapshot(
-    state: &Mutex<WatchState>,
-    point: &str,
-    started: Instant,
-    stats: &RunStats,
-    budget: &MemoryBudget,
-) {
-    let mem = process_memory().unwrap_or_default();
+fn snapshot(state: &Mutex<WatchState>, point: &str, at: Taken<'_>) {
+    let Taken {
+        started,
+        stats,
+        budget,
+        sampler,
+    } = at;
+    let now = sampler.latest().unwrap_or_default();
+    let mem = now.process;
     let mut state = state
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -194,7 +227,7 @@ fn snapshot(
         percent_of_limit: mem.rss as f64 * 100.0 / limit as f64,
         budget_in_use: budget.snapshot().in_use,
         rows_written: stats.rows_written(),
-        cgroup_usage: cgroup_memory().map(|c| c.usage),
+        cgroup_usage: now.cgroup.map(|c| c.usage),
     });
 }
 

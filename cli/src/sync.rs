@@ -13,8 +13,8 @@ use sluicegate_core::{
     template_scope_from_env,
 };
 use sluicegate_engine::{
-    Mapper, MemoryMonitor, MemoryPlan, Pipeline, PipelineOptions, ReadMode, StreamReport,
-    cgroup_memory, follow_sink_growth, process_memory,
+    Mapper, MemoryMonitor, MemoryPlan, MemorySampler, Pipeline, PipelineOptions, ReadMode,
+    StreamReport, follow_sink_growth,
 };
 
 use crate::args::{SyncArgs, Verbosity};
@@ -193,7 +193,9 @@ pub async fn run(
     // process and its sinks are up (measured now) and the sinks' own working
     // memory is set aside, under the monitor's threshold.
     let mut tuning = prepared.tuning;
-    if let Some(cgroup) = cgroup_memory()
+    let sampler = MemorySampler::new();
+    let now = sampler.sample();
+    if let Some(cgroup) = now.and_then(|m| m.cgroup)
         && let Some(target) = tuning.fit_container(cgroup.limit)
     {
         tracing::warn!(
@@ -203,7 +205,7 @@ pub async fn run(
         );
     }
     tracing::info!(tuning = %tuning.describe(), "tuning");
-    let process = process_memory().map(|m| m.rss);
+    let process = now.map(|m| m.process.rss);
     let plan = MemoryPlan::new(
         tuning.max_memory_bytes(),
         tuning.flush_threshold,
@@ -237,8 +239,9 @@ pub async fn run(
         sinks,
         budget: MemoryBudget::with_policy(budget_bytes, policy),
         monitor: match crate::allocator_release() {
-            Some(release) => MemoryMonitor::new(tuning.monitor()).with_allocator_release(release),
-            None => MemoryMonitor::new(tuning.monitor()),
+            Some(release) => MemoryMonitor::with_sampler(tuning.monitor(), sampler)
+                .with_allocator_release(release),
+            None => MemoryMonitor::with_sampler(tuning.monitor(), sampler),
         },
         tuning,
         stats: Arc::new(RunStats::default()),
@@ -255,6 +258,7 @@ pub async fn run(
     let progress = Progress::start(
         ctx.stats.clone(),
         ctx.budget.clone(),
+        ctx.monitor.sampler().clone(),
         args.verbosity() == Verbosity::Quiet,
     );
     ctx.monitor.set_threshold_bytes(plan.monitor_threshold());
@@ -644,9 +648,9 @@ fn run_lines(ctx: &RunContext<'_>, elapsed: Duration, out: &mut String) {
         .map(|(s, n)| format!("{s}×{n}"))
         .collect();
     let b = ctx.budget.snapshot();
-    let peak = process_memory().map_or_else(
+    let peak = ctx.monitor.memory().map_or_else(
         || "unknown".to_owned(),
-        |m| format_bytes(m.peak_rss as usize),
+        |m| format_bytes(m.process.peak_rss as usize),
     );
     let secs = elapsed.as_secs_f64();
     let _ = writeln!(

@@ -10,4 +10,6 @@ pub use mapping::{MapOutcome, Mapper, MappingConfig, MappingItem, PreMappingItem
 pub use monitor::{MemoryMonitor, MonitorSettings, MonitorSnapshot, MonitorTask, Pressure};
 pub use pipeline::{ErrorLimit, Pipeline, PipelineOptions, ReadMode, StreamReport};
 pub use plan::{GrowthGuard, MIN_BUDGET, MemoryPlan, RESIDENT_PER_BUDGET_BYTE, follow_sink_growth};
-pub use process::{CgroupMemory, ProcessMemory, cgroup_memory, process_memory};
+pub use process::{
+    CgroupMemory, MemorySample, MemorySampler, ProcessMemory, cgroup_memory, process_memory,
+};

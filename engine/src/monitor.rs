@@ -33,7 +33,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::process::process_memory;
+use crate::process::{MemorySample, MemorySampler, ProcessMemory};
 use sluicegate_core::{MemoryRelief, format_bytes};
 
 /// Most halvings of the batch size (1/4 of the configured size: smaller batches
@@ -133,13 +133,12 @@ pub struct MonitorSnapshot {
     pub last_rss: u64,
 }
 
-type Probe = Box<dyn Fn() -> Option<u64> + Send + Sync>;
 type Release = Box<dyn Fn() + Send + Sync>;
 
 struct Inner {
     settings: MonitorSettings,
     enabled: bool,
-    probe: Probe,
+    sampler: MemorySampler,
     release: Option<Release>,
     shift: AtomicU32,
     max_shift_seen: AtomicU32,
@@ -224,30 +223,64 @@ pub enum Pressure {
 }
 
 impl MemoryMonitor {
-    /// A monitor of this process's resident set.
+    /// A monitor of this process's resident set, with a sampler of its own.
     pub fn new(settings: MonitorSettings) -> Self {
-        Self::build(settings, true, Box::new(|| process_memory().map(|m| m.rss)))
+        Self::with_sampler(settings, MemorySampler::new())
     }
 
-    /// A monitor reading memory from `probe` (tests, or a container's own figure).
+    /// A monitor reading memory through `sampler`, the run's one reader of
+    /// memory figures (the progress display, metrics and report share it).
+    pub fn with_sampler(settings: MonitorSettings, sampler: MemorySampler) -> Self {
+        Self::build(settings, true, sampler)
+    }
+
+    /// A monitor reading the resident set from `probe` (tests, or a
+    /// container's own figure).
     pub fn with_probe(
         settings: MonitorSettings,
         probe: impl Fn() -> Option<u64> + Send + Sync + 'static,
     ) -> Self {
-        Self::build(settings, true, Box::new(probe))
+        let sampler = MemorySampler::with_probe(move || {
+            let rss = probe()?;
+            Some(MemorySample {
+                process: ProcessMemory {
+                    rss,
+                    peak_rss: rss,
+                    virtual_size: 0,
+                },
+                cgroup: None,
+            })
+        });
+        Self::build(settings, true, sampler)
     }
 
-    /// A monitor that never acts: batches keep their size, nothing is flushed early.
+    /// A monitor that never acts: batches keep their size, nothing is flushed
+    /// early. Its sampler still reads this process's figures for the run's
+    /// displays.
     pub fn disabled() -> Self {
-        Self::build(MonitorSettings::default(), false, Box::new(|| None))
+        Self::build(MonitorSettings::default(), false, MemorySampler::new())
     }
 
-    fn build(settings: MonitorSettings, enabled: bool, probe: Probe) -> Self {
+    /// The run's memory sampler.
+    pub fn sampler(&self) -> &MemorySampler {
+        &self.inner.sampler
+    }
+
+    /// The latest memory figures (see [`MemorySampler::latest`]).
+    pub fn memory(&self) -> Option<MemorySample> {
+        self.inner.sampler.latest()
+    }
+
+    fn rss_now(&self) -> Option<u64> {
+        self.inner.sampler.sample().map(|m| m.process.rss)
+    }
+
+    fn build(settings: MonitorSettings, enabled: bool, sampler: MemorySampler) -> Self {
         Self {
             inner: Arc::new(Inner {
                 settings,
                 enabled,
-                probe,
+                sampler,
                 release: None,
                 shift: AtomicU32::new(0),
                 max_shift_seen: AtomicU32::new(0),
@@ -312,7 +345,7 @@ impl MemoryMonitor {
         if !inner.enabled {
             return Pressure::Unknown;
         }
-        let Some(rss) = (inner.probe)() else {
+        let Some(rss) = self.rss_now() else {
             return Pressure::Unknown;
         };
         inner.checks.fetch_add(1, Ordering::Relaxed);
@@ -354,7 +387,7 @@ impl MemoryMonitor {
             let returned = self.release_allocator();
             inner
                 .acted_at
-                .store((inner.probe)().unwrap_or(rss), Ordering::Relaxed);
+                .store(self.rss_now().unwrap_or(rss), Ordering::Relaxed);
             let what = if shrunk {
                 ", halving the batch size"
             } else {
@@ -464,9 +497,9 @@ impl MemoryMonitor {
                 .buffers_flushed
                 .fetch_add(relief.buffers_flushed, Ordering::Relaxed);
         }
-        let before = (inner.probe)();
+        let before = self.rss_now();
         let returned = self.release_allocator();
-        let after = (inner.probe)();
+        let after = self.rss_now();
         tracing::info!(
             sync = %sync_key,
             cache_entries_dropped = relief.cache_entries,
@@ -488,9 +521,9 @@ impl MemoryMonitor {
             .acting
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let before = (inner.probe)();
+        let before = self.rss_now();
         release();
-        let after = (inner.probe)();
+        let after = self.rss_now();
         inner.allocator_releases.fetch_add(1, Ordering::Relaxed);
         let fell = before?.saturating_sub(after?);
         inner.bytes_returned.fetch_add(fell, Ordering::Relaxed);
@@ -590,6 +623,21 @@ mod tests {
                     release_rss.store(now.saturating_sub(5 * MIB), Ordering::Relaxed);
                 });
         (monitor, rss, released)
+    }
+
+    #[test]
+    fn every_check_reads_the_sampler_and_displays_share_its_reading() {
+        let (monitor, rss, _) = fake();
+        rss.store(42 * MIB, Ordering::Relaxed);
+        monitor.check();
+        let reads = monitor.sampler().reads();
+        rss.store(43 * MIB, Ordering::Relaxed);
+        // A display asking right after a check gets the check's reading.
+        assert_eq!(monitor.memory().unwrap().process.rss, 42 * MIB);
+        assert_eq!(monitor.sampler().reads(), reads, "no second read");
+        monitor.check();
+        assert_eq!(monitor.memory().unwrap().process.rss, 43 * MIB);
+        assert_eq!(monitor.snapshot().last_rss, 43 * MIB);
     }
 
     #[test]

@@ -3,12 +3,15 @@
 //! memory limit (a container).
 //!
 //! The budget accounts the bytes of data in flight; this module reads what the
-//! whole process really uses, for the memory monitor, progress lines, metrics
-//! and reports. On Linux it reads `/proc/self/status` and the cgroup's files
-//! (v1 or v2); elsewhere it returns `None`.
+//! whole process really uses. On Linux it reads `/proc/self/status` and the
+//! cgroup's files (v1 or v2); elsewhere it returns `None`. A run reads them
+//! through one [`MemorySampler`], which the memory monitor, the progress
+//! display, the metrics endpoint and the report share.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -138,6 +141,110 @@ fn read_cgroup(files: &CgroupFiles) -> Option<CgroupMemory> {
     })
 }
 
+/// One reading of the memory figures: the process's, and its control group's
+/// when that has a memory limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemorySample {
+    /// The process's figures.
+    pub process: ProcessMemory,
+    /// The container's figures, when the process runs under a memory limit.
+    pub cgroup: Option<CgroupMemory>,
+}
+
+type SampleProbe = Box<dyn Fn() -> Option<MemorySample> + Send + Sync>;
+
+/// The run's one reader of memory figures.
+///
+/// [`sample`](Self::sample) reads them now (the memory monitor does, on its
+/// interval); [`latest`](Self::latest) returns the last reading while it is
+/// younger than [`MemorySampler::FRESH`], and reads afresh otherwise. So the
+/// progress display, the metrics endpoint and the report, however often they
+/// ask, add at most one reading per [`FRESH`](Self::FRESH) between the
+/// monitor's, and all show the same figures.
+#[derive(Clone)]
+pub struct MemorySampler {
+    inner: Arc<SamplerInner>,
+}
+
+struct SamplerInner {
+    probe: SampleProbe,
+    last: Mutex<Option<(Instant, MemorySample)>>,
+    reads: AtomicU64,
+}
+
+impl MemorySampler {
+    /// How long a reading serves [`latest`](Self::latest).
+    pub const FRESH: Duration = Duration::from_millis(200);
+
+    /// A sampler of this process (and its cgroup).
+    pub fn new() -> Self {
+        Self::with_probe(|| {
+            Some(MemorySample {
+                process: process_memory()?,
+                cgroup: cgroup_memory(),
+            })
+        })
+    }
+
+    /// A sampler reading its figures from `probe` (tests, or another source of
+    /// the figures).
+    pub fn with_probe(probe: impl Fn() -> Option<MemorySample> + Send + Sync + 'static) -> Self {
+        Self {
+            inner: Arc::new(SamplerInner {
+                probe: Box::new(probe),
+                last: Mutex::new(None),
+                reads: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Reads the figures now; `None` where the platform has none.
+    pub fn sample(&self) -> Option<MemorySample> {
+        self.inner.reads.fetch_add(1, Ordering::Relaxed);
+        let sample = (self.inner.probe)()?;
+        *self.last() = Some((Instant::now(), sample));
+        Some(sample)
+    }
+
+    /// The last reading if it is younger than [`FRESH`](Self::FRESH), else a
+    /// new one.
+    pub fn latest(&self) -> Option<MemorySample> {
+        let last = *self.last();
+        match last {
+            Some((at, sample)) if at.elapsed() < Self::FRESH => Some(sample),
+            _ => self.sample(),
+        }
+    }
+
+    /// How many times the figures were read.
+    pub fn reads(&self) -> u64 {
+        self.inner.reads.load(Ordering::Relaxed)
+    }
+
+    fn last(&self) -> std::sync::MutexGuard<'_, Option<(Instant, MemorySample)>> {
+        self.inner
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Default for MemorySampler {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for MemorySampler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemorySampler")
+            .field("last", &*self.last())
+            .field("reads", &self.reads())
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,5 +306,42 @@ mod tests {
     fn reads_this_process() {
         let mem = process_memory().expect("linux exposes /proc/self/status");
         assert!(mem.rss > 0 && mem.peak_rss >= mem.rss);
+    }
+
+    #[test]
+    fn the_sampler_shares_a_fresh_reading_and_reads_again_when_it_is_old() {
+        let n = Arc::new(AtomicU64::new(0));
+        let counter = n.clone();
+        let sampler = MemorySampler::with_probe(move || {
+            let rss = counter.fetch_add(1, Ordering::Relaxed) + 1;
+            Some(MemorySample {
+                process: ProcessMemory {
+                    rss,
+                    peak_rss: rss,
+                    virtual_size: 0,
+                },
+                cgroup: None,
+            })
+        });
+        assert_eq!(
+            sampler.latest().unwrap().process.rss,
+            1,
+            "nothing read yet: reads"
+        );
+        let shared = sampler.clone();
+        assert_eq!(shared.latest().unwrap().process.rss, 1, "fresh: shared");
+        assert_eq!(sampler.sample().unwrap().process.rss, 2, "sample reads now");
+        assert_eq!(shared.latest().unwrap().process.rss, 2);
+        assert_eq!(sampler.reads(), 2);
+        std::thread::sleep(MemorySampler::FRESH + Duration::from_millis(20));
+        assert_eq!(shared.latest().unwrap().process.rss, 3, "old: read again");
+    }
+
+    #[test]
+    fn the_default_sampler_reads_this_process() {
+        let sample = MemorySampler::new()
+            .latest()
+            .expect("linux exposes /proc/self/status");
+        assert!(sample.process.rss > 0 && sample.process.peak_rss >= sample.process.rss);
     }
 }
