@@ -33,7 +33,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::process::{MemorySample, MemorySampler, ProcessMemory};
+use crate::process::{MemorySample, MemorySampler};
 use sluicegate_core::{MemoryRelief, format_bytes};
 
 /// Most halvings of the batch size (1/4 of the configured size: smaller batches
@@ -240,17 +240,7 @@ impl MemoryMonitor {
         settings: MonitorSettings,
         probe: impl Fn() -> Option<u64> + Send + Sync + 'static,
     ) -> Self {
-        let sampler = MemorySampler::with_probe(move || {
-            let rss = probe()?;
-            Some(MemorySample {
-                process: ProcessMemory {
-                    rss,
-                    peak_rss: rss,
-                    virtual_size: 0,
-                },
-                cgroup: None,
-            })
-        });
+        let sampler = MemorySampler::with_probe(move || probe().map(MemorySample::of_rss));
         Self::build(settings, true, sampler)
     }
 

@@ -152,6 +152,21 @@ pub struct MemorySample {
     pub cgroup: Option<CgroupMemory>,
 }
 
+impl MemorySample {
+    /// A sample of a resident set alone (its peak too), from a probe that
+    /// knows nothing else.
+    pub fn of_rss(rss: u64) -> Self {
+        Self {
+            process: ProcessMemory {
+                rss,
+                peak_rss: rss,
+                virtual_size: 0,
+            },
+            cgroup: None,
+        }
+    }
+}
+
 type SampleProbe = Box<dyn Fn() -> Option<MemorySample> + Send + Sync>;
 
 /// The run's one reader of memory figures.
@@ -313,15 +328,9 @@ mod tests {
         let n = Arc::new(AtomicU64::new(0));
         let counter = n.clone();
         let sampler = MemorySampler::with_probe(move || {
-            let rss = counter.fetch_add(1, Ordering::Relaxed) + 1;
-            Some(MemorySample {
-                process: ProcessMemory {
-                    rss,
-                    peak_rss: rss,
-                    virtual_size: 0,
-                },
-                cgroup: None,
-            })
+            Some(MemorySample::of_rss(
+                counter.fetch_add(1, Ordering::Relaxed) + 1,
+            ))
         });
         assert_eq!(
             sampler.latest().unwrap().process.rss,

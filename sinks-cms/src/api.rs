@@ -68,28 +68,20 @@ pub(crate) fn read_token(
     }
 }
 
-/// The upsert options of a sink from its cache settings.
-pub(crate) fn upsert_options(
-    dry_run: bool,
-    publish: bool,
-    cache_max_entries: u64,
-    cache_max_mb: u64,
-    cache_ttl_secs: Option<u64>,
-    prefetch: &str,
-) -> sluicegate_upsert::UpsertOptions {
-    sluicegate_upsert::UpsertOptions::new(dry_run, publish)
-        .with_cache(
-            sluicegate_upsert::CacheConfig::new(
-                cache_max_entries,
-                cache_max_mb.saturating_mul(1 << 20),
-            )
-            .with_ttl(cache_ttl_secs.map(Duration::from_secs)),
-        )
-        .with_prefetch(if prefetch == "never" {
-            sluicegate_upsert::Prefetch::Never
-        } else {
-            sluicegate_upsert::Prefetch::Auto
-        })
+/// Opens a stream's writer on a content platform: the client counts its
+/// requests on the stream's counters, and the upsert action drives `keyed`.
+pub(crate) fn open_upsert<K: sluicegate_core::KeyedSink + 'static>(
+    client: &ApiClient,
+    keyed: K,
+    target: sluicegate_core::StreamTarget,
+    options: sluicegate_upsert::UpsertOptions,
+) -> Result<Box<dyn sluicegate_core::SinkWriter>, Error> {
+    client.count_into(target.stats.clone());
+    Ok(Box::new(sluicegate_upsert::UpsertWriter::new(
+        Arc::new(keyed),
+        target,
+        options,
+    )?))
 }
 
 /// What differs between the platforms' APIs.

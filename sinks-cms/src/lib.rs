@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod api;
+mod config;
 pub mod contentful;
 pub mod directus;
 

@@ -1,14 +1,12 @@
 //! The Contentful dialect of the API client: its content type, rate-limit
 //! headers and error bodies.
 
-use std::time::Duration;
-
 use reqwest::Method;
 use serde_json::Value;
 use sluicegate_core::Error;
 
 use super::config::{ContentfulSinkConfig, Resolved};
-use crate::api::{ApiClient, ApiError, Dialect, Settings};
+use crate::api::{ApiClient, ApiError, Dialect};
 
 /// A client of one space environment.
 pub(crate) fn cma_client(
@@ -23,16 +21,8 @@ pub(crate) fn cma_client(
     );
     base.set_path(&path);
     ApiClient::new(
-        Settings {
-            base,
-            token: resolved.token.clone(),
-            rate_limit: config.rate_limit,
-            // The CMA's default until the first response says otherwise.
-            default_rate: 7,
-            max_concurrency: config.max_concurrency,
-            max_attempts: config.max_attempts,
-            timeout: Duration::from_secs(config.timeout_secs),
-        },
+        // The CMA's default rate until the first response says otherwise.
+        config.client_settings(base, resolved.token.clone(), 7),
         Dialect {
             content_type: "application/vnd.contentful.management.v1+json",
             limit_header: Some("x-contentful-ratelimit-second-limit"),

@@ -9,63 +9,43 @@
 //!     tokenEnv: CONTENTFUL_MANAGEMENT_TOKEN
 //! ```
 
-use serde::Deserialize;
 use sluicegate_core::{BuildContext, Result, Secret, field_error};
 use sluicegate_templates::render_template;
 
 use crate::api::read_token;
+use crate::config::cms_sink_config;
 
-/// The `contentful` sink section.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct ContentfulSinkConfig {
-    /// The space id; a template (`{{ env.CONTENTFUL_SPACE_ID }}`).
-    pub space_id: String,
-    /// The environment id; a template.
-    #[serde(default = "default_environment")]
-    pub environment_id: String,
-    /// The environment variable holding the management token.
-    #[serde(default = "default_token_env")]
-    pub token_env: String,
-    /// A file holding the management token (instead of `tokenEnv`), relative to
-    /// the configuration file; keep it readable by its owner only.
-    #[serde(default)]
-    pub token_file: Option<String>,
-    /// The API's base URL (an emulator's, for local runs); a template.
-    #[serde(default = "default_base_url")]
-    pub base_url: String,
-    /// Requests per second. Default: learned from the API's
-    /// `X-Contentful-RateLimit-Second-Limit` header, starting at 7 (the CMA's
-    /// default) until the first response says otherwise.
-    #[serde(default)]
-    pub rate_limit: Option<u32>,
-    /// Most requests in flight at once.
-    #[serde(default = "default_max_concurrency")]
-    pub max_concurrency: usize,
-    /// Publish what was written (the `--no-publish` flag turns it off for a run).
-    #[serde(default = "default_true")]
-    pub publish: bool,
-    /// Entries per bulk publish action (at most 200).
-    #[serde(default = "default_publish_chunk")]
-    pub publish_chunk: usize,
-    /// Most entries in the lookup cache.
-    #[serde(default = "default_cache_entries")]
-    pub cache_max_entries: u64,
-    /// Most bytes in the lookup cache.
-    #[serde(default = "default_cache_mb")]
-    pub cache_max_mb: u64,
-    /// Forget cached entries after this many seconds (default: never).
-    #[serde(default)]
-    pub cache_ttl_secs: Option<u64>,
-    /// Load the whole content type into the cache when it fits (`auto`) or never.
-    #[serde(default = "default_prefetch")]
-    pub prefetch: String,
-    /// Timeout of one request, in seconds.
-    #[serde(default = "default_timeout")]
-    pub timeout_secs: u64,
-    /// Attempts per request for 429, 5xx and network failures.
-    #[serde(default = "default_attempts")]
-    pub max_attempts: u32,
+cms_sink_config! {
+    /// The `contentful` sink section.
+    pub struct ContentfulSinkConfig (
+        rate_limit = "Requests per second. Default: learned from the API's \
+            `X-Contentful-RateLimit-Second-Limit` header, starting at 7 (the CMA's \
+            default) until the first response says otherwise.",
+        max_concurrency = "default_max_concurrency",
+        max_attempts = "default_attempts"
+    ) {
+        /// The space id; a template (`{{ env.CONTENTFUL_SPACE_ID }}`).
+        pub space_id: String,
+        /// The environment id; a template.
+        #[serde(default = "default_environment")]
+        pub environment_id: String,
+        /// The environment variable holding the management token.
+        #[serde(default = "default_token_env")]
+        pub token_env: String,
+        /// A file holding the management token (instead of `tokenEnv`), relative to
+        /// the configuration file; keep it readable by its owner only.
+        #[serde(default)]
+        pub token_file: Option<String>,
+        /// The API's base URL (an emulator's, for local runs); a template.
+        #[serde(default = "default_base_url")]
+        pub base_url: String,
+        /// Publish what was written (the `--no-publish` flag turns it off for a run).
+        #[serde(default = "default_true")]
+        pub publish: bool,
+        /// Entries per bulk publish action (at most 200).
+        #[serde(default = "default_publish_chunk")]
+        pub publish_chunk: usize,
+    }
 }
 
 fn default_environment() -> String {
@@ -85,18 +65,6 @@ fn default_true() -> bool {
 }
 fn default_publish_chunk() -> usize {
     100
-}
-fn default_cache_entries() -> u64 {
-    10_000
-}
-fn default_cache_mb() -> u64 {
-    4
-}
-fn default_prefetch() -> String {
-    "auto".to_owned()
-}
-fn default_timeout() -> u64 {
-    60
 }
 fn default_attempts() -> u32 {
     8
@@ -137,23 +105,9 @@ impl ContentfulSinkConfig {
         let base_url = reqwest::Url::parse(&base)
             .map_err(|e| field_error("baseUrl", format!("'{base}' is not a URL: {e}")))?;
         let token = read_token(self.token_file.as_deref(), &self.token_env, ctx)?;
-        if self.rate_limit == Some(0) {
-            return Err(field_error("rateLimit", "must be at least 1"));
-        }
-        if self.max_concurrency == 0 {
-            return Err(field_error("maxConcurrency", "must be at least 1"));
-        }
+        self.check_shared()?;
         if self.publish_chunk == 0 || self.publish_chunk > 200 {
             return Err(field_error("publishChunk", "must be between 1 and 200"));
-        }
-        if self.cache_max_entries == 0 {
-            return Err(field_error("cacheMaxEntries", "must be at least 1"));
-        }
-        if !matches!(self.prefetch.as_str(), "auto" | "never") {
-            return Err(field_error("prefetch", "must be auto or never"));
-        }
-        if self.max_attempts == 0 {
-            return Err(field_error("maxAttempts", "must be at least 1"));
         }
         Ok(Resolved {
             space_id,

@@ -14,11 +14,11 @@ use sluicegate_core::{
     KeyedCapabilities, KeyedSink, Lookup, LookupPage, Result, Sink, SinkCapabilities, SinkWriter,
     StreamTarget, WriteOp, Written,
 };
-use sluicegate_upsert::{UpsertOptions, UpsertWriter};
+use sluicegate_upsert::UpsertOptions;
 
 use super::client::cma_client;
 use super::config::ContentfulSinkConfig;
-use crate::api::{ApiClient, ApiError, upsert_options};
+use crate::api::{ApiClient, ApiError, open_upsert};
 
 /// Longest query string sent for lookups (the API refuses very long URLs).
 const MAX_QUERY_CHARS: usize = 6000;
@@ -39,9 +39,7 @@ pub struct ContentfulSink {
 impl ContentfulSink {
     /// Builds the sink (no request is made until a stream is opened).
     pub fn new(mut config: ContentfulSinkConfig, ctx: &BuildContext) -> Result<Self> {
-        if let Some(n) = ctx.tuning.max_concurrency {
-            config.max_concurrency = n.max(1);
-        }
+        config.apply_tuning(ctx);
         let resolved = config.resolve(ctx)?;
         let client = cma_client(&resolved, &config)?;
         let description = format!(
@@ -60,29 +58,20 @@ impl ContentfulSink {
     }
 
     fn options(&self) -> UpsertOptions {
-        let c = &self.config;
-        upsert_options(
-            self.dry_run,
-            self.publish,
-            c.cache_max_entries,
-            c.cache_max_mb,
-            c.cache_ttl_secs,
-            &c.prefetch,
-        )
+        self.config.upsert_options(self.dry_run, self.publish)
     }
 }
 
 #[async_trait]
 impl Sink for ContentfulSink {
     async fn open(&self, target: StreamTarget) -> Result<Box<dyn SinkWriter>> {
-        self.client.count_into(target.stats.clone());
-        let keyed = Arc::new(ContentfulKeyed {
+        let keyed = ContentfulKeyed {
             client: self.client.clone(),
             publish_chunk: self.config.publish_chunk,
             max_concurrency: self.config.max_concurrency,
             page_limit: AtomicU64::new(u64::MAX),
-        });
-        Ok(Box::new(UpsertWriter::new(keyed, target, self.options())?))
+        };
+        open_upsert(&self.client, keyed, target, self.options())
     }
 
     fn describe(&self) -> String {

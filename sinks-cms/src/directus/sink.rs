@@ -26,10 +26,10 @@ use sluicegate_core::{
     StreamTarget, WriteOp, Written,
 };
 use sluicegate_http_client::{Attempt, retrying};
-use sluicegate_upsert::{UpsertOptions, UpsertWriter};
+use sluicegate_upsert::UpsertOptions;
 
 use super::config::DirectusSinkConfig;
-use crate::api::{ApiClient, ApiError, Dialect, Settings, upsert_options};
+use crate::api::{ApiClient, ApiError, Dialect, open_upsert};
 
 /// The one locale of a Directus content model.
 pub(crate) const LOCALE: &str = "default";
@@ -47,23 +47,13 @@ pub struct DirectusSink {
 impl DirectusSink {
     /// Builds the sink (no request is made until a stream is opened).
     pub fn new(mut config: DirectusSinkConfig, ctx: &BuildContext) -> Result<Self> {
-        if let Some(n) = ctx.tuning.max_concurrency {
-            config.max_concurrency = n.max(1);
-        }
+        config.apply_tuning(ctx);
         let resolved = config.resolve(ctx)?;
         let url = &resolved.url;
         let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
         let description = format!("directus at {}{port}", url.host_str().unwrap_or("?"));
         let client = ApiClient::new(
-            Settings {
-                base: resolved.url,
-                token: resolved.token,
-                rate_limit: config.rate_limit,
-                default_rate: u32::MAX,
-                max_concurrency: config.max_concurrency,
-                max_attempts: config.max_attempts,
-                timeout: std::time::Duration::from_secs(config.timeout_secs),
-            },
+            config.client_settings(resolved.url, resolved.token, u32::MAX),
             Dialect {
                 content_type: "application/json",
                 limit_header: None,
@@ -80,29 +70,20 @@ impl DirectusSink {
     }
 
     fn options(&self) -> UpsertOptions {
-        let c = &self.config;
-        upsert_options(
-            self.dry_run,
-            false,
-            c.cache_max_entries,
-            c.cache_max_mb,
-            c.cache_ttl_secs,
-            &c.prefetch,
-        )
+        self.config.upsert_options(self.dry_run, false)
     }
 }
 
 #[async_trait]
 impl Sink for DirectusSink {
     async fn open(&self, target: StreamTarget) -> Result<Box<dyn SinkWriter>> {
-        self.client.count_into(target.stats.clone());
-        let keyed = Arc::new(DirectusKeyed {
+        let keyed = DirectusKeyed {
             client: self.client.clone(),
             create_chunk: self.config.create_chunk,
             max_concurrency: self.config.max_concurrency,
             primary_key: std::sync::OnceLock::new(),
-        });
-        Ok(Box::new(UpsertWriter::new(keyed, target, self.options())?))
+        };
+        open_upsert(&self.client, keyed, target, self.options())
     }
 
     fn describe(&self) -> String {
