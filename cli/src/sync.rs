@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -159,15 +159,6 @@ pub async fn run(
     redrive: bool,
 ) -> Result<Outcome> {
     let started = Instant::now();
-    let policy = if args.streaming {
-        WhenFull::Wait
-    } else {
-        WhenFull::Fail
-    };
-    let dead_letter = args
-        .dead_letter
-        .clone()
-        .unwrap_or_else(|| default_dead_letter(config));
     let state_dir = args.apply.then(|| {
         args.state_dir
             .clone()
@@ -181,63 +172,34 @@ pub async fn run(
             _locks.push(crate::lock::lock(dir, &prepared.entry.key)?);
         }
     }
-    let mut sinks = BTreeMap::new();
-    for (name, sink) in prepared.sinks {
-        let built = sink
-            .build()
-            .await
-            .map_err(|e| Error::new(e.kind(), format!("sink '{name}': {e}")))?;
-        sinks.insert(name, built);
-    }
-    // The memory plan: what the target leaves for records in flight once the
-    // process and its sinks are up (measured now) and the sinks' own working
-    // memory is set aside, under the monitor's threshold.
+    let sinks = build_sinks(prepared.sinks).await?;
     let mut tuning = prepared.tuning;
     let sampler = MemorySampler::new();
-    let now = sampler.sample();
-    if let Some(cgroup) = now.and_then(|m| m.cgroup)
-        && let Some(target) = tuning.fit_container(cgroup.limit)
-    {
-        tracing::warn!(
-            container_limit = %format_bytes(usize::try_from(cgroup.limit).unwrap_or(usize::MAX)),
-            target_mb = target,
-            "the container's memory limit is below the memory target: the run plans for the container's limit"
-        );
-    }
-    tracing::info!(tuning = %tuning.describe(), "tuning");
-    let process = now.map(|m| m.process.rss);
-    let plan = MemoryPlan::new(
-        tuning.max_memory_bytes(),
-        tuning.flush_threshold,
-        process,
-        sinks
-            .values()
-            .map(|s| s.capabilities().working_memory_bytes())
-            .sum(),
-    );
-    tracing::info!(plan = %plan.describe(), "memory plan");
-    if !plan.fits() {
-        tracing::warn!(
-            plan = %plan.describe(),
-            "the memory target is too small for this process and its sinks: the run will pass it (raise --max-memory-mb; docs/tuning.md)"
-        );
-    }
-    let budget_bytes = plan.records;
-    // A re-drive writes the records rejected again to a file of their own; it
-    // replaces the dead-letter file's lines of these keys once all went well.
-    let observer_path = if redrive {
-        let again = crate::redrive::new_letters_path(&dead_letter);
-        let _ = std::fs::remove_file(&again);
-        again
-    } else {
-        dead_letter.clone()
-    };
+    let plan = plan_memory(&mut tuning, &sinks, &sampler);
+    let dead_letter = args
+        .dead_letter
+        .clone()
+        .unwrap_or_else(|| default_dead_letter(config));
     let ctx = RunContext {
         args,
+        observer: Arc::new(
+            CliObserver::new(
+                observer_path(&dead_letter, redrive),
+                args.verbosity() >= Verbosity::Detailed,
+            )
+            .dry_run(!args.apply),
+        ),
         dead_letter,
         redrive,
         sinks,
-        budget: MemoryBudget::with_policy(budget_bytes, policy),
+        budget: MemoryBudget::with_policy(
+            plan.records,
+            if args.streaming {
+                WhenFull::Wait
+            } else {
+                WhenFull::Fail
+            },
+        ),
         monitor: match crate::allocator_release() {
             Some(release) => MemoryMonitor::with_sampler(tuning.monitor(), sampler)
                 .with_allocator_release(release),
@@ -250,10 +212,6 @@ pub async fn run(
             Some(dir) => Some(Arc::new(SqliteStateStore::open(&dir)?) as Arc<dyn CheckpointStore>),
             None => None,
         },
-        observer: Arc::new(
-            CliObserver::new(observer_path, args.verbosity() >= Verbosity::Detailed)
-                .dry_run(!args.apply),
-        ),
     };
     let progress = Progress::start(
         ctx.stats.clone(),
@@ -276,31 +234,127 @@ pub async fn run(
         ctx.tuning.monitor().check_interval,
     );
     let running = Arc::new(std::sync::Mutex::new(String::new()));
-    let _metrics = match &args.metrics_addr {
-        Some(addr) => {
-            let collector = RunCollector::new(
-                ctx.stats.clone(),
-                ctx.budget.clone(),
-                ctx.monitor.clone(),
-                running.clone(),
-            );
-            let server = MetricsServer::start(addr, collector).await?;
-            eprintln!("metrics: http://{}/metrics", server.addr());
-            Some(server)
-        }
-        None => None,
-    };
-    let mut outcome = Outcome {
-        reports: Vec::new(),
-        failures: Vec::new(),
-        rejected: 0,
-    };
+    let _metrics = start_metrics(&ctx, &running).await?;
     let keys: Vec<String> = prepared
         .entries
         .iter()
         .map(|p| p.entry.key.clone())
         .collect();
-    for prepared in prepared.entries {
+    let mut outcome = run_entries(prepared.entries, &ctx, &progress, &running).await;
+    progress.stop().await;
+    ctx.observer.flush();
+    if redrive {
+        finish_redrive(&ctx, &outcome, &keys)?;
+    }
+    outcome.rejected = ctx.stats.snapshot().rows_rejected;
+    let memory = memory.finish().await;
+    print_summary(&outcome, &ctx, started.elapsed());
+    if let Some(path) = &args.report {
+        report::write_report(path, &run_report(&outcome, &ctx, started.elapsed(), memory))?;
+    }
+    Ok(outcome)
+}
+
+/// Builds the run's sinks (each opens its connection or checks its API).
+async fn build_sinks(
+    prepared: BTreeMap<String, Box<dyn Prepared<dyn Sink>>>,
+) -> Result<BTreeMap<String, Arc<dyn Sink>>> {
+    let mut sinks = BTreeMap::new();
+    for (name, sink) in prepared {
+        let built = sink
+            .build()
+            .await
+            .map_err(|e| Error::new(e.kind(), format!("sink '{name}': {e}")))?;
+        sinks.insert(name, built);
+    }
+    Ok(sinks)
+}
+
+/// The memory plan: what the target leaves for records in flight once the
+/// process and its sinks are up (measured now) and the sinks' own working
+/// memory is set aside, under the monitor's threshold. A container limit below
+/// the target lowers the target to it.
+fn plan_memory(
+    tuning: &mut Tuning,
+    sinks: &BTreeMap<String, Arc<dyn Sink>>,
+    sampler: &MemorySampler,
+) -> MemoryPlan {
+    let now = sampler.sample();
+    if let Some(cgroup) = now.and_then(|m| m.cgroup)
+        && let Some(target) = tuning.fit_container(cgroup.limit)
+    {
+        tracing::warn!(
+            container_limit = %format_bytes(usize::try_from(cgroup.limit).unwrap_or(usize::MAX)),
+            target_mb = target,
+            "the container's memory limit is below the memory target: the run plans for the container's limit"
+        );
+    }
+    tracing::info!(tuning = %tuning.describe(), "tuning");
+    let plan = MemoryPlan::new(
+        tuning.max_memory_bytes(),
+        tuning.flush_threshold,
+        now.map(|m| m.process.rss),
+        sinks
+            .values()
+            .map(|s| s.capabilities().working_memory_bytes())
+            .sum(),
+    );
+    tracing::info!(plan = %plan.describe(), "memory plan");
+    if !plan.fits() {
+        tracing::warn!(
+            plan = %plan.describe(),
+            "the memory target is too small for this process and its sinks: the run will pass it (raise --max-memory-mb; docs/tuning.md)"
+        );
+    }
+    plan
+}
+
+/// Where rejected records go: the dead-letter file, or for a re-drive a file
+/// of its own (it replaces the dead-letter file's lines of these keys once all
+/// went well).
+fn observer_path(dead_letter: &Path, redrive: bool) -> PathBuf {
+    if redrive {
+        let again = crate::redrive::new_letters_path(dead_letter);
+        let _ = std::fs::remove_file(&again);
+        again
+    } else {
+        dead_letter.to_path_buf()
+    }
+}
+
+/// Serves `/metrics` when `--metrics-addr` asks for it (until dropped).
+async fn start_metrics(
+    ctx: &RunContext<'_>,
+    running: &Arc<std::sync::Mutex<String>>,
+) -> Result<Option<MetricsServer>> {
+    let Some(addr) = &ctx.args.metrics_addr else {
+        return Ok(None);
+    };
+    let collector = RunCollector::new(
+        ctx.stats.clone(),
+        ctx.budget.clone(),
+        ctx.monitor.clone(),
+        running.clone(),
+    );
+    let server = MetricsServer::start(addr, collector).await?;
+    eprintln!("metrics: http://{}/metrics", server.addr());
+    Ok(Some(server))
+}
+
+/// Runs each entry in turn, collecting reports and failures (a failing entry
+/// does not stop the others).
+async fn run_entries(
+    entries: Vec<PreparedEntry>,
+    ctx: &RunContext<'_>,
+    progress: &Progress,
+    running: &std::sync::Mutex<String>,
+) -> Outcome {
+    let mut outcome = Outcome {
+        reports: Vec::new(),
+        failures: Vec::new(),
+        rejected: 0,
+    };
+    for prepared in entries {
         progress.set_stream(&prepared.entry.key);
         prepared.entry.key.clone_into(
             &mut running
@@ -308,7 +362,7 @@ pub async fn run(
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
         let key = prepared.entry.key.clone();
-        match run_entry(prepared, &ctx).await {
+        match run_entry(prepared, ctx).await {
             Ok(report) => outcome.reports.push(report),
             Err(e) => {
                 let e = e.with_context("sync", &key);
@@ -318,24 +372,20 @@ pub async fn run(
             }
         }
     }
-    progress.stop().await;
-    ctx.observer.flush();
-    if redrive {
-        let again = ctx.observer.path();
-        if args.apply && outcome.failures.is_empty() {
-            crate::redrive::replace_letters(&ctx.dead_letter, again, &keys)?;
-        } else {
-            // A dry run, or a failed key: the dead-letter file stays as it was.
-            let _ = std::fs::remove_file(again);
-        }
+    outcome
+}
+
+/// Ends a re-drive: the records rejected again replace the dead-letter file's
+/// lines of `keys` when every key went well in an applied run; otherwise the
+/// dead-letter file stays as it was.
+fn finish_redrive(ctx: &RunContext<'_>, outcome: &Outcome, keys: &[String]) -> Result<()> {
+    let again = ctx.observer.path();
+    if ctx.args.apply && outcome.failures.is_empty() {
+        crate::redrive::replace_letters(&ctx.dead_letter, again, keys)?;
+    } else {
+        let _ = std::fs::remove_file(again);
     }
-    outcome.rejected = ctx.stats.snapshot().rows_rejected;
-    let memory = memory.finish().await;
-    print_summary(&outcome, &ctx, started.elapsed());
-    if let Some(path) = &args.report {
-        report::write_report(path, &run_report(&outcome, &ctx, started.elapsed(), memory))?;
-    }
-    Ok(outcome)
+    Ok(())
 }
 
 /// Every figure of the run, for `--report FILE.json`.

@@ -279,16 +279,13 @@ impl BatchJob {
             }
             _ => WriteMode::Upsert,
         };
-        let ack = write_batch(
-            conn,
-            &self.target,
-            &self.plan,
-            &mut state,
-            &self.records,
+        let batch = BatchWrite {
+            target: &self.target,
+            records: &self.records,
             mode,
-            self.position.as_deref().map(|p| (self.seq, p)),
-            prepared,
-        )?;
+            position: self.position.as_deref().map(|p| (self.seq, p)),
+        };
+        let ack = write_batch(conn, &self.plan, &mut state, &batch, prepared)?;
         Ok((ack, state))
     }
 
@@ -653,22 +650,40 @@ fn stage_name(table: &str) -> String {
     quote_ident(&format!("sluicegate_stage_{table}"))
 }
 
-#[allow(clippy::too_many_arguments)]
+/// One batch to write: its stream, records, mode and the position that
+/// commits with it (the position's sequence number and text).
+struct BatchWrite<'a> {
+    target: &'a StreamTarget,
+    records: &'a [Record],
+    mode: WriteMode,
+    position: Option<(u64, &'a str)>,
+}
+
+impl BatchWrite<'_> {
+    /// Records the batch's position (inside the caller's transaction, if any).
+    fn record_position(&self, conn: &Connection) -> Result<()> {
+        match self.position {
+            Some((seq, p)) => positions::record(conn, self.target, seq, Some(p), false),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Writes one batch in one transaction: evolves the table's schema to the
+/// records, then appends or upserts them, and records the batch's position
+/// with them. `prepared` holds the acknowledgement from just before the commit
+/// (to tell, after DuckDB failed, whether the commit happened).
 fn write_batch(
     conn: &Connection,
-    target: &StreamTarget,
     plan: &MemoryPlan,
     table: &mut TableState,
-    records: &[Record],
-    mode: WriteMode,
-    position: Option<(u64, &str)>,
+    batch: &BatchWrite<'_>,
     prepared: &mut Option<BatchAck>,
 ) -> Result<BatchAck> {
+    let (target, records) = (batch.target, batch.records);
     let rows = records.len() as u64;
     if records.is_empty() {
-        if let Some((seq, p)) = position {
-            positions::record(conn, target, seq, Some(p), false)?;
-        }
+        batch.record_position(conn)?;
         return Ok(BatchAck::default());
     }
     let mut schema = table.schema.clone();
@@ -678,59 +693,17 @@ fn write_batch(
     }
     if schema.columns.is_empty() {
         // Only empty records or nulls: nothing to store yet.
-        if let Some((seq, p)) = position {
-            positions::record(conn, target, seq, Some(p), false)?;
-        }
+        batch.record_position(conn)?;
         return Ok(BatchAck::new(rows));
     }
-    let t = quote_ident(&target.table);
-    let mut ddl = String::new();
-    if !table.exists {
-        let cols: Vec<String> = schema
-            .columns
-            .iter()
-            .map(|(name, ty)| format!("{} {}", quote_ident(name), ty.sql()))
-            .collect();
-        ddl.push_str(&format!("CREATE TABLE main.{t} ({});", cols.join(", ")));
-    } else {
-        for idx in &changes.added {
-            let (name, ty) = &schema.columns[*idx];
-            ddl.push_str(&format!(
-                "ALTER TABLE main.{t} ADD COLUMN {} {};",
-                quote_ident(name),
-                ty.sql()
-            ));
-        }
-        for idx in &changes.widened {
-            let (name, ty) = &schema.columns[*idx];
-            ddl.push_str(&format!(
-                "ALTER TABLE main.{t} ALTER COLUMN {} SET DATA TYPE {};",
-                quote_ident(name),
-                ty.sql()
-            ));
-        }
-    }
-    if !changes.added.is_empty() && table.exists {
-        tracing::info!(table = %target.table, columns = ?changes.added.iter().map(|i| &schema.columns[*i].0).collect::<Vec<_>>(), "adding columns");
-    }
+    let ddl = schema_ddl(target, table.exists, &schema, &changes);
     plan.note_width(
         conn,
         &target.sync_key,
         schema.columns.len(),
         largest_value(records),
     )?;
-    let key_column = match target.key_field.as_deref() {
-        Some(field) => Some(quote_ident(
-            &schema.columns[schema.column_of(field).ok_or_else(|| {
-                Error::new(
-                    ErrorKind::Sink,
-                    format!("key field '{field}' has only null values"),
-                )
-            })?]
-            .0,
-        )),
-        None => None,
-    };
+    let key_column = key_column(target, &schema)?;
 
     injected_fault(conn, "begin")?;
     conn.execute_batch("BEGIN TRANSACTION")
@@ -741,47 +714,19 @@ fn write_batch(
                 duck_error(format!("cannot create or alter table {}", target.table), e)
             })?;
         }
-        let key = match &key_column {
-            Some(key) if mode == WriteMode::Upsert => key,
+        let ack = match &key_column {
+            Some(key) if batch.mode == WriteMode::Upsert => {
+                upsert_rows(conn, target, &schema, records, key)?
+            }
             _ => {
                 append_rows(conn, &target.table, false, &schema, records)?;
-                return Ok(BatchAck::new(rows).with_inserted(rows));
+                BatchAck::new(rows).with_inserted(rows)
             }
         };
-        let stage = stage_name(&target.table);
-        conn.execute_batch(&format!(
-            "CREATE OR REPLACE TEMP TABLE {stage} AS SELECT * FROM main.{t} LIMIT 0"
-        ))
-        .map_err(|e| duck_error("cannot create the staging table", e))?;
-        append_rows(
-            conn,
-            &format!("sluicegate_stage_{}", target.table),
-            true,
-            &schema,
-            records,
-        )?;
-        let replaced =
-            conn.execute(
-                &format!("DELETE FROM main.{t} WHERE {key} IN (SELECT {key} FROM temp.{stage})"),
-                [],
-            )
-            .map_err(|e| duck_error("cannot replace existing rows", e))? as u64;
-        conn.execute(
-            &format!("INSERT INTO main.{t} SELECT * FROM temp.{stage}"),
-            [],
-        )
-        .map_err(|e| duck_error("cannot insert rows", e))?;
-        conn.execute_batch(&format!("DROP TABLE temp.{stage}"))
-            .map_err(|e| duck_error("cannot drop the staging table", e))?;
-        Ok(BatchAck::new(rows)
-            .with_inserted(rows - replaced.min(rows))
-            .with_updated(replaced.min(rows)))
+        // The batch's position commits with its rows.
+        batch.record_position(conn)?;
+        Ok(ack)
     })();
-    // The batch's position commits with its rows.
-    let result = result.and_then(|ack| match position {
-        Some((seq, p)) => positions::record(conn, target, seq, Some(p), false).map(|()| ack),
-        None => Ok(ack),
-    });
     match result {
         Ok(ack) => {
             *prepared = Some(ack);
@@ -799,6 +744,103 @@ fn write_batch(
             Err(e)
         }
     }
+}
+
+/// The statements that bring the table to `schema`: its creation, or the
+/// columns added and widened.
+fn schema_ddl(
+    target: &StreamTarget,
+    exists: bool,
+    schema: &TableSchema,
+    changes: &SchemaChanges,
+) -> String {
+    let t = quote_ident(&target.table);
+    let mut ddl = String::new();
+    if !exists {
+        let cols: Vec<String> = schema
+            .columns
+            .iter()
+            .map(|(name, ty)| format!("{} {}", quote_ident(name), ty.sql()))
+            .collect();
+        ddl.push_str(&format!("CREATE TABLE main.{t} ({});", cols.join(", ")));
+        return ddl;
+    }
+    for idx in &changes.added {
+        let (name, ty) = &schema.columns[*idx];
+        ddl.push_str(&format!(
+            "ALTER TABLE main.{t} ADD COLUMN {} {};",
+            quote_ident(name),
+            ty.sql()
+        ));
+    }
+    for idx in &changes.widened {
+        let (name, ty) = &schema.columns[*idx];
+        ddl.push_str(&format!(
+            "ALTER TABLE main.{t} ALTER COLUMN {} SET DATA TYPE {};",
+            quote_ident(name),
+            ty.sql()
+        ));
+    }
+    if !changes.added.is_empty() {
+        tracing::info!(table = %target.table, columns = ?changes.added.iter().map(|i| &schema.columns[*i].0).collect::<Vec<_>>(), "adding columns");
+    }
+    ddl
+}
+
+/// The key field's column, quoted; an error when the schema has none (the
+/// key held only nulls so far).
+fn key_column(target: &StreamTarget, schema: &TableSchema) -> Result<Option<String>> {
+    let Some(field) = target.key_field.as_deref() else {
+        return Ok(None);
+    };
+    let idx = schema.column_of(field).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Sink,
+            format!("key field '{field}' has only null values"),
+        )
+    })?;
+    Ok(Some(quote_ident(&schema.columns[idx].0)))
+}
+
+/// Upserts `records` by `key`: stages them, deletes the rows they replace and
+/// inserts them (inside the caller's transaction).
+fn upsert_rows(
+    conn: &Connection,
+    target: &StreamTarget,
+    schema: &TableSchema,
+    records: &[Record],
+    key: &str,
+) -> Result<BatchAck> {
+    let rows = records.len() as u64;
+    let t = quote_ident(&target.table);
+    let stage = stage_name(&target.table);
+    conn.execute_batch(&format!(
+        "CREATE OR REPLACE TEMP TABLE {stage} AS SELECT * FROM main.{t} LIMIT 0"
+    ))
+    .map_err(|e| duck_error("cannot create the staging table", e))?;
+    append_rows(
+        conn,
+        &format!("sluicegate_stage_{}", target.table),
+        true,
+        schema,
+        records,
+    )?;
+    let replaced = conn
+        .execute(
+            &format!("DELETE FROM main.{t} WHERE {key} IN (SELECT {key} FROM temp.{stage})"),
+            [],
+        )
+        .map_err(|e| duck_error("cannot replace existing rows", e))? as u64;
+    conn.execute(
+        &format!("INSERT INTO main.{t} SELECT * FROM temp.{stage}"),
+        [],
+    )
+    .map_err(|e| duck_error("cannot insert rows", e))?;
+    conn.execute_batch(&format!("DROP TABLE temp.{stage}"))
+        .map_err(|e| duck_error("cannot drop the staging table", e))?;
+    Ok(BatchAck::new(rows)
+        .with_inserted(rows - replaced.min(rows))
+        .with_updated(replaced.min(rows)))
 }
 
 /// Fault injection for this crate's tests: with the fail point
