@@ -154,15 +154,24 @@ async fn write(
 
 /// Runs every sink check; panics with the case name, the check and what was wrong.
 pub async fn check_sink(case: SinkCase) {
-    let n = case.records;
-    let first: Vec<Record> = (0..n).map(|i| (case.make)(i, 0)).collect();
+    let first: Vec<Record> = (0..case.records).map(|i| (case.make)(i, 0)).collect();
     let obs = Arc::new(Rejections::default());
+    check_dry_run(&case, &first, &obs).await;
+    check_new_records(&case, &first, &obs).await;
+    check_same_again(&case, &first, &obs).await;
+    check_relieving(&case, &first, &obs).await;
+    check_changes_and_duplicates(&case, &obs).await;
+    check_invalid_record(&case).await;
+}
 
+/// A dry run plans inserts of the new records and writes nothing.
+async fn check_dry_run(case: &SinkCase, first: &[Record], obs: &Arc<Rejections>) {
+    let n = case.records;
     let check = "a dry run";
     let (ack, count) = write(
-        &case,
+        case,
         &case.dry_run_sink,
-        vec![first.clone()],
+        vec![first.to_vec()],
         obs.clone(),
         check,
         false,
@@ -180,12 +189,16 @@ pub async fn check_sink(case: SinkCase) {
             format!("planned {} inserts of {n} new records", ack.inserted),
         );
     }
+}
 
+/// New records are inserted, all of them.
+async fn check_new_records(case: &SinkCase, first: &[Record], obs: &Arc<Rejections>) {
+    let n = case.records;
     let check = "new records";
     let (ack, count) = write(
-        &case,
+        case,
         &case.sink,
-        vec![first.clone()],
+        vec![first.to_vec()],
         obs.clone(),
         check,
         false,
@@ -200,12 +213,16 @@ pub async fn check_sink(case: SinkCase) {
             format!("the table holds {count} records, expected {n}"),
         );
     }
+}
 
+/// The same records again insert nothing (unchanged where the sink compares content).
+async fn check_same_again(case: &SinkCase, first: &[Record], obs: &Arc<Rejections>) {
+    let n = case.records;
     let check = "the same records again";
     let (ack, count) = write(
-        &case,
+        case,
         &case.sink,
-        vec![first.clone()],
+        vec![first.to_vec()],
         obs.clone(),
         check,
         false,
@@ -229,24 +246,32 @@ pub async fn check_sink(case: SinkCase) {
             format!("{n} rewritten records acknowledged as {ack:?}"),
         );
     }
+}
 
+/// The same records again, in two batches with memory relieved between them.
+async fn check_relieving(case: &SinkCase, first: &[Record], obs: &Arc<Rejections>) {
+    let n = case.records;
     let check = "the same records again, relieving memory between batches";
     let half = usize::try_from(n / 2).unwrap_or(usize::MAX);
     let halves = vec![first[..half].to_vec(), first[half..].to_vec()];
-    let (ack, count) = write(&case, &case.sink, halves, obs.clone(), check, true).await;
+    let (ack, count) = write(case, &case.sink, halves, obs.clone(), check, true).await;
     if ack.inserted != 0 || ack.rows != n || count != n {
         case.fail(
             check,
             format!("acknowledged as {ack:?}; the table holds {count}, expected {n}"),
         );
     }
+}
 
+/// A change, a new key and a duplicate key in one batch: the last record of a key wins.
+async fn check_changes_and_duplicates(case: &SinkCase, obs: &Arc<Rejections>) {
+    let n = case.records;
     let check = "changes, a new key and a duplicate key in one batch";
     let mut batch: Vec<Record> = (1..n).map(|i| (case.make)(i, 0)).collect();
     batch.push((case.make)(0, 1)); // record 0 changed
     batch.push((case.make)(n, 0)); // a new key
     batch.push((case.make)(n, 1)); // the same key again: the last one wins
-    let (ack, count) = write(&case, &case.sink, vec![batch], obs.clone(), check, false).await;
+    let (ack, count) = write(case, &case.sink, vec![batch], obs.clone(), check, false).await;
     if ack.duplicates != 1 || ack.inserted != 1 || count != n + 1 {
         case.fail(
             check,
@@ -267,7 +292,7 @@ pub async fn check_sink(case: SinkCase) {
         // changes nothing, and writing the first one again is a change.
         let check = "the last duplicate won";
         let (ack, _) = write(
-            &case,
+            case,
             &case.sink,
             vec![vec![(case.make)(n, 1)]],
             obs.clone(),
@@ -282,12 +307,16 @@ pub async fn check_sink(case: SinkCase) {
             );
         }
     }
+}
 
+/// An invalid record fails alone, at the write stage, with a reason.
+async fn check_invalid_record(case: &SinkCase) {
+    let n = case.records;
     if let Some(invalid) = case.invalid.clone() {
         let check = "an invalid record";
         let obs = Arc::new(Rejections::default());
         let batch = vec![invalid, (case.make)(n + 1, 0)];
-        let (ack, count) = write(&case, &case.sink, vec![batch], obs.clone(), check, false).await;
+        let (ack, count) = write(case, &case.sink, vec![batch], obs.clone(), check, false).await;
         if (ack.failed, ack.inserted) != (1, 1) || count != n + 2 {
             case.fail(
                 check,
