@@ -128,6 +128,17 @@ struct Call<'a> {
     stats: Option<&'a RunStats>,
 }
 
+impl Call<'_> {
+    /// A network error of this call.
+    fn network(&self, message: String) -> ApiError {
+        ApiError::Network {
+            method: self.method.to_string(),
+            path: self.shown_path.to_owned(),
+            message,
+        }
+    }
+}
+
 /// An optional request header.
 pub(crate) type Headers = Vec<(&'static str, String)>;
 
@@ -230,17 +241,9 @@ impl ApiClient {
         call: &Call<'_>,
         attempt: u32,
     ) -> Attempt<Value, ApiError> {
-        let Call {
-            method,
-            shown_path,
-            stats,
-        } = *call;
+        let Call { method, stats, .. } = *call;
         let repeatable = *method != Method::POST;
-        let network = |message: String| ApiError::Network {
-            method: method.to_string(),
-            path: shown_path.to_owned(),
-            message,
-        };
+        let network = |message: String| call.network(message);
         let in_flight = stats.map(RunStats::request_started);
         let sent = request.send().await;
         drop(in_flight);
@@ -284,39 +287,71 @@ impl ApiClient {
             }
         };
         if (200..300).contains(&status) {
-            if bytes.is_empty() {
-                return Attempt::Done(Value::Null);
-            }
-            return match serde_json::from_slice(&bytes) {
-                Ok(value) => Attempt::Done(value),
-                Err(e) => {
-                    let served = headers
-                        .get(reqwest::header::CONTENT_TYPE)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("no content type");
-                    let start: String = String::from_utf8_lossy(&bytes)
-                        .chars()
-                        .filter(|c| !c.is_control())
-                        .take(60)
-                        .collect();
-                    let err = network(format!(
-                        "answered {status} but the body is not JSON ({e}; served as {served}, starting `{start}`)"
-                    ));
-                    // A broken gateway or proxy: ask again where asking
-                    // again is safe (reads, and versioned writes).
-                    if *method != Method::GET && *method != Method::PUT {
-                        return Attempt::Fail(err);
-                    }
-                    Attempt::Again {
-                        error: err,
-                        wait: self.retry.backoff(attempt),
-                    }
-                }
-            };
+            self.answered_ok(call, status, &headers, &bytes, attempt)
+        } else {
+            self.answered_error(call, status, &headers, &bytes, attempt)
         }
-        let err = (self.dialect.parse_error)(method, shown_path, status, &bytes);
+    }
+
+    /// A 2xx answer: its JSON body (`null` when empty). A body that is not
+    /// JSON is asked for again where that is safe (reads, and versioned writes).
+    fn answered_ok(
+        &self,
+        call: &Call<'_>,
+        status: u16,
+        headers: &reqwest::header::HeaderMap,
+        bytes: &[u8],
+        attempt: u32,
+    ) -> Attempt<Value, ApiError> {
+        if bytes.is_empty() {
+            return Attempt::Done(Value::Null);
+        }
+        match serde_json::from_slice(bytes) {
+            Ok(value) => Attempt::Done(value),
+            Err(e) => {
+                let served = headers
+                    .get(reqwest::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("no content type");
+                let start: String = String::from_utf8_lossy(bytes)
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(60)
+                    .collect();
+                let err = call.network(format!(
+                    "answered {status} but the body is not JSON ({e}; served as {served}, starting `{start}`)"
+                ));
+                // A broken gateway or proxy: ask again where asking again is
+                // safe.
+                if *call.method != Method::GET && *call.method != Method::PUT {
+                    return Attempt::Fail(err);
+                }
+                Attempt::Again {
+                    error: err,
+                    wait: self.retry.backoff(attempt),
+                }
+            }
+        }
+    }
+
+    /// An error answer: 429 pauses every caller for the reset and asks again,
+    /// 5xx asks again when the request is repeatable, anything else fails.
+    fn answered_error(
+        &self,
+        call: &Call<'_>,
+        status: u16,
+        headers: &reqwest::header::HeaderMap,
+        bytes: &[u8],
+        attempt: u32,
+    ) -> Attempt<Value, ApiError> {
+        let Call {
+            method,
+            shown_path,
+            stats,
+        } = *call;
+        let err = (self.dialect.parse_error)(method, shown_path, status, bytes);
         if status == 429 {
-            let reset = retry_after(&headers, &[self.dialect.reset_header])
+            let reset = retry_after(headers, &[self.dialect.reset_header])
                 .unwrap_or(Duration::from_secs(1))
                 .max(Duration::from_secs(1));
             self.pacer.pause(reset);
@@ -329,7 +364,7 @@ impl ApiClient {
                 error: err,
                 wait: Duration::ZERO,
             }
-        } else if status >= 500 && repeatable {
+        } else if status >= 500 && *method != Method::POST {
             Attempt::Again {
                 error: err,
                 wait: self.retry.backoff(attempt),
