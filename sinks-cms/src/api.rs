@@ -128,6 +128,14 @@ struct Call<'a> {
     stats: Option<&'a RunStats>,
 }
 
+/// An answer read whole: its status, headers and body.
+#[derive(Clone, Copy)]
+struct Answer<'a> {
+    status: u16,
+    headers: &'a reqwest::header::HeaderMap,
+    bytes: &'a [u8],
+}
+
 impl Call<'_> {
     /// A network error of this call.
     fn network(&self, message: String) -> ApiError {
@@ -286,10 +294,15 @@ impl ApiClient {
                 };
             }
         };
+        let answer = Answer {
+            status,
+            headers: &headers,
+            bytes: &bytes,
+        };
         if (200..300).contains(&status) {
-            self.answered_ok(call, status, &headers, &bytes, attempt)
+            self.answered_ok(call, &answer, attempt)
         } else {
-            self.answered_error(call, status, &headers, &bytes, attempt)
+            self.answered_error(call, &answer, attempt)
         }
     }
 
@@ -298,18 +311,18 @@ impl ApiClient {
     fn answered_ok(
         &self,
         call: &Call<'_>,
-        status: u16,
-        headers: &reqwest::header::HeaderMap,
-        bytes: &[u8],
+        answer: &Answer<'_>,
         attempt: u32,
     ) -> Attempt<Value, ApiError> {
+        let bytes = answer.bytes;
         if bytes.is_empty() {
             return Attempt::Done(Value::Null);
         }
         match serde_json::from_slice(bytes) {
             Ok(value) => Attempt::Done(value),
             Err(e) => {
-                let served = headers
+                let served = answer
+                    .headers
                     .get(reqwest::header::CONTENT_TYPE)
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("no content type");
@@ -319,7 +332,8 @@ impl ApiClient {
                     .take(60)
                     .collect();
                 let err = call.network(format!(
-                    "answered {status} but the body is not JSON ({e}; served as {served}, starting `{start}`)"
+                    "answered {} but the body is not JSON ({e}; served as {served}, starting `{start}`)",
+                    answer.status
                 ));
                 // A broken gateway or proxy: ask again where asking again is
                 // safe.
@@ -339,9 +353,7 @@ impl ApiClient {
     fn answered_error(
         &self,
         call: &Call<'_>,
-        status: u16,
-        headers: &reqwest::header::HeaderMap,
-        bytes: &[u8],
+        answer: &Answer<'_>,
         attempt: u32,
     ) -> Attempt<Value, ApiError> {
         let Call {
@@ -349,6 +361,11 @@ impl ApiClient {
             shown_path,
             stats,
         } = *call;
+        let Answer {
+            status,
+            headers,
+            bytes,
+        } = *answer;
         let err = (self.dialect.parse_error)(method, shown_path, status, bytes);
         if status == 429 {
             let reset = retry_after(headers, &[self.dialect.reset_header])
