@@ -77,31 +77,7 @@ fn bad_name(name: &str) -> Option<&'static str> {
 /// a column, is refused alone (the rest of the batch goes on).
 pub(crate) fn merge_duplicate_keys(records: Vec<Record>, key: Option<&str>) -> Merged {
     let mut refused = Vec::new();
-    let records: Vec<Record> = if records
-        .iter()
-        .any(|r| r.keys().any(|k| bad_name(k).is_some()))
-    {
-        records
-            .into_iter()
-            .filter_map(|r| match r.keys().find_map(|k| bad_name(k)) {
-                Some(why) => {
-                    let key = key
-                        .and_then(|f| r.get(f))
-                        .and_then(Key::of)
-                        .map(|k| k.text());
-                    refused.push((
-                        key,
-                        format!("{why}; DuckDB cannot name a column so (rename it in a mapping)"),
-                        r,
-                    ));
-                    None
-                }
-                None => Some(r),
-            })
-            .collect()
-    } else {
-        records
-    };
+    let records = refuse_bad_names(records, key, &mut refused);
     let Some(field) = key else {
         return Merged {
             records,
@@ -110,33 +86,11 @@ pub(crate) fn merge_duplicate_keys(records: Vec<Record>, key: Option<&str>) -> M
             range: None,
         };
     };
-    let mut keys = Vec::with_capacity(records.len());
-    let records: Vec<Record> = if records
+    let records = refuse_missing_keys(records, field, &mut refused);
+    let keys: Vec<Key> = records
         .iter()
-        .all(|r| r.get(field).and_then(Key::of).is_some())
-    {
-        records
-    } else {
-        records
-            .into_iter()
-            .filter(|r| {
-                if r.get(field).and_then(Key::of).is_some() {
-                    return true;
-                }
-                refused.push((
-                    None,
-                    format!("no value for the key field '{field}' (missing or null)"),
-                    r.clone(),
-                ));
-                false
-            })
-            .collect()
-    };
-    for record in &records {
-        if let Some(k) = record.get(field).and_then(Key::of) {
-            keys.push(k);
-        }
-    }
+        .filter_map(|r| r.get(field).and_then(Key::of))
+        .collect();
     let increasing = keys
         .windows(2)
         .all(|w| w[0].compare(&w[1]) == Some(Ordering::Less));
@@ -154,6 +108,78 @@ pub(crate) fn merge_duplicate_keys(records: Vec<Record>, key: Option<&str>) -> M
             range,
         };
     }
+    let (records, duplicates, range) = last_wins(records, keys);
+    Merged {
+        records,
+        duplicates,
+        refused,
+        range,
+    }
+}
+
+/// Refuses the records with a field DuckDB cannot name a column after.
+fn refuse_bad_names(
+    records: Vec<Record>,
+    key: Option<&str>,
+    refused: &mut Vec<Refused>,
+) -> Vec<Record> {
+    if !records
+        .iter()
+        .any(|r| r.keys().any(|k| bad_name(k).is_some()))
+    {
+        return records;
+    }
+    records
+        .into_iter()
+        .filter_map(|r| match r.keys().find_map(|k| bad_name(k)) {
+            Some(why) => {
+                let key = key
+                    .and_then(|f| r.get(f))
+                    .and_then(Key::of)
+                    .map(|k| k.text());
+                refused.push((
+                    key,
+                    format!("{why}; DuckDB cannot name a column so (rename it in a mapping)"),
+                    r,
+                ));
+                None
+            }
+            None => Some(r),
+        })
+        .collect()
+}
+
+/// Refuses the records without a value for the key field.
+fn refuse_missing_keys(
+    records: Vec<Record>,
+    field: &str,
+    refused: &mut Vec<Refused>,
+) -> Vec<Record> {
+    if records
+        .iter()
+        .all(|r| r.get(field).and_then(Key::of).is_some())
+    {
+        return records;
+    }
+    records
+        .into_iter()
+        .filter(|r| {
+            if r.get(field).and_then(Key::of).is_some() {
+                return true;
+            }
+            refused.push((
+                None,
+                format!("no value for the key field '{field}' (missing or null)"),
+                r.clone(),
+            ));
+            false
+        })
+        .collect()
+}
+
+/// One record per key, the last of each in the place of the first; the count
+/// of records replaced, and the keys' range when they are all comparable.
+fn last_wins(records: Vec<Record>, keys: Vec<Key>) -> (Vec<Record>, u64, Option<(Key, Key)>) {
     let mut index: HashMap<String, usize> = HashMap::with_capacity(records.len());
     let mut out: Vec<Record> = Vec::with_capacity(records.len());
     let mut duplicates = 0;
@@ -161,27 +187,8 @@ pub(crate) fn merge_duplicate_keys(records: Vec<Record>, key: Option<&str>) -> M
     let mut orderable = true;
     for (record, key) in records.into_iter().zip(keys) {
         if orderable {
-            range = match range.take() {
-                None if !matches!(key, Key::Other(_)) => Some((key.clone(), key.clone())),
-                None => {
-                    orderable = false;
-                    None
-                }
-                Some((lo, hi)) => match (key.compare(&lo), key.compare(&hi)) {
-                    (Some(l), Some(h)) => Some((
-                        if l == Ordering::Less { key.clone() } else { lo },
-                        if h == Ordering::Greater {
-                            key.clone()
-                        } else {
-                            hi
-                        },
-                    )),
-                    _ => {
-                        orderable = false;
-                        None
-                    }
-                },
-            };
+            range = widen(range, &key);
+            orderable = range.is_some();
         }
         match index.get(&key.text()) {
             Some(&at) => {
@@ -194,11 +201,25 @@ pub(crate) fn merge_duplicate_keys(records: Vec<Record>, key: Option<&str>) -> M
             }
         }
     }
-    Merged {
-        records: out,
-        duplicates,
-        refused,
-        range,
+    (out, duplicates, range)
+}
+
+/// `range` widened to hold `key`; `None` when a key cannot be ordered.
+fn widen(range: Option<(Key, Key)>, key: &Key) -> Option<(Key, Key)> {
+    match range {
+        None if !matches!(key, Key::Other(_)) => Some((key.clone(), key.clone())),
+        None => None,
+        Some((lo, hi)) => match (key.compare(&lo), key.compare(&hi)) {
+            (Some(l), Some(h)) => Some((
+                if l == Ordering::Less { key.clone() } else { lo },
+                if h == Ordering::Greater {
+                    key.clone()
+                } else {
+                    hi
+                },
+            )),
+            _ => None,
+        },
     }
 }
 
