@@ -12,7 +12,9 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
-use sluicegate_core::{Error, ErrorKind, LATENCY_BOUNDS_MS, MemoryBudget, Result, RunStats};
+use sluicegate_core::{
+    Error, ErrorKind, LATENCY_BOUNDS_MS, MemoryBudget, Result, RunStats, StatsSnapshot,
+};
 use sluicegate_engine::MemoryMonitor;
 
 /// What a scrape reads: the run's counters, budget and memory monitor, and
@@ -129,43 +131,29 @@ impl RunCollector {
     }
 
     /// The plain series (counters and gauges): name, help, value.
-    fn series(&self) -> Vec<(&'static str, &'static str, Sample)> {
-        let snap = self.stats.snapshot();
+    fn series(&self) -> Vec<Series> {
+        let mut series = run_series(&self.stats.snapshot());
+        series.extend(self.memory_series());
+        if let Some(expected) = self.stats.expected_rows() {
+            series.push((
+                "stream_expected_rows",
+                "Records the running stream's source expects to read (its API's total).",
+                Sample::Gauge(expected),
+            ));
+        }
+        series
+    }
+
+    /// The memory series: the process (and its container), the record budget
+    /// and the memory monitor.
+    fn memory_series(&self) -> Vec<Series> {
         let m = self.monitor.snapshot();
         let b = self.budget.snapshot();
         let now = self.monitor.memory().unwrap_or_default();
         let mem = now.process;
         let to_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
-        use Sample::{Counter, Fraction, Gauge, Seconds};
-        let mut series: Vec<(&'static str, &'static str, Sample)> = vec![
-            (
-                "rows_read",
-                "Rows read from sources.",
-                Counter(snap.rows_read),
-            ),
-            (
-                "rows_written",
-                "Rows acknowledged by sinks.",
-                Counter(snap.rows_written),
-            ),
-            (
-                "rows_filtered",
-                "Rows dropped by filters.",
-                Counter(snap.rows_filtered),
-            ),
-            (
-                "rows_rejected",
-                "Rows rejected (dead letters).",
-                Counter(snap.rows_rejected),
-            ),
-            ("pages", "Source pages read.", Counter(snap.pages)),
-            ("batches", "Sink batches written.", Counter(snap.batches)),
-            (
-                "bytes_received",
-                "Response bytes received.",
-                Counter(snap.bytes_received),
-            ),
-            ("retries", "Requests retried.", Counter(snap.retries)),
+        use Sample::{Counter, Fraction, Gauge};
+        let mut series = vec![
             ("memory_rss_bytes", "Resident set size.", Gauge(mem.rss)),
             (
                 "memory_peak_rss_bytes",
@@ -242,51 +230,6 @@ impl RunCollector {
                 "How far the resident set fell when the allocator returned memory.",
                 Counter(m.bytes_returned),
             ),
-            (
-                "cache_hits",
-                "Records a sink's lookup cache answered.",
-                Counter(snap.cache_hits),
-            ),
-            (
-                "cache_misses",
-                "Records a sink's lookup cache did not know.",
-                Counter(snap.cache_misses),
-            ),
-            (
-                "cache_evictions",
-                "Entries evicted from lookup caches to stay within bounds.",
-                Counter(snap.cache_evictions),
-            ),
-            (
-                "cache_entries",
-                "Entries in the lookup cache of the stream being written.",
-                Gauge(snap.cache_entries),
-            ),
-            (
-                "cache_bytes",
-                "Bytes in that cache, as weighed.",
-                Gauge(snap.cache_bytes),
-            ),
-            (
-                "rate_limited",
-                "\"Too many requests\" answers that paused requests.",
-                Counter(snap.rate_limited),
-            ),
-            (
-                "rate_limit_wait_seconds",
-                "Time requests waited for a slot under a rate limit.",
-                Seconds(snap.rate_limit_wait_ms as f64 / 1000.0),
-            ),
-            (
-                "requests_in_flight",
-                "Requests sent and not answered yet (concurrency).",
-                Gauge(snap.in_flight),
-            ),
-            (
-                "requests_in_flight_peak",
-                "The most requests in flight at once.",
-                Gauge(snap.peak_in_flight),
-            ),
         ];
         if let Some(cgroup) = now.cgroup {
             series.push((
@@ -298,13 +241,6 @@ impl RunCollector {
                 "memory_cgroup_limit_bytes",
                 "The memory limit of the run's container (cgroup).",
                 Gauge(cgroup.limit),
-            ));
-        }
-        if let Some(expected) = self.stats.expected_rows() {
-            series.push((
-                "stream_expected_rows",
-                "Records the running stream's source expects to read (its API's total).",
-                Gauge(expected),
             ));
         }
         series
@@ -372,6 +308,90 @@ impl Drop for MetricsServer {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// One plain series: name, help, value.
+type Series = (&'static str, &'static str, Sample);
+
+/// The run's counters: rows, pages, batches, requests, lookup caches and rate
+/// limits.
+fn run_series(snap: &StatsSnapshot) -> Vec<Series> {
+    use Sample::{Counter, Gauge, Seconds};
+    vec![
+        (
+            "rows_read",
+            "Rows read from sources.",
+            Counter(snap.rows_read),
+        ),
+        (
+            "rows_written",
+            "Rows acknowledged by sinks.",
+            Counter(snap.rows_written),
+        ),
+        (
+            "rows_filtered",
+            "Rows dropped by filters.",
+            Counter(snap.rows_filtered),
+        ),
+        (
+            "rows_rejected",
+            "Rows rejected (dead letters).",
+            Counter(snap.rows_rejected),
+        ),
+        ("pages", "Source pages read.", Counter(snap.pages)),
+        ("batches", "Sink batches written.", Counter(snap.batches)),
+        (
+            "bytes_received",
+            "Response bytes received.",
+            Counter(snap.bytes_received),
+        ),
+        ("retries", "Requests retried.", Counter(snap.retries)),
+        (
+            "cache_hits",
+            "Records a sink's lookup cache answered.",
+            Counter(snap.cache_hits),
+        ),
+        (
+            "cache_misses",
+            "Records a sink's lookup cache did not know.",
+            Counter(snap.cache_misses),
+        ),
+        (
+            "cache_evictions",
+            "Entries evicted from lookup caches to stay within bounds.",
+            Counter(snap.cache_evictions),
+        ),
+        (
+            "cache_entries",
+            "Entries in the lookup cache of the stream being written.",
+            Gauge(snap.cache_entries),
+        ),
+        (
+            "cache_bytes",
+            "Bytes in that cache, as weighed.",
+            Gauge(snap.cache_bytes),
+        ),
+        (
+            "rate_limited",
+            "\"Too many requests\" answers that paused requests.",
+            Counter(snap.rate_limited),
+        ),
+        (
+            "rate_limit_wait_seconds",
+            "Time requests waited for a slot under a rate limit.",
+            Seconds(snap.rate_limit_wait_ms as f64 / 1000.0),
+        ),
+        (
+            "requests_in_flight",
+            "Requests sent and not answered yet (concurrency).",
+            Gauge(snap.in_flight),
+        ),
+        (
+            "requests_in_flight_peak",
+            "The most requests in flight at once.",
+            Gauge(snap.peak_in_flight),
+        ),
+    ]
 }
 
 #[cfg(test)]
