@@ -191,41 +191,11 @@ pub struct TuningFlags {
     pub max_concurrent_chunks: Option<u64>,
 }
 
-impl Tuning {
-    /// Resolves the knobs from the flags, the file's section and the preset.
-    pub fn resolve(
-        args: &TuningFlags,
-        file: &TuningConfig,
-        at: &dyn Fn(&str) -> String,
-    ) -> Result<Self> {
-        let chosen = args.preset.or(file.preset);
-        let preset = chosen.unwrap_or_default();
-        // The default preset's values are plain defaults.
-        let preset_origin = if chosen.is_some() {
-            Origin::Preset
-        } else {
-            Origin::Default
-        };
-        let flags = Knobs {
-            max_memory_mb: args.max_memory_mb,
-            flush_threshold: args.flush_threshold_percent,
-            check_interval: args.memory_check_interval,
-            page_size: args.page_size,
-            transform_rows: args.transform_batch_size,
-            load_batch: args.batch_size,
-            load_batch_factor: None,
-            max_concurrency: args.max_concurrent_chunks,
-        };
-        let from_file = Knobs {
-            max_memory_mb: file.max_memory_mb,
-            flush_threshold: file.flush_threshold_percent,
-            check_interval: file.memory_check_interval,
-            page_size: file.page_size,
-            transform_rows: file.transform_batch_size,
-            load_batch: file.load_batch_size,
-            load_batch_factor: None,
-            max_concurrency: file.max_concurrent_chunks,
-        };
+impl TuningConfig {
+    /// The section's knobs, once their values are checked (`at` names where
+    /// the section is, for the error).
+    fn checked(&self, at: &dyn Fn(&str) -> String) -> Result<Knobs> {
+        let file = self;
         let section_errors = [
             ("maxMemoryMb", file.max_memory_mb.is_some_and(|n| n == 0)),
             ("pageSize", file.page_size.is_some_and(|n| n == 0)),
@@ -262,6 +232,45 @@ impl Tuning {
             check_interval(s)
                 .map_err(|e| Error::config(at(&format!("tuning.memoryCheckInterval: {e}"))))?;
         }
+        Ok(Knobs {
+            max_memory_mb: file.max_memory_mb,
+            flush_threshold: file.flush_threshold_percent,
+            check_interval: file.memory_check_interval,
+            page_size: file.page_size,
+            transform_rows: file.transform_batch_size,
+            load_batch: file.load_batch_size,
+            load_batch_factor: None,
+            max_concurrency: file.max_concurrent_chunks,
+        })
+    }
+}
+
+impl Tuning {
+    /// Resolves the knobs from the flags, the file's section and the preset.
+    pub fn resolve(
+        args: &TuningFlags,
+        file: &TuningConfig,
+        at: &dyn Fn(&str) -> String,
+    ) -> Result<Self> {
+        let chosen = args.preset.or(file.preset);
+        let preset = chosen.unwrap_or_default();
+        // The default preset's values are plain defaults.
+        let preset_origin = if chosen.is_some() {
+            Origin::Preset
+        } else {
+            Origin::Default
+        };
+        let flags = Knobs {
+            max_memory_mb: args.max_memory_mb,
+            flush_threshold: args.flush_threshold_percent,
+            check_interval: args.memory_check_interval,
+            page_size: args.page_size,
+            transform_rows: args.transform_batch_size,
+            load_batch: args.batch_size,
+            load_batch_factor: None,
+            max_concurrency: args.max_concurrent_chunks,
+        };
+        let from_file = file.checked(at)?;
         let preset_knobs = preset.knobs();
         let mut origins = std::collections::BTreeMap::new();
         macro_rules! pick {
