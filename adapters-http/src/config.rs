@@ -320,6 +320,12 @@ impl HttpSourceConfig {
         if let Some(auth) = &self.auth {
             auth.resolve(ctx)?;
         }
+        self.check_limits()?;
+        self.validate_parent(ctx, depth, chain)
+    }
+
+    /// Checks the retry, timeout, rate, concurrency and file-cache values.
+    fn check_limits(&self) -> Result<()> {
         if self.retry.max_attempts == 0 {
             return Err(field_error("retry.maxAttempts", "must be at least 1"));
         }
@@ -347,6 +353,17 @@ impl HttpSourceConfig {
                 "ttlSecs and maxMb must be at least 1",
             ));
         }
+        Ok(())
+    }
+
+    /// Checks the parent chain (no cycle, not too deep) and validates each
+    /// parent; `includeFromParent` needs a parent.
+    fn validate_parent(
+        &self,
+        ctx: &BuildContext,
+        depth: usize,
+        chain: &mut Vec<String>,
+    ) -> Result<()> {
         if let Some(parent) = &self.parent {
             if chain.contains(&self.end_point) {
                 return Err(field_error(
