@@ -99,6 +99,64 @@ enum Endpoint {
     },
 }
 
+impl Endpoint {
+    /// The endpoint of `config`: rendered now, or templates over the parent
+    /// record for a child.
+    fn of(config: &HttpSourceConfig, scope: &Value) -> Result<Self> {
+        Ok(if config.parent.is_some() {
+            let mut templates = Templates::new();
+            templates.add("endPoint", &config.end_point)?;
+            let mut form = Vec::new();
+            for (k, v) in &config.form_url_encoded_content {
+                templates.add(&format!("form.{k}"), v)?;
+                form.push(k.clone());
+            }
+            Endpoint::PerParent {
+                templates,
+                form,
+                body: config.body.clone(),
+            }
+        } else {
+            let url = check_url(&render_template("endPoint", &config.end_point, scope)?)?;
+            let form = config
+                .form_url_encoded_content
+                .iter()
+                .map(|(k, v)| {
+                    Ok((
+                        k.clone(),
+                        render_template(&format!("formUrlEncodedContent.{k}"), v, scope)?,
+                    ))
+                })
+                .collect::<Result<_>>()?;
+            let body = config
+                .body
+                .as_ref()
+                .map(|b| render_body(b, scope))
+                .transpose()?;
+            Endpoint::Fixed { url, form, body }
+        })
+    }
+}
+
+/// The configured headers, rendered (the `Authorization` header is marked
+/// sensitive, so it never shows in debug output).
+fn request_headers(config: &HttpSourceConfig, scope: &Value) -> Result<HeaderMap> {
+    let mut headers = HeaderMap::new();
+    for (name, value) in &config.headers {
+        let rendered = render_template(name, value, scope)?;
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| Error::config(format!("invalid header name '{name}'")))?;
+        let mut value = HeaderValue::from_str(&rendered).map_err(|_| {
+            Error::config(format!(
+                "header {name} has characters not allowed in headers"
+            ))
+        })?;
+        value.set_sensitive(name == reqwest::header::AUTHORIZATION);
+        headers.insert(name, value);
+    }
+    Ok(headers)
+}
+
 struct ParentLink {
     source: HttpSource,
     fan_out: usize,
@@ -191,51 +249,8 @@ impl HttpSource {
 
     fn build(config: &HttpSourceConfig, ctx: &BuildContext) -> Result<Self> {
         let scope = ctx.template_scope.clone();
-        let mut headers = HeaderMap::new();
-        for (name, value) in &config.headers {
-            let rendered = render_template(name, value, &scope)?;
-            let name = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| Error::config(format!("invalid header name '{name}'")))?;
-            let mut value = HeaderValue::from_str(&rendered).map_err(|_| {
-                Error::config(format!(
-                    "header {name} has characters not allowed in headers"
-                ))
-            })?;
-            value.set_sensitive(name == reqwest::header::AUTHORIZATION);
-            headers.insert(name, value);
-        }
-        let endpoint = if config.parent.is_some() {
-            let mut templates = Templates::new();
-            templates.add("endPoint", &config.end_point)?;
-            let mut form = Vec::new();
-            for (k, v) in &config.form_url_encoded_content {
-                templates.add(&format!("form.{k}"), v)?;
-                form.push(k.clone());
-            }
-            Endpoint::PerParent {
-                templates,
-                form,
-                body: config.body.clone(),
-            }
-        } else {
-            let url = check_url(&render_template("endPoint", &config.end_point, &scope)?)?;
-            let form = config
-                .form_url_encoded_content
-                .iter()
-                .map(|(k, v)| {
-                    Ok((
-                        k.clone(),
-                        render_template(&format!("formUrlEncodedContent.{k}"), v, &scope)?,
-                    ))
-                })
-                .collect::<Result<_>>()?;
-            let body = config
-                .body
-                .as_ref()
-                .map(|b| render_body(b, &scope))
-                .transpose()?;
-            Endpoint::Fixed { url, form, body }
-        };
+        let headers = request_headers(config, &scope)?;
+        let endpoint = Endpoint::of(config, &scope)?;
         let zip_password = config
             .results_secret
             .as_deref()
