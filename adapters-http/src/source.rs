@@ -202,6 +202,7 @@ fn page_fingerprint(fetched: &Fetched) -> Option<(u64, String, String)> {
     })
 }
 
+/// Renders string leaves of a JSON body template.
 fn render_body(value: &Value, scope: &Value) -> Result<Value> {
     Ok(match value {
         Value::String(s) => Value::String(render_template("body", s, scope)?),
@@ -940,19 +941,9 @@ impl Inner {
         });
         let mut count = 0u64;
         while let Some(mut rows) = rows_rx.recv().await {
-            // The reader's chunks are `chunk_rows` long: the one before goes
-            // on as a part when another follows.
-            if let Some(tx) = tx
-                && let Some(part) = builder.cut(None).await?
-            {
-                tx.send(part).await?;
-                builder.reserve().await?;
-                *sent_any = true;
-            }
             count += rows.len() as u64;
-            self.add(None, &mut builder, &mut rows, target).await?;
-            if tx.is_some() {
-                builder.grow().await?;
+            if self.add(tx, &mut builder, &mut rows, target).await? {
+                *sent_any = true;
             }
         }
         reader

@@ -3,11 +3,12 @@
 //! [`crate::metrics`]).
 //!
 //! [`MemoryWatch`] reads the run's memory sampler (shared with the monitor, the
-//! progress display and the metrics) every 250 ms for the peak and the average, and keeps snapshots at key points: the start, the first page read,
-//! every [`SNAPSHOT_EVERY_BATCHES`] batches written, and the end. When the
-//! resident set grows across [`GROWTH_SNAPSHOTS`] batch snapshots in a row by more
-//! than a fifth while the budget's peak stays put, it warns: memory that grows
-//! with the data is what a flat-memory run must not do.
+//! progress display and the metrics) every 250 ms for the peak and the average, and
+//! keeps snapshots at key points: the start, the first page read, every
+//! [`SNAPSHOT_EVERY_BATCHES`] batches written, and the end. When the resident set grows
+//! across [`GROWTH_SNAPSHOTS`] batch snapshots in a row by more than a fifth while the
+//! budget's peak stays put, it warns: memory that grows with the data is what a
+//! flat-memory run must not do.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

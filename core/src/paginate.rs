@@ -103,7 +103,6 @@ pub fn paginate<P: PageSource>(source: Arc<P>, request: ReadRequest) -> BatchStr
             return Ok(None);
         }
         st.page += 1;
-        let in_read = |e: Error, page: u64| e.with_context("page", page);
         let ctx = PageContext {
             sync_key: st.request.sync_key.clone(),
             page: st.page,
@@ -115,7 +114,7 @@ pub fn paginate<P: PageSource>(source: Arc<P>, request: ReadRequest) -> BatchStr
             .source
             .fetch_page(st.guard.current(), &ctx)
             .await
-            .map_err(|e| in_read(e, st.page))
+            .context("page", st.page)
             .context("sync", &st.request.sync_key)?;
         let mut next = page.next;
         if let Some(token) = &next
@@ -133,7 +132,7 @@ pub fn paginate<P: PageSource>(source: Arc<P>, request: ReadRequest) -> BatchStr
             .builder
             .end_page(next.clone())
             .await
-            .map_err(|e| in_read(e, st.page))
+            .context("page", st.page)
             .context("sync", &st.request.sync_key)?;
         st.done = next.is_none();
         if let Some(next) = next {
