@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 use sluicegate_core::{
-    BatchBuilder, BatchLimits, BatchSender, Error, ErrorKind, Position, ReadRequest, Record,
-    Result, RunStats,
+    BatchBuilder, BatchLimits, BatchSender, Error, ErrorKind, JsonFields, Position, ReadRequest,
+    Record, Result, RunStats,
 };
 
 /// What a batch's position records.
@@ -58,6 +58,7 @@ pub(crate) struct Batcher {
     page: u64,
     total: u64,
     json_columns: Vec<String>,
+    json_fields: Option<Arc<JsonFields>>,
 }
 
 impl Batcher {
@@ -79,13 +80,24 @@ impl Batcher {
             page: 0,
             total: 0,
             json_columns: Vec::new(),
+            json_fields: None,
         }
     }
 
-    /// Parses the text in these columns as JSON.
+    /// Parses the text in these columns as JSON (`jsonColumns`); they are
+    /// declared JSON on the batches, and SQL NULL in them is a field left out.
     pub(crate) fn with_json_columns(mut self, columns: Vec<String>) -> Self {
         self.json_columns = columns;
+        self.declare_json(Vec::new());
         self
+    }
+
+    /// Declares the columns a query returns with a JSON type (the provider
+    /// leaves SQL NULL in them out of the record), together with
+    /// `jsonColumns`, on every batch sent from now on.
+    pub(crate) fn declare_json(&mut self, typed: Vec<String>) {
+        let fields = JsonFields::new(self.json_columns.iter().cloned().chain(typed));
+        self.json_fields = (!fields.is_empty()).then(|| Arc::new(fields));
     }
 
     /// Counts a new fetch or page: batches after it carry its number.
@@ -127,6 +139,10 @@ impl Batcher {
     /// Adds one row; sends the batch when it is full.
     pub(crate) async fn push(&mut self, mut record: Record) -> Result<()> {
         for column in &self.json_columns {
+            // SQL NULL stays apart from the JSON `null` a text may hold.
+            if record.get(column.as_str()).is_some_and(Value::is_null) {
+                record.shift_remove(column.as_str());
+            }
             if let Some(value) = record.get_mut(column.as_str())
                 && let Value::String(text) = value
             {
@@ -179,7 +195,11 @@ impl Batcher {
     /// Sends the rows collected so far, if any.
     pub(crate) async fn flush(&mut self) -> Result<()> {
         match self.builder.cut(self.tracker.position()).await? {
-            Some(batch) => self.tx.send(batch).await,
+            Some(batch) => {
+                self.tx
+                    .send(batch.with_json_fields(self.json_fields.clone()))
+                    .await
+            }
             None => Ok(()),
         }
     }

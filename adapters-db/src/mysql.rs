@@ -159,13 +159,29 @@ async fn read_rows<P: mysql_async::prelude::Protocol>(
     )
     .map_err(|m| origin.query_failed(m, "rename the column in query"))?;
     let names: Vec<String> = columns.iter().map(|c| c.name_str().into_owned()).collect();
+    let json: Vec<bool> = columns
+        .iter()
+        .map(|c| c.column_type() == ColumnType::MYSQL_TYPE_JSON)
+        .collect();
+    out.declare_json(
+        names
+            .iter()
+            .zip(&json)
+            .filter(|(_, j)| **j)
+            .map(|(n, _)| n.clone())
+            .collect(),
+    );
     let mut total = 0u64;
     while let Some(row) = result.next().await.map_err(err)? {
         let values = row.unwrap_raw();
         let mut record = Map::with_capacity(names.len());
         let mut failed = None;
-        for ((name, column), value) in names.iter().zip(columns.iter()).zip(values) {
+        for (((name, column), value), json) in
+            names.iter().zip(columns.iter()).zip(values).zip(&json)
+        {
             let value = match value.and_then(|v| as_text(column, v)) {
+                // SQL NULL in a JSON column: left out, apart from JSON `null`.
+                None if *json => continue,
                 None => Value::Null,
                 Some(bytes) => match decode(column, bytes) {
                     Ok(value) => value,
@@ -230,7 +246,7 @@ fn as_text(column: &Column, value: mysql_async::Value) -> Option<Vec<u8>> {
 /// | `DECIMAL` | string with every digit |
 /// | `BIT(n)` | number |
 /// | `CHAR`, `VARCHAR`, `TEXT`, `ENUM`, `SET` | string |
-/// | `JSON` (MySQL) | the JSON value itself; MariaDB's `JSON` is `LONGTEXT`, a string |
+/// | `JSON` (MySQL) | the JSON value itself, the field declared JSON (SQL NULL: left out); MariaDB's `JSON` is `LONGTEXT`, a string (name it in `jsonColumns`) |
 /// | `BINARY`, `VARBINARY`, `BLOB`, `GEOMETRY` | base64 string |
 /// | `DATE` | `"2024-02-29"` |
 /// | `DATETIME` | `"2024-02-29T13:45:00.5"` (no zone) |

@@ -127,6 +127,19 @@ impl Session for PgSession {
             .collect();
         check_unique_columns(names.iter().map(String::as_str))
             .map_err(|m| origin.query_failed(m, "rename the column in query"))?;
+        let json: Vec<bool> = statement
+            .columns()
+            .iter()
+            .map(|c| is_json(c.type_()))
+            .collect();
+        out.declare_json(
+            names
+                .iter()
+                .zip(&json)
+                .filter(|(_, j)| **j)
+                .map(|(n, _)| n.clone())
+                .collect(),
+        );
         let params: Vec<TextParam> = after.map(|v| TextParam(key_text(v))).into_iter().collect();
         let portal = tx.bind_raw(&statement, params.iter()).await.map_err(err)?;
         let max_rows = i32::try_from(fetch).unwrap_or(i32::MAX);
@@ -138,7 +151,7 @@ impl Session for PgSession {
             pin_mut!(rows);
             let mut fetched = 0usize;
             while let Some(row) = rows.try_next().await.map_err(err)? {
-                let record = decode_row(&origin, &row, &names, out)?;
+                let record = decode_row(&origin, &row, (&names, &json), out)?;
                 out.push(record).await?;
                 fetched += 1;
             }
@@ -152,15 +165,31 @@ impl Session for PgSession {
     }
 }
 
+/// Whether values of `ty` are JSON (`json`, `jsonb`, or a domain over one).
+fn is_json(ty: &Type) -> bool {
+    match ty.kind() {
+        Kind::Domain(base) => is_json(base),
+        _ => *ty == Type::JSON || *ty == Type::JSONB,
+    }
+}
+
 /// Decodes a row; a value that cannot be decoded is an error naming its
-/// column and the row (its key, when the other columns decode).
-fn decode_row(origin: &Origin, row: &Row, names: &[String], out: &Batcher) -> Result<Record> {
+/// column and the row (its key, when the other columns decode). SQL NULL in a
+/// JSON column (`json[i]`) is left out of the record, so it stays apart from
+/// the JSON `null`.
+fn decode_row(
+    origin: &Origin,
+    row: &Row,
+    (names, json): (&[String], &[bool]),
+    out: &Batcher,
+) -> Result<Record> {
     let mut record = Map::with_capacity(names.len());
     let mut failed = None;
     for (i, name) in names.iter().enumerate() {
-        match row.try_get::<_, PgValue>(i) {
+        match row.try_get::<_, Option<PgValue>>(i) {
+            Ok(None) if json[i] => {}
             Ok(value) => {
-                record.insert(name.clone(), value.0);
+                record.insert(name.clone(), value.map_or(Value::Null, |v| v.0));
             }
             Err(e) if failed.is_none() => {
                 let ty = row.columns()[i].type_().name().to_owned();
@@ -239,7 +268,7 @@ impl<'a> FromSql<'a> for PgValue {
 /// | `numeric` | string with every digit (`"12345678901234567890.0001"`) |
 /// | `boolean` | boolean |
 /// | `text`, `varchar`, `char(n)`, `name`, `citext`, enums, `xml` | string |
-/// | `json`, `jsonb` | the JSON value itself |
+/// | `json`, `jsonb` | the JSON value itself, the field declared JSON (SQL NULL: the field is left out) |
 /// | `uuid` | string (`"a0ee…"`) |
 /// | `bytea` | base64 string |
 /// | `date` | `"2024-02-29"` |

@@ -61,7 +61,7 @@ impl Session for SqliteSession {
     ) -> Result<u64> {
         out.reserve().await?;
         out.next_page();
-        let (tx, mut rx) = mpsc::channel::<std::result::Result<Vec<Record>, Failure>>(1);
+        let (tx, mut rx) = mpsc::channel::<std::result::Result<Read, Failure>>(1);
         let path = self.path.clone();
         let sql = sql.to_owned();
         let key = after.map(to_sqlite);
@@ -72,7 +72,13 @@ impl Session for SqliteSession {
         });
         let mut total = 0u64;
         while let Some(chunk) = rx.recv().await {
-            let chunk = chunk.map_err(|f| f.into_error(&self.origin, out))?;
+            let chunk = match chunk.map_err(|f| f.into_error(&self.origin, out))? {
+                Read::Json(columns) => {
+                    out.declare_json(columns);
+                    continue;
+                }
+                Read::Rows(chunk) => chunk,
+            };
             for record in chunk {
                 out.push(record).await?;
                 total += 1;
@@ -84,6 +90,13 @@ impl Session for SqliteSession {
         })?;
         Ok(total)
     }
+}
+
+/// What the reading thread sends: first the columns declared `JSON`, then
+/// rows.
+enum Read {
+    Json(Vec<String>),
+    Rows(Vec<Record>),
 }
 
 /// What went wrong on the reading thread.
@@ -142,7 +155,7 @@ fn read(
     path: &Path,
     sql: &str,
     key: Option<rusqlite::types::Value>,
-    tx: &mpsc::Sender<std::result::Result<Vec<Record>, Failure>>,
+    tx: &mpsc::Sender<std::result::Result<Read, Failure>>,
 ) -> std::result::Result<(), Failure> {
     let conn = Connection::open_with_flags(
         path,
@@ -169,6 +182,15 @@ fn read(
             },
         )
         .collect();
+    let json = names
+        .iter()
+        .zip(&declared)
+        .filter(|(_, d)| **d == Declared::Json)
+        .map(|(n, _)| n.clone())
+        .collect();
+    if tx.blocking_send(Ok(Read::Json(json))).is_err() {
+        return Ok(()); // the reader was dropped
+    }
     let mut rows = match key {
         Some(k) => statement.query([k]),
         None => statement.query([]),
@@ -180,6 +202,9 @@ fn read(
         let mut failed = None;
         for (i, name) in names.iter().enumerate() {
             let value = row.get_ref(i).map_err(Failure::Query)?;
+            if declared[i] == Declared::Json && value == ValueRef::Null {
+                continue; // SQL NULL stays apart from the JSON `null`
+            }
             match decode(value, declared[i]) {
                 Ok(value) => {
                     record.insert(name.clone(), value);
@@ -192,24 +217,24 @@ fn read(
         if let Some((name, why)) = failed {
             // The rows before it go first, so the error can say which row it is.
             if !chunk.is_empty() {
-                let _ = tx.blocking_send(Ok(std::mem::take(&mut chunk)));
+                let _ = tx.blocking_send(Ok(Read::Rows(std::mem::take(&mut chunk))));
             }
             return Err(Failure::Column(name, why, record));
         }
         chunk.push(record);
         if chunk.len() == CHUNK_ROWS
             && tx
-                .blocking_send(Ok(std::mem::replace(
+                .blocking_send(Ok(Read::Rows(std::mem::replace(
                     &mut chunk,
                     Vec::with_capacity(CHUNK_ROWS),
-                )))
+                ))))
                 .is_err()
         {
             return Ok(()); // the reader was dropped
         }
     }
     if !chunk.is_empty() {
-        let _ = tx.blocking_send(Ok(chunk));
+        let _ = tx.blocking_send(Ok(Read::Rows(chunk)));
     }
     Ok(())
 }
@@ -220,9 +245,9 @@ fn read(
 /// |---|---|
 /// | `INTEGER` | number; `true`/`false` in a column declared `BOOLEAN` |
 /// | `REAL` | number (`±Infinity` as strings) |
-/// | `TEXT` | string; the JSON value itself in a column declared `JSON` |
+/// | `TEXT` | string; the JSON value itself in a column declared `JSON` (text that is not JSON: a string), the field declared JSON |
 /// | `BLOB` | base64 string |
-/// | `NULL` | null |
+/// | `NULL` | null; in a column declared `JSON`, the field is left out |
 fn decode(value: ValueRef<'_>, declared: Declared) -> std::result::Result<Value, String> {
     Ok(match value {
         ValueRef::Null => Value::Null,

@@ -29,6 +29,11 @@ async fn every_type_reads_without_loss() {
     .await
     .unwrap();
     assert_eq!(got.records, every_type_records(DbKind::Postgres));
+    assert_eq!(
+        got.json_fields.iter().collect::<Vec<_>>(),
+        ["doc", "docb"],
+        "json and jsonb columns are declared JSON"
+    );
 }
 
 #[tokio::test]

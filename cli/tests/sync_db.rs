@@ -115,6 +115,146 @@ async fn every_type_of_each_provider_lands_in_duckdb_exactly() {
     );
 }
 
+/// The JSON values of the JSON-column test: `None` is SQL NULL. Each value's
+/// JSON type must survive (`"123"` apart from `123`, `"true"` from `true`),
+/// JSON `null` apart from SQL NULL, and every digit.
+const JSON_DOCS: [Option<&str>; 12] = [
+    Some(r#""123""#),
+    Some("123"),
+    Some("null"),
+    None,
+    Some("true"),
+    Some(r#""true""#),
+    Some(r#"{"a": [1, "1", null, 0.42451918914251396], "b": {"c": "ü✓"}}"#),
+    Some("0.42451918914251396"),
+    Some("123456789012345678901234567890"),
+    Some(r#""""#),
+    Some("[]"),
+    Some(r#""{\"a\": 1}""#),
+];
+
+/// `JSON_DOCS` as SQL rows `(1, 'v'), (2, NULL), …`; MariaDB's string
+/// literals take backslash escapes (`backslashes`).
+fn json_docs_sql(backslashes: bool) -> String {
+    JSON_DOCS
+        .iter()
+        .enumerate()
+        .map(|(i, doc)| match doc {
+            Some(text) => {
+                let text = if backslashes {
+                    text.replace('\\', "\\\\")
+                } else {
+                    (*text).to_owned()
+                };
+                format!("({}, '{}')", i + 1, text.replace('\'', "''"))
+            }
+            None => format!("({}, NULL)", i + 1),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The column `column` of table `docs` in DuckDB, as parsed JSON (`None`: NULL).
+fn duckdb_docs(db: &Path, column: &str) -> Vec<Option<Value>> {
+    let types = query(
+        db,
+        &format!(
+            "SELECT data_type FROM information_schema.columns WHERE table_name = 'docs' AND column_name = '{column}'"
+        ),
+    );
+    assert_eq!(types, [[json!("JSON")]], "{column}");
+    query(
+        db,
+        &format!("SELECT \"{column}\"::VARCHAR FROM docs ORDER BY id"),
+    )
+    .into_iter()
+    .map(|row| row[0].as_str().map(|t| serde_json::from_str(t).unwrap()))
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_columns_keep_each_values_json_type_and_null_apart_from_sql_null() {
+    let want: Vec<Option<Value>> = JSON_DOCS
+        .iter()
+        .map(|d| d.map(|t| serde_json::from_str(t).unwrap()))
+        .collect();
+    let pg = dbserver::postgres().fresh_database("e2e_json_docs").await;
+    let rows = json_docs_sql(false);
+    dbserver::execute(
+        DbKind::Postgres,
+        &pg,
+        &format!(
+            "CREATE TABLE docs (id int PRIMARY KEY, doc json, docb jsonb);
+             INSERT INTO docs (id, doc) VALUES {rows};
+             UPDATE docs SET docb = doc::jsonb;"
+        ),
+    )
+    .await;
+    let my = dbserver::mariadb().fresh_database("e2e_json_docs").await;
+    dbserver::execute(
+        DbKind::Mariadb,
+        &my,
+        &format!(
+            "CREATE TABLE docs (id INT PRIMARY KEY, doc JSON); INSERT INTO docs VALUES {};",
+            json_docs_sql(true)
+        ),
+    )
+    .await;
+    let sources = [
+        (
+            format!("{{ type: postgres, connectionString: \"{pg}\", table: docs, orderBy: id }}"),
+            vec!["doc", "docb"],
+        ),
+        (
+            format!(
+                "{{ type: mysql, connectionString: \"{my}\", table: docs, orderBy: id, jsonColumns: [doc] }}"
+            ),
+            vec!["doc"],
+        ),
+    ];
+    for (source, columns) in sources {
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_config(dir.path(), "docs", &source);
+        let out = run(&config, &["--apply", "--streaming"]).await;
+        assert!(out.status.success(), "{source}: {}", text(&out.stderr));
+        for column in columns {
+            assert_eq!(
+                duckdb_docs(&dir.path().join("out.duckdb"), column),
+                want,
+                "{source} {column}"
+            );
+        }
+    }
+    // SQLite: a column declared JSON, and a TEXT column named in jsonColumns.
+    let dir = tempfile::tempdir().unwrap();
+    rusqlite::Connection::open(dir.path().join("docs.db"))
+        .unwrap()
+        .execute_batch(&format!(
+            "CREATE TABLE docs (id INTEGER PRIMARY KEY, doc JSON, txt TEXT);
+             INSERT INTO docs (id, txt) VALUES {rows};
+             UPDATE docs SET doc = txt;"
+        ))
+        .unwrap();
+    let config = write_config(
+        dir.path(),
+        "docs",
+        "{ type: sqlite, connectionString: docs.db, table: docs, orderBy: id, jsonColumns: [txt] }",
+    );
+    let out = run(&config, &["--apply"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // A column declared JSON has NUMERIC affinity: SQLite itself stores the
+    // 30-digit text as a REAL, so that double is what the source holds.
+    let mut stored = want.clone();
+    stored[8] = Some(serde_json::from_str("1.2345678901234568e29").unwrap());
+    for (column, want) in [("doc", stored), ("txt", want)] {
+        assert_eq!(
+            duckdb_docs(&dir.path().join("out.duckdb"), column),
+            want,
+            "sqlite {column}"
+        );
+    }
+}
+
 /// Rows of the resume test's table.
 const ROWS: u64 = 400_000;
 

@@ -1,6 +1,8 @@
 //! Batches: the unit that flows from a source to a sink.
 
+use std::collections::BTreeSet;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -35,6 +37,53 @@ impl fmt::Display for Position {
     }
 }
 
+/// Fields a source read from typed JSON columns (PostgreSQL `json`/`jsonb`,
+/// MySQL `JSON`, SQLite columns declared `JSON`, a database source's
+/// `jsonColumns`).
+///
+/// JSON alone cannot say that a value *is* JSON data rather than a scalar of
+/// the row: a JSON column may hold the string `"123"` in one row and the number
+/// `123` in the next, and JSON `null` is a value there, not SQL NULL. A source
+/// that knows declares such fields on its batches; in them a JSON `null` is a
+/// present `null` and SQL NULL is a field left out of the record. A sink that
+/// stores JSON text keeps every value of a declared field as its JSON text
+/// (DuckDB: a `JSON` column where `"123"`, `123` and `null` stay apart and SQL
+/// NULL is `NULL`). Transforms that build new records (a mapping) drop the
+/// declaration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JsonFields(BTreeSet<String>);
+
+impl JsonFields {
+    /// Declares these fields as JSON.
+    pub fn new<I, S>(fields: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self(fields.into_iter().map(Into::into).collect())
+    }
+
+    /// Whether `field` is declared JSON.
+    pub fn contains(&self, field: &str) -> bool {
+        self.0.contains(field)
+    }
+
+    /// Whether no field is declared.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The declared fields, in name order.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(String::as_str)
+    }
+
+    /// Adds the fields `other` declares.
+    pub fn extend(&mut self, other: &JsonFields) {
+        self.0.extend(other.0.iter().cloned());
+    }
+}
+
 /// Records plus the memory they hold and the source position after them.
 ///
 /// The [`MemoryLease`] inside accounts the records' bytes on the run's budget; it is
@@ -45,6 +94,7 @@ pub struct Batch {
     records: Vec<Record>,
     position: Option<Position>,
     pages: Option<(u64, u64)>,
+    json_fields: Option<Arc<JsonFields>>,
     lease: MemoryLease,
 }
 
@@ -55,8 +105,28 @@ impl Batch {
             records,
             position: None,
             pages: None,
+            json_fields: None,
             lease,
         }
+    }
+
+    /// Declares the fields whose values the source read from JSON columns
+    /// (see [`JsonFields`]).
+    #[must_use]
+    pub fn with_json_fields(mut self, fields: Option<Arc<JsonFields>>) -> Self {
+        self.json_fields = fields.filter(|f| !f.is_empty());
+        self
+    }
+
+    /// The fields the source declared JSON, if any.
+    pub fn json_fields(&self) -> Option<&Arc<JsonFields>> {
+        self.json_fields.as_ref()
+    }
+
+    /// Removes the declaration of JSON fields (for transforms that build new
+    /// records, whose fields are no longer the source's).
+    pub fn forget_json_fields(&mut self) {
+        self.json_fields = None;
     }
 
     /// Sets the position after this batch (its resume token).
@@ -120,6 +190,14 @@ impl Batch {
         if later.position.is_some() {
             self.position = later.position.take();
         }
+        self.json_fields = match (self.json_fields.take(), later.json_fields.take()) {
+            (Some(mine), Some(theirs)) if mine != theirs => {
+                let mut both = (*mine).clone();
+                both.extend(&theirs);
+                Some(Arc::new(both))
+            }
+            (mine, theirs) => mine.or(theirs),
+        };
         self.pages = match (self.pages, later.pages) {
             (Some((first, _)), Some((_, last))) => Some((first, last)),
             (None, other) | (other, None) => other,
@@ -153,6 +231,7 @@ impl Batch {
             records: front,
             position: None,
             pages: self.pages,
+            json_fields: self.json_fields.clone(),
             lease: self.lease.split(bytes),
         }
     }

@@ -17,7 +17,7 @@ mod sink;
 mod source;
 mod stats;
 
-pub use batch::{Batch, Position};
+pub use batch::{Batch, JsonFields, Position};
 pub use budget::{BudgetSnapshot, MemoryBudget, MemoryLease, WhenFull, format_bytes};
 pub use builder::{BatchBuilder, BatchLimits, PageLoopGuard};
 pub use checkpoint::{CheckpointStore, MemoryCheckpointStore};

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use duckdb::types::{ToSql, ToSqlOutput, ValueRef};
 use serde_json::Value;
+use sluicegate_core::JsonFields;
 
 /// The column types the sink creates.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,6 +172,20 @@ impl TableSchema {
 
     pub(crate) fn column_of(&self, field: &str) -> Option<usize> {
         self.by_field.get(field).copied()
+    }
+
+    /// Which columns store a null as the JSON text `null`: `JSON` columns of
+    /// fields the source declared JSON (where SQL NULL is a field left out).
+    pub(crate) fn json_nulls(&self, json: Option<&JsonFields>) -> Vec<bool> {
+        let mut nulls = vec![false; self.columns.len()];
+        for field in json.into_iter().flat_map(JsonFields::iter) {
+            if let Some(idx) = self.column_of(field)
+                && self.columns[idx].1 == ColumnType::Json
+            {
+                nulls[idx] = true;
+            }
+        }
+        nulls
     }
 
     /// Adds a column for a new field and returns its index and name.

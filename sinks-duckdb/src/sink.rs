@@ -21,8 +21,8 @@ use std::cmp::Ordering;
 
 use serde_json::Value;
 use sluicegate_core::{
-    Batch, BatchAck, BuildContext, Error, ErrorKind, MemoryRelief, Record, Rejected, Result, Sink,
-    SinkCapabilities, SinkPosition, SinkWriter, Stage, StreamTarget, WriterExtension,
+    Batch, BatchAck, BuildContext, Error, ErrorKind, JsonFields, MemoryRelief, Record, Rejected,
+    Result, Sink, SinkCapabilities, SinkPosition, SinkWriter, Stage, StreamTarget, WriterExtension,
     WriterSummary,
 };
 
@@ -210,6 +210,8 @@ struct BatchJob {
     position: Option<String>,
     /// The sequence number of that position.
     seq: u64,
+    /// The fields the source declared JSON.
+    json: Option<Arc<JsonFields>>,
 }
 
 /// What a batch is after DuckDB failed fatally and the database was opened again.
@@ -284,6 +286,7 @@ impl BatchJob {
             records: &self.records,
             mode,
             position: self.position.as_deref().map(|p| (self.seq, p)),
+            json: self.json.as_deref(),
         };
         let ack = write_batch(conn, &self.plan, &mut state, &batch, prepared)?;
         Ok((ack, state))
@@ -323,6 +326,7 @@ impl BatchJob {
 impl SinkWriter for DuckDbWriter {
     async fn write(&mut self, batch: Batch) -> Result<BatchAck> {
         let target = self.target.clone();
+        let json = batch.json_fields().cloned();
         let (records, position, lease) = batch.into_parts();
         let position = position
             .filter(|_| self.keep_positions && !self.dry_run)
@@ -365,6 +369,7 @@ impl SinkWriter for DuckDbWriter {
             range: merged.range,
             position,
             seq,
+            json,
         };
         let (result, table, empty) = tokio::task::spawn_blocking(move || {
             let outcome = job.run(&db);
@@ -545,7 +550,11 @@ struct SchemaChanges {
     widened: Vec<usize>,
 }
 
-fn evolve(schema: &mut TableSchema, records: &[Record]) -> SchemaChanges {
+fn evolve(
+    schema: &mut TableSchema,
+    records: &[Record],
+    json: Option<&JsonFields>,
+) -> SchemaChanges {
     let existing = schema.columns.len();
     let mut widened = Vec::new();
     // Columns holding an integer no double holds exactly (beyond ±2^53).
@@ -557,6 +566,8 @@ fn evolve(schema: &mut TableSchema, records: &[Record]) -> SchemaChanges {
             // A number is classified once (its text parsed once) for both
             // its type and whether a DOUBLE column would hold it exactly.
             let (ty, exact_in_double) = match value {
+                // Declared JSON by the source: every value (a null too) is JSON text.
+                _ if json.is_some_and(|j| j.contains(field)) => (ColumnType::Json, true),
                 Value::Number(n) => {
                     let kind = number_kind(n);
                     (kind.column_type(), kind.fits_double())
@@ -657,6 +668,7 @@ struct BatchWrite<'a> {
     records: &'a [Record],
     mode: WriteMode,
     position: Option<(u64, &'a str)>,
+    json: Option<&'a JsonFields>,
 }
 
 impl BatchWrite<'_> {
@@ -687,7 +699,7 @@ fn write_batch(
         return Ok(BatchAck::default());
     }
     let mut schema = table.schema.clone();
-    let changes = evolve(&mut schema, records);
+    let changes = evolve(&mut schema, records, batch.json);
     if table.exists {
         keep_existing_integers_exact(conn, target, &table.schema, &mut schema, &changes.widened)?;
     }
@@ -697,6 +709,7 @@ fn write_batch(
         return Ok(BatchAck::new(rows));
     }
     let ddl = schema_ddl(target, table.exists, &schema, &changes);
+    let json_nulls = schema.json_nulls(batch.json);
     plan.note_width(
         conn,
         &target.sync_key,
@@ -716,10 +729,10 @@ fn write_batch(
         }
         let ack = match &key_column {
             Some(key) if batch.mode == WriteMode::Upsert => {
-                upsert_rows(conn, target, &schema, records, key)?
+                upsert_rows(conn, target, (&schema, &json_nulls), records, key)?
             }
             _ => {
-                append_rows(conn, &target.table, false, &schema, records)?;
+                append_rows(conn, &target.table, false, (&schema, &json_nulls), records)?;
                 BatchAck::new(rows).with_inserted(rows)
             }
         };
@@ -807,7 +820,7 @@ fn key_column(target: &StreamTarget, schema: &TableSchema) -> Result<Option<Stri
 fn upsert_rows(
     conn: &Connection,
     target: &StreamTarget,
-    schema: &TableSchema,
+    schema: (&TableSchema, &[bool]),
     records: &[Record],
     key: &str,
 ) -> Result<BatchAck> {
@@ -888,11 +901,13 @@ fn largest_value(records: &[Record]) -> usize {
 }
 
 /// Appends records through DuckDB's Appender into `main.table` or `temp.table`.
+/// `json_nulls` marks the columns where a null is the JSON text `null`
+/// ([`TableSchema::json_nulls`]).
 fn append_rows(
     conn: &Connection,
     table: &str,
     temp: bool,
-    schema: &TableSchema,
+    (schema, json_nulls): (&TableSchema, &[bool]),
     records: &[Record],
 ) -> Result<()> {
     let appender = if temp {
@@ -910,7 +925,11 @@ fn append_rows(
         row.resize_with(width, || Cell::Null);
         for (value, column) in record.values().zip(cache.resolve(schema, record)) {
             if let Some(idx) = *column {
-                row[idx] = cell(value, &schema.columns[idx].1);
+                row[idx] = if value.is_null() && json_nulls[idx] {
+                    Cell::Text("null")
+                } else {
+                    cell(value, &schema.columns[idx].1)
+                };
             }
         }
         appender

@@ -3,7 +3,11 @@
 use std::path::Path;
 
 use serde_json::{Value, json};
-use sluicegate_core::{Batch, BuildContext, MemoryBudget, Sink, StreamTarget, into_record};
+use std::sync::Arc;
+
+use sluicegate_core::{
+    Batch, BuildContext, JsonFields, MemoryBudget, Sink, StreamTarget, into_record,
+};
 use sluicegate_sinks_duckdb::{DuckDbSink, DuckDbSinkConfig};
 
 fn ctx(dir: &Path, dry_run: bool) -> BuildContext {
@@ -188,6 +192,72 @@ async fn columns_widen_when_values_stop_fitting() {
             vec![json!(2.5), json!("maybe")]
         ]
     );
+}
+
+#[tokio::test]
+async fn fields_declared_json_keep_each_values_json_type_and_null_apart_from_sql_null() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = sink(dir.path(), false);
+    let declared = Some(Arc::new(JsonFields::new(["doc"])));
+    for (table, key) in [("appended", None), ("upserted", Some("id"))] {
+        let mut w = sink.open(target(table, key)).await.unwrap();
+        // Scalars first, so nothing but the declaration says the column is JSON;
+        // row 4 has SQL NULL (the field left out), row 3 the JSON `null`.
+        let first = batch(vec![
+            json!({"id": 1, "doc": "123"}),
+            json!({"id": 2, "doc": 123}),
+            json!({"id": 3, "doc": null}),
+            json!({"id": 4}),
+        ])
+        .await
+        .with_json_fields(declared.clone());
+        w.write(first).await.unwrap();
+        let second = batch(vec![
+            json!({"id": 5, "doc": true}),
+            json!({"id": 6, "doc": "true"}),
+            json!({"id": 7, "doc": {"a": [1, "1", null]}}),
+            json!({"id": 8, "doc": "{\"a\": 1}"}),
+            json!({"id": 9, "doc": 0.42451918914251396}),
+        ])
+        .await
+        .with_json_fields(declared.clone());
+        w.write(second).await.unwrap();
+        w.finish().await.unwrap();
+    }
+    drop(sink);
+    for table in ["appended", "upserted"] {
+        assert_eq!(
+            query(
+                dir.path(),
+                &format!(
+                    "SELECT data_type FROM information_schema.columns WHERE table_name = '{table}' AND column_name = 'doc'"
+                )
+            ),
+            vec![vec![json!("JSON")]]
+        );
+        let docs: Vec<Value> = query(
+            dir.path(),
+            &format!("SELECT doc::VARCHAR FROM {table} ORDER BY id"),
+        )
+        .into_iter()
+        .map(|row| row[0].clone())
+        .collect();
+        assert_eq!(
+            docs,
+            vec![
+                json!("\"123\""),
+                json!("123"),
+                json!("null"),
+                Value::Null,
+                json!("true"),
+                json!("\"true\""),
+                json!("{\"a\":[1,\"1\",null]}"),
+                json!("\"{\\\"a\\\": 1}\""),
+                json!("0.42451918914251396"),
+            ],
+            "{table}"
+        );
+    }
 }
 
 #[tokio::test]

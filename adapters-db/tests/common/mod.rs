@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use futures::StreamExt;
@@ -17,6 +18,8 @@ pub(crate) struct Read {
     pub(crate) records: Vec<Value>,
     /// Each batch's size and position.
     pub(crate) batches: Vec<(usize, Option<Position>)>,
+    /// The fields the batches declared JSON.
+    pub(crate) json_fields: BTreeSet<String>,
 }
 
 impl Read {
@@ -57,10 +60,14 @@ pub(crate) async fn read_with(
     let mut out = Read {
         records: Vec::new(),
         batches: Vec::new(),
+        json_fields: BTreeSet::new(),
     };
     while let Some(batch) = stream.next().await {
         let batch = batch?;
         out.batches.push((batch.len(), batch.position().cloned()));
+        if let Some(json) = batch.json_fields() {
+            out.json_fields.extend(json.iter().map(str::to_owned));
+        }
         let (records, _, _lease) = batch.into_parts();
         out.records.extend(records.into_iter().map(Value::Object));
     }
