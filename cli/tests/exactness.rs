@@ -27,12 +27,14 @@ use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Map, Value, json};
+use sluicegate_adapters_db::{DbSourceConfig, Provider};
 use sluicegate_adapters_http::{HttpSource, HttpSourceConfig};
 use sluicegate_core::{
-    BuildContext, CheckpointStore, MemoryBudget, MemoryCheckpointStore, Sink, StreamTarget,
-    parse_section,
+    BuildContext, CheckpointStore, Factory, MemoryBudget, MemoryCheckpointStore, Sink,
+    StreamTarget, parse_section,
 };
 use sluicegate_engine::{Pipeline, PipelineOptions};
+use sluicegate_examples::dbserver::{self, DbKind};
 use sluicegate_sinks_duckdb::{DuckDbSink, DuckDbSinkConfig};
 
 // ---------------------------------------------------------------- the data
@@ -573,19 +575,272 @@ async fn check(seed: u64) -> Result<(), String> {
 
 #[tokio::test]
 async fn exit_zero_means_the_sink_holds_exactly_what_the_source_sent() {
-    let seed: u64 = std::env::var("SLUICEGATE_EXACTNESS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1);
-    let cases: u64 = std::env::var("SLUICEGATE_EXACTNESS_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(24);
-    for s in seed..seed + cases {
+    for s in seeds(24) {
         if let Err(e) = check(s).await {
             panic!(
                 "seed {s} (SLUICEGATE_EXACTNESS_SEED={s} SLUICEGATE_EXACTNESS_CASES=1 reproduces it): {e}"
             );
+        }
+    }
+}
+
+// ---------------------------------------------------------------- database sources
+
+/// The databases a case reads from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Db {
+    Sqlite,
+    Postgres,
+    Mariadb,
+}
+
+/// How a generated field is stored in the source table.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Stored {
+    /// Integers within 64 bits: `BIGINT` (`INTEGER` in SQLite).
+    Int,
+    /// Fractions a double holds (neither huge nor subnormal): `DOUBLE`.
+    Double,
+    /// Strings only: text.
+    Text,
+    /// Anything else (nested, mixed types, booleans, huge numbers): a JSON
+    /// column (PostgreSQL `json`, MariaDB `LONGTEXT` and SQLite `TEXT` named in
+    /// `jsonColumns`), each value its JSON text, JSON `null` a value.
+    Json,
+}
+
+fn stored_as<'a>(mut values: impl Iterator<Item = &'a Value>) -> Stored {
+    let double = |n: &serde_json::Number| {
+        n.as_i64().is_none()
+            && integer(&n.to_string()).is_none()
+            && n.as_f64()
+                .is_some_and(|x| x == 0.0 || (1e-300..1e300).contains(&x.abs()))
+    };
+    let Some(first) = values.find(|v| !v.is_null()) else {
+        return Stored::Text;
+    };
+    let kind = match first {
+        Value::Number(n) if n.as_i64().is_some() => Stored::Int,
+        Value::Number(n) if double(n) => Stored::Double,
+        Value::String(_) => Stored::Text,
+        _ => return Stored::Json,
+    };
+    let same = values.all(|v| match (v, kind) {
+        (Value::Null, _) => true,
+        (Value::Number(n), Stored::Int) => n.as_i64().is_some(),
+        (Value::Number(n), Stored::Double) => double(n),
+        (Value::String(_), Stored::Text) => true,
+        _ => false,
+    });
+    if same { kind } else { Stored::Json }
+}
+
+/// A SQL string literal of `text` for `db` (MariaDB's take backslash escapes).
+fn sql_text(db: Db, text: &str) -> String {
+    let text = if db == Db::Mariadb {
+        text.replace('\\', "\\\\")
+    } else {
+        text.to_owned()
+    };
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// The statements that create table `records` holding `rows` in `db`, and the
+/// fields stored as JSON.
+fn table_sql(db: Db, rows: &[Map<String, Value>]) -> (String, Vec<(String, Stored)>) {
+    let mut names: Vec<String> = Vec::new();
+    for row in rows {
+        for name in row.keys() {
+            if name != "id" && !names.contains(name) {
+                names.push(name.clone());
+            }
+        }
+    }
+    let fields: Vec<(String, Stored)> = names
+        .into_iter()
+        .map(|name| {
+            let stored = stored_as(rows.iter().filter_map(|r| r.get(&name)));
+            (name, stored)
+        })
+        .collect();
+    let column = |(name, stored): &(String, Stored)| {
+        let ty = match (db, stored) {
+            (Db::Postgres, Stored::Int) | (Db::Mariadb, Stored::Int) => "BIGINT",
+            (Db::Sqlite, Stored::Int) => "INTEGER",
+            (Db::Postgres, Stored::Double) => "DOUBLE PRECISION",
+            (Db::Mariadb, Stored::Double) => "DOUBLE",
+            (Db::Sqlite, Stored::Double) => "REAL",
+            (Db::Postgres, Stored::Text) | (Db::Sqlite, Stored::Text | Stored::Json) => "TEXT",
+            (Db::Postgres, Stored::Json) => "json",
+            (Db::Mariadb, Stored::Text | Stored::Json) => "LONGTEXT",
+        };
+        format!("{name} {ty}")
+    };
+    let mut sql = format!(
+        "DROP TABLE IF EXISTS records; CREATE TABLE records (id BIGINT PRIMARY KEY{}){};",
+        fields
+            .iter()
+            .map(|f| format!(", {}", column(f)))
+            .collect::<String>(),
+        if db == Db::Mariadb {
+            " DEFAULT CHARSET=utf8mb4"
+        } else {
+            ""
+        }
+    );
+    for chunk in rows.chunks(50) {
+        let values: Vec<String> = chunk
+            .iter()
+            .map(|row| {
+                let mut cells = vec![row["id"].to_string()];
+                for (name, stored) in &fields {
+                    cells.push(match (row.get(name), stored) {
+                        (None, _) => "NULL".to_owned(),
+                        (Some(Value::Null), Stored::Json) => sql_text(db, "null"),
+                        (Some(Value::Null), _) => "NULL".to_owned(),
+                        (Some(Value::String(s)), Stored::Text) => sql_text(db, s),
+                        (Some(v), Stored::Json) => sql_text(db, &v.to_string()),
+                        (Some(v), _) => v.to_string(),
+                    });
+                }
+                format!("({})", cells.join(", "))
+            })
+            .collect();
+        sql.push_str(&format!(
+            "INSERT INTO records VALUES {};",
+            values.join(", ")
+        ));
+    }
+    (sql, fields)
+}
+
+/// Whether DuckDB holds exactly the table's rows: typed columns under the
+/// number rules, JSON columns as the same JSON value (JSON `null` as `null`,
+/// SQL NULL as NULL).
+fn compare_db(
+    db: &std::path::Path,
+    rows: &[Map<String, Value>],
+    fields: &[(String, Stored)],
+) -> Result<(), String> {
+    let (columns, got) = table(db);
+    if got.len() != rows.len() {
+        return Err(format!(
+            "{} rows in DuckDB, {} in the source",
+            got.len(),
+            rows.len()
+        ));
+    }
+    for row in rows {
+        let id = row["id"].as_i64().unwrap();
+        let cells = got.get(&id).ok_or_else(|| format!("id {id} is missing"))?;
+        for (name, stored) in fields {
+            let at = columns.iter().position(|(n, _)| n == name);
+            let (ty, cell) = match at {
+                Some(i) => (columns[i].1.as_str(), cells[i].as_deref()),
+                None => ("(no column)", None),
+            };
+            let v = row.get(name);
+            let ok = match (stored, v) {
+                (Stored::Json, None) => cell.is_none(),
+                (Stored::Json, Some(v)) => {
+                    ty == "JSON"
+                        && cell.map(|c| serde_json::from_str::<Value>(c).ok())
+                            == Some(Some(v.clone()))
+                }
+                (_, None) => cell.is_none(),
+                (_, Some(v)) => holds(ty, cell, v).is_ok(),
+            };
+            if !ok {
+                return Err(format!(
+                    "id {id}, field {name} ({stored:?} in the source): {ty} column holds {cell:?} for {v:?}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn check_db(seed: u64, kind: Db) -> Result<(), String> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let n = rng.usize(1..300);
+    let rows = records(&mut rng, n);
+    let (sql, fields) = table_sql(kind, &rows);
+    let dir = tempfile::tempdir().unwrap();
+    let (provider, url) = match kind {
+        Db::Sqlite => {
+            let path = dir.path().join("source.db");
+            rusqlite::Connection::open(&path)
+                .unwrap()
+                .execute_batch(&sql)
+                .map_err(|e| format!("SQLite refused the data: {e}"))?;
+            (Provider::Sqlite, path.display().to_string())
+        }
+        Db::Postgres => {
+            let url = dbserver::postgres().fresh_database("exactness").await;
+            dbserver::execute(DbKind::Postgres, &url, &sql).await;
+            (Provider::Postgres, url)
+        }
+        Db::Mariadb => {
+            let url = dbserver::mariadb().fresh_database("exactness").await;
+            dbserver::execute(DbKind::Mariadb, &url, &sql).await;
+            (Provider::Mysql, url)
+        }
+    };
+    let json_columns: Vec<&str> = fields
+        .iter()
+        .filter(|(_, s)| *s == Stored::Json && kind != Db::Postgres)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    let section = json!({
+        "connectionString": url,
+        "table": "records",
+        "orderBy": "id",
+        "fetchSize": rng.usize(1..80),
+        "jsonColumns": json_columns,
+    });
+    let db = dir.path().join("exact.duckdb");
+    let ctx = BuildContext::new("exact", false);
+    let run = async {
+        let factory = sluicegate_adapters_db::factory(provider);
+        let config: DbSourceConfig = parse_section(section, "source")?;
+        factory.validate(&config, &ctx)?;
+        let source = factory.build(config, &ctx).await?;
+        let sink = DuckDbSink::open(&DuckDbSinkConfig::new(db.display().to_string()), &ctx)?;
+        let writer = sink
+            .open(StreamTarget::new("exact", "records", Some("id".into())))
+            .await?;
+        Pipeline::new("exact", "records", source, writer)
+            .budget(MemoryBudget::from_mb(16))
+            .checkpoints(Arc::new(MemoryCheckpointStore::default()))
+            .options(
+                PipelineOptions::default()
+                    .with_batch_rows(rng.usize(1..100))
+                    .with_transform_rows(None),
+            )
+            .run()
+            .await
+    };
+    run.await.map_err(|e| format!("the sync failed: {e}"))?;
+    compare_db(&db, &rows, &fields)
+}
+
+/// The seeds and case count of a run (`SLUICEGATE_EXACTNESS_SEED`,
+/// `SLUICEGATE_EXACTNESS_CASES`, or the defaults).
+fn seeds(default_cases: u64) -> std::ops::Range<u64> {
+    let var = |name: &str| std::env::var(name).ok().and_then(|s| s.parse().ok());
+    let seed: u64 = var("SLUICEGATE_EXACTNESS_SEED").unwrap_or(1);
+    seed..seed + var("SLUICEGATE_EXACTNESS_CASES").unwrap_or(default_cases)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_read_lands_in_duckdb_exactly_as_the_database_holds_it() {
+    for s in seeds(8) {
+        for kind in [Db::Sqlite, Db::Postgres, Db::Mariadb] {
+            if let Err(e) = check_db(s, kind).await {
+                panic!(
+                    "{kind:?}, seed {s} (SLUICEGATE_EXACTNESS_SEED={s} SLUICEGATE_EXACTNESS_CASES=1 reproduces it): {e}"
+                );
+            }
         }
     }
 }
