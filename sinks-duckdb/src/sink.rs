@@ -778,18 +778,48 @@ fn schema_ddl(
         ddl.push_str(&format!("CREATE TABLE main.{t} ({});", cols.join(", ")));
         return ddl;
     }
+    if changes
+        .widened
+        .iter()
+        .any(|i| schema.columns[*i].1 == ColumnType::Json)
+    {
+        // DuckDB cannot replay `ALTER COLUMN … SET DATA TYPE JSON` from its
+        // write-ahead log ("no default database set"): a process killed
+        // before the next checkpoint would leave a file that no longer
+        // opens. The table is rebuilt instead, its columns in their order
+        // (what the log then holds replays).
+        let existing = schema.columns.len() - changes.added.len();
+        let select: Vec<String> = schema.columns[..existing]
+            .iter()
+            .enumerate()
+            .map(|(i, (name, ty))| {
+                let q = quote_ident(name);
+                if changes.widened.contains(&i) {
+                    format!("CAST({q} AS {}) AS {q}", ty.sql())
+                } else {
+                    q
+                }
+            })
+            .collect();
+        let rebuilt = quote_ident(&format!("sluicegate_rebuild_{}", target.table));
+        ddl.push_str(&format!(
+            "CREATE TABLE main.{rebuilt} AS SELECT {} FROM main.{t}; DROP TABLE main.{t}; ALTER TABLE main.{rebuilt} RENAME TO {t};",
+            select.join(", ")
+        ));
+    } else {
+        for idx in &changes.widened {
+            let (name, ty) = &schema.columns[*idx];
+            ddl.push_str(&format!(
+                "ALTER TABLE main.{t} ALTER COLUMN {} SET DATA TYPE {};",
+                quote_ident(name),
+                ty.sql()
+            ));
+        }
+    }
     for idx in &changes.added {
         let (name, ty) = &schema.columns[*idx];
         ddl.push_str(&format!(
             "ALTER TABLE main.{t} ADD COLUMN {} {};",
-            quote_ident(name),
-            ty.sql()
-        ));
-    }
-    for idx in &changes.widened {
-        let (name, ty) = &schema.columns[*idx];
-        ddl.push_str(&format!(
-            "ALTER TABLE main.{t} ALTER COLUMN {} SET DATA TYPE {};",
             quote_ident(name),
             ty.sql()
         ));

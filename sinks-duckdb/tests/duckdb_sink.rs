@@ -261,6 +261,59 @@ async fn fields_declared_json_keep_each_values_json_type_and_null_apart_from_sql
 }
 
 #[tokio::test]
+async fn a_column_widened_to_json_opens_again_after_a_kill_before_the_next_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = DuckDbSinkConfig {
+        path: "test.duckdb".into(),
+        memory_limit_mb: Some(32),
+        threads: Some(1),
+        // Nothing is checkpointed: the batches stay in the write-ahead log.
+        settings: [("checkpoint_threshold".to_owned(), "10GB".to_owned())].into(),
+    };
+    let sink = DuckDbSink::open(&config, &ctx(dir.path(), false)).unwrap();
+    let mut w = sink.open(target("w", Some("id"))).await.unwrap();
+    w.write(batch(vec![json!({"id": 1, "v": 5, "n": 1})]).await)
+        .await
+        .unwrap();
+    // `v` widens from BIGINT to JSON (and `n` to DOUBLE) with a column added.
+    w.write(
+        batch(vec![
+            json!({"id": 2, "v": {"a": [1]}, "n": 2.5, "late": "x"}),
+        ])
+        .await,
+    )
+    .await
+    .unwrap();
+    // What a SIGKILL now leaves: the file and its log as they are.
+    let killed = dir.path().join("killed");
+    std::fs::create_dir(&killed).unwrap();
+    for name in ["test.duckdb", "test.duckdb.wal"] {
+        std::fs::copy(dir.path().join(name), killed.join(name)).unwrap();
+    }
+    drop(w);
+    drop(sink);
+    assert_eq!(
+        query(&killed, "SELECT id, v::VARCHAR, n, late FROM w ORDER BY id"),
+        vec![
+            vec![json!(1), json!("5"), json!(1.0), Value::Null],
+            vec![json!(2), json!("{\"a\":[1]}"), json!(2.5), json!("x")],
+        ]
+    );
+    assert_eq!(
+        query(
+            &killed,
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'w' ORDER BY ordinal_position"
+        ),
+        vec![
+            vec![json!("id"), json!("BIGINT")],
+            vec![json!("v"), json!("JSON")],
+            vec![json!("n"), json!("DOUBLE")],
+            vec![json!("late"), json!("VARCHAR")],
+        ]
+    );
+}
+
+#[tokio::test]
 async fn identifiers_from_data_are_quoted_and_case_collisions_kept_apart() {
     let dir = tempfile::tempdir().unwrap();
     let sink = sink(dir.path(), false);
