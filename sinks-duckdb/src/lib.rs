@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod columns;
 pub mod config;
 mod database;
 mod keys;

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use duckdb::{Connection, appender_params_from_iter};
+use duckdb::Connection;
 use std::cmp::Ordering;
 
 use serde_json::Value;
@@ -31,7 +31,7 @@ use crate::database::{Database, OpenOptions, duck_error};
 use crate::keys::{Key, merge_duplicate_keys};
 use crate::memory::{MemoryPlan, NEW_FILE_BLOCK_SIZE, block_size};
 use crate::positions;
-use crate::schema::{Cell, ColumnType, FieldCache, TableSchema, cell, number_kind, quote_ident};
+use crate::schema::{ColumnType, FieldCache, TableSchema, cell, number_kind, quote_ident};
 
 /// A DuckDB database file that sync streams write into.
 pub struct DuckDbSink {
@@ -931,8 +931,11 @@ fn largest_value(records: &[Record]) -> usize {
 }
 
 /// Appends records through DuckDB's Appender into `main.table` or `temp.table`.
-/// `json_nulls` marks the columns where a null is the JSON text `null`
-/// ([`TableSchema::json_nulls`]).
+/// Appends records into `main.table` or `temp.table` as whole columns: the
+/// records are turned into one Arrow record batch (a column per table column,
+/// typed by the schema, [`crate::columns`]) that DuckDB's appender takes in
+/// chunks of its vector size. `json_nulls` marks the columns where a null is
+/// the JSON text `null` ([`TableSchema::json_nulls`]).
 fn append_rows(
     conn: &Connection,
     table: &str,
@@ -947,25 +950,10 @@ fn append_rows(
     };
     let mut appender =
         appender.map_err(|e| duck_error(format!("cannot open an appender on {table}"), e))?;
-    let width = schema.columns.len();
-    let mut row = Vec::with_capacity(width);
-    let mut cache = FieldCache::default();
-    for record in records {
-        row.clear();
-        row.resize_with(width, || Cell::Null);
-        for (value, column) in record.values().zip(cache.resolve(schema, record)) {
-            if let Some(idx) = *column {
-                row[idx] = if value.is_null() && json_nulls[idx] {
-                    Cell::Text("null")
-                } else {
-                    cell(value, &schema.columns[idx].1)
-                };
-            }
-        }
-        appender
-            .append_row(appender_params_from_iter(row.iter()))
-            .map_err(|e| duck_error("cannot append a row", e))?;
-    }
+    let batch = crate::columns::record_batch(schema, json_nulls, records)?;
+    appender
+        .append_record_batch(batch)
+        .map_err(|e| duck_error("cannot append the batch's rows", e))?;
     appender
         .flush()
         .map_err(|e| duck_error("cannot flush the appender", e))

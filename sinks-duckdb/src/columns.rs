@@ -1,0 +1,129 @@
+//! Records into columns: each write becomes one Arrow record batch, a column
+//! per table column typed by the table's schema, which DuckDB's appender takes
+//! whole (in chunks of its vector size) instead of value by value.
+
+use std::sync::Arc;
+
+use duckdb::arrow::array::{ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder};
+use duckdb::arrow::datatypes::{DataType, Field, Schema};
+use duckdb::arrow::record_batch::RecordBatch;
+use sluicegate_core::{Error, ErrorKind, Record, Result};
+
+use crate::schema::{Cell, ColumnType, FieldCache, TableSchema, cell};
+
+/// One column being filled.
+enum Column {
+    Bool(BooleanBuilder),
+    Int(Int64Builder),
+    Double(Float64Builder),
+    /// Text, JSON text, `HUGEINT` digits (Arrow has no 128-bit integer; DuckDB
+    /// casts the digits exactly) and columns of types the sink did not create.
+    Text(StringBuilder),
+}
+
+impl Column {
+    fn for_type(ty: &ColumnType, rows: usize) -> Self {
+        match ty {
+            ColumnType::Boolean => Column::Bool(BooleanBuilder::with_capacity(rows)),
+            ColumnType::BigInt => Column::Int(Int64Builder::with_capacity(rows)),
+            ColumnType::Double => Column::Double(Float64Builder::with_capacity(rows)),
+            ColumnType::HugeInt | ColumnType::Varchar | ColumnType::Json | ColumnType::Other(_) => {
+                Column::Text(StringBuilder::with_capacity(rows, rows * 16))
+            }
+        }
+    }
+
+    /// Adds a cell; `false` when it does not fit the column (the schema was
+    /// widened for every value of the batch, so this is a bug).
+    fn push(&mut self, cell: &Cell<'_>) -> bool {
+        match (self, cell) {
+            (Column::Bool(b), Cell::Null) => b.append_null(),
+            (Column::Int(b), Cell::Null) => b.append_null(),
+            (Column::Double(b), Cell::Null) => b.append_null(),
+            (Column::Text(b), Cell::Null) => b.append_null(),
+            (Column::Bool(b), Cell::Bool(v)) => b.append_value(*v),
+            (Column::Int(b), Cell::Int(v)) => b.append_value(*v),
+            (Column::Double(b), Cell::Double(v)) => b.append_value(*v),
+            (Column::Text(b), Cell::Text(s)) => b.append_value(s),
+            (Column::Text(b), Cell::Owned(s)) => b.append_value(s),
+            (Column::Text(b), Cell::Huge(v)) => b.append_value(v.to_string()),
+            (Column::Text(b), Cell::Int(v)) => b.append_value(v.to_string()),
+            _ => return false,
+        }
+        true
+    }
+
+    fn data_type(&self) -> DataType {
+        match self {
+            Column::Bool(_) => DataType::Boolean,
+            Column::Int(_) => DataType::Int64,
+            Column::Double(_) => DataType::Float64,
+            Column::Text(_) => DataType::Utf8,
+        }
+    }
+
+    fn finish(self) -> ArrayRef {
+        match self {
+            Column::Bool(mut b) => Arc::new(b.finish()),
+            Column::Int(mut b) => Arc::new(b.finish()),
+            Column::Double(mut b) => Arc::new(b.finish()),
+            Column::Text(mut b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+/// The records as one record batch with a column per column of `schema` (in
+/// its order; fields a record lacks are nulls). `json_nulls` marks the columns
+/// where a null is the JSON text `null`.
+pub(crate) fn record_batch(
+    schema: &TableSchema,
+    json_nulls: &[bool],
+    records: &[Record],
+) -> Result<RecordBatch> {
+    let width = schema.columns.len();
+    let mut columns: Vec<Column> = schema
+        .columns
+        .iter()
+        .map(|(_, ty)| Column::for_type(ty, records.len()))
+        .collect();
+    let mut row: Vec<Cell<'_>> = Vec::with_capacity(width);
+    let mut cache = FieldCache::default();
+    for record in records {
+        row.clear();
+        row.resize_with(width, || Cell::Null);
+        for (value, column) in record.values().zip(cache.resolve(schema, record)) {
+            if let Some(idx) = *column {
+                row[idx] = if value.is_null() && json_nulls[idx] {
+                    Cell::Text("null")
+                } else {
+                    cell(value, &schema.columns[idx].1)
+                };
+            }
+        }
+        for (idx, (value, column)) in row.iter().zip(&mut columns).enumerate() {
+            if !column.push(value) {
+                let (name, ty) = &schema.columns[idx];
+                return Err(Error::new(
+                    ErrorKind::Sink,
+                    format!(
+                        "a value of column {name} does not fit its type {} (a bug: the column was not widened)",
+                        ty.sql()
+                    ),
+                ));
+            }
+        }
+    }
+    let fields: Vec<Field> = schema
+        .columns
+        .iter()
+        .zip(&columns)
+        .map(|((name, _), column)| Field::new(name, column.data_type(), true))
+        .collect();
+    let arrays: Vec<ArrayRef> = columns.into_iter().map(Column::finish).collect();
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).map_err(|e| {
+        Error::new(
+            ErrorKind::Sink,
+            format!("cannot build the batch's columns: {e}"),
+        )
+    })
+}
