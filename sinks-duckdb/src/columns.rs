@@ -1,6 +1,6 @@
-//! Records into columns: each write becomes one Arrow record batch, a column
-//! per table column typed by the table's schema, which DuckDB's appender takes
-//! whole (in chunks of its vector size) instead of value by value.
+//! Records into columns: each write becomes Arrow record batches of
+//! [`CHUNK_ROWS`] records, a column per table column typed by the table's
+//! schema, which DuckDB's appender takes whole instead of value by value.
 
 use std::sync::Arc;
 
@@ -10,6 +10,11 @@ use duckdb::arrow::record_batch::RecordBatch;
 use sluicegate_core::{Error, ErrorKind, Record, Result};
 
 use crate::schema::{Cell, ColumnType, FieldCache, TableSchema, cell};
+
+/// Records per record batch: DuckDB's vector size, so each batch is one of
+/// the appender's chunks and the columns never hold more than that beside the
+/// records.
+pub(crate) const CHUNK_ROWS: usize = 2048;
 
 /// One column being filled.
 enum Column {

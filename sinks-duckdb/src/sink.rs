@@ -931,10 +931,10 @@ fn largest_value(records: &[Record]) -> usize {
 }
 
 /// Appends records through DuckDB's Appender into `main.table` or `temp.table`.
-/// Appends records into `main.table` or `temp.table` as whole columns: the
-/// records are turned into one Arrow record batch (a column per table column,
-/// typed by the schema, [`crate::columns`]) that DuckDB's appender takes in
-/// chunks of its vector size. `json_nulls` marks the columns where a null is
+/// Appends records into `main.table` or `temp.table` as whole columns: every
+/// 2,048 records become one Arrow record batch (a column per table column,
+/// typed by the schema, [`crate::columns`]) that DuckDB's appender takes as a
+/// chunk. `json_nulls` marks the columns where a null is
 /// the JSON text `null` ([`TableSchema::json_nulls`]).
 fn append_rows(
     conn: &Connection,
@@ -950,10 +950,14 @@ fn append_rows(
     };
     let mut appender =
         appender.map_err(|e| duck_error(format!("cannot open an appender on {table}"), e))?;
-    let batch = crate::columns::record_batch(schema, json_nulls, records)?;
-    appender
-        .append_record_batch(batch)
-        .map_err(|e| duck_error("cannot append the batch's rows", e))?;
+    // A chunk of DuckDB's vector size at a time: the columns built beside the
+    // records stay as small as the appender's own buffer.
+    for chunk in records.chunks(crate::columns::CHUNK_ROWS) {
+        let batch = crate::columns::record_batch(schema, json_nulls, chunk)?;
+        appender
+            .append_record_batch(batch)
+            .map_err(|e| duck_error("cannot append the batch's rows", e))?;
+    }
     appender
         .flush()
         .map_err(|e| duck_error("cannot flush the appender", e))

@@ -314,6 +314,49 @@ async fn a_column_widened_to_json_opens_again_after_a_kill_before_the_next_check
 }
 
 #[tokio::test]
+async fn a_batch_larger_than_one_append_chunk_lands_whole_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = sink(dir.path(), false);
+    let records: Vec<Value> = (0..5000)
+        .map(|i| json!({"id": i, "name": format!("n{i}"), "half": (i % 2 == 0).then_some(i)}))
+        .collect();
+    for (table, key) in [("appended", None), ("upserted", Some("id"))] {
+        let mut w = sink.open(target(table, key)).await.unwrap();
+        w.write(batch(records.clone()).await).await.unwrap();
+        w.finish().await.unwrap();
+    }
+    drop(sink);
+    for table in ["appended", "upserted"] {
+        assert_eq!(
+            query(
+                dir.path(),
+                &format!("SELECT count(*), sum(id), count(half), max(name) FROM {table}")
+            ),
+            vec![vec![
+                json!(5000),
+                json!("12497500"),
+                json!(2500),
+                json!("n999")
+            ]],
+            "{table}"
+        );
+        assert_eq!(
+            query(
+                dir.path(),
+                &format!(
+                    "SELECT id, name, half FROM {table} WHERE id IN (2047, 2048, 4999) ORDER BY id"
+                )
+            ),
+            vec![
+                vec![json!(2047), json!("n2047"), Value::Null],
+                vec![json!(2048), json!("n2048"), json!(2048)],
+                vec![json!(4999), json!("n4999"), Value::Null],
+            ]
+        );
+    }
+}
+
+#[tokio::test]
 async fn identifiers_from_data_are_quoted_and_case_collisions_kept_apart() {
     let dir = tempfile::tempdir().unwrap();
     let sink = sink(dir.path(), false);
