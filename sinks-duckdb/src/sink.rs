@@ -2,8 +2,8 @@
 //!
 //! Per batch: duplicate keys are merged (the last record wins); column types are
 //! inferred from the records and the table is created, extended with new columns
-//! or has columns widened as needed; the records go through DuckDB's Appender
-//! into a temporary staging table; then `DELETE ... WHERE key IN (staging)` and
+//! or has columns widened as needed; the records go through DuckDB's Appender,
+//! as Arrow record batches of 2,048 rows, into a temporary staging table; then `DELETE ... WHERE key IN (staging)` and
 //! `INSERT ... SELECT * FROM staging` replace existing rows and add new ones.
 //! All of it commits as one transaction, so a batch is either fully in the table
 //! or not at all, and a batch written twice leaves the table as written once.
@@ -930,7 +930,6 @@ fn largest_value(records: &[Record]) -> usize {
         .unwrap_or(0)
 }
 
-/// Appends records through DuckDB's Appender into `main.table` or `temp.table`.
 /// Appends records into `main.table` or `temp.table` as whole columns: every
 /// 2,048 records become one Arrow record batch (a column per table column,
 /// typed by the schema, [`crate::columns`]) that DuckDB's appender takes as a
