@@ -277,6 +277,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn declared_json_fields_follow_appends_and_splits() {
+        let budget = MemoryBudget::new(1 << 20);
+        let fields = |names: &[&str]| Some(Arc::new(JsonFields::new(names.iter().copied())));
+        let records = |n: usize| (0..n).map(|i| into_record(json!({"id": i}))).collect();
+        let mut a = Batch::new(records(4), budget.acquire(10).await.unwrap())
+            .with_json_fields(fields(&["doc"]));
+        let b = Batch::new(records(2), budget.acquire(10).await.unwrap())
+            .with_json_fields(fields(&["meta"]));
+        a.append(b).unwrap();
+        let declared: Vec<&str> = a.json_fields().unwrap().iter().collect();
+        assert_eq!(declared, ["doc", "meta"], "both batches' declarations");
+        let front = a.take_front(3);
+        assert_eq!(front.json_fields(), a.json_fields());
+        let none =
+            Batch::new(records(1), budget.acquire(10).await.unwrap()).with_json_fields(fields(&[]));
+        assert!(none.json_fields().is_none(), "an empty declaration is none");
+        a.forget_json_fields();
+        assert!(a.json_fields().is_none());
+    }
+
+    #[tokio::test]
     async fn take_front_splits_records_and_memory_and_keeps_the_position_behind() {
         let budget = MemoryBudget::new(1 << 20);
         let records = (0..10).map(|i| into_record(json!({"id": i}))).collect();
