@@ -91,7 +91,7 @@ def rows_written(out, key):
 def total_rows_written(out):
     """Rows written by every sync of a run, from sluicegate's summary table."""
     return sum(int(n.replace(",", "")) for n in re.findall(
-        r"^(?!rows read)\S+\s+\S+\s+([\d,]+)\s", out, re.M))
+        r"^(?!rows read|peak memory|memory monitor)\S+\s+\S+\s+([\d,]+)\s", out, re.M))
 
 
 def start_postgres(workdir):
