@@ -58,6 +58,8 @@ pub(crate) struct Batcher {
     page: u64,
     total: u64,
     json_columns: Vec<String>,
+    /// Columns the provider read with a JSON type (already values).
+    typed_json: Vec<String>,
     json_fields: Option<Arc<JsonFields>>,
 }
 
@@ -80,6 +82,7 @@ impl Batcher {
             page: 0,
             total: 0,
             json_columns: Vec::new(),
+            typed_json: Vec::new(),
             json_fields: None,
         }
     }
@@ -96,8 +99,9 @@ impl Batcher {
     /// leaves SQL NULL in them out of the record), together with
     /// `jsonColumns`, on every batch sent from now on.
     pub(crate) fn declare_json(&mut self, typed: Vec<String>) {
-        let fields = JsonFields::new(self.json_columns.iter().cloned().chain(typed));
+        let fields = JsonFields::new(self.json_columns.iter().chain(&typed).cloned());
         self.json_fields = (!fields.is_empty()).then(|| Arc::new(fields));
+        self.typed_json = typed;
     }
 
     /// Counts a new fetch or page: batches after it carry its number.
@@ -138,7 +142,10 @@ impl Batcher {
 
     /// Adds one row; sends the batch when it is full.
     pub(crate) async fn push(&mut self, mut record: Record) -> Result<()> {
-        for column in &self.json_columns {
+        // A column the provider read as JSON already holds its value (a JSON
+        // string stays a string, `null` is JSON's): `jsonColumns` leaves it.
+        let typed = &self.typed_json;
+        for column in self.json_columns.iter().filter(|c| !typed.contains(c)) {
             // SQL NULL stays apart from the JSON `null` a text may hold.
             if record.get(column.as_str()).is_some_and(Value::is_null) {
                 record.shift_remove(column.as_str());

@@ -157,6 +157,36 @@ async fn numbers_inside_json_and_jsonb_keep_every_digit() {
 }
 
 #[tokio::test]
+async fn a_jsonb_column_also_named_in_json_columns_keeps_its_values() {
+    let url = database("pg_json_listed").await;
+    exec(
+        &url,
+        r#"CREATE TABLE docs (id int PRIMARY KEY, doc jsonb);
+           INSERT INTO docs VALUES (1, '"123"'), (2, 'null'), (3, NULL), (4, '{"a": 1}');"#,
+    )
+    .await;
+    let got = read(
+        Provider::Postgres,
+        json!({"connectionString": url, "table": "docs", "orderBy": "id", "jsonColumns": ["doc"]}),
+        None,
+    )
+    .await
+    .unwrap();
+    // Already JSON values: a JSON string is not parsed again, and JSON `null`
+    // stays apart from SQL NULL (left out).
+    assert_eq!(
+        got.records,
+        [
+            json!({"id": 1, "doc": "123"}),
+            json!({"id": 2, "doc": null}),
+            json!({"id": 3}),
+            json!({"id": 4, "doc": {"a": 1}}),
+        ]
+    );
+    assert_eq!(got.json_fields.iter().collect::<Vec<_>>(), ["doc"]);
+}
+
+#[tokio::test]
 async fn keyset_paging_resumes_after_the_last_key() {
     let url = database("pg_keyset").await;
     exec(
