@@ -62,8 +62,9 @@ impl OpenOptions {
     pub(crate) fn connect(&self, memory_mb: u64) -> Result<Option<Connection>> {
         let settings = self.settings(memory_mb)?;
         let path = &self.path;
+        let unfinished = !self.in_memory && interrupted_creation(path);
         if self.dry_run {
-            if self.in_memory || !path.exists() {
+            if self.in_memory || !path.exists() || unfinished {
                 return Ok(None);
             }
             let settings = settings
@@ -89,18 +90,52 @@ impl OpenOptions {
                 .with_source(e)
             })?;
         }
+        if unfinished {
+            tracing::warn!(path = %path.display(), "the database's creation was interrupted before DuckDB wrote its headers (it holds nothing): creating it again");
+            std::fs::remove_file(path).map_err(|e| {
+                Error::new(
+                    ErrorKind::Io,
+                    format!("cannot remove the unfinished database {}", path.display()),
+                )
+                .with_source(e)
+            })?;
+        }
         Connection::open_with_flags(path, settings)
             .map(Some)
             .map_err(|e| {
-                duck_error(
-                    format!(
-                        "cannot open {} (is another process using it?)",
-                        path.display()
-                    ),
-                    e,
-                )
+                let hint = if e.to_string().contains("lock") {
+                    " (is another process using it?)"
+                } else {
+                    ""
+                };
+                duck_error(format!("cannot open {}{hint}", path.display()), e)
             })
     }
+}
+
+/// Whether `path` is what a process killed while DuckDB created the database
+/// leaves: a file shorter than DuckDB's three header blocks (12 KiB; every
+/// database has them before it holds anything), with no write-ahead log, whose
+/// bytes are zeros or begin DuckDB's main header (its magic `DUCK` at byte 8).
+/// Such a file holds nothing, but DuckDB refuses to open it ("not a valid
+/// DuckDB database file"), so every later run would fail. Anything else —
+/// another program's file above all — is left as it is.
+fn interrupted_creation(path: &std::path::Path) -> bool {
+    const HEADERS: u64 = 3 * 4096;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return false;
+    };
+    if !meta.is_file() || meta.len() >= HEADERS {
+        return false;
+    }
+    let mut wal = path.as_os_str().to_owned();
+    wal.push(".wal");
+    if std::path::Path::new(&wal).exists() {
+        return false;
+    }
+    std::fs::read(path).is_ok_and(|bytes| {
+        bytes.iter().all(|b| *b == 0) || bytes.get(8..12) == Some(b"DUCK".as_slice())
+    })
 }
 
 /// The database every writer of the sink writes through.

@@ -357,6 +357,60 @@ async fn a_batch_larger_than_one_append_chunk_lands_whole_in_order() {
 }
 
 #[tokio::test]
+async fn a_database_whose_creation_was_killed_is_created_again_and_other_files_are_left_alone() {
+    // What a SIGKILL during DuckDB's creation of the file leaves: an empty
+    // file, zeros, or the main header without the rest.
+    let mut header = vec![0u8; 4096];
+    header[8..12].copy_from_slice(b"DUCK");
+    for leftover in [Vec::new(), vec![0u8; 4096], header] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("test.duckdb"), &leftover).unwrap();
+        // A dry run writes nothing: the file stays as it was.
+        let dry = sink(dir.path(), true);
+        let mut w = dry.open(target("t", Some("id"))).await.unwrap();
+        w.write(batch(vec![json!({"id": 1})]).await).await.unwrap();
+        w.finish().await.unwrap();
+        drop(dry);
+        assert_eq!(
+            std::fs::read(dir.path().join("test.duckdb")).unwrap(),
+            leftover
+        );
+        let sink = sink(dir.path(), false);
+        let mut w = sink.open(target("t", Some("id"))).await.unwrap();
+        w.write(batch(vec![json!({"id": 1})]).await).await.unwrap();
+        w.finish().await.unwrap();
+        drop(sink);
+        assert_eq!(
+            query(dir.path(), "SELECT id FROM t"),
+            vec![vec![json!(1)]],
+            "{} bytes",
+            leftover.len()
+        );
+    }
+    // Another program's file of that name is an error, and untouched.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("test.duckdb"), "not a database\n").unwrap();
+    let config = DuckDbSinkConfig {
+        path: "test.duckdb".into(),
+        memory_limit_mb: Some(32),
+        threads: Some(1),
+        settings: Default::default(),
+    };
+    let err = DuckDbSink::open(&config, &ctx(dir.path(), false))
+        .err()
+        .expect("not a DuckDB file");
+    assert!(
+        err.to_string().contains("not a valid DuckDB database"),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("another process"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("test.duckdb")).unwrap(),
+        "not a database\n"
+    );
+}
+
+#[tokio::test]
 async fn identifiers_from_data_are_quoted_and_case_collisions_kept_apart() {
     let dir = tempfile::tempdir().unwrap();
     let sink = sink(dir.path(), false);

@@ -19,7 +19,7 @@ struct Args {
     /// Records per page (the `limit` parameter).
     #[arg(long, default_value_t = 1000)]
     page_size: u64,
-    /// Write each resource's records to DIR/<resource>.ndjson (one record per
+    /// Write each resource's records to `DIR/<resource>.ndjson` (one record per
     /// line, as served) instead of discarding them.
     #[arg(long, value_name = "DIR")]
     save_ndjson: Option<std::path::PathBuf>,
