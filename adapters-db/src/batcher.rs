@@ -58,8 +58,9 @@ pub(crate) struct Batcher {
     page: u64,
     total: u64,
     json_columns: Vec<String>,
-    /// Columns the provider read with a JSON type (already values).
-    typed_json: Vec<String>,
+    /// The `jsonColumns` whose text is parsed: those the provider did not
+    /// already read with a JSON type.
+    parsed_json: Vec<String>,
     json_fields: Option<Arc<JsonFields>>,
 }
 
@@ -82,7 +83,7 @@ impl Batcher {
             page: 0,
             total: 0,
             json_columns: Vec::new(),
-            typed_json: Vec::new(),
+            parsed_json: Vec::new(),
             json_fields: None,
         }
     }
@@ -91,17 +92,30 @@ impl Batcher {
     /// declared JSON on the batches, and SQL NULL in them is a field left out.
     pub(crate) fn with_json_columns(mut self, columns: Vec<String>) -> Self {
         self.json_columns = columns;
-        self.declare_json(Vec::new());
+        self.declare_json(&[], &[]);
         self
     }
 
-    /// Declares the columns a query returns with a JSON type (the provider
-    /// leaves SQL NULL in them out of the record), together with
-    /// `jsonColumns`, on every batch sent from now on.
-    pub(crate) fn declare_json(&mut self, typed: Vec<String>) {
+    /// Declares the columns a query returns with a JSON type (`names[i]` where
+    /// `json[i]`; the provider leaves SQL NULL in them out of the record),
+    /// together with `jsonColumns`, on every batch sent from now on.
+    pub(crate) fn declare_json(&mut self, names: &[String], json: &[bool]) {
+        let typed: Vec<String> = names
+            .iter()
+            .zip(json)
+            .filter(|(_, j)| **j)
+            .map(|(n, _)| n.clone())
+            .collect();
         let fields = JsonFields::new(self.json_columns.iter().chain(&typed).cloned());
         self.json_fields = (!fields.is_empty()).then(|| Arc::new(fields));
-        self.typed_json = typed;
+        // A column the provider read as JSON already holds its value (a JSON
+        // string stays a string, `null` is JSON's): `jsonColumns` leaves it.
+        self.parsed_json = self
+            .json_columns
+            .iter()
+            .filter(|c| !typed.contains(c))
+            .cloned()
+            .collect();
     }
 
     /// Counts a new fetch or page: batches after it carry its number.
@@ -142,10 +156,7 @@ impl Batcher {
 
     /// Adds one row; sends the batch when it is full.
     pub(crate) async fn push(&mut self, mut record: Record) -> Result<()> {
-        // A column the provider read as JSON already holds its value (a JSON
-        // string stays a string, `null` is JSON's): `jsonColumns` leaves it.
-        let typed = &self.typed_json;
-        for column in self.json_columns.iter().filter(|c| !typed.contains(c)) {
+        for column in &self.parsed_json {
             // SQL NULL stays apart from the JSON `null` a text may hold.
             if record.get(column.as_str()).is_some_and(Value::is_null) {
                 record.shift_remove(column.as_str());

@@ -163,14 +163,7 @@ async fn read_rows<P: mysql_async::prelude::Protocol>(
         .iter()
         .map(|c| c.column_type() == ColumnType::MYSQL_TYPE_JSON)
         .collect();
-    out.declare_json(
-        names
-            .iter()
-            .zip(&json)
-            .filter(|(_, j)| **j)
-            .map(|(n, _)| n.clone())
-            .collect(),
-    );
+    out.declare_json(&names, &json);
     let mut total = 0u64;
     while let Some(row) = result.next().await.map_err(err)? {
         let values = row.unwrap_raw();

@@ -132,14 +132,7 @@ impl Session for PgSession {
             .iter()
             .map(|c| is_json(c.type_()))
             .collect();
-        out.declare_json(
-            names
-                .iter()
-                .zip(&json)
-                .filter(|(_, j)| **j)
-                .map(|(n, _)| n.clone())
-                .collect(),
-        );
+        out.declare_json(&names, &json);
         let params: Vec<TextParam> = after.map(|v| TextParam(key_text(v))).into_iter().collect();
         let portal = tx.bind_raw(&statement, params.iter()).await.map_err(err)?;
         let max_rows = i32::try_from(fetch).unwrap_or(i32::MAX);

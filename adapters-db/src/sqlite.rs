@@ -73,8 +73,8 @@ impl Session for SqliteSession {
         let mut total = 0u64;
         while let Some(chunk) = rx.recv().await {
             let chunk = match chunk.map_err(|f| f.into_error(&self.origin, out))? {
-                Read::Json(columns) => {
-                    out.declare_json(columns);
+                Read::Columns { names, json } => {
+                    out.declare_json(&names, &json);
                     continue;
                 }
                 Read::Rows(chunk) => chunk,
@@ -92,10 +92,10 @@ impl Session for SqliteSession {
     }
 }
 
-/// What the reading thread sends: first the columns declared `JSON`, then
-/// rows.
+/// What the reading thread sends: first the columns (and which are declared
+/// `JSON`), then rows.
 enum Read {
-    Json(Vec<String>),
+    Columns { names: Vec<String>, json: Vec<bool> },
     Rows(Vec<Record>),
 }
 
@@ -182,13 +182,11 @@ fn read(
             },
         )
         .collect();
-    let json = names
-        .iter()
-        .zip(&declared)
-        .filter(|(_, d)| **d == Declared::Json)
-        .map(|(n, _)| n.clone())
-        .collect();
-    if tx.blocking_send(Ok(Read::Json(json))).is_err() {
+    let columns = Read::Columns {
+        names: names.clone(),
+        json: declared.iter().map(|d| *d == Declared::Json).collect(),
+    };
+    if tx.blocking_send(Ok(columns)).is_err() {
         return Ok(()); // the reader was dropped
     }
     let mut rows = match key {

@@ -45,7 +45,7 @@ use serde_json::{Map, Value, json};
 use sluicegate_adapters_db::{DbSourceConfig, Provider};
 use sluicegate_adapters_http::{HttpSource, HttpSourceConfig};
 use sluicegate_core::{
-    BuildContext, CheckpointStore, Factory, MemoryBudget, MemoryCheckpointStore, Sink,
+    BuildContext, CheckpointStore, Factory, MemoryBudget, MemoryCheckpointStore, Sink, Source,
     StreamTarget, parse_section,
 };
 use sluicegate_engine::{Pipeline, PipelineOptions};
@@ -404,7 +404,19 @@ async fn run(
     let ctx = BuildContext::new("exact", false);
     let config: HttpSourceConfig = parse_section(section, "source")?;
     let source = Arc::new(HttpSource::new(&config, &ctx)?);
-    let sink = DuckDbSink::open(&DuckDbSinkConfig::new(db.display().to_string()), &ctx)?;
+    into_duckdb(source, db, store, 37, &ctx).await
+}
+
+/// Syncs `source` through the pipeline into table `records` (keyed on `id`)
+/// of the DuckDB file `db`, in batches of `batch_rows`.
+async fn into_duckdb(
+    source: Arc<dyn Source>,
+    db: &std::path::Path,
+    store: Arc<MemoryCheckpointStore>,
+    batch_rows: usize,
+    ctx: &BuildContext,
+) -> sluicegate_core::Result<()> {
+    let sink = DuckDbSink::open(&DuckDbSinkConfig::new(db.display().to_string()), ctx)?;
     let writer = sink
         .open(StreamTarget::new("exact", "records", Some("id".into())))
         .await?;
@@ -413,7 +425,7 @@ async fn run(
         .checkpoints(store)
         .options(
             PipelineOptions::default()
-                .with_batch_rows(37)
+                .with_batch_rows(batch_rows)
                 .with_transform_rows(None),
         )
         .run()
@@ -1035,20 +1047,8 @@ async fn check_db(seed: u64, kind: Db) -> Result<(), String> {
         let config: DbSourceConfig = parse_section(section, "source")?;
         factory.validate(&config, &ctx)?;
         let source = factory.build(config, &ctx).await?;
-        let sink = DuckDbSink::open(&DuckDbSinkConfig::new(db.display().to_string()), &ctx)?;
-        let writer = sink
-            .open(StreamTarget::new("exact", "records", Some("id".into())))
-            .await?;
-        Pipeline::new("exact", "records", source, writer)
-            .budget(MemoryBudget::from_mb(16))
-            .checkpoints(Arc::new(MemoryCheckpointStore::default()))
-            .options(
-                PipelineOptions::default()
-                    .with_batch_rows(rng.usize(1..100))
-                    .with_transform_rows(None),
-            )
-            .run()
-            .await
+        let store = Arc::new(MemoryCheckpointStore::default());
+        into_duckdb(source, &db, store, rng.usize(1..100), &ctx).await
     };
     run.await.map_err(|e| format!("the sync failed: {e}"))?;
     compare_db(&db, &rows, &fields)

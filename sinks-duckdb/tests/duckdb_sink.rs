@@ -16,14 +16,18 @@ fn ctx(dir: &Path, dry_run: bool) -> BuildContext {
         .with_base_dir(dir.to_path_buf())
 }
 
-fn sink(dir: &Path, dry_run: bool) -> DuckDbSink {
-    let config = DuckDbSinkConfig {
+/// The tests' sink configuration: `test.duckdb`, 32 MiB, one thread.
+fn config() -> DuckDbSinkConfig {
+    DuckDbSinkConfig {
         path: "test.duckdb".into(),
         memory_limit_mb: Some(32),
         threads: Some(1),
         settings: Default::default(),
-    };
-    DuckDbSink::open(&config, &ctx(dir, dry_run)).unwrap()
+    }
+}
+
+fn sink(dir: &Path, dry_run: bool) -> DuckDbSink {
+    DuckDbSink::open(&config(), &ctx(dir, dry_run)).unwrap()
 }
 
 fn target(table: &str, key: Option<&str>) -> StreamTarget {
@@ -264,11 +268,9 @@ async fn fields_declared_json_keep_each_values_json_type_and_null_apart_from_sql
 async fn a_column_widened_to_json_opens_again_after_a_kill_before_the_next_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let config = DuckDbSinkConfig {
-        path: "test.duckdb".into(),
-        memory_limit_mb: Some(32),
-        threads: Some(1),
         // Nothing is checkpointed: the batches stay in the write-ahead log.
         settings: [("checkpoint_threshold".to_owned(), "10GB".to_owned())].into(),
+        ..config()
     };
     let sink = DuckDbSink::open(&config, &ctx(dir.path(), false)).unwrap();
     let mut w = sink.open(target("w", Some("id"))).await.unwrap();
@@ -390,13 +392,7 @@ async fn a_database_whose_creation_was_killed_is_created_again_and_other_files_a
     // Another program's file of that name is an error, and untouched.
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("test.duckdb"), "not a database\n").unwrap();
-    let config = DuckDbSinkConfig {
-        path: "test.duckdb".into(),
-        memory_limit_mb: Some(32),
-        threads: Some(1),
-        settings: Default::default(),
-    };
-    let err = DuckDbSink::open(&config, &ctx(dir.path(), false))
+    let err = DuckDbSink::open(&config(), &ctx(dir.path(), false))
         .err()
         .expect("not a DuckDB file");
     assert!(
