@@ -1021,3 +1021,51 @@ async fn values_larger_than_duckdbs_default_memory_load_at_default_settings() {
         ]
     );
 }
+
+/// A first load checkpoints on the sink's schedule (a quarter of DuckDB's
+/// pool, at least 8 MiB of committed rows in memory), not DuckDB's (16 MB of
+/// write-ahead log): the log never grows far beyond what one checkpoint covers,
+/// so the rows committed in between fit DuckDB's pool instead of spilling.
+#[tokio::test]
+async fn a_long_first_load_checkpoints_before_the_pool_overflows() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = DuckDbSink::open(
+        &DuckDbSinkConfig::new("test.duckdb"),
+        &ctx(dir.path(), false),
+    )
+    .unwrap();
+    let wal = dir.path().join("test.duckdb.wal");
+    let mut w = sink.open(target("orders", Some("id"))).await.unwrap();
+    let mut largest_wal = 0;
+    for b in 0..60_u64 {
+        let records: Vec<Value> = (b * 5000..(b + 1) * 5000)
+            .map(|i| {
+                let status = ["paid", "shipped", "new"][(i % 3) as usize];
+                json!({
+                    "id": i,
+                    "status": status,
+                    "note": format!("order {i} of a long first load"),
+                    "total": i as f64 * 0.25,
+                })
+            })
+            .collect();
+        w.write(batch(records).await).await.unwrap();
+        largest_wal = largest_wal.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+    }
+    w.finish().await.unwrap();
+    drop(sink);
+    // 300,000 rows of about 60 bytes: DuckDB's own schedule lets the log
+    // reach 16 MB before it checkpoints.
+    assert!(largest_wal > 0, "the log was never seen");
+    assert!(
+        largest_wal < 12 << 20,
+        "the write-ahead log reached {largest_wal} bytes"
+    );
+    assert_eq!(
+        query(
+            dir.path(),
+            "SELECT count(*), count(DISTINCT id) FROM orders"
+        ),
+        vec![vec![json!(300_000), json!(300_000)]]
+    );
+}
