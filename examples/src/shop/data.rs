@@ -12,6 +12,14 @@
 //! | products  | 50 + N / 10,000              | `dimensions` object, `tags` list     |
 //! | supplies  | 2 per product                | –                                    |
 //! | stores    | 4 + N / 100,000              | `location` object                    |
+//!
+//! Two more resources give benchmarks the shapes real APIs send; they are not in
+//! [`Resource::ALL`] (the quickstart's six) but in [`Resource::SHAPES`]:
+//!
+//! | resource  | rows      | shape |
+//! |-----------|-----------|-------|
+//! | events    | N         | 280–460 bytes: `actor` object holding an `org` object, `changes` list of 1–2 objects, `context` object, `tags` list |
+//! | profiles  | max(1, N / 10) | wide and sparse: `id` plus 12–40 of 600 attributes (`attr_000`…`attr_599`), integers, doubles, strings, booleans, nested objects; `attr_007` turns from integer to string in the second half |
 
 use serde::Serialize;
 
@@ -32,6 +40,10 @@ pub enum Resource {
     Supplies,
     /// Shops.
     Stores,
+    /// Activity events with nested objects and lists of objects.
+    Events,
+    /// Wide, sparse records.
+    Profiles,
 }
 
 impl Resource {
@@ -45,6 +57,9 @@ impl Resource {
         Resource::Stores,
     ];
 
+    /// The benchmark shapes, served beside the six (not listed in the API's index).
+    pub const SHAPES: [Resource; 2] = [Resource::Events, Resource::Profiles];
+
     /// The URL path segment and table name.
     pub fn name(self) -> &'static str {
         match self {
@@ -54,12 +69,17 @@ impl Resource {
             Resource::Products => "products",
             Resource::Supplies => "supplies",
             Resource::Stores => "stores",
+            Resource::Events => "events",
+            Resource::Profiles => "profiles",
         }
     }
 
     /// Parses a path segment.
     pub fn from_name(name: &str) -> Option<Resource> {
-        Resource::ALL.into_iter().find(|r| r.name() == name)
+        Resource::ALL
+            .into_iter()
+            .chain(Resource::SHAPES)
+            .find(|r| r.name() == name)
     }
 }
 
@@ -87,10 +107,12 @@ impl Dataset {
             Resource::Products => 50 + n / 10_000,
             Resource::Supplies => 2 * (50 + n / 10_000),
             Resource::Stores => 4 + n / 100_000,
+            Resource::Events => n,
+            Resource::Profiles => (n / 10).max(1),
         }
     }
 
-    /// Total records over all resources.
+    /// Total records over the six resources of [`Resource::ALL`].
     pub fn total_rows(&self) -> u64 {
         Resource::ALL.iter().map(|r| self.total(*r)).sum()
     }
@@ -129,6 +151,8 @@ impl Dataset {
             Resource::Products => serde_json::to_writer(out, &self.product(index)),
             Resource::Supplies => serde_json::to_writer(out, &self.supply(index)),
             Resource::Stores => serde_json::to_writer(out, &self.store(index)),
+            Resource::Events => serde_json::to_writer(out, &self.event(index)),
+            Resource::Profiles => serde_json::to_writer(out, &self.profile(index)),
         }
     }
 
@@ -247,6 +271,95 @@ impl Dataset {
     }
 }
 
+impl Dataset {
+    fn event(&self, i: u64) -> Event {
+        let r = mix(7, i);
+        let changes = (0..1 + r % 2)
+            .map(|c| {
+                let rc = mix(8, i * 4 + c);
+                Change {
+                    field: pick(EVENT_FIELDS, rc),
+                    from: (rc >> 8) % 10_000,
+                    to: (rc >> 24) % 10_000,
+                    note: (rc >> 40)
+                        .is_multiple_of(2)
+                        .then(|| format!("rule {} ✓", (rc >> 44) % 100)),
+                }
+            })
+            .collect();
+        Event {
+            id: i + 1,
+            kind: pick(EVENT_KINDS, r >> 4),
+            at: timestamp(1_704_067_200 + i * 13),
+            actor: Actor {
+                id: 1 + (r >> 8) % 50_000,
+                name: format!(
+                    "{} {}",
+                    pick(FIRST_NAMES, r >> 12),
+                    pick(LAST_NAMES, r >> 16)
+                ),
+                org: Org {
+                    id: 1 + (r >> 20) % 500,
+                    name: format!("{} B.V.", pick(CITIES, r >> 24)),
+                    plan: pick(TIERS, r >> 28),
+                },
+            },
+            changes,
+            context: Context {
+                ip: format!(
+                    "10.{}.{}.{}",
+                    (r >> 32) % 256,
+                    (r >> 40) % 256,
+                    (r >> 48) % 256
+                ),
+                user_agent: pick(AGENTS, r >> 52),
+                latency_ms: ((r >> 20) % 5_000) as f64 / 10.0,
+            },
+            tags: TAGS[..((r >> 56) % 4) as usize].to_vec(),
+        }
+    }
+
+    fn profile(&self, i: u64) -> serde_json::Map<String, serde_json::Value> {
+        use serde_json::{Value, json};
+        let r = mix(9, i);
+        let half = self.total(Resource::Profiles) / 2;
+        let mut out = serde_json::Map::new();
+        out.insert("id".into(), json!(i + 1));
+        let count = 12 + r % 29;
+        let mut attr = (r >> 8) % 600;
+        for n in 0..count {
+            let ra = mix(10, i * 64 + n);
+            // Steps of 1..=37 from a random start: distinct, spread over all 600.
+            attr = (attr + 1 + ra % 37) % 600;
+            let value = match attr % 5 {
+                _ if attr == 7 => {
+                    if i >= half {
+                        json!(format!("code-{}", ra % 1000))
+                    } else {
+                        json!(ra % 1000)
+                    }
+                }
+                0 => json!((ra >> 8) % 1_000_000),
+                1 => json!(((ra >> 8) % 1_000_000) as f64 / 1000.0),
+                2 => json!(format!(
+                    "{} {}",
+                    pick(ADJECTIVES, ra >> 8),
+                    pick(SUPPLIES, ra >> 16)
+                )),
+                3 => json!((ra >> 8).is_multiple_of(2)),
+                _ => json!({"v": (ra >> 8) % 100, "unit": pick(UNITS, ra >> 16)}),
+            };
+            if !out.contains_key(&format!("attr_{attr:03}")) {
+                out.insert(format!("attr_{attr:03}"), value);
+            }
+        }
+        if i.is_multiple_of(97) {
+            out.insert("attr_599".into(), Value::Null);
+        }
+        out
+    }
+}
+
 /// Items of orders `0..orders` (order `i` has `1 + i % 4` items).
 fn items_before_order(orders: u64) -> u64 {
     let cycles = orders / 4;
@@ -319,6 +432,60 @@ const OPTIONS: &[&str] = &["gift-wrap", "engraving"];
 const PRODUCT_TYPES: &[&str] = &["mug", "poster", "notebook", "tote", "candle", "teapot"];
 const ADJECTIVES: &[&str] = &["Classic", "Sturdy", "Bright", "Quiet", "Rustic", "Modern"];
 const SUPPLIES: &[&str] = &["clay", "paper", "cotton", "wax", "glaze", "ink"];
+const EVENT_KINDS: &[&str] = &[
+    "order.updated",
+    "customer.merged",
+    "stock.adjusted",
+    "price.changed",
+];
+const EVENT_FIELDS: &[&str] = &["quantity", "price_cents", "stock", "priority", "weight_g"];
+const AGENTS: &[&str] = &[
+    "Mozilla/5.0 (X11; Linux x86_64)",
+    "shop-sync/2.3",
+    "curl/8.5.0",
+];
+const UNITS: &[&str] = &["cm", "kg", "ml", "pcs"];
+
+#[derive(Serialize)]
+struct Org {
+    id: u64,
+    name: String,
+    plan: &'static str,
+}
+
+#[derive(Serialize)]
+struct Actor {
+    id: u64,
+    name: String,
+    org: Org,
+}
+
+#[derive(Serialize)]
+struct Change {
+    field: &'static str,
+    from: u64,
+    to: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Context {
+    ip: String,
+    user_agent: &'static str,
+    latency_ms: f64,
+}
+
+#[derive(Serialize)]
+struct Event {
+    id: u64,
+    kind: &'static str,
+    at: String,
+    actor: Actor,
+    changes: Vec<Change>,
+    context: Context,
+    tags: Vec<&'static str>,
+}
 
 #[derive(Serialize)]
 struct Address {
@@ -457,6 +624,57 @@ mod tests {
                 .is_some()
         );
         assert!(ds.record_value(Resource::Orders, 0).get("coupon").is_none());
+    }
+
+    #[test]
+    fn events_are_nested_and_280_to_460_bytes() {
+        let ds = Dataset::new(20_000);
+        let mut sizes = Vec::new();
+        for i in 0..ds.total(Resource::Events) {
+            let mut out = Vec::new();
+            ds.write_record(Resource::Events, i, &mut out).unwrap();
+            sizes.push(out.len());
+        }
+        let (min, max) = (*sizes.iter().min().unwrap(), *sizes.iter().max().unwrap());
+        let big = sizes.iter().position(|s| *s == max).unwrap() as u64;
+        assert!(
+            min >= 280 && max <= 460,
+            "{min}..{max} bytes: {}",
+            ds.record_value(Resource::Events, big)
+        );
+        let e = ds.record_value(Resource::Events, 11);
+        assert!(e["actor"]["org"]["plan"].is_string(), "{e}");
+        assert!(e["changes"][0]["field"].is_string(), "{e}");
+        assert_eq!(Resource::from_name("events"), Some(Resource::Events));
+    }
+
+    #[test]
+    fn profiles_are_wide_sparse_and_change_a_type_late() {
+        let ds = Dataset::new(50_000);
+        let total = ds.total(Resource::Profiles);
+        let mut fields = std::collections::BTreeSet::new();
+        let (mut fewest, mut most) = (usize::MAX, 0);
+        let mut kinds_of_007 = std::collections::BTreeSet::new();
+        for i in 0..total {
+            let p = ds.record_value(Resource::Profiles, i);
+            let map = p.as_object().unwrap();
+            fewest = fewest.min(map.len());
+            most = most.max(map.len());
+            fields.extend(map.keys().cloned());
+            if let Some(v) = map.get("attr_007") {
+                kinds_of_007.insert((i >= total / 2, v.is_string()));
+            }
+        }
+        assert!(fields.len() > 550, "{} distinct fields", fields.len());
+        assert!(
+            fewest >= 10 && most <= 41,
+            "{fewest}..{most} fields a record"
+        );
+        assert_eq!(
+            kinds_of_007.into_iter().collect::<Vec<_>>(),
+            vec![(false, false), (true, true)],
+            "attr_007: integers first, strings in the second half"
+        );
     }
 
     #[test]
