@@ -37,16 +37,16 @@ SHAPES = os.environ.get("SHAPES", "1") != "0"
 PAGE_SIZE = 1000
 
 
-def measure(orders, config, resources, dry_runs):
+def measure(orders, config, db_file, resources, dry_runs):
     """Alternating runs at one size: download-only, read_json of the saved rows,
-    the sync (and, with dry_runs, the sync as a dry run); medians."""
+    the sync into db_file (the configuration's DuckDB file) and, with dry_runs,
+    the sync as a dry run; medians."""
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         api, url = start_server([RELEASE / "shop-api", "--orders", str(orders)], work)
         try:
             conf = work / config.name
             shutil.copy(config, conf)
-            db = conf.parent / (yaml_sink_file(config))
             env = dict(os.environ, SHOP_API_URL=url)
             env.pop("SLUICEGATE_MAX_MEMORY_MB", None)
             downloads, syncs, reads, locals_ = [], [], [], []
@@ -66,7 +66,7 @@ def measure(orders, config, resources, dry_runs):
                 if json.loads(r["out"])["rows"] != rows:
                     sys.exit(f"read_json loaded {r['out']}, the API has {rows} rows")
                 locals_.append(r)
-                for f in work.glob(db.name + "*"):
+                for f in work.glob(db_file + "*"):
                     f.unlink()
                 shutil.rmtree(work / ".sluicegate", ignore_errors=True)
                 s = measured([RELEASE / "sluicegate", "sync-api", "--config", conf, "--all",
@@ -78,7 +78,7 @@ def measure(orders, config, resources, dry_runs):
                 if dry_runs:
                     # A dry run into a database that does not exist reads and decodes
                     # every page but never touches DuckDB: the source side alone.
-                    for f in work.glob(db.name + "*"):
+                    for f in work.glob(db_file + "*"):
                         f.unlink()
                     reads.append(measured([RELEASE / "sluicegate", "sync-api", "--config", conf, "--all",
                                            "--streaming", "--quiet"], env))
@@ -103,15 +103,6 @@ def measure(orders, config, resources, dry_runs):
     return result
 
 
-def yaml_sink_file(config):
-    """The DuckDB file a benchmark configuration writes (its sink's `path:`)."""
-    for line in config.read_text().splitlines():
-        line = line.strip()
-        if line.startswith("path:"):
-            return line.split(":", 1)[1].strip()
-    sys.exit(f"{config} names no sink path")
-
-
 def table(results):
     """The comparison table's rows."""
     return [
@@ -131,8 +122,8 @@ HEADER = [
 
 def main():
     config = ROOT / "examples" / "sluicegate.yaml"
-    results = [measure(orders, config, [], True) for orders in SIZES]
-    shapes = [measure(orders, ROOT / "bench" / "shapes.yaml", ["events", "profiles"], False)
+    results = [measure(orders, config, "shop.duckdb", [], True) for orders in SIZES]
+    shapes = [measure(orders, ROOT / "bench" / "shapes.yaml", "shapes.duckdb", ["events", "profiles"], False)
               for orders in SIZES] if SHAPES else []
 
     lines = [

@@ -206,16 +206,7 @@ impl MemoryPlan {
     /// memory (its `IN_MEMORY_TABLE` blocks, see `duckdb_memory()`) reached
     /// [`Self::checkpoint_at_bytes`]; whether it did.
     pub(crate) fn checkpoint_if_due(&self, conn: &Connection) -> Result<bool> {
-        let held: i64 = conn
-            .query_row(
-                "SELECT coalesce(sum(memory_usage_bytes), 0)::BIGINT FROM duckdb_memory() WHERE tag = 'IN_MEMORY_TABLE'",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(|e| {
-                Error::new(ErrorKind::Sink, "cannot read DuckDB's memory use").with_source(e)
-            })?;
-        if u64::try_from(held).unwrap_or(0) < self.checkpoint_at_bytes() {
+        if committed_in_memory(conn)? < self.checkpoint_at_bytes() {
             return Ok(false);
         }
         conn.execute_batch("CHECKPOINT").map_err(|e| {
@@ -229,6 +220,18 @@ impl MemoryPlan {
     pub(crate) fn forget(&self, stream: &str) {
         self.state().widths.remove(stream);
     }
+}
+
+/// The committed rows DuckDB holds in its pool, not yet checkpointed (its
+/// `IN_MEMORY_TABLE` blocks in `duckdb_memory()`), in bytes.
+fn committed_in_memory(conn: &Connection) -> Result<u64> {
+    conn.query_row(
+        "SELECT coalesce(sum(memory_usage_bytes), 0)::BIGINT FROM duckdb_memory() WHERE tag = 'IN_MEMORY_TABLE'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|bytes| u64::try_from(bytes).unwrap_or(0))
+    .map_err(|e| Error::new(ErrorKind::Sink, "cannot read DuckDB's memory use").with_source(e))
 }
 
 /// The block size of the main database of `conn`, in bytes.
@@ -261,16 +264,6 @@ mod tests {
         assert_eq!(needed_mb(256 * 1024, 30), 54);
     }
 
-    fn in_memory_table_bytes(conn: &Connection) -> u64 {
-        conn.query_row(
-            "SELECT coalesce(sum(memory_usage_bytes), 0)::BIGINT FROM duckdb_memory() WHERE tag = 'IN_MEMORY_TABLE'",
-            [],
-            |r| r.get::<_, i64>(0),
-        )
-        .map(|b| u64::try_from(b).unwrap())
-        .unwrap()
-    }
-
     #[test]
     fn committed_rows_in_memory_stay_under_a_quarter_of_the_pool() {
         let dir = tempfile::tempdir().unwrap();
@@ -299,7 +292,7 @@ mod tests {
             if plan.checkpoint_if_due(&conn).unwrap() {
                 checkpoints += 1;
             }
-            highest = highest.max(in_memory_table_bytes(&conn));
+            highest = highest.max(committed_in_memory(&conn).unwrap());
         }
         assert!(
             checkpoints >= 2,

@@ -212,8 +212,6 @@ struct BatchJob {
     seq: u64,
     /// The fields the source declared JSON.
     json: Option<Arc<JsonFields>>,
-    /// The batch was appended (not upserted, not planned in a dry run).
-    appended: bool,
 }
 
 /// What a batch is after DuckDB failed fatally and the database was opened again.
@@ -235,8 +233,8 @@ impl BatchJob {
         let (result, table) = loop {
             let mut prepared = None;
             let error = match self.attempt(&conn, reopened, &mut prepared) {
-                Ok((ack, state)) => {
-                    if self.appended {
+                Ok((ack, state, mode)) => {
+                    if mode == Some(WriteMode::Append) {
                         checkpoint_if_due(db, &mut conn, &self.plan);
                     }
                     break (Ok(ack), Some(state));
@@ -264,13 +262,14 @@ impl BatchJob {
     }
 
     /// One try. After a reopening the batch is upserted (never appended): it
-    /// may be partly known to the table.
+    /// may be partly known to the table. Returns how the batch went in (`None`
+    /// in a dry run).
     fn attempt(
         &mut self,
         conn: &Connection,
         reopened: bool,
         prepared: &mut Option<BatchAck>,
-    ) -> Result<(BatchAck, TableState)> {
+    ) -> Result<(BatchAck, TableState, Option<WriteMode>)> {
         let mut state = match self.table.take() {
             Some(t) => t,
             None => load_table(conn, &self.target.table)?,
@@ -278,7 +277,7 @@ impl BatchJob {
         let is_empty = *self.empty.get_or_insert(state.empty_at_load);
         if self.dry_run {
             let ack = plan_batch(conn, &self.target, &state, &self.records)?;
-            return Ok((ack, state));
+            return Ok((ack, state, None));
         }
         let mode = match (&self.append_after, &self.range) {
             (Some(after), Some((lowest, _)))
@@ -288,7 +287,6 @@ impl BatchJob {
             }
             _ => WriteMode::Upsert,
         };
-        self.appended = mode == WriteMode::Append;
         let batch = BatchWrite {
             target: &self.target,
             records: &self.records,
@@ -297,7 +295,7 @@ impl BatchJob {
             json: self.json.as_deref(),
         };
         let ack = write_batch(conn, &self.plan, &mut state, &batch, prepared)?;
-        Ok((ack, state))
+        Ok((ack, state, Some(mode)))
     }
 
     /// Whether the batch committed before DuckDB failed: its position says;
@@ -378,7 +376,6 @@ impl SinkWriter for DuckDbWriter {
             position,
             seq,
             json,
-            appended: false,
         };
         let (result, table, empty) = tokio::task::spawn_blocking(move || {
             let outcome = job.run(&db);

@@ -329,7 +329,7 @@ impl Dataset {
         let mut attr = (r >> 8) % 600;
         for n in 0..count {
             let ra = mix(10, i * 64 + n);
-            // Steps of 1..=37 from a random start: distinct, spread over all 600.
+            // Steps of 1..=37 from a random start, spread over all 600.
             attr = (attr + 1 + ra % 37) % 600;
             let value = match attr % 5 {
                 _ if attr == 7 => {
@@ -349,9 +349,8 @@ impl Dataset {
                 3 => json!((ra >> 8).is_multiple_of(2)),
                 _ => json!({"v": (ra >> 8) % 100, "unit": pick(UNITS, ra >> 16)}),
             };
-            if !out.contains_key(&format!("attr_{attr:03}")) {
-                out.insert(format!("attr_{attr:03}"), value);
-            }
+            // Steps wrap around past 600: a second draw of an attribute keeps the first.
+            out.entry(format!("attr_{attr:03}")).or_insert(value);
         }
         if i.is_multiple_of(97) {
             out.insert("attr_599".into(), Value::Null);
