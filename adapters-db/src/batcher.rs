@@ -20,12 +20,17 @@ use sluicegate_core::{
 pub(crate) enum Tracker {
     /// Nothing: the read cannot resume.
     None,
-    /// Keyset paging: the value of `column` in the last row (`{"after": v}`).
+    /// Keyset paging: the value of `column` in the last row (`{"after": v}`),
+    /// after the incremental cursor's value when the read is ordered by it
+    /// first (`{"cursor": c, "after": v}`).
     Keyset {
         /// The ordering column.
         column: String,
         /// Its value in the last row pushed.
         last: Option<Value>,
+        /// The cursor column ordered by before `column`, and its value in the
+        /// last row pushed.
+        cursor: Option<(String, Option<Value>)>,
     },
     /// Templated pages: the offset of the next row (`{"skip": n}`).
     Offset {
@@ -39,9 +44,19 @@ impl Tracker {
     fn position(&self) -> Option<Position> {
         match self {
             Tracker::None => None,
-            Tracker::Keyset { last, .. } => {
-                last.as_ref().map(|v| Position::new(json!({"after": v})))
-            }
+            Tracker::Keyset {
+                last,
+                cursor: None,
+                ..
+            } => last.as_ref().map(|v| Position::new(json!({"after": v}))),
+            Tracker::Keyset {
+                last,
+                cursor: Some((_, at)),
+                ..
+            } => last
+                .as_ref()
+                .zip(at.as_ref())
+                .map(|(v, c)| Position::new(json!({"cursor": c, "after": v}))),
             Tracker::Offset { next } => Some(Position::new(json!({"skip": next}))),
         }
     }
@@ -145,7 +160,7 @@ impl Batcher {
     pub(crate) fn locate(&self, row: &Record) -> String {
         let n = self.total + 1;
         match &self.tracker {
-            Tracker::Keyset { column, last } => match (row.get(column.as_str()), last) {
+            Tracker::Keyset { column, last, .. } => match (row.get(column.as_str()), last) {
                 (Some(v), _) if !v.is_null() => format!("row {n} of the read ({column} = {v})"),
                 (_, Some(v)) => format!("row {n} of the read (the row after {column} = {v})"),
                 _ => format!("row {n} of the read"),
@@ -175,9 +190,25 @@ impl Batcher {
                 })?;
             }
         }
+        if let Tracker::Keyset {
+            cursor: Some((column, at)),
+            ..
+        } = &mut self.tracker
+        {
+            match record.get(column.as_str()) {
+                Some(v) if !v.is_null() => *at = Some(v.clone()),
+                _ => {
+                    return Err(Error::config(format!(
+                        "incremental.cursorField '{column}' is not among the columns read, or \
+                         NULL in row {}; name a column of the table or query",
+                        self.total + 1
+                    )));
+                }
+            }
+        }
         match &mut self.tracker {
             Tracker::None => {}
-            Tracker::Keyset { column, last } => match record.get(column.as_str()) {
+            Tracker::Keyset { column, last, .. } => match record.get(column.as_str()) {
                 Some(v) if !v.is_null() => *last = Some(v.clone()),
                 Some(_) => {
                     return Err(Error::new(
@@ -237,6 +268,7 @@ mod tests {
             let tracker = Tracker::Keyset {
                 column: "id".into(),
                 last: None,
+                cursor: None,
             };
             let mut b = Batcher::new(&req, tx, 2, tracker);
             for id in 1..=5 {
@@ -265,6 +297,7 @@ mod tests {
             let tracker = Tracker::Keyset {
                 column: "id".into(),
                 last: None,
+                cursor: None,
             };
             let mut b = Batcher::new(&req, tx, 10, tracker);
             b.push(into_record(json!({"id": 1}))).await?;

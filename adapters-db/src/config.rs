@@ -17,6 +17,13 @@
 //!   rendered per page with the offset in `skipKey` and the page size in
 //!   `limitKey`; reading stops at the first empty page. Resumes at the offset.
 //! - **one query** (neither): streamed once; a killed run starts over.
+//!
+//! In an incremental sync (the entry's `incremental` section) the read is
+//! limited to the window: `WHERE <cursorField> >= $1`, the start bound as a
+//! parameter, ordered by the cursor and then by `orderBy`, and resumed after
+//! the last `(cursor, key)` pair (`WHERE (cursor, key) > ($2, $3)`), so an
+//! index on `(cursor, key)` serves it. Rows whose cursor is SQL NULL are
+//! outside every window.
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -146,6 +153,26 @@ impl DbSourceConfig {
                 return Err(field_error(
                     "pagination.limitKey",
                     "must differ from skipKey",
+                ));
+            }
+        }
+        if let Some(window) = &ctx.incremental {
+            if self.pagination.is_some() {
+                return Err(field_error(
+                    "pagination",
+                    format!(
+                        "an incremental sync reads its window with a bound parameter \
+                         ({} >= the window's start), ordered by orderBy; templated pages cannot \
+                         do that: use table or query with orderBy",
+                        window.cursor_field
+                    ),
+                ));
+            }
+            if self.order_by.as_deref() == Some(window.cursor_field.as_str()) {
+                return Err(field_error(
+                    "orderBy",
+                    "must be the unique key, not incremental.cursorField: the read is ordered \
+                     by the cursor, then by orderBy",
                 ));
             }
         }

@@ -88,8 +88,8 @@ impl Session for MysqlSession {
     }
 
     /// MySQL's text protocol has no placeholders: the key becomes a literal.
-    fn key_param(&self, after: &Value) -> Result<String> {
-        Ok(match after {
+    fn param(&self, _index: usize, value: &Value) -> Result<String> {
+        Ok(match value {
             Value::Number(n) => n.to_string(),
             Value::Bool(b) => u8::from(*b).to_string(),
             Value::String(s) => {
@@ -118,7 +118,7 @@ impl Session for MysqlSession {
     async fn run(
         &mut self,
         sql: &str,
-        _after: Option<&Value>,
+        _params: &[Value],
         _fetch: usize,
         out: &mut Batcher,
     ) -> Result<u64> {

@@ -94,14 +94,14 @@ impl Session for PgSession {
         quote_with(name, '"')
     }
 
-    fn key_param(&self, _after: &Value) -> Result<String> {
-        Ok("$1".into())
+    fn param(&self, index: usize, _value: &Value) -> Result<String> {
+        Ok(format!("${index}"))
     }
 
     async fn run(
         &mut self,
         sql: &str,
-        after: Option<&Value>,
+        params: &[Value],
         fetch: usize,
         out: &mut Batcher,
     ) -> Result<u64> {
@@ -133,7 +133,7 @@ impl Session for PgSession {
             .map(|c| is_json(c.type_()))
             .collect();
         out.declare_json(&names, &json);
-        let params: Vec<TextParam> = after.map(|v| TextParam(key_text(v))).into_iter().collect();
+        let params: Vec<TextParam> = params.iter().map(|v| TextParam(key_text(v))).collect();
         let portal = tx.bind_raw(&statement, params.iter()).await.map_err(err)?;
         let max_rows = i32::try_from(fetch).unwrap_or(i32::MAX);
         let mut total = 0u64;

@@ -12,17 +12,18 @@ pub(crate) trait Session: Send {
     /// `name` quoted as an identifier of this SQL dialect.
     fn quote_ident(&self, name: &str) -> String;
 
-    /// The SQL that stands for the keyset value `after` in a `WHERE key > ...`
-    /// clause: a placeholder bound by [`Session::run`], or a safe literal.
-    fn key_param(&self, after: &Value) -> Result<String>;
+    /// The SQL that stands for `value`, the `index`-th (from 1) of the
+    /// parameters [`Session::run`] gets, in a `WHERE` clause: a placeholder
+    /// bound by `run`, or a safe literal.
+    fn param(&self, index: usize, value: &Value) -> Result<String>;
 
     /// Runs `sql` and pushes its rows into `out`, fetching at most `fetch` rows
-    /// from the server ahead of the consumer; `after` is bound to the
-    /// placeholder from [`Session::key_param`]. Returns the number of rows.
+    /// from the server ahead of the consumer; `params` are bound to the
+    /// placeholders from [`Session::param`]. Returns the number of rows.
     async fn run(
         &mut self,
         sql: &str,
-        after: Option<&Value>,
+        params: &[Value],
         fetch: usize,
         out: &mut Batcher,
     ) -> Result<u64>;

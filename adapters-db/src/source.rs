@@ -91,6 +91,37 @@ impl Plan {
         let mut session = self.connect().await?;
         let fetch = self.config.fetch_size;
         let resume = request.resume_from.as_ref().map(|p| p.as_value().clone());
+        if let Some(window) = &self.ctx.incremental {
+            let key = self.config.order_by.clone();
+            let after = match (resume.as_ref(), &key) {
+                (Some(p), Some(_)) => {
+                    let cursor = self.resume_value(Some(p), "cursor")?;
+                    let after = self.resume_value(Some(p), "after")?;
+                    cursor.zip(after)
+                }
+                _ => None,
+            };
+            let (sql, params) = self.window_sql(
+                session.as_ref(),
+                &window.cursor_field,
+                &window.start_value,
+                key.as_deref(),
+                after.as_ref(),
+            )?;
+            tracing::debug!(%sql, "incremental read");
+            let tracker = match key {
+                Some(column) => Tracker::Keyset {
+                    column,
+                    last: None,
+                    cursor: Some((window.cursor_field.clone(), None)),
+                },
+                None => Tracker::None,
+            };
+            let mut out = Batcher::new(&request, tx, fetch, tracker)
+                .with_json_columns(self.config.json_columns.clone());
+            session.run(&sql, &params, fetch, &mut out).await?;
+            return out.flush().await;
+        }
         if let Some(column) = &self.config.order_by {
             let after = self.resume_value(resume.as_ref(), "after")?;
             let sql = self.keyset_sql(session.as_ref(), column, after.as_ref())?;
@@ -98,10 +129,12 @@ impl Plan {
             let tracker = Tracker::Keyset {
                 column: column.clone(),
                 last: None,
+                cursor: None,
             };
             let mut out = Batcher::new(&request, tx, fetch, tracker)
                 .with_json_columns(self.config.json_columns.clone());
-            session.run(&sql, after.as_ref(), fetch, &mut out).await?;
+            let params: Vec<Value> = after.into_iter().collect();
+            session.run(&sql, &params, fetch, &mut out).await?;
             return out.flush().await;
         }
         if let (Some(template), Some(paging)) = (&self.config.query, &self.config.pagination) {
@@ -118,7 +151,7 @@ impl Plan {
             loop {
                 let sql = self.config.render_query(template, &self.ctx, skip)?;
                 out.set_offset(skip);
-                let rows = session.run(&sql, None, fetch, &mut out).await?;
+                let rows = session.run(&sql, &[], fetch, &mut out).await?;
                 out.flush().await?;
                 if rows == 0 || single {
                     return Ok(());
@@ -140,7 +173,7 @@ impl Plan {
         };
         let mut out = Batcher::new(&request, tx, fetch, Tracker::None)
             .with_json_columns(self.config.json_columns.clone());
-        session.run(&sql, None, fetch, &mut out).await?;
+        session.run(&sql, &[], fetch, &mut out).await?;
         out.flush().await
     }
 
@@ -173,26 +206,70 @@ impl Plan {
             .join("."))
     }
 
+    /// What to select from (the table, or the query as a subquery) and how
+    /// to name `column` in it.
+    fn from_and_column(&self, session: &dyn Session, column: &str) -> Result<(String, String)> {
+        let quoted = session.quote_ident(column);
+        Ok(match (&self.config.table, &self.query) {
+            (Some(table), _) => (self.table_sql(session, table)?, quoted),
+            (None, Some(q)) => {
+                let q = q.trim().trim_end_matches(';').trim_end();
+                (format!("({q}) AS sg_rows"), format!("sg_rows.{quoted}"))
+            }
+            (None, None) => unreachable!("validated: table or query"),
+        })
+    }
+
     fn keyset_sql(
         &self,
         session: &dyn Session,
         column: &str,
         after: Option<&Value>,
     ) -> Result<String> {
-        let key = session.quote_ident(column);
-        let (from, key) = match (&self.config.table, &self.query) {
-            (Some(table), _) => (self.table_sql(session, table)?, key),
-            (None, Some(q)) => {
-                let q = q.trim().trim_end_matches(';').trim_end();
-                (format!("({q}) AS sg_rows"), format!("sg_rows.{key}"))
-            }
-            (None, None) => unreachable!("validated: table or query"),
-        };
+        let (from, key) = self.from_and_column(session, column)?;
         let mut sql = format!("SELECT * FROM {from}");
         if let Some(after) = after {
-            sql.push_str(&format!(" WHERE {key} > {}", session.key_param(after)?));
+            sql.push_str(&format!(" WHERE {key} > {}", session.param(1, after)?));
         }
         sql.push_str(&format!(" ORDER BY {key}"));
         Ok(sql)
+    }
+
+    /// The read of an incremental window: rows whose `cursor` is at least
+    /// `start`, ordered by the cursor and then by `key` (when there is one),
+    /// after the `(cursor, key)` pair of a checkpoint. Values are bound
+    /// parameters (MySQL: escaped literals), never spliced in as text.
+    fn window_sql(
+        &self,
+        session: &dyn Session,
+        cursor: &str,
+        start: &Value,
+        key: Option<&str>,
+        after: Option<&(Value, Value)>,
+    ) -> Result<(String, Vec<Value>)> {
+        let (from, cursor_sql) = self.from_and_column(session, cursor)?;
+        let start = self.origin.provider.cursor_param(start);
+        let mut sql = format!(
+            "SELECT * FROM {from} WHERE {cursor_sql} >= {}",
+            session.param(1, &start)?
+        );
+        let mut params = vec![start];
+        let Some(key) = key else {
+            sql.push_str(&format!(" ORDER BY {cursor_sql}"));
+            return Ok((sql, params));
+        };
+        let (_, key_sql) = self.from_and_column(session, key)?;
+        if let Some((last_cursor, last_key)) = after {
+            let last_cursor = self.origin.provider.cursor_param(last_cursor);
+            sql.push_str(&format!(
+                " AND ({cursor_sql}, {key_sql}) > ({}, {})",
+                session.param(2, &last_cursor)?,
+                session.param(3, last_key)?
+            ));
+            params.push(last_cursor);
+            params.push(last_key.clone());
+        }
+        sql.push_str(&format!(" ORDER BY {cursor_sql}, {key_sql}"));
+        Ok((sql, params))
     }
 }

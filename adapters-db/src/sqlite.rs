@@ -48,14 +48,14 @@ impl Session for SqliteSession {
         quote_with(name, '"')
     }
 
-    fn key_param(&self, _after: &Value) -> Result<String> {
-        Ok("?1".into())
+    fn param(&self, index: usize, _value: &Value) -> Result<String> {
+        Ok(format!("?{index}"))
     }
 
     async fn run(
         &mut self,
         sql: &str,
-        after: Option<&Value>,
+        params: &[Value],
         _fetch: usize,
         out: &mut Batcher,
     ) -> Result<u64> {
@@ -64,7 +64,7 @@ impl Session for SqliteSession {
         let (tx, mut rx) = mpsc::channel::<std::result::Result<Read, Failure>>(1);
         let path = self.path.clone();
         let sql = sql.to_owned();
-        let key = after.map(to_sqlite);
+        let key: Vec<rusqlite::types::Value> = params.iter().map(to_sqlite).collect();
         let reader = tokio::task::spawn_blocking(move || {
             if let Err(e) = read(&path, &sql, key, &tx) {
                 let _ = tx.blocking_send(Err(e));
@@ -154,7 +154,7 @@ enum Declared {
 fn read(
     path: &Path,
     sql: &str,
-    key: Option<rusqlite::types::Value>,
+    key: Vec<rusqlite::types::Value>,
     tx: &mpsc::Sender<std::result::Result<Read, Failure>>,
 ) -> std::result::Result<(), Failure> {
     let conn = Connection::open_with_flags(
@@ -189,11 +189,9 @@ fn read(
     if tx.blocking_send(Ok(columns)).is_err() {
         return Ok(()); // the reader was dropped
     }
-    let mut rows = match key {
-        Some(k) => statement.query([k]),
-        None => statement.query([]),
-    }
-    .map_err(Failure::Query)?;
+    let mut rows = statement
+        .query(rusqlite::params_from_iter(key))
+        .map_err(Failure::Query)?;
     let mut chunk = Vec::with_capacity(CHUNK_ROWS);
     while let Some(row) = rows.next().map_err(Failure::Query)? {
         let mut record = Map::with_capacity(names.len());

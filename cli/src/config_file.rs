@@ -96,6 +96,11 @@ pub struct SyncEntry {
     /// Keep a record only when this template renders `true`.
     #[serde(default)]
     pub filter_expression: Option<String>,
+    /// Read only what changed since the last complete run (needs `keyField`):
+    /// the cursor field, the first run's start and a lag; see
+    /// `docs/configuration.md`.
+    #[serde(default)]
+    pub incremental: Option<sluicegate_engine::IncrementalConfig>,
     /// The source section (raw; parsed by the source's factory).
     pub source: Value,
 }
@@ -176,6 +181,18 @@ impl ConfigFile {
                     } else {
                         known.join(", ")
                     }
+                );
+                return Err(Error::config(match locate(text, &message) {
+                    Some(line) => format!("{file}:{line}: {message}"),
+                    None => format!("{file}: {message}"),
+                }));
+            }
+            if entry.incremental.is_some() && entry.key_field.is_none() {
+                let message = format!(
+                    "syncs[{}].incremental: needs keyField: each window starts at the last run's \
+                     high-water mark (minus the lag), so records at its edge are read again and \
+                     must be upserted, not appended",
+                    entry.key
                 );
                 return Err(Error::config(match locate(text, &message) {
                     Some(line) => format!("{file}:{line}: {message}"),

@@ -141,6 +141,24 @@ fn state_command(action: StateAction) -> u8 {
                     c.sync_key, c.stream, c.position, c.committed_at
                 );
             }
+            let marks = store.marks()?;
+            if !marks.is_empty() {
+                println!("incremental high-water marks:");
+            }
+            for m in marks {
+                let mut line = format!(
+                    "{}  {}  last {}",
+                    m.sync_key,
+                    m.stream,
+                    m.last_value.as_deref().unwrap_or("none (no complete run yet)")
+                );
+                if let Some(progress) = &m.progress {
+                    line.push_str(&format!(
+                        "; an interrupted run wrote up to {progress} (its next run reads the same window)"
+                    ));
+                }
+                println!("{line}  (updated {} UTC)", m.updated_at);
+            }
             Ok(())
         }),
         StateAction::Reset { keys, state } if keys.is_empty() => lock::lock_all(&state.dir())
@@ -159,9 +177,10 @@ fn state_command(action: StateAction) -> u8 {
                 for key in &keys {
                     // Not while that key runs: its next commit would undo the reset.
                     let _lock = lock::lock(&dir, key)?;
-                    let n = store.clear_key(key)?;
+                    let (checkpoints, marks) = store.clear_key(key)?;
                     println!(
-                        "{key}: forgot {n} checkpoint(s); its next run starts from the beginning"
+                        "{key}: forgot {checkpoints} checkpoint(s) and {marks} high-water mark(s); \
+                         its next run starts from the beginning"
                     );
                 }
                 Ok(())

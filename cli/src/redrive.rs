@@ -2,8 +2,8 @@
 //! their cause is fixed.
 //!
 //! For each key, two passes over the file read its dead letters lazily, a page of
-//! lines at a time: records rejected by the mapping (`stage: map`, kept as read
-//! from the source) go through the key's mapping and sink; records rejected later
+//! lines at a time: records rejected by the mapping or when read (`stage: map`
+//! or `read`, kept as read from the source) go through the key's mapping and sink; records rejected later
 //! (`convert`, `write`, `publish`, kept as mapped) go to the sink directly.
 //! Records rejected again are written to a new file; when every key re-drove
 //! without an error (and with `--apply`), the dead-letter file is replaced
@@ -28,7 +28,7 @@ const LINES_PER_PAGE: usize = 500;
 /// Which dead letters a pass reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pass {
-    /// Rejected by the mapping: source records, mapped again.
+    /// Rejected by the mapping or when read: source records, mapped again.
     Unmapped,
     /// Rejected after the mapping: mapped records, sent to the sink as they are.
     Mapped,
@@ -37,8 +37,8 @@ pub enum Pass {
 impl Pass {
     fn takes(self, stage: &str) -> bool {
         match self {
-            Pass::Unmapped => stage == "map",
-            Pass::Mapped => stage != "map",
+            Pass::Unmapped => stage == "map" || stage == "read",
+            Pass::Mapped => stage != "map" && stage != "read",
         }
     }
 }

@@ -1,5 +1,6 @@
-//! The CLI's state store: checkpoints of every sync key and stream in one SQLite
-//! database, `.sluicegate/state/state.db` next to the configuration file.
+//! The CLI's state store: checkpoints of every sync key and stream, and the
+//! high-water marks of incremental syncs, in one SQLite database,
+//! `.sluicegate/state/state.db` next to the configuration file.
 //!
 //! Each commit is one SQLite transaction (WAL journal, `synchronous = FULL`), so
 //! after a crash or `kill -9` the store holds either the previous or the new
@@ -15,12 +16,25 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use serde_json::Value;
 use sluicegate_core::{CheckpointStore, Error, ErrorKind, Position, Result};
+use sluicegate_engine::{SavedWindow, WindowStore};
 
 /// `PRAGMA application_id` of a Sluicegate state database ("SLGT").
 const APPLICATION_ID: i32 = 0x534C_4754;
-/// The schema version this build writes and reads.
-const SCHEMA_VERSION: i32 = 1;
+/// The schema version this build writes and reads. Version 1 had no
+/// `incremental` table; opening such a file for writing adds it.
+const SCHEMA_VERSION: i32 = 2;
+
+/// The table of high-water marks (schema version 2).
+const INCREMENTAL_TABLE: &str = "CREATE TABLE IF NOT EXISTS incremental (
+                 sync_key TEXT NOT NULL,
+                 stream TEXT NOT NULL,
+                 last_value TEXT,
+                 progress TEXT,
+                 updated_at TEXT NOT NULL,
+                 PRIMARY KEY (sync_key, stream)
+             );";
 /// The database's file name inside the state directory.
 pub const STATE_FILE: &str = "state.db";
 
@@ -28,6 +42,23 @@ pub const STATE_FILE: &str = "state.db";
 pub struct SqliteStateStore {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// Opened read-only on a version-1 file: there are no high-water marks.
+    no_windows: bool,
+}
+
+/// One saved high-water mark, as `sluicegate state show` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedMark {
+    /// The sync key.
+    pub sync_key: String,
+    /// The stream (table).
+    pub stream: String,
+    /// The high-water mark of the last complete run, as JSON.
+    pub last_value: Option<String>,
+    /// The highest acknowledged cursor of a window that did not complete.
+    pub progress: Option<String>,
+    /// When it last changed (UTC).
+    pub updated_at: String,
 }
 
 /// One saved checkpoint, as `sluicegate state show` lists it.
@@ -63,7 +94,57 @@ impl SqliteStateStore {
         Ok(Self {
             path,
             conn: Mutex::new(conn),
+            no_windows: false,
         })
+    }
+
+    /// Opens the state database in `dir` for reading only (a dry run, or
+    /// `validate`): `None` when there is none yet. Nothing is created or changed.
+    pub fn open_read_only(dir: &Path) -> Result<Option<Self>> {
+        let path = dir.join(STATE_FILE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| unusable(&path, &e.to_string()))?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))
+            .map_err(|e| unusable(&path, &e.to_string()))?;
+        let version = check_version(&conn, &path)?;
+        Ok(Some(Self {
+            path,
+            conn: Mutex::new(conn),
+            no_windows: version < 2,
+        }))
+    }
+
+    /// Every saved high-water mark, by key and stream.
+    pub fn marks(&self) -> Result<Vec<SavedMark>> {
+        if self.no_windows {
+            return Ok(Vec::new());
+        }
+        let conn = self.lock();
+        let mut statement = conn
+            .prepare(
+                "SELECT sync_key, stream, last_value, progress, updated_at FROM incremental \
+                 ORDER BY sync_key, stream",
+            )
+            .map_err(|e| self.failed("read", e))?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok(SavedMark {
+                    sync_key: row.get(0)?,
+                    stream: row.get(1)?,
+                    last_value: row.get(2)?,
+                    progress: row.get(3)?,
+                    updated_at: row.get(4)?,
+                })
+            })
+            .map_err(|e| self.failed("read", e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.failed("read", e))
     }
 
     /// The database file.
@@ -93,14 +174,23 @@ impl SqliteStateStore {
             .map_err(|e| self.failed("read", e))
     }
 
-    /// Forgets every checkpoint of `sync_key`; returns how many there were.
-    pub fn clear_key(&self, sync_key: &str) -> Result<usize> {
-        self.lock()
+    /// Forgets every checkpoint and high-water mark of `sync_key`; returns how
+    /// many checkpoints and marks there were.
+    pub fn clear_key(&self, sync_key: &str) -> Result<(usize, usize)> {
+        let conn = self.lock();
+        let checkpoints = conn
             .execute(
                 "DELETE FROM checkpoints WHERE sync_key = ?1",
                 params![sync_key],
             )
-            .map_err(|e| self.failed("clear", e))
+            .map_err(|e| self.failed("clear", e))?;
+        let marks = conn
+            .execute(
+                "DELETE FROM incremental WHERE sync_key = ?1",
+                params![sync_key],
+            )
+            .map_err(|e| self.failed("clear", e))?;
+        Ok((checkpoints, marks))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -164,6 +254,80 @@ impl CheckpointStore for SqliteStateStore {
         self.lock()
             .execute(
                 "DELETE FROM checkpoints WHERE sync_key = ?1 AND stream = ?2",
+                params![sync_key, stream],
+            )
+            .map_err(|e| self.failed("clear", e))?;
+        Ok(())
+    }
+}
+
+impl WindowStore for SqliteStateStore {
+    fn load(&self, sync_key: &str, stream: &str) -> Result<SavedWindow> {
+        if self.no_windows {
+            return Ok(SavedWindow::default());
+        }
+        let row: Option<(Option<String>, Option<String>)> = self
+            .lock()
+            .query_row(
+                "SELECT last_value, progress FROM incremental WHERE sync_key = ?1 AND stream = ?2",
+                params![sync_key, stream],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()
+            .map_err(|e| self.failed("read", e))?;
+        let Some((last, progress)) = row else {
+            return Ok(SavedWindow::default());
+        };
+        let decode = |text: Option<String>| -> Result<Option<Value>> {
+            text.map(|t| {
+                serde_json::from_str(&t).map_err(|e| {
+                    Error::new(
+                        ErrorKind::Checkpoint,
+                        format!(
+                            "the high-water mark of '{sync_key}' ({stream}) in {} is not valid \
+                             JSON ({e}); run `sluicegate state reset --key {sync_key}` to start \
+                             that sync over",
+                            self.path.display()
+                        ),
+                    )
+                })
+            })
+            .transpose()
+        };
+        Ok(SavedWindow::new(decode(last)?, decode(progress)?))
+    }
+
+    fn progress(&self, sync_key: &str, stream: &str, highest: &Value) -> Result<()> {
+        self.lock()
+            .execute(
+                "INSERT INTO incremental (sync_key, stream, progress, updated_at)
+                 VALUES (?1, ?2, ?3, datetime('now'))
+                 ON CONFLICT (sync_key, stream)
+                 DO UPDATE SET progress = excluded.progress, updated_at = excluded.updated_at",
+                params![sync_key, stream, highest.to_string()],
+            )
+            .map_err(|e| self.failed("commit", e))?;
+        Ok(())
+    }
+
+    fn complete(&self, sync_key: &str, stream: &str, last_value: &Value) -> Result<()> {
+        self.lock()
+            .execute(
+                "INSERT INTO incremental (sync_key, stream, last_value, progress, updated_at)
+                 VALUES (?1, ?2, ?3, NULL, datetime('now'))
+                 ON CONFLICT (sync_key, stream)
+                 DO UPDATE SET last_value = excluded.last_value, progress = NULL,
+                               updated_at = excluded.updated_at",
+                params![sync_key, stream, last_value.to_string()],
+            )
+            .map_err(|e| self.failed("commit", e))?;
+        Ok(())
+    }
+
+    fn clear(&self, sync_key: &str, stream: &str) -> Result<()> {
+        self.lock()
+            .execute(
+                "DELETE FROM incremental WHERE sync_key = ?1 AND stream = ?2",
                 params![sync_key, stream],
             )
             .map_err(|e| self.failed("clear", e))?;
@@ -237,19 +401,47 @@ fn check_or_init(conn: &Connection, path: &Path) -> Result<()> {
                  committed_at TEXT NOT NULL,
                  PRIMARY KEY (sync_key, stream)
              );
+             {INCREMENTAL_TABLE}
              PRAGMA application_id = {APPLICATION_ID};
              PRAGMA user_version = {SCHEMA_VERSION};
              COMMIT;"
         ))
         .map_err(|e| unusable(path, &e.to_string()))?;
-    } else if application_id != APPLICATION_ID {
+    } else {
+        check_version(conn, path)?;
+        if version < SCHEMA_VERSION {
+            conn.execute_batch(&format!(
+                "BEGIN;
+                 {INCREMENTAL_TABLE}
+                 PRAGMA user_version = {SCHEMA_VERSION};
+                 COMMIT;"
+            ))
+            .map_err(|e| unusable(path, &e.to_string()))?;
+        }
+    }
+    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
+        .map_err(|e| unusable(path, &e.to_string()))?;
+    Ok(())
+}
+
+/// Checks that `conn` is a Sluicegate state database this build reads; returns
+/// its schema version.
+fn check_version(conn: &Connection, path: &Path) -> Result<i32> {
+    let pragma = |name: &str| -> Result<i32> {
+        conn.pragma_query_value(None, name, |row| row.get(0))
+            .map_err(|e| unusable(path, &e.to_string()))
+    };
+    let application_id = pragma("application_id")?;
+    let version = pragma("user_version")?;
+    if application_id != APPLICATION_ID {
         return Err(unusable(
             path,
             &format!(
                 "it is a SQLite database of another program (application id {application_id:#x})"
             ),
         ));
-    } else if version > SCHEMA_VERSION {
+    }
+    if version > SCHEMA_VERSION {
         return Err(unusable(
             path,
             &format!(
@@ -257,9 +449,7 @@ fn check_or_init(conn: &Connection, path: &Path) -> Result<()> {
             ),
         ));
     }
-    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
-        .map_err(|e| unusable(path, &e.to_string()))?;
-    Ok(())
+    Ok(version)
 }
 
 /// Creates `dir` (and parents) readable by the owner only.
@@ -320,7 +510,7 @@ mod tests {
         store.clear("k", "t").unwrap();
         assert_eq!(store.load("k", "t").unwrap(), None);
         assert_eq!(store.load("other", "t").unwrap(), Some(position(1)));
-        assert_eq!(store.clear_key("other").unwrap(), 1);
+        assert_eq!(store.clear_key("other").unwrap(), (1, 0));
         assert!(store.list().unwrap().is_empty());
     }
 

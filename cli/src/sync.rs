@@ -8,13 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluicegate_core::{
-    BuildContext, CheckpointStore, Error, ErrorKind, MemoryBudget, Prepared, Registry, Result,
-    RunObserver, RunStats, Sink, Source, StreamTarget, WhenFull, format_bytes,
+    BuildContext, CheckpointStore, Error, ErrorKind, IncrementalWindow, MemoryBudget, Prepared,
+    Registry, Result, RunObserver, RunStats, Sink, Source, StreamTarget, WhenFull, format_bytes,
     template_scope_from_env,
 };
 use sluicegate_engine::{
-    Mapper, MemoryMonitor, MemoryPlan, MemorySampler, Pipeline, PipelineOptions, ReadMode,
-    StreamReport, follow_sink_growth,
+    IncrementalRun, Mapper, MemoryMonitor, MemoryPlan, MemorySampler, Pipeline, PipelineOptions,
+    ReadMode, StreamReport, WindowStore, follow_sink_growth,
 };
 
 use crate::args::{SyncArgs, Verbosity};
@@ -31,6 +31,8 @@ pub(crate) struct PreparedEntry {
     pub(crate) entry: SyncEntry,
     pub(crate) source: Box<dyn Prepared<dyn Source>>,
     pub(crate) mapper: Option<Arc<Mapper>>,
+    /// The cursor window of an incremental entry.
+    pub(crate) window: Option<IncrementalWindow>,
 }
 
 /// Everything validated and ready to build; no I/O has happened yet.
@@ -74,6 +76,17 @@ pub fn prepare(
         let prepared = factory.prepare(rest, &path, ctx("")).map_err(in_file)?;
         sinks.insert(entry.sink.clone(), prepared);
     }
+    // Incremental windows start at the saved high-water marks (read only: a
+    // dry run or `validate` writes nothing).
+    let saved = if entries.iter().any(|e| e.incremental.is_some()) && !args.full_refresh {
+        let dir = args
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| default_state_dir(config));
+        SqliteStateStore::open_read_only(&dir)?
+    } else {
+        None
+    };
     let mut prepared_entries = Vec::new();
     for entry in entries {
         let path = entry.source_path();
@@ -81,8 +94,37 @@ pub fn prepare(
         let factory = registry
             .source(&kind)
             .map_err(|e| Error::config(config.at(&format!("{path}.type: {}", e.message()))))?;
+        let window = match &entry.incremental {
+            Some(incremental) => {
+                let in_entry =
+                    |e: Error| Error::config(config.at(&format!("syncs[{}].{e}", entry.key)));
+                incremental.validate().map_err(in_entry)?;
+                let last = match &saved {
+                    Some(store) => WindowStore::load(store, &entry.key, entry.table())?.last_value,
+                    None => None,
+                };
+                Some(incremental.window(last.as_ref()).map_err(|e| {
+                    if e.kind() == ErrorKind::Checkpoint {
+                        e.with_context("sync", &entry.key)
+                    } else {
+                        in_entry(e)
+                    }
+                })?)
+            }
+            None => None,
+        };
+        let mut source_ctx = ctx(&entry.key);
+        if let Some(window) = &window {
+            let mut scope = scope.clone();
+            if let Some(map) = scope.as_object_mut() {
+                map.insert("incremental".to_owned(), window.template_value());
+            }
+            source_ctx = source_ctx
+                .with_template_scope(scope)
+                .with_incremental(Some(window.clone()));
+        }
         let source = factory
-            .prepare(rest, &path, ctx(&entry.key))
+            .prepare(rest, &path, source_ctx)
             .map_err(in_file)?;
         let mapper = match entry.mapping() {
             Some(mapping) => Some(Arc::new(Mapper::new(&mapping, &scope).map_err(|e| {
@@ -94,6 +136,7 @@ pub fn prepare(
             entry: (*entry).clone(),
             source,
             mapper,
+            window,
         });
     }
     Ok(PreparedRun {
@@ -144,6 +187,8 @@ struct RunContext<'a> {
     tuning: Tuning,
     stats: Arc<RunStats>,
     checkpoints: Option<Arc<dyn CheckpointStore>>,
+    /// Where incremental entries keep their high-water marks (the same file).
+    windows: Option<Arc<dyn WindowStore>>,
     observer: Arc<CliObserver>,
 }
 
@@ -180,6 +225,11 @@ pub async fn run(
         .dead_letter
         .clone()
         .unwrap_or_else(|| default_dead_letter(config));
+    let state = match state_dir {
+        Some(_) if redrive => None,
+        Some(dir) => Some(Arc::new(SqliteStateStore::open(&dir)?)),
+        None => None,
+    };
     let ctx = RunContext {
         args,
         observer: Arc::new(
@@ -207,11 +257,8 @@ pub async fn run(
         },
         tuning,
         stats: Arc::new(RunStats::default()),
-        checkpoints: match state_dir {
-            Some(_) if redrive => None,
-            Some(dir) => Some(Arc::new(SqliteStateStore::open(&dir)?) as Arc<dyn CheckpointStore>),
-            None => None,
-        },
+        checkpoints: state.clone().map(|s| s as Arc<dyn CheckpointStore>),
+        windows: state.map(|s| s as Arc<dyn WindowStore>),
     };
     let progress = Progress::start(
         ctx.stats.clone(),
@@ -423,6 +470,7 @@ async fn run_entry(prepared: PreparedEntry, ctx: &RunContext<'_>) -> Result<Stre
         entry,
         source,
         mapper,
+        window,
     } = prepared;
     let sink = ctx
         .sinks
@@ -442,6 +490,14 @@ async fn run_entry(prepared: PreparedEntry, ctx: &RunContext<'_>) -> Result<Stre
             pipeline = pipeline.fresh_start();
         }
     }
+    if let (Some(incremental), Some(window)) = (&entry.incremental, window) {
+        pipeline = pipeline.incremental(Arc::new(incremental_run(
+            &entry,
+            incremental,
+            window,
+            ctx,
+        )?));
+    }
     // The checkpoint store's position, or the sink's where the sink commits
     // positions with its batches (DuckDB): decided before anything is read.
     if let Some(position) = pipeline.resume_point().await? {
@@ -460,6 +516,46 @@ async fn run_entry(prepared: PreparedEntry, ctx: &RunContext<'_>) -> Result<Stre
         );
     }
     pipeline.run().await
+}
+
+/// The incremental read of `entry`'s `window`, keeping its mark in the run's
+/// state (none in a dry run). A resumed window counts what the interrupted run
+/// wrote; a full refresh forgets the saved mark first.
+fn incremental_run(
+    entry: &SyncEntry,
+    incremental: &sluicegate_engine::IncrementalConfig,
+    window: IncrementalWindow,
+    ctx: &RunContext<'_>,
+) -> Result<IncrementalRun> {
+    let stream = entry.table();
+    let show = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let mut progress = None;
+    if let Some(store) = &ctx.windows {
+        if ctx.args.full_refresh {
+            store.clear(&entry.key, stream)?;
+        } else {
+            progress = store.load(&entry.key, stream)?.progress;
+        }
+    }
+    eprintln!(
+        "{}: incremental on {} from {}{}",
+        entry.key,
+        window.cursor_field,
+        show(&window.start_value),
+        match &progress {
+            Some(p) => format!(" (resuming a window written up to {})", show(p)),
+            None => String::new(),
+        }
+    );
+    let run = IncrementalRun::new(incremental, window, progress.as_ref())
+        .map_err(|e| e.with_context("sync", &entry.key))?;
+    Ok(match &ctx.windows {
+        Some(store) => run.with_store(store.clone(), entry.key.clone(), stream),
+        None => run,
+    })
 }
 
 /// The two passes of a re-drive of `entry`: its records rejected by the mapping
@@ -584,6 +680,23 @@ fn print_summary(outcome: &Outcome, ctx: &RunContext<'_>, elapsed: Duration) {
         );
     }
     stream_table(outcome, &mut out);
+    for report in &outcome.reports {
+        if let Some(incremental) = &report.incremental {
+            let saved = if incremental.committed {
+                ""
+            } else if args.apply {
+                " (not saved)"
+            } else {
+                " (dry run: not saved)"
+            };
+            let _ = writeln!(
+                out,
+                "{}: {}{saved}",
+                report.sync_key,
+                incremental.describe()
+            );
+        }
+    }
     cache_lines(outcome, &mut out);
     run_lines(ctx, elapsed, &mut out);
     print!("{out}");

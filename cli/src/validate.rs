@@ -61,7 +61,14 @@ async fn check_entry(
         entry,
         source,
         mapper,
+        window,
     } = prepared;
+    if let Some(window) = &window {
+        lines.push(format!(
+            "incremental: reads {} from {} on",
+            window.cursor_field, window.start_value
+        ));
+    }
     let source = source.build().await?;
     let mut stream = source.read(ReadRequest::new(
         entry.key.clone(),

@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 
 use crate::config::{locate, parse_section};
 use crate::error::Result;
+use crate::incremental::IncrementalWindow;
 
 /// Context handed to factories when they validate and build.
 #[derive(Debug, Clone)]
@@ -39,6 +40,10 @@ pub struct BuildContext {
     /// Stage sizes the run sets for every adapter; they win over the adapter's
     /// own configuration where set.
     pub tuning: StageTuning,
+    /// The cursor window of an incremental sync (`None`: read everything). A
+    /// source that can filter by the cursor itself reads only this window;
+    /// see [`IncrementalWindow`].
+    pub incremental: Option<IncrementalWindow>,
 }
 
 /// Stage sizes a run sets for all its adapters (`--page-size`,
@@ -75,6 +80,7 @@ impl BuildContext {
             publish: true,
             cache_dir: None,
             tuning: StageTuning::default(),
+            incremental: None,
         }
     }
 
@@ -105,6 +111,12 @@ impl BuildContext {
     /// With the run's stage sizes.
     pub fn with_tuning(mut self, tuning: StageTuning) -> Self {
         self.tuning = tuning;
+        self
+    }
+
+    /// With the cursor window of an incremental sync.
+    pub fn with_incremental(mut self, window: Option<IncrementalWindow>) -> Self {
+        self.incremental = window;
         self
     }
 }

@@ -8,6 +8,7 @@ mod config;
 mod content;
 mod error;
 mod factory;
+mod incremental;
 mod keyed;
 mod observe;
 mod paginate;
@@ -28,6 +29,7 @@ pub use factory::{
     BuildContext, DynFactory, Factory, FnFactory, Prepared, StageTuning, factory,
     template_scope_from_env,
 };
+pub use incremental::IncrementalWindow;
 pub use keyed::{
     ExistingEntry, KeyedCapabilities, KeyedSink, Lookup, LookupPage, WriteOp, Written,
 };

@@ -9,6 +9,9 @@ use crate::record::Record;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Stage {
+    /// Reading: the record as read breaks a rule of the sync (an incremental
+    /// sync's record without a usable cursor).
+    Read,
     /// Rendering the mapping templates.
     Map,
     /// Converting mapped values to the target's field types.

@@ -1,11 +1,16 @@
 #![doc = include_str!("../README.md")]
 
+mod incremental;
 mod mapping;
 mod monitor;
 mod pipeline;
 mod plan;
 mod process;
 
+pub use incremental::{
+    Cursor, CursorKind, IncrementalConfig, IncrementalReport, IncrementalRun, Lag,
+    MemoryWindowStore, SavedWindow, WindowStore,
+};
 pub use mapping::{MapOutcome, Mapper, MappingConfig, MappingItem, PreMappingItem};
 pub use monitor::{MemoryMonitor, MonitorSettings, MonitorSnapshot, MonitorTask, Pressure};
 pub use pipeline::{ErrorLimit, Pipeline, PipelineOptions, ReadMode, StreamReport};

@@ -25,6 +25,7 @@ use futures::StreamExt;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use crate::incremental::{IncrementalReport, IncrementalRun};
 use crate::mapping::Mapper;
 use crate::monitor::MemoryMonitor;
 use sluicegate_core::{
@@ -186,6 +187,8 @@ pub struct StreamReport {
     pub writer: WriterSummary,
     /// Wall time of the stream.
     pub elapsed: Duration,
+    /// The window an incremental stream read, and its new high-water mark.
+    pub incremental: Option<IncrementalReport>,
 }
 
 /// One source-to-sink run of a stream.
@@ -224,6 +227,8 @@ pub struct Pipeline {
     decided: Option<Option<Position>>,
     /// The sink commits positions with its batches.
     sink_positions: bool,
+    /// An incremental read: cursors checked, high-water mark followed.
+    incremental: Option<Arc<IncrementalRun>>,
 }
 
 /// What happens to each source batch before it is regrouped and written.
@@ -233,18 +238,26 @@ struct Shaping {
     mapper: Option<Arc<Mapper>>,
     observer: Arc<dyn RunObserver>,
     stats: Arc<RunStats>,
+    incremental: Option<Arc<IncrementalRun>>,
 }
 
 impl Shaping {
-    /// Maps the batch (if there is a mapping), reports rejected rows and fits the
-    /// batch's lease to the mapped size.
+    /// Checks the cursors of an incremental read, maps the batch (if there is a
+    /// mapping), reports rejected rows and fits the batch's lease to the mapped
+    /// size.
     async fn apply(&self, mut batch: Batch) -> Result<Batch> {
+        if let Some(incremental) = &self.incremental {
+            incremental.check(&mut batch, &self.sync_key, &*self.observer, &self.stats);
+        }
         let Some(mapper) = &self.mapper else {
             return Ok(batch);
         };
         let outcome = mapper.map_batch(&mut batch);
         self.stats.add_rows_filtered(outcome.filtered);
         self.stats.add_rows_rejected(outcome.rejected.len() as u64);
+        if let Some(incremental) = &self.incremental {
+            incremental.note_rejected(outcome.rejected.len() as u64);
+        }
         for rejected in outcome.rejected {
             self.observer.rejected(&self.sync_key, rejected);
         }
@@ -277,6 +290,7 @@ impl Pipeline {
             fresh: false,
             decided: None,
             sink_positions: false,
+            incremental: None,
         }
     }
 
@@ -387,6 +401,16 @@ impl Pipeline {
         self
     }
 
+    /// Reads incrementally: every record's cursor is checked before mapping
+    /// (records without a usable one are rejected), the high-water mark
+    /// follows the acknowledged batches and is committed when the stream
+    /// completes (see [`IncrementalRun`]).
+    #[must_use]
+    pub fn incremental(mut self, run: Arc<IncrementalRun>) -> Self {
+        self.incremental = Some(run);
+        self
+    }
+
     /// Sets the options.
     #[must_use]
     pub fn options(mut self, options: PipelineOptions) -> Self {
@@ -422,12 +446,14 @@ impl Pipeline {
             ack: BatchAck::default(),
             batches: 0,
             max_errors: self.options.max_errors,
+            incremental: self.incremental.clone(),
         };
         let shaping = Shaping {
             sync_key: self.sync_key.clone(),
             mapper: self.mapper.clone(),
             observer: self.observer.clone(),
             stats: self.stats.clone(),
+            incremental: self.incremental.clone(),
         };
         match self.options.mode {
             ReadMode::Streaming => {
@@ -456,6 +482,11 @@ impl Pipeline {
             store.clear(&self.sync_key, &self.stream)?;
         }
         over_limit?;
+        // Every batch was acknowledged: the window is complete.
+        let incremental = match &self.incremental {
+            Some(run) => Some(run.finish().context("sync", &self.sync_key)?),
+            None => None,
+        };
         Ok(StreamReport {
             sync_key: self.sync_key,
             stream: self.stream,
@@ -465,6 +496,7 @@ impl Pipeline {
             total_rows: summary.total_rows,
             writer: summary,
             elapsed: started.elapsed(),
+            incremental,
         })
     }
 }
@@ -478,6 +510,7 @@ struct Writer {
     ack: BatchAck,
     batches: u64,
     max_errors: Option<ErrorLimit>,
+    incremental: Option<Arc<IncrementalRun>>,
 }
 
 impl Writer {
@@ -497,8 +530,14 @@ impl Writer {
         self.batches += 1;
         self.stats.add_rows_written(ack.rows);
         self.stats.add_batch();
-        if let (Some(store), Some(position)) = (&self.checkpoints, position) {
-            store.commit(&self.sync_key, &self.stream, &position)?;
+        if let (Some(store), Some(position)) = (&self.checkpoints, &position) {
+            store.commit(&self.sync_key, &self.stream, position)?;
+        }
+        if let Some(incremental) = &self.incremental {
+            incremental.note_rejected(ack.failed);
+            if let Some(position) = &position {
+                incremental.acknowledged(position)?;
+            }
         }
         self.check_errors(false)
     }

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod changes;
 pub mod cma;
 pub mod dbfixtures;
 pub mod dbserver;

@@ -9,7 +9,8 @@ use futures::StreamExt;
 use serde_json::Value;
 use sluicegate_adapters_db::{DbSourceConfig, Provider};
 use sluicegate_core::{
-    BuildContext, Factory, MemoryBudget, Position, ReadRequest, Result, parse_section,
+    BuildContext, Factory, IncrementalWindow, MemoryBudget, Position, ReadRequest, Result,
+    parse_section,
 };
 
 /// What one read produced.
@@ -38,6 +39,17 @@ pub(crate) async fn read(
     read_with(provider, section, resume, MemoryBudget::new(8 << 20), None).await
 }
 
+/// [`read`] of an incremental sync's window.
+pub(crate) async fn read_window(
+    provider: Provider,
+    section: Value,
+    window: IncrementalWindow,
+    resume: Option<Position>,
+) -> Result<Read> {
+    let ctx = BuildContext::new("test", true).with_incremental(Some(window));
+    read_in(provider, section, resume, MemoryBudget::new(8 << 20), ctx).await
+}
+
 /// [`read`] on a given budget, with relative paths resolved against `base_dir`.
 pub(crate) async fn read_with(
     provider: Provider,
@@ -50,6 +62,16 @@ pub(crate) async fn read_with(
     if let Some(dir) = base_dir {
         ctx.base_dir = dir.to_owned();
     }
+    read_in(provider, section, resume, budget, ctx).await
+}
+
+async fn read_in(
+    provider: Provider,
+    section: Value,
+    resume: Option<Position>,
+    budget: MemoryBudget,
+    ctx: BuildContext,
+) -> Result<Read> {
     let factory = sluicegate_adapters_db::factory(provider);
     let config: DbSourceConfig = parse_section(section, "source")?;
     factory.validate(&config, &ctx)?;
