@@ -682,24 +682,50 @@ fn print_summary(outcome: &Outcome, ctx: &RunContext<'_>, elapsed: Duration) {
     stream_table(outcome, &mut out);
     for report in &outcome.reports {
         if let Some(incremental) = &report.incremental {
-            let saved = if incremental.committed {
-                ""
-            } else if args.apply {
-                " (not saved)"
-            } else {
-                " (dry run: not saved)"
-            };
             let _ = writeln!(
                 out,
-                "{}: {}{saved}",
+                "{}: {}",
                 report.sync_key,
-                incremental.describe()
+                incremental_line(incremental, args.apply)
             );
         }
     }
     cache_lines(outcome, &mut out);
     run_lines(ctx, elapsed, &mut out);
     print!("{out}");
+}
+
+/// "incremental on F from X to Y (N rows in the window…)" for the summary.
+fn incremental_line(report: &sluicegate_engine::IncrementalReport, apply: bool) -> String {
+    let value = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let mut line = format!(
+        "incremental on {} from {} to {} ({} rows in the window",
+        report.cursor_field,
+        value(&report.from),
+        value(&report.to),
+        group(report.rows)
+    );
+    if report.rejected_cursor > 0 {
+        let _ = write!(
+            line,
+            ", {} rejected without a usable cursor",
+            group(report.rejected_cursor)
+        );
+    }
+    line.push(')');
+    if let Some(why) = &report.held {
+        let _ = write!(line, "; high-water mark held: {why}");
+    } else if !report.committed {
+        line.push_str(if apply {
+            " (not saved)"
+        } else {
+            " (dry run: not saved)"
+        });
+    }
+    line
 }
 
 /// One row per stream (and per failed stream), columns aligned.

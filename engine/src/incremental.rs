@@ -482,34 +482,6 @@ pub struct IncrementalReport {
     pub held: Option<String>,
 }
 
-impl IncrementalReport {
-    /// "incremental from X to Y (N rows)", for summaries.
-    pub fn describe(&self) -> String {
-        let value = |v: &Value| match v {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        let mut line = format!(
-            "incremental on {} from {} to {} ({} rows in the window",
-            self.cursor_field,
-            value(&self.from),
-            value(&self.to),
-            self.rows
-        );
-        if self.rejected_cursor > 0 {
-            line.push_str(&format!(
-                ", {} rejected without a usable cursor",
-                self.rejected_cursor
-            ));
-        }
-        line.push(')');
-        if let Some(why) = &self.held {
-            line.push_str(&format!("; high-water mark held: {why}"));
-        }
-        line
-    }
-}
-
 /// One stream's incremental read: checks cursors, follows the acknowledged
 /// high-water mark, and commits it at the end (see the module docs).
 pub struct IncrementalRun {
@@ -929,7 +901,7 @@ mod tests {
         let report = run.finish().unwrap();
         assert_eq!(report.to, json!(5));
         assert!(!report.committed);
-        assert!(report.describe().contains("high-water mark held"));
+        assert!(report.held.unwrap().contains("next run reads this window again"));
         assert_eq!(
             store.load("k", "t").unwrap(),
             SavedWindow::new(None, Some(json!(9)))
