@@ -389,3 +389,181 @@ async fn each_database_source_reads_only_the_changed_rows_on_the_second_run() {
         assert_eq!(names, expected, "{name}");
     }
 }
+
+/// An incremental entry from the changing API into a content platform: `sink`
+/// is the sink section, `key_field` the platform's key and `locale` the
+/// suffix of mapped field names (`.en-US` for Contentful, none for Directus).
+fn write_cms_config(dir: &Path, url: &str, sink: &str, content_type: &str, key_field: &str, locale: &str) -> PathBuf {
+    let path = dir.join("sluicegate.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "version: 1
+sinks:
+  cms: {sink}
+syncs:
+  - key: items
+    sink: cms
+    contentType: {content_type}
+    contentKeyField: {key_field}
+    incremental: {{ cursorField: updated_at, initialValue: \"2000-01-01T00:00:00Z\" }}
+    source:
+      type: http
+      endPoint: \"{url}?since={{{{ incremental.start_value | urlencode }}}}\"
+      resultsJsonPath: \"$.data\"
+      pagination: {{ skipKey: offset, limitKey: limit, pageSize: 100, totalPath: \"$.meta.total\" }}
+    mapping:
+      - {{ fieldName: sku{locale}, expression: \"item-{{{{ row.id }}}}\" }}
+      - {{ fieldName: name{locale}, expression: \"{{{{ row.name }}}}\" }}
+      - {{ fieldName: updated{locale}, expression: \"{{{{ row.updated_at }}}}\" }}
+"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// The source's items as `(sku, name, updated)`, ordered by sku.
+fn expected_entries(api: &ChangesServer) -> Vec<(String, String, String)> {
+    let mut all: Vec<(String, String, String)> = api
+        .records()
+        .iter()
+        .map(|r| {
+            (
+                format!("item-{}", r["id"]),
+                r["name"].as_str().unwrap().to_owned(),
+                r["updated_at"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+/// 300 items, then 12 changes: the second run reads 13 rows (the changes and
+/// the item at the mark), writes the 12 and leaves the rest untouched.
+async fn change_twelve(api: &ChangesServer) {
+    for id in (10..=120).step_by(10) {
+        api.put(item(id, &format!("renamed {id}"), BASE + 400 * 60 + id));
+    }
+    api.reset_counts();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn into_contentful_a_second_run_reads_and_writes_only_the_changes() {
+    use sluicegate_examples::cma::{CmaConfig, CmaServer};
+    let cma = CmaServer::start(
+        CmaConfig {
+            token: "inc-token".into(),
+            locales: vec![("en-US".into(), true)],
+            content_types: vec![json!({
+                "sys": {"id": "item"}, "name": "Item", "displayField": "name",
+                "fields": [
+                    {"id": "sku", "name": "SKU", "type": "Symbol", "required": true},
+                    {"id": "name", "name": "Name", "type": "Symbol"},
+                    {"id": "updated", "name": "Updated", "type": "Symbol"},
+                ],
+            })],
+            ..CmaConfig::default()
+        },
+        "127.0.0.1:0",
+    )
+    .await
+    .unwrap();
+    let api = server(items(300), Duration::ZERO).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = format!(
+        "{{ type: contentful, spaceId: space1, baseUrl: \"{}\", tokenEnv: CMA_TOKEN, rateLimit: 500 }}",
+        cma.url()
+    );
+    let config = write_cms_config(dir.path(), &api.url(), &sink, "item", "sku.en-US", ".en-US");
+    let entries = || {
+        let mut all: Vec<(String, String, String)> = cma
+            .entries()
+            .into_values()
+            .map(|e| {
+                let field = |f: &str| e["fields"][f]["en-US"].as_str().unwrap().to_owned();
+                (field("sku"), field("name"), field("updated"))
+            })
+            .collect();
+        all.sort();
+        all
+    };
+    let sync = |args: &'static [&'static str]| {
+        let mut cmd = command(&config, &[&["sync-api", "--all", "--streaming"], args].concat());
+        cmd.env("CMA_TOKEN", "inc-token");
+        async move {
+            tokio::task::spawn_blocking(move || cmd.output().unwrap())
+                .await
+                .unwrap()
+        }
+    };
+    let first = sync(&["--apply"]).await;
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    assert_eq!(entries(), expected_entries(&api));
+
+    change_twelve(&api).await;
+    let second = sync(&["--apply"]).await;
+    assert!(second.status.success(), "{}", text(&second.stderr));
+    assert_eq!(api.rows_served(), 13);
+    // key, table, rows, new, changed, unchanged
+    assert_eq!(
+        summary_row(&text(&second.stdout), "items")[2..6],
+        ["13", "0", "12", "1"],
+        "{}",
+        text(&second.stdout)
+    );
+    assert_eq!(entries(), expected_entries(&api));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn into_directus_a_second_run_reads_and_writes_only_the_changes() {
+    let directus = sluicegate_examples::directus::directus();
+    directus
+        .fresh_collection("inc_items", &[("name", "string"), ("updated", "string")])
+        .await;
+    let api = server(items(300), Duration::ZERO).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = format!(
+        "{{ type: directus, url: \"{}\", tokenEnv: DIRECTUS_TOKEN }}",
+        directus.url
+    );
+    let config = write_cms_config(dir.path(), &api.url(), &sink, "inc_items", "sku", "");
+    let items_now = || async {
+        let mut all: Vec<(String, String, String)> = directus
+            .items("inc_items")
+            .await
+            .iter()
+            .map(|i| {
+                let field = |f: &str| i[f].as_str().unwrap().to_owned();
+                (field("sku"), field("name"), field("updated"))
+            })
+            .collect();
+        all.sort();
+        all
+    };
+    let sync = |args: &'static [&'static str]| {
+        let mut cmd = command(&config, &[&["sync-api", "--all", "--streaming"], args].concat());
+        cmd.env("DIRECTUS_TOKEN", &directus.token);
+        async move {
+            tokio::task::spawn_blocking(move || cmd.output().unwrap())
+                .await
+                .unwrap()
+        }
+    };
+    let first = sync(&["--apply"]).await;
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    assert_eq!(items_now().await, expected_entries(&api));
+
+    change_twelve(&api).await;
+    let second = sync(&["--apply"]).await;
+    assert!(second.status.success(), "{}", text(&second.stderr));
+    assert_eq!(api.rows_served(), 13);
+    assert_eq!(
+        summary_row(&text(&second.stdout), "items")[2..6],
+        ["13", "0", "12", "1"],
+        "{}",
+        text(&second.stdout)
+    );
+    assert_eq!(items_now().await, expected_entries(&api));
+}
