@@ -45,9 +45,7 @@ impl Tracker {
         match self {
             Tracker::None => None,
             Tracker::Keyset {
-                last,
-                cursor: None,
-                ..
+                last, cursor: None, ..
             } => last.as_ref().map(|v| Position::new(json!({"after": v}))),
             Tracker::Keyset {
                 last,

@@ -35,11 +35,9 @@ impl Provider {
             return value.clone();
         };
         match chrono::DateTime::parse_from_rfc3339(text) {
-            Ok(t) if t.offset().local_minus_utc() != 0 => serde_json::Value::String(
-                t.naive_utc()
-                    .format("%Y-%m-%dT%H:%M:%S%.fZ")
-                    .to_string(),
-            ),
+            Ok(t) if t.offset().local_minus_utc() != 0 => {
+                serde_json::Value::String(t.naive_utc().format("%Y-%m-%dT%H:%M:%S%.fZ").to_string())
+            }
             _ => value.clone(),
         }
     }

@@ -208,7 +208,7 @@ impl Plan {
 
     /// What to select from (the table, or the query as a subquery) and how
     /// to name `column` in it.
-    fn from_and_column(&self, session: &dyn Session, column: &str) -> Result<(String, String)> {
+    fn source_and_column(&self, session: &dyn Session, column: &str) -> Result<(String, String)> {
         let quoted = session.quote_ident(column);
         Ok(match (&self.config.table, &self.query) {
             (Some(table), _) => (self.table_sql(session, table)?, quoted),
@@ -226,7 +226,7 @@ impl Plan {
         column: &str,
         after: Option<&Value>,
     ) -> Result<String> {
-        let (from, key) = self.from_and_column(session, column)?;
+        let (from, key) = self.source_and_column(session, column)?;
         let mut sql = format!("SELECT * FROM {from}");
         if let Some(after) = after {
             sql.push_str(&format!(" WHERE {key} > {}", session.param(1, after)?));
@@ -247,7 +247,7 @@ impl Plan {
         key: Option<&str>,
         after: Option<&(Value, Value)>,
     ) -> Result<(String, Vec<Value>)> {
-        let (from, cursor_sql) = self.from_and_column(session, cursor)?;
+        let (from, cursor_sql) = self.source_and_column(session, cursor)?;
         let start = self.origin.provider.cursor_param(start);
         let mut sql = format!(
             "SELECT * FROM {from} WHERE {cursor_sql} >= {}",
@@ -258,7 +258,7 @@ impl Plan {
             sql.push_str(&format!(" ORDER BY {cursor_sql}"));
             return Ok((sql, params));
         };
-        let (_, key_sql) = self.from_and_column(session, key)?;
+        let (_, key_sql) = self.source_and_column(session, key)?;
         if let Some((last_cursor, last_key)) = after {
             let last_cursor = self.origin.provider.cursor_param(last_cursor);
             sql.push_str(&format!(

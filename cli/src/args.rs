@@ -234,7 +234,8 @@ pub struct SyncArgs {
     #[arg(long, value_name = "N", env = "SLUICEGATE_MAX_CONCURRENT_CHUNKS", value_parser = clap::value_parser!(u64).range(1..=64), help_heading = "Tuning")]
     pub max_concurrent_chunks: Option<u64>,
 
-    /// Ignore saved checkpoints and start every stream from the beginning.
+    /// Ignore saved checkpoints and start every stream from the beginning; incremental
+    /// entries start from their initialValue again.
     #[arg(long)]
     pub full_refresh: bool,
 

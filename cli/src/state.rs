@@ -500,18 +500,98 @@ mod tests {
     fn commits_survive_reopening_and_clear_forgets() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStateStore::open(dir.path()).unwrap();
-        assert_eq!(store.load("k", "t").unwrap(), None);
+        assert_eq!(CheckpointStore::load(&store, "k", "t").unwrap(), None);
         store.commit("k", "t", &position(5)).unwrap();
         store.commit("k", "t", &position(9)).unwrap();
         store.commit("other", "t", &position(1)).unwrap();
         drop(store);
         let store = SqliteStateStore::open(dir.path()).unwrap();
-        assert_eq!(store.load("k", "t").unwrap(), Some(position(9)));
-        store.clear("k", "t").unwrap();
-        assert_eq!(store.load("k", "t").unwrap(), None);
-        assert_eq!(store.load("other", "t").unwrap(), Some(position(1)));
+        assert_eq!(
+            CheckpointStore::load(&store, "k", "t").unwrap(),
+            Some(position(9))
+        );
+        CheckpointStore::clear(&store, "k", "t").unwrap();
+        assert_eq!(CheckpointStore::load(&store, "k", "t").unwrap(), None);
+        assert_eq!(
+            CheckpointStore::load(&store, "other", "t").unwrap(),
+            Some(position(1))
+        );
         assert_eq!(store.clear_key("other").unwrap(), (1, 0));
         assert!(store.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn marks_survive_reopening_and_a_read_only_open_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(
+            SqliteStateStore::open_read_only(dir.path())
+                .unwrap()
+                .is_none()
+        );
+        assert!(!dir.path().join(STATE_FILE).exists(), "nothing created");
+        let store = SqliteStateStore::open(dir.path()).unwrap();
+        store
+            .progress("k", "t", &json!("2024-01-02T00:00:00Z"))
+            .unwrap();
+        assert_eq!(
+            WindowStore::load(&store, "k", "t").unwrap(),
+            SavedWindow::new(None, Some(json!("2024-01-02T00:00:00Z")))
+        );
+        store.complete("k", "t", &json!(12.5)).unwrap();
+        drop(store);
+        let read = SqliteStateStore::open_read_only(dir.path())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            WindowStore::load(&read, "k", "t").unwrap(),
+            SavedWindow::new(Some(json!(12.5)), None)
+        );
+        assert!(read.progress("k", "t", &json!(1)).is_err(), "read-only");
+        assert_eq!(read.marks().unwrap()[0].last_value.as_deref(), Some("12.5"));
+        drop(read);
+        let store = SqliteStateStore::open(dir.path()).unwrap();
+        assert_eq!(store.clear_key("k").unwrap(), (0, 1));
+        assert_eq!(
+            WindowStore::load(&store, "k", "t").unwrap(),
+            SavedWindow::default()
+        );
+    }
+
+    #[test]
+    fn a_version_1_file_keeps_its_checkpoints_and_gains_the_marks_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STATE_FILE);
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(&format!(
+                "CREATE TABLE checkpoints (sync_key TEXT NOT NULL, stream TEXT NOT NULL,
+                     position TEXT NOT NULL, committed_at TEXT NOT NULL,
+                     PRIMARY KEY (sync_key, stream));
+                 INSERT INTO checkpoints VALUES ('k', 't', '{{\"after\": 3}}', '2026-01-01');
+                 PRAGMA application_id = {APPLICATION_ID};
+                 PRAGMA user_version = 1;"
+            ))
+            .unwrap();
+        // Read only, it is used as it is: no marks yet.
+        let read = SqliteStateStore::open_read_only(dir.path())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            WindowStore::load(&read, "k", "t").unwrap(),
+            SavedWindow::default()
+        );
+        drop(read);
+        let store = SqliteStateStore::open(dir.path()).unwrap();
+        assert_eq!(
+            CheckpointStore::load(&store, "k", "t").unwrap(),
+            Some(position(3))
+        );
+        store.complete("k", "t", &json!(5)).unwrap();
+        let version: i32 = store
+            .lock()
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
     }
 
     #[cfg(unix)]
@@ -595,7 +675,9 @@ mod tests {
                 [],
             )
             .unwrap();
-        let err = store.load("orders", "orders").unwrap_err().to_string();
+        let err = CheckpointStore::load(&store, "orders", "orders")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("state reset --key orders"), "{err}");
     }
 }

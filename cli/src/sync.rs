@@ -123,9 +123,7 @@ pub fn prepare(
                 .with_template_scope(scope)
                 .with_incremental(Some(window.clone()));
         }
-        let source = factory
-            .prepare(rest, &path, source_ctx)
-            .map_err(in_file)?;
+        let source = factory.prepare(rest, &path, source_ctx).map_err(in_file)?;
         let mapper = match entry.mapping() {
             Some(mapping) => Some(Arc::new(Mapper::new(&mapping, &scope).map_err(|e| {
                 Error::config(config.at(&format!("syncs[{}].{}", entry.key, e.message())))
@@ -491,12 +489,8 @@ async fn run_entry(prepared: PreparedEntry, ctx: &RunContext<'_>) -> Result<Stre
         }
     }
     if let (Some(incremental), Some(window)) = (&entry.incremental, window) {
-        pipeline = pipeline.incremental(Arc::new(incremental_run(
-            &entry,
-            incremental,
-            window,
-            ctx,
-        )?));
+        pipeline =
+            pipeline.incremental(Arc::new(incremental_run(&entry, incremental, window, ctx)?));
     }
     // The checkpoint store's position, or the sink's where the sink commits
     // positions with its batches (DuckDB): decided before anything is read.

@@ -132,11 +132,19 @@ async fn a_second_run_fetches_only_what_changed_and_the_sink_equals_the_source()
         )),
         "{stdout}"
     );
-    assert!(state_show(&config).await.contains(&format!("items  items  last \"{latest}\"")));
+    assert!(
+        state_show(&config)
+            .await
+            .contains(&format!("items  items  last \"{latest}\""))
+    );
 
     // 20 items change, 5 are new.
     for (k, id) in (100..=119).enumerate() {
-        api.put(item(id, &format!("changed {id}"), BASE + 1_000 * 60 + 30 + k as u64));
+        api.put(item(
+            id,
+            &format!("changed {id}"),
+            BASE + 1_000 * 60 + 30 + k as u64,
+        ));
     }
     for id in 1_001..=1_005 {
         api.put(item(id, &format!("new {id}"), BASE + 2_000 * 60 + id));
@@ -145,8 +153,16 @@ async fn a_second_run_fetches_only_what_changed_and_the_sink_equals_the_source()
     // A dry run reads the window and saves nothing.
     let dry = sync(&config, &[]).await;
     assert!(dry.status.success(), "{}", text(&dry.stderr));
-    assert!(text(&dry.stdout).contains("(dry run: not saved)"), "{}", text(&dry.stdout));
-    assert!(state_show(&config).await.contains(&format!("last \"{latest}\"")));
+    assert!(
+        text(&dry.stdout).contains("(dry run: not saved)"),
+        "{}",
+        text(&dry.stdout)
+    );
+    assert!(
+        state_show(&config)
+            .await
+            .contains(&format!("last \"{latest}\""))
+    );
     api.reset_counts();
 
     let second = sync(&config, &["--apply"]).await;
@@ -156,7 +172,11 @@ async fn a_second_run_fetches_only_what_changed_and_the_sink_equals_the_source()
     assert_eq!(api.rows_served(), 26);
     assert_eq!(summary_row(&text(&second.stdout), "items")[2], "26");
     assert_eq!(sink_records(&db, "items"), api.records());
-    assert!(state_show(&config).await.contains(&format!("last \"{}\"", api.latest().unwrap())));
+    assert!(
+        state_show(&config)
+            .await
+            .contains(&format!("last \"{}\"", api.latest().unwrap()))
+    );
 
     // Nothing changed: only the item at the mark is read again.
     api.reset_counts();
@@ -217,7 +237,8 @@ async fn a_record_without_a_cursor_is_a_dead_letter_and_the_mark_still_moves() {
     let config = write_config(dir.path(), &api.url(), None);
     let out = sync(&config, &["--apply"]).await;
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
-    let letters = std::fs::read_to_string(dir.path().join(".sluicegate/dead-letters.ndjson")).unwrap();
+    let letters =
+        std::fs::read_to_string(dir.path().join(".sluicegate/dead-letters.ndjson")).unwrap();
     let letter: Value = serde_json::from_str(letters.lines().next().unwrap()).unwrap();
     assert_eq!(letter["stage"], json!("read"));
     assert_eq!(letter["record"]["id"], json!(77));
@@ -253,20 +274,34 @@ async fn a_run_killed_mid_window_resumes_inside_it_and_ends_exact_with_the_same_
 
     // Half the items change, in an order unlike their ids.
     for (k, id) in (1..=3_000u64).filter(|id| id % 2 == 0).rev().enumerate() {
-        api.put(item(id, &format!("v2 {id}"), BASE + 10_000 * 60 + k as u64 * 7));
+        api.put(item(
+            id,
+            &format!("v2 {id}"),
+            BASE + 10_000 * 60 + k as u64 * 7,
+        ));
     }
     let mut child = command(
         &config,
-        &["sync-api", "--all", "--streaming", "--apply", "--batch-size", "100"],
+        &[
+            "sync-api",
+            "--all",
+            "--streaming",
+            "--apply",
+            "--batch-size",
+            "100",
+        ],
     )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
     let started = Instant::now();
     while checkpoint(dir.path(), "items").is_none_or(|p| p["offset"].as_u64() < Some(500)) {
         assert!(started.elapsed() < Duration::from_secs(60), "no checkpoint");
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before the kill");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before the kill"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     child.kill().unwrap();
@@ -281,7 +316,9 @@ async fn a_run_killed_mid_window_resumes_inside_it_and_ends_exact_with_the_same_
     let stderr = text(&resumed.stderr);
     assert!(stderr.contains("resuming after checkpoint"), "{stderr}");
     assert!(
-        stderr.contains(&format!("from {first_mark} (resuming a window written up to")),
+        stderr.contains(&format!(
+            "from {first_mark} (resuming a window written up to"
+        )),
         "{stderr}"
     );
     // The resumed run read the rest of the window, not all of it.
@@ -340,14 +377,34 @@ async fn each_database_source_reads_only_the_changed_rows_on_the_second_run() {
         .unwrap();
 
     for (name, source) in [
-        ("postgres", format!("{{ type: postgres, connectionString: \"{pg}\", table: items, orderBy: id, fetchSize: 50 }}")),
-        ("mysql", format!("{{ type: mysql, connectionString: \"{my}\", table: items, orderBy: id, fetchSize: 50 }}")),
-        ("sqlite", format!("{{ type: sqlite, connectionString: \"{}\", table: items, orderBy: id, fetchSize: 50 }}", sqlite.display())),
+        (
+            "postgres",
+            format!(
+                "{{ type: postgres, connectionString: \"{pg}\", table: items, orderBy: id, fetchSize: 50 }}"
+            ),
+        ),
+        (
+            "mysql",
+            format!(
+                "{{ type: mysql, connectionString: \"{my}\", table: items, orderBy: id, fetchSize: 50 }}"
+            ),
+        ),
+        (
+            "sqlite",
+            format!(
+                "{{ type: sqlite, connectionString: \"{}\", table: items, orderBy: id, fetchSize: 50 }}",
+                sqlite.display()
+            ),
+        ),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("sluicegate.yaml");
         // SQLite keeps the text as written, so its initial value is written the same way.
-        let initial = if name == "sqlite" { "2000-01-01 00:00:00" } else { "2000-01-01T00:00:00" };
+        let initial = if name == "sqlite" {
+            "2000-01-01 00:00:00"
+        } else {
+            "2000-01-01T00:00:00"
+        };
         std::fs::write(
             &config,
             format!(
@@ -357,7 +414,11 @@ async fn each_database_source_reads_only_the_changed_rows_on_the_second_run() {
         .unwrap();
         let first = sync(&config, &["--apply"]).await;
         assert!(first.status.success(), "{name}: {}", text(&first.stderr));
-        assert_eq!(summary_row(&text(&first.stdout), "items")[2], "600", "{name}");
+        assert_eq!(
+            summary_row(&text(&first.stdout), "items")[2],
+            "600",
+            "{name}"
+        );
         match name {
             "postgres" => dbserver::execute(DbKind::Postgres, &pg, &change).await,
             "mysql" => dbserver::execute(DbKind::Mariadb, &my, &change).await,
@@ -370,11 +431,19 @@ async fn each_database_source_reads_only_the_changed_rows_on_the_second_run() {
         assert!(second.status.success(), "{name}: {}", text(&second.stderr));
         // 40 changed, 10 new, and the row at the last mark (minute 200: id
         // 600, unchanged).
-        assert_eq!(summary_row(&text(&second.stdout), "items")[2], "51", "{name}: {}", text(&second.stdout));
-        let names: Vec<Value> = query(&dir.path().join("out.duckdb"), "SELECT name FROM items ORDER BY id")
-            .into_iter()
-            .map(|r| r[0].clone())
-            .collect();
+        assert_eq!(
+            summary_row(&text(&second.stdout), "items")[2],
+            "51",
+            "{name}: {}",
+            text(&second.stdout)
+        );
+        let names: Vec<Value> = query(
+            &dir.path().join("out.duckdb"),
+            "SELECT name FROM items ORDER BY id",
+        )
+        .into_iter()
+        .map(|r| r[0].clone())
+        .collect();
         let expected: Vec<Value> = (1..=610u64)
             .map(|id| {
                 json!(if id > 600 {
@@ -393,7 +462,14 @@ async fn each_database_source_reads_only_the_changed_rows_on_the_second_run() {
 /// An incremental entry from the changing API into a content platform: `sink`
 /// is the sink section, `key_field` the platform's key and `locale` the
 /// suffix of mapped field names (`.en-US` for Contentful, none for Directus).
-fn write_cms_config(dir: &Path, url: &str, sink: &str, content_type: &str, key_field: &str, locale: &str) -> PathBuf {
+fn write_cms_config(
+    dir: &Path,
+    url: &str,
+    sink: &str,
+    content_type: &str,
+    key_field: &str,
+    locale: &str,
+) -> PathBuf {
     let path = dir.join("sluicegate.yaml");
     std::fs::write(
         &path,
@@ -490,7 +566,10 @@ async fn into_contentful_a_second_run_reads_and_writes_only_the_changes() {
         all
     };
     let sync = |args: &'static [&'static str]| {
-        let mut cmd = command(&config, &[&["sync-api", "--all", "--streaming"], args].concat());
+        let mut cmd = command(
+            &config,
+            &[&["sync-api", "--all", "--streaming"], args].concat(),
+        );
         cmd.env("CMA_TOKEN", "inc-token");
         async move {
             tokio::task::spawn_blocking(move || cmd.output().unwrap())
@@ -543,7 +622,10 @@ async fn into_directus_a_second_run_reads_and_writes_only_the_changes() {
         all
     };
     let sync = |args: &'static [&'static str]| {
-        let mut cmd = command(&config, &[&["sync-api", "--all", "--streaming"], args].concat());
+        let mut cmd = command(
+            &config,
+            &[&["sync-api", "--all", "--streaming"], args].concat(),
+        );
         cmd.env("DIRECTUS_TOKEN", &directus.token);
         async move {
             tokio::task::spawn_blocking(move || cmd.output().unwrap())

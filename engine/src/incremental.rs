@@ -192,7 +192,10 @@ impl Cursor {
                 let moved = t
                     .checked_sub_signed(TimeDelta::seconds(*s))
                     .ok_or("the lag moves the cursor out of range")?;
-                Value::String(rewrite_time(self.value.as_str().unwrap_or_default(), &moved))
+                Value::String(rewrite_time(
+                    self.value.as_str().unwrap_or_default(),
+                    &moved,
+                ))
             }
             (CursorKey::Date(d), Lag::Seconds(s)) if s % 86_400 == 0 => {
                 let moved = d
@@ -753,7 +756,10 @@ mod tests {
     #[test]
     fn values_of_another_type_are_refused_with_the_reason() {
         let err = Cursor::parse(&json!("2024-03-01"), Some(CursorKind::Timestamp)).unwrap_err();
-        assert!(err.contains("is a date, but this sync's cursor is a timestamp"), "{err}");
+        assert!(
+            err.contains("is a date, but this sync's cursor is a timestamp"),
+            "{err}"
+        );
         assert!(Cursor::parse(&json!(null), Some(CursorKind::Number)).is_err());
         assert!(Cursor::parse(&json!("soon"), None).is_err());
         assert!(Cursor::parse(&json!({"a": 1}), None).is_err());
@@ -827,7 +833,10 @@ mod tests {
         let err = c.window(Some(&json!(12))).unwrap_err();
         assert!(err.message().contains("--full-refresh"), "{err}");
         let bad = config(json!("yesterday"), None).validate().unwrap_err();
-        assert!(bad.to_string().contains("incremental.initialValue"), "{bad}");
+        assert!(
+            bad.to_string().contains("incremental.initialValue"),
+            "{bad}"
+        );
         let bad_lag = config(json!(5), Some(json!("5m"))).validate().unwrap_err();
         assert!(bad_lag.to_string().contains("incremental.lag"), "{bad_lag}");
     }
@@ -901,7 +910,12 @@ mod tests {
         let report = run.finish().unwrap();
         assert_eq!(report.to, json!(5));
         assert!(!report.committed);
-        assert!(report.held.unwrap().contains("next run reads this window again"));
+        assert!(
+            report
+                .held
+                .unwrap()
+                .contains("next run reads this window again")
+        );
         assert_eq!(
             store.load("k", "t").unwrap(),
             SavedWindow::new(None, Some(json!(9)))
@@ -916,12 +930,8 @@ mod tests {
         let mut b = batch(vec![json!({"updated_at": "2024-02-05"})], 1);
         run.check(&mut b, "k", &Collect::default(), &RunStats::default());
         assert_eq!(run.finish().unwrap().to, json!("2024-02-10"));
-        let run = IncrementalRun::new(
-            &c,
-            c.window(Some(&json!("2024-02-01"))).unwrap(),
-            None,
-        )
-        .unwrap();
+        let run =
+            IncrementalRun::new(&c, c.window(Some(&json!("2024-02-01"))).unwrap(), None).unwrap();
         let mut b = batch(vec![json!({"updated_at": "2024-01-20"})], 1);
         run.check(&mut b, "k", &Collect::default(), &RunStats::default());
         let report = run.finish().unwrap();

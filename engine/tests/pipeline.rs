@@ -357,3 +357,56 @@ async fn classic_mode_splits_pages_larger_than_the_batch_size() {
     // Pages of 500 go on as 300 and 200 (200 + 300 would overflow).
     assert_eq!(report.batches, 8);
 }
+
+#[tokio::test]
+async fn an_incremental_mark_never_passes_what_the_sink_acknowledged() {
+    use sluicegate_engine::{IncrementalConfig, IncrementalRun, MemoryWindowStore, WindowStore};
+    let config: IncrementalConfig = serde_json::from_value(serde_json::json!({
+        "cursorField": "id", "initialValue": -1,
+    }))
+    .unwrap();
+    let windows = Arc::new(MemoryWindowStore::default());
+    let store = Arc::new(MemoryCheckpointStore::default());
+    let sink = MemorySink::new().failing_on_write(4);
+    let source = Arc::new(VecSource::new(numbered_records(1000), 50));
+    let run = |progress: Option<serde_json::Value>| {
+        let window = config.window(None).unwrap();
+        Arc::new(
+            IncrementalRun::new(&config, window, progress.as_ref())
+                .unwrap()
+                .with_store(windows.clone(), "numbers", "numbers"),
+        )
+    };
+
+    let err = pipeline(&sink, source.clone())
+        .await
+        .checkpoints(store.clone())
+        .incremental(run(None))
+        .options(options(ReadMode::Streaming, 100))
+        .run()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Sink);
+    // Three batches of 100 (ids 0..=299) were acknowledged: the progress is
+    // their highest cursor, however far the source had read ahead, and no
+    // mark was set.
+    let saved = windows.load("numbers", "numbers").unwrap();
+    assert_eq!(saved.progress, Some(serde_json::json!(299)));
+    assert_eq!(saved.last_value, None);
+
+    let report = pipeline(&sink, source)
+        .await
+        .checkpoints(store.clone())
+        .incremental(run(saved.progress))
+        .options(options(ReadMode::Streaming, 100))
+        .run()
+        .await
+        .unwrap();
+    let incremental = report.incremental.unwrap();
+    assert_eq!(incremental.to, serde_json::json!(999));
+    assert_eq!(incremental.rows, 700, "the resumed run read the rest");
+    assert!(incremental.committed);
+    let saved = windows.load("numbers", "numbers").unwrap();
+    assert_eq!(saved.last_value, Some(serde_json::json!(999)));
+    assert_eq!(saved.progress, None);
+}
