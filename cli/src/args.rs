@@ -239,6 +239,11 @@ pub struct SyncArgs {
     #[arg(long)]
     pub full_refresh: bool,
 
+    /// Let deletions remove more of a target than its deletes.maxFraction (after a
+    /// source really lost that much).
+    #[arg(long)]
+    pub allow_mass_delete: bool,
+
     /// Where checkpoints of interrupted runs are kept [default: .sluicegate/state next
     /// to the configuration file].
     #[arg(long, value_name = "DIR")]

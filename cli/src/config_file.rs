@@ -101,6 +101,11 @@ pub struct SyncEntry {
     /// `docs/configuration.md`.
     #[serde(default)]
     pub incremental: Option<sluicegate_engine::IncrementalConfig>,
+    /// What happens to target rows or entries whose key a complete read did
+    /// not send (needs `keyField`; not with `incremental`); see
+    /// `docs/configuration.md`.
+    #[serde(default)]
+    pub deletes: Option<sluicegate_engine::DeletesConfig>,
     /// The source section (raw; parsed by the source's factory).
     pub source: Value,
 }
@@ -198,6 +203,32 @@ impl ConfigFile {
                     Some(line) => format!("{file}:{line}: {message}"),
                     None => format!("{file}: {message}"),
                 }));
+            }
+            if let Some(deletes) = entry
+                .deletes
+                .as_ref()
+                .filter(|d| d.mode.delete_mode().is_some())
+            {
+                let problem = if entry.key_field.is_none() {
+                    Some(
+                        "needs keyField: keys are what a complete read is compared with".to_owned(),
+                    )
+                } else if entry.incremental.is_some() {
+                    Some(
+                        "cannot be combined with incremental: an incremental read sees only what \
+                         changed, not everything the source still has"
+                            .to_owned(),
+                    )
+                } else {
+                    deletes.validate().err().map(|e| e.to_string())
+                };
+                if let Some(problem) = problem {
+                    let message = format!("syncs[{}].deletes: {problem}", entry.key);
+                    return Err(Error::config(match locate(text, &message) {
+                        Some(line) => format!("{file}:{line}: {message}"),
+                        None => format!("{file}: {message}"),
+                    }));
+                }
             }
             if !entry.source.is_object() {
                 return Err(Error::config(format!(

@@ -13,8 +13,8 @@ use sluicegate_core::{
     template_scope_from_env,
 };
 use sluicegate_engine::{
-    IncrementalRun, Mapper, MemoryMonitor, MemoryPlan, MemorySampler, Pipeline, PipelineOptions,
-    ReadMode, StreamReport, WindowStore, follow_sink_growth,
+    Deletions, IncrementalRun, Mapper, MemoryMonitor, MemoryPlan, MemorySampler, Pipeline,
+    PipelineOptions, ReadMode, StreamReport, WindowStore, follow_sink_growth,
 };
 
 use crate::args::{SyncArgs, Verbosity};
@@ -488,6 +488,20 @@ async fn run_entry(prepared: PreparedEntry, ctx: &RunContext<'_>) -> Result<Stre
             pipeline = pipeline.fresh_start();
         }
     }
+    if let (Some(deletes), Some(key_field)) = (&entry.deletes, &entry.key_field)
+        && let Some(mode) = deletes.mode.delete_mode()
+    {
+        pipeline = pipeline.deletions(
+            Deletions::new(
+                mode,
+                deletes,
+                key_field.clone(),
+                ctx.args.allow_mass_delete,
+                !ctx.args.apply,
+            )
+            .map_err(|e| e.with_context("sync", &entry.key))?,
+        );
+    }
     if let (Some(incremental), Some(window)) = (&entry.incremental, window) {
         pipeline =
             pipeline.incremental(Arc::new(incremental_run(&entry, incremental, window, ctx)?));
@@ -643,6 +657,11 @@ pub fn hint(err: &Error, args: &SyncArgs) -> Option<String> {
         ErrorKind::Auth => {
             Some("check the credentials the configuration reads from the environment".to_owned())
         }
+        ErrorKind::MassDeletion => Some(
+            "a dry run (without --apply) lists what would be removed; --allow-mass-delete \
+             removes it"
+                .to_owned(),
+        ),
         ErrorKind::Sink
             if err.to_string().contains("failed to pin block")
                 || err.to_string().contains("Out of Memory") =>
@@ -683,6 +702,9 @@ fn print_summary(outcome: &Outcome, ctx: &RunContext<'_>, elapsed: Duration) {
                 incremental_line(incremental, args.apply)
             );
         }
+        if let Some(deletions) = &report.deletions {
+            let _ = writeln!(out, "{}: {}", report.sync_key, deletion_line(deletions));
+        }
     }
     cache_lines(outcome, &mut out);
     run_lines(ctx, elapsed, &mut out);
@@ -718,6 +740,36 @@ fn incremental_line(report: &sluicegate_engine::IncrementalReport, apply: bool) 
         } else {
             " (dry run: not saved)"
         });
+    }
+    line
+}
+
+/// "deletes (hard): removed N of the target's M keys …" for the summary.
+fn deletion_line(report: &sluicegate_engine::DeletionReport) -> String {
+    let mode = report.mode.as_str();
+    if let Some(why) = &report.skipped {
+        return format!("deletes ({mode}) skipped: {why}");
+    }
+    let mut line = if report.dry_run {
+        format!(
+            "deletes ({mode}): would remove {} of the target's {} keys (not in the source)",
+            group(report.missing),
+            group(report.target_keys)
+        )
+    } else {
+        format!(
+            "deletes ({mode}): removed {} of the target's {} keys (not in the source)",
+            group(report.deleted),
+            group(report.target_keys)
+        )
+    };
+    if !report.sample.is_empty() {
+        let more = if report.missing > report.sample.len() as u64 {
+            ", …"
+        } else {
+            ""
+        };
+        let _ = write!(line, ": {}{more}", report.sample.join(", "));
     }
     line
 }

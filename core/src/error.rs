@@ -38,6 +38,9 @@ pub enum ErrorKind {
     Cancelled,
     /// More records were rejected than the run's error limit allows.
     TooManyRejected,
+    /// Deletions after a complete read would remove more of the target than
+    /// the sync allows (nothing was removed).
+    MassDeletion,
 }
 
 impl ErrorKind {
@@ -57,6 +60,7 @@ impl ErrorKind {
             ErrorKind::Contract => "contract",
             ErrorKind::Cancelled => "cancelled",
             ErrorKind::TooManyRejected => "too-many-rejected",
+            ErrorKind::MassDeletion => "mass-deletion",
         }
     }
 }

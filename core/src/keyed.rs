@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::content::{ContentModel, EntryFields};
 use crate::error::Result;
-use crate::sink::StreamTarget;
+use crate::sink::{DeleteMode, StreamTarget};
 
 /// An entry as the sink holds it.
 #[derive(Debug, Clone, PartialEq)]
@@ -90,6 +90,8 @@ pub struct KeyedCapabilities {
     pub max_page_size: u64,
     /// Whether written entries must be published to go live.
     pub publish: bool,
+    /// How [`KeyedSink::remove`] can take entries out (empty: it cannot).
+    pub delete_modes: &'static [DeleteMode],
 }
 
 /// A sink addressed by record keys.
@@ -136,6 +138,18 @@ pub trait KeyedSink: Send + Sync + 'static {
 
     /// Publishes written entries; one result per item, in order.
     async fn publish(&self, target: &StreamTarget, items: Vec<Written>) -> Vec<Result<Written>>;
+
+    /// Takes entries out of the target in `mode` (one of
+    /// [`KeyedCapabilities::delete_modes`]): `Hard` deletes them, `Archive`
+    /// takes them offline and archives them (both unpublish a published entry
+    /// first). One result per entry, in order; an entry already gone counts
+    /// as removed.
+    async fn remove(
+        &self,
+        target: &StreamTarget,
+        entries: Vec<ExistingEntry>,
+        mode: DeleteMode,
+    ) -> Vec<Result<()>>;
 
     /// A one-line human description, free of secrets.
     fn describe(&self) -> String;

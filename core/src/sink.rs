@@ -307,6 +307,74 @@ pub trait WriterExtension: Send {
     /// Forgets the position the sink holds for this stream (a full refresh);
     /// nothing to do for a writer that keeps none.
     async fn forget_position(&mut self) -> Result<()>;
+
+    /// The ways this writer can remove rows or entries whose key a complete
+    /// read did not send (empty: it cannot).
+    fn delete_modes(&self) -> &'static [DeleteMode];
+
+    /// One page of the keys the target holds for this stream, live ones only
+    /// (not soft-deleted, not archived), in a stable order: `page` is the
+    /// previous page's [`TargetKeys::next`] (`None` for the first). Keys are
+    /// written as [`key_text`] writes a record's key. Called after the stream's
+    /// last batch, before anything is removed.
+    async fn target_keys(&mut self, page: Option<serde_json::Value>) -> Result<TargetKeys>;
+
+    /// Removes the rows or entries with these keys in `mode` (one of
+    /// [`WriterExtension::delete_modes`]); returns how many were removed.
+    /// Never called in a dry run.
+    async fn delete_keys(&mut self, keys: &[String], mode: DeleteMode) -> Result<u64>;
+}
+
+/// How rows or entries that the source no longer has are removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeleteMode {
+    /// Remove them (a content platform unpublishes first).
+    Hard,
+    /// Keep them, marked as deleted (DuckDB: the time in a `_deleted_at` column).
+    Soft,
+    /// Take them offline and keep them archived (Contentful: unpublish, then archive).
+    Archive,
+}
+
+impl DeleteMode {
+    /// The mode's name in configuration (`hard`, `soft`, `archive`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeleteMode::Hard => "hard",
+            DeleteMode::Soft => "soft",
+            DeleteMode::Archive => "archive",
+        }
+    }
+}
+
+/// One page of the keys a target holds (see [`WriterExtension::target_keys`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct TargetKeys {
+    /// The keys of this page.
+    pub keys: Vec<String>,
+    /// Where the next page starts; `None` after the last one.
+    pub next: Option<serde_json::Value>,
+}
+
+impl TargetKeys {
+    /// A page of `keys`, followed by the page at `next` (if any).
+    pub fn new(keys: Vec<String>, next: Option<serde_json::Value>) -> Self {
+        Self { keys, next }
+    }
+}
+
+/// A key value as text, the one form keys are compared in: a string as it is,
+/// a number as written, `true`/`false`. `None` for `null`, objects and lists,
+/// which are not keys.
+pub fn key_text(value: &serde_json::Value) -> Option<String> {
+    match value {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
 }
 
 /// Where a stream stands in a sink that commits positions with its batches.

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod deletes;
 mod incremental;
 mod mapping;
 mod monitor;
@@ -7,6 +8,7 @@ mod pipeline;
 mod plan;
 mod process;
 
+pub use deletes::{DeletesConfig, DeletesMode, DeletionReport, Deletions, SeenKeys};
 pub use incremental::{
     Cursor, CursorKind, IncrementalConfig, IncrementalReport, IncrementalRun, Lag,
     MemoryWindowStore, SavedWindow, WindowStore,

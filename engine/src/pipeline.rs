@@ -19,12 +19,14 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use crate::deletes::{DeletionReport, Deletions};
 use crate::incremental::{IncrementalReport, IncrementalRun};
 use crate::mapping::Mapper;
 use crate::monitor::MemoryMonitor;
@@ -189,6 +191,8 @@ pub struct StreamReport {
     pub elapsed: Duration,
     /// The window an incremental stream read, and its new high-water mark.
     pub incremental: Option<IncrementalReport>,
+    /// What deletions removed (or would remove, or why they were skipped).
+    pub deletions: Option<DeletionReport>,
 }
 
 /// One source-to-sink run of a stream.
@@ -229,6 +233,8 @@ pub struct Pipeline {
     sink_positions: bool,
     /// An incremental read: cursors checked, high-water mark followed.
     incremental: Option<Arc<IncrementalRun>>,
+    /// Deletions after a complete read: keys sent recorded, then compared.
+    deletions: Option<Arc<Deletions>>,
 }
 
 /// What happens to each source batch before it is regrouped and written.
@@ -239,6 +245,8 @@ struct Shaping {
     observer: Arc<dyn RunObserver>,
     stats: Arc<RunStats>,
     incremental: Option<Arc<IncrementalRun>>,
+    /// Records the mapping rejected in this stream.
+    rejected: Arc<AtomicU64>,
 }
 
 impl Shaping {
@@ -255,6 +263,8 @@ impl Shaping {
         let outcome = mapper.map_batch(&mut batch);
         self.stats.add_rows_filtered(outcome.filtered);
         self.stats.add_rows_rejected(outcome.rejected.len() as u64);
+        self.rejected
+            .fetch_add(outcome.rejected.len() as u64, Ordering::Relaxed);
         if let Some(incremental) = &self.incremental {
             incremental.note_rejected(outcome.rejected.len() as u64);
         }
@@ -291,6 +301,7 @@ impl Pipeline {
             decided: None,
             sink_positions: false,
             incremental: None,
+            deletions: None,
         }
     }
 
@@ -411,6 +422,15 @@ impl Pipeline {
         self
     }
 
+    /// After a complete read, removes from the target what the source no
+    /// longer has (see [`Deletions`]); the report says what went, or why
+    /// nothing was looked at.
+    #[must_use]
+    pub fn deletions(mut self, deletions: Deletions) -> Self {
+        self.deletions = Some(Arc::new(deletions));
+        self
+    }
+
     /// Sets the options.
     #[must_use]
     pub fn options(mut self, options: PipelineOptions) -> Self {
@@ -424,6 +444,12 @@ impl Pipeline {
         let resumed_from = self.resume_point().await?;
         if let Some(position) = &resumed_from {
             tracing::info!(sync = %self.sync_key, stream = %self.stream, %position, "resuming from checkpoint");
+        }
+        if let Some(deletions) = &self.deletions {
+            // Said before anything is read.
+            deletions
+                .check_writer(self.writer.extension())
+                .context("sync", &self.sync_key)?;
         }
         let request = ReadRequest::new(self.sync_key.clone(), self.budget.clone())
             .with_resume_from(resumed_from.clone())
@@ -447,13 +473,16 @@ impl Pipeline {
             batches: 0,
             max_errors: self.options.max_errors,
             incremental: self.incremental.clone(),
+            deletions: self.deletions.clone(),
         };
+        let mapping_rejected = Arc::new(AtomicU64::new(0));
         let shaping = Shaping {
             sync_key: self.sync_key.clone(),
             mapper: self.mapper.clone(),
             observer: self.observer.clone(),
             stats: self.stats.clone(),
             incremental: self.incremental.clone(),
+            rejected: mapping_rejected.clone(),
         };
         match self.options.mode {
             ReadMode::Streaming => {
@@ -471,6 +500,29 @@ impl Pipeline {
         // Judged at the end too (a percentage of a short stream); the stream
         // is complete either way, so it is finished and its checkpoint cleared.
         let over_limit = writer.check_errors(true);
+        let deletions = match &self.deletions {
+            None => None,
+            Some(deletions) => {
+                let rejected = mapping_rejected.load(Ordering::Relaxed) + writer.ack.failed;
+                Some(if resumed_from.is_some() {
+                    Ok(deletions.skipped(
+                        "the read resumed from a checkpoint, so it did not see the keys before \
+                         it; deletions run after a complete read from the start"
+                            .to_owned(),
+                    ))
+                } else if rejected > 0 {
+                    Ok(deletions.skipped(format!(
+                        "{rejected} records were rejected, so their keys did not reach the sink \
+                         and cannot be told from deleted ones"
+                    )))
+                } else {
+                    match writer.inner.extension() {
+                        Some(ext) => deletions.apply(ext, &self.sync_key, &*self.observer).await,
+                        None => Err(Error::config("this sink cannot remove anything")),
+                    }
+                })
+            }
+        };
         let Writer {
             inner,
             ack,
@@ -482,6 +534,9 @@ impl Pipeline {
             store.clear(&self.sync_key, &self.stream)?;
         }
         over_limit?;
+        // The read was complete, so a refusal to delete comes after the
+        // checkpoint was cleared: the next run reads everything again.
+        let deletions = deletions.transpose()?;
         // Every batch was acknowledged: the window is complete.
         let incremental = match &self.incremental {
             Some(run) => Some(run.finish().context("sync", &self.sync_key)?),
@@ -497,6 +552,7 @@ impl Pipeline {
             writer: summary,
             elapsed: started.elapsed(),
             incremental,
+            deletions,
         })
     }
 }
@@ -511,12 +567,14 @@ struct Writer {
     batches: u64,
     max_errors: Option<ErrorLimit>,
     incremental: Option<Arc<IncrementalRun>>,
+    deletions: Option<Arc<Deletions>>,
 }
 
 impl Writer {
     async fn write(&mut self, batch: Batch) -> Result<()> {
         let position = batch.position().cloned();
         let pages = batch.pages();
+        let keys = self.deletions.as_ref().map(|d| d.keys_of(batch.records()));
         let ack = self.inner.write(batch).await.map_err(|e| {
             let e = e.with_context("sync", &self.sync_key);
             match pages {
@@ -532,6 +590,9 @@ impl Writer {
         self.stats.add_batch();
         if let (Some(store), Some(position)) = (&self.checkpoints, &position) {
             store.commit(&self.sync_key, &self.stream, position)?;
+        }
+        if let (Some(deletions), Some(keys)) = (&self.deletions, keys) {
+            deletions.note_sent(keys).await?;
         }
         if let Some(incremental) = &self.incremental {
             incremental.note_rejected(ack.failed);

@@ -3,6 +3,7 @@
 mod columns;
 pub mod config;
 mod database;
+mod deletes;
 mod keys;
 mod memory;
 mod positions;

@@ -21,9 +21,9 @@ use std::cmp::Ordering;
 
 use serde_json::Value;
 use sluicegate_core::{
-    Batch, BatchAck, BuildContext, Error, ErrorKind, JsonFields, MemoryRelief, Record, Rejected,
-    Result, Sink, SinkCapabilities, SinkPosition, SinkWriter, Stage, StreamTarget, WriterExtension,
-    WriterSummary,
+    Batch, BatchAck, BuildContext, DeleteMode, Error, ErrorKind, JsonFields, MemoryRelief, Record,
+    Rejected, Result, Sink, SinkCapabilities, SinkPosition, SinkWriter, Stage, StreamTarget,
+    TargetKeys, WriterExtension, WriterSummary,
 };
 
 use crate::config::DuckDbSinkConfig;
@@ -125,9 +125,9 @@ impl Sink for DuckDbSink {
 
 /// What the writer knows of its table.
 #[derive(Debug, Clone)]
-struct TableState {
-    schema: TableSchema,
-    exists: bool,
+pub(crate) struct TableState {
+    pub(crate) schema: TableSchema,
+    pub(crate) exists: bool,
     /// The table was absent or had no rows when it was loaded.
     empty_at_load: bool,
 }
@@ -502,6 +502,45 @@ impl WriterExtension for DuckDbWriter {
         let plan = self.plan.clone();
         blocking(move || db.retry_once(&plan, |conn| positions::forget(conn, &target))).await
     }
+
+    /// With a key: `hard` (rows deleted) and `soft` (rows marked in
+    /// `_deleted_at`).
+    fn delete_modes(&self) -> &'static [DeleteMode] {
+        if self.target.key_field.is_some() {
+            &[DeleteMode::Hard, DeleteMode::Soft]
+        } else {
+            &[]
+        }
+    }
+
+    async fn target_keys(&mut self, page: Option<Value>) -> Result<TargetKeys> {
+        let Some(db) = self.db.clone() else {
+            return Ok(TargetKeys::default());
+        };
+        let target = self.target.clone();
+        let plan = self.plan.clone();
+        blocking(move || {
+            db.retry_once(&plan, |conn| {
+                crate::deletes::target_keys(conn, &target, page.as_ref())
+            })
+        })
+        .await
+    }
+
+    async fn delete_keys(&mut self, keys: &[String], mode: DeleteMode) -> Result<u64> {
+        let Some(db) = self.db.clone().filter(|_| !self.dry_run) else {
+            return Ok(0);
+        };
+        let target = self.target.clone();
+        let keys = keys.to_vec();
+        // The table changes (a column, or rows): read it again on the next write.
+        self.table = None;
+        blocking(move || {
+            let conn = db.lock();
+            crate::deletes::delete_keys(&conn, &target, &keys, mode)
+        })
+        .await
+    }
 }
 
 /// Runs a blocking step of a writer on the blocking pool.
@@ -513,7 +552,7 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| Error::new(ErrorKind::Sink, "duckdb writer task failed").with_source(e))?
 }
 
-fn load_table(conn: &Connection, table: &str) -> Result<TableState> {
+pub(crate) fn load_table(conn: &Connection, table: &str) -> Result<TableState> {
     let mut stmt = conn
         .prepare(
             "SELECT column_name, data_type FROM information_schema.columns \

@@ -261,6 +261,7 @@ pub struct MemoryKeyedSink {
 #[derive(Default)]
 struct KeyedState {
     entries: BTreeMap<String, sluicegate_core::ExistingEntry>,
+    archived: BTreeMap<String, sluicegate_core::ExistingEntry>,
     next_id: u64,
     refuse_publishing: bool,
     counts: KeyedCounts,
@@ -281,6 +282,8 @@ pub struct KeyedCounts {
     pub updates: u64,
     /// Entries published.
     pub publishes: u64,
+    /// Entries deleted or archived.
+    pub removes: u64,
 }
 
 impl MemoryKeyedSink {
@@ -311,9 +314,14 @@ impl MemoryKeyedSink {
         self.state().refuse_publishing = on;
     }
 
-    /// Every entry, by id.
+    /// Every live entry, by id.
     pub fn entries(&self) -> BTreeMap<String, sluicegate_core::ExistingEntry> {
         self.state().entries.clone()
+    }
+
+    /// Every archived entry, by id (out of lookups, as a platform lists them).
+    pub fn archived(&self) -> BTreeMap<String, sluicegate_core::ExistingEntry> {
+        self.state().archived.clone()
     }
 
     /// Puts an entry in directly (as if made by someone else); returns its id.
@@ -361,7 +369,32 @@ impl sluicegate_core::KeyedSink for MemoryKeyedSink {
             max_lookup_keys: self.max_lookup_keys,
             max_page_size: 100,
             publish: true,
+            delete_modes: &[
+                sluicegate_core::DeleteMode::Hard,
+                sluicegate_core::DeleteMode::Archive,
+            ],
         }
+    }
+
+    async fn remove(
+        &self,
+        _target: &StreamTarget,
+        entries: Vec<sluicegate_core::ExistingEntry>,
+        mode: sluicegate_core::DeleteMode,
+    ) -> Vec<Result<()>> {
+        let mut st = self.state();
+        entries
+            .into_iter()
+            .map(|entry| {
+                st.counts.removes += 1;
+                if let Some(gone) = st.entries.remove(&entry.id)
+                    && mode == sluicegate_core::DeleteMode::Archive
+                {
+                    st.archived.insert(gone.id.clone(), gone);
+                }
+                Ok(())
+            })
+            .collect()
     }
 
     async fn model(&self, _target: &StreamTarget) -> Result<sluicegate_core::ContentModel> {

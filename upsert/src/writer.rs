@@ -34,9 +34,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{Map, Value};
 use sluicegate_core::{
-    Batch, BatchAck, CacheStats, ContentModel, EntryFields, Error, ErrorKind, ExistingEntry,
-    KeyedSink, Lookup, MemoryRelief, Record, Rejected, Result, SinkPosition, SinkWriter, Stage,
-    StreamTarget, WriteOp, WriterExtension, WriterSummary, Written,
+    Batch, BatchAck, CacheStats, ContentModel, DeleteMode, EntryFields, Error, ErrorKind,
+    ExistingEntry, KeyedSink, Lookup, MemoryRelief, Record, Rejected, Result, SinkPosition,
+    SinkWriter, Stage, StreamTarget, TargetKeys, WriteOp, WriterExtension, WriterSummary, Written,
 };
 
 use crate::convert::{comparable, convert};
@@ -983,5 +983,58 @@ impl<K: KeyedSink> WriterExtension for UpsertWriter<K> {
 
     async fn forget_position(&mut self) -> Result<()> {
         Ok(())
+    }
+
+    fn delete_modes(&self) -> &'static [DeleteMode] {
+        self.sink.capabilities().delete_modes
+    }
+
+    /// The keys of the target's live entries, a page at a time (the page
+    /// token is the number of entries listed before it).
+    async fn target_keys(&mut self, page: Option<Value>) -> Result<TargetKeys> {
+        let model = self.model().await?;
+        let skip = page.as_ref().and_then(Value::as_u64).unwrap_or(0);
+        let limit = self.sink.capabilities().max_page_size.max(1);
+        let found = self
+            .sink
+            .lookup(&self.target, Lookup::Page { skip, limit })
+            .await?;
+        let listed = found.entries.len() as u64;
+        let keys = found
+            .entries
+            .iter()
+            .filter_map(|e| self.key_of(&model, &e.fields))
+            .collect();
+        let done = listed == 0 || found.total.is_some_and(|total| skip + listed >= total);
+        Ok(TargetKeys::new(
+            keys,
+            (!done).then(|| Value::from(skip + listed)),
+        ))
+    }
+
+    /// Looks the entries up by key and removes them; an entry that fails to
+    /// go fails the call, naming its key.
+    async fn delete_keys(&mut self, keys: &[String], mode: DeleteMode) -> Result<u64> {
+        let model = self.model().await?;
+        let mut removed = 0;
+        for chunk in keys.chunks(self.sink.capabilities().max_lookup_keys.max(1)) {
+            let found = self.sink.lookup(&self.target, Lookup::Keys(chunk)).await?;
+            let named: Vec<(Option<String>, ExistingEntry)> = found
+                .entries
+                .into_iter()
+                .map(|e| (self.key_of(&model, &e.fields), e))
+                .filter(|(k, _)| k.as_ref().is_some_and(|k| chunk.contains(k)))
+                .collect();
+            let (names, entries): (Vec<_>, Vec<_>) = named.into_iter().unzip();
+            let results = self.sink.remove(&self.target, entries, mode).await;
+            for (key, result) in names.into_iter().zip(results) {
+                result.map_err(|e| e.with_context("key", key.unwrap_or_default()))?;
+                removed += 1;
+            }
+            for key in chunk {
+                self.cache.invalidate(key);
+            }
+        }
+        Ok(removed)
     }
 }

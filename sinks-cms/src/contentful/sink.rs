@@ -10,9 +10,9 @@ use futures::StreamExt;
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 use sluicegate_core::{
-    BuildContext, ContentModel, EntryFields, Error, ErrorKind, ExistingEntry, FieldDef, FieldKind,
-    KeyedCapabilities, KeyedSink, Lookup, LookupPage, Result, Sink, SinkCapabilities, SinkWriter,
-    StreamTarget, WriteOp, Written,
+    BuildContext, ContentModel, DeleteMode, EntryFields, Error, ErrorKind, ExistingEntry, FieldDef,
+    FieldKind, KeyedCapabilities, KeyedSink, Lookup, LookupPage, Result, Sink, SinkCapabilities,
+    SinkWriter, StreamTarget, WriteOp, Written,
 };
 use sluicegate_upsert::UpsertOptions;
 
@@ -178,7 +178,7 @@ impl ContentfulKeyed {
         let mut limit = limit.min(self.page_limit.load(Ordering::Relaxed)).max(1);
         loop {
             let relative = format!(
-                "entries?content_type={ct}&{query}&limit={limit}&skip={skip}&order=sys.createdAt,sys.id"
+                "entries?content_type={ct}&{query}&sys.archivedAt[exists]=false&limit={limit}&skip={skip}&order=sys.createdAt,sys.id"
             );
             match self.client.get(&relative).await {
                 Ok(body) => {
@@ -341,6 +341,64 @@ impl ContentfulKeyed {
         Err(Error::sink(format!("bulk publish {id} did not finish")))
     }
 
+    /// Unpublishes an entry if it is published, then deletes (`Hard`) or
+    /// archives it; an entry already gone (or already archived) is done.
+    async fn remove_one(&self, id: &str, mode: DeleteMode) -> Result<()> {
+        let path = format!("entries/{}", encode(id));
+        let current = match self.client.get(&path).await {
+            Ok(entry) => entry,
+            Err(e) if e.to_string().contains(" 404 ") => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let mut version = current["sys"]["version"].as_u64().unwrap_or(0);
+        if current["sys"]["archivedVersion"].is_u64() && mode == DeleteMode::Archive {
+            return Ok(());
+        }
+        if current["sys"]["publishedVersion"].is_u64() {
+            let url = self.client.url(&format!("{path}/published"))?;
+            let entry = self
+                .client
+                .call(
+                    Method::DELETE,
+                    url,
+                    None,
+                    vec![("x-contentful-version", version.to_string())],
+                )
+                .await?;
+            version = entry["sys"]["version"].as_u64().unwrap_or(version + 1);
+        }
+        match mode {
+            DeleteMode::Archive => {
+                let url = self.client.url(&format!("{path}/archived"))?;
+                self.client
+                    .call(
+                        Method::PUT,
+                        url,
+                        None,
+                        vec![("x-contentful-version", version.to_string())],
+                    )
+                    .await?;
+            }
+            _ => {
+                let url = self.client.url(&path)?;
+                match self
+                    .client
+                    .call(
+                        Method::DELETE,
+                        url,
+                        None,
+                        vec![("x-contentful-version", version.to_string())],
+                    )
+                    .await
+                {
+                    Ok(_) | Err(ApiError::Api { status: 404, .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn publish_one(&self, item: Written) -> Result<Written> {
         let url = self
             .client
@@ -438,6 +496,7 @@ impl KeyedSink for ContentfulKeyed {
             max_lookup_keys: LOOKUP_KEYS * 5,
             max_page_size: 1000,
             publish: true,
+            delete_modes: &[DeleteMode::Hard, DeleteMode::Archive],
         }
     }
 
@@ -567,6 +626,23 @@ impl KeyedSink for ContentfulKeyed {
             .collect()
             .await;
         results.into_iter().flatten().collect()
+    }
+
+    async fn remove(
+        &self,
+        target: &StreamTarget,
+        entries: Vec<ExistingEntry>,
+        mode: DeleteMode,
+    ) -> Vec<Result<()>> {
+        futures::stream::iter(entries)
+            .map(|entry| async move {
+                self.remove_one(&entry.id, mode)
+                    .await
+                    .map_err(|e| e.with_context("content_type", &target.table))
+            })
+            .buffered(self.max_concurrency)
+            .collect()
+            .await
     }
 
     fn describe(&self) -> String {

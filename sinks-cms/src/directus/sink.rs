@@ -21,9 +21,9 @@ use futures::StreamExt;
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 use sluicegate_core::{
-    BuildContext, ContentModel, EntryFields, Error, ErrorKind, ExistingEntry, FieldDef, FieldKind,
-    KeyedCapabilities, KeyedSink, Lookup, LookupPage, Result, Sink, SinkCapabilities, SinkWriter,
-    StreamTarget, WriteOp, Written,
+    BuildContext, ContentModel, DeleteMode, EntryFields, Error, ErrorKind, ExistingEntry, FieldDef,
+    FieldKind, KeyedCapabilities, KeyedSink, Lookup, LookupPage, Result, Sink, SinkCapabilities,
+    SinkWriter, StreamTarget, WriteOp, Written,
 };
 use sluicegate_http_client::{Attempt, retrying};
 use sluicegate_upsert::UpsertOptions;
@@ -476,6 +476,7 @@ impl KeyedSink for DirectusKeyed {
             max_lookup_keys: LOOKUP_KEYS,
             max_page_size: 500,
             publish: false,
+            delete_modes: &[DeleteMode::Hard],
         }
     }
 
@@ -616,6 +617,37 @@ impl KeyedSink for DirectusKeyed {
     async fn publish(&self, _target: &StreamTarget, items: Vec<Written>) -> Vec<Result<Written>> {
         // Directus has no publishing step: written items are live.
         items.into_iter().map(Ok).collect()
+    }
+
+    /// Deletes the items (Directus has no archive of its own). Directus
+    /// answers 403 for an item that does not exist, as for a token without the
+    /// right: that fails, since the two cannot be told apart.
+    async fn remove(
+        &self,
+        target: &StreamTarget,
+        entries: Vec<ExistingEntry>,
+        _mode: DeleteMode,
+    ) -> Vec<Result<()>> {
+        futures::stream::iter(entries)
+            .map(|entry| async move {
+                let url = self.client.url(&format!(
+                    "items/{}/{}",
+                    encode(&target.table),
+                    encode(&entry.id)
+                ))?;
+                match self
+                    .client
+                    .call(Method::DELETE, url, None, Vec::new())
+                    .await
+                {
+                    Ok(_) => Ok(()),
+                    Err(e) if e.status() == Some(404) => Ok(()),
+                    Err(e) => Err(collection_error(e, &target.table)),
+                }
+            })
+            .buffered(self.max_concurrency)
+            .collect()
+            .await
     }
 
     fn describe(&self) -> String {
