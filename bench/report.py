@@ -10,6 +10,7 @@ SECTIONS = [
     "http_source.md",
     "db_to_duckdb.md",
     "rest_to_cms.md",
+    "deletions.md",
 ]
 
 parts = [

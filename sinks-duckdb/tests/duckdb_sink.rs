@@ -1069,3 +1069,71 @@ async fn a_long_first_load_checkpoints_before_the_pool_overflows() {
         vec![vec![json!(300_000), json!(300_000)]]
     );
 }
+
+/// Every key the writer lists, page by page.
+async fn listed_keys(ext: &mut dyn sluicegate_core::WriterExtension) -> (Vec<String>, usize) {
+    let (mut keys, mut pages, mut page) = (Vec::new(), 0, None);
+    loop {
+        let listed = ext.target_keys(page.take()).await.unwrap();
+        pages += 1;
+        keys.extend(listed.keys);
+        match listed.next {
+            Some(next) => page = Some(next),
+            None => return (keys, pages),
+        }
+    }
+}
+
+#[tokio::test]
+async fn keys_are_listed_in_pages_and_removed_hard_or_soft() {
+    use sluicegate_core::DeleteMode;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = sink(dir.path(), false);
+    let mut writer = sink.open(target("items", Some("id"))).await.unwrap();
+    // Keys written in an order unlike their order as numbers or as text.
+    let records: Vec<Value> = (0..25_000u64)
+        .map(|i| json!({"id": (i * 7_919) % 25_000, "v": i}))
+        .collect();
+    for chunk in records.chunks(5_000) {
+        writer.write(batch(chunk.to_vec()).await).await.unwrap();
+    }
+    let ext = writer.extension().unwrap();
+    assert_eq!(ext.delete_modes(), [DeleteMode::Hard, DeleteMode::Soft]);
+    let (keys, pages) = listed_keys(ext).await;
+    assert_eq!(pages, 3, "10,000 keys a page");
+    let expected: Vec<String> = (0..25_000).map(|i: u64| i.to_string()).collect();
+    assert_eq!(keys, expected, "in key order, as text");
+
+    let hard: Vec<String> = ["0", "9999", "10000", "24999"].map(str::to_owned).into();
+    assert_eq!(ext.delete_keys(&hard, DeleteMode::Hard).await.unwrap(), 4);
+    let soft: Vec<String> = ["5", "6"].map(str::to_owned).into();
+    assert_eq!(ext.delete_keys(&soft, DeleteMode::Soft).await.unwrap(), 2);
+    assert_eq!(
+        ext.delete_keys(&soft, DeleteMode::Soft).await.unwrap(),
+        0,
+        "marked rows are not marked again"
+    );
+    let (keys, _) = listed_keys(ext).await;
+    assert_eq!(keys.len(), 25_000 - 6);
+    assert!(!keys.contains(&"5".to_owned()) && !keys.contains(&"9999".to_owned()));
+    // A soft-deleted key written again is live again.
+    writer
+        .write(batch(vec![json!({"id": 5, "v": -1})]).await)
+        .await
+        .unwrap();
+    writer.finish().await.unwrap();
+    assert_eq!(
+        query(
+            dir.path(),
+            "SELECT id, v, _deleted_at IS NULL FROM items WHERE id IN (5, 6, 9999) ORDER BY id"
+        ),
+        [
+            vec![json!(5), json!(-1), json!(true)],
+            vec![
+                json!(6),
+                json!((0..25_000u64).find(|i| i * 7_919 % 25_000 == 6).unwrap()),
+                json!(false)
+            ],
+        ]
+    );
+}

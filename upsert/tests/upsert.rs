@@ -430,3 +430,49 @@ async fn a_mapping_naming_a_locale_the_target_lacks_fails_once_before_any_write(
     assert!(obs.rejected.lock().unwrap().is_empty(), "not per record");
     assert!(sink.entries().is_empty(), "nothing written");
 }
+
+#[tokio::test]
+async fn the_target_keys_come_page_by_page_and_removed_keys_leave_the_target() {
+    use sluicegate_core::{DeleteMode, WriterExtension};
+    let sink = Arc::new(MemoryKeyedSink::new(model(), "sku"));
+    let mut w = writer(
+        &sink,
+        options(false, 10_000, Prefetch::Never),
+        Arc::default(),
+    );
+    run(&mut w, flat(0, 250, 1.0), 100).await;
+    // The in-memory sink answers pages of 100.
+    let mut keys = Vec::new();
+    let mut page = None;
+    let mut pages = 0;
+    loop {
+        let listed = w.target_keys(page.take()).await.unwrap();
+        pages += 1;
+        keys.extend(listed.keys);
+        match listed.next {
+            Some(next) => page = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    keys.sort();
+    let expected: Vec<String> = (0..250).map(|i| format!("S{i:05}")).collect();
+    assert_eq!(keys, expected);
+
+    let gone = [
+        "S00003".to_owned(),
+        "S00150".to_owned(),
+        "S00249".to_owned(),
+    ];
+    assert_eq!(w.delete_keys(&gone, DeleteMode::Archive).await.unwrap(), 3);
+    assert_eq!(sink.entries().len(), 247);
+    assert_eq!(sink.archived().len(), 3);
+    assert_eq!(
+        w.delete_keys(&gone[..1], DeleteMode::Hard).await.unwrap(),
+        0,
+        "already out"
+    );
+    // A key written again after its entry was removed is created anew.
+    let ack = run(&mut w, flat(150, 151, 1.0), 10).await;
+    assert_eq!(ack.inserted, 1);
+}
