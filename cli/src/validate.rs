@@ -69,6 +69,15 @@ async fn check_entry(
             window.cursor_field, window.start_value
         ));
     }
+    if let Some(deletes) = &entry.deletes
+        && let Some(mode) = deletes.mode.delete_mode()
+    {
+        lines.push(format!(
+            "deletes: {} after a complete read, at most {:.0}% of the target per run",
+            mode.as_str(),
+            deletes.max_fraction * 100.0
+        ));
+    }
     let source = source.build().await?;
     let mut stream = source.read(ReadRequest::new(
         entry.key.clone(),

@@ -592,7 +592,7 @@ impl Writer {
             store.commit(&self.sync_key, &self.stream, position)?;
         }
         if let (Some(deletions), Some(keys)) = (&self.deletions, keys) {
-            deletions.note_sent(keys).await?;
+            deletions.note_sent(&keys)?;
         }
         if let Some(incremental) = &self.incremental {
             incremental.note_rejected(ack.failed);

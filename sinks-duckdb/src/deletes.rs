@@ -8,10 +8,11 @@ use sluicegate_core::{DeleteMode, Result, StreamTarget, TargetKeys};
 
 use crate::database::duck_error;
 use crate::schema::{ColumnType, quote_ident};
+
 use crate::sink::load_table;
 
-/// Keys per page of [`target_keys`].
-const KEY_PAGE: usize = 10_000;
+/// Row ids per page of [`target_keys`].
+const KEY_PAGE: usize = 20_000;
 
 /// The column soft deletions mark rows in.
 pub(crate) const DELETED_AT: &str = "_deleted_at";
@@ -37,39 +38,57 @@ fn key_column(
     }))
 }
 
-/// One page of the live keys of the stream's table, in key order, after
-/// `after` (the last key of the previous page).
+/// One page of the live keys of the stream's table: the rows whose `rowid`
+/// is in the page's range (the token is where the next range starts). Ranges
+/// of row ids are read from the row groups that hold them, without sorting or
+/// scanning the table per page; the rows do not change while the pages are
+/// read (the stream's writes are done, and nothing is removed yet).
 pub(crate) fn target_keys(
     conn: &Connection,
     target: &StreamTarget,
-    after: Option<&Value>,
+    page: Option<&Value>,
 ) -> Result<TargetKeys> {
-    let Some((key, ty, soft)) = key_column(conn, target)? else {
+    target_keys_in(conn, target, page, KEY_PAGE)
+}
+
+fn target_keys_in(
+    conn: &Connection,
+    target: &StreamTarget,
+    page: Option<&Value>,
+    rows: usize,
+) -> Result<TargetKeys> {
+    let Some((key, _, soft)) = key_column(conn, target)? else {
         return Ok(TargetKeys::default());
     };
     let table = quote_ident(&target.table);
-    let mut sql =
-        format!("SELECT CAST({key} AS VARCHAR) FROM main.{table} WHERE {key} IS NOT NULL");
+    let start = page.and_then(Value::as_i64).unwrap_or(0);
+    let end_of_table: Option<i64> = conn
+        .query_row(&format!("SELECT max(rowid) FROM main.{table}"), [], |r| {
+            r.get(0)
+        })
+        .map_err(|e| duck_error("cannot list the table's keys", e))?;
+    let Some(last) = end_of_table.filter(|last| *last >= start) else {
+        return Ok(TargetKeys::default());
+    };
+    let end = start.saturating_add(i64::try_from(rows).unwrap_or(i64::MAX));
+    let mut sql = format!(
+        "SELECT CAST({key} AS VARCHAR) FROM main.{table} \
+         WHERE rowid >= {start} AND rowid < {end} AND {key} IS NOT NULL"
+    );
     if soft {
         sql.push_str(&format!(" AND {} IS NULL", quote_ident(DELETED_AT)));
     }
-    let after = after.and_then(Value::as_str);
-    if after.is_some() {
-        sql.push_str(&format!(" AND {key} > CAST(? AS {})", ty.sql()));
-    }
-    sql.push_str(&format!(" ORDER BY {key} LIMIT {KEY_PAGE}"));
     let mut statement = conn
         .prepare(&sql)
         .map_err(|e| duck_error("cannot list the table's keys", e))?;
-    let params: Vec<&str> = after.into_iter().collect();
     let keys: Vec<String> = statement
-        .query_map(duckdb::params_from_iter(params), |row| row.get(0))
+        .query_map([], |row| row.get(0))
         .and_then(|rows| rows.collect())
         .map_err(|e| duck_error("cannot list the table's keys", e))?;
-    let next = (keys.len() == KEY_PAGE)
-        .then(|| keys.last().cloned().map(Value::String))
-        .flatten();
-    Ok(TargetKeys::new(keys, next))
+    Ok(TargetKeys::new(
+        keys,
+        (end <= last).then(|| Value::from(end)),
+    ))
 }
 
 /// Removes (`Hard`) or marks (`Soft`) the rows with these keys, in one
@@ -128,4 +147,51 @@ pub(crate) fn delete_keys(
         let _ = conn.execute_batch("ROLLBACK");
     }
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_of_row_ids_list_every_live_key_once() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE items (id BIGINT, v VARCHAR);
+             INSERT INTO items SELECT (i * 7919) % 2500, 'x' FROM range(2500) t(i);
+             INSERT INTO items VALUES (NULL, 'no key');",
+        )
+        .unwrap();
+        let target = StreamTarget::new("items", "items", Some("id".into()));
+        let list = |conn: &Connection| {
+            let (mut keys, mut pages, mut page) = (Vec::new(), 0, None);
+            loop {
+                let listed = target_keys_in(conn, &target, page.as_ref(), 300).unwrap();
+                pages += 1;
+                keys.extend(listed.keys);
+                match listed.next {
+                    Some(next) => page = Some(next),
+                    None => return (keys, pages),
+                }
+            }
+        };
+        let (mut keys, pages) = list(&conn);
+        assert_eq!(pages, 9, "2,501 row ids in pages of 300");
+        keys.sort_by_key(|k| k.parse::<u64>().unwrap());
+        let expected: Vec<String> = (0..2500).map(|i: u64| i.to_string()).collect();
+        assert_eq!(keys, expected);
+        let gone: Vec<String> = (0..1000).map(|i: u64| i.to_string()).collect();
+        assert_eq!(
+            delete_keys(&conn, &target, &gone, DeleteMode::Soft).unwrap(),
+            1000
+        );
+        let (keys, _) = list(&conn);
+        assert_eq!(keys.len(), 1500, "soft-deleted rows are not listed");
+        assert_eq!(
+            delete_keys(&conn, &target, &gone, DeleteMode::Hard).unwrap(),
+            1000
+        );
+        let (keys, _) = list(&conn);
+        assert_eq!(keys.len(), 1500);
+    }
 }
