@@ -406,7 +406,6 @@ async fn directus_deletes_the_items_the_source_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resumed_read_removes_nothing_and_the_next_complete_read_does() {
     use std::process::Stdio;
-    use std::time::Instant;
     let api = ChangesServer::start(items(1_500), "127.0.0.1:0", Duration::from_millis(40))
         .await
         .unwrap();
@@ -421,7 +420,7 @@ async fn a_resumed_read_removes_nothing_and_the_next_complete_read_does() {
     let db = dir.path().join("out.duckdb");
     assert!(sync(&config, &["--apply"], &[]).await.status.success());
     api.remove(1_500);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluicegate"))
+    let child = Command::new(env!("CARGO_BIN_EXE_sluicegate"))
         .args([
             "sync-api",
             "--all",
@@ -437,17 +436,7 @@ async fn a_resumed_read_removes_nothing_and_the_next_complete_read_does() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    while common::checkpoint(dir.path(), "items").is_none_or(|p| p["offset"].as_u64() < Some(300)) {
-        assert!(started.elapsed() < Duration::from_secs(60), "no checkpoint");
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before the kill"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    common::kill_after_offset(child, dir.path(), "items", 300);
 
     let resumed = sync(&config, &["--apply"], &[]).await;
     assert!(resumed.status.success(), "{}", text(&resumed.stderr));

@@ -7,9 +7,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{checkpoint, query, summary_row, text};
+use common::{query, summary_row, text};
 use serde_json::{Value, json};
 use sluicegate_examples::changes::{ChangesServer, Item};
 use sluicegate_examples::dbserver::{self, DbKind};
@@ -280,7 +280,7 @@ async fn a_run_killed_mid_window_resumes_inside_it_and_ends_exact_with_the_same_
             BASE + 10_000 * 60 + k as u64 * 7,
         ));
     }
-    let mut child = command(
+    let child = command(
         &config,
         &[
             "sync-api",
@@ -295,17 +295,7 @@ async fn a_run_killed_mid_window_resumes_inside_it_and_ends_exact_with_the_same_
     .stderr(Stdio::null())
     .spawn()
     .unwrap();
-    let started = Instant::now();
-    while checkpoint(dir.path(), "items").is_none_or(|p| p["offset"].as_u64() < Some(500)) {
-        assert!(started.elapsed() < Duration::from_secs(60), "no checkpoint");
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before the kill"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    common::kill_after_offset(child, dir.path(), "items", 500);
     let shown = state_show(&config).await;
     assert!(shown.contains(&format!("last \"{first_mark}\"")), "{shown}");
     assert!(shown.contains("an interrupted run wrote up to"), "{shown}");

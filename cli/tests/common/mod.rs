@@ -105,3 +105,28 @@ pub(crate) fn checkpoint(dir: &Path, key: &str) -> Option<Value> {
         .ok()?;
     serde_json::from_str(&text).ok()
 }
+
+/// Kills `child` (SIGKILL) once the committed checkpoint of `key` under `dir`
+/// has passed `offset`; fails when the run ends first or no checkpoint comes
+/// within a minute.
+pub(crate) fn kill_after_offset(
+    mut child: std::process::Child,
+    dir: &Path,
+    key: &str,
+    offset: u64,
+) {
+    let started = std::time::Instant::now();
+    while checkpoint(dir, key).is_none_or(|p| p["offset"].as_u64() < Some(offset)) {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "no checkpoint past offset {offset}"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before the kill"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
