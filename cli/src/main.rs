@@ -63,6 +63,7 @@ fn main() -> ExitCode {
     sluicegate_adapters_http::register(&mut registry);
     sluicegate_adapters_db::register(&mut registry);
     sluicegate_sinks_duckdb::register(&mut registry);
+    sluicegate_sinks_postgres::register(&mut registry);
     sluicegate_sinks_cms::register(&mut registry);
     sluicegate_cli::exit_code(sluicegate_cli::main_with(registry))
 }
