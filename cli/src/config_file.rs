@@ -38,6 +38,8 @@ pub struct ConfigFile {
     pub cute_entries: Option<CuteEntries>,
     /// Memory and stage knobs (see [`crate::tuning`]).
     pub tuning: crate::tuning::TuningConfig,
+    /// Where run state (checkpoints, high-water marks, run locks) is kept.
+    pub state: crate::pg_state::StateConfig,
     /// The file's text, to find the line a message is about.
     text: String,
 }
@@ -71,6 +73,8 @@ struct RawFile {
     cute_entries: Option<CuteEntries>,
     #[serde(default)]
     tuning: crate::tuning::TuningConfig,
+    #[serde(default)]
+    state: crate::pg_state::StateConfig,
 }
 
 /// One `syncs` entry.
@@ -251,6 +255,7 @@ impl ConfigFile {
             syncs: raw.syncs,
             cute_entries: raw.cute_entries,
             tuning: raw.tuning,
+            state: raw.state,
             text: text.to_owned(),
         })
     }

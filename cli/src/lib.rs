@@ -6,6 +6,7 @@ pub mod cute;
 pub mod lock;
 pub mod metrics;
 pub mod observer;
+pub mod pg_state;
 pub mod progress;
 pub mod redrive;
 pub mod report;
@@ -124,68 +125,120 @@ fn clear_cache(config: &std::path::Path) -> u8 {
     }
 }
 
-/// `state show` and `state reset`.
+/// The PostgreSQL state the configuration file names, if it names one.
+fn pg_state(
+    args: &args::StateArgs,
+) -> Result<Option<std::sync::Arc<pg_state::PgStateStore>>, Error> {
+    if !args.config.exists() {
+        return Ok(None);
+    }
+    match ConfigFile::load(&args.config)?.state {
+        pg_state::StateConfig::Sqlite => Ok(None),
+        pg_state::StateConfig::Postgres(pg) => {
+            Ok(Some(std::sync::Arc::new(pg_state::PgStateStore::connect(
+                &pg,
+                &sluicegate_core::template_scope_from_env(),
+                true,
+            )?)))
+        }
+    }
+}
+
+/// Prints saved checkpoints and high-water marks.
+fn show_state(checkpoints: Vec<state::SavedCheckpoint>, marks: Vec<state::SavedMark>, place: &str) {
+    if checkpoints.is_empty() {
+        println!("no checkpoints in {place}: every sync starts from the beginning");
+    }
+    for c in checkpoints {
+        println!(
+            "{}  {}  {}  (committed {} UTC)",
+            c.sync_key, c.stream, c.position, c.committed_at
+        );
+    }
+    if !marks.is_empty() {
+        println!("incremental high-water marks:");
+    }
+    for m in marks {
+        let mut line = format!(
+            "{}  {}  last {}",
+            m.sync_key,
+            m.stream,
+            m.last_value
+                .as_deref()
+                .unwrap_or("none (no complete run yet)")
+        );
+        if let Some(progress) = &m.progress {
+            line.push_str(&format!(
+                "; an interrupted run wrote up to {progress} (its next run reads the same window)"
+            ));
+        }
+        println!("{line}  (updated {} UTC)", m.updated_at);
+    }
+}
+
+fn forgot(key: &str, (checkpoints, marks): (usize, usize)) {
+    println!(
+        "{key}: forgot {checkpoints} checkpoint(s) and {marks} high-water mark(s); \
+         its next run starts from the beginning"
+    );
+}
+
+/// `state show` and `state reset`, on the SQLite file or the PostgreSQL
+/// state the configuration names.
 fn state_command(action: StateAction) -> u8 {
     let result = match action {
-        StateAction::Show(args) => state::SqliteStateStore::open(&args.dir()).and_then(|store| {
-            let saved = store.list()?;
-            if saved.is_empty() {
-                println!(
-                    "no checkpoints in {}: every sync starts from the beginning",
-                    store.path().display()
+        StateAction::Show(args) => match pg_state(&args) {
+            Ok(Some(store)) => store
+                .list()
+                .and_then(|c| Ok((c, store.marks()?)))
+                .map(|(c, m)| show_state(c, m, "the PostgreSQL state")),
+            Ok(None) => state::SqliteStateStore::open(&args.dir()).and_then(|store| {
+                show_state(
+                    store.list()?,
+                    store.marks()?,
+                    &store.path().display().to_string(),
                 );
-            }
-            for c in saved {
-                println!(
-                    "{}  {}  {}  (committed {} UTC)",
-                    c.sync_key, c.stream, c.position, c.committed_at
-                );
-            }
-            let marks = store.marks()?;
-            if !marks.is_empty() {
-                println!("incremental high-water marks:");
-            }
-            for m in marks {
-                let mut line = format!(
-                    "{}  {}  last {}",
-                    m.sync_key,
-                    m.stream,
-                    m.last_value.as_deref().unwrap_or("none (no complete run yet)")
-                );
-                if let Some(progress) = &m.progress {
-                    line.push_str(&format!(
-                        "; an interrupted run wrote up to {progress} (its next run reads the same window)"
-                    ));
-                }
-                println!("{line}  (updated {} UTC)", m.updated_at);
-            }
-            Ok(())
-        }),
-        StateAction::Reset { keys, state } if keys.is_empty() => lock::lock_all(&state.dir())
-            // Not while any key runs: its next commit would write into a new file.
-            .and_then(|_locks| state::move_aside(&state.dir()))
-            .map(|aside| match aside {
-                Some(aside) => println!(
-                    "moved the state file to {}; every sync starts from the beginning",
-                    aside.display()
-                ),
-                None => println!("no state file in {}", state.dir().display()),
-            }),
-        StateAction::Reset { keys, state } => {
-            let dir = state.dir();
-            state::SqliteStateStore::open(&dir).and_then(|store| {
-                for key in &keys {
-                    // Not while that key runs: its next commit would undo the reset.
-                    let _lock = lock::lock(&dir, key)?;
-                    let (checkpoints, marks) = store.clear_key(key)?;
-                    println!(
-                        "{key}: forgot {checkpoints} checkpoint(s) and {marks} high-water mark(s); \
-                         its next run starts from the beginning"
-                    );
-                }
                 Ok(())
-            })
-        }
+            }),
+            Err(e) => Err(e),
+        },
+        StateAction::Reset { keys, state } => match pg_state(&state) {
+            Ok(Some(store)) => (|| {
+                // Not while a key runs: its next commit would undo the reset.
+                let keys = if keys.is_empty() { store.keys()? } else { keys };
+                let locks = keys
+                    .iter()
+                    .map(|key| store.lock(key))
+                    .collect::<Result<Vec<_>, Error>>()?;
+                for key in &keys {
+                    forgot(key, store.clear_key(key)?);
+                }
+                drop(locks);
+                Ok(())
+            })(),
+            Ok(None) if keys.is_empty() => lock::lock_all(&state.dir())
+                // Not while any key runs: its next commit would write into a new file.
+                .and_then(|_locks| state::move_aside(&state.dir()))
+                .map(|aside| match aside {
+                    Some(aside) => println!(
+                        "moved the state file to {}; every sync starts from the beginning",
+                        aside.display()
+                    ),
+                    None => println!("no state file in {}", state.dir().display()),
+                }),
+            Ok(None) => {
+                let dir = state.dir();
+                state::SqliteStateStore::open(&dir).and_then(|store| {
+                    for key in &keys {
+                        // Not while that key runs: its next commit would undo the reset.
+                        let _lock = lock::lock(&dir, key)?;
+                        forgot(key, store.clear_key(key)?);
+                    }
+                    Ok(())
+                })
+            }
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => EXIT_OK,

@@ -21,6 +21,7 @@ use crate::args::{SyncArgs, Verbosity};
 use crate::config_file::{ConfigFile, SyncEntry, split_type};
 use crate::metrics::{MetricsServer, RunCollector};
 use crate::observer::CliObserver;
+use crate::pg_state::{PgStateStore, StateConfig};
 use crate::progress::{Progress, group};
 use crate::report::{self, MemoryWatch};
 use crate::state::SqliteStateStore;
@@ -63,6 +64,9 @@ pub fn prepare(
             .with_tuning(stage)
     };
     let in_file = |e: Error| Error::config(config.at(e.message()));
+    if let StateConfig::Postgres(pg) = &config.state {
+        pg.validate(&ctx("")).map_err(in_file)?;
+    }
     let mut sinks = BTreeMap::new();
     for entry in entries {
         if sinks.contains_key(&entry.sink) {
@@ -78,12 +82,19 @@ pub fn prepare(
     }
     // Incremental windows start at the saved high-water marks (read only: a
     // dry run or `validate` writes nothing).
-    let saved = if entries.iter().any(|e| e.incremental.is_some()) && !args.full_refresh {
-        let dir = args
-            .state_dir
-            .clone()
-            .unwrap_or_else(|| default_state_dir(config));
-        SqliteStateStore::open_read_only(&dir)?
+    let saved: Option<Box<dyn WindowStore>> = if entries.iter().any(|e| e.incremental.is_some())
+        && !args.full_refresh
+    {
+        match &config.state {
+            StateConfig::Sqlite => {
+                let dir = args
+                    .state_dir
+                    .clone()
+                    .unwrap_or_else(|| default_state_dir(config));
+                SqliteStateStore::open_read_only(&dir)?.map(|s| Box::new(s) as Box<dyn WindowStore>)
+            }
+            StateConfig::Postgres(pg) => Some(Box::new(PgStateStore::connect(pg, &scope, false)?)),
+        }
     } else {
         None
     };
@@ -100,7 +111,7 @@ pub fn prepare(
                     |e: Error| Error::config(config.at(&format!("syncs[{}].{e}", entry.key)));
                 incremental.validate().map_err(in_entry)?;
                 let last = match &saved {
-                    Some(store) => WindowStore::load(store, &entry.key, entry.table())?.last_value,
+                    Some(store) => store.load(&entry.key, entry.table())?.last_value,
                     None => None,
                 };
                 Some(incremental.window(last.as_ref()).map_err(|e| {
@@ -202,19 +213,18 @@ pub async fn run(
     redrive: bool,
 ) -> Result<Outcome> {
     let started = Instant::now();
-    let state_dir = args.apply.then(|| {
-        args.state_dir
-            .clone()
-            .unwrap_or_else(|| default_state_dir(config))
-    });
     // Every key this run syncs is locked before anything opens: a second run of
     // one of them is refused with that message (held until the run ends).
-    let mut _locks = Vec::new();
-    if let Some(dir) = &state_dir {
-        for prepared in &prepared.entries {
-            _locks.push(crate::lock::lock(dir, &prepared.entry.key)?);
-        }
-    }
+    let keys: Vec<&str> = prepared
+        .entries
+        .iter()
+        .map(|p| p.entry.key.as_str())
+        .collect();
+    let state = if args.apply {
+        Some(open_state(config, args, &keys)?)
+    } else {
+        None
+    };
     let sinks = build_sinks(prepared.sinks).await?;
     let mut tuning = prepared.tuning;
     let sampler = MemorySampler::new();
@@ -223,11 +233,7 @@ pub async fn run(
         .dead_letter
         .clone()
         .unwrap_or_else(|| default_dead_letter(config));
-    let state = match state_dir {
-        Some(_) if redrive => None,
-        Some(dir) => Some(Arc::new(SqliteStateStore::open(&dir)?)),
-        None => None,
-    };
+    let stores = state.as_ref().filter(|_| !redrive);
     let ctx = RunContext {
         args,
         observer: Arc::new(
@@ -255,8 +261,8 @@ pub async fn run(
         },
         tuning,
         stats: Arc::new(RunStats::default()),
-        checkpoints: state.clone().map(|s| s as Arc<dyn CheckpointStore>),
-        windows: state.map(|s| s as Arc<dyn WindowStore>),
+        checkpoints: stores.map(|s| s.checkpoints.clone()),
+        windows: stores.map(|s| s.windows.clone()),
     };
     let progress = Progress::start(
         ctx.stats.clone(),
@@ -298,6 +304,48 @@ pub async fn run(
         report::write_report(path, &run_report(&outcome, &ctx, started.elapsed(), memory))?;
     }
     Ok(outcome)
+}
+
+/// The run's state: where checkpoints and high-water marks go, and the run
+/// locks of its keys (held while it lives).
+struct RunState {
+    checkpoints: Arc<dyn CheckpointStore>,
+    windows: Arc<dyn WindowStore>,
+    _locks: Vec<Box<dyn std::any::Any + Send>>,
+}
+
+/// Opens the configured state and locks `keys` in it: a SQLite file with
+/// lock files beside it, or PostgreSQL with session advisory locks.
+fn open_state(config: &ConfigFile, args: &SyncArgs, keys: &[&str]) -> Result<RunState> {
+    let mut locks: Vec<Box<dyn std::any::Any + Send>> = Vec::new();
+    match &config.state {
+        StateConfig::Sqlite => {
+            let dir = args
+                .state_dir
+                .clone()
+                .unwrap_or_else(|| default_state_dir(config));
+            for key in keys {
+                locks.push(Box::new(crate::lock::lock(&dir, key)?));
+            }
+            let store = Arc::new(SqliteStateStore::open(&dir)?);
+            Ok(RunState {
+                checkpoints: store.clone(),
+                windows: store,
+                _locks: locks,
+            })
+        }
+        StateConfig::Postgres(pg) => {
+            let store = Arc::new(PgStateStore::connect(pg, &template_scope_from_env(), true)?);
+            for key in keys {
+                locks.push(Box::new(store.lock(key)?));
+            }
+            Ok(RunState {
+                checkpoints: store.clone(),
+                windows: store,
+                _locks: locks,
+            })
+        }
+    }
 }
 
 /// Builds the run's sinks (each opens its connection or checks its API).
