@@ -75,6 +75,12 @@ impl Source for DbSource {
             self.plan.origin.params.describe()
         )
     }
+
+    /// A keyset read (`orderBy`) of PostgreSQL or MySQL splits by a hash of
+    /// the key; templated pages, one-query reads and SQLite files do not.
+    fn splits(&self) -> bool {
+        self.plan.config.order_by.is_some() && self.plan.origin.provider != Provider::Sqlite
+    }
 }
 
 impl Plan {
@@ -227,12 +233,34 @@ impl Plan {
         after: Option<&Value>,
     ) -> Result<String> {
         let (from, key) = self.source_and_column(session, column)?;
-        let mut sql = format!("SELECT * FROM {from}");
+        let mut filters = Vec::new();
         if let Some(after) = after {
-            sql.push_str(&format!(" WHERE {key} > {}", session.param(1, after)?));
+            filters.push(format!("{key} > {}", session.param(1, after)?));
+        }
+        filters.extend(self.shard_filter(&key));
+        let mut sql = format!("SELECT * FROM {from}");
+        if !filters.is_empty() {
+            sql.push_str(&format!(" WHERE {}", filters.join(" AND ")));
         }
         sql.push_str(&format!(" ORDER BY {key}"));
         Ok(sql)
+    }
+
+    /// This shard's rows, by a hash of the key (`None` without shards, or for
+    /// SQLite, which reads whole).
+    fn shard_filter(&self, key_sql: &str) -> Option<String> {
+        let shard = self.ctx.shard?;
+        match self.origin.provider {
+            Provider::Postgres => Some(format!(
+                "mod(abs(hashtext({key_sql}::text)::bigint), {}) = {}",
+                shard.count, shard.index
+            )),
+            Provider::Mysql => Some(format!(
+                "MOD(CRC32({key_sql}), {}) = {}",
+                shard.count, shard.index
+            )),
+            Provider::Sqlite => None,
+        }
     }
 
     /// The read of an incremental window: rows whose `cursor` is at least
@@ -259,6 +287,9 @@ impl Plan {
             return Ok((sql, params));
         };
         let (_, key_sql) = self.source_and_column(session, key)?;
+        if let Some(filter) = self.shard_filter(&key_sql) {
+            sql.push_str(&format!(" AND {filter}"));
+        }
         if let Some((last_cursor, last_key)) = after {
             let last_cursor = self.origin.provider.cursor_param(last_cursor);
             sql.push_str(&format!(

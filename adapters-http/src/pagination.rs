@@ -706,6 +706,21 @@ impl Paginator {
         }
     }
 
+    /// Whether every page's request can be computed from the first page's
+    /// total, so the pages can be split across shards: offsets or page
+    /// numbers with a total (records or pages) to read it from.
+    pub(crate) fn can_split(&self) -> bool {
+        let totals = self.total.is_some()
+            || self.total_pages.is_some()
+            || self.total_header.is_some()
+            || self.total_pages_header.is_some();
+        match &self.style {
+            Pagination::Offset(p) => p.limit_max.is_none() && totals,
+            Pagination::PageNumber(_) => totals,
+            _ => false,
+        }
+    }
+
     /// When every page's request can be computed from the first page (offset or
     /// page numbers with a known total), the tokens of all the following pages.
     pub(crate) fn remaining(&self, first: &PageFacts<'_>) -> Option<Vec<Position>> {

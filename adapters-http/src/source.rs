@@ -23,7 +23,7 @@ use reqwest::{Method, Url};
 use serde_json::{Map, Value, json};
 use sluicegate_core::{
     BatchBuilder, BatchLimits, BatchSender, BatchStream, BuildContext, Error, ErrorKind,
-    PageLoopGuard, Position, ReadRequest, Record, Result, ResultExt, Secret, Source,
+    PageLoopGuard, Position, ReadRequest, Record, Result, ResultExt, Secret, Shard, Source,
     channel_stream,
 };
 use sluicegate_http_client::Pacer;
@@ -81,6 +81,8 @@ struct Inner {
     cache: Option<FileCache>,
     parent: Option<ParentLink>,
     scope: Value,
+    /// The shard this process reads the pages of, if the job is sharded.
+    shard: Option<Shard>,
     /// Decoded size of the last page, to lease before the next one.
     estimate: AtomicUsize,
     chunk_rows: usize,
@@ -309,6 +311,7 @@ impl HttpSource {
                 }),
                 parent,
                 scope,
+                shard: ctx.shard,
                 estimate: AtomicUsize::new(estimate),
                 chunk_rows: CHUNK_ROWS,
             }),
@@ -323,6 +326,12 @@ impl Source for HttpSource {
             let sync = request.sync_key.clone();
             inner.run(request, tx).await.context("sync", sync)
         })
+    }
+
+    /// Offset or page-number pagination with a total, without a parent: each
+    /// shard reads a contiguous slice of the pages.
+    fn splits(&self) -> bool {
+        self.inner.parent.is_none() && self.inner.paginator.can_split()
     }
 
     fn describe(&self) -> String {
@@ -344,8 +353,15 @@ impl Inner {
         match &self.parent {
             None => {
                 let target = self.target(None)?;
-                self.pages(&request, &tx, &target, request.resume_from.clone(), true)
-                    .await
+                match self.shard {
+                    Some(shard) if self.paginator.can_split() => {
+                        self.shard_pages(&request, &tx, &target, shard).await
+                    }
+                    _ => {
+                        self.pages(&request, &tx, &target, request.resume_from.clone(), true)
+                            .await
+                    }
+                }
             }
             Some(link) => {
                 if request.resume_from.is_some() {
@@ -535,6 +551,77 @@ impl Inner {
                 Some(n) => guard.advance(n),
             }
         }
+    }
+
+    /// One shard's part of the read: the first page tells how many pages there
+    /// are, and the shard reads its contiguous slice of them (see
+    /// [`Shard::slice`]), resuming inside it.
+    async fn shard_pages(
+        self: &Arc<Self>,
+        request: &ReadRequest,
+        tx: &BatchSender,
+        target: &Target,
+        shard: Shard,
+    ) -> Result<()> {
+        let fetched = self
+            .fetch(request, None, target, None, 1)
+            .await
+            .context("page", 1)?;
+        let facts = PageFacts {
+            records: fetched.count,
+            meta: &fetched.meta,
+            headers: &fetched.headers,
+            url: &fetched.url,
+        };
+        self.paginator
+            .check_first_page(&facts)
+            .map_err(|e| e.with_context("page", 1))?;
+        let rest = match self.paginator.remaining(&facts) {
+            Some(rest) => rest,
+            None if self.paginator.next(None, 1, &facts).is_none() => Vec::new(),
+            None => {
+                return Err(Error::config(format!(
+                    "the first page of {} held {} records, not the page size, so the offsets of \
+                     the later pages are not known and the pages cannot be split across shards; \
+                     run this sync as one shard",
+                    fetched.url, fetched.count
+                )));
+            }
+        };
+        let all: Vec<Option<Position>> = std::iter::once(None)
+            .chain(rest.into_iter().map(Some))
+            .collect();
+        let (lo, hi) = shard.slice(all.len());
+        let slice = &all[lo..hi];
+        let start = match &request.resume_from {
+            None => 0,
+            Some(token) => slice
+                .iter()
+                .position(|t| t.as_ref() == Some(token))
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Checkpoint,
+                        format!(
+                            "the checkpoint {token} is not a page of shard {}: the API's total \
+                             changed since it was written; start over with --full-refresh",
+                            shard.label()
+                        ),
+                    )
+                })?,
+        };
+        let mut builder = fetched.builder;
+        if lo == 0 && start == 0 {
+            // The first page is this shard's.
+            let next = slice.get(1).cloned().flatten();
+            tx.send(builder.end_page(next).await?).await?;
+        } else {
+            drop(builder);
+        }
+        let tokens: Vec<Position> = slice.iter().skip(start).filter_map(Clone::clone).collect();
+        if tokens.is_empty() {
+            return Ok(());
+        }
+        self.parallel(request, tx, target, tokens, true).await
     }
 
     /// Fetches the computed pages `concurrency` at a time, emitting in order.

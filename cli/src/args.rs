@@ -244,6 +244,23 @@ pub struct SyncArgs {
     #[arg(long)]
     pub allow_mass_delete: bool,
 
+    /// Run as shard I of N (`--shard 2/4`, from 0): an entry whose source splits
+    /// (offset or page-number pages with a total; a database table read by
+    /// orderBy) reads its part; any other entry is run whole by one shard.
+    /// Checkpoints and run locks are per shard (docs/scale-out.md).
+    #[arg(
+        long,
+        value_name = "I/N",
+        env = "SLUICEGATE_SHARD",
+        conflicts_with = "shards"
+    )]
+    pub shard: Option<String>,
+
+    /// Run as one of N shards, this one being JOB_COMPLETION_INDEX (what a
+    /// Kubernetes Indexed Job sets in each pod).
+    #[arg(long, value_name = "N", env = "SLUICEGATE_SHARDS")]
+    pub shards: Option<u32>,
+
     /// Where checkpoints of interrupted runs are kept [default: .sluicegate/state next
     /// to the configuration file].
     #[arg(long, value_name = "DIR")]
@@ -326,6 +343,43 @@ pub enum Verbosity {
 }
 
 impl SyncArgs {
+    /// The shard this process runs as, from `--shard I/N`, or `--shards N`
+    /// with `JOB_COMPLETION_INDEX`; `None` when the job is not sharded.
+    pub fn shard(&self) -> sluicegate_core::Result<Option<sluicegate_core::Shard>> {
+        use sluicegate_core::{Error, Shard};
+        let bad = |what: String| Error::config(what);
+        if let Some(text) = &self.shard {
+            let (i, n) = text
+                .split_once('/')
+                .ok_or_else(|| bad(format!("--shard {text}: write it as I/N, e.g. 2/4")))?;
+            let (i, n) = (i.trim().parse::<u32>(), n.trim().parse::<u32>());
+            return match (i, n) {
+                (Ok(i), Ok(n)) => Shard::new(i, n).map(Some).ok_or_else(|| {
+                    bad(format!(
+                        "--shard {text}: the index must be below the count (0 to {})",
+                        n.saturating_sub(1)
+                    ))
+                }),
+                _ => Err(bad(format!("--shard {text}: write it as I/N, e.g. 2/4"))),
+            };
+        }
+        let Some(n) = self.shards else {
+            return Ok(None);
+        };
+        let index = std::env::var("JOB_COMPLETION_INDEX").map_err(|_| {
+            bad("--shards needs JOB_COMPLETION_INDEX (set in each pod of a Kubernetes Indexed Job), or use --shard I/N".to_owned())
+        })?;
+        let i = index
+            .trim()
+            .parse::<u32>()
+            .map_err(|_| bad(format!("JOB_COMPLETION_INDEX={index} is not a shard index")))?;
+        Shard::new(i, n).map(Some).ok_or_else(|| {
+            bad(format!(
+                "JOB_COMPLETION_INDEX={i} is not below --shards {n}"
+            ))
+        })
+    }
+
     /// The effective verbosity (`--quiet` wins).
     pub fn verbosity(&self) -> Verbosity {
         if self.quiet {

@@ -73,6 +73,11 @@ impl Source for DeadLetterSource {
             self.pages.path.display()
         )
     }
+
+    /// Read whole, by one shard.
+    fn splits(&self) -> bool {
+        false
+    }
 }
 
 struct DeadLetterPages {

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use sluicegate_core::{
     BuildContext, CheckpointStore, Error, ErrorKind, IncrementalWindow, MemoryBudget, Prepared,
-    Registry, Result, RunObserver, RunStats, Sink, Source, StreamTarget, WhenFull, format_bytes,
-    template_scope_from_env,
+    Registry, Result, RunObserver, RunStats, Shard, Sink, Source, StreamTarget, WhenFull,
+    format_bytes, template_scope_from_env,
 };
 use sluicegate_engine::{
     Deletions, IncrementalRun, Mapper, MemoryMonitor, MemoryPlan, MemorySampler, Pipeline,
@@ -55,8 +55,10 @@ pub fn prepare(
     let base_dir = config.base_dir();
     let tuning = Tuning::resolve(&args.tuning_flags(), &config.tuning, &|m| config.at(m))?;
     let stage = tuning.stage();
+    let shard = args.shard()?;
     let ctx = |key: &str| {
         BuildContext::new(key, !args.apply)
+            .with_shard(shard)
             .with_template_scope(scope.clone())
             .with_base_dir(base_dir.clone())
             .with_publish(!args.no_publish)
@@ -111,7 +113,11 @@ pub fn prepare(
                     |e: Error| Error::config(config.at(&format!("syncs[{}].{e}", entry.key)));
                 incremental.validate().map_err(in_entry)?;
                 let last = match &saved {
-                    Some(store) => store.load(&entry.key, entry.table())?.last_value,
+                    Some(store) => {
+                        store
+                            .load(&entry.key, &state_stream(entry, shard))?
+                            .last_value
+                    }
                     None => None,
                 };
                 Some(incremental.window(last.as_ref()).map_err(|e| {
@@ -153,6 +159,16 @@ pub fn prepare(
         entries: prepared_entries,
         tuning,
     })
+}
+
+/// The stream name checkpoints and high-water marks are kept under: the
+/// table, and in a sharded run the shard (`items#2/4`), so each shard resumes
+/// on its own.
+pub(crate) fn state_stream(entry: &SyncEntry, shard: Option<Shard>) -> String {
+    match shard {
+        Some(shard) => format!("{}#{}", entry.table(), shard.label()),
+        None => entry.table().to_owned(),
+    }
 }
 
 /// How a `sync-api` run ended.
@@ -215,11 +231,16 @@ pub async fn run(
     let started = Instant::now();
     // Every key this run syncs is locked before anything opens: a second run of
     // one of them is refused with that message (held until the run ends).
-    let keys: Vec<&str> = prepared
+    let shard = args.shard()?;
+    let keys: Vec<String> = prepared
         .entries
         .iter()
-        .map(|p| p.entry.key.as_str())
+        .map(|p| match shard {
+            Some(shard) => format!("{}#{}", p.entry.key, shard.label()),
+            None => p.entry.key.clone(),
+        })
         .collect();
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
     let state = if args.apply {
         Some(open_state(config, args, &keys)?)
     } else {
@@ -456,7 +477,8 @@ async fn run_entries(
         );
         let key = prepared.entry.key.clone();
         match run_entry(prepared, ctx).await {
-            Ok(report) => outcome.reports.push(report),
+            Ok(Some(report)) => outcome.reports.push(report),
+            Ok(None) => {}
             Err(e) => {
                 let e = e.with_context("sync", &key);
                 // The error itself is printed once, after the summary.
@@ -511,7 +533,8 @@ fn run_report(
     })
 }
 
-async fn run_entry(prepared: PreparedEntry, ctx: &RunContext<'_>) -> Result<StreamReport> {
+/// Runs one entry; `None` when, in a sharded run, another shard runs it.
+async fn run_entry(prepared: PreparedEntry, ctx: &RunContext<'_>) -> Result<Option<StreamReport>> {
     let PreparedEntry {
         entry,
         source,
@@ -523,10 +546,47 @@ async fn run_entry(prepared: PreparedEntry, ctx: &RunContext<'_>) -> Result<Stre
         .get(&entry.sink)
         .ok_or_else(|| Error::config(format!("no sink named '{}'", entry.sink)))?;
     if ctx.redrive {
-        return redrive_entry(&entry, mapper, sink, ctx).await;
+        return redrive_entry(&entry, mapper, sink, ctx).await.map(Some);
     }
     let source = source.build().await?;
-    let mut pipeline = pipeline(&entry, source, sink, ctx).await?;
+    let shard = ctx.args.shard()?;
+    if let Some(shard) = shard {
+        if source.splits() {
+            if entry
+                .deletes
+                .as_ref()
+                .is_some_and(|d| d.mode.delete_mode().is_some())
+            {
+                return Err(Error::config(format!(
+                    "syncs[{}].deletes: a sharded run reads this source in parts, and deletions \
+                     need one complete read; run the deletions as one unsharded run",
+                    entry.key
+                )));
+            }
+            eprintln!(
+                "{}: shard {} reads its part of {}",
+                entry.key,
+                shard.label(),
+                source.describe()
+            );
+        } else {
+            let owner = Shard::owner_of(&entry.key, shard.count);
+            if owner != shard.index {
+                eprintln!(
+                    "{}: read whole by shard {owner}/{} (its source reads in sequence), not by this one",
+                    entry.key, shard.count
+                );
+                return Ok(None);
+            }
+            eprintln!(
+                "{}: read whole by this shard ({}): its source reads in sequence",
+                entry.key,
+                shard.label()
+            );
+        }
+    }
+    let stream = state_stream(&entry, shard);
+    let mut pipeline = pipeline(&entry, &stream, source, sink, ctx).await?;
     if let Some(mapper) = mapper {
         pipeline = pipeline.mapper(mapper);
     }
@@ -571,7 +631,7 @@ async fn run_entry(prepared: PreparedEntry, ctx: &RunContext<'_>) -> Result<Stre
             entry.key
         );
     }
-    pipeline.run().await
+    pipeline.run().await.map(Some)
 }
 
 /// The incremental read of `entry`'s `window`, keeping its mark in the run's
@@ -583,7 +643,8 @@ fn incremental_run(
     window: IncrementalWindow,
     ctx: &RunContext<'_>,
 ) -> Result<IncrementalRun> {
-    let stream = entry.table();
+    let stream = state_stream(entry, ctx.args.shard()?);
+    let stream = stream.as_str();
     let show = |v: &serde_json::Value| match v {
         serde_json::Value::String(s) => s.clone(),
         other => other.to_string(),
@@ -630,7 +691,7 @@ async fn redrive_entry(
             &entry.key,
             pass,
         ));
-        let mut pipeline = pipeline(entry, source, sink, ctx).await?;
+        let mut pipeline = pipeline(entry, entry.table(), source, sink, ctx).await?;
         if let Some(mapper) = mapper {
             pipeline = pipeline.mapper(mapper);
         }
@@ -654,6 +715,7 @@ async fn redrive_entry(
 /// run's budget, counters, observer and options (no mapping, no checkpoints).
 async fn pipeline(
     entry: &SyncEntry,
+    stream: &str,
     source: Arc<dyn Source>,
     sink: &Arc<dyn Sink>,
     ctx: &RunContext<'_>,
@@ -665,25 +727,23 @@ async fn pipeline(
         .tuning
         .load_batch_rows(sink.capabilities().preferred_batch_rows);
     let writer = sink.open(target).await?;
-    Ok(
-        Pipeline::new(entry.key.clone(), entry.table(), source, writer)
-            .budget(ctx.budget.clone())
-            .stats(ctx.stats.clone())
-            .observer(ctx.observer.clone() as Arc<dyn RunObserver>)
-            .monitor(ctx.monitor.clone())
-            .options(
-                PipelineOptions::default()
-                    .with_mode(if ctx.args.streaming {
-                        ReadMode::Streaming
-                    } else {
-                        ReadMode::Classic
-                    })
-                    .with_batch_rows(batch_rows)
-                    .with_transform_rows(ctx.tuning.transform_rows())
-                    .with_linger(Duration::from_millis(500))
-                    .with_max_errors(ctx.args.max_errors),
-            ),
-    )
+    Ok(Pipeline::new(entry.key.clone(), stream, source, writer)
+        .budget(ctx.budget.clone())
+        .stats(ctx.stats.clone())
+        .observer(ctx.observer.clone() as Arc<dyn RunObserver>)
+        .monitor(ctx.monitor.clone())
+        .options(
+            PipelineOptions::default()
+                .with_mode(if ctx.args.streaming {
+                    ReadMode::Streaming
+                } else {
+                    ReadMode::Classic
+                })
+                .with_batch_rows(batch_rows)
+                .with_transform_rows(ctx.tuning.transform_rows())
+                .with_linger(Duration::from_millis(500))
+                .with_max_errors(ctx.args.max_errors),
+        ))
 }
 
 /// A hint to print under an error, where one helps.

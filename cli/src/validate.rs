@@ -79,6 +79,12 @@ async fn check_entry(
         ));
     }
     let source = source.build().await?;
+    lines.push(if source.splits() {
+        "sharding: split across the shards of a sharded run (--shard I/N)".to_owned()
+    } else {
+        "sharding: read whole by one shard of a sharded run (this source reads in sequence)"
+            .to_owned()
+    });
     let mut stream = source.read(ReadRequest::new(
         entry.key.clone(),
         MemoryBudget::new(16 << 20),

@@ -44,6 +44,51 @@ pub struct BuildContext {
     /// source that can filter by the cursor itself reads only this window;
     /// see [`IncrementalWindow`].
     pub incremental: Option<IncrementalWindow>,
+    /// The part of the work this process does when a job runs as several
+    /// shards (`--shard I/N`); `None`: all of it. A source that
+    /// [`splits`](crate::Source::splits) reads only its part.
+    pub shard: Option<Shard>,
+}
+
+/// One of the shards a job runs as: process `index` of `count` (from 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// This shard, from 0.
+    pub index: u32,
+    /// How many shards there are (at least 1).
+    pub count: u32,
+}
+
+impl Shard {
+    /// Shard `index` of `count`; `None` unless `index < count`.
+    pub fn new(index: u32, count: u32) -> Option<Self> {
+        (index < count).then_some(Self { index, count })
+    }
+
+    /// The contiguous slice `[lo, hi)` of `len` items this shard takes (the
+    /// slices of all shards cover `0..len` once, their sizes differing by at
+    /// most one).
+    pub fn slice(&self, len: usize) -> (usize, usize) {
+        let (i, n) = (self.index as usize, self.count as usize);
+        (len * i / n, len * (i + 1) / n)
+    }
+
+    /// The shard that does work which cannot be split (a source read in
+    /// sequence): the same one for the same name in every process.
+    pub fn owner_of(name: &str, count: u32) -> u32 {
+        // FNV-1a: stable across processes and builds.
+        let mut hash: u32 = 0x811c_9dc5;
+        for byte in name.bytes() {
+            hash ^= u32::from(byte);
+            hash = hash.wrapping_mul(0x0100_0193);
+        }
+        hash % count.max(1)
+    }
+
+    /// `I/N`, as the command line writes it.
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.index, self.count)
+    }
 }
 
 /// Stage sizes a run sets for all its adapters (`--page-size`,
@@ -81,6 +126,7 @@ impl BuildContext {
             cache_dir: None,
             tuning: StageTuning::default(),
             incremental: None,
+            shard: None,
         }
     }
 
@@ -111,6 +157,12 @@ impl BuildContext {
     /// With the run's stage sizes.
     pub fn with_tuning(mut self, tuning: StageTuning) -> Self {
         self.tuning = tuning;
+        self
+    }
+
+    /// As one shard of a job.
+    pub fn with_shard(mut self, shard: Option<Shard>) -> Self {
+        self.shard = shard;
         self
     }
 

@@ -26,7 +26,7 @@ pub use config::{Secret, field_error, locate, parse_section};
 pub use content::{ContentModel, EntryFields, FieldDef, FieldKind};
 pub use error::{Error, ErrorKind, Result, ResultExt};
 pub use factory::{
-    BuildContext, DynFactory, Factory, FnFactory, Prepared, StageTuning, factory,
+    BuildContext, DynFactory, Factory, FnFactory, Prepared, Shard, StageTuning, factory,
     template_scope_from_env,
 };
 pub use incremental::IncrementalWindow;

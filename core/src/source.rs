@@ -84,6 +84,13 @@ pub trait Source: Send + Sync + 'static {
 
     /// A one-line human description (for example the endpoint), free of secrets.
     fn describe(&self) -> String;
+
+    /// Whether the source, built with a [`Shard`](crate::Shard) in its
+    /// [`BuildContext`](crate::BuildContext), reads only that shard's part (and
+    /// the shards' parts together are everything once). A source that cannot
+    /// split answers `false`, and a runner gives it to one shard whole.
+    /// Required, so a wrapper says what it passes on.
+    fn splits(&self) -> bool;
 }
 
 /// Sends batches from a producing task into a [`channel_stream`].

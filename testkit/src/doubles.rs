@@ -103,6 +103,11 @@ impl Source for VecSource {
     fn describe(&self) -> String {
         format!("{} records in memory", self.records.len())
     }
+
+    /// Read whole, by one shard.
+    fn splits(&self) -> bool {
+        false
+    }
 }
 
 /// The contents of a [`MemorySink`]: table → key → record.

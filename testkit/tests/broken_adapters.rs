@@ -95,6 +95,11 @@ impl Source for Numbers {
     fn describe(&self) -> String {
         "numbers".into()
     }
+
+    /// Read whole, by one shard.
+    fn splits(&self) -> bool {
+        false
+    }
 }
 
 async fn check(flaw: Flaw) {

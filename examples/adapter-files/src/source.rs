@@ -109,6 +109,11 @@ impl Source for JsonlSource {
             self.pages.files.len()
         )
     }
+
+    /// Read whole, by one shard.
+    fn splits(&self) -> bool {
+        false
+    }
 }
 
 struct JsonlPages {
