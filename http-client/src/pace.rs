@@ -17,6 +17,9 @@ const HEADROOM: f64 = 0.95;
 pub struct Pacer {
     state: Mutex<State>,
     fixed: bool,
+    /// How many processes share the service's limit (the shards of a job):
+    /// each uses its part.
+    share: u32,
 }
 
 #[derive(Debug)]
@@ -41,7 +44,20 @@ impl Pacer {
                 limit,
             }),
             fixed,
+            share: 1,
         }
+    }
+
+    /// This process's part of a limit `n` processes share (the shards of a
+    /// job calling one service): the limit, given or learned, divided by `n`.
+    #[must_use]
+    pub fn shared_by(self, n: u32) -> Self {
+        let share = n.max(1);
+        {
+            let mut s = self.lock();
+            s.interval = interval_for((s.limit / share).max(1));
+        }
+        Self { share, ..self }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -78,7 +94,7 @@ impl Pacer {
         if s.limit != limit {
             tracing::debug!(limit, "adopting the announced rate limit");
             s.limit = limit;
-            s.interval = interval_for(limit);
+            s.interval = interval_for((limit / self.share).max(1));
         }
     }
 
@@ -95,6 +111,20 @@ impl Pacer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn shards_use_their_part_of_a_shared_limit() {
+        let pacer = Pacer::new(40, false).shared_by(4);
+        let start = Instant::now();
+        for _ in 0..11 {
+            pacer.wait().await;
+        }
+        // 10 requests a second (at 95%): the 11th starts after about 1.05 s.
+        let took = start.elapsed().as_secs_f64();
+        assert!((1.0..1.1).contains(&took), "{took}");
+        pacer.learn(80);
+        assert_eq!(pacer.limit(), 80, "the service's limit is what it announces");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn spaces_requests_and_pauses() {

@@ -107,6 +107,9 @@ pub(crate) struct Settings {
     pub(crate) max_concurrency: usize,
     pub(crate) max_attempts: u32,
     pub(crate) timeout: Duration,
+    /// How many processes share the platform's rate limit (the shards of a
+    /// job): each paces at its part.
+    pub(crate) rate_share: u32,
 }
 
 /// A client of one platform API: paced, bounded in concurrency, retried.
@@ -161,7 +164,8 @@ impl ApiClient {
             pacer: Pacer::new(
                 settings.rate_limit.unwrap_or(settings.default_rate),
                 settings.rate_limit.is_some(),
-            ),
+            )
+            .shared_by(settings.rate_share),
             in_flight: Semaphore::new(settings.max_concurrency.max(1)),
             // Up to 250 ms × 2^(retry-1) between attempts, at most 10 s.
             retry: RetryPolicy::new(

@@ -56,6 +56,10 @@ macro_rules! cms_sink_config {
             /// Attempts per request for 429, 5xx and network failures.
             #[serde(default = $attempts)]
             pub max_attempts: u32,
+            /// Processes sharing the platform's rate limit: the shard count
+            /// of a sharded run (set by the run, not in configuration).
+            #[serde(skip, default = "crate::config::one")]
+            pub rate_share: u32,
         }
 
         impl $name {
@@ -96,6 +100,9 @@ macro_rules! cms_sink_config {
             /// Takes the run's `--max-concurrent-chunks` over this
             /// configuration's `maxConcurrency`.
             pub(crate) fn apply_tuning(&mut self, ctx: &sluicegate_core::BuildContext) {
+                if let Some(shard) = ctx.shard {
+                    self.rate_share = shard.count.max(1);
+                }
                 if let Some(n) = ctx.tuning.max_concurrency {
                     self.max_concurrency = n.max(1);
                 }
@@ -119,12 +126,17 @@ macro_rules! cms_sink_config {
                     max_concurrency: self.max_concurrency,
                     max_attempts: self.max_attempts,
                     timeout: std::time::Duration::from_secs(self.timeout_secs),
+                    rate_share: self.rate_share,
                 }
             }
         }
     };
 }
 pub(crate) use cms_sink_config;
+
+pub(crate) fn one() -> u32 {
+    1
+}
 
 pub(crate) fn default_cache_entries() -> u64 {
     10_000

@@ -73,6 +73,7 @@ impl DirectusSinkConfig {
             prefetch: config::default_prefetch(),
             timeout_secs: config::default_timeout(),
             max_attempts: default_attempts(),
+            rate_share: 1,
         }
     }
 
