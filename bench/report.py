@@ -11,6 +11,7 @@ SECTIONS = [
     "db_to_duckdb.md",
     "rest_to_cms.md",
     "deletions.md",
+    "shards.md",
 ]
 
 parts = [

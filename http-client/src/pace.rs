@@ -123,7 +123,11 @@ mod tests {
         let took = start.elapsed().as_secs_f64();
         assert!((1.0..1.1).contains(&took), "{took}");
         pacer.learn(80);
-        assert_eq!(pacer.limit(), 80, "the service's limit is what it announces");
+        assert_eq!(
+            pacer.limit(),
+            80,
+            "the service's limit is what it announces"
+        );
     }
 
     #[tokio::test(start_paused = true)]
