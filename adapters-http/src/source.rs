@@ -269,7 +269,8 @@ impl HttpSource {
         };
         let parent = match &config.parent {
             Some(p) => Some(ParentLink {
-                source: HttpSource::build(p, ctx)?,
+                // Every shard reads all parents, and the children of its own.
+                source: HttpSource::build(p, &ctx.clone().with_shard(None))?,
                 fan_out: config.fan_out,
                 include: config.include_from_parent.clone(),
             }),
@@ -328,10 +329,11 @@ impl Source for HttpSource {
         })
     }
 
-    /// Offset or page-number pagination with a total, without a parent: each
-    /// shard reads a contiguous slice of the pages.
+    /// Offset or page-number pagination with a total: each shard reads a
+    /// contiguous slice of the pages; a parent/child endpoint: each shard
+    /// reads the children of the parents that hash to it.
     fn splits(&self) -> bool {
-        self.inner.parent.is_none() && self.inner.paginator.can_split()
+        self.inner.parent.is_some() || self.inner.paginator.can_split()
     }
 
     fn describe(&self) -> String {
@@ -370,8 +372,17 @@ impl Inner {
                 let mut parent_request = request.clone();
                 parent_request.resume_from = None;
                 let mut parents = link.source.read(parent_request);
+                let shard = self.shard;
                 while let Some(batch) = parents.next().await {
-                    let (records, _position, lease) = batch?.into_parts();
+                    let (mut records, _position, lease) = batch?.into_parts();
+                    // In a sharded run each shard reads the children of the
+                    // parents that hash to it (every shard reads the parents).
+                    if let Some(shard) = shard {
+                        records.retain(|parent| {
+                            Shard::owner_of(&Value::Object(parent.clone()).to_string(), shard.count)
+                                == shard.index
+                        });
+                    }
                     // The parents' memory stays leased while their children are read.
                     let run = futures::stream::iter(records)
                         .map(|parent| {

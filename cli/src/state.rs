@@ -375,48 +375,60 @@ fn unusable(path: &Path, why: &str) -> Error {
 /// Checks that `conn` is a Sluicegate state database this build can use, or makes
 /// an empty file one.
 fn check_or_init(conn: &Connection, path: &Path) -> Result<()> {
-    let pragma = |name: &str| -> Result<i32> {
-        conn.pragma_query_value(None, name, |row| row.get(0))
-            .map_err(|e| unusable(path, &e.to_string()))
-    };
-    let application_id = pragma("application_id")?;
-    let version = pragma("user_version")?;
-    if application_id == 0 {
-        let tables: i64 = conn
-            .query_row("SELECT count(*) FROM sqlite_master", [], |row| row.get(0))
-            .map_err(|e| unusable(path, &e.to_string()))?;
-        if tables > 0 {
-            return Err(unusable(
-                path,
-                "it is a SQLite database of another program, not Sluicegate's state",
-            ));
-        }
-        conn.execute_batch(&format!(
-            "PRAGMA journal_mode = WAL;
-             BEGIN;
-             CREATE TABLE checkpoints (
-                 sync_key TEXT NOT NULL,
-                 stream TEXT NOT NULL,
-                 position TEXT NOT NULL,
-                 committed_at TEXT NOT NULL,
-                 PRIMARY KEY (sync_key, stream)
-             );
-             {INCREMENTAL_TABLE}
-             PRAGMA application_id = {APPLICATION_ID};
-             PRAGMA user_version = {SCHEMA_VERSION};
-             COMMIT;"
-        ))
+    // Several processes (the shards of a job) may open a new file at once:
+    // the first to take the write lock creates the tables, the others wait
+    // for it (the busy timeout) and then find them.
+    conn.execute_batch("BEGIN IMMEDIATE")
         .map_err(|e| unusable(path, &e.to_string()))?;
-    } else {
-        check_version(conn, path)?;
-        if version < SCHEMA_VERSION {
+    let outcome = (|| {
+        let pragma = |name: &str| -> Result<i32> {
+            conn.pragma_query_value(None, name, |row| row.get(0))
+                .map_err(|e| unusable(path, &e.to_string()))
+        };
+        let application_id = pragma("application_id")?;
+        let version = pragma("user_version")?;
+        if application_id == 0 {
+            let tables: i64 = conn
+                .query_row("SELECT count(*) FROM sqlite_master", [], |row| row.get(0))
+                .map_err(|e| unusable(path, &e.to_string()))?;
+            if tables > 0 {
+                return Err(unusable(
+                    path,
+                    "it is a SQLite database of another program, not Sluicegate's state",
+                ));
+            }
             conn.execute_batch(&format!(
-                "BEGIN;
+                "CREATE TABLE checkpoints (
+                     sync_key TEXT NOT NULL,
+                     stream TEXT NOT NULL,
+                     position TEXT NOT NULL,
+                     committed_at TEXT NOT NULL,
+                     PRIMARY KEY (sync_key, stream)
+                 );
                  {INCREMENTAL_TABLE}
-                 PRAGMA user_version = {SCHEMA_VERSION};
-                 COMMIT;"
+                 PRAGMA application_id = {APPLICATION_ID};
+                 PRAGMA user_version = {SCHEMA_VERSION};"
             ))
             .map_err(|e| unusable(path, &e.to_string()))?;
+        } else {
+            check_version(conn, path)?;
+            if version < SCHEMA_VERSION {
+                conn.execute_batch(&format!(
+                    "{INCREMENTAL_TABLE}
+                     PRAGMA user_version = {SCHEMA_VERSION};"
+                ))
+                .map_err(|e| unusable(path, &e.to_string()))?;
+            }
+        }
+        Ok(())
+    })();
+    match outcome {
+        Ok(()) => conn
+            .execute_batch("COMMIT")
+            .map_err(|e| unusable(path, &e.to_string()))?,
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e);
         }
     }
     conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
@@ -518,6 +530,21 @@ mod tests {
         );
         assert_eq!(store.clear_key("other").unwrap(), (1, 0));
         assert!(store.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn processes_opening_a_new_state_file_at_once_all_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_owned();
+        let openers: Vec<_> = (0..8)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || SqliteStateStore::open(&path).map(drop))
+            })
+            .collect();
+        for opener in openers {
+            opener.join().unwrap().unwrap();
+        }
     }
 
     #[test]

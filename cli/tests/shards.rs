@@ -115,6 +115,10 @@ syncs:
 }
 
 fn shard(config: &Path, index: u32, extra: &[&str]) -> Command {
+    shard_of(config, index, 4, extra)
+}
+
+fn shard_of(config: &Path, index: u32, count: u32, extra: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluicegate"));
     cmd.args([
         "sync-api",
@@ -125,7 +129,7 @@ fn shard(config: &Path, index: u32, extra: &[&str]) -> Command {
         "100",
     ])
     .arg("--shard")
-    .arg(format!("{index}/4"))
+    .arg(format!("{index}/{count}"))
     .args(extra)
     .arg("--config")
     .arg(config)
@@ -249,4 +253,62 @@ async fn a_killed_shard_run_again_resumes_and_the_tables_end_exact() {
     );
     assert!(fx.dir.path().exists());
     assert_exact(&fx).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_split_a_parent_child_endpoint_by_parent() {
+    let target = dbserver::postgres().fresh_database("shards_children").await;
+    let api = ChangesServer::start(
+        (1..=300).map(|id| Item {
+            id,
+            name: format!("item {id}"),
+            updated: Some(id * 60),
+        }),
+        "127.0.0.1:0",
+        Duration::ZERO,
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sluicegate.yaml");
+    // Each parent's child is the first item at or after its time: itself.
+    std::fs::write(
+        &config,
+        format!(
+            "version: 1
+sinks:
+  pg: {{ type: postgres, connectionString: \"{target}\" }}
+syncs:
+  - key: children
+    sink: pg
+    keyField: id
+    source:
+      type: http
+      endPoint: \"{url}?since={{{{ parent.updated_at | urlencode }}}}&limit=1\"
+      resultsJsonPath: \"$.data\"
+      pagination: {{ type: single }}
+      parent:
+        endPoint: \"{url}\"
+        resultsJsonPath: \"$.data\"
+        pagination: {{ skipKey: offset, limitKey: limit, pageSize: 100, totalPath: \"$.meta.total\" }}
+",
+            url = api.url()
+        ),
+    )
+    .unwrap();
+    let children: Vec<Child> = (0..2)
+        .map(|i| {
+            shard_of(&config, i, 2, &[]).spawn().unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = wait(child).await;
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    assert_eq!(
+        rows(&target, "SELECT id, name, updated_at FROM children ORDER BY id").await,
+        api.records()
+    );
+    // Each shard read the 3 parent pages; the 300 children once in all.
+    assert_eq!(api.requests(), 2 * 3 + 300);
 }
