@@ -297,16 +297,18 @@ syncs:
     )
     .unwrap();
     let children: Vec<Child> = (0..2)
-        .map(|i| {
-            shard_of(&config, i, 2, &[]).spawn().unwrap()
-        })
+        .map(|i| shard_of(&config, i, 2, &[]).spawn().unwrap())
         .collect();
     for child in children {
         let out = wait(child).await;
         assert!(out.status.success(), "{}", text(&out.stderr));
     }
     assert_eq!(
-        rows(&target, "SELECT id, name, updated_at FROM children ORDER BY id").await,
+        rows(
+            &target,
+            "SELECT id, name, updated_at FROM children ORDER BY id"
+        )
+        .await,
         api.records()
     );
     // Each shard read the 3 parent pages; the 300 children once in all.

@@ -201,3 +201,44 @@ async fn records_it_cannot_store_are_rejected_alone_and_keys_delete_hard_or_soft
         [json!({"id": 4, "a": "back", "live": true})]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_key_rows_are_appended_in_order_and_a_dry_run_writes_nothing() {
+    let url = dbserver::postgres().fresh_database("sink_append").await;
+    let dry = Arc::new(
+        PostgresSink::connect(&PostgresSinkConfig::new(&url), &BuildContext::new("", true))
+            .await
+            .unwrap(),
+    );
+    let mut planned = dry.open(target("log", None)).await.unwrap();
+    let ack = planned
+        .write(batch(vec![json!({"event": "a"})]).await)
+        .await
+        .unwrap();
+    assert_eq!(ack.inserted, 1);
+    planned.finish().await.unwrap();
+    assert_eq!(
+        rows(&url, "SELECT to_regclass('public.log') IS NULL AS absent").await,
+        [json!({"absent": true})],
+        "a dry run created nothing"
+    );
+    let sink = sink(&url).await;
+    for _ in 0..2 {
+        let mut writer = sink.open(target("log", None)).await.unwrap();
+        let ack = writer
+            .write(batch((0..3).map(|i| json!({"event": i})).collect()).await)
+            .await
+            .unwrap();
+        assert_eq!((ack.rows, ack.inserted), (3, 3));
+        writer.finish().await.unwrap();
+    }
+    assert_eq!(
+        rows(
+            &url,
+            "SELECT count(*) AS n, count(DISTINCT event) AS events FROM log"
+        )
+        .await,
+        [json!({"n": 6, "events": 3})],
+        "appended twice, without a key"
+    );
+}
