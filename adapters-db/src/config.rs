@@ -22,8 +22,9 @@
 //! limited to the window: `WHERE <cursorField> >= $1`, the start bound as a
 //! parameter, ordered by the cursor and then by `orderBy`, and resumed after
 //! the last `(cursor, key)` pair (`WHERE (cursor, key) > ($2, $3)`), so an
-//! index on `(cursor, key)` serves it. Rows whose cursor is SQL NULL are
-//! outside every window.
+//! index on `(cursor, key)` serves it. Rows whose cursor is SQL NULL are in
+//! no window: a read from the start reads them first, without a position, and
+//! the run rejects each (a dead letter naming it) until it gets a cursor.
 
 use serde::Deserialize;
 use serde_json::{Map, Value};

@@ -115,6 +115,16 @@ impl Plan {
                 after.as_ref(),
             )?;
             tracing::debug!(%sql, "incremental read");
+            if resume.is_none() {
+                // Rows whose cursor is NULL are in no window: they are read
+                // first (without a position), so the run rejects each of them
+                // by name instead of never seeing them.
+                let unplaced = self.unplaced_sql(session.as_ref(), &window.cursor_field)?;
+                let mut out = Batcher::new(&request, tx.clone(), fetch, Tracker::None)
+                    .with_json_columns(self.config.json_columns.clone());
+                session.run(&unplaced, &[], fetch, &mut out).await?;
+                out.flush().await?;
+            }
             let tracker = match key {
                 Some(column) => Tracker::Keyset {
                     column,
@@ -261,6 +271,21 @@ impl Plan {
             )),
             Provider::Sqlite => None,
         }
+    }
+
+    /// The rows of an incremental read whose cursor is SQL NULL (this
+    /// shard's, in a sharded run).
+    fn unplaced_sql(&self, session: &dyn Session, cursor: &str) -> Result<String> {
+        let (from, cursor_sql) = self.source_and_column(session, cursor)?;
+        let mut sql = format!("SELECT * FROM {from} WHERE {cursor_sql} IS NULL");
+        if let Some(key) = &self.config.order_by {
+            let (_, key_sql) = self.source_and_column(session, key)?;
+            if let Some(filter) = self.shard_filter(&key_sql) {
+                sql.push_str(&format!(" AND {filter}"));
+            }
+            sql.push_str(&format!(" ORDER BY {key_sql}"));
+        }
+        Ok(sql)
     }
 
     /// The read of an incremental window: rows whose `cursor` is at least
