@@ -13,7 +13,7 @@ bench/RESULTS.md).
 
 Run it through bench/run.sh, which builds the release binaries first.
 
-Environment: ORDERS (default 200000), REPEAT (3), LATENCY_MS (50).
+Environment: ORDERS (default 400000), REPEAT (3), LATENCY_MS (50).
 """
 
 import os
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from benchlib import RELEASE, ROOT, commit, machine, measured, mib, start_postgres, start_server, today
 
-ORDERS = int(os.environ.get("ORDERS", "200000"))
+ORDERS = int(os.environ.get("ORDERS", "400000"))
 REPEAT = int(os.environ.get("REPEAT", "3"))
 LATENCY_MS = int(os.environ.get("LATENCY_MS", "50"))
 SHARDS = [1, 2, 4]
