@@ -245,8 +245,9 @@ pub struct SyncArgs {
     pub allow_mass_delete: bool,
 
     /// Run as shard I of N (`--shard 2/4`, from 0): an entry whose source splits
-    /// (offset or page-number pages with a total; a database table read by
-    /// orderBy) reads its part; any other entry is run whole by one shard.
+    /// (offset or page-number pages with a total; a parent/child endpoint, by
+    /// parent; a database table read by orderBy) reads its part; any other entry
+    /// is run whole by one shard.
     /// Checkpoints and run locks are per shard (docs/scale-out.md).
     #[arg(
         long,
@@ -261,8 +262,9 @@ pub struct SyncArgs {
     #[arg(long, value_name = "N", env = "SLUICEGATE_SHARDS")]
     pub shards: Option<u32>,
 
-    /// Where checkpoints of interrupted runs are kept [default: .sluicegate/state next
-    /// to the configuration file].
+    /// Where checkpoints of interrupted runs are kept, with the SQLite state (the
+    /// file's `state` section can put them in PostgreSQL) [default: .sluicegate/state
+    /// next to the configuration file].
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 
