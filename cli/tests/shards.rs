@@ -11,32 +11,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::text;
+use common::{pg_rows, text};
 use serde_json::{Value, json};
 use sluicegate_examples::changes::{ChangesServer, Item};
 use sluicegate_examples::dbserver::{self, DbKind};
 
 const ITEMS: u64 = 8_000;
 const ORDERS: u64 = 12_000;
-
-/// `sql`'s rows as JSON; nothing while the tables do not exist yet.
-async fn rows(url: &str, sql: &str) -> Vec<Value> {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    match client
-        .query(&format!("SELECT to_jsonb(q)::text FROM ({sql}) q"), &[])
-        .await
-    {
-        Ok(found) => found
-            .iter()
-            .map(|r| serde_json::from_str(&r.get::<_, String>(0)).unwrap())
-            .collect(),
-        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Vec::new(),
-        Err(e) => panic!("{e}"),
-    }
-}
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -147,7 +128,7 @@ async fn wait(child: Child) -> Output {
 
 async fn assert_exact(fx: &Fixture) {
     assert_eq!(
-        rows(
+        pg_rows(
             &fx.target,
             "SELECT id, name, updated_at FROM items ORDER BY id"
         )
@@ -155,11 +136,11 @@ async fn assert_exact(fx: &Fixture) {
         fx.api.records()
     );
     assert_eq!(
-        rows(&fx.target, "SELECT count(*) AS n, count(DISTINCT id) AS ids, sum(total::numeric)::text AS sum FROM orders").await,
+        pg_rows(&fx.target, "SELECT count(*) AS n, count(DISTINCT id) AS ids, sum(total::numeric)::text AS sum FROM orders").await,
         [json!({"n": ORDERS, "ids": ORDERS, "sum": "90007500.00"})]
     );
     assert_eq!(
-        rows(&fx.target, "SELECT count(*) AS n FROM notes").await,
+        pg_rows(&fx.target, "SELECT count(*) AS n FROM notes").await,
         [json!({"n": ORDERS / 10})]
     );
 }
@@ -215,7 +196,7 @@ async fn a_killed_shard_run_again_resumes_and_the_tables_end_exact() {
     // Shard 2's slice of the API is pages 40..60 (offsets 4,000..6,000).
     let started = Instant::now();
     loop {
-        let committed = rows(
+        let committed = pg_rows(
             &state_url,
             "SELECT position FROM sluicegate_state.checkpoints WHERE sync_key = 'items' AND stream = 'items#2/4'",
         )
@@ -304,7 +285,7 @@ syncs:
         assert!(out.status.success(), "{}", text(&out.stderr));
     }
     assert_eq!(
-        rows(
+        pg_rows(
             &target,
             "SELECT id, name, updated_at FROM children ORDER BY id"
         )

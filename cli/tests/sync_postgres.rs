@@ -7,24 +7,10 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{summary_row, text};
-use serde_json::{Value, json};
+use common::{pg_rows, summary_row, text};
+use serde_json::json;
 use sluicegate_examples::changes::{ChangesServer, Item};
 use sluicegate_examples::dbserver;
-
-async fn rows(url: &str, sql: &str) -> Vec<Value> {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    client
-        .query(&format!("SELECT to_jsonb(q)::text FROM ({sql}) q"), &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| serde_json::from_str(&r.get::<_, String>(0)).unwrap())
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changing_api_lands_in_postgres_exactly_and_lost_rows_go() {
@@ -76,7 +62,7 @@ syncs:
                 .unwrap()
         }
     };
-    let table = || rows(&url, "SELECT id, name, updated_at FROM items ORDER BY id");
+    let table = || pg_rows(&url, "SELECT id, name, updated_at FROM items ORDER BY id");
     let first = sync(&["--apply"]).await;
     assert!(first.status.success(), "{}", text(&first.stderr));
     assert_eq!(table().await, api.records());
@@ -106,7 +92,7 @@ syncs:
     );
     assert_eq!(table().await, api.records());
     assert_eq!(
-        rows(&url, "SELECT data_type FROM information_schema.columns WHERE table_name = 'items' AND column_name = 'id'").await,
+        pg_rows(&url, "SELECT data_type FROM information_schema.columns WHERE table_name = 'items' AND column_name = 'id'").await,
         [json!({"data_type": "bigint"})]
     );
 }

@@ -27,7 +27,7 @@ use sluicegate_core::{
 };
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, GenericClient, NoTls};
 
 use crate::config::PostgresSinkConfig;
 use crate::schema::{
@@ -179,6 +179,33 @@ impl Columns {
     }
 }
 
+/// A table's columns and their types, in order (none: no such table).
+async fn table_columns<C: GenericClient>(
+    client: &C,
+    table: &Table,
+) -> Result<Vec<(String, PgType)>> {
+    let rows = client
+        .query(
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod) \
+             FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped \
+             ORDER BY a.attnum",
+            &[&table.schema, &table.name],
+        )
+        .await
+        .map_err(|e| pg_error("cannot read the table's columns", &e))?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                r.get::<_, String>(0),
+                PgType::from_sql(&r.get::<_, String>(1)),
+            )
+        })
+        .collect())
+}
+
 fn pg_error(what: &str, e: &tokio_postgres::Error) -> Error {
     let detail = e
         .as_db_error()
@@ -255,27 +282,7 @@ impl PostgresWriter {
 
     /// Reads the table's columns (in the current transaction, if any).
     async fn read_columns(&self) -> Result<Columns> {
-        let rows = self
-            .client
-            .query(
-                "SELECT a.attname, format_type(a.atttypid, a.atttypmod) \
-                 FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
-                 JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped \
-                 ORDER BY a.attnum",
-                &[&self.table.schema, &self.table.name],
-            )
-            .await
-            .map_err(|e| pg_error("cannot read the table's columns", &e))?;
-        let list: Vec<(String, PgType)> = rows
-            .iter()
-            .map(|r| {
-                (
-                    r.get::<_, String>(0),
-                    PgType::from_sql(&r.get::<_, String>(1)),
-                )
-            })
-            .collect();
+        let list = table_columns(&self.client, &self.table).await?;
         Ok(Columns {
             exists: !list.is_empty(),
             list,
@@ -344,26 +351,7 @@ impl PostgresWriter {
         )
         .await
         .map_err(|e| pg_error("cannot lock the table's schema", &e))?;
-        let rows = tx
-            .query(
-                "SELECT a.attname, format_type(a.atttypid, a.atttypmod) \
-                 FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
-                 JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped \
-                 ORDER BY a.attnum",
-                &[&self.table.schema, &self.table.name],
-            )
-            .await
-            .map_err(|e| pg_error("cannot read the table's columns", &e))?;
-        let current: Vec<(String, PgType)> = rows
-            .iter()
-            .map(|r| {
-                (
-                    r.get::<_, String>(0),
-                    PgType::from_sql(&r.get::<_, String>(1)),
-                )
-            })
-            .collect();
+        let current = table_columns(&tx, &self.table).await?;
         let mut ddl = Vec::new();
         if current.is_empty() {
             let mut columns: Vec<String> = needed
@@ -501,26 +489,7 @@ impl PostgresWriter {
         .await
         .map_err(|e| pg_error("cannot lock the table's schema", &e))?;
         // The columns as they are now, under the lock.
-        let rows = tx
-            .query(
-                "SELECT a.attname, format_type(a.atttypid, a.atttypmod) \
-                 FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
-                 JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped \
-                 ORDER BY a.attnum",
-                &[&self.table.schema, &self.table.name],
-            )
-            .await
-            .map_err(|e| pg_error("cannot read the table's columns", &e))?;
-        let columns: Vec<(String, PgType)> = rows
-            .iter()
-            .map(|r| {
-                (
-                    r.get::<_, String>(0),
-                    PgType::from_sql(&r.get::<_, String>(1)),
-                )
-            })
-            .collect();
+        let columns = table_columns(&tx, &self.table).await?;
         let staged: Vec<String> = (0..columns.len()).map(|i| format!("c{i}")).collect();
         tx.batch_execute(&format!(
             "CREATE TEMP TABLE sluicegate_stage (sg_ord bigint, {}) ON COMMIT DROP",

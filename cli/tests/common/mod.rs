@@ -130,3 +130,24 @@ pub(crate) fn kill_after_offset(
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// The rows of `sql` on the PostgreSQL at `url` as JSON objects (each row
+/// `to_jsonb`'d by the server, so values keep their exact text); none while a
+/// table it reads does not exist yet.
+pub(crate) async fn pg_rows(url: &str, sql: &str) -> Vec<Value> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    match client
+        .query(&format!("SELECT to_jsonb(q)::text FROM ({sql}) q"), &[])
+        .await
+    {
+        Ok(found) => found
+            .iter()
+            .map(|r| serde_json::from_str(&r.get::<_, String>(0)).unwrap())
+            .collect(),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Vec::new(),
+        Err(e) => panic!("{e}"),
+    }
+}
