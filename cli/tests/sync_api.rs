@@ -208,7 +208,7 @@ async fn config_mistakes_fail_before_any_request_with_one_line() {
         ),
         (
             good.replacen("type: duckdb", "type: duckbd", 1),
-            "sinks.warehouse.type: unknown sink type 'duckbd' (known types: contentful, directus, duckdb)",
+            "sinks.warehouse.type: unknown sink type 'duckbd' (known types: contentful, directus, duckdb, postgres)",
         ),
         (
             good.replacen("type: http", "type: htp", 1),
