@@ -85,6 +85,8 @@ enum Request {
 /// Checkpoints, high-water marks and run locks in PostgreSQL.
 pub struct PgStateStore {
     requests: mpsc::Sender<Request>,
+    /// The state tables were found or created (they are not asked for again).
+    tables: std::sync::atomic::AtomicBool,
     schema: String,
     described: String,
 }
@@ -121,6 +123,7 @@ impl PgStateStore {
             })?;
         let store = Self {
             requests,
+            tables: std::sync::atomic::AtomicBool::new(false),
             schema: config.schema.clone(),
             described,
         };
@@ -174,16 +177,25 @@ impl PgStateStore {
             ),
             &[],
         )
-        .map(drop)
+        .map(drop)?;
+        self.tables
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     /// Whether the state tables exist (a read-only store may find none).
     fn has_tables(&self) -> Result<bool> {
+        if self.tables.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(true);
+        }
         let rows = self.query(
             "SELECT to_regclass($1) IS NOT NULL",
             &[Some(&format!("{}.checkpoints", quote_ident(&self.schema)))],
         )?;
-        Ok(rows.first().and_then(|r| r[0].as_deref()) == Some("t"))
+        let found = rows.first().and_then(|r| r[0].as_deref()) == Some("t");
+        self.tables
+            .store(found, std::sync::atomic::Ordering::Relaxed);
+        Ok(found)
     }
 
     /// Takes the run lock of `key`: a session advisory lock, held until the

@@ -41,6 +41,8 @@ pub struct PreparedRun {
     pub(crate) sinks: BTreeMap<String, Box<dyn Prepared<dyn Sink>>>,
     pub(crate) entries: Vec<PreparedEntry>,
     pub(crate) tuning: Tuning,
+    /// The shard this process runs as (`--shard`), if the run is sharded.
+    pub(crate) shard: Option<Shard>,
 }
 
 /// Parses and validates the sinks, sources and mappings the selected entries
@@ -158,6 +160,7 @@ pub fn prepare(
         sinks,
         entries: prepared_entries,
         tuning,
+        shard,
     })
 }
 
@@ -212,6 +215,8 @@ struct RunContext<'a> {
     tuning: Tuning,
     stats: Arc<RunStats>,
     checkpoints: Option<Arc<dyn CheckpointStore>>,
+    /// The shard this process runs as (`--shard`), if the run is sharded.
+    shard: Option<Shard>,
     /// Where incremental entries keep their high-water marks (the same file).
     windows: Option<Arc<dyn WindowStore>>,
     observer: Arc<CliObserver>,
@@ -231,7 +236,7 @@ pub async fn run(
     let started = Instant::now();
     // Every key this run syncs is locked before anything opens: a second run of
     // one of them is refused with that message (held until the run ends).
-    let shard = args.shard()?;
+    let shard = prepared.shard;
     let keys: Vec<String> = prepared
         .entries
         .iter()
@@ -283,6 +288,7 @@ pub async fn run(
         tuning,
         stats: Arc::new(RunStats::default()),
         checkpoints: stores.map(|s| s.checkpoints.clone()),
+        shard,
         windows: stores.map(|s| s.windows.clone()),
     };
     let progress = Progress::start(
@@ -549,7 +555,7 @@ async fn run_entry(prepared: PreparedEntry, ctx: &RunContext<'_>) -> Result<Opti
         return redrive_entry(&entry, mapper, sink, ctx).await.map(Some);
     }
     let source = source.build().await?;
-    let shard = ctx.args.shard()?;
+    let shard = ctx.shard;
     if let Some(shard) = shard {
         if source.splits() {
             if entry
@@ -643,7 +649,7 @@ fn incremental_run(
     window: IncrementalWindow,
     ctx: &RunContext<'_>,
 ) -> Result<IncrementalRun> {
-    let stream = state_stream(entry, ctx.args.shard()?);
+    let stream = state_stream(entry, ctx.shard);
     let stream = stream.as_str();
     let show = |v: &serde_json::Value| match v {
         serde_json::Value::String(s) => s.clone(),

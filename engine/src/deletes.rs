@@ -158,14 +158,9 @@ impl SeenKeys {
             .map_err(Self::failed)
     }
 
-    /// Keys that were sent.
-    pub fn len(&self) -> Result<u64> {
+    /// How many distinct keys were sent.
+    pub fn sent(&self) -> Result<u64> {
         self.count("seen")
-    }
-
-    /// Whether no key was sent.
-    pub fn is_empty(&self) -> Result<bool> {
-        Ok(self.len()? == 0)
     }
 
     fn count(&self, table: &str) -> Result<u64> {
@@ -267,11 +262,6 @@ impl Deletions {
             key_field: key_field.into(),
             seen: Arc::new(SeenKeys::new()?),
         })
-    }
-
-    /// The mode.
-    pub fn mode(&self) -> DeleteMode {
-        self.mode
     }
 
     /// Fails unless the writer can remove in this mode.
@@ -424,7 +414,7 @@ mod tests {
         let sent: Vec<String> = (0..5_000).map(|i| format!("k{i}")).collect();
         set.insert(&sent).unwrap();
         set.insert(&sent[..10]).unwrap();
-        assert_eq!(set.len().unwrap(), 5_000);
+        assert_eq!(set.sent().unwrap(), 5_000);
         let target: Vec<String> = (4_990..5_010).map(|i| format!("k{i}")).collect();
         assert_eq!(set.note_missing(&target).unwrap(), 10);
         let page = set.missing_page(None, 3).unwrap();

@@ -169,14 +169,43 @@ struct PostgresWriter {
 /// The columns of a table, in order.
 #[derive(Debug, Clone, Default)]
 struct Columns {
-    exists: bool,
     list: Vec<(String, PgType)>,
 }
 
 impl Columns {
+    /// Whether the table exists (a table has at least one column here).
+    fn exists(&self) -> bool {
+        !self.list.is_empty()
+    }
+
     fn get(&self, name: &str) -> Option<&PgType> {
         self.list.iter().find(|(n, _)| n == name).map(|(_, t)| t)
     }
+}
+
+/// A transaction holding the advisory lock of `table`'s schema: exclusive
+/// to change the schema, shared to write rows.
+async fn locked<'a>(
+    client: &'a mut Client,
+    table: &Table,
+    exclusive: bool,
+) -> Result<tokio_postgres::Transaction<'a>> {
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| pg_error("cannot begin a transaction", &e))?;
+    let lock = if exclusive {
+        "pg_advisory_xact_lock"
+    } else {
+        "pg_advisory_xact_lock_shared"
+    };
+    tx.execute(
+        &format!("SELECT {lock}(hashtext({}))", table.lock_key()),
+        &[],
+    )
+    .await
+    .map_err(|e| pg_error("cannot lock the table's schema", &e))?;
+    Ok(tx)
 }
 
 /// A table's columns and their types, in order (none: no such table).
@@ -283,10 +312,7 @@ impl PostgresWriter {
     /// Reads the table's columns (in the current transaction, if any).
     async fn read_columns(&self) -> Result<Columns> {
         let list = table_columns(&self.client, &self.table).await?;
-        Ok(Columns {
-            exists: !list.is_empty(),
-            list,
-        })
+        Ok(Columns { list })
     }
 
     async fn columns(&mut self) -> Result<Columns> {
@@ -327,7 +353,7 @@ impl PostgresWriter {
 
     /// Whether `columns` already hold what `needed` asks for.
     fn fits(columns: &Columns, needed: &[(String, PgType)]) -> bool {
-        columns.exists
+        columns.exists()
             && needed
                 .iter()
                 .all(|(f, t)| columns.get(f).is_some_and(|have| &have.widen(t) == have))
@@ -337,20 +363,7 @@ impl PostgresWriter {
     /// exclusive advisory lock, after reading the schema again.
     async fn evolve(&mut self, needed: &[(String, PgType)]) -> Result<()> {
         let t = self.table.sql();
-        let tx = self
-            .client
-            .transaction()
-            .await
-            .map_err(|e| pg_error("cannot begin a transaction", &e))?;
-        tx.execute(
-            &format!(
-                "SELECT pg_advisory_xact_lock(hashtext({}))",
-                self.table.lock_key()
-            ),
-            &[],
-        )
-        .await
-        .map_err(|e| pg_error("cannot lock the table's schema", &e))?;
+        let tx = locked(&mut self.client, &self.table, true).await?;
         let current = table_columns(&tx, &self.table).await?;
         let mut ddl = Vec::new();
         if current.is_empty() {
@@ -474,20 +487,7 @@ impl PostgresWriter {
     /// upserted in key order. Returns (inserted, updated).
     async fn load(&mut self, records: &[Record]) -> Result<(u64, u64)> {
         let t = self.table.sql();
-        let tx = self
-            .client
-            .transaction()
-            .await
-            .map_err(|e| pg_error("cannot begin a transaction", &e))?;
-        tx.execute(
-            &format!(
-                "SELECT pg_advisory_xact_lock_shared(hashtext({}))",
-                self.table.lock_key()
-            ),
-            &[],
-        )
-        .await
-        .map_err(|e| pg_error("cannot lock the table's schema", &e))?;
+        let tx = locked(&mut self.client, &self.table, false).await?;
         // The columns as they are now, under the lock.
         let columns = table_columns(&tx, &self.table).await?;
         let staged: Vec<String> = (0..columns.len()).map(|i| format!("c{i}")).collect();
@@ -657,7 +657,7 @@ impl SinkWriter for PostgresWriter {
         if self.target.key_field.is_some() {
             summary = summary.comparing_content();
         }
-        if columns.exists {
+        if columns.exists() {
             let n: i64 = self
                 .client
                 .query_one(&format!("SELECT count(*) FROM {}", self.table.sql()), &[])
@@ -759,20 +759,7 @@ impl WriterExtension for PostgresWriter {
             DeleteMode::Soft => {
                 let column = quote_ident(DELETED_AT);
                 if columns.get(DELETED_AT).is_none() {
-                    let tx = self
-                        .client
-                        .transaction()
-                        .await
-                        .map_err(|e| pg_error("cannot begin a transaction", &e))?;
-                    tx.execute(
-                        &format!(
-                            "SELECT pg_advisory_xact_lock(hashtext({}))",
-                            self.table.lock_key()
-                        ),
-                        &[],
-                    )
-                    .await
-                    .map_err(|e| pg_error("cannot lock the table's schema", &e))?;
+                    let tx = locked(&mut self.client, &self.table, true).await?;
                     tx.batch_execute(&format!(
                         "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {column} timestamptz"
                     ))
