@@ -31,7 +31,7 @@ use sluicegate_templates::{Templates, render_template};
 
 use crate::client::{Requester, RetryPolicy};
 use crate::config::{HttpMethod, HttpSourceConfig, check_url};
-use crate::decode::{BodyDecoder, ResultsFormat, read_zipped_csv};
+use crate::decode::{BodyDecoder, RecordText, ResultsFormat, read_zipped_csv};
 use crate::error::HttpError;
 use crate::filecache::FileCache;
 use crate::pagination::{MAX_EMPTY_PAGES, PageFacts, Paginator};
@@ -193,6 +193,16 @@ struct Fetched {
 /// first and last records. `None` for an empty page, or one whose records were
 /// already sent on in parts (streamed decode).
 fn page_fingerprint(fetched: &Fetched) -> Option<(u64, String, String)> {
+    if let Some(rows) = fetched.builder.json_rows() {
+        let (first, last) = (rows.get(0)?, rows.get(rows.len() - 1)?);
+        return (fetched.count == fetched.builder.len() as u64).then(|| {
+            (
+                fetched.count,
+                String::from_utf8_lossy(first).into_owned(),
+                String::from_utf8_lossy(last).into_owned(),
+            )
+        });
+    }
     let records = fetched.builder.records();
     let (first, last) = (records.first()?, records.last()?);
     (fetched.count == records.len() as u64).then(|| {
@@ -371,6 +381,8 @@ impl Inner {
                 }
                 let mut parent_request = request.clone();
                 parent_request.resume_from = None;
+                // The parents' fields are read here.
+                parent_request.json_rows = false;
                 let mut parents = link.source.read(parent_request);
                 let shard = self.shard;
                 while let Some(batch) = parents.next().await {
@@ -865,6 +877,10 @@ impl Inner {
                 .await;
         }
         let mut decoder = BodyDecoder::new(self.format, &self.selector);
+        // Records handed on as their JSON text when the reader takes them so
+        // and nothing is added to them here.
+        let as_text = request.json_rows && target.parent_fields.is_empty() && decoder.yields_text();
+        let mut texts: Vec<RecordText> = Vec::new();
         let mut decoded: Vec<Record> = Vec::new();
         let mut count = 0u64;
         while let Some(chunk) = chunks.next().await {
@@ -878,6 +894,17 @@ impl Inner {
             if head.len() < 60 {
                 head.extend_from_slice(&chunk[..chunk.len().min(60 - head.len())]);
             }
+            if as_text {
+                decoder
+                    .feed_text(&chunk, &mut texts)
+                    .map_err(|msg| decode_error(msg, &head))?;
+                count += texts.len() as u64;
+                let sent = self.add_texts(tx, &mut builder, &mut texts).await;
+                if sent.map_err(|msg| decode_error(msg, &head))? {
+                    progress.sent_any = true;
+                }
+                continue;
+            }
             decoder
                 .feed(&chunk, &mut decoded)
                 .map_err(|msg| decode_error(msg, &head))?;
@@ -886,9 +913,20 @@ impl Inner {
                 progress.sent_any = true;
             }
         }
-        let tail = decoder
-            .finish(&mut decoded)
-            .map_err(|msg| decode_error(msg, &head))?;
+        let tail = if as_text {
+            let tail = decoder
+                .finish_text(&mut texts, &mut decoded)
+                .map_err(|msg| decode_error(msg, &head))?;
+            count += texts.len() as u64;
+            self.add_texts(tx, &mut builder, &mut texts)
+                .await
+                .map_err(|msg| decode_error(msg, &head))?;
+            tail
+        } else {
+            decoder
+                .finish(&mut decoded)
+                .map_err(|msg| decode_error(msg, &head))?
+        };
         if let Some(w) = writer {
             w.commit()?;
         }
@@ -1094,6 +1132,36 @@ impl Inner {
                     builder.reserve().await?;
                     sent = true;
                 }
+            }
+        }
+        Ok(sent)
+    }
+
+    /// Adds records' JSON texts (checked here: each one JSON object) to the
+    /// page's builder, as [`add`](Self::add) adds decoded records. An error
+    /// is a message for [`Error::decode`], saying which record.
+    async fn add_texts(
+        &self,
+        tx: Option<&BatchSender>,
+        builder: &mut BatchBuilder,
+        texts: &mut Vec<RecordText>,
+    ) -> std::result::Result<bool, String> {
+        let mut sent = false;
+        for record in texts.drain(..) {
+            let full = builder
+                .add_json(&record.text)
+                .map_err(|e| format!("{}{e}", record.place()))?;
+            if let Some(tx) = tx {
+                let step = async {
+                    builder.grow().await?;
+                    if full && let Some(part) = builder.cut(None).await? {
+                        tx.send(part).await?;
+                        builder.reserve().await?;
+                        return Ok::<bool, Error>(true);
+                    }
+                    Ok(false)
+                };
+                sent |= step.await.map_err(|e| e.to_string())?;
             }
         }
         Ok(sent)

@@ -25,6 +25,9 @@ struct Behaviour {
     failures_left: AtomicU32,
     /// Serve invalid JSON at this offset.
     garbage_at: Option<u64>,
+    /// Serve a page at this offset whose second record is invalid JSON (the
+    /// array itself is well formed).
+    bad_record_at: Option<u64>,
     /// Cap page sizes at this many records.
     cap: Option<u64>,
     /// Omit the total from the envelope.
@@ -68,6 +71,10 @@ async fn items(
     }
     if b.garbage_at == Some(offset) {
         return (StatusCode::OK, "{\"result\": {\"rows\": [1, 2,").into_response();
+    }
+    if b.bad_record_at == Some(offset) {
+        let body = r#"{"result": {"rows": [{"id": 10}, {"id": 011}]}, "paging": {"total": 35}}"#;
+        return (StatusCode::OK, body).into_response();
     }
     let end = (offset + limit).min(b.total);
     // Field `late` appears only from record 25 on.
@@ -124,6 +131,12 @@ async fn read_all(source: &HttpSource) -> (sluicegate_core::Result<Vec<Batch>>, 
     let request = ReadRequest::new("items", MemoryBudget::new(8 << 20));
     let result = source.read(request.clone()).try_collect().await;
     (result, request)
+}
+
+/// Reads with records asked for as JSON text (as a DuckDB sink asks).
+async fn read_all_as_text(source: &HttpSource) -> sluicegate_core::Result<Vec<Batch>> {
+    let request = ReadRequest::new("items", MemoryBudget::new(8 << 20)).with_json_rows(true);
+    source.read(request).try_collect().await
 }
 
 fn ids(batches: &[Batch]) -> Vec<u64> {
@@ -333,4 +346,68 @@ async fn one_retry_budget_per_request_and_a_time_out_says_so() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn records_come_as_json_text_when_asked_and_equal_the_decoded_ones() {
+    let (url, _) = serve(Behaviour {
+        total: 35,
+        ..Default::default()
+    })
+    .await;
+    let source = source(&url, json!({}));
+    let (decoded, _) = read_all(&source).await;
+    let mut as_text = read_all_as_text(&source).await.unwrap();
+    assert_eq!(as_text.len(), 4);
+    for batch in &mut as_text {
+        assert!(batch.json_rows().is_some(), "records handed on as text");
+        assert!(batch.records().is_empty());
+        batch.decode_json().unwrap();
+    }
+    let decoded = decoded.unwrap();
+    let records = |batches: &[Batch]| -> Vec<Vec<_>> {
+        batches.iter().map(|b| b.records().to_vec()).collect()
+    };
+    let positions =
+        |batches: &[Batch]| -> Vec<_> { batches.iter().map(|b| b.position().cloned()).collect() };
+    assert_eq!(records(&as_text), records(&decoded));
+    assert_eq!(positions(&as_text), positions(&decoded));
+}
+
+#[tokio::test]
+async fn as_json_text_a_broken_page_or_record_is_a_decode_error_naming_the_page() {
+    let (url, _) = serve(Behaviour {
+        total: 35,
+        garbage_at: Some(10),
+        ..Default::default()
+    })
+    .await;
+    let err = read_all_as_text(&source(&url, json!({})))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Decode);
+    assert_eq!(err.context_value("page"), Some("2"));
+    let (url, _) = serve(Behaviour {
+        total: 35,
+        bad_record_at: Some(20),
+        ..Default::default()
+    })
+    .await;
+    let err = read_all_as_text(&source(&url, json!({})))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Decode);
+    assert_eq!(err.context_value("page"), Some("3"));
+    assert!(
+        err.to_string().contains("a record is not valid JSON"),
+        "{err}"
+    );
+    // Decoded, the same page fails the same way.
+    let (result, _) = read_all(&source(&url, json!({}))).await;
+    let err = result.unwrap_err();
+    assert_eq!(err.context_value("page"), Some("3"));
+    assert!(
+        err.to_string().contains("a record is not valid JSON"),
+        "{err}"
+    );
 }

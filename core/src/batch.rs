@@ -9,7 +9,8 @@ use serde_json::Value;
 
 use crate::budget::MemoryLease;
 use crate::error::Result;
-use crate::record::Record;
+use crate::json_rows::JsonRows;
+use crate::record::{Record, approx_record_size};
 
 /// A source's resume token: opaque to everyone but the source that made it.
 ///
@@ -92,6 +93,8 @@ impl JsonFields {
 #[derive(Debug)]
 pub struct Batch {
     records: Vec<Record>,
+    /// The records as JSON text instead (then `records` is empty).
+    json: Option<JsonRows>,
     position: Option<Position>,
     pages: Option<(u64, u64)>,
     json_fields: Option<Arc<JsonFields>>,
@@ -103,11 +106,55 @@ impl Batch {
     pub fn new(records: Vec<Record>, lease: MemoryLease) -> Self {
         Self {
             records,
+            json: None,
             position: None,
             pages: None,
             json_fields: None,
             lease,
         }
+    }
+
+    /// A batch of records still as JSON text (see [`JsonRows`]), whose memory
+    /// is held by `lease`. Sources build these only when the read asks for
+    /// them ([`ReadRequest::json_rows`](crate::ReadRequest::json_rows)).
+    pub fn from_json(rows: JsonRows, lease: MemoryLease) -> Self {
+        Self {
+            json: Some(rows),
+            ..Self::new(Vec::new(), lease)
+        }
+    }
+
+    /// The records as JSON text, when the batch holds them so (then
+    /// [`Batch::records`] is empty until [`Batch::decode_json`]).
+    pub fn json_rows(&self) -> Option<&JsonRows> {
+        self.json.as_ref()
+    }
+
+    /// Takes the JSON text out of a batch that holds it, with the position and
+    /// the lease; `Err(self)` for a batch of records.
+    #[allow(clippy::result_large_err)]
+    pub fn into_json_parts(
+        self,
+    ) -> std::result::Result<(JsonRows, Option<Position>, MemoryLease), Batch> {
+        match self.json {
+            Some(rows) => Ok((rows, self.position, self.lease)),
+            None => Err(self),
+        }
+    }
+
+    /// Decodes a batch of JSON text into records (nothing to do for a batch of
+    /// records), growing its lease to what the records take without waiting
+    /// ([`MemoryLease::grow_now`]: the batch may be what others wait for).
+    pub fn decode_json(&mut self) -> Result<()> {
+        let Some(rows) = self.json.take() else {
+            return Ok(());
+        };
+        let records = rows.decode()?;
+        drop(rows);
+        let bytes: usize = records.iter().map(approx_record_size).sum();
+        self.records = records;
+        self.lease.grow_now(bytes);
+        Ok(())
     }
 
     /// Declares the fields whose values the source read from JSON columns
@@ -143,24 +190,26 @@ impl Batch {
         self
     }
 
-    /// The records.
+    /// The records (empty for a batch of JSON text: see [`Batch::json_rows`]
+    /// and [`Batch::decode_json`]).
     pub fn records(&self) -> &[Record] {
         &self.records
     }
 
-    /// The records, mutably (for transforms that keep the batch's lease).
+    /// The records, mutably (for transforms that keep the batch's lease; empty
+    /// for a batch of JSON text, as [`Batch::records`]).
     pub fn records_mut(&mut self) -> &mut Vec<Record> {
         &mut self.records
     }
 
-    /// Number of records.
+    /// Number of records (in either form).
     pub fn len(&self) -> usize {
-        self.records.len()
+        self.json.as_ref().map_or(self.records.len(), JsonRows::len)
     }
 
     /// Whether the batch holds no records.
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
+        self.len() == 0
     }
 
     /// The position after this batch, if the source can resume.
@@ -186,7 +235,20 @@ impl Batch {
     /// Appends a later batch of the same stream to this one: records, memory, the
     /// later position and the page range.
     pub fn append(&mut self, mut later: Batch) -> Result<()> {
-        self.records.append(&mut later.records);
+        match (&mut self.json, &mut later.json) {
+            (Some(mine), Some(theirs)) => mine.append(theirs),
+            (None, None) => self.records.append(&mut later.records),
+            // One of each form: both become records.
+            (mine, theirs) => {
+                if let Some(rows) = mine.take() {
+                    self.records = rows.decode()?;
+                }
+                if let Some(rows) = theirs.take() {
+                    later.records = rows.decode()?;
+                }
+                self.records.append(&mut later.records);
+            }
+        }
         if later.position.is_some() {
             self.position = later.position.take();
         }
@@ -217,10 +279,15 @@ impl Batch {
     /// position; the part taken off has none (the source cannot resume in the
     /// middle of a page), so committing it moves no checkpoint.
     pub fn take_front(&mut self, n: usize) -> Batch {
-        let total = self.records.len();
+        let total = self.len();
         let n = n.min(total);
-        let rest = self.records.split_off(n);
-        let front = std::mem::replace(&mut self.records, rest);
+        let (front, json) = match &mut self.json {
+            Some(rows) => (Vec::new(), Some(rows.take_front(n))),
+            None => {
+                let rest = self.records.split_off(n);
+                (std::mem::replace(&mut self.records, rest), None)
+            }
+        };
         let bytes = if total == 0 {
             0
         } else {
@@ -229,6 +296,7 @@ impl Batch {
         };
         Batch {
             records: front,
+            json,
             position: None,
             pages: self.pages,
             json_fields: self.json_fields.clone(),
@@ -237,7 +305,8 @@ impl Batch {
     }
 
     /// Splits the batch into its records and its lease, for sinks that need to
-    /// own the records while keeping the memory accounted until they are done.
+    /// own the records while keeping the memory accounted until they are done
+    /// (no records for a batch of JSON text: [`Batch::decode_json`] first).
     pub fn into_parts(self) -> (Vec<Record>, Option<Position>, MemoryLease) {
         (self.records, self.position, self.lease)
     }

@@ -275,6 +275,33 @@ impl MemoryLease {
         Ok(())
     }
 
+    /// Grows the lease to `bytes` without waiting (a no-op if `bytes` is not
+    /// larger): what the budget has free is taken, and the rest is accounted
+    /// (in use, and its peak, may pass the capacity until the lease shrinks or
+    /// is dropped) without holding anyone back. For the consumer of batches,
+    /// whose batch may be what a waiting producer's memory comes back from:
+    /// waiting there could wait forever.
+    pub fn grow_now(&mut self, bytes: usize) {
+        if bytes <= self.bytes {
+            return;
+        }
+        let want = self.budget.units_for(bytes);
+        let have = self.permit.as_ref().map_or(0, |p| p.num_permits());
+        let have = u32::try_from(have).unwrap_or(u32::MAX);
+        let free = u32::try_from(self.budget.semaphore.available_permits()).unwrap_or(u32::MAX);
+        let take = want.saturating_sub(have).min(free);
+        if take > 0
+            && let Ok(extra) = self.budget.semaphore.clone().try_acquire_many_owned(take)
+        {
+            match &mut self.permit {
+                Some(permit) => permit.merge(extra),
+                None => self.permit = Some(extra),
+            }
+        }
+        self.budget.add_in_use(bytes - self.bytes);
+        self.bytes = bytes;
+    }
+
     /// Shrinks the lease without waiting (a no-op if `bytes` is not smaller).
     pub fn shrink_to(&mut self, bytes: usize) {
         if bytes >= self.bytes {
@@ -380,6 +407,31 @@ pub fn format_bytes(bytes: usize) -> String {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[tokio::test]
+    async fn growing_now_never_waits_and_gives_everything_back() {
+        let budget = MemoryBudget::new(10 * UNIT);
+        let mut held = budget.acquire(6 * UNIT).await.unwrap();
+        let mut consumer = budget.acquire(3 * UNIT).await.unwrap();
+        // 1 unit is free, 7 more are needed: it is taken, and all accounted at once.
+        consumer.grow_now(10 * UNIT);
+        assert_eq!(consumer.bytes(), 10 * UNIT);
+        assert_eq!(budget.in_use(), 16 * UNIT, "past the capacity, not waiting");
+        assert!(
+            budget.try_acquire(UNIT).is_none(),
+            "the free units were taken"
+        );
+        consumer.grow_now(UNIT);
+        assert_eq!(consumer.bytes(), 10 * UNIT, "growing never shrinks");
+        let part = consumer.split(4 * UNIT);
+        drop(part);
+        drop(consumer);
+        assert_eq!(budget.in_use(), 6 * UNIT);
+        held.shrink_to(0);
+        assert_eq!(budget.in_use(), 0);
+        let all = budget.try_acquire(10 * UNIT);
+        assert!(all.is_some(), "every permit came back");
+    }
 
     #[tokio::test]
     async fn acquire_blocks_when_full_and_resumes_on_release() {

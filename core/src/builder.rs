@@ -22,6 +22,7 @@ use std::sync::Arc;
 use crate::batch::{Batch, Position};
 use crate::budget::{MemoryBudget, MemoryLease};
 use crate::error::{Error, ErrorKind, Result};
+use crate::json_rows::JsonRows;
 use crate::record::{Record, approx_record_size};
 use crate::source::ReadRequest;
 use crate::stats::RunStats;
@@ -85,6 +86,8 @@ pub struct BatchBuilder {
     stats: Arc<RunStats>,
     limits: BatchLimits,
     records: Vec<Record>,
+    /// Records added as JSON text ([`BatchBuilder::add_json`]).
+    json: Option<JsonRows>,
     bytes: usize,
     lease: Option<MemoryLease>,
     /// Bytes to lease for the next batch before its records are known.
@@ -100,6 +103,7 @@ impl BatchBuilder {
             stats: request.stats.clone(),
             limits,
             records: Vec::new(),
+            json: None,
             bytes: 0,
             lease: None,
             estimate: 256usize
@@ -156,6 +160,18 @@ impl BatchBuilder {
         self.is_full()
     }
 
+    /// Adds a record as its JSON text (checked: one JSON object, or another
+    /// value wrapped as `{"value": ...}`; see [`JsonRows::push`]), accounting
+    /// the bytes the text takes; returns whether the batch is full. A batch
+    /// given records both ways ([`add`](Self::add) too) is cut as records.
+    pub fn add_json(&mut self, text: &[u8]) -> std::result::Result<bool, String> {
+        let rows = self.json.get_or_insert_with(JsonRows::new);
+        let before = rows.heap_bytes();
+        rows.push(text)?;
+        self.bytes = self.bytes + rows.heap_bytes() - before;
+        Ok(self.is_full())
+    }
+
     /// Adds a record, reserving first and growing the lease ahead of need
     /// (waiting while the budget is full); returns whether the batch is full.
     pub async fn push(&mut self, record: Record) -> Result<bool> {
@@ -189,7 +205,7 @@ impl BatchBuilder {
 
     /// Whether the batch has reached its limits.
     pub fn is_full(&self) -> bool {
-        self.limits.is_full(self.records.len(), self.bytes)
+        self.limits.is_full(self.len(), self.bytes)
     }
 
     /// The records added so far.
@@ -197,14 +213,19 @@ impl BatchBuilder {
         &self.records
     }
 
+    /// The records added as JSON text so far, if any.
+    pub fn json_rows(&self) -> Option<&JsonRows> {
+        self.json.as_ref()
+    }
+
     /// Number of records added so far.
     pub fn len(&self) -> usize {
-        self.records.len()
+        self.records.len() + self.json.as_ref().map_or(0, JsonRows::len)
     }
 
     /// Whether no record was added since the last cut.
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
+        self.len() == 0
     }
 
     /// Bytes of the records added so far.
@@ -216,7 +237,7 @@ impl BatchBuilder {
     /// (waiting if it must grow), with `position` after it; `None` when there
     /// are no records. Counts the rows as read.
     pub async fn cut(&mut self, position: Option<Position>) -> Result<Option<Batch>> {
-        if self.records.is_empty() {
+        if self.is_empty() {
             return Ok(None);
         }
         self.take(position).await.map(Some)
@@ -241,13 +262,24 @@ impl BatchBuilder {
         } else {
             lease.shrink_to(self.bytes);
         }
-        let records = std::mem::take(&mut self.records);
-        self.stats.add_rows_read(records.len() as u64);
-        if !records.is_empty() {
+        let rows = self.len();
+        self.stats.add_rows_read(rows as u64);
+        if rows > 0 {
             self.estimate = self.bytes.max(4096);
         }
         self.bytes = 0;
-        let mut batch = Batch::new(records, lease).with_position(position);
+        let records = std::mem::take(&mut self.records);
+        let mut batch = match self.json.take() {
+            Some(json) if records.is_empty() => Batch::from_json(json, lease),
+            Some(json) => {
+                // Both forms were added: records, in the order they came (JSON last).
+                let mut records = records;
+                records.extend(json.decode()?);
+                Batch::new(records, lease)
+            }
+            None => Batch::new(records, lease),
+        }
+        .with_position(position);
         if let Some(page) = self.page {
             batch = batch.with_page(page);
         }

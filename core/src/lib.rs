@@ -9,6 +9,7 @@ mod content;
 mod error;
 mod factory;
 mod incremental;
+mod json_rows;
 mod keyed;
 mod observe;
 mod paginate;
@@ -30,6 +31,7 @@ pub use factory::{
     template_scope_from_env,
 };
 pub use incremental::IncrementalWindow;
+pub use json_rows::JsonRows;
 pub use keyed::{
     ExistingEntry, KeyedCapabilities, KeyedSink, Lookup, LookupPage, WriteOp, Written,
 };

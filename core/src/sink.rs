@@ -323,6 +323,12 @@ pub trait WriterExtension: Send {
     /// [`WriterExtension::delete_modes`]); returns how many were removed.
     /// Never called in a dry run.
     async fn delete_keys(&mut self, keys: &[String], mode: DeleteMode) -> Result<u64>;
+
+    /// Whether [`SinkWriter::write`] takes batches of records as JSON text
+    /// ([`Batch::from_json`](crate::Batch::from_json)). The pipeline asks its
+    /// source for them only then, and decodes any other batch of JSON text
+    /// into records before it reaches the writer.
+    fn accepts_json_rows(&self) -> bool;
 }
 
 /// How rows or entries that the source no longer has are removed.

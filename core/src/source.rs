@@ -32,6 +32,11 @@ pub struct ReadRequest {
     pub budget: MemoryBudget,
     /// The run's live counters.
     pub stats: Arc<RunStats>,
+    /// The reader of these batches takes records as JSON text
+    /// ([`Batch::from_json`]): a source that receives JSON may hand its records
+    /// on undecoded. A source that cannot, or that needs the decoded records
+    /// itself, sends records as usual; either form is correct.
+    pub json_rows: bool,
 }
 
 impl ReadRequest {
@@ -42,7 +47,15 @@ impl ReadRequest {
             resume_from: None,
             budget,
             stats: Arc::new(RunStats::default()),
+            json_rows: false,
         }
+    }
+
+    /// Asking for records as JSON text where the source can (see
+    /// [`ReadRequest::json_rows`]).
+    pub fn with_json_rows(mut self, json_rows: bool) -> Self {
+        self.json_rows = json_rows;
+        self
     }
 
     /// Resuming after `position` (`None`: from the beginning).

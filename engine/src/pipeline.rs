@@ -254,6 +254,10 @@ impl Shaping {
     /// mapping), reports rejected rows and fits the batch's lease to the mapped
     /// size.
     async fn apply(&self, mut batch: Batch) -> Result<Batch> {
+        if self.incremental.is_some() || self.mapper.is_some() {
+            // Both read the records.
+            batch.decode_json()?;
+        }
         if let Some(incremental) = &self.incremental {
             incremental.check(&mut batch, &self.sync_key, &*self.observer, &self.stats);
         }
@@ -451,9 +455,20 @@ impl Pipeline {
                 .check_writer(self.writer.extension())
                 .context("sync", &self.sync_key)?;
         }
+        // Records stay JSON text from source to sink when the writer decodes
+        // JSON itself and nothing on the way reads them.
+        let accepts_json = self
+            .writer
+            .extension()
+            .is_some_and(|ext| ext.accepts_json_rows());
+        let json_rows = accepts_json
+            && self.mapper.is_none()
+            && self.incremental.is_none()
+            && self.deletions.is_none();
         let request = ReadRequest::new(self.sync_key.clone(), self.budget.clone())
             .with_resume_from(resumed_from.clone())
-            .with_stats(self.stats.clone());
+            .with_stats(self.stats.clone())
+            .with_json_rows(json_rows);
         // A source that panics while polled ends the read with an error (what
         // was gathered before it is still written), never as the end of the data.
         let stream: BatchStream = Box::pin(
@@ -474,6 +489,7 @@ impl Pipeline {
             max_errors: self.options.max_errors,
             incremental: self.incremental.clone(),
             deletions: self.deletions.clone(),
+            accepts_json,
         };
         let mapping_rejected = Arc::new(AtomicU64::new(0));
         let shaping = Shaping {
@@ -568,21 +584,27 @@ struct Writer {
     max_errors: Option<ErrorLimit>,
     incremental: Option<Arc<IncrementalRun>>,
     deletions: Option<Arc<Deletions>>,
+    /// The writer takes batches of JSON text; others are decoded for it.
+    accepts_json: bool,
 }
 
 impl Writer {
-    async fn write(&mut self, batch: Batch) -> Result<()> {
+    async fn write(&mut self, mut batch: Batch) -> Result<()> {
         let position = batch.position().cloned();
         let pages = batch.pages();
-        let keys = self.deletions.as_ref().map(|d| d.keys_of(batch.records()));
-        let ack = self.inner.write(batch).await.map_err(|e| {
+        let located = |e: Error| {
             let e = e.with_context("sync", &self.sync_key);
             match pages {
                 Some((first, last)) if first == last => e.with_context("page", first),
                 Some((first, last)) => e.with_context("pages", format!("{first}-{last}")),
                 None => e,
             }
-        })?;
+        };
+        if batch.json_rows().is_some() && (!self.accepts_json || self.deletions.is_some()) {
+            batch.decode_json().map_err(located)?;
+        }
+        let keys = self.deletions.as_ref().map(|d| d.keys_of(batch.records()));
+        let ack = self.inner.write(batch).await.map_err(located)?;
         self.ack.add(&ack);
         self.stats.add_rows_rejected(ack.failed);
         self.batches += 1;

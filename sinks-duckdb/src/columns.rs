@@ -17,7 +17,7 @@ use crate::schema::{Cell, ColumnType, FieldCache, TableSchema, cell};
 pub(crate) const CHUNK_ROWS: usize = 2048;
 
 /// One column being filled.
-enum Column {
+pub(crate) enum Column {
     Bool(BooleanBuilder),
     Int(Int64Builder),
     Double(Float64Builder),
@@ -27,7 +27,7 @@ enum Column {
 }
 
 impl Column {
-    fn for_type(ty: &ColumnType, rows: usize) -> Self {
+    pub(crate) fn for_type(ty: &ColumnType, rows: usize) -> Self {
         match ty {
             ColumnType::Boolean => Column::Bool(BooleanBuilder::with_capacity(rows)),
             ColumnType::BigInt => Column::Int(Int64Builder::with_capacity(rows)),
@@ -40,7 +40,7 @@ impl Column {
 
     /// Adds a cell; `false` when it does not fit the column (the schema was
     /// widened for every value of the batch, so this is a bug).
-    fn push(&mut self, cell: &Cell<'_>) -> bool {
+    pub(crate) fn push(&mut self, cell: &Cell<'_>) -> bool {
         match (self, cell) {
             (Column::Bool(b), Cell::Null) => b.append_null(),
             (Column::Int(b), Cell::Null) => b.append_null(),
@@ -118,6 +118,11 @@ pub(crate) fn record_batch(
             }
         }
     }
+    finish_batch(schema, columns)
+}
+
+/// The filled columns of `schema` as one record batch.
+pub(crate) fn finish_batch(schema: &TableSchema, columns: Vec<Column>) -> Result<RecordBatch> {
     let fields: Vec<Field> = schema
         .columns
         .iter()

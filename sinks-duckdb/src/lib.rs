@@ -4,6 +4,7 @@ mod columns;
 pub mod config;
 mod database;
 mod deletes;
+mod json_columns;
 mod keys;
 mod memory;
 mod positions;

@@ -96,22 +96,27 @@ pub(crate) enum NumberKind {
 pub(crate) const DOUBLE_EXACT_INT: i128 = 1 << 53;
 
 pub(crate) fn number_kind(n: &serde_json::Number) -> NumberKind {
-    if let Some(i) = n.as_i64() {
+    number_kind_text(n.as_str())
+}
+
+/// What a JSON number is, from its text (as `serde_json::Number` with
+/// `arbitrary_precision` parses it: `as_i64`, `as_u64`, `as_f64`).
+pub(crate) fn number_kind_text(text: &str) -> NumberKind {
+    if let Ok(i) = text.parse::<i64>() {
         return NumberKind::Int64(i);
     }
-    if let Some(u) = n.as_u64() {
+    if let Ok(u) = text.parse::<u64>() {
         return NumberKind::Int128(i128::from(u));
     }
-    let text = n.to_string();
     if !text.contains(['.', 'e', 'E']) {
         return match text.parse::<i128>() {
             Ok(i) => NumberKind::Int128(i),
             Err(_) => NumberKind::Text,
         };
     }
-    match n.as_f64() {
-        Some(f) => NumberKind::Float(f),
-        None => NumberKind::Text,
+    match text.parse::<f64>() {
+        Ok(f) if f.is_finite() => NumberKind::Float(f),
+        _ => NumberKind::Text,
     }
 }
 

@@ -8,12 +8,18 @@
 //! All of it commits as one transaction, so a batch is either fully in the table
 //! or not at all, and a batch written twice leaves the table as written once.
 //!
+//! A batch that arrives as JSON text and fits the table as it is (no new
+//! field, no widened column, keys increasing) is parsed straight into the
+//! Arrow columns instead (`json_columns`); any other is decoded into records
+//! first.
+//!
 //! In a dry run the database is opened read-only (and not created when it does
 //! not exist); only the keys of each batch are staged, in a temporary table, to
 //! count which exist.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 
 use async_trait::async_trait;
 use duckdb::Connection;
@@ -28,6 +34,7 @@ use sluicegate_core::{
 
 use crate::config::DuckDbSinkConfig;
 use crate::database::{Database, OpenOptions, duck_error};
+use crate::json_columns::{Decoded, Unfit};
 use crate::keys::{Key, merge_duplicate_keys};
 use crate::memory::{MemoryPlan, NEW_FILE_BLOCK_SIZE, block_size};
 use crate::positions;
@@ -41,6 +48,8 @@ pub struct DuckDbSink {
     dry_run: bool,
     /// DuckDB's memory, planned from the widths of the tables being written.
     plan: Arc<MemoryPlan>,
+    /// Batches of JSON text that went straight into columns.
+    as_columns: Arc<AtomicU64>,
 }
 
 impl DuckDbSink {
@@ -73,6 +82,7 @@ impl DuckDbSink {
                 config.memory_limit_mb.is_some(),
                 block_size,
             )),
+            as_columns: Arc::default(),
         })
     }
 
@@ -85,6 +95,12 @@ impl DuckDbSink {
     /// during this sink's life (see the crate's README).
     pub fn reopened(&self) -> u64 {
         self.db.as_ref().map_or(0, |db| db.reopened())
+    }
+
+    /// How many batches arrived as JSON text and went straight into columns
+    /// (the others were decoded into records first; see the crate's README).
+    pub fn batches_as_columns(&self) -> u64 {
+        self.as_columns.load(AtomicOrdering::Relaxed)
     }
 }
 
@@ -102,6 +118,7 @@ impl Sink for DuckDbSink {
             unordered: false,
             keep_positions: false,
             position_seq: 0,
+            as_columns: self.as_columns.clone(),
         }))
     }
 
@@ -153,6 +170,8 @@ struct DuckDbWriter {
     keep_positions: bool,
     /// The sequence number of the last position row written (or read).
     position_seq: u64,
+    /// The sink's count of batches that went straight into columns.
+    as_columns: Arc<AtomicU64>,
 }
 
 impl DuckDbWriter {
@@ -170,6 +189,24 @@ impl DuckDbWriter {
             },
             (None, _) => self.unordered = true,
         }
+    }
+}
+
+impl DuckDbWriter {
+    /// A batch of JSON text parsed straight into the table's columns, when
+    /// it fits the table as this writer knows it (see `json_columns`): not
+    /// in a dry run, not before the table exists, not with fields declared
+    /// JSON by the source.
+    fn columns_of(
+        &self,
+        text: &sluicegate_core::JsonRows,
+        declared_json: bool,
+    ) -> std::result::Result<Decoded, Unfit> {
+        let table = match &self.table {
+            Some(table) if table.exists && !self.dry_run && !declared_json => table,
+            _ => return Err(Unfit("the table is not known yet".to_owned())),
+        };
+        crate::json_columns::decode(&table.schema, self.target.key_field.as_deref(), text)
     }
 }
 
@@ -195,7 +232,7 @@ enum WriteMode {
 struct BatchJob {
     target: Arc<StreamTarget>,
     plan: Arc<MemoryPlan>,
-    records: Vec<Record>,
+    rows: Rows,
     /// The table as the writer knows it (`None`: read it first).
     table: Option<TableState>,
     /// Whether the table was empty when the writer first saw it.
@@ -204,14 +241,62 @@ struct BatchJob {
     /// The largest key written so far, while keys are ordered (see
     /// `DuckDbWriter::max_written`).
     append_after: Option<Option<Key>>,
-    /// The batch's lowest and highest keys.
-    range: Option<(Key, Key)>,
     /// The batch's position, when positions are kept.
     position: Option<String>,
     /// The sequence number of that position.
     seq: u64,
     /// The fields the source declared JSON.
     json: Option<Arc<JsonFields>>,
+}
+
+/// A batch's rows on their way in.
+enum Rows {
+    /// Records (duplicate keys merged), and their lowest and highest keys.
+    Records {
+        records: Vec<Record>,
+        range: Option<(Key, Key)>,
+    },
+    /// Columns parsed from JSON text (they fit the table as it was).
+    Columns(Decoded),
+}
+
+impl Rows {
+    fn len(&self) -> usize {
+        match self {
+            Rows::Records { records, .. } => records.len(),
+            Rows::Columns(decoded) => decoded.rows,
+        }
+    }
+
+    fn range(&self) -> Option<&(Key, Key)> {
+        match self {
+            Rows::Records { range, .. } => range.as_ref(),
+            Rows::Columns(decoded) => decoded.range.as_ref(),
+        }
+    }
+
+    fn as_ref(&self) -> RowsRef<'_> {
+        match self {
+            Rows::Records { records, .. } => RowsRef::Records(records),
+            Rows::Columns(decoded) => RowsRef::Columns(decoded),
+        }
+    }
+}
+
+/// A batch's rows, borrowed for writing.
+#[derive(Clone, Copy)]
+enum RowsRef<'a> {
+    Records(&'a [Record]),
+    Columns(&'a Decoded),
+}
+
+impl RowsRef<'_> {
+    fn len(self) -> usize {
+        match self {
+            RowsRef::Records(records) => records.len(),
+            RowsRef::Columns(decoded) => decoded.rows,
+        }
+    }
 }
 
 /// What a batch is after DuckDB failed fatally and the database was opened again.
@@ -276,10 +361,14 @@ impl BatchJob {
         };
         let is_empty = *self.empty.get_or_insert(state.empty_at_load);
         if self.dry_run {
-            let ack = plan_batch(conn, &self.target, &state, &self.records)?;
+            let records = match &self.rows {
+                Rows::Records { records, .. } => records.as_slice(),
+                Rows::Columns(_) => &[],
+            };
+            let ack = plan_batch(conn, &self.target, &state, records)?;
             return Ok((ack, state, None));
         }
-        let mode = match (&self.append_after, &self.range) {
+        let mode = match (&self.append_after, self.rows.range()) {
             (Some(after), Some((lowest, _)))
                 if !reopened && is_empty && is_after(lowest, after.as_ref()) =>
             {
@@ -289,7 +378,7 @@ impl BatchJob {
         };
         let batch = BatchWrite {
             target: &self.target,
-            records: &self.records,
+            rows: self.rows.as_ref(),
             mode,
             position: self.position.as_deref().map(|p| (self.seq, p)),
             json: self.json.as_deref(),
@@ -313,7 +402,7 @@ impl BatchJob {
                 return Ok(AfterReopen::WriteAgain);
             }
             tracing::info!(sync = %self.target.sync_key, "the batch had committed before DuckDB failed");
-            let rows = self.records.len() as u64;
+            let rows = self.rows.len() as u64;
             return Ok(AfterReopen::Committed(
                 prepared.unwrap_or(BatchAck::new(rows).with_inserted(rows)),
             ));
@@ -333,32 +422,79 @@ impl SinkWriter for DuckDbWriter {
     async fn write(&mut self, batch: Batch) -> Result<BatchAck> {
         let target = self.target.clone();
         let json = batch.json_fields().cloned();
-        let (records, position, lease) = batch.into_parts();
+        let (rows, position, lease) = match batch.into_json_parts() {
+            Ok((text, position, mut lease)) => {
+                let rows = match self.columns_of(&text, json.is_some()) {
+                    Ok(decoded) => {
+                        self.as_columns.fetch_add(1, AtomicOrdering::Relaxed);
+                        // The columns' exact size is what the batch holds now.
+                        lease.resize(decoded.bytes).await?;
+                        Rows::Columns(decoded)
+                    }
+                    Err(Unfit(why)) => {
+                        tracing::debug!(sync = %target.sync_key, %why, "batch decoded into records");
+                        let records = text.decode()?;
+                        drop(text);
+                        lease.grow_now(
+                            records
+                                .iter()
+                                .map(sluicegate_core::approx_record_size)
+                                .sum(),
+                        );
+                        Rows::Records {
+                            records,
+                            range: None,
+                        }
+                    }
+                };
+                (rows, position, lease)
+            }
+            Err(batch) => {
+                let (records, position, lease) = batch.into_parts();
+                (
+                    Rows::Records {
+                        records,
+                        range: None,
+                    },
+                    position,
+                    lease,
+                )
+            }
+        };
         let position = position
             .filter(|_| self.keep_positions && !self.dry_run)
             .map(|p| p.as_value().to_string());
         let seq = self.position_seq + 1;
         let has_position = position.is_some();
-        let mut merged = merge_duplicate_keys(records, target.key_field.as_deref());
-        let duplicates = merged.duplicates;
-        let refused = std::mem::take(&mut merged.refused);
-        let failed = refused.len() as u64;
-        for (key, reason, record) in refused {
-            tracing::warn!(sync = %target.sync_key, key = key.as_deref().unwrap_or("-"), %reason, "record rejected");
-            target.observer.rejected(
-                &target.sync_key,
-                Rejected {
-                    stage: Stage::Write,
-                    key,
-                    reason,
-                    record,
-                },
-            );
-        }
-        let merged_range = merged.range.clone();
+        let (rows, duplicates, failed) = match rows {
+            Rows::Records { records, .. } => {
+                let mut merged = merge_duplicate_keys(records, target.key_field.as_deref());
+                let refused = std::mem::take(&mut merged.refused);
+                let failed = refused.len() as u64;
+                for (key, reason, record) in refused {
+                    tracing::warn!(sync = %target.sync_key, key = key.as_deref().unwrap_or("-"), %reason, "record rejected");
+                    target.observer.rejected(
+                        &target.sync_key,
+                        Rejected {
+                            stage: Stage::Write,
+                            key,
+                            reason,
+                            record,
+                        },
+                    );
+                }
+                let rows = Rows::Records {
+                    records: merged.records,
+                    range: merged.range,
+                };
+                (rows, merged.duplicates, failed)
+            }
+            columns @ Rows::Columns(_) => (columns, 0, 0),
+        };
+        let merged_range = rows.range().cloned();
         let Some(db) = self.db.clone() else {
             // Dry run against a database that does not exist: everything is new.
-            let rows = merged.records.len() as u64;
+            let rows = rows.len() as u64;
             return Ok(BatchAck::new(rows)
                 .with_inserted(rows)
                 .with_duplicates(duplicates)
@@ -367,12 +503,11 @@ impl SinkWriter for DuckDbWriter {
         let job = BatchJob {
             target,
             plan: self.plan.clone(),
-            records: merged.records,
+            rows,
             table: self.table.take(),
             empty: self.empty_at_start,
             dry_run: self.dry_run,
             append_after: (!self.unordered).then(|| self.max_written.clone()),
-            range: merged.range,
             position,
             seq,
             json,
@@ -540,6 +675,10 @@ impl WriterExtension for DuckDbWriter {
             crate::deletes::delete_keys(&conn, &target, &keys, mode)
         })
         .await
+    }
+
+    fn accepts_json_rows(&self) -> bool {
+        true
     }
 }
 
@@ -710,7 +849,7 @@ fn stage_name(table: &str) -> String {
 /// commits with it (the position's sequence number and text).
 struct BatchWrite<'a> {
     target: &'a StreamTarget,
-    records: &'a [Record],
+    rows: RowsRef<'a>,
     mode: WriteMode,
     position: Option<(u64, &'a str)>,
     json: Option<&'a JsonFields>,
@@ -737,14 +876,27 @@ fn write_batch(
     batch: &BatchWrite<'_>,
     prepared: &mut Option<BatchAck>,
 ) -> Result<BatchAck> {
-    let (target, records) = (batch.target, batch.records);
-    let rows = records.len() as u64;
-    if records.is_empty() {
+    let target = batch.target;
+    let rows = batch.rows.len() as u64;
+    if rows == 0 {
         batch.record_position(conn)?;
         return Ok(BatchAck::default());
     }
     let mut schema = table.schema.clone();
-    let changes = evolve(&mut schema, records, batch.json);
+    let (changes, largest) = match batch.rows {
+        RowsRef::Records(records) => (
+            evolve(&mut schema, records, batch.json),
+            largest_value(records),
+        ),
+        // Columns fit the table as it is.
+        RowsRef::Columns(decoded) => (
+            SchemaChanges {
+                added: Vec::new(),
+                widened: Vec::new(),
+            },
+            decoded.largest,
+        ),
+    };
     if table.exists {
         keep_existing_integers_exact(conn, target, &table.schema, &mut schema, &changes.widened)?;
     }
@@ -755,12 +907,7 @@ fn write_batch(
     }
     let ddl = schema_ddl(target, table.exists, &schema, &changes);
     let json_nulls = schema.json_nulls(batch.json);
-    plan.note_width(
-        conn,
-        &target.sync_key,
-        schema.columns.len(),
-        largest_value(records),
-    )?;
+    plan.note_width(conn, &target.sync_key, schema.columns.len(), largest)?;
     let key_column = key_column(target, &schema)?;
 
     injected_fault(conn, "begin")?;
@@ -774,10 +921,16 @@ fn write_batch(
         }
         let ack = match &key_column {
             Some(key) if batch.mode == WriteMode::Upsert => {
-                upsert_rows(conn, target, (&schema, &json_nulls), records, key)?
+                upsert_rows(conn, target, (&schema, &json_nulls), batch.rows, key)?
             }
             _ => {
-                append_rows(conn, &target.table, false, (&schema, &json_nulls), records)?;
+                append_rows(
+                    conn,
+                    &target.table,
+                    false,
+                    (&schema, &json_nulls),
+                    batch.rows,
+                )?;
                 BatchAck::new(rows).with_inserted(rows)
             }
         };
@@ -916,7 +1069,7 @@ fn upsert_rows(
     conn: &Connection,
     target: &StreamTarget,
     schema: (&TableSchema, &[bool]),
-    records: &[Record],
+    records: RowsRef<'_>,
     key: &str,
 ) -> Result<BatchAck> {
     let rows = records.len() as u64;
@@ -1005,7 +1158,7 @@ fn append_rows(
     table: &str,
     temp: bool,
     (schema, json_nulls): (&TableSchema, &[bool]),
-    records: &[Record],
+    rows: RowsRef<'_>,
 ) -> Result<()> {
     let appender = if temp {
         conn.appender_to_catalog_and_db(table, "temp", "main")
@@ -1016,11 +1169,24 @@ fn append_rows(
         appender.map_err(|e| duck_error(format!("cannot open an appender on {table}"), e))?;
     // A chunk of DuckDB's vector size at a time: the columns built beside the
     // records stay as small as the appender's own buffer.
-    for chunk in records.chunks(crate::columns::CHUNK_ROWS) {
-        let batch = crate::columns::record_batch(schema, json_nulls, chunk)?;
+    let append = |appender: &mut duckdb::Appender<'_>, batch| {
         appender
             .append_record_batch(batch)
-            .map_err(|e| duck_error("cannot append the batch's rows", e))?;
+            .map_err(|e| duck_error("cannot append the batch's rows", e))
+    };
+    match rows {
+        RowsRef::Records(records) => {
+            for chunk in records.chunks(crate::columns::CHUNK_ROWS) {
+                let batch = crate::columns::record_batch(schema, json_nulls, chunk)?;
+                append(&mut appender, batch)?;
+            }
+        }
+        // Parsed for this schema (the columns of a batch that fits it).
+        RowsRef::Columns(decoded) => {
+            for batch in &decoded.chunks {
+                append(&mut appender, batch.clone())?;
+            }
+        }
     }
     appender
         .flush()

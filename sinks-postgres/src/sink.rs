@@ -788,6 +788,11 @@ impl WriterExtension for PostgresWriter {
         .map_err(|e| pg_error(&format!("cannot delete rows of {t}"), &e))?;
         Ok(n)
     }
+
+    fn accepts_json_rows(&self) -> bool {
+        // Records only: its staging copies decoded values.
+        false
+    }
 }
 
 /// The sink as the registry builds it.

@@ -1037,4 +1037,9 @@ impl<K: KeyedSink> WriterExtension for UpsertWriter<K> {
         }
         Ok(removed)
     }
+
+    fn accepts_json_rows(&self) -> bool {
+        // Records only: lookups and changes compare decoded fields.
+        false
+    }
 }

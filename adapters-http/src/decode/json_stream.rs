@@ -131,13 +131,25 @@ impl ArrayScanner {
         if let Some(e) = &self.error {
             return Err(e.clone());
         }
-        for &b in chunk {
+        let mut i = 0;
+        while i < chunk.len() {
             match self.mode {
-                Mode::Element { depth, container } => self.element_byte(b, depth, container, out),
-                Mode::Between(expect) => self.between_byte(b, expect),
-                Mode::Outside => self.outside_byte(b),
+                Mode::Element { depth, container } => {
+                    let n = self.element_run(&chunk[i..], depth, container, out);
+                    self.offset += n as u64;
+                    i += n;
+                }
+                Mode::Between(expect) => {
+                    self.between_byte(chunk[i], expect);
+                    self.offset += 1;
+                    i += 1;
+                }
+                Mode::Outside => {
+                    self.outside_byte(chunk[i]);
+                    self.offset += 1;
+                    i += 1;
+                }
             }
-            self.offset += 1;
             if let Some(e) = &self.error {
                 return Err(e.clone());
             }
@@ -161,71 +173,101 @@ impl ArrayScanner {
 
     /// An element's bytes are complete.
     fn element_done(&mut self, out: &mut Vec<Vec<u8>>) {
-        out.push(std::mem::take(&mut self.element));
+        // Copied out at its size; the buffer is kept for the next element.
+        out.push(self.element.clone());
+        self.element.clear();
         self.elements += 1;
     }
 
-    fn element_byte(&mut self, b: u8, depth: usize, container: bool, out: &mut Vec<Vec<u8>>) {
-        if self.in_string {
-            self.element.push(b);
-            if self.escape {
-                self.escape = false;
-            } else if b == b'\\' {
-                self.escape = true;
-            } else if b == b'"' {
+    /// Scans `bytes` inside an element for as long as it lasts, a run at a
+    /// time (strings are searched for their closing quote or an escape)
+    /// instead of byte by byte, and returns how many bytes it took. The byte
+    /// after an element is taken too when it is a comma or whitespace; a `]`
+    /// or `}` ending a scalar element is left for the caller.
+    fn element_run(
+        &mut self,
+        bytes: &[u8],
+        mut depth: usize,
+        container: bool,
+        out: &mut Vec<Vec<u8>>,
+    ) -> usize {
+        let mut i = 0;
+        while i < bytes.len() {
+            if self.in_string {
+                if self.escape {
+                    self.escape = false;
+                    i += 1;
+                    continue;
+                }
+                let Some(p) = memchr::memchr2(b'"', b'\\', &bytes[i..]) else {
+                    i = bytes.len();
+                    break;
+                };
+                i += p + 1;
+                if bytes[i - 1] == b'\\' {
+                    self.escape = true;
+                    continue;
+                }
                 self.in_string = false;
                 if !container && depth == 0 {
                     // A string element ends with its closing quote.
+                    self.element.extend_from_slice(&bytes[..i]);
                     self.element_done(out);
                     self.mode = Mode::Between(Expect::CommaOrEnd);
+                    return i;
                 }
+                continue;
             }
-            return;
-        }
-        match b {
-            b'"' => {
-                self.element.push(b);
-                self.in_string = true;
-            }
-            b'{' | b'[' => {
-                if self.stack.len() + depth + 1 > MAX_DEPTH {
-                    self.fail(b, "nesting deeper than 127 levels");
-                    return;
+            let b = bytes[i];
+            match b {
+                b'"' => self.in_string = true,
+                b'{' | b'[' => {
+                    if self.stack.len() + depth + 1 > MAX_DEPTH {
+                        self.element.extend_from_slice(&bytes[..i]);
+                        // The message names this byte's offset.
+                        let at = self.offset;
+                        self.offset += i as u64;
+                        self.fail(b, "nesting deeper than 127 levels");
+                        self.offset = at;
+                        return i;
+                    }
+                    depth += 1;
                 }
-                self.element.push(b);
-                self.mode = Mode::Element {
-                    depth: depth + 1,
-                    container,
-                };
-            }
-            b'}' | b']' if depth == 0 => {
-                // A scalar element followed by the end of the array.
-                self.element_done(out);
-                self.mode = Mode::Between(Expect::CommaOrEnd);
-                self.between_byte(b, Expect::CommaOrEnd);
-            }
-            b'}' | b']' => {
-                self.element.push(b);
-                if depth == 1 {
+                b'}' | b']' if depth == 0 => {
+                    // A scalar element followed by the end of the array.
+                    self.element.extend_from_slice(&bytes[..i]);
                     self.element_done(out);
                     self.mode = Mode::Between(Expect::CommaOrEnd);
-                } else {
-                    self.mode = Mode::Element {
-                        depth: depth - 1,
-                        container,
-                    };
+                    return i;
                 }
+                b'}' | b']' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        self.element.extend_from_slice(&bytes[..=i]);
+                        self.element_done(out);
+                        self.mode = Mode::Between(Expect::CommaOrEnd);
+                        return i + 1;
+                    }
+                }
+                b',' if depth == 0 => {
+                    self.element.extend_from_slice(&bytes[..i]);
+                    self.element_done(out);
+                    self.mode = Mode::Between(Expect::Element);
+                    return i + 1;
+                }
+                b if is_json_space(b) && depth == 0 => {
+                    self.element.extend_from_slice(&bytes[..i]);
+                    self.element_done(out);
+                    self.mode = Mode::Between(Expect::CommaOrEnd);
+                    return i + 1;
+                }
+                _ => {}
             }
-            b',' if depth == 0 => {
-                self.element_done(out);
-                self.mode = Mode::Between(Expect::Element);
-            }
-            b if is_json_space(b) && depth == 0 => {
-                self.element_done(out);
-                self.mode = Mode::Between(Expect::CommaOrEnd);
-            }
-            _ => self.element.push(b),
+            i += 1;
         }
+        self.element.extend_from_slice(&bytes[..i]);
+        self.mode = Mode::Element { depth, container };
+        i
     }
 
     fn between_byte(&mut self, b: u8, expect: Expect) {

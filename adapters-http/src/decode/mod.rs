@@ -161,6 +161,68 @@ impl BodyDecoder {
         }
     }
 
+    /// Whether [`BodyDecoder::feed_text`] can hand records on as their JSON
+    /// text: a streamed records array, or NDJSON.
+    pub(crate) fn yields_text(&self) -> bool {
+        matches!(
+            self,
+            BodyDecoder::JsonStream { .. } | BodyDecoder::Ndjson { .. }
+        )
+    }
+
+    /// Feeds a chunk; the text of each complete record is pushed to `out`,
+    /// undecoded (the caller checks it), with its NDJSON line number. Only
+    /// where [`BodyDecoder::yields_text`]; otherwise the same as
+    /// [`BodyDecoder::feed`] into an empty list.
+    pub(crate) fn feed_text(
+        &mut self,
+        chunk: &[u8],
+        out: &mut Vec<RecordText>,
+    ) -> Result<(), String> {
+        match self {
+            BodyDecoder::JsonStream { scanner, .. } => {
+                let mut raw = Vec::new();
+                let scanned = scanner.feed(chunk, &mut raw);
+                out.extend(raw.into_iter().map(|text| RecordText { text, line: None }));
+                scanned
+            }
+            BodyDecoder::Ndjson { partial, line } => {
+                let mut start = 0;
+                for (i, b) in chunk.iter().enumerate() {
+                    if *b == b'\n' {
+                        partial.extend_from_slice(&chunk[start..i]);
+                        *line += 1;
+                        ndjson_text(partial, *line, out);
+                        start = i + 1;
+                    }
+                }
+                partial.extend_from_slice(&chunk[start..]);
+                Ok(())
+            }
+            other => other.feed(chunk, &mut Vec::new()),
+        }
+    }
+
+    /// Ends a body fed with [`BodyDecoder::feed_text`]: NDJSON's last line
+    /// goes to `out`; records that only the end of the document reveals (a
+    /// single object at the path) go to `records`.
+    pub(crate) fn finish_text(
+        self,
+        out: &mut Vec<RecordText>,
+        records: &mut Vec<Record>,
+    ) -> Result<Tail, String> {
+        match self {
+            BodyDecoder::Ndjson { mut partial, line } => {
+                ndjson_text(&mut partial, line + 1, out);
+                Ok(Tail {
+                    meta: Value::Null,
+                    matched: true,
+                })
+            }
+            other => other.finish(records),
+        }
+    }
+
     /// Ends the body.
     pub(crate) fn finish(self, out: &mut Vec<Record>) -> Result<Tail, String> {
         match self {
@@ -214,6 +276,35 @@ impl BodyDecoder {
             }
         }
     }
+}
+
+/// One record's JSON text as it arrived, and its NDJSON line number.
+pub(crate) struct RecordText {
+    pub(crate) text: Vec<u8>,
+    pub(crate) line: Option<u64>,
+}
+
+impl RecordText {
+    /// Where the record is, for an error message: `NDJSON line 3: ` or nothing.
+    pub(crate) fn place(&self) -> String {
+        self.line
+            .map_or_else(String::new, |line| format!("NDJSON line {line}: "))
+    }
+}
+
+/// An NDJSON line as a record's text (blank lines are none); clears `line`.
+fn ndjson_text(line: &mut Vec<u8>, number: u64, out: &mut Vec<RecordText>) {
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    if line.iter().all(|b| json_stream::is_json_space(*b)) {
+        line.clear();
+        return;
+    }
+    out.push(RecordText {
+        text: std::mem::take(line),
+        line: Some(number),
+    });
 }
 
 fn ndjson_line(line: &mut Vec<u8>, number: u64, out: &mut Vec<Record>) -> Result<(), String> {

@@ -1,0 +1,208 @@
+//! Records still as the JSON text a source received.
+//!
+//! A source that reads JSON can hand a batch's records on as their text
+//! instead of decoding each into a [`Record`] (a map per record, a string per
+//! field name and value): one buffer and where each record ends. A sink that
+//! decodes JSON text straight into its own form (columns, say) skips the maps
+//! altogether; anything else gets records ([`JsonRows::decode`], or
+//! [`Batch::decode_json`](crate::Batch::decode_json)).
+//!
+//! Every text in a [`JsonRows`] was checked when it was pushed: it is one
+//! complete JSON object, as `serde_json` parses it (a source wraps any other
+//! value as `{"value": ...}`, as [`into_record`](crate::into_record) does).
+
+use serde::de::IgnoredAny;
+use serde_json::Value;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::record::{Record, into_record};
+
+/// Records as JSON object texts, back to back in one buffer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JsonRows {
+    text: Vec<u8>,
+    /// Where each record's text ends in `text`.
+    ends: Vec<usize>,
+}
+
+/// Why `text` is not one JSON object, if it is not.
+fn check_object(text: &[u8]) -> std::result::Result<(), String> {
+    let first = text
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    if first != Some(&b'{') {
+        return Err("a record is not a JSON object".to_owned());
+    }
+    serde_json::from_slice::<IgnoredAny>(text)
+        .map(|_| ())
+        .map_err(|e| format!("a record is not valid JSON: {e}"))
+}
+
+impl JsonRows {
+    /// No records.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds one record's text after checking that it is one JSON object
+    /// (whitespace around it is allowed). Any other JSON value is wrapped as
+    /// `{"value": ...}` first, as [`into_record`] wraps it. Invalid JSON is an
+    /// error (the message says why, not where: the caller knows where).
+    pub fn push(&mut self, text: &[u8]) -> std::result::Result<(), String> {
+        match check_object(text) {
+            Ok(()) => self.text.extend_from_slice(text),
+            Err(not_object) => {
+                // A valid value that is not an object is wrapped; anything else
+                // is invalid JSON.
+                serde_json::from_slice::<IgnoredAny>(text).map_err(|e| {
+                    if not_object.contains("valid JSON") {
+                        not_object
+                    } else {
+                        format!("a record is not valid JSON: {e}")
+                    }
+                })?;
+                self.text.extend_from_slice(b"{\"value\":");
+                self.text.extend_from_slice(text);
+                self.text.push(b'}');
+            }
+        }
+        self.ends.push(self.text.len());
+        Ok(())
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The text of record `i` (a JSON object, possibly with whitespace around).
+    pub fn get(&self, i: usize) -> Option<&[u8]> {
+        let end = *self.ends.get(i)?;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        Some(&self.text[start..end])
+    }
+
+    /// Each record's text, in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
+        (0..self.len()).map(|i| self.get(i).unwrap_or_default())
+    }
+
+    /// Bytes of text held.
+    pub fn text_len(&self) -> usize {
+        self.text.len()
+    }
+
+    /// Heap bytes held: the text and the table of record ends, as allocated.
+    pub fn heap_bytes(&self) -> usize {
+        self.text.capacity() + self.ends.capacity() * std::mem::size_of::<usize>()
+    }
+
+    /// Moves the records of `later` after these.
+    pub fn append(&mut self, later: &mut JsonRows) {
+        let base = self.text.len();
+        self.text.append(&mut later.text);
+        self.ends.extend(later.ends.drain(..).map(|end| end + base));
+    }
+
+    /// Takes the first `n` records off into rows of their own; these keep the rest.
+    pub fn take_front(&mut self, n: usize) -> JsonRows {
+        let n = n.min(self.len());
+        if n == 0 {
+            return JsonRows::new();
+        }
+        let cut = self.ends[n - 1];
+        let rest_text = self.text.split_off(cut);
+        let text = std::mem::replace(&mut self.text, rest_text);
+        let rest_ends: Vec<usize> = self.ends[n..].iter().map(|end| end - cut).collect();
+        let mut ends = std::mem::replace(&mut self.ends, rest_ends);
+        ends.truncate(n);
+        JsonRows { text, ends }
+    }
+
+    /// The records decoded, in order.
+    pub fn decode(&self) -> Result<Vec<Record>> {
+        self.iter()
+            .enumerate()
+            .map(|(i, text)| {
+                serde_json::from_slice::<Value>(text)
+                    .map(into_record)
+                    .map_err(|e| {
+                        Error::new(
+                            ErrorKind::Decode,
+                            format!("record {} of the batch is not valid JSON: {e}", i + 1),
+                        )
+                    })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rows(texts: &[&str]) -> JsonRows {
+        let mut rows = JsonRows::new();
+        for t in texts {
+            rows.push(t.as_bytes()).unwrap();
+        }
+        rows
+    }
+
+    #[test]
+    fn objects_are_kept_and_other_values_wrapped() {
+        let r = rows(&[r#"{"id": 1}"#, " 7 ", r#""x""#]);
+        assert_eq!(r.len(), 3);
+        let decoded = r.decode().unwrap();
+        assert_eq!(Value::Object(decoded[0].clone()), json!({"id": 1}));
+        assert_eq!(Value::Object(decoded[1].clone()), json!({"value": 7}));
+        assert_eq!(Value::Object(decoded[2].clone()), json!({"value": "x"}));
+    }
+
+    #[test]
+    fn invalid_json_is_refused() {
+        let mut r = JsonRows::new();
+        for bad in [
+            r#"{"id": 1"#,
+            r#"{"id": 01}"#,
+            "{} {}",
+            "nul",
+            r#"{"a": NaN}"#,
+            "",
+        ] {
+            let err = r.push(bad.as_bytes()).unwrap_err();
+            assert!(err.contains("not valid JSON"), "{bad}: {err}");
+        }
+        assert!(r.is_empty(), "nothing was kept");
+    }
+
+    #[test]
+    fn split_and_append_keep_every_record() {
+        let mut r = rows(&[r#"{"a":1}"#, r#"{"a":22}"#, r#"{"a":333}"#, r#"{"a":4}"#]);
+        let front = r.take_front(3);
+        assert_eq!(front.len(), 3);
+        assert_eq!(front.get(2), Some(&br#"{"a":333}"#[..]));
+        assert_eq!(r.get(0), Some(&br#"{"a":4}"#[..]));
+        let mut joined = front;
+        joined.append(&mut r);
+        assert!(r.is_empty());
+        assert_eq!(
+            joined.iter().collect::<Vec<_>>(),
+            [
+                &br#"{"a":1}"#[..],
+                br#"{"a":22}"#,
+                br#"{"a":333}"#,
+                br#"{"a":4}"#
+            ]
+        );
+        assert_eq!(joined.take_front(0).len(), 0);
+        assert_eq!(joined.take_front(9).len(), 4);
+        assert!(joined.is_empty());
+    }
+}

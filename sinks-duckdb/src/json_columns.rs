@@ -1,0 +1,585 @@
+//! Records as JSON text straight into columns, when they fit the table.
+//!
+//! A batch that arrives as JSON text ([`JsonRows`]) is parsed record by record
+//! into the Arrow columns of the table's schema, without a map per record or a
+//! string per field name: each field's value is read as its raw JSON text and
+//! converted as [`cell`](crate::schema::cell) converts a decoded value, so the
+//! rows stored are the ones the record path stores (the property suite of
+//! this crate writes the same data both ways and compares the tables).
+//!
+//! Only a batch that needs nothing else is taken this way: every field already
+//! has a column whose type holds its value, no field twice in a record, and (with
+//! a key) every record keyed, the keys increasing. Anything else — a new
+//! field, a value that widens a column, a duplicate or missing key, keys out of
+//! order, a field name DuckDB cannot hold — is [`Unfit`], and the batch is
+//! decoded into records and takes the record path, which handles all of it.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use duckdb::arrow::record_batch::RecordBatch;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
+use serde_json::Value;
+use serde_json::value::RawValue;
+use sluicegate_core::JsonRows;
+
+use crate::columns::{CHUNK_ROWS, Column, finish_batch};
+use crate::keys::Key;
+use crate::schema::{Cell, ColumnType, NumberKind, TableSchema, number_kind_text};
+
+/// Why a batch cannot go straight into columns (it takes the record path).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Unfit(pub(crate) String);
+
+/// A batch's records as Arrow record batches of the table's columns.
+#[derive(Debug)]
+pub(crate) struct Decoded {
+    /// Record batches of at most [`CHUNK_ROWS`] rows, in order.
+    pub(crate) chunks: Vec<RecordBatch>,
+    /// Number of records.
+    pub(crate) rows: usize,
+    /// The smallest and largest key (keyed streams; keys increase).
+    pub(crate) range: Option<(Key, Key)>,
+    /// The longest string or nested value's text, in bytes.
+    pub(crate) largest: usize,
+    /// Heap bytes of the columns.
+    pub(crate) bytes: usize,
+}
+
+/// Decodes `rows` into columns of `schema`, keyed by the field `key` (its
+/// column must exist). `Err` when the batch does not fit (see the module docs).
+pub(crate) fn decode(
+    schema: &TableSchema,
+    key: Option<&str>,
+    rows: &JsonRows,
+) -> Result<Decoded, Unfit> {
+    let key_column = match key {
+        Some(field) => Some(
+            schema
+                .column_of(field)
+                .ok_or_else(|| Unfit(format!("no column for the key field {field} yet")))?,
+        ),
+        None => None,
+    };
+    let mut state = State {
+        schema,
+        key_column,
+        cache: Vec::new(),
+        set: vec![false; schema.columns.len()],
+        first_key: None,
+        last_key: None,
+        largest: 0,
+        unfit: None,
+    };
+    let mut chunks = Vec::with_capacity(rows.len().div_ceil(CHUNK_ROWS));
+    let mut bytes = 0;
+    let mut texts = rows.iter();
+    let mut left = rows.len();
+    while left > 0 {
+        let n = left.min(CHUNK_ROWS);
+        left -= n;
+        let mut columns: Vec<Column> = schema
+            .columns
+            .iter()
+            .map(|(_, ty)| Column::for_type(ty, n))
+            .collect();
+        for text in texts.by_ref().take(n) {
+            state.record(text, &mut columns)?;
+        }
+        let batch = finish_batch(schema, columns).map_err(|e| Unfit(e.to_string()))?;
+        bytes += batch.get_array_memory_size();
+        chunks.push(batch);
+    }
+    let range = match (state.first_key, state.last_key) {
+        (Some(first), Some(last)) => Some((first, last)),
+        _ => None,
+    };
+    Ok(Decoded {
+        chunks,
+        rows: rows.len(),
+        range,
+        largest: state.largest,
+        bytes,
+    })
+}
+
+/// The decoder's state across the records of a batch.
+struct State<'s> {
+    schema: &'s TableSchema,
+    key_column: Option<usize>,
+    /// The previous record's field names in order, with their columns: the
+    /// next record usually has the same, compared instead of hashed.
+    cache: Vec<(String, Option<usize>)>,
+    /// Which columns the current record has set.
+    set: Vec<bool>,
+    first_key: Option<Key>,
+    last_key: Option<Key>,
+    largest: usize,
+    /// Set when a record does not fit (the parse is stopped with an error).
+    unfit: Option<Unfit>,
+}
+
+impl State<'_> {
+    /// Adds one record's values to `columns` (a null for every column it lacks).
+    fn record(&mut self, text: &[u8], columns: &mut [Column]) -> Result<(), Unfit> {
+        self.set.iter_mut().for_each(|s| *s = false);
+        let mut de = serde_json::Deserializer::from_slice(text);
+        let parsed = de
+            .deserialize_map(RecordVisitor {
+                state: self,
+                columns,
+            })
+            .and_then(|()| de.end());
+        if let Some(unfit) = self.unfit.take() {
+            return Err(unfit);
+        }
+        // The source checked the text; a failure here is a surprise, and the
+        // record path reports it properly.
+        parsed.map_err(|e| Unfit(format!("a record does not parse: {e}")))?;
+        if let Some(idx) = self.key_column
+            && !self.set[idx]
+        {
+            return Err(Unfit("a record has no key".to_owned()));
+        }
+        for (idx, column) in columns.iter_mut().enumerate() {
+            if !self.set[idx] {
+                column.push(&Cell::Null);
+            }
+        }
+        Ok(())
+    }
+
+    /// The column of the `position`th field named `name`, if the table has one.
+    fn column_of(&mut self, position: usize, name: &str) -> Option<usize> {
+        if let Some((cached, column)) = self.cache.get(position)
+            && cached == name
+        {
+            return *column;
+        }
+        let column = self.schema.column_of(name);
+        if position < self.cache.len() {
+            self.cache[position] = (name.to_owned(), column);
+        } else {
+            self.cache.push((name.to_owned(), column));
+        }
+        column
+    }
+
+    /// One field: its value into its column, or why the batch does not fit.
+    fn field(
+        &mut self,
+        position: usize,
+        name: &str,
+        raw: &str,
+        columns: &mut [Column],
+    ) -> Result<(), Unfit> {
+        if name.is_empty() || name.contains('\0') {
+            return Err(Unfit(format!("field name {name:?} cannot be a column")));
+        }
+        let Some(idx) = self.column_of(position, name) else {
+            return if raw == "null" {
+                // A null of a field without a column adds nothing (as in the
+                // record path, which makes no column for it).
+                Ok(())
+            } else {
+                Err(Unfit(format!("new field {name}")))
+            };
+        };
+        if std::mem::replace(&mut self.set[idx], true) {
+            return Err(Unfit(format!("field {name} twice in a record")));
+        }
+        let ty = &self.schema.columns[idx].1;
+        let cell = raw_cell(raw, ty, &mut self.largest)
+            .ok_or_else(|| Unfit(format!("a value of {name} does not fit {}", ty.sql())))?;
+        if Some(idx) == self.key_column {
+            self.key(raw, name)?;
+        }
+        if columns[idx].push(&cell) {
+            Ok(())
+        } else {
+            Err(Unfit(format!("a value of {name} does not fit its column")))
+        }
+    }
+
+    /// Checks the record's key: present, and after the previous record's.
+    fn key(&mut self, raw: &str, name: &str) -> Result<(), Unfit> {
+        let key =
+            raw_key(raw).ok_or_else(|| Unfit(format!("key {name} is null or not orderable")))?;
+        if let Some(last) = &self.last_key
+            && last.compare(&key) != Some(std::cmp::Ordering::Less)
+        {
+            return Err(Unfit("keys do not increase".to_owned()));
+        }
+        if self.first_key.is_none() {
+            self.first_key = Some(key.clone());
+        }
+        self.last_key = Some(key);
+        Ok(())
+    }
+}
+
+/// A key as [`Key::of`] makes it from the decoded value, for integers and
+/// strings (the keys whose order is known); `None` for anything else.
+fn raw_key(raw: &str) -> Option<Key> {
+    match raw.as_bytes().first()? {
+        b'"' => Some(Key::Text(string_value(raw)?.into_owned())),
+        b'-' | b'0'..=b'9' => raw.parse::<i64>().ok().map(Key::Int),
+        _ => None,
+    }
+}
+
+/// A JSON string's value: borrowed when it holds no escape.
+fn string_value(raw: &str) -> Option<Cow<'_, str>> {
+    let inner = raw.get(1..raw.len().checked_sub(1)?)?;
+    if inner.contains('\\') {
+        serde_json::from_str::<String>(raw).ok().map(Cow::Owned)
+    } else {
+        Some(Cow::Borrowed(inner))
+    }
+}
+
+/// The cell a value (its raw JSON text) makes in a column of type `ty`, as
+/// [`cell`](crate::schema::cell) makes it from the decoded value, when the
+/// column's type holds it (as the record path's widening would leave it);
+/// `None` when the column would have to widen. `largest` follows the longest
+/// string or nested value.
+fn raw_cell<'a>(raw: &'a str, ty: &ColumnType, largest: &mut usize) -> Option<Cell<'a>> {
+    let first = *raw.as_bytes().first()?;
+    match first {
+        b'n' => Some(Cell::Null),
+        b't' | b'f' => {
+            let b = first == b't';
+            match ty {
+                ColumnType::Boolean => Some(Cell::Bool(b)),
+                ColumnType::Varchar | ColumnType::Json | ColumnType::Other(_) => {
+                    Some(Cell::Text(if b { "true" } else { "false" }))
+                }
+                _ => None,
+            }
+        }
+        b'"' => match ty {
+            ColumnType::Varchar | ColumnType::Other(_) => {
+                let s = string_value(raw)?;
+                *largest = (*largest).max(s.len());
+                Some(match s {
+                    Cow::Borrowed(s) => Cell::Text(s),
+                    Cow::Owned(s) => Cell::Owned(s),
+                })
+            }
+            _ => None,
+        },
+        b'{' | b'[' => match ty {
+            ColumnType::Json | ColumnType::Varchar | ColumnType::Other(_) => {
+                *largest = (*largest).max(raw.len());
+                Some(if is_canonical(raw.as_bytes()) {
+                    Cell::Text(raw)
+                } else {
+                    Cell::Owned(serde_json::from_str::<Value>(raw).ok()?.to_string())
+                })
+            }
+            _ => None,
+        },
+        _ => number_cell(raw, ty),
+    }
+}
+
+/// A number's cell (see [`raw_cell`]); the widening rules of the record path:
+/// `BIGINT` holds 64-bit integers, `HUGEINT` 128-bit ones, `DOUBLE` fractions
+/// and integers within ±2^53, and text columns the number's text.
+fn number_cell<'a>(raw: &'a str, ty: &ColumnType) -> Option<Cell<'a>> {
+    let kind = number_kind_text(raw);
+    match (kind, ty) {
+        (NumberKind::Int64(i), ColumnType::BigInt) => Some(Cell::Int(i)),
+        (NumberKind::Int64(i), ColumnType::HugeInt) => Some(Cell::Huge(i128::from(i))),
+        (NumberKind::Int128(i), ColumnType::HugeInt) => Some(Cell::Huge(i)),
+        (NumberKind::Float(x), ColumnType::Double) => {
+            Some(Cell::Double(if x == 0.0 { 0.0 } else { x }))
+        }
+        (NumberKind::Int64(_) | NumberKind::Int128(_), ColumnType::Double)
+            if kind.fits_double() =>
+        {
+            Some(Cell::Double(match kind {
+                NumberKind::Int64(i) => i as f64,
+                NumberKind::Int128(i) => i as f64,
+                _ => return None,
+            }))
+        }
+        // A number beyond every numeric type widens a JSON column to VARCHAR.
+        (NumberKind::Text, ColumnType::Json) => None,
+        (_, ColumnType::Varchar | ColumnType::Json | ColumnType::Other(_)) => {
+            Some(match number_text(raw) {
+                Cow::Borrowed(text) => Cell::Text(text),
+                Cow::Owned(text) => Cell::Owned(text),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// A number's text as `serde_json` keeps it: an exponent is written `e`,
+/// with its sign (`1E5` is `1e+5`); anything else as it came.
+fn number_text(raw: &str) -> Cow<'_, str> {
+    let Some(at) = raw.find(['e', 'E']) else {
+        return Cow::Borrowed(raw);
+    };
+    let exponent = &raw[at + 1..];
+    if raw.as_bytes()[at] == b'e' && exponent.starts_with(['+', '-']) {
+        return Cow::Borrowed(raw);
+    }
+    let sign = if exponent.starts_with(['+', '-']) {
+        ""
+    } else {
+        "+"
+    };
+    Cow::Owned(format!("{}e{sign}{exponent}", &raw[..at]))
+}
+
+/// Whether a nested value's text is exactly what `serde_json` writes for it
+/// once decoded: no whitespace outside strings, no escape (so every string is
+/// written back as it came), and no object with a key twice (decoding keeps
+/// the last), and no exponent other than `e` with a sign (see
+/// [`number_text`]).
+fn is_canonical(text: &[u8]) -> bool {
+    if text.contains(&b'\\') {
+        return false;
+    }
+    /// An open object's keys so far (objects with many keys are checked
+    /// through the decoder instead).
+    const MAX_KEYS: usize = 32;
+    enum Frame<'t> {
+        Object {
+            keys: Vec<&'t [u8]>,
+            expect_key: bool,
+        },
+        Array,
+    }
+    let mut stack: Vec<Frame<'_>> = Vec::new();
+    let mut i = 0;
+    while i < text.len() {
+        match text[i] {
+            b'"' => {
+                let Some(len) = text[i + 1..].iter().position(|b| *b == b'"') else {
+                    return false;
+                };
+                let s = &text[i + 1..i + 1 + len];
+                if let Some(Frame::Object { keys, expect_key }) = stack.last_mut()
+                    && *expect_key
+                {
+                    if keys.len() >= MAX_KEYS || keys.contains(&s) {
+                        return false;
+                    }
+                    keys.push(s);
+                    *expect_key = false;
+                }
+                i += len + 2;
+                continue;
+            }
+            b'{' => stack.push(Frame::Object {
+                keys: Vec::new(),
+                expect_key: true,
+            }),
+            b'[' => stack.push(Frame::Array),
+            b'}' | b']' => {
+                stack.pop();
+            }
+            b',' => {
+                if let Some(Frame::Object { expect_key, .. }) = stack.last_mut() {
+                    *expect_key = true;
+                }
+            }
+            b' ' | b'\t' | b'\n' | b'\r' | b'E' => return false,
+            // Outside strings an `e` is an exponent's, or ends `true`/`false`.
+            b'e' if text.get(i + 1).is_some_and(u8::is_ascii_digit) => return false,
+            _ => {}
+        }
+        i += 1;
+    }
+    true
+}
+
+/// Visits a record's fields: names borrowed when unescaped, values as raw text.
+struct RecordVisitor<'a, 's> {
+    state: &'a mut State<'s>,
+    columns: &'a mut [Column],
+}
+
+impl<'de> Visitor<'de> for RecordVisitor<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut position = 0;
+        while let Some(FieldName(name)) = map.next_key_seed(FieldNameSeed)? {
+            let raw: &RawValue = map.next_value()?;
+            if let Err(unfit) = self.state.field(position, &name, raw.get(), self.columns) {
+                self.state.unfit = Some(unfit);
+                return Err(de::Error::custom("does not fit the table"));
+            }
+            position += 1;
+        }
+        Ok(())
+    }
+}
+
+/// A field name, borrowed from the text when it holds no escape.
+struct FieldName<'de>(Cow<'de, str>);
+
+struct FieldNameSeed;
+
+impl<'de> DeserializeSeed<'de> for FieldNameSeed {
+    type Value = FieldName<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(FieldNameVisitor)
+    }
+}
+
+struct FieldNameVisitor;
+
+impl<'de> Visitor<'de> for FieldNameVisitor {
+    type Value = FieldName<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a field name")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(FieldName(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(FieldName(Cow::Owned(v.to_owned())))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(FieldName(Cow::Owned(v)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn canonical_text_is_what_serde_json_writes() {
+        for text in [
+            r#"{"a":1,"b":[1,2.50,"x"],"c":{"d":null,"e":true}}"#,
+            r#"[{"a":1},{"a":2}]"#,
+            r#"{"ünï":"cödé ☃","n":1e+400,"m":-2.5e-3}"#,
+            "[]",
+            "{}",
+            r#"{"a":{"a":{"a":1}}}"#,
+        ] {
+            assert!(is_canonical(text.as_bytes()), "{text}");
+            let decoded: Value = serde_json::from_str(text).unwrap();
+            assert_eq!(decoded.to_string(), text);
+        }
+        for text in [
+            r#"{"a": 1}"#,
+            r#"{"a":"\u00e9"}"#,
+            r#"{"a":1,"a":2}"#,
+            "[1,\n2]",
+            r#"{"a":"\/"}"#,
+            "[1E+5]",
+            "[1e5]",
+        ] {
+            assert!(!is_canonical(text.as_bytes()), "{text}");
+        }
+        // Keys in different objects may repeat.
+        assert!(is_canonical(br#"[{"a":1},{"a":1}]"#));
+        assert!(is_canonical(br#"{"a":{"b":1},"b":{"a":2}}"#));
+        // A string value equal to a key is no key.
+        assert!(is_canonical(br#"{"a":"a","b":"a"}"#));
+    }
+
+    #[test]
+    fn numbers_follow_the_column_type() {
+        let cell = |raw, ty| number_cell(raw, &ty);
+        assert!(matches!(
+            cell("12", ColumnType::BigInt),
+            Some(Cell::Int(12))
+        ));
+        assert!(
+            cell("1.5", ColumnType::BigInt).is_none(),
+            "widens to DOUBLE"
+        );
+        assert!(cell("18446744073709551615", ColumnType::BigInt).is_none());
+        assert!(matches!(cell("-0", ColumnType::Double), Some(Cell::Double(z)) if z == 0.0));
+        assert!(
+            cell("9007199254740993", ColumnType::Double).is_none(),
+            "beyond 2^53"
+        );
+        assert!(
+            matches!(
+                cell("1e-400", ColumnType::Varchar),
+                Some(Cell::Text("1e-400"))
+            ),
+            "a double 0, but not written 0"
+        );
+        assert!(cell("1e400", ColumnType::Double).is_none());
+        for (raw, kept) in [
+            ("1E400", "1e+400"),
+            ("2e9999", "2e+9999"),
+            ("-1.5E-999", "-1.5e-999"),
+        ] {
+            let Some(Cell::Owned(text)) = cell(raw, ColumnType::Varchar) else {
+                panic!("{raw}");
+            };
+            assert_eq!(text, kept);
+            let decoded: serde_json::Number = serde_json::from_str(raw).unwrap();
+            assert_eq!(decoded.to_string(), kept, "as serde_json keeps it");
+        }
+    }
+
+    #[test]
+    fn unfit_batches_say_why() {
+        let schema = TableSchema::from_columns(vec![
+            ("id".into(), ColumnType::BigInt),
+            ("name".into(), ColumnType::Varchar),
+        ]);
+        let rows = |texts: &[serde_json::Value]| {
+            let mut rows = JsonRows::new();
+            for t in texts {
+                rows.push(t.to_string().as_bytes()).unwrap();
+            }
+            rows
+        };
+        let ok = decode(
+            &schema,
+            Some("id"),
+            &rows(&[
+                json!({"id": 1, "name": "a"}),
+                json!({"name": "b", "id": 2, "x": null}),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(ok.rows, 2);
+        assert_eq!(ok.range, Some((Key::Int(1), Key::Int(2))));
+        for (batch, why) in [
+            (vec![json!({"id": 1, "extra": 1})], "new field"),
+            (
+                vec![json!({"id": 2}), json!({"id": 1})],
+                "keys do not increase",
+            ),
+            (
+                vec![json!({"id": 1}), json!({"id": 1})],
+                "keys do not increase",
+            ),
+            (vec![json!({"name": "x"})], "no key"),
+            (vec![json!({"id": null})], "null"),
+            (vec![json!({"id": 1.5})], "does not fit"),
+            (vec![json!({"id": 1, "": 1})], "cannot be a column"),
+        ] {
+            let Unfit(reason) = decode(&schema, Some("id"), &rows(&batch)).unwrap_err();
+            assert!(reason.contains(why), "{batch:?}: {reason}");
+        }
+        let mut twice = JsonRows::new();
+        twice.push(br#"{"id":1,"id":2}"#).unwrap();
+        let Unfit(reason) = decode(&schema, Some("id"), &twice).unwrap_err();
+        assert!(reason.contains("twice"), "{reason}");
+    }
+}
