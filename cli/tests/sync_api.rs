@@ -68,9 +68,18 @@ struct Fixture {
 
 impl Fixture {
     async fn new(faults: Vec<Fault>, token: Option<&str>, extra_source: &str) -> Self {
+        Self::with_orders(ORDERS, faults, token, extra_source).await
+    }
+
+    async fn with_orders(
+        orders: u64,
+        faults: Vec<Fault>,
+        token: Option<&str>,
+        extra_source: &str,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = ShopConfig {
-            orders: ORDERS,
+            orders,
             faults,
             token: token.map(str::to_owned),
             ..ShopConfig::default()
@@ -261,7 +270,9 @@ async fn config_mistakes_fail_before_any_request_with_one_line() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn classic_mode_stops_with_a_clear_memory_error_and_streaming_succeeds() {
-    let fx = Fixture::new(Vec::new(), None, "").await;
+    // 75,000 items: about 11 MB of JSON text, far more than 1 MiB holds even
+    // as text (the DuckDB sink takes records as JSON text).
+    let fx = Fixture::with_orders(30_000, Vec::new(), None, "").await;
     let out = fx
         .sync(&["--key", "items", "--apply", "--max-memory-mb", "1"], &[])
         .await;
