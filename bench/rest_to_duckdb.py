@@ -15,7 +15,7 @@ commands and the machine.
 
 Run it through bench/run.sh, which builds the release binaries first.
 Then the same for the API's benchmark shapes (nested `events`, wide and sparse
-`profiles`; bench/shapes.yaml), without the dry runs.
+`profiles`; bench/shapes.yaml).
 
 Environment: SIZES (orders, comma-separated; default "100000,1000000"), REPEAT (3),
 SHAPES (1; 0 skips the shapes).
@@ -37,10 +37,9 @@ SHAPES = os.environ.get("SHAPES", "1") != "0"
 PAGE_SIZE = 1000
 
 
-def measure(orders, config, db_file, resources, dry_runs):
+def measure(orders, config, db_file, resources):
     """Alternating runs at one size: download-only, read_json of the saved rows,
-    the sync into db_file (the configuration's DuckDB file) and, with dry_runs,
-    the sync as a dry run; medians."""
+    the sync into db_file (the configuration's DuckDB file); medians."""
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         api, url = start_server([RELEASE / "shop-api", "--orders", str(orders)], work)
@@ -49,7 +48,7 @@ def measure(orders, config, db_file, resources, dry_runs):
             shutil.copy(config, conf)
             env = dict(os.environ, SHOP_API_URL=url)
             env.pop("SLUICEGATE_MAX_MEMORY_MB", None)
-            downloads, syncs, reads, locals_ = [], [], [], []
+            downloads, syncs, locals_ = [], [], []
             rows = None
             ndjson = work / "ndjson"
             ndjson.mkdir()
@@ -75,13 +74,6 @@ def measure(orders, config, db_file, resources, dry_runs):
                 if written != rows:
                     sys.exit(f"sync wrote {written} rows, the API has {rows}:\n{s['out']}")
                 syncs.append(s)
-                if dry_runs:
-                    # A dry run into a database that does not exist reads and decodes
-                    # every page but never touches DuckDB: the source side alone.
-                    for f in work.glob(db_file + "*"):
-                        f.unlink()
-                    reads.append(measured([RELEASE / "sluicegate", "sync-api", "--config", conf, "--all",
-                                           "--streaming", "--quiet"], env))
                 print(f"{config.name} orders={orders} run {i + 1}: download {d['wall']:.2f}s, "
                       f"read_json {r['wall']:.2f}s, sync {s['wall']:.2f}s, "
                       f"sync peak RSS {mib(s['rss'])}", file=sys.stderr)
@@ -98,8 +90,6 @@ def measure(orders, config, db_file, resources, dry_runs):
         # Ratio of each alternating pair, then the median (same-run ratio).
         "lj_ratio": statistics.median(s["wall"] / l["wall"] for s, l in zip(syncs, locals_)),
     }
-    if dry_runs:
-        result.update({"rd_wall": med(reads, "wall"), "rd_cpu": med(reads, "cpu"), "rd_rss": med(reads, "rss")})
     return result
 
 
@@ -122,8 +112,8 @@ HEADER = [
 
 def main():
     config = ROOT / "examples" / "sluicegate.yaml"
-    results = [measure(orders, config, "shop.duckdb", [], True) for orders in SIZES]
-    shapes = [measure(orders, ROOT / "bench" / "shapes.yaml", "shapes.duckdb", ["events", "profiles"], False)
+    results = [measure(orders, config, "shop.duckdb", []) for orders in SIZES]
+    shapes = [measure(orders, ROOT / "bench" / "shapes.yaml", "shapes.duckdb", ["events", "profiles"])
               for orders in SIZES] if SHAPES else []
 
     lines = [
@@ -149,19 +139,6 @@ def main():
         *HEADER,
         *table(results),
     ]
-    lines += [
-        "",
-        "Where the time goes: the same runs as a dry run into a database that does not exist (every",
-        "page fetched and decoded into records, nothing written), i.e. the source side alone:",
-        "",
-        "| orders | dry-run wall | dry-run CPU | dry-run peak RSS | sync CPU minus dry-run CPU (the DuckDB side) |",
-        "|---:|---:|---:|---:|---:|",
-    ]
-    for r in results:
-        lines.append(
-            f"| {r['orders']:,} | {r['rd_wall']:.2f} s | {r['rd_cpu']:.2f} s | {mib(r['rd_rss'])} | "
-            f"{r['sg_cpu'] - r['rd_cpu']:.2f} s |"
-        )
     lines.append("")
     if len(results) >= 2:
         small, large = results[0], results[-1]

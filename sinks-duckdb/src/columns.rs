@@ -33,7 +33,8 @@ impl Column {
             ColumnType::BigInt => Column::Int(Int64Builder::with_capacity(rows)),
             ColumnType::Double => Column::Double(Float64Builder::with_capacity(rows)),
             ColumnType::HugeInt | ColumnType::Varchar | ColumnType::Json | ColumnType::Other(_) => {
-                Column::Text(StringBuilder::with_capacity(rows, rows * 16))
+                // No room for text ahead: a sparse column holds only offsets.
+                Column::Text(StringBuilder::with_capacity(rows, 0))
             }
         }
     }
