@@ -1068,6 +1068,12 @@ async fn a_long_first_load_checkpoints_before_the_pool_overflows() {
         ),
         vec![vec![json!(300_000), json!(300_000)]]
     );
+    // Row groups of 32,768 rows (DuckDB's default would make 3 of 122,880).
+    let groups = query(
+        dir.path(),
+        "SELECT count(DISTINCT row_group_id) FROM pragma_storage_info('orders')",
+    );
+    assert_eq!(groups, vec![vec![json!(300_000_u64.div_ceil(32_768))]]);
 }
 
 /// Every key the writer lists, page by page.
