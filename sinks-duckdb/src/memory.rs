@@ -33,9 +33,10 @@
 //! alternating runs: 0.79× the wall time of DuckDB's own schedule (a checkpoint
 //! per 16 MB of write-ahead log), 16.0 s against 20.2 s, with 3.3 s of system
 //! time against 8.0 s, at the same peak RSS (124 and 122 MiB). Checkpointing
-//! earlier rewrites a table's last, partly filled row group (DuckDB's row
-//! groups hold 122,880 rows) again and again: at 4 MiB a load was four times
-//! slower. A larger pool does not pay: 32 MiB leaves records in flight 10 MiB
+//! earlier rewrites a table's last, partly filled row group again and again:
+//! at 4 MiB a load was four times slower (with DuckDB's row groups of 122,880
+//! rows; the sink now writes row groups of 32,768, see `database`, so that a
+//! rewrite is bounded by a few MiB even for tables of long text). A larger pool does not pay: 32 MiB leaves records in flight 10 MiB
 //! less of the run's memory, and the example's re-sync got slower.
 
 use std::collections::BTreeMap;
