@@ -376,32 +376,29 @@ async fn records_come_as_json_text_when_asked_and_equal_the_decoded_ones() {
 
 #[tokio::test]
 async fn as_json_text_a_broken_page_or_record_is_a_decode_error_naming_the_page() {
-    let (url, _) = serve(Behaviour {
+    let broken_page = Behaviour {
         total: 35,
         garbage_at: Some(10),
         ..Default::default()
-    })
-    .await;
-    let err = read_all_as_text(&source(&url, json!({})))
-        .await
-        .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Decode);
-    assert_eq!(err.context_value("page"), Some("2"));
-    let (url, _) = serve(Behaviour {
+    };
+    let broken_record = Behaviour {
         total: 35,
         bad_record_at: Some(20),
         ..Default::default()
-    })
-    .await;
-    let err = read_all_as_text(&source(&url, json!({})))
-        .await
-        .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Decode);
-    assert_eq!(err.context_value("page"), Some("3"));
-    assert!(
-        err.to_string().contains("a record is not valid JSON"),
-        "{err}"
-    );
+    };
+    let mut url = String::new();
+    for (behaviour, page, says) in [
+        (broken_page, "2", "truncated body"),
+        (broken_record, "3", "a record is not valid JSON"),
+    ] {
+        url = serve(behaviour).await.0;
+        let err = read_all_as_text(&source(&url, json!({})))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Decode);
+        assert_eq!(err.context_value("page"), Some(page));
+        assert!(err.to_string().contains(says), "{err}");
+    }
     // Decoded, the same page fails the same way.
     let (result, _) = read_all(&source(&url, json!({}))).await;
     let err = result.unwrap_err();
