@@ -899,8 +899,10 @@ impl Inner {
                     .feed_text(&chunk, &mut texts)
                     .map_err(|msg| decode_error(msg, &head))?;
                 count += texts.len() as u64;
-                let sent = self.add_texts(tx, &mut builder, &mut texts).await;
-                if sent.map_err(|msg| decode_error(msg, &head))? {
+                if self
+                    .add_texts(tx, &mut builder, &mut texts, |msg| decode_error(msg, &head))
+                    .await?
+                {
                     progress.sent_any = true;
                 }
                 continue;
@@ -918,9 +920,8 @@ impl Inner {
                 .finish_text(&mut texts, &mut decoded)
                 .map_err(|msg| decode_error(msg, &head))?;
             count += texts.len() as u64;
-            self.add_texts(tx, &mut builder, &mut texts)
-                .await
-                .map_err(|msg| decode_error(msg, &head))?;
+            self.add_texts(tx, &mut builder, &mut texts, |msg| decode_error(msg, &head))
+                .await?;
             tail
         } else {
             decoder
@@ -1125,44 +1126,27 @@ impl Inner {
                 record.insert(k.clone(), v.clone());
             }
             let full = builder.add(record);
-            if let Some(tx) = tx {
-                builder.grow().await?;
-                if full && let Some(part) = builder.cut(None).await? {
-                    tx.send(part).await?;
-                    builder.reserve().await?;
-                    sent = true;
-                }
-            }
+            sent |= pass_on(tx, builder, full).await?;
         }
         Ok(sent)
     }
 
     /// Adds records' JSON texts (checked here: each one JSON object) to the
-    /// page's builder, as [`add`](Self::add) adds decoded records. An error
-    /// is a message for [`Error::decode`], saying which record.
+    /// page's builder, as [`add`](Self::add) adds decoded records; a text that
+    /// is not becomes the error `invalid` makes of the message.
     async fn add_texts(
         &self,
         tx: Option<&BatchSender>,
         builder: &mut BatchBuilder,
         texts: &mut Vec<RecordText>,
-    ) -> std::result::Result<bool, String> {
+        invalid: impl Fn(String) -> Error,
+    ) -> Result<bool> {
         let mut sent = false;
         for record in texts.drain(..) {
             let full = builder
                 .add_json(&record.text)
-                .map_err(|e| format!("{}{e}", record.place()))?;
-            if let Some(tx) = tx {
-                let step = async {
-                    builder.grow().await?;
-                    if full && let Some(part) = builder.cut(None).await? {
-                        tx.send(part).await?;
-                        builder.reserve().await?;
-                        return Ok::<bool, Error>(true);
-                    }
-                    Ok(false)
-                };
-                sent |= step.await.map_err(|e| e.to_string())?;
-            }
+                .map_err(|e| invalid(format!("{}{e}", record.place())))?;
+            sent |= pass_on(tx, builder, full).await?;
         }
         Ok(sent)
     }
@@ -1176,6 +1160,22 @@ impl Inner {
             builder.release();
         }
     }
+}
+
+/// After a record was added to a page's builder: read in its turn (`tx`), the
+/// lease grows as records arrive and a full part is sent on (no position: the
+/// page is not complete); returns whether one was.
+async fn pass_on(tx: Option<&BatchSender>, builder: &mut BatchBuilder, full: bool) -> Result<bool> {
+    let Some(tx) = tx else {
+        return Ok(false);
+    };
+    builder.grow().await?;
+    if full && let Some(part) = builder.cut(None).await? {
+        tx.send(part).await?;
+        builder.reserve().await?;
+        return Ok(true);
+    }
+    Ok(false)
 }
 
 /// A request body.

@@ -235,19 +235,14 @@ impl Batch {
     /// Appends a later batch of the same stream to this one: records, memory, the
     /// later position and the page range.
     pub fn append(&mut self, mut later: Batch) -> Result<()> {
+        if self.json.is_some() != later.json.is_some() {
+            // One of each form: both become records.
+            self.decode_json()?;
+            later.decode_json()?;
+        }
         match (&mut self.json, &mut later.json) {
             (Some(mine), Some(theirs)) => mine.append(theirs),
-            (None, None) => self.records.append(&mut later.records),
-            // One of each form: both become records.
-            (mine, theirs) => {
-                if let Some(rows) = mine.take() {
-                    self.records = rows.decode()?;
-                }
-                if let Some(rows) = theirs.take() {
-                    later.records = rows.decode()?;
-                }
-                self.records.append(&mut later.records);
-            }
+            _ => self.records.append(&mut later.records),
         }
         if later.position.is_some() {
             self.position = later.position.take();

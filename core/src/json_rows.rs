@@ -25,19 +25,6 @@ pub struct JsonRows {
     ends: Vec<usize>,
 }
 
-/// Why `text` is not one JSON object, if it is not.
-fn check_object(text: &[u8]) -> std::result::Result<(), String> {
-    let first = text
-        .iter()
-        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
-    if first != Some(&b'{') {
-        return Err("a record is not a JSON object".to_owned());
-    }
-    serde_json::from_slice::<IgnoredAny>(text)
-        .map(|_| ())
-        .map_err(|e| format!("a record is not valid JSON: {e}"))
-}
-
 impl JsonRows {
     /// No records.
     pub fn new() -> Self {
@@ -49,22 +36,17 @@ impl JsonRows {
     /// `{"value": ...}` first, as [`into_record`] wraps it. Invalid JSON is an
     /// error (the message says why, not where: the caller knows where).
     pub fn push(&mut self, text: &[u8]) -> std::result::Result<(), String> {
-        match check_object(text) {
-            Ok(()) => self.text.extend_from_slice(text),
-            Err(not_object) => {
-                // A valid value that is not an object is wrapped; anything else
-                // is invalid JSON.
-                serde_json::from_slice::<IgnoredAny>(text).map_err(|e| {
-                    if not_object.contains("valid JSON") {
-                        not_object
-                    } else {
-                        format!("a record is not valid JSON: {e}")
-                    }
-                })?;
-                self.text.extend_from_slice(b"{\"value\":");
-                self.text.extend_from_slice(text);
-                self.text.push(b'}');
-            }
+        serde_json::from_slice::<IgnoredAny>(text)
+            .map_err(|e| format!("a record is not valid JSON: {e}"))?;
+        let first = text
+            .iter()
+            .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+        if first == Some(&b'{') {
+            self.text.extend_from_slice(text);
+        } else {
+            self.text.extend_from_slice(b"{\"value\":");
+            self.text.extend_from_slice(text);
+            self.text.push(b'}');
         }
         self.ends.push(self.text.len());
         Ok(())
@@ -90,11 +72,6 @@ impl JsonRows {
     /// Each record's text, in order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
         (0..self.len()).map(|i| self.get(i).unwrap_or_default())
-    }
-
-    /// Bytes of text held.
-    pub fn text_len(&self) -> usize {
-        self.text.len()
     }
 
     /// Heap bytes held: the text and the table of record ends, as allocated.

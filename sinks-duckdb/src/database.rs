@@ -68,6 +68,15 @@ impl OpenOptions {
                 .threads(i64::from(threads))
                 .map_err(|e| duck_error("invalid threads", e))?;
         }
+        if !self.in_memory {
+            // Where DuckDB spills for a database file, also when the file is
+            // attached to an in-memory instance (see `connect`).
+            let mut temp = self.path.as_os_str().to_owned();
+            temp.push(".tmp");
+            settings = settings
+                .with("temp_directory", temp.to_string_lossy())
+                .map_err(|e| duck_error("cannot set the temporary directory", e))?;
+        }
         for (name, value) in &self.config.settings {
             settings = settings
                 .with(name, value)
@@ -128,19 +137,7 @@ impl OpenOptions {
             duck_error(format!("cannot open {}{hint}", path.display()), e)
         };
         // The file is attached to an in-memory instance, because only an
-        // attachment takes a row group size: see `ROW_GROUP_ROWS`. Spilled
-        // blocks go where DuckDB puts them for a database file.
-        let mut temp = path.as_os_str().to_owned();
-        temp.push(".tmp");
-        let mut settings = settings
-            .with("temp_directory", temp.to_string_lossy())
-            .map_err(|e| duck_error("cannot set the temporary directory", e))?;
-        for (name, value) in &self.config.settings {
-            // The user's own settings still come last.
-            settings = settings
-                .with(name, value)
-                .map_err(|e| duck_error(format!("invalid DuckDB setting {name}"), e))?;
-        }
+        // attachment takes a row group size: see `ROW_GROUP_ROWS`.
         let conn = Connection::open_in_memory_with_flags(settings).map_err(cannot_open)?;
         let quoted = path.to_string_lossy().replace('\'', "''");
         conn.execute_batch(&format!(

@@ -428,7 +428,13 @@ impl SinkWriter for DuckDbWriter {
                     Ok(decoded) => {
                         self.as_columns.fetch_add(1, AtomicOrdering::Relaxed);
                         // The columns' exact size is what the batch holds now.
-                        lease.resize(decoded.bytes).await?;
+                        // (never waited for: the source may be waiting for
+                        // this batch's memory)
+                        if decoded.bytes > lease.bytes() {
+                            lease.grow_now(decoded.bytes);
+                        } else {
+                            lease.shrink_to(decoded.bytes);
+                        }
                         Rows::Columns(decoded)
                     }
                     Err(Unfit(why)) => {

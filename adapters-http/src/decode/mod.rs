@@ -131,30 +131,16 @@ impl BodyDecoder {
     /// Feeds a chunk; complete records are pushed to `out`.
     pub(crate) fn feed(&mut self, chunk: &[u8], out: &mut Vec<Record>) -> Result<(), String> {
         match self {
-            BodyDecoder::JsonStream { scanner, .. } => {
-                let mut raw = Vec::new();
-                let scanned = scanner.feed(chunk, &mut raw);
-                for element in raw {
-                    out.push(parse_record(&element)?);
-                }
+            BodyDecoder::JsonStream { .. } | BodyDecoder::Ndjson { .. } => {
+                // The records' texts, each parsed (those before a grammar
+                // error first: a bad record is the error to report).
+                let mut texts = Vec::new();
+                let scanned = self.feed_text(chunk, &mut texts);
+                parse_texts(texts, out)?;
                 scanned
             }
             BodyDecoder::JsonBuffered { body, .. } => {
                 body.extend_from_slice(chunk);
-                Ok(())
-            }
-            BodyDecoder::Ndjson { partial, line } => {
-                let mut start = 0;
-                for (i, b) in chunk.iter().enumerate() {
-                    if *b == b'\n' {
-                        partial.extend_from_slice(&chunk[start..i]);
-                        *line += 1;
-                        ndjson_line(partial, *line, out)?;
-                        partial.clear();
-                        start = i + 1;
-                    }
-                }
-                partial.extend_from_slice(&chunk[start..]);
                 Ok(())
             }
             BodyDecoder::Csv(csv) => csv.feed(chunk, out),
@@ -171,9 +157,9 @@ impl BodyDecoder {
     }
 
     /// Feeds a chunk; the text of each complete record is pushed to `out`,
-    /// undecoded (the caller checks it), with its NDJSON line number. Only
-    /// where [`BodyDecoder::yields_text`]; otherwise the same as
-    /// [`BodyDecoder::feed`] into an empty list.
+    /// undecoded (the caller checks it), with its NDJSON line number. A
+    /// buffered JSON document yields its records at the end
+    /// ([`BodyDecoder::finish_text`]); CSV has no texts (an error).
     pub(crate) fn feed_text(
         &mut self,
         chunk: &[u8],
@@ -199,7 +185,11 @@ impl BodyDecoder {
                 partial.extend_from_slice(&chunk[start..]);
                 Ok(())
             }
-            other => other.feed(chunk, &mut Vec::new()),
+            BodyDecoder::JsonBuffered { body, .. } => {
+                body.extend_from_slice(chunk);
+                Ok(())
+            }
+            BodyDecoder::Csv(_) => Err("a CSV body has no JSON texts to hand on".to_owned()),
         }
     }
 
@@ -261,7 +251,9 @@ impl BodyDecoder {
                 Ok(Tail { meta: doc, matched })
             }
             BodyDecoder::Ndjson { mut partial, line } => {
-                ndjson_line(&mut partial, line + 1, out)?;
+                let mut texts = Vec::new();
+                ndjson_text(&mut partial, line + 1, &mut texts);
+                parse_texts(texts, out)?;
                 Ok(Tail {
                     meta: Value::Null,
                     matched: true,
@@ -307,15 +299,11 @@ fn ndjson_text(line: &mut Vec<u8>, number: u64, out: &mut Vec<RecordText>) {
     });
 }
 
-fn ndjson_line(line: &mut Vec<u8>, number: u64, out: &mut Vec<Record>) -> Result<(), String> {
-    if line.last() == Some(&b'\r') {
-        line.pop();
+/// Parses records' texts into `out`; an error names the record's NDJSON line.
+fn parse_texts(texts: Vec<RecordText>, out: &mut Vec<Record>) -> Result<(), String> {
+    for text in texts {
+        out.push(parse_record(&text.text).map_err(|e| format!("{}{e}", text.place()))?);
     }
-    if line.iter().all(|b| json_stream::is_json_space(*b)) {
-        return Ok(());
-    }
-    let record = parse_record(line).map_err(|e| format!("NDJSON line {number}: {e}"))?;
-    out.push(record);
     Ok(())
 }
 
