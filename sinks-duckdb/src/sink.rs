@@ -319,8 +319,11 @@ impl BatchJob {
             let mut prepared = None;
             let error = match self.attempt(&conn, reopened, &mut prepared) {
                 Ok((ack, state, mode)) => {
-                    if mode == Some(WriteMode::Append) {
-                        checkpoint_if_due(db, &mut conn, &self.plan);
+                    let checkpointed = mode == Some(WriteMode::Append)
+                        && checkpoint_if_due(db, &mut conn, &self.plan);
+                    if mode.is_some() {
+                        self.plan
+                            .after_batch(&conn, &self.target.sync_key, checkpointed);
                     }
                     break (Ok(ack), Some(state));
                 }
@@ -969,10 +972,12 @@ fn write_batch(
 /// checkpointing early made the example's re-sync at 100,000 orders 1.11×
 /// slower. The batch is durable whatever happens here;
 /// when the checkpoint failed fatally the database is opened again at once,
-/// and when even that fails the next statement reports it.
-fn checkpoint_if_due(db: &Database, conn: &mut Connection, plan: &MemoryPlan) {
-    let Err(error) = plan.checkpoint_if_due(conn) else {
-        return;
+/// and when even that fails the next statement reports it. Whether it
+/// checkpointed.
+fn checkpoint_if_due(db: &Database, conn: &mut Connection, plan: &MemoryPlan) -> bool {
+    let error = match plan.checkpoint_if_due(conn) {
+        Ok(done) => return done,
+        Err(error) => error,
     };
     match db.recover(conn, plan, &error) {
         Ok(true) => {}
@@ -981,6 +986,7 @@ fn checkpoint_if_due(db: &Database, conn: &mut Connection, plan: &MemoryPlan) {
             tracing::warn!(error = %e, "checkpoint failed and the database could not be opened again (the batch is committed)")
         }
     }
+    false
 }
 
 /// The statements that bring the table to `schema`: its creation, or the
