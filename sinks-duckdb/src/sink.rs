@@ -919,6 +919,9 @@ fn write_batch(
     plan.note_width(conn, &target.sync_key, schema.columns.len(), largest)?;
     let key_column = key_column(target, &schema)?;
 
+    // Checkpoints after appends do not vacuum (see `vacuum_setting`).
+    conn.execute_batch(vacuum_setting(batch.mode))
+        .map_err(|e| duck_error("cannot set DuckDB's vacuum tasks", e))?;
     injected_fault(conn, "begin")?;
     conn.execute_batch("BEGIN TRANSACTION")
         .map_err(|e| duck_error("cannot begin a transaction", e))?;
@@ -963,6 +966,25 @@ fn write_batch(
             }
             Err(e)
         }
+    }
+}
+
+/// Whether the checkpoints that follow a batch written in `mode` (the
+/// sink's, and DuckDB's own when a commit's log grew past its threshold) may
+/// vacuum: merge row groups, rewriting them. After appends they do not: each
+/// checkpoint would read the table's last row group back and write it again
+/// with the new rows, and for 100,000 records of 601 sparse columns those
+/// rewrites, and the temporary files DuckDB spilled them to, took 30 s of a
+/// 34 s load (11 s without them, and 298 MiB at the peak instead of 364; one
+/// run each). Tables then keep row groups of the rows between two checkpoints
+/// (32,768 at most): for the example shop's 1M orders 46 groups of `orders`
+/// instead of 34, a file 3% larger, loaded 0.90× the time. After upserts they
+/// vacuum as DuckDB does by default, which is how the rows a re-sync deleted
+/// leave the file.
+fn vacuum_setting(mode: WriteMode) -> &'static str {
+    match mode {
+        WriteMode::Append => "SET max_vacuum_tasks = 0",
+        WriteMode::Upsert => "RESET max_vacuum_tasks",
     }
 }
 
