@@ -973,13 +973,14 @@ fn write_batch(
 /// sink's, and DuckDB's own when a commit's log grew past its threshold) may
 /// vacuum: merge row groups, rewriting them. After appends they do not: each
 /// checkpoint would read the table's last row group back and write it again
-/// with the new rows, and a load of 100,000 records of 601 sparse columns
-/// with those rewrites, and the temporary files DuckDB spilled them to, took
-/// 30.3 s, without them 10.6 s (peak 292 MiB instead of 364; one run each). Tables then keep row groups of the rows between two checkpoints
-/// (32,768 at most): for the example shop's 1M orders 46 groups of `orders`
-/// instead of 34, a file 3% larger, loaded 0.90× the time. After upserts they
-/// vacuum as DuckDB does by default, which is how the rows a re-sync deleted
-/// leave the file.
+/// with the new rows. A load of 100,000 records of 601 sparse columns took
+/// 30.3 s with those rewrites (and the temporary files DuckDB spilled them
+/// to), 10.6 s without, at a peak of 292 MiB instead of 364 (one run each).
+/// Tables then keep row groups of the rows between two checkpoints (32,768 at
+/// most): for the example shop's 1M orders 46 groups of `orders` instead of
+/// 34, a file 3% larger, loaded in 0.90× the time. After upserts they vacuum
+/// as DuckDB does by default, merging the row groups deletes left partly
+/// empty (row groups whose rows were all deleted are dropped either way).
 fn vacuum_setting(mode: WriteMode) -> &'static str {
     match mode {
         WriteMode::Append => "SET max_vacuum_tasks = 0",
