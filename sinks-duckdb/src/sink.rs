@@ -919,8 +919,9 @@ fn write_batch(
     plan.note_width(conn, &target.sync_key, schema.columns.len(), largest)?;
     let key_column = key_column(target, &schema)?;
 
-    // Checkpoints after appends do not vacuum (see `vacuum_setting`).
-    conn.execute_batch(vacuum_setting(batch.mode))
+    // Checkpoints after appends to a wide table do not vacuum (see
+    // `vacuum_setting`).
+    conn.execute_batch(vacuum_setting(batch.mode, plan.is_wide(&target.sync_key)))
         .map_err(|e| duck_error("cannot set DuckDB's vacuum tasks", e))?;
     injected_fault(conn, "begin")?;
     conn.execute_batch("BEGIN TRANSACTION")
@@ -969,22 +970,25 @@ fn write_batch(
     }
 }
 
-/// Whether the checkpoints that follow a batch written in `mode` (the
-/// sink's, and DuckDB's own when a commit's log grew past its threshold) may
-/// vacuum: merge row groups, rewriting them. After appends they do not: each
-/// checkpoint would read the table's last row group back and write it again
-/// with the new rows. A load of 100,000 records of 601 sparse columns took
-/// 30.3 s with those rewrites (and the temporary files DuckDB spilled them
-/// to), 10.6 s without, at a peak of 292 MiB instead of 364 (one run each).
-/// Tables then keep row groups of the rows between two checkpoints (32,768 at
-/// most): for the example shop's 1M orders 46 groups of `orders` instead of
-/// 34, a file 3% larger, loaded in 0.90× the time. After upserts they vacuum
-/// as DuckDB does by default, merging the row groups deletes left partly
-/// empty (row groups whose rows were all deleted are dropped either way).
-fn vacuum_setting(mode: WriteMode) -> &'static str {
-    match mode {
-        WriteMode::Append => "SET max_vacuum_tasks = 0",
-        WriteMode::Upsert => "RESET max_vacuum_tasks",
+/// Whether the checkpoints that follow a batch written in `mode` to a table
+/// that is `wide` (see `MemoryPlan::is_wide`) may vacuum: merge row groups,
+/// rewriting them (the sink's checkpoints, and DuckDB's own when a commit's
+/// log grew past its threshold, as it does for every batch of a wide table).
+/// After appends to a wide table they do not: each checkpoint would read the
+/// table's last row group back and write it again with the new rows. A load
+/// of 100,000 records of 601 sparse columns took 30.3 s with those rewrites
+/// (and the temporary files DuckDB spilled them to), 10.6 s without, at a peak
+/// of 292 MiB instead of 364 (one run each). Such a table keeps row groups of
+/// the rows between two checkpoints (32,768 at most). Every other batch
+/// vacuums as DuckDB does by default: without it, the example shop's 10M
+/// orders ended in 445 row groups of `orders` and 223 of the positions table,
+/// and deleting the stream's old positions at its end ran out of DuckDB's
+/// memory (20 MiB for that table's width); with it, the load completes.
+fn vacuum_setting(mode: WriteMode, wide: bool) -> &'static str {
+    if mode == WriteMode::Append && wide {
+        "SET max_vacuum_tasks = 0"
+    } else {
+        "RESET max_vacuum_tasks"
     }
 }
 
