@@ -7,6 +7,10 @@
 //! rows stored are the ones the record path stores (the property suite of
 //! this crate writes the same data both ways and compares the tables).
 //!
+//! Fields the source declared JSON ([`JsonFields`]) keep every value as JSON
+//! text in their `JSON` column, a JSON `null` as the text `null` (SQL NULL is
+//! the field left out), as the record path stores them.
+//!
 //! Only a batch that needs nothing else is taken this way: every field already
 //! has a column whose type holds its value, no field twice in a record, and (with
 //! a key) every record keyed, the keys increasing. Anything else — a new
@@ -21,7 +25,7 @@ use duckdb::arrow::record_batch::RecordBatch;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 use serde_json::value::RawValue;
-use sluicegate_core::JsonRows;
+use sluicegate_core::{JsonFields, JsonRows};
 
 use crate::columns::{CHUNK_ROWS, Column, finish_batch};
 use crate::keys::Key;
@@ -47,11 +51,13 @@ pub(crate) struct Decoded {
 }
 
 /// Decodes `rows` into columns of `schema`, keyed by the field `key` (its
-/// column must exist). `Err` when the batch does not fit (see the module docs).
+/// column must exist), the fields in `declared` read by the source as JSON.
+/// `Err` when the batch does not fit (see the module docs).
 pub(crate) fn decode(
     schema: &TableSchema,
     key: Option<&str>,
     rows: &JsonRows,
+    declared: Option<&JsonFields>,
 ) -> Result<Decoded, Unfit> {
     let key_column = match key {
         Some(field) => Some(
@@ -61,9 +67,24 @@ pub(crate) fn decode(
         ),
         None => None,
     };
+    // A declared field's column is JSON (the record path makes it so, and
+    // widens it to VARCHAR only for values of other sources).
+    let json_text = schema.json_nulls(declared);
+    for field in declared.into_iter().flat_map(JsonFields::iter) {
+        if let Some(idx) = schema.column_of(field)
+            && (!json_text[idx] || Some(idx) == key_column)
+        {
+            return Err(Unfit(format!(
+                "field {field} is declared JSON, its column is {}",
+                schema.columns[idx].1.sql()
+            )));
+        }
+    }
     let mut state = State {
         schema,
         key_column,
+        declared,
+        json_text,
         cache: Vec::new(),
         set: vec![false; schema.columns.len()],
         first_key: None,
@@ -107,6 +128,10 @@ pub(crate) fn decode(
 struct State<'s> {
     schema: &'s TableSchema,
     key_column: Option<usize>,
+    /// The fields the source declared JSON.
+    declared: Option<&'s JsonFields>,
+    /// The columns of declared fields: every value is stored as JSON text.
+    json_text: Vec<bool>,
     /// The previous record's field names in order, with their columns: the
     /// next record usually has the same, compared instead of hashed.
     cache: Vec<(String, Option<usize>)>,
@@ -177,9 +202,10 @@ impl State<'_> {
             return Err(Unfit(format!("field name {name:?} cannot be a column")));
         }
         let Some(idx) = self.column_of(position, name) else {
-            return if raw == "null" {
+            return if raw == "null" && !self.declared.is_some_and(|d| d.contains(name)) {
                 // A null of a field without a column adds nothing (as in the
-                // record path, which makes no column for it).
+                // record path, which makes no column for it unless the field
+                // is declared JSON).
                 Ok(())
             } else {
                 Err(Unfit(format!("new field {name}")))
@@ -189,8 +215,12 @@ impl State<'_> {
             return Err(Unfit(format!("field {name} twice in a record")));
         }
         let ty = &self.schema.columns[idx].1;
-        let cell = raw_cell(raw, ty, &mut self.largest)
-            .ok_or_else(|| Unfit(format!("a value of {name} does not fit {}", ty.sql())))?;
+        let cell = if self.json_text[idx] {
+            json_text_cell(raw, &mut self.largest)
+        } else {
+            raw_cell(raw, ty, &mut self.largest)
+        }
+        .ok_or_else(|| Unfit(format!("a value of {name} does not fit {}", ty.sql())))?;
         if Some(idx) == self.key_column {
             self.key(raw, name)?;
         }
@@ -281,6 +311,22 @@ fn raw_cell<'a>(raw: &'a str, ty: &ColumnType, largest: &mut usize) -> Option<Ce
         },
         _ => number_cell(raw, ty),
     }
+}
+
+/// The cell of a declared JSON field's value: its JSON text as `serde_json`
+/// writes it once decoded (a `null` too; see [`cell`](crate::schema::cell)).
+fn json_text_cell<'a>(raw: &'a str, largest: &mut usize) -> Option<Cell<'a>> {
+    *largest = (*largest).max(raw.len());
+    Some(match raw.as_bytes().first()? {
+        b'{' | b'[' | b'"' if !is_canonical(raw.as_bytes()) => {
+            Cell::Owned(serde_json::from_str::<Value>(raw).ok()?.to_string())
+        }
+        b'-' | b'0'..=b'9' => match number_text(raw) {
+            Cow::Borrowed(text) => Cell::Text(text),
+            Cow::Owned(text) => Cell::Owned(text),
+        },
+        _ => Cell::Text(raw),
+    })
 }
 
 /// A number's cell (see [`raw_cell`]); the widening rules of the record path:
@@ -555,6 +601,7 @@ mod tests {
                 json!({"id": 1, "name": "a"}),
                 json!({"name": "b", "id": 2, "x": null}),
             ]),
+            None,
         )
         .unwrap();
         assert_eq!(ok.rows, 2);
@@ -574,12 +621,12 @@ mod tests {
             (vec![json!({"id": 1.5})], "does not fit"),
             (vec![json!({"id": 1, "": 1})], "cannot be a column"),
         ] {
-            let Unfit(reason) = decode(&schema, Some("id"), &rows(&batch)).unwrap_err();
+            let Unfit(reason) = decode(&schema, Some("id"), &rows(&batch), None).unwrap_err();
             assert!(reason.contains(why), "{batch:?}: {reason}");
         }
         let mut twice = JsonRows::new();
         twice.push(br#"{"id":1,"id":2}"#).unwrap();
-        let Unfit(reason) = decode(&schema, Some("id"), &twice).unwrap_err();
+        let Unfit(reason) = decode(&schema, Some("id"), &twice, None).unwrap_err();
         assert!(reason.contains("twice"), "{reason}");
     }
 }

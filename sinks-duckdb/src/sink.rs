@@ -195,18 +195,22 @@ impl DuckDbWriter {
 impl DuckDbWriter {
     /// A batch of JSON text parsed straight into the table's columns, when
     /// it fits the table as this writer knows it (see `json_columns`): not
-    /// in a dry run, not before the table exists, not with fields declared
-    /// JSON by the source.
+    /// in a dry run, not before the table exists.
     fn columns_of(
         &self,
         text: &sluicegate_core::JsonRows,
-        declared_json: bool,
+        declared: Option<&JsonFields>,
     ) -> std::result::Result<Decoded, Unfit> {
         let table = match &self.table {
-            Some(table) if table.exists && !self.dry_run && !declared_json => table,
+            Some(table) if table.exists && !self.dry_run => table,
             _ => return Err(Unfit("the table is not known yet".to_owned())),
         };
-        crate::json_columns::decode(&table.schema, self.target.key_field.as_deref(), text)
+        crate::json_columns::decode(
+            &table.schema,
+            self.target.key_field.as_deref(),
+            text,
+            declared,
+        )
     }
 }
 
@@ -427,7 +431,7 @@ impl SinkWriter for DuckDbWriter {
         let json = batch.json_fields().cloned();
         let (rows, position, lease) = match batch.into_json_parts() {
             Ok((text, position, mut lease)) => {
-                let rows = match self.columns_of(&text, json.is_some()) {
+                let rows = match self.columns_of(&text, json.as_deref()) {
                     Ok(decoded) => {
                         self.as_columns.fetch_add(1, AtomicOrdering::Relaxed);
                         // The columns' exact size is what the batch holds now.

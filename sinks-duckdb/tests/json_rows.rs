@@ -6,16 +6,19 @@
 //! doubles, exponents (`1E5`, `1e-7`), numbers beyond every type, unicode and
 //! escaped strings, nested values written with whitespace and escapes, nulls,
 //! missing and late fields, fields that change type, keys repeated or out of
-//! order, records without a key, keys that are strings. Every batch is written
+//! order, records without a key, keys that are strings, fields the source
+//! declares JSON (as a database source does for its JSON columns: every value,
+//! `null` too, stored as JSON text). Every batch is written
 //! both ways into two database files; then the tables must have the same
 //! columns, types and rows. `SLUICEGATE_JSON_ROWS_SEED` (default 1) and
 //! `SLUICEGATE_JSON_ROWS_CASES` (default 40) choose the cases.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 use sluicegate_core::{
-    Batch, BuildContext, JsonRows, MemoryBudget, Sink, StreamTarget, into_record,
+    Batch, BuildContext, JsonFields, JsonRows, MemoryBudget, Sink, StreamTarget, into_record,
 };
 use sluicegate_sinks_duckdb::{DuckDbSink, DuckDbSinkConfig};
 
@@ -185,6 +188,8 @@ fn write_string(s: &str, rng: &mut fastrand::Rng, out: &mut String) {
 /// One case: batches of (record text) for a stream with or without a key.
 struct Case {
     key: Option<&'static str>,
+    /// Fields the source declares JSON.
+    declared: Vec<String>,
     batches: Vec<Vec<String>>,
 }
 
@@ -193,6 +198,14 @@ fn case(rng: &mut fastrand::Rng) -> Case {
     let mut kinds: Vec<u8> = (0..fields).map(|_| rng.u8(0..8)).collect();
     let string_keys = rng.u8(0..4) == 0;
     let key = (rng.u8(0..5) != 0).then_some("id");
+    let declared: Vec<String> = if rng.u8(0..3) == 0 {
+        (0..fields + 1)
+            .filter(|_| rng.bool())
+            .map(|f| format!("f{f}"))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let mut next_id: i64 = rng.i64(-50..50);
     let mut batches = Vec::new();
     for b in 0..rng.usize(2..9) {
@@ -236,7 +249,11 @@ fn case(rng: &mut fastrand::Rng) -> Case {
         }
         batches.push(texts);
     }
-    Case { key, batches }
+    Case {
+        key,
+        declared,
+        batches,
+    }
 }
 
 // ---------------------------------------------------------------- the check
@@ -245,6 +262,7 @@ async fn write_case(sink: &DuckDbSink, case: &Case, as_text: bool) {
     let budget = MemoryBudget::unlimited();
     let target = StreamTarget::new("t", "t", case.key.map(str::to_owned));
     let mut writer = sink.open(target).await.unwrap();
+    let declared = Arc::new(JsonFields::new(case.declared.iter().cloned()));
     for texts in &case.batches {
         let lease = budget.acquire(1024).await.unwrap();
         let batch = if as_text {
@@ -260,7 +278,10 @@ async fn write_case(sink: &DuckDbSink, case: &Case, as_text: bool) {
                 .collect();
             Batch::new(records, lease)
         };
-        writer.write(batch).await.unwrap();
+        writer
+            .write(batch.with_json_fields(Some(declared.clone())))
+            .await
+            .unwrap();
     }
     writer.finish().await.unwrap();
 }
@@ -314,6 +335,7 @@ async fn json_text_and_records_leave_the_same_table() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(40);
     let (mut as_columns, mut batches) = (0, 0);
+    let (mut declared_as_columns, mut declared_batches) = (0, 0);
     for n in 0..cases {
         let mut rng = fastrand::Rng::with_seed(seed.wrapping_mul(1_000_003).wrapping_add(n));
         let case = case(&mut rng);
@@ -325,6 +347,10 @@ async fn json_text_and_records_leave_the_same_table() {
         assert_eq!(records.batches_as_columns(), 0);
         as_columns += text.batches_as_columns();
         batches += case.batches.len() as u64;
+        if !case.declared.is_empty() {
+            declared_as_columns += text.batches_as_columns();
+            declared_batches += case.batches.len() as u64;
+        }
         drop((records, text));
         let expected = table(&dir.path().join("records.duckdb"));
         let got = table(&dir.path().join("text.duckdb"));
@@ -338,5 +364,9 @@ async fn json_text_and_records_leave_the_same_table() {
     assert!(
         as_columns * 4 >= batches,
         "only {as_columns} of {batches} batches went straight into columns"
+    );
+    assert!(
+        declared_as_columns * 5 >= declared_batches,
+        "only {declared_as_columns} of {declared_batches} batches with declared JSON fields went straight into columns"
     );
 }
