@@ -75,6 +75,8 @@ pub(crate) struct Batcher {
     /// already read with a JSON type.
     parsed_json: Vec<String>,
     json_fields: Option<Arc<JsonFields>>,
+    /// The read takes rows as JSON text ([`ReadRequest::json_rows`]).
+    json_rows: bool,
 }
 
 impl Batcher {
@@ -98,6 +100,24 @@ impl Batcher {
             json_columns: Vec::new(),
             parsed_json: Vec::new(),
             json_fields: None,
+            json_rows: request.json_rows,
+        }
+    }
+
+    /// Whether rows may be pushed as JSON text ([`Batcher::push_json`]): the
+    /// read asks for it and no `jsonColumns` text needs parsing here.
+    pub(crate) fn takes_json(&self) -> bool {
+        self.json_rows && self.parsed_json.is_empty()
+    }
+
+    /// The columns whose values the batch positions record (the keyset
+    /// column, the incremental cursor's).
+    pub(crate) fn tracked_columns(&self) -> Vec<&str> {
+        match &self.tracker {
+            Tracker::Keyset { column, cursor, .. } => std::iter::once(column.as_str())
+                .chain(cursor.as_ref().map(|(c, _)| c.as_str()))
+                .collect(),
+            _ => Vec::new(),
         }
     }
 
@@ -188,6 +208,34 @@ impl Batcher {
                 })?;
             }
         }
+        self.track(&record)?;
+        if self.builder.push(record).await? {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Adds one row as its JSON text (see [`Batcher::takes_json`]), with the
+    /// values of its [`tracked_columns`](Batcher::tracked_columns) in
+    /// `tracked`; sends the batch when it is full. `Ok(false)` when the text is
+    /// not one JSON object: nothing was added, and the caller pushes the
+    /// row as a record (whose decoding says what is wrong with it).
+    pub(crate) async fn push_json(&mut self, text: &[u8], tracked: &Record) -> Result<bool> {
+        self.builder.reserve().await?;
+        let full = match self.builder.add_json(text) {
+            Ok(full) => full,
+            Err(_) => return Ok(false),
+        };
+        self.track(tracked)?;
+        self.builder.grow().await?;
+        if full {
+            self.flush().await?;
+        }
+        Ok(true)
+    }
+
+    /// Follows the values the positions record (or the offset) past `record`.
+    fn track(&mut self, record: &Record) -> Result<()> {
         if let Tracker::Keyset {
             cursor: Some((column, at)),
             ..
@@ -233,9 +281,6 @@ impl Batcher {
             Tracker::Offset { next } => *next += 1,
         }
         self.total += 1;
-        if self.builder.push(record).await? {
-            self.flush().await?;
-        }
         Ok(())
     }
 

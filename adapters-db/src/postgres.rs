@@ -133,6 +133,13 @@ impl Session for PgSession {
             .map(|c| is_json(c.type_()))
             .collect();
         out.declare_json(&names, &json);
+        // Rows go on as JSON text when the read takes it, written straight
+        // from the binary values (no map per row).
+        let text_columns = out
+            .takes_json()
+            .then(|| TextColumns::new(statement.columns(), &json, &out.tracked_columns()))
+            .flatten();
+        let mut text = Vec::new();
         let params: Vec<TextParam> = params.iter().map(|v| TextParam(key_text(v))).collect();
         let portal = tx.bind_raw(&statement, params.iter()).await.map_err(err)?;
         let max_rows = i32::try_from(fetch).unwrap_or(i32::MAX);
@@ -144,9 +151,21 @@ impl Session for PgSession {
             pin_mut!(rows);
             let mut fetched = 0usize;
             while let Some(row) = rows.try_next().await.map_err(err)? {
-                let record = decode_row(&origin, &row, (&names, &json), out)?;
-                out.push(record).await?;
                 fetched += 1;
+                if let Some(columns) = &text_columns
+                    && columns.write_row(&row, &mut text).is_ok()
+                    && let Ok(tracked) = columns.tracked(&row)
+                    && out.push_json(&text, &tracked).await?
+                {
+                    continue;
+                }
+                // As a record: a value that could not be written says why.
+                let record = decode_row(&origin, &row, (&names, &json), out)?;
+                if text_columns.is_some() {
+                    // After the rows before it, in order.
+                    out.flush().await?;
+                }
+                out.push(record).await?;
             }
             total += fetched as u64;
             if fetched < fetch {
@@ -155,6 +174,151 @@ impl Session for PgSession {
         }
         tx.commit().await.map_err(err)?;
         Ok(total)
+    }
+}
+
+/// How a query's rows are written as JSON text: each column's field name
+/// (escaped, with its colon) and type, and the columns the batch positions
+/// record.
+struct TextColumns {
+    fields: Vec<Vec<u8>>,
+    types: Vec<Type>,
+    json: Vec<bool>,
+    /// `(name, index)` of each tracked column.
+    tracked: Vec<(String, usize)>,
+}
+
+impl TextColumns {
+    /// `None` when a tracked column is not among the query's (the record
+    /// path reports that).
+    fn new(columns: &[tokio_postgres::Column], json: &[bool], tracked: &[&str]) -> Option<Self> {
+        let fields = columns
+            .iter()
+            .map(|c| {
+                let mut field = serde_json::to_vec(c.name()).unwrap_or_default();
+                field.push(b':');
+                field
+            })
+            .collect();
+        let tracked = tracked
+            .iter()
+            .map(|name| {
+                columns
+                    .iter()
+                    .position(|c| c.name() == *name)
+                    .map(|i| ((*name).to_owned(), i))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Self {
+            fields,
+            types: columns.iter().map(|c| c.type_().clone()).collect(),
+            json: json.to_vec(),
+            tracked,
+        })
+    }
+
+    /// Writes `row` as one JSON object into `out` (cleared first): each value
+    /// as [`decode`] converts it, SQL NULL in a JSON column left out, as
+    /// [`decode_row`] leaves it. `Err` when a value cannot be converted.
+    fn write_row(&self, row: &Row, out: &mut Vec<u8>) -> std::result::Result<(), BoxError> {
+        out.clear();
+        out.push(b'{');
+        for (i, (field, ty)) in self.fields.iter().zip(&self.types).enumerate() {
+            let raw = row.try_get::<_, Option<Raw<'_>>>(i)?;
+            if raw.is_none() && self.json[i] {
+                continue;
+            }
+            if out.len() > 1 {
+                out.push(b',');
+            }
+            out.extend_from_slice(field);
+            match raw {
+                None => out.extend_from_slice(b"null"),
+                Some(Raw(raw)) => write_value(ty, raw, out)?,
+            }
+        }
+        out.push(b'}');
+        Ok(())
+    }
+
+    /// The row's values of the tracked columns, as a record.
+    fn tracked(&self, row: &Row) -> std::result::Result<Record, BoxError> {
+        let mut record = Map::with_capacity(self.tracked.len());
+        for (name, i) in &self.tracked {
+            let value = row.try_get::<_, Option<PgValue>>(*i)?;
+            record.insert(name.clone(), value.map_or(Value::Null, |v| v.0));
+        }
+        Ok(record)
+    }
+}
+
+/// One value's binary bytes, as the server sent them.
+struct Raw<'a>(&'a [u8]);
+
+impl<'a> FromSql<'a> for Raw<'a> {
+    fn from_sql(_ty: &Type, raw: &'a [u8]) -> std::result::Result<Self, BoxError> {
+        Ok(Raw(raw))
+    }
+
+    fn accepts(_ty: &Type) -> bool {
+        true
+    }
+}
+
+/// Writes one value as the JSON text of what [`decode`] makes of it; the
+/// common types directly, without a [`Value`] in between.
+fn write_value(ty: &Type, raw: &[u8], out: &mut Vec<u8>) -> std::result::Result<(), BoxError> {
+    match *ty {
+        Type::BOOL => {
+            out.extend_from_slice(if wire::bool_from_sql(raw)? {
+                b"true"
+            } else {
+                b"false"
+            });
+        }
+        Type::INT2 => serde_json::to_writer(out, &wire::int2_from_sql(raw)?)?,
+        Type::INT4 => serde_json::to_writer(out, &wire::int4_from_sql(raw)?)?,
+        Type::INT8 => serde_json::to_writer(out, &wire::int8_from_sql(raw)?)?,
+        Type::OID => serde_json::to_writer(out, &wire::oid_from_sql(raw)?)?,
+        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN | Type::XML => {
+            serde_json::to_writer(out, wire::text_from_sql(raw)?)?;
+        }
+        Type::NUMERIC => {
+            // Digits, a sign, a point or NaN/Infinity: nothing to escape.
+            out.push(b'"');
+            out.extend_from_slice(numeric(raw)?.as_bytes());
+            out.push(b'"');
+        }
+        Type::JSON => compact_json(raw, out),
+        Type::JSONB => match raw.split_first() {
+            Some((1, body)) => compact_json(body, out),
+            _ => return Err("unknown jsonb version".into()),
+        },
+        _ => serde_json::to_writer(out, &decode(ty, raw)?)?,
+    }
+    Ok(())
+}
+
+/// Copies JSON text (the server checked it) without the whitespace between
+/// tokens, so that a sink finds it as compact as `serde_json` writes it.
+fn compact_json(text: &[u8], out: &mut Vec<u8>) {
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in text {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+            continue;
+        } else if b == b'"' {
+            in_string = true;
+        }
+        out.push(b);
     }
 }
 

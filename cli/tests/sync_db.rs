@@ -57,6 +57,16 @@ fn without_nulls(records: Vec<Value>) -> Vec<Value> {
 async fn every_type_of_each_provider_lands_in_duckdb_exactly() {
     let pg = dbserver::postgres().fresh_database("e2e_types").await;
     dbserver::execute(DbKind::Postgres, &pg, &every_type_sql(DbKind::Postgres)).await;
+    // A third row like the first: with one row per batch, rows 2 and 3 come
+    // as JSON text into a table that exists, straight into its columns.
+    dbserver::execute(
+        DbKind::Postgres,
+        &pg,
+        "CREATE TABLE third AS SELECT * FROM every_type WHERE id = 1;
+         UPDATE third SET id = 3;
+         INSERT INTO every_type SELECT * FROM third;",
+    )
+    .await;
     let my = dbserver::mariadb().fresh_database("e2e_types").await;
     dbserver::execute(DbKind::Mariadb, &my, &every_type_sql(DbKind::Mariadb)).await;
 
@@ -72,14 +82,29 @@ async fn every_type_of_each_provider_lands_in_duckdb_exactly() {
                 "{{ type: {source_type}, connectionString: \"{url}\", table: every_type, orderBy: id }}"
             ),
         );
-        let out = run(&config, &["--apply", "--streaming"]).await;
+        let mut cmd = command(&config, &["--apply", "--streaming", "--batch-size", "1"]);
+        cmd.env("SLUICEGATE_LOG", "sluicegate_sinks_duckdb=debug");
+        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap();
         assert!(out.status.success(), "{}", text(&out.stderr));
+        if kind == DbKind::Postgres {
+            // Only the first batch, before the table exists, took the record path.
+            let log = text(&out.stderr);
+            assert_eq!(
+                log.matches("batch decoded into records").count(),
+                1,
+                "{log}"
+            );
+        }
         let got = table_records(&dir.path().join("out.duckdb"), "every_type");
-        assert_eq!(
-            got,
-            without_nulls(every_type_records(kind)),
-            "{source_type}"
-        );
+        let mut want = every_type_records(kind);
+        if kind == DbKind::Postgres {
+            let mut third = want[0].clone();
+            third["id"] = json!(3);
+            want.push(third);
+        }
+        assert_eq!(got, without_nulls(want), "{source_type}");
         // Big decimals stay text, not DOUBLE.
         let types = query(
             &dir.path().join("out.duckdb"),
@@ -215,7 +240,9 @@ async fn json_columns_keep_each_values_json_type_and_null_apart_from_sql_null() 
     for (source, columns) in sources {
         let dir = tempfile::tempdir().unwrap();
         let config = write_config(dir.path(), "docs", &source);
-        let out = run(&config, &["--apply", "--streaming"]).await;
+        // One row per batch: after the first, each comes straight into the
+        // table's columns (PostgreSQL sends JSON text).
+        let out = run(&config, &["--apply", "--streaming", "--batch-size", "1"]).await;
         assert!(out.status.success(), "{source}: {}", text(&out.stderr));
         for column in columns {
             assert_eq!(

@@ -1,4 +1,9 @@
 //! Reading a database source the way the pipeline does.
+//!
+//! Every read is made twice: once taking records, once taking rows as JSON
+//! text where the source can ([`ReadRequest::json_rows`], as the pipeline
+//! asks when the sink takes it), decoded afterwards. Both must give the same
+//! records, JSON fields and final position, or the same error.
 
 #![allow(dead_code)]
 
@@ -21,6 +26,8 @@ pub(crate) struct Read {
     pub(crate) batches: Vec<(usize, Option<Position>)>,
     /// The fields the batches declared JSON.
     pub(crate) json_fields: BTreeSet<String>,
+    /// How many batches of the JSON-text read came as JSON text.
+    pub(crate) json_batches: usize,
 }
 
 impl Read {
@@ -72,23 +79,68 @@ async fn read_in(
     budget: MemoryBudget,
     ctx: BuildContext,
 ) -> Result<Read> {
+    let as_records = read_once(provider, &section, &resume, &budget, &ctx, false).await;
+    let as_text = read_once(provider, &section, &resume, &budget, &ctx, true).await;
+    match (&as_records, as_text) {
+        (Ok(records), Ok(text)) => {
+            assert_eq!(
+                records.records, text.records,
+                "records read as JSON text differ"
+            );
+            // Batches are cut by bytes too, and text is counted as it is: only
+            // where the read ends must agree.
+            assert_eq!(
+                records.batches.last().map(|b| &b.1),
+                text.batches.last().map(|b| &b.1),
+                "the read as JSON text ends elsewhere"
+            );
+            assert_eq!(records.json_fields, text.json_fields);
+            return Ok(Read {
+                json_batches: text.json_batches,
+                ..as_records.unwrap()
+            });
+        }
+        (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "errors differ"),
+        (a, b) => panic!(
+            "records: {:?}; as JSON text: {:?}",
+            a.as_ref().map(|r| r.records.len()),
+            b.map(|r| r.records.len())
+        ),
+    }
+    as_records
+}
+
+async fn read_once(
+    provider: Provider,
+    section: &Value,
+    resume: &Option<Position>,
+    budget: &MemoryBudget,
+    ctx: &BuildContext,
+    json_rows: bool,
+) -> Result<Read> {
     let factory = sluicegate_adapters_db::factory(provider);
-    let config: DbSourceConfig = parse_section(section, "source")?;
-    factory.validate(&config, &ctx)?;
-    let source = factory.build(config, &ctx).await?;
-    let mut request = ReadRequest::new("test", budget);
-    request.resume_from = resume;
+    let config: DbSourceConfig = parse_section(section.clone(), "source")?;
+    factory.validate(&config, ctx)?;
+    let source = factory.build(config, ctx).await?;
+    let request = ReadRequest::new("test", budget.clone())
+        .with_resume_from(resume.clone())
+        .with_json_rows(json_rows);
     let mut stream = source.read(request);
     let mut out = Read {
         records: Vec::new(),
         batches: Vec::new(),
         json_fields: BTreeSet::new(),
+        json_batches: 0,
     };
     while let Some(batch) = stream.next().await {
-        let batch = batch?;
+        let mut batch = batch?;
         out.batches.push((batch.len(), batch.position().cloned()));
         if let Some(json) = batch.json_fields() {
             out.json_fields.extend(json.iter().map(str::to_owned));
+        }
+        if batch.json_rows().is_some() {
+            out.json_batches += 1;
+            batch.decode_json()?;
         }
         let (records, _, _lease) = batch.into_parts();
         out.records.extend(records.into_iter().map(Value::Object));
