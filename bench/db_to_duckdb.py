@@ -65,7 +65,7 @@ def main():
         "- Table: `id bigint` key, `customer text`, `status text`, `total numeric(12,2)`, `created_at timestamptz`,",
         "  `items jsonb` (one-element array). Command: `sluicegate sync-api --key orders --streaming --apply`",
         "  with `type: postgres, table: orders_N, orderBy: id` (keyset paging, 1000 rows per fetch) and the",
-        "  default memory target (`--max-memory-mb 96`). Median of "
+        "  default memory target (the `balanced` preset, 128 MiB). Median of "
         f"{REPEAT} run(s); peak RSS is the largest of them.",
         "- Floor: `psql \\copy orders_N TO '/dev/null' CSV`, the server's own export with nothing converted or written.",
         "",
