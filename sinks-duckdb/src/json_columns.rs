@@ -15,8 +15,10 @@
 //! has a column whose type holds its value, no field twice in a record, and (with
 //! a key) every record keyed, the keys increasing. Anything else — a new
 //! field, a value that widens a column, a duplicate or missing key, keys out of
-//! order, a field name DuckDB cannot hold — is [`Unfit`], and the batch is
-//! decoded into records and takes the record path, which handles all of it.
+//! order, a field name DuckDB cannot hold — is [`Unfit`]. For new fields
+//! ([`NEW_FIELD`]) the writer adds their columns to the schema and decodes again;
+//! any other batch is decoded into records and takes the record path, which
+//! handles all of it.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -48,7 +50,13 @@ pub(crate) struct Decoded {
     pub(crate) largest: usize,
     /// Heap bytes of the columns.
     pub(crate) bytes: usize,
+    /// The table's schema with the columns this batch adds, when it adds
+    /// some (set by the writer; `None`: the table as it is).
+    pub(crate) schema: Option<TableSchema>,
 }
+
+/// How the reason for a batch with a field the table has no column for begins.
+pub(crate) const NEW_FIELD: &str = "new field ";
 
 /// Decodes `rows` into columns of `schema`, keyed by the field `key` (its
 /// column must exist), the fields in `declared` read by the source as JSON.
@@ -121,6 +129,7 @@ pub(crate) fn decode(
         range,
         largest: state.largest,
         bytes,
+        schema: None,
     })
 }
 
@@ -208,7 +217,7 @@ impl State<'_> {
                 // is declared JSON).
                 Ok(())
             } else {
-                Err(Unfit(format!("new field {name}")))
+                Err(Unfit(format!("{NEW_FIELD}{name}")))
             };
         };
         if std::mem::replace(&mut self.set[idx], true) {

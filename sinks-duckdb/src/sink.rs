@@ -140,6 +140,12 @@ impl Sink for DuckDbSink {
     }
 }
 
+/// At most this many of a batch's first records, and about this many bytes
+/// of their text, choose the columns of a table created for a batch of JSON
+/// text (see `DuckDbWriter::prepare_table`).
+const PREFIX_ROWS: usize = 1024;
+const PREFIX_BYTES: usize = 1 << 20;
+
 /// What the writer knows of its table.
 #[derive(Debug, Clone)]
 pub(crate) struct TableState {
@@ -193,6 +199,75 @@ impl DuckDbWriter {
 }
 
 impl DuckDbWriter {
+    /// Before a batch of JSON text, when the table is not known to exist:
+    /// reads it, and creates it (empty, in a transaction of its own) with the
+    /// columns of the batch's first records when it does not exist, so the
+    /// batch can go straight into columns instead of decoding into records
+    /// whole (a batch of 32,768 small rows took about 50 MiB as records).
+    /// Only the records of [`PREFIX_ROWS`] and [`PREFIX_BYTES`] are decoded;
+    /// fields that come later make the batch take the record path, which adds
+    /// their columns. An empty table left by a run stopped here holds nothing
+    /// the next run could miss.
+    async fn prepare_table(
+        &mut self,
+        text: &sluicegate_core::JsonRows,
+        json: Option<Arc<JsonFields>>,
+    ) -> Result<()> {
+        let Some(db) = self.db.clone().filter(|_| !self.dry_run) else {
+            return Ok(());
+        };
+        let mut prefix = sluicegate_core::JsonRows::new();
+        let mut bytes = 0;
+        for record in text.iter().take(PREFIX_ROWS) {
+            bytes += record.len();
+            if bytes > PREFIX_BYTES && !prefix.is_empty() {
+                break;
+            }
+            // Checked by the source already.
+            if prefix.push(record).is_err() {
+                return Ok(());
+            }
+        }
+        let Ok(records) = prefix.decode() else {
+            return Ok(());
+        };
+        // The records the record path would write (refused ones left out),
+        // so the columns come in the same order.
+        let records = merge_duplicate_keys(records, self.target.key_field.as_deref()).records;
+        let target = self.target.clone();
+        let plan = self.plan.clone();
+        let known = self.table.take();
+        let state = blocking(move || {
+            db.retry_once(&plan, |conn| {
+                let mut state = match &known {
+                    Some(state) => TableState::clone(state),
+                    None => load_table(conn, &target.table)?,
+                };
+                if state.exists {
+                    return Ok(state);
+                }
+                let mut schema = state.schema.clone();
+                let changes = evolve(&mut schema, &records, json.as_deref());
+                let key_known = target
+                    .key_field
+                    .as_deref()
+                    .is_none_or(|key| schema.column_of(key).is_some());
+                if schema.columns.is_empty() || !key_known {
+                    return Ok(state);
+                }
+                conn.execute_batch(&schema_ddl(&target, false, &schema, &changes))
+                    .map_err(|e| duck_error(format!("cannot create table {}", target.table), e))?;
+                state.schema = schema;
+                state.exists = true;
+                Ok(state)
+            })
+        })
+        .await?;
+        self.empty_at_start.get_or_insert(state.empty_at_load);
+        self.table = Some(state);
+        Ok(())
+    }
+
     /// A batch of JSON text parsed straight into the table's columns, when
     /// it fits the table as this writer knows it (see `json_columns`): not
     /// in a dry run, not before the table exists.
@@ -205,12 +280,31 @@ impl DuckDbWriter {
             Some(table) if table.exists && !self.dry_run => table,
             _ => return Err(Unfit("the table is not known yet".to_owned())),
         };
-        crate::json_columns::decode(
-            &table.schema,
-            self.target.key_field.as_deref(),
-            text,
-            declared,
-        )
+        let key = self.target.key_field.as_deref();
+        match crate::json_columns::decode(&table.schema, key, text, declared) {
+            Err(Unfit(why)) if why.starts_with(crate::json_columns::NEW_FIELD) => {
+                // Late fields: the columns they need (decoding one record at
+                // a time), then the batch into the wider table's columns;
+                // only new columns, a widened one takes the record path.
+                let mut wider = table.schema.clone();
+                let mut failed = false;
+                let records = text.iter().map_while(|t| {
+                    let record = serde_json::from_slice::<Value>(t)
+                        .map(sluicegate_core::into_record)
+                        .ok();
+                    failed |= record.is_none();
+                    record
+                });
+                let changes = evolve(&mut wider, records, declared);
+                if failed || !changes.widened.is_empty() {
+                    return Err(Unfit(why));
+                }
+                let mut decoded = crate::json_columns::decode(&wider, key, text, declared)?;
+                decoded.schema = Some(wider);
+                Ok(decoded)
+            }
+            other => other,
+        }
     }
 }
 
@@ -431,9 +525,13 @@ impl SinkWriter for DuckDbWriter {
         let json = batch.json_fields().cloned();
         let (rows, position, lease) = match batch.into_json_parts() {
             Ok((text, position, mut lease)) => {
+                if !self.table.as_ref().is_some_and(|t| t.exists) {
+                    self.prepare_table(&text, json.clone()).await?;
+                }
                 let rows = match self.columns_of(&text, json.as_deref()) {
                     Ok(decoded) => {
                         self.as_columns.fetch_add(1, AtomicOrdering::Relaxed);
+                        tracing::debug!(sync = %target.sync_key, rows = decoded.rows, "batch straight into columns");
                         // The columns' exact size is what the batch holds now.
                         // (never waited for: the source may be waiting for
                         // this batch's memory)
@@ -747,9 +845,9 @@ struct SchemaChanges {
     widened: Vec<usize>,
 }
 
-fn evolve(
+fn evolve<R: std::borrow::Borrow<Record>>(
     schema: &mut TableSchema,
-    records: &[Record],
+    records: impl IntoIterator<Item = R>,
     json: Option<&JsonFields>,
 ) -> SchemaChanges {
     let existing = schema.columns.len();
@@ -758,6 +856,7 @@ fn evolve(
     let mut beyond_double: Vec<usize> = Vec::new();
     let mut cache = FieldCache::default();
     for record in records {
+        let record = record.borrow();
         let mut added = false;
         for ((field, value), column) in record.iter().zip(cache.resolve(schema, record)) {
             // A number is classified once (its text parsed once) for both
@@ -901,14 +1000,20 @@ fn write_batch(
             evolve(&mut schema, records, batch.json),
             largest_value(records),
         ),
-        // Columns fit the table as it is.
-        RowsRef::Columns(decoded) => (
-            SchemaChanges {
-                added: Vec::new(),
-                widened: Vec::new(),
-            },
-            decoded.largest,
-        ),
+        // Columns fit the table as it is, or with the columns they add.
+        RowsRef::Columns(decoded) => {
+            let existing = schema.columns.len();
+            if let Some(wider) = &decoded.schema {
+                schema = wider.clone();
+            }
+            (
+                SchemaChanges {
+                    added: (existing..schema.columns.len()).collect(),
+                    widened: Vec::new(),
+                },
+                decoded.largest,
+            )
+        }
     };
     if table.exists {
         keep_existing_integers_exact(conn, target, &table.schema, &mut schema, &changes.widened)?;

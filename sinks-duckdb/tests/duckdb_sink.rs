@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 
 use sluicegate_core::{
-    Batch, BuildContext, JsonFields, MemoryBudget, Sink, StreamTarget, into_record,
+    Batch, BuildContext, JsonFields, JsonRows, MemoryBudget, Sink, StreamTarget, into_record,
 };
 use sluicegate_sinks_duckdb::{DuckDbSink, DuckDbSinkConfig};
 
@@ -356,6 +356,49 @@ async fn a_batch_larger_than_one_append_chunk_lands_whole_in_order() {
             ]
         );
     }
+}
+
+#[tokio::test]
+async fn a_first_batch_of_json_text_goes_straight_into_the_columns_of_a_table_made_for_it() {
+    // The table is created from the batch's first records, so the batch needs
+    // no map per record; a field only later in the batch gets its column in the
+    // batch's transaction, and that batch goes into columns too.
+    let dir = tempfile::tempdir().unwrap();
+    let sink = sink(dir.path(), false);
+    let budget = MemoryBudget::unlimited();
+    let text = |late: bool| {
+        let mut rows = JsonRows::new();
+        for i in 0..5000 {
+            let mut record = json!({"id": i, "name": format!("n{i}")});
+            if late && i == 3000 {
+                record["late"] = json!(true);
+            }
+            rows.push(record.to_string().as_bytes()).unwrap();
+        }
+        rows
+    };
+    for (table, late, as_columns) in [("fits", false, 1), ("late", true, 2), ("again", false, 3)] {
+        let mut w = sink.open(target(table, Some("id"))).await.unwrap();
+        let lease = budget.acquire(1024).await.unwrap();
+        w.write(Batch::from_json(text(late), lease)).await.unwrap();
+        w.finish().await.unwrap();
+        assert_eq!(sink.batches_as_columns(), as_columns, "{table}");
+    }
+    drop(sink);
+    for table in ["fits", "late", "again"] {
+        assert_eq!(
+            query(
+                dir.path(),
+                &format!("SELECT count(*), sum(id), max(name) FROM {table}")
+            ),
+            vec![vec![json!(5000), json!("12497500"), json!("n999")]],
+            "{table}"
+        );
+    }
+    assert_eq!(
+        query(dir.path(), "SELECT id FROM late WHERE late"),
+        vec![vec![json!(3000)]]
+    );
 }
 
 #[tokio::test]
