@@ -16,9 +16,10 @@
 //! a key) every record keyed, the keys increasing. Anything else — a new
 //! field, a value that widens a column, a duplicate or missing key, keys out of
 //! order, a field name DuckDB cannot hold — is [`Unfit`]. For new fields
-//! ([`NEW_FIELD`]) the writer adds their columns to the schema and decodes again;
-//! any other batch is decoded into records and takes the record path, which
-//! handles all of it.
+//! ([`NEW_FIELD`]) the writer adds their columns to the schema and decodes again,
+//! and for keys out of order ([`KEYS_OUT_OF_ORDER`]) decodes again keeping every
+//! key ([`KeyOrder::Any`]: each key once, integers or strings); any other batch
+//! is decoded into records and takes the record path, which handles all of it.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -58,6 +59,18 @@ pub(crate) struct Decoded {
 /// How the reason for a batch with a field the table has no column for begins.
 pub(crate) const NEW_FIELD: &str = "new field ";
 
+/// How the reason for a batch whose keys do not increase begins.
+pub(crate) const KEYS_OUT_OF_ORDER: &str = "keys do not increase";
+
+/// What a keyed batch's keys must be to go into columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyOrder {
+    /// Increasing, record after record (checked as they come).
+    Increasing,
+    /// In any order, each once: all kept and checked at the end (sorted).
+    Any,
+}
+
 /// Decodes `rows` into columns of `schema`, keyed by the field `key` (its
 /// column must exist), the fields in `declared` read by the source as JSON.
 /// `Err` when the batch does not fit (see the module docs).
@@ -66,6 +79,7 @@ pub(crate) fn decode(
     key: Option<&str>,
     rows: &JsonRows,
     declared: Option<&JsonFields>,
+    order: KeyOrder,
 ) -> Result<Decoded, Unfit> {
     let key_column = match key {
         Some(field) => Some(
@@ -97,6 +111,8 @@ pub(crate) fn decode(
         set: vec![false; schema.columns.len()],
         first_key: None,
         last_key: None,
+        order,
+        keys: Vec::new(),
         largest: 0,
         unfit: None,
     };
@@ -119,9 +135,12 @@ pub(crate) fn decode(
         bytes += batch.get_array_memory_size();
         chunks.push(batch);
     }
-    let range = match (state.first_key, state.last_key) {
-        (Some(first), Some(last)) => Some((first, last)),
-        _ => None,
+    let range = match state.order {
+        KeyOrder::Increasing => match (state.first_key, state.last_key) {
+            (Some(first), Some(last)) => Some((first, last)),
+            _ => None,
+        },
+        KeyOrder::Any => any_order_range(state.keys)?,
     };
     Ok(Decoded {
         chunks,
@@ -148,6 +167,9 @@ struct State<'s> {
     set: Vec<bool>,
     first_key: Option<Key>,
     last_key: Option<Key>,
+    order: KeyOrder,
+    /// Every key, in [`KeyOrder::Any`].
+    keys: Vec<Key>,
     largest: usize,
     /// Set when a record does not fit (the parse is stopped with an error).
     unfit: Option<Unfit>,
@@ -240,14 +262,19 @@ impl State<'_> {
         }
     }
 
-    /// Checks the record's key: present, and after the previous record's.
+    /// Checks the record's key: present, and after the previous record's
+    /// (or kept, in [`KeyOrder::Any`]).
     fn key(&mut self, raw: &str, name: &str) -> Result<(), Unfit> {
         let key =
             raw_key(raw).ok_or_else(|| Unfit(format!("key {name} is null or not orderable")))?;
+        if self.order == KeyOrder::Any {
+            self.keys.push(key);
+            return Ok(());
+        }
         if let Some(last) = &self.last_key
             && last.compare(&key) != Some(std::cmp::Ordering::Less)
         {
-            return Err(Unfit("keys do not increase".to_owned()));
+            return Err(Unfit(KEYS_OUT_OF_ORDER.to_owned()));
         }
         if self.first_key.is_none() {
             self.first_key = Some(key.clone());
@@ -255,6 +282,26 @@ impl State<'_> {
         self.last_key = Some(key);
         Ok(())
     }
+}
+
+/// The lowest and highest of keys in any order; `Unfit` when one is there
+/// twice (the record path keeps the last record of a key) or the keys are of
+/// different kinds (integers and strings: no order).
+fn any_order_range(mut keys: Vec<Key>) -> Result<Option<(Key, Key)>, Unfit> {
+    let Some(first) = keys.first() else {
+        return Ok(None);
+    };
+    if keys.iter().any(|k| first.compare(k).is_none()) {
+        return Err(Unfit("keys of different kinds".to_owned()));
+    }
+    keys.sort_unstable_by(|a, b| a.compare(b).unwrap_or(std::cmp::Ordering::Equal));
+    if keys
+        .windows(2)
+        .any(|w| w[0].compare(&w[1]) == Some(std::cmp::Ordering::Equal))
+    {
+        return Err(Unfit("a key twice in the batch".to_owned()));
+    }
+    Ok(keys.first().cloned().zip(keys.last().cloned()))
 }
 
 /// A key as [`Key::of`] makes it from the decoded value, for integers and
@@ -611,6 +658,7 @@ mod tests {
                 json!({"name": "b", "id": 2, "x": null}),
             ]),
             None,
+            KeyOrder::Increasing,
         )
         .unwrap();
         assert_eq!(ok.rows, 2);
@@ -630,12 +678,35 @@ mod tests {
             (vec![json!({"id": 1.5})], "does not fit"),
             (vec![json!({"id": 1, "": 1})], "cannot be a column"),
         ] {
-            let Unfit(reason) = decode(&schema, Some("id"), &rows(&batch), None).unwrap_err();
+            let Unfit(reason) = decode(
+                &schema,
+                Some("id"),
+                &rows(&batch),
+                None,
+                KeyOrder::Increasing,
+            )
+            .unwrap_err();
             assert!(reason.contains(why), "{batch:?}: {reason}");
         }
+        // In any order: each key once, of one kind; the range is the lowest
+        // and highest.
+        let any = |batch: &[serde_json::Value]| {
+            decode(&schema, Some("id"), &rows(batch), None, KeyOrder::Any)
+        };
+        let ok = any(&[json!({"id": 3}), json!({"id": -7}), json!({"id": 5})]).unwrap();
+        assert_eq!(ok.range, Some((Key::Int(-7), Key::Int(5))));
+        let Unfit(reason) =
+            any(&[json!({"id": 2}), json!({"id": 1}), json!({"id": 2})]).unwrap_err();
+        assert!(reason.contains("twice"), "{reason}");
+        // A text key column holding numbers and strings: no order between them.
+        let text_key = TableSchema::from_columns(vec![("id".into(), ColumnType::Varchar)]);
+        let mixed = rows(&[json!({"id": 2}), json!({"id": "1"})]);
+        let Unfit(reason) = decode(&text_key, Some("id"), &mixed, None, KeyOrder::Any).unwrap_err();
+        assert!(reason.contains("different kinds"), "{reason}");
         let mut twice = JsonRows::new();
         twice.push(br#"{"id":1,"id":2}"#).unwrap();
-        let Unfit(reason) = decode(&schema, Some("id"), &twice, None).unwrap_err();
+        let Unfit(reason) =
+            decode(&schema, Some("id"), &twice, None, KeyOrder::Increasing).unwrap_err();
         assert!(reason.contains("twice"), "{reason}");
     }
 }

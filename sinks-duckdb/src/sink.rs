@@ -280,30 +280,44 @@ impl DuckDbWriter {
             Some(table) if table.exists && !self.dry_run => table,
             _ => return Err(Unfit("the table is not known yet".to_owned())),
         };
+        use crate::json_columns::{KEYS_OUT_OF_ORDER, KeyOrder, NEW_FIELD, decode};
         let key = self.target.key_field.as_deref();
-        match crate::json_columns::decode(&table.schema, key, text, declared) {
-            Err(Unfit(why)) if why.starts_with(crate::json_columns::NEW_FIELD) => {
-                // Late fields: the columns they need (decoding one record at
-                // a time), then the batch into the wider table's columns;
-                // only new columns, a widened one takes the record path.
-                let mut wider = table.schema.clone();
-                let mut failed = false;
-                let records = text.iter().map_while(|t| {
-                    let record = serde_json::from_slice::<Value>(t)
-                        .map(sluicegate_core::into_record)
-                        .ok();
-                    failed |= record.is_none();
-                    record
-                });
-                let changes = evolve(&mut wider, records, declared);
-                if failed || !changes.widened.is_empty() {
-                    return Err(Unfit(why));
+        let mut wider: Option<TableSchema> = None;
+        let mut order = KeyOrder::Increasing;
+        loop {
+            let schema = wider.as_ref().unwrap_or(&table.schema);
+            match decode(schema, key, text, declared, order) {
+                Ok(mut decoded) => {
+                    decoded.schema = wider;
+                    return Ok(decoded);
                 }
-                let mut decoded = crate::json_columns::decode(&wider, key, text, declared)?;
-                decoded.schema = Some(wider);
-                Ok(decoded)
+                Err(Unfit(why)) if why.starts_with(NEW_FIELD) && wider.is_none() => {
+                    // Late fields: the columns they need (decoding one record
+                    // at a time), then the batch into the wider table's
+                    // columns; only new columns, a widened one takes the
+                    // record path.
+                    let mut schema = table.schema.clone();
+                    let mut failed = false;
+                    let records = text.iter().map_while(|t| {
+                        let record = serde_json::from_slice::<Value>(t)
+                            .map(sluicegate_core::into_record)
+                            .ok();
+                        failed |= record.is_none();
+                        record
+                    });
+                    let changes = evolve(&mut schema, records, declared);
+                    if failed || !changes.widened.is_empty() {
+                        return Err(Unfit(why));
+                    }
+                    wider = Some(schema);
+                }
+                // Keys in another order (each once) go in as well (appended
+                // when all are above the keys written, else upserted).
+                Err(Unfit(why)) if why == KEYS_OUT_OF_ORDER && order == KeyOrder::Increasing => {
+                    order = KeyOrder::Any;
+                }
+                Err(unfit) => return Err(unfit),
             }
-            other => other,
         }
     }
 }

@@ -6,7 +6,7 @@
 //! doubles, exponents (`1E5`, `1e-7`), numbers beyond every type, unicode and
 //! escaped strings, nested values written with whitespace and escapes, nulls,
 //! missing and late fields, fields that change type, keys repeated or out of
-//! order, records without a key, keys that are strings, fields the source
+//! order (whole batches in random order too), records without a key, keys that are strings, fields the source
 //! declares JSON (as a database source does for its JSON columns: every value,
 //! `null` too, stored as JSON text). Every batch is written
 //! both ways into two database files; then the tables must have the same
@@ -198,6 +198,9 @@ fn case(rng: &mut fastrand::Rng) -> Case {
     let mut kinds: Vec<u8> = (0..fields).map(|_| rng.u8(0..8)).collect();
     let string_keys = rng.u8(0..4) == 0;
     let key = (rng.u8(0..5) != 0).then_some("id");
+    // Some streams send each batch's records in any order (an API sorted by
+    // another field).
+    let shuffled = rng.u8(0..4) == 0;
     let declared: Vec<String> = if rng.u8(0..3) == 0 {
         (0..fields + 1)
             .filter(|_| rng.bool())
@@ -246,6 +249,9 @@ fn case(rng: &mut fastrand::Rng) -> Case {
             let mut text = String::new();
             write(&Value::Object(record), rng, &mut text);
             texts.push(text);
+        }
+        if shuffled {
+            rng.shuffle(&mut texts);
         }
         batches.push(texts);
     }
