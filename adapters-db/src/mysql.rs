@@ -14,8 +14,8 @@ use base64::Engine as _;
 use mysql_async::consts::{ColumnFlags, ColumnType};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Column, Conn, Opts};
-use serde_json::{Map, Number, Value};
-use sluicegate_core::{ErrorKind, Result};
+use serde_json::{Number, Value};
+use sluicegate_core::{Error, ErrorKind, Record, Result};
 
 use crate::batcher::Batcher;
 use crate::error::{Origin, query_hint};
@@ -164,33 +164,93 @@ async fn read_rows<P: mysql_async::prelude::Protocol>(
         .map(|c| c.column_type() == ColumnType::MYSQL_TYPE_JSON)
         .collect();
     out.declare_json(&names, &json);
+    // Rows go on as JSON text when the read takes it: each value written
+    // after its field name, without a map per row.
+    let text_fields: Option<(Vec<Vec<u8>>, Vec<usize>)> = out
+        .takes_json()
+        .then(|| {
+            let tracked = out
+                .tracked_columns()
+                .iter()
+                .map(|t| names.iter().position(|n| n == t))
+                .collect::<Option<Vec<usize>>>()?;
+            let fields = names
+                .iter()
+                .map(|n| {
+                    let mut field = serde_json::to_vec(n).unwrap_or_default();
+                    field.push(b':');
+                    field
+                })
+                .collect();
+            Some((fields, tracked))
+        })
+        .flatten();
+    let mut text = Vec::new();
     let mut total = 0u64;
     while let Some(row) = result.next().await.map_err(err)? {
-        let values = row.unwrap_raw();
-        let mut record = Map::with_capacity(names.len());
+        let mut values: Vec<Option<Value>> = Vec::with_capacity(names.len());
         let mut failed = None;
-        for (((name, column), value), json) in
-            names.iter().zip(columns.iter()).zip(values).zip(&json)
+        for (((name, column), value), json) in names
+            .iter()
+            .zip(columns.iter())
+            .zip(row.unwrap_raw())
+            .zip(&json)
         {
-            let value = match value.and_then(|v| as_text(column, v)) {
+            values.push(match value.and_then(|v| as_text(column, v)) {
                 // SQL NULL in a JSON column: left out, apart from JSON `null`.
-                None if *json => continue,
-                None => Value::Null,
+                None if *json => None,
+                None => Some(Value::Null),
                 Some(bytes) => match decode(column, bytes) {
-                    Ok(value) => value,
+                    Ok(value) => Some(value),
                     Err(why) => {
                         failed.get_or_insert((name, why));
-                        continue;
+                        None
                     }
                 },
-            };
-            record.insert(name.clone(), value);
+            });
         }
+        total += 1;
+        if failed.is_none()
+            && let Some((fields, tracked)) = &text_fields
+        {
+            text.clear();
+            text.push(b'{');
+            for (field, value) in fields.iter().zip(&values) {
+                if let Some(value) = value {
+                    if text.len() > 1 {
+                        text.push(b',');
+                    }
+                    text.extend_from_slice(field);
+                    serde_json::to_writer(&mut text, value).map_err(|e| {
+                        Error::new(
+                            ErrorKind::Decode,
+                            format!("cannot write a row as JSON: {e}"),
+                        )
+                    })?;
+                }
+            }
+            text.push(b'}');
+            let tracked: Record = tracked
+                .iter()
+                .map(|&i| (names[i].clone(), values[i].clone().unwrap_or(Value::Null)))
+                .collect();
+            if out.push_json(&text, &tracked).await? {
+                continue;
+            }
+        }
+        let record: Record = names
+            .iter()
+            .zip(values)
+            .filter_map(|(name, value)| value.map(|v| (name.clone(), v)))
+            .collect();
         if let Some((name, why)) = failed {
             return Err(origin.undecodable(name, &out.locate(&record), why));
         }
+        if text_fields.is_some() {
+            // After the rows before it, in order.
+            out.flush().await?;
+        }
         out.push(record).await?;
-        total += 1;
     }
     // Statements after the first one (a multi-statement query) are not read.
     result.drop_result().await.map_err(err)?;

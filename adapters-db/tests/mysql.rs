@@ -24,6 +24,7 @@ async fn every_type_reads_without_loss() {
     let section = json!({"connectionString": url, "table": "every_type", "orderBy": "id"});
     let got = read(Provider::Mysql, section.clone(), None).await.unwrap();
     assert_eq!(got.records, every_type_records(DbKind::Mariadb));
+    assert_eq!(got.json_batches, 1, "read as JSON text when asked");
 
     // jsonColumns turns MariaDB's JSON text into values.
     let mut with_json = section;
