@@ -60,6 +60,14 @@ impl Tracker {
     }
 }
 
+/// How a query's rows are written as JSON text (see [`Batcher::text_layout`]).
+pub(crate) struct TextLayout {
+    /// Each column's field name as JSON text, with its colon (`"id":`).
+    pub(crate) fields: Vec<Vec<u8>>,
+    /// `(name, index)` of each column the positions record.
+    pub(crate) tracked: Vec<(String, usize)>,
+}
+
 /// Collects rows into batches of at most `max_rows` rows and a quarter of the
 /// budget in bytes, through the contract crate's [`BatchBuilder`], and sends
 /// them with the position the [`Tracker`] records.
@@ -112,13 +120,47 @@ impl Batcher {
 
     /// The columns whose values the batch positions record (the keyset
     /// column, the incremental cursor's).
-    pub(crate) fn tracked_columns(&self) -> Vec<&str> {
+    fn tracked_columns(&self) -> Vec<&str> {
         match &self.tracker {
             Tracker::Keyset { column, cursor, .. } => std::iter::once(column.as_str())
                 .chain(cursor.as_ref().map(|(c, _)| c.as_str()))
                 .collect(),
             _ => Vec::new(),
         }
+    }
+
+    /// How rows of a query with these column names are pushed as JSON text,
+    /// when they may be ([`Batcher::takes_json`]): each column's field name
+    /// (escaped, with its colon) and the indexes of the columns the positions
+    /// record. `None` when they may not, or a recorded column is not among
+    /// the query's (the record path reports that).
+    pub(crate) fn text_layout<'n>(
+        &self,
+        names: impl IntoIterator<Item = &'n str>,
+    ) -> Option<TextLayout> {
+        if !self.takes_json() {
+            return None;
+        }
+        let names: Vec<&str> = names.into_iter().collect();
+        let tracked = self
+            .tracked_columns()
+            .iter()
+            .map(|t| {
+                names
+                    .iter()
+                    .position(|n| n == t)
+                    .map(|i| (t.to_string(), i))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        let fields = names
+            .iter()
+            .map(|n| {
+                let mut field = serde_json::to_vec(n).unwrap_or_default();
+                field.push(b':');
+                field
+            })
+            .collect();
+        Some(TextLayout { fields, tracked })
     }
 
     /// Parses the text in these columns as JSON (`jsonColumns`); they are
@@ -215,11 +257,11 @@ impl Batcher {
         Ok(())
     }
 
-    /// Adds one row as its JSON text (see [`Batcher::takes_json`]), with the
-    /// values of its [`tracked_columns`](Batcher::tracked_columns) in
-    /// `tracked`; sends the batch when it is full. `Ok(false)` when the text is
-    /// not one JSON object: nothing was added, and the caller pushes the
-    /// row as a record (whose decoding says what is wrong with it).
+    /// Adds one row as its JSON text (see [`Batcher::text_layout`]), with the
+    /// values of the columns the positions record in `tracked`; sends the
+    /// batch when it is full. `Ok(false)` when the text is not one JSON
+    /// object: nothing was added, and the caller pushes the row as a record
+    /// (whose decoding says what is wrong with it).
     pub(crate) async fn push_json(&mut self, text: &[u8], tracked: &Record) -> Result<bool> {
         self.builder.reserve().await?;
         let full = match self.builder.add_json(text) {

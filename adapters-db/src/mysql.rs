@@ -166,25 +166,7 @@ async fn read_rows<P: mysql_async::prelude::Protocol>(
     out.declare_json(&names, &json);
     // Rows go on as JSON text when the read takes it: each value written
     // after its field name, without a map per row.
-    let text_fields: Option<(Vec<Vec<u8>>, Vec<usize>)> = out
-        .takes_json()
-        .then(|| {
-            let tracked = out
-                .tracked_columns()
-                .iter()
-                .map(|t| names.iter().position(|n| n == t))
-                .collect::<Option<Vec<usize>>>()?;
-            let fields = names
-                .iter()
-                .map(|n| {
-                    let mut field = serde_json::to_vec(n).unwrap_or_default();
-                    field.push(b':');
-                    field
-                })
-                .collect();
-            Some((fields, tracked))
-        })
-        .flatten();
+    let text_fields = out.text_layout(names.iter().map(String::as_str));
     let mut text = Vec::new();
     let mut total = 0u64;
     while let Some(row) = result.next().await.map_err(err)? {
@@ -211,11 +193,11 @@ async fn read_rows<P: mysql_async::prelude::Protocol>(
         }
         total += 1;
         if failed.is_none()
-            && let Some((fields, tracked)) = &text_fields
+            && let Some(layout) = &text_fields
         {
             text.clear();
             text.push(b'{');
-            for (field, value) in fields.iter().zip(&values) {
+            for (field, value) in layout.fields.iter().zip(&values) {
                 if let Some(value) = value {
                     if text.len() > 1 {
                         text.push(b',');
@@ -230,9 +212,10 @@ async fn read_rows<P: mysql_async::prelude::Protocol>(
                 }
             }
             text.push(b'}');
-            let tracked: Record = tracked
+            let tracked: Record = layout
+                .tracked
                 .iter()
-                .map(|&i| (names[i].clone(), values[i].clone().unwrap_or(Value::Null)))
+                .map(|(name, i)| (name.clone(), values[*i].clone().unwrap_or(Value::Null)))
                 .collect();
             if out.push_json(&text, &tracked).await? {
                 continue;

@@ -20,7 +20,7 @@ use sluicegate_core::{ErrorKind, Record, Result};
 use tokio_postgres::types::{Format, FromSql, IsNull, Kind, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, NoTls, Row};
 
-use crate::batcher::Batcher;
+use crate::batcher::{Batcher, TextLayout};
 use crate::error::{Origin, query_hint};
 use crate::session::{Session, check_unique_columns, quote_with};
 
@@ -136,9 +136,8 @@ impl Session for PgSession {
         // Rows go on as JSON text when the read takes it, written straight
         // from the binary values (no map per row).
         let text_columns = out
-            .takes_json()
-            .then(|| TextColumns::new(statement.columns(), &json, &out.tracked_columns()))
-            .flatten();
+            .text_layout(names.iter().map(String::as_str))
+            .map(|layout| TextColumns::new(statement.columns(), &json, layout));
         let mut text = Vec::new();
         let params: Vec<TextParam> = params.iter().map(|v| TextParam(key_text(v))).collect();
         let portal = tx.bind_raw(&statement, params.iter()).await.map_err(err)?;
@@ -189,32 +188,13 @@ struct TextColumns {
 }
 
 impl TextColumns {
-    /// `None` when a tracked column is not among the query's (the record
-    /// path reports that).
-    fn new(columns: &[tokio_postgres::Column], json: &[bool], tracked: &[&str]) -> Option<Self> {
-        let fields = columns
-            .iter()
-            .map(|c| {
-                let mut field = serde_json::to_vec(c.name()).unwrap_or_default();
-                field.push(b':');
-                field
-            })
-            .collect();
-        let tracked = tracked
-            .iter()
-            .map(|name| {
-                columns
-                    .iter()
-                    .position(|c| c.name() == *name)
-                    .map(|i| ((*name).to_owned(), i))
-            })
-            .collect::<Option<Vec<_>>>()?;
-        Some(Self {
-            fields,
+    fn new(columns: &[tokio_postgres::Column], json: &[bool], layout: TextLayout) -> Self {
+        Self {
+            fields: layout.fields,
             types: columns.iter().map(|c| c.type_().clone()).collect(),
             json: json.to_vec(),
-            tracked,
-        })
+            tracked: layout.tracked,
+        }
     }
 
     /// Writes `row` as one JSON object into `out` (cleared first): each value
