@@ -63,9 +63,27 @@ impl Tracker {
 /// How a query's rows are written as JSON text (see [`Batcher::text_layout`]).
 pub(crate) struct TextLayout {
     /// Each column's field name as JSON text, with its colon (`"id":`).
-    pub(crate) fields: Vec<Vec<u8>>,
+    fields: Vec<Vec<u8>>,
     /// `(name, index)` of each column the positions record.
     pub(crate) tracked: Vec<(String, usize)>,
+}
+
+impl TextLayout {
+    /// Starts a row's object in `out` (cleared first); [`TextLayout::field`]
+    /// adds each value's field name, and the caller closes it with `}`.
+    pub(crate) fn begin(out: &mut Vec<u8>) {
+        out.clear();
+        out.push(b'{');
+    }
+
+    /// Writes column `i`'s field name (after a comma unless it is the
+    /// object's first), for its value to follow.
+    pub(crate) fn field(&self, i: usize, out: &mut Vec<u8>) {
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        out.extend_from_slice(&self.fields[i]);
+    }
 }
 
 /// Collects rows into batches of at most `max_rows` rows and a quarter of the

@@ -17,7 +17,7 @@ use mysql_async::{Column, Conn, Opts};
 use serde_json::{Number, Value};
 use sluicegate_core::{Error, ErrorKind, Record, Result};
 
-use crate::batcher::Batcher;
+use crate::batcher::{Batcher, TextLayout};
 use crate::error::{Origin, query_hint};
 use crate::session::{Session, check_unique_columns, quote_with};
 
@@ -195,14 +195,10 @@ async fn read_rows<P: mysql_async::prelude::Protocol>(
         if failed.is_none()
             && let Some(layout) = &text_fields
         {
-            text.clear();
-            text.push(b'{');
-            for (field, value) in layout.fields.iter().zip(&values) {
+            TextLayout::begin(&mut text);
+            for (i, value) in values.iter().enumerate() {
                 if let Some(value) = value {
-                    if text.len() > 1 {
-                        text.push(b',');
-                    }
-                    text.extend_from_slice(field);
+                    layout.field(i, &mut text);
                     serde_json::to_writer(&mut text, value).map_err(|e| {
                         Error::new(
                             ErrorKind::Decode,

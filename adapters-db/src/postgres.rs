@@ -176,24 +176,21 @@ impl Session for PgSession {
     }
 }
 
-/// How a query's rows are written as JSON text: each column's field name
-/// (escaped, with its colon) and type, and the columns the batch positions
-/// record.
+/// How a query's rows are written as JSON text: the layout (field names and
+/// the columns the positions record), each column's type, and which columns
+/// are JSON.
 struct TextColumns {
-    fields: Vec<Vec<u8>>,
+    layout: TextLayout,
     types: Vec<Type>,
     json: Vec<bool>,
-    /// `(name, index)` of each tracked column.
-    tracked: Vec<(String, usize)>,
 }
 
 impl TextColumns {
     fn new(columns: &[tokio_postgres::Column], json: &[bool], layout: TextLayout) -> Self {
         Self {
-            fields: layout.fields,
+            layout,
             types: columns.iter().map(|c| c.type_().clone()).collect(),
             json: json.to_vec(),
-            tracked: layout.tracked,
         }
     }
 
@@ -201,17 +198,13 @@ impl TextColumns {
     /// as [`decode`] converts it, SQL NULL in a JSON column left out, as
     /// [`decode_row`] leaves it. `Err` when a value cannot be converted.
     fn write_row(&self, row: &Row, out: &mut Vec<u8>) -> std::result::Result<(), BoxError> {
-        out.clear();
-        out.push(b'{');
-        for (i, (field, ty)) in self.fields.iter().zip(&self.types).enumerate() {
+        TextLayout::begin(out);
+        for (i, ty) in self.types.iter().enumerate() {
             let raw = row.try_get::<_, Option<Raw<'_>>>(i)?;
             if raw.is_none() && self.json[i] {
                 continue;
             }
-            if out.len() > 1 {
-                out.push(b',');
-            }
-            out.extend_from_slice(field);
+            self.layout.field(i, out);
             match raw {
                 None => out.extend_from_slice(b"null"),
                 Some(Raw(raw)) => write_value(ty, raw, out)?,
@@ -223,8 +216,8 @@ impl TextColumns {
 
     /// The row's values of the tracked columns, as a record.
     fn tracked(&self, row: &Row) -> std::result::Result<Record, BoxError> {
-        let mut record = Map::with_capacity(self.tracked.len());
-        for (name, i) in &self.tracked {
+        let mut record = Map::with_capacity(self.layout.tracked.len());
+        for (name, i) in &self.layout.tracked {
             let value = row.try_get::<_, Option<PgValue>>(*i)?;
             record.insert(name.clone(), value.map_or(Value::Null, |v| v.0));
         }

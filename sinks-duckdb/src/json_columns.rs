@@ -16,8 +16,8 @@
 //! a key) every record keyed, the keys increasing. Anything else — a new
 //! field, a value that widens a column, a duplicate or missing key, keys out of
 //! order, a field name DuckDB cannot hold — is [`Unfit`]. For new fields
-//! ([`NEW_FIELD`]) the writer adds their columns to the schema and decodes again,
-//! and for keys out of order ([`KEYS_OUT_OF_ORDER`]) decodes again keeping every
+//! ([`Unfit::NewField`]) the writer adds their columns to the schema and decodes
+//! again, and for keys out of order ([`Unfit::KeysOutOfOrder`]) decodes again keeping every
 //! key ([`KeyOrder::Any`]: each key once, integers or strings); any other batch
 //! is decoded into records and takes the record path, which handles all of it.
 
@@ -34,9 +34,28 @@ use crate::columns::{CHUNK_ROWS, Column, finish_batch};
 use crate::keys::Key;
 use crate::schema::{Cell, ColumnType, NumberKind, TableSchema, number_kind_text};
 
-/// Why a batch cannot go straight into columns (it takes the record path).
+/// Why a batch cannot go straight into columns as it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Unfit(pub(crate) String);
+pub(crate) enum Unfit {
+    /// A field the table has no column for (its name): the writer may add
+    /// the columns and decode again.
+    NewField(String),
+    /// Keys that do not increase ([`KeyOrder::Increasing`]): the writer may
+    /// decode again keeping every key ([`KeyOrder::Any`]).
+    KeysOutOfOrder,
+    /// Anything else (why): the batch takes the record path.
+    Other(String),
+}
+
+impl fmt::Display for Unfit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unfit::NewField(name) => write!(f, "new field {name}"),
+            Unfit::KeysOutOfOrder => f.write_str("keys do not increase"),
+            Unfit::Other(why) => f.write_str(why),
+        }
+    }
+}
 
 /// A batch's records as Arrow record batches of the table's columns.
 #[derive(Debug)]
@@ -55,12 +74,6 @@ pub(crate) struct Decoded {
     /// some (set by the writer; `None`: the table as it is).
     pub(crate) schema: Option<TableSchema>,
 }
-
-/// How the reason for a batch with a field the table has no column for begins.
-pub(crate) const NEW_FIELD: &str = "new field ";
-
-/// How the reason for a batch whose keys do not increase begins.
-pub(crate) const KEYS_OUT_OF_ORDER: &str = "keys do not increase";
 
 /// What a keyed batch's keys must be to go into columns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +98,7 @@ pub(crate) fn decode(
         Some(field) => Some(
             schema
                 .column_of(field)
-                .ok_or_else(|| Unfit(format!("no column for the key field {field} yet")))?,
+                .ok_or_else(|| Unfit::Other(format!("no column for the key field {field} yet")))?,
         ),
         None => None,
     };
@@ -96,7 +109,7 @@ pub(crate) fn decode(
         if let Some(idx) = schema.column_of(field)
             && (!json_text[idx] || Some(idx) == key_column)
         {
-            return Err(Unfit(format!(
+            return Err(Unfit::Other(format!(
                 "field {field} is declared JSON, its column is {}",
                 schema.columns[idx].1.sql()
             )));
@@ -131,7 +144,7 @@ pub(crate) fn decode(
         for text in texts.by_ref().take(n) {
             state.record(text, &mut columns)?;
         }
-        let batch = finish_batch(schema, columns).map_err(|e| Unfit(e.to_string()))?;
+        let batch = finish_batch(schema, columns).map_err(|e| Unfit::Other(e.to_string()))?;
         bytes += batch.get_array_memory_size();
         chunks.push(batch);
     }
@@ -191,11 +204,11 @@ impl State<'_> {
         }
         // The source checked the text; a failure here is a surprise, and the
         // record path reports it properly.
-        parsed.map_err(|e| Unfit(format!("a record does not parse: {e}")))?;
+        parsed.map_err(|e| Unfit::Other(format!("a record does not parse: {e}")))?;
         if let Some(idx) = self.key_column
             && !self.set[idx]
         {
-            return Err(Unfit("a record has no key".to_owned()));
+            return Err(Unfit::Other("a record has no key".to_owned()));
         }
         for (idx, column) in columns.iter_mut().enumerate() {
             if !self.set[idx] {
@@ -230,7 +243,9 @@ impl State<'_> {
         columns: &mut [Column],
     ) -> Result<(), Unfit> {
         if name.is_empty() || name.contains('\0') {
-            return Err(Unfit(format!("field name {name:?} cannot be a column")));
+            return Err(Unfit::Other(format!(
+                "field name {name:?} cannot be a column"
+            )));
         }
         let Some(idx) = self.column_of(position, name) else {
             return if raw == "null" && !self.declared.is_some_and(|d| d.contains(name)) {
@@ -239,11 +254,11 @@ impl State<'_> {
                 // is declared JSON).
                 Ok(())
             } else {
-                Err(Unfit(format!("{NEW_FIELD}{name}")))
+                Err(Unfit::NewField(name.to_owned()))
             };
         };
         if std::mem::replace(&mut self.set[idx], true) {
-            return Err(Unfit(format!("field {name} twice in a record")));
+            return Err(Unfit::Other(format!("field {name} twice in a record")));
         }
         let ty = &self.schema.columns[idx].1;
         let cell = if self.json_text[idx] {
@@ -251,22 +266,24 @@ impl State<'_> {
         } else {
             raw_cell(raw, ty, &mut self.largest)
         }
-        .ok_or_else(|| Unfit(format!("a value of {name} does not fit {}", ty.sql())))?;
+        .ok_or_else(|| Unfit::Other(format!("a value of {name} does not fit {}", ty.sql())))?;
         if Some(idx) == self.key_column {
             self.key(raw, name)?;
         }
         if columns[idx].push(&cell) {
             Ok(())
         } else {
-            Err(Unfit(format!("a value of {name} does not fit its column")))
+            Err(Unfit::Other(format!(
+                "a value of {name} does not fit its column"
+            )))
         }
     }
 
     /// Checks the record's key: present, and after the previous record's
     /// (or kept, in [`KeyOrder::Any`]).
     fn key(&mut self, raw: &str, name: &str) -> Result<(), Unfit> {
-        let key =
-            raw_key(raw).ok_or_else(|| Unfit(format!("key {name} is null or not orderable")))?;
+        let key = raw_key(raw)
+            .ok_or_else(|| Unfit::Other(format!("key {name} is null or not orderable")))?;
         if self.order == KeyOrder::Any {
             self.keys.push(key);
             return Ok(());
@@ -274,7 +291,7 @@ impl State<'_> {
         if let Some(last) = &self.last_key
             && last.compare(&key) != Some(std::cmp::Ordering::Less)
         {
-            return Err(Unfit(KEYS_OUT_OF_ORDER.to_owned()));
+            return Err(Unfit::KeysOutOfOrder);
         }
         if self.first_key.is_none() {
             self.first_key = Some(key.clone());
@@ -292,14 +309,14 @@ fn any_order_range(mut keys: Vec<Key>) -> Result<Option<(Key, Key)>, Unfit> {
         return Ok(None);
     };
     if keys.iter().any(|k| first.compare(k).is_none()) {
-        return Err(Unfit("keys of different kinds".to_owned()));
+        return Err(Unfit::Other("keys of different kinds".to_owned()));
     }
     keys.sort_unstable_by(|a, b| a.compare(b).unwrap_or(std::cmp::Ordering::Equal));
     if keys
         .windows(2)
         .any(|w| w[0].compare(&w[1]) == Some(std::cmp::Ordering::Equal))
     {
-        return Err(Unfit("a key twice in the batch".to_owned()));
+        return Err(Unfit::Other("a key twice in the batch".to_owned()));
     }
     Ok(keys.first().cloned().zip(keys.last().cloned()))
 }
@@ -678,14 +695,15 @@ mod tests {
             (vec![json!({"id": 1.5})], "does not fit"),
             (vec![json!({"id": 1, "": 1})], "cannot be a column"),
         ] {
-            let Unfit(reason) = decode(
+            let reason: String = decode(
                 &schema,
                 Some("id"),
                 &rows(&batch),
                 None,
                 KeyOrder::Increasing,
             )
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
             assert!(reason.contains(why), "{batch:?}: {reason}");
         }
         // In any order: each key once, of one kind; the range is the lowest
@@ -695,18 +713,22 @@ mod tests {
         };
         let ok = any(&[json!({"id": 3}), json!({"id": -7}), json!({"id": 5})]).unwrap();
         assert_eq!(ok.range, Some((Key::Int(-7), Key::Int(5))));
-        let Unfit(reason) =
-            any(&[json!({"id": 2}), json!({"id": 1}), json!({"id": 2})]).unwrap_err();
+        let reason: String = any(&[json!({"id": 2}), json!({"id": 1}), json!({"id": 2})])
+            .unwrap_err()
+            .to_string();
         assert!(reason.contains("twice"), "{reason}");
         // A text key column holding numbers and strings: no order between them.
         let text_key = TableSchema::from_columns(vec![("id".into(), ColumnType::Varchar)]);
         let mixed = rows(&[json!({"id": 2}), json!({"id": "1"})]);
-        let Unfit(reason) = decode(&text_key, Some("id"), &mixed, None, KeyOrder::Any).unwrap_err();
+        let reason: String = decode(&text_key, Some("id"), &mixed, None, KeyOrder::Any)
+            .unwrap_err()
+            .to_string();
         assert!(reason.contains("different kinds"), "{reason}");
         let mut twice = JsonRows::new();
         twice.push(br#"{"id":1,"id":2}"#).unwrap();
-        let Unfit(reason) =
-            decode(&schema, Some("id"), &twice, None, KeyOrder::Increasing).unwrap_err();
+        let reason: String = decode(&schema, Some("id"), &twice, None, KeyOrder::Increasing)
+            .unwrap_err()
+            .to_string();
         assert!(reason.contains("twice"), "{reason}");
     }
 }

@@ -217,21 +217,20 @@ impl DuckDbWriter {
         let Some(db) = self.db.clone().filter(|_| !self.dry_run) else {
             return Ok(());
         };
-        let mut prefix = sluicegate_core::JsonRows::new();
+        let mut records = Vec::new();
         let mut bytes = 0;
         for record in text.iter().take(PREFIX_ROWS) {
             bytes += record.len();
-            if bytes > PREFIX_BYTES && !prefix.is_empty() {
+            if bytes > PREFIX_BYTES && !records.is_empty() {
                 break;
             }
-            // Checked by the source already.
-            if prefix.push(record).is_err() {
+            // Checked by the source: one that does not decode leaves the
+            // batch to the record path, which reports it.
+            let Some(record) = record_of(record) else {
                 return Ok(());
-            }
+            };
+            records.push(record);
         }
-        let Ok(records) = prefix.decode() else {
-            return Ok(());
-        };
         // The records the record path would write (refused ones left out),
         // so the columns come in the same order.
         let records = merge_duplicate_keys(records, self.target.key_field.as_deref()).records;
@@ -280,9 +279,9 @@ impl DuckDbWriter {
     ) -> std::result::Result<Decoded, Unfit> {
         let table = match &self.table {
             Some(table) if table.exists && !self.dry_run => table,
-            _ => return Err(Unfit("the table is not known yet".to_owned())),
+            _ => return Err(Unfit::Other("the table is not known yet".to_owned())),
         };
-        use crate::json_columns::{KEYS_OUT_OF_ORDER, KeyOrder, NEW_FIELD, decode};
+        use crate::json_columns::{KeyOrder, decode};
         let key = self.target.key_field.as_deref();
         let mut wider: Option<TableSchema> = None;
         let mut order = KeyOrder::Increasing;
@@ -293,7 +292,7 @@ impl DuckDbWriter {
                     decoded.schema = wider;
                     return Ok(decoded);
                 }
-                Err(Unfit(why)) if why.starts_with(NEW_FIELD) && wider.is_none() => {
+                Err(unfit @ Unfit::NewField(_)) if wider.is_none() => {
                     // Late fields: the columns they need (decoding one record
                     // at a time), then the batch into the wider table's
                     // columns; only new columns, a widened one takes the
@@ -301,27 +300,32 @@ impl DuckDbWriter {
                     let mut schema = table.schema.clone();
                     let mut failed = false;
                     let records = text.iter().map_while(|t| {
-                        let record = serde_json::from_slice::<Value>(t)
-                            .map(sluicegate_core::into_record)
-                            .ok();
+                        let record = record_of(t);
                         failed |= record.is_none();
                         record
                     });
                     let changes = evolve(&mut schema, records, declared);
                     if failed || !changes.widened.is_empty() {
-                        return Err(Unfit(why));
+                        return Err(unfit);
                     }
                     wider = Some(schema);
                 }
                 // Keys in another order (each once) go in as well (appended
                 // when all are above the keys written, else upserted).
-                Err(Unfit(why)) if why == KEYS_OUT_OF_ORDER && order == KeyOrder::Increasing => {
+                Err(Unfit::KeysOutOfOrder) if order == KeyOrder::Increasing => {
                     order = KeyOrder::Any;
                 }
                 Err(unfit) => return Err(unfit),
             }
         }
     }
+}
+
+/// One record's JSON text decoded (`None`: it does not parse).
+fn record_of(text: &[u8]) -> Option<Record> {
+    serde_json::from_slice::<Value>(text)
+        .ok()
+        .map(sluicegate_core::into_record)
 }
 
 /// Whether every key of a batch starting at `lowest` sorts after `after`.
@@ -558,7 +562,7 @@ impl SinkWriter for DuckDbWriter {
                         }
                         Rows::Columns(decoded)
                     }
-                    Err(Unfit(why)) => {
+                    Err(why) => {
                         tracing::debug!(sync = %target.sync_key, %why, "batch decoded into records");
                         let records = text.decode()?;
                         drop(text);
