@@ -431,9 +431,37 @@ fn check_or_init(conn: &Connection, path: &Path) -> Result<()> {
             return Err(e);
         }
     }
-    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
+    use_wal(conn, path)?;
+    conn.execute_batch("PRAGMA synchronous = FULL;")
         .map_err(|e| unusable(path, &e.to_string()))?;
     Ok(())
+}
+
+/// Puts the file in WAL mode (kept in the file: later opens find it so).
+/// Switching needs the file to itself, and SQLite answers "database is
+/// locked" at once, without its busy timeout, while another process that
+/// opened the new file at the same moment holds it: the switch is tried
+/// again for as long as the busy timeout would have waited.
+fn use_wal(conn: &Connection, path: &Path) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let mode = conn.query_row("PRAGMA journal_mode = WAL", [], |row| {
+            row.get::<_, String>(0)
+        });
+        match mode {
+            Ok(mode) if mode.eq_ignore_ascii_case("wal") => return Ok(()),
+            Ok(_) | Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Ok(mode) => {
+                return Err(unusable(
+                    path,
+                    &format!("it stays in journal mode {mode}, not WAL"),
+                ));
+            }
+            Err(e) => return Err(unusable(path, &e.to_string())),
+        }
+    }
 }
 
 /// Checks that `conn` is a Sluicegate state database this build reads; returns
