@@ -1048,9 +1048,8 @@ fn write_batch(
     plan.note_width(conn, &target.sync_key, schema.columns.len(), largest)?;
     let key_column = key_column(target, &schema)?;
 
-    // Checkpoints after appends to a wide table do not vacuum (see
-    // `vacuum_setting`).
-    conn.execute_batch(vacuum_setting(batch.mode, plan.is_wide(&target.sync_key)))
+    // Checkpoints after appends do not vacuum (see `vacuum_setting`).
+    conn.execute_batch(vacuum_setting(batch.mode))
         .map_err(|e| duck_error("cannot set DuckDB's vacuum tasks", e))?;
     injected_fault(conn, "begin")?;
     conn.execute_batch("BEGIN TRANSACTION")
@@ -1099,22 +1098,22 @@ fn write_batch(
     }
 }
 
-/// Whether the checkpoints that follow a batch written in `mode` to a table
-/// that is `wide` (see `MemoryPlan::is_wide`) may vacuum: merge row groups,
-/// rewriting them (the sink's checkpoints, and DuckDB's own when a commit's
-/// log grew past its threshold, as it does for every batch of a wide table).
-/// After appends to a wide table they do not: each checkpoint would read the
-/// table's last row group back and write it again with the new rows. A load
-/// of 100,000 records of 601 sparse columns took 30.3 s with those rewrites
-/// (and the temporary files DuckDB spilled them to), 10.6 s without, at a peak
-/// of 292 MiB instead of 364 (one run each). Such a table keeps row groups of
-/// the rows between two checkpoints (32,768 at most). Every other batch
-/// vacuums as DuckDB does by default: without it, the example shop's 10M
-/// orders ended in 445 row groups of `orders` and 223 of the positions table,
-/// and deleting the stream's old positions at its end ran out of DuckDB's
-/// memory (20 MiB for that table's width); with it, the load completes.
-fn vacuum_setting(mode: WriteMode, wide: bool) -> &'static str {
-    if mode == WriteMode::Append && wide {
+/// Whether the checkpoints that follow a batch written in `mode` may vacuum:
+/// merge row groups, rewriting them (the sink's checkpoints, and DuckDB's own
+/// when a commit's log grew past its threshold). After appends they do not.
+/// Rows appended after a checkpoint start a row group of their own, so each
+/// checkpoint leaves a partly filled one behind, and vacuuming merged those
+/// again and again, compressing the same rows once more each time: with
+/// batches of 5,000 rows, DuckDB's checkpoints of a million rows (DuckDB alone,
+/// the same table and checkpoint schedule) took 1.8-2.1 s with vacuuming and
+/// 0.8 s without, or with batches of 20,000 rows (whose row groups happened
+/// not to merge). A load of 100,000 records of 601 sparse columns took 30.3 s
+/// with those rewrites, 10.6 s without. A table loaded so keeps row groups of
+/// the rows between two checkpoints (32,768 at most; PostgreSQL's 10M `orders`
+/// rows: 428 row groups instead of 306). Upserts and deletes vacuum as DuckDB
+/// does by default: their checkpoints reclaim the rows they replaced.
+fn vacuum_setting(mode: WriteMode) -> &'static str {
+    if mode == WriteMode::Append {
         "SET max_vacuum_tasks = 0"
     } else {
         "RESET max_vacuum_tasks"
