@@ -9,6 +9,7 @@ SECTIONS = [
     "rest_to_duckdb.md",
     "http_source.md",
     "db_to_duckdb.md",
+    "duckdb_alone.md",
     "rest_to_cms.md",
     "deletions.md",
     "shards.md",
