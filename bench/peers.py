@@ -407,7 +407,7 @@ def main():
         "values, parses it into Arrow columns and commits 5,000 rows at a time with their position, "
         "and it stores `numeric` and `timestamptz` as exact text (`VARCHAR`), which DuckDB compresses "
         "as strings, where dlt stores `DECIMAL` and `TIMESTAMPTZ` (DuckDB alone, 1M such rows in "
-        "5,000-row transactions: 2.16 s with those two columns as text, 1.40 s typed, and half the "
+        "5,000-row transactions: 1.69 s with those two columns as text, 1.22 s typed, and half the "
         "file; see the DuckDB-alone section). At 1M rows "
         "the two are even; at 10M dlt is about twice as fast, at 8% of dlt's memory for Sluicegate. "
         "With dlt's default backend (SQLAlchemy rows) the picture is reversed by two orders of magnitude.",

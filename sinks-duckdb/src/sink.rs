@@ -1105,10 +1105,10 @@ fn write_batch(
 /// checkpoint leaves a partly filled one behind, and vacuuming merged those
 /// again and again, compressing the same rows once more each time. DuckDB
 /// alone (`bench/duckdb_alone.py`: the benchmark's `orders` rows, the sink's
-/// checkpoint schedule) spent 2.14 s of 3.40 s in the checkpoints of a million
-/// rows appended 5,000 at a time with vacuuming, 1.01 s of 2.16 s without, and
-/// 0.81 s either way appended 20,000 at a time (whose row groups happened not
-/// to merge). A load of 100,000 records of 601 sparse columns took 30.3 s
+/// checkpoint schedule) spent 1.84 s of 2.72 s in the checkpoints of a million
+/// rows appended 5,000 at a time with vacuuming, 0.83 s of 1.69 s without, and
+/// 0.82-0.83 s either way appended 20,000 at a time (whose row groups happened
+/// not to merge). A load of 100,000 records of 601 sparse columns took 30.3 s
 /// with those rewrites, 10.6 s without. A table loaded so keeps row groups of
 /// the rows between two checkpoints (32,768 at most; PostgreSQL's 10M `orders`
 /// rows: 428 row groups instead of 306). Upserts and deletes vacuum as DuckDB
