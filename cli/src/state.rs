@@ -88,7 +88,7 @@ impl SqliteStateStore {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| unusable(&path, &e.to_string()))?;
-        conn.busy_timeout(std::time::Duration::from_secs(30))
+        conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| unusable(&path, &e.to_string()))?;
         check_or_init(&conn, &path)?;
         Ok(Self {
@@ -110,7 +110,7 @@ impl SqliteStateStore {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| unusable(&path, &e.to_string()))?;
-        conn.busy_timeout(std::time::Duration::from_secs(30))
+        conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| unusable(&path, &e.to_string()))?;
         let version = check_version(&conn, &path)?;
         Ok(Some(Self {
@@ -437,13 +437,16 @@ fn check_or_init(conn: &Connection, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// How long a statement waits for another process that holds the state file.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Puts the file in WAL mode (kept in the file: later opens find it so).
 /// Switching needs the file to itself, and SQLite answers "database is
 /// locked" at once, without its busy timeout, while another process that
 /// opened the new file at the same moment holds it: the switch is tried
 /// again for as long as the busy timeout would have waited.
 fn use_wal(conn: &Connection, path: &Path) -> Result<()> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
     loop {
         let mode = conn.query_row("PRAGMA journal_mode = WAL", [], |row| {
             row.get::<_, String>(0)
