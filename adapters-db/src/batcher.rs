@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 use sluicegate_core::{
-    BatchBuilder, BatchLimits, BatchSender, Error, ErrorKind, JsonFields, Position, ReadRequest,
-    Record, Result, RunStats,
+    BatchBuilder, BatchLimits, BatchSender, Error, ErrorKind, FieldTypes, JsonFields, Position,
+    ReadRequest, Record, Result, RunStats,
 };
 
 /// What a batch's position records.
@@ -101,6 +101,7 @@ pub(crate) struct Batcher {
     /// already read with a JSON type.
     parsed_json: Vec<String>,
     json_fields: Option<Arc<JsonFields>>,
+    field_types: Option<Arc<FieldTypes>>,
     /// The read takes rows as JSON text ([`ReadRequest::json_rows`]).
     json_rows: bool,
 }
@@ -126,6 +127,7 @@ impl Batcher {
             json_columns: Vec::new(),
             parsed_json: Vec::new(),
             json_fields: None,
+            field_types: None,
             json_rows: request.json_rows,
         }
     }
@@ -209,6 +211,15 @@ impl Batcher {
             .filter(|c| !typed.contains(c))
             .cloned()
             .collect();
+    }
+
+    /// Declares the types of the query's typed columns (see [`FieldTypes`])
+    /// on every batch sent from now on; `jsonColumns` are JSON, not typed.
+    pub(crate) fn declare_types(&mut self, mut types: FieldTypes) {
+        for column in &self.json_columns {
+            types.remove(column);
+        }
+        self.field_types = (!types.is_empty()).then(|| Arc::new(types));
     }
 
     /// Counts a new fetch or page: batches after it carry its number.
@@ -349,7 +360,11 @@ impl Batcher {
         match self.builder.cut(self.tracker.position()).await? {
             Some(batch) => {
                 self.tx
-                    .send(batch.with_json_fields(self.json_fields.clone()))
+                    .send(
+                        batch
+                            .with_json_fields(self.json_fields.clone())
+                            .with_field_types(self.field_types.clone()),
+                    )
                     .await
             }
             None => Ok(()),

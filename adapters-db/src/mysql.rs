@@ -15,7 +15,7 @@ use mysql_async::consts::{ColumnFlags, ColumnType};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Column, Conn, Opts};
 use serde_json::{Number, Value};
-use sluicegate_core::{Error, ErrorKind, Record, Result};
+use sluicegate_core::{Error, ErrorKind, FieldType, FieldTypes, Record, Result};
 
 use crate::batcher::{Batcher, TextLayout};
 use crate::error::{Origin, query_hint};
@@ -164,6 +164,11 @@ async fn read_rows<P: mysql_async::prelude::Protocol>(
         .map(|c| c.column_type() == ColumnType::MYSQL_TYPE_JSON)
         .collect();
     out.declare_json(&names, &json);
+    out.declare_types(FieldTypes::new(
+        columns
+            .iter()
+            .filter_map(|c| field_type(c).map(|t| (c.name_str().into_owned(), t))),
+    ));
     // Rows go on as JSON text when the read takes it: each value written
     // after its field name, without a map per row.
     let text_fields = out.text_layout(names.iter().map(String::as_str));
@@ -335,6 +340,30 @@ fn decode(column: &Column, bytes: Vec<u8>) -> std::result::Result<Value, String>
         _ if binary => base64_value(&bytes),
         _ => Value::String(text(bytes)?),
     })
+}
+
+/// The type a sink may store a column's values as (see [`FieldType`]):
+/// `DECIMAL(M,D)`, `DATE`, `DATETIME`, `TIMESTAMP`, written in the forms
+/// [`FieldType`] documents (see [`decode`]; zero dates are values a typed
+/// column does not hold, which the sink keeps as text).
+fn field_type(column: &Column) -> Option<FieldType> {
+    use ColumnType::*;
+    match column.column_type() {
+        MYSQL_TYPE_NEWDECIMAL => {
+            // The display length: the digits, a point when there are
+            // decimals, a sign unless unsigned.
+            let scale = u16::from(column.decimals());
+            let point = u32::from(scale > 0);
+            let sign = u32::from(!column.flags().contains(ColumnFlags::UNSIGNED_FLAG));
+            let precision = column.column_length().checked_sub(point + sign)?;
+            let precision = u16::try_from(precision).ok()?;
+            (precision > 0 && scale <= precision).then_some(FieldType::Decimal { precision, scale })
+        }
+        MYSQL_TYPE_DATE | MYSQL_TYPE_NEWDATE => Some(FieldType::Date),
+        MYSQL_TYPE_DATETIME | MYSQL_TYPE_DATETIME2 => Some(FieldType::Timestamp),
+        MYSQL_TYPE_TIMESTAMP | MYSQL_TYPE_TIMESTAMP2 => Some(FieldType::TimestampUtc),
+        _ => None,
+    }
 }
 
 fn base64_value(bytes: &[u8]) -> Value {

@@ -16,7 +16,7 @@ use fallible_iterator::FallibleIterator as _;
 use futures::{TryStreamExt, pin_mut};
 use postgres_protocol::types as wire;
 use serde_json::{Map, Number, Value};
-use sluicegate_core::{ErrorKind, Record, Result};
+use sluicegate_core::{ErrorKind, FieldType, FieldTypes, Record, Result};
 use tokio_postgres::types::{Format, FromSql, IsNull, Kind, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, NoTls, Row};
 
@@ -133,6 +133,9 @@ impl Session for PgSession {
             .map(|c| is_json(c.type_()))
             .collect();
         out.declare_json(&names, &json);
+        out.declare_types(FieldTypes::new(statement.columns().iter().filter_map(
+            |c| field_type(c.type_(), c.type_modifier()).map(|t| (c.name().to_owned(), t)),
+        )));
         // Rows go on as JSON text when the read takes it, written straight
         // from the binary values (no map per row).
         let text_columns = out
@@ -292,6 +295,31 @@ fn compact_json(text: &[u8], out: &mut Vec<u8>) {
             in_string = true;
         }
         out.push(b);
+    }
+}
+
+/// The type a sink may store a column's values as (see [`FieldType`]):
+/// `numeric(p,s)` with 0 ≤ s ≤ p (not a bare `numeric`, whose values have
+/// any scale), `date`, `timestamp`, `timestamptz`; their values are written
+/// in the forms [`FieldType`] documents (see [`decode`]).
+fn field_type(ty: &Type, modifier: i32) -> Option<FieldType> {
+    match *ty {
+        // The modifier is ((precision << 16) | scale) + 4 (the scale as 11
+        // signed bits since PostgreSQL 15); -1 without one.
+        Type::NUMERIC if modifier >= 4 => {
+            let m = modifier - 4;
+            let precision = u16::try_from((m >> 16) & 0xffff).ok()?;
+            let scale = m & 0x7ff;
+            // A negative scale (its sign bit) or one above the precision.
+            let scale = u16::try_from(scale)
+                .ok()
+                .filter(|s| *s <= 0x3ff && *s <= precision)?;
+            (precision > 0).then_some(FieldType::Decimal { precision, scale })
+        }
+        Type::DATE => Some(FieldType::Date),
+        Type::TIMESTAMP => Some(FieldType::Timestamp),
+        Type::TIMESTAMPTZ => Some(FieldType::TimestampUtc),
+        _ => None,
     }
 }
 
@@ -732,6 +760,35 @@ fn interval(raw: &[u8]) -> std::result::Result<String, BoxError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn typed_columns_are_declared_when_a_sink_can_hold_them() {
+        let numeric = |p: i32, s: i32| field_type(&Type::NUMERIC, ((p << 16) | (s & 0x7ff)) + 4);
+        assert_eq!(
+            numeric(12, 2),
+            Some(FieldType::Decimal {
+                precision: 12,
+                scale: 2
+            })
+        );
+        assert_eq!(
+            numeric(1000, 0),
+            Some(FieldType::Decimal {
+                precision: 1000,
+                scale: 0
+            })
+        );
+        assert_eq!(numeric(5, -2), None, "negative scale");
+        assert_eq!(numeric(2, 5), None, "scale above the precision");
+        assert_eq!(field_type(&Type::NUMERIC, -1), None, "any scale");
+        assert_eq!(field_type(&Type::DATE, -1), Some(FieldType::Date));
+        assert_eq!(field_type(&Type::TIMESTAMP, 6), Some(FieldType::Timestamp));
+        assert_eq!(
+            field_type(&Type::TIMESTAMPTZ, -1),
+            Some(FieldType::TimestampUtc)
+        );
+        assert_eq!(field_type(&Type::TEXT, -1), None);
+    }
+
     use super::*;
 
     fn numeric_bytes(ndigits: i16, weight: i16, sign: u16, dscale: u16, digits: &[i16]) -> Vec<u8> {

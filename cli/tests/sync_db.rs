@@ -105,12 +105,29 @@ async fn every_type_of_each_provider_lands_in_duckdb_exactly() {
         );
         assert!(!log.contains("batch decoded into records"), "{log}");
         assert_eq!(got, without_nulls(want), "{source_type}");
-        // Big decimals stay text, not DOUBLE.
+        // Decimals, dates and timestamps: typed columns for the declared
+        // types (PostgreSQL's `numeric` without a scale stays text, never DOUBLE).
         let types = query(
             &dir.path().join("out.duckdb"),
-            "SELECT data_type FROM information_schema.columns WHERE table_name = 'every_type' AND column_name = 'price'",
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'every_type' \
+             AND column_name IN ('price', 'huge', 'day', 'ts', 'tstz', 'dt') ORDER BY column_name",
         );
-        assert_eq!(types, [[json!("VARCHAR")]], "{source_type}");
+        let want = match kind {
+            DbKind::Postgres => json!([
+                ["day", "DATE"],
+                ["huge", "VARCHAR"],
+                ["price", "DECIMAL(30,10)"],
+                ["ts", "TIMESTAMP"],
+                ["tstz", "TIMESTAMP WITH TIME ZONE"],
+            ]),
+            DbKind::Mariadb => json!([
+                ["day", "DATE"],
+                ["dt", "TIMESTAMP"],
+                ["price", "DECIMAL(38,10)"],
+                ["ts", "TIMESTAMP WITH TIME ZONE"],
+            ]),
+        };
+        assert_eq!(json!(types), want, "{source_type}");
     }
 
     // SQLite, through a relative path in the configuration.

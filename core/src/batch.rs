@@ -1,6 +1,6 @@
 //! Batches: the unit that flows from a source to a sink.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -85,6 +85,92 @@ impl JsonFields {
     }
 }
 
+/// The type a source read a field's values from, when a sink may store them
+/// in a typed column instead of as the text they travel as.
+///
+/// Each value of a declared field is still the record's JSON value: a string
+/// in the text form below, or anything else the source may also send (`null`;
+/// PostgreSQL's `NaN`, `Infinity` and `infinity`; dates before year 1 or after
+/// 9999). A sink that types the column stores a value there only when the
+/// type holds it exactly and reads back as the same text; any other value is
+/// kept exactly some other way (DuckDB: the column becomes `VARCHAR` holding
+/// every value's text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FieldType {
+    /// An exact decimal (SQL `numeric(precision, scale)`): strings with an
+    /// optional `-`, the integer digits (`0` alone when there are none) and,
+    /// when `scale` > 0, a point and exactly `scale` digits (`"-12.30"`).
+    Decimal {
+        /// Digits in all.
+        precision: u16,
+        /// Digits after the point.
+        scale: u16,
+    },
+    /// A calendar date: `"2024-02-29"`.
+    Date,
+    /// A date and time without a zone: `"2024-02-29T13:45:00.5"` (the
+    /// fraction of a second up to microseconds, without trailing zeros, left
+    /// out when zero).
+    Timestamp,
+    /// An instant, written in UTC as a [`FieldType::Timestamp`] followed by
+    /// `Z`: `"2024-02-29T12:45:00.5Z"`.
+    TimestampUtc,
+}
+
+/// Fields a source read from columns of a [`FieldType`] (see there), by name.
+/// Transforms that build new records (a mapping) drop the declaration, as
+/// they drop [`JsonFields`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FieldTypes(BTreeMap<String, FieldType>);
+
+impl FieldTypes {
+    /// Declares these fields' types.
+    pub fn new<I, S>(fields: I) -> Self
+    where
+        I: IntoIterator<Item = (S, FieldType)>,
+        S: Into<String>,
+    {
+        Self(fields.into_iter().map(|(f, t)| (f.into(), t)).collect())
+    }
+
+    /// The declared type of `field`, if any.
+    pub fn get(&self, field: &str) -> Option<FieldType> {
+        self.0.get(field).copied()
+    }
+
+    /// Whether no field is declared.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The declared fields and their types, in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, FieldType)> {
+        self.0.iter().map(|(f, t)| (f.as_str(), *t))
+    }
+
+    /// Removes the declaration of `field` (a sink that keeps a field as text,
+    /// a key say, whatever its type).
+    pub fn remove(&mut self, field: &str) {
+        self.0.remove(field);
+    }
+
+    /// Adds the fields `other` declares; where both declare a field with
+    /// different types, neither type holds (it is dropped).
+    pub fn extend(&mut self, other: &FieldTypes) {
+        for (field, ty) in &other.0 {
+            match self.0.get(field) {
+                Some(mine) if mine != ty => {
+                    self.0.remove(field);
+                }
+                _ => {
+                    self.0.insert(field.clone(), *ty);
+                }
+            }
+        }
+    }
+}
+
 /// Records plus the memory they hold and the source position after them.
 ///
 /// The [`MemoryLease`] inside accounts the records' bytes on the run's budget; it is
@@ -98,6 +184,7 @@ pub struct Batch {
     position: Option<Position>,
     pages: Option<(u64, u64)>,
     json_fields: Option<Arc<JsonFields>>,
+    field_types: Option<Arc<FieldTypes>>,
     lease: MemoryLease,
 }
 
@@ -110,6 +197,7 @@ impl Batch {
             position: None,
             pages: None,
             json_fields: None,
+            field_types: None,
             lease,
         }
     }
@@ -174,6 +262,25 @@ impl Batch {
     /// records, whose fields are no longer the source's).
     pub fn forget_json_fields(&mut self) {
         self.json_fields = None;
+    }
+
+    /// Declares the types of fields the source read from typed columns (see
+    /// [`FieldTypes`]).
+    #[must_use]
+    pub fn with_field_types(mut self, types: Option<Arc<FieldTypes>>) -> Self {
+        self.field_types = types.filter(|t| !t.is_empty());
+        self
+    }
+
+    /// The field types the source declared, if any.
+    pub fn field_types(&self) -> Option<&Arc<FieldTypes>> {
+        self.field_types.as_ref()
+    }
+
+    /// Removes the declaration of field types (for transforms that build new
+    /// records).
+    pub fn forget_field_types(&mut self) {
+        self.field_types = None;
     }
 
     /// Sets the position after this batch (its resume token).
@@ -255,6 +362,14 @@ impl Batch {
             }
             (mine, theirs) => mine.or(theirs),
         };
+        self.field_types = match (self.field_types.take(), later.field_types.take()) {
+            (Some(mine), Some(theirs)) if mine != theirs => {
+                let mut both = (*mine).clone();
+                both.extend(&theirs);
+                Some(Arc::new(both))
+            }
+            (mine, theirs) => mine.or(theirs),
+        };
         self.pages = match (self.pages, later.pages) {
             (Some((first, _)), Some((_, last))) => Some((first, last)),
             (None, other) | (other, None) => other,
@@ -295,6 +410,7 @@ impl Batch {
             position: None,
             pages: self.pages,
             json_fields: self.json_fields.clone(),
+            field_types: self.field_types.clone(),
             lease: self.lease.split(bytes),
         }
     }
@@ -359,6 +475,39 @@ mod tests {
         assert!(none.json_fields().is_none(), "an empty declaration is none");
         a.forget_json_fields();
         assert!(a.json_fields().is_none());
+    }
+
+    #[tokio::test]
+    async fn declared_field_types_follow_appends_and_splits() {
+        let budget = MemoryBudget::new(1 << 20);
+        let types =
+            |fields: &[(&str, FieldType)]| Some(Arc::new(FieldTypes::new(fields.iter().copied())));
+        let money = FieldType::Decimal {
+            precision: 12,
+            scale: 2,
+        };
+        let records = |n: usize| (0..n).map(|i| into_record(json!({"id": i}))).collect();
+        let mut a = Batch::new(records(4), budget.acquire(10).await.unwrap())
+            .with_field_types(types(&[("total", money), ("day", FieldType::Date)]));
+        let b =
+            Batch::new(records(2), budget.acquire(10).await.unwrap()).with_field_types(types(&[
+                ("day", FieldType::Timestamp),
+                ("at", FieldType::TimestampUtc),
+            ]));
+        a.append(b).unwrap();
+        let declared: Vec<(&str, FieldType)> = a.field_types().unwrap().iter().collect();
+        assert_eq!(
+            declared,
+            [("at", FieldType::TimestampUtc), ("total", money)],
+            "both batches' declarations, without the field they disagree on"
+        );
+        let front = a.take_front(3);
+        assert_eq!(front.field_types(), a.field_types());
+        let none =
+            Batch::new(records(1), budget.acquire(10).await.unwrap()).with_field_types(types(&[]));
+        assert!(none.field_types().is_none(), "an empty declaration is none");
+        a.forget_field_types();
+        assert!(a.field_types().is_none());
     }
 
     #[tokio::test]

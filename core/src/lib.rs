@@ -19,7 +19,7 @@ mod sink;
 mod source;
 mod stats;
 
-pub use batch::{Batch, JsonFields, Position};
+pub use batch::{Batch, FieldType, FieldTypes, JsonFields, Position};
 pub use budget::{BudgetSnapshot, MemoryBudget, MemoryLease, WhenFull, format_bytes};
 pub use builder::{BatchBuilder, BatchLimits, PageLoopGuard};
 pub use checkpoint::{CheckpointStore, MemoryCheckpointStore};

@@ -342,12 +342,13 @@ impl Mapper {
 
     /// Maps every record of a batch in place. Filtered rows are dropped; rows whose
     /// templates fail to render are taken out and returned as rejected, so one bad
-    /// row does not stop the batch. A declaration of JSON fields is dropped
+    /// row does not stop the batch. Declarations of JSON fields and field types are dropped
     /// (the new fields are rendered text). The caller adjusts the batch's lease to
     /// [`MapOutcome::bytes`].
     pub fn map_batch(&self, batch: &mut Batch) -> MapOutcome {
         // The mapped fields are rendered text, not the source's JSON columns.
         batch.forget_json_fields();
+        batch.forget_field_types();
         let records = std::mem::take(batch.records_mut());
         let mut mapped = Vec::with_capacity(records.len());
         let mut outcome = MapOutcome::default();

@@ -4,12 +4,19 @@
 
 use std::sync::Arc;
 
-use duckdb::arrow::array::{ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder};
-use duckdb::arrow::datatypes::{DataType, Field, Schema};
+use duckdb::arrow::array::{
+    ArrayRef, BooleanBuilder, Date32Builder, Decimal128Builder, Float64Builder, Int64Builder,
+    StringBuilder, TimestampMicrosecondBuilder,
+};
+use duckdb::arrow::datatypes::{Field, Schema};
 use duckdb::arrow::record_batch::RecordBatch;
 use sluicegate_core::{Error, ErrorKind, Record, Result};
 
 use crate::schema::{Cell, ColumnType, FieldCache, TableSchema, cell};
+use crate::typed::Typed;
+
+/// The zone of `TIMESTAMPTZ` columns' Arrow type.
+const UTC: &str = "UTC";
 
 /// Records per record batch: DuckDB's vector size, so each batch is one of
 /// the appender's chunks and the columns never hold more than that beside the
@@ -24,6 +31,11 @@ pub(crate) enum Column {
     /// Text, JSON text, `HUGEINT` digits (Arrow has no 128-bit integer; DuckDB
     /// casts the digits exactly) and columns of types the sink did not create.
     Text(StringBuilder),
+    /// `DECIMAL(p,s)`: the digits scaled by `s`.
+    Decimal(Decimal128Builder),
+    Date(Date32Builder),
+    /// `TIMESTAMP`, or `TIMESTAMPTZ` (with the UTC zone).
+    Micros(TimestampMicrosecondBuilder),
 }
 
 impl Column {
@@ -32,6 +44,18 @@ impl Column {
             ColumnType::Boolean => Column::Bool(BooleanBuilder::with_capacity(rows)),
             ColumnType::BigInt => Column::Int(Int64Builder::with_capacity(rows)),
             ColumnType::Double => Column::Double(Float64Builder::with_capacity(rows)),
+            ColumnType::Decimal(p, s) => Column::Decimal(
+                Decimal128Builder::with_capacity(rows)
+                    .with_precision_and_scale(*p, *s as i8)
+                    .expect("precision 1..=38, scale at most the precision"),
+            ),
+            ColumnType::Date => Column::Date(Date32Builder::with_capacity(rows)),
+            ColumnType::Timestamp => {
+                Column::Micros(TimestampMicrosecondBuilder::with_capacity(rows))
+            }
+            ColumnType::TimestampTz => {
+                Column::Micros(TimestampMicrosecondBuilder::with_capacity(rows).with_timezone(UTC))
+            }
             ColumnType::HugeInt | ColumnType::Varchar | ColumnType::Json | ColumnType::Other(_) => {
                 // No room for text ahead: a sparse column holds only offsets.
                 Column::Text(StringBuilder::with_capacity(rows, 0))
@@ -47,6 +71,12 @@ impl Column {
             (Column::Int(b), Cell::Null) => b.append_null(),
             (Column::Double(b), Cell::Null) => b.append_null(),
             (Column::Text(b), Cell::Null) => b.append_null(),
+            (Column::Decimal(b), Cell::Null) => b.append_null(),
+            (Column::Date(b), Cell::Null) => b.append_null(),
+            (Column::Micros(b), Cell::Null) => b.append_null(),
+            (Column::Decimal(b), Cell::Typed(Typed::Decimal(v), _)) => b.append_value(*v),
+            (Column::Date(b), Cell::Typed(Typed::Date(v), _)) => b.append_value(*v),
+            (Column::Micros(b), Cell::Typed(Typed::Micros(v), _)) => b.append_value(*v),
             (Column::Bool(b), Cell::Bool(v)) => b.append_value(*v),
             (Column::Int(b), Cell::Int(v)) => b.append_value(*v),
             (Column::Double(b), Cell::Double(v)) => b.append_value(*v),
@@ -59,21 +89,15 @@ impl Column {
         true
     }
 
-    fn data_type(&self) -> DataType {
-        match self {
-            Column::Bool(_) => DataType::Boolean,
-            Column::Int(_) => DataType::Int64,
-            Column::Double(_) => DataType::Float64,
-            Column::Text(_) => DataType::Utf8,
-        }
-    }
-
     fn finish(self) -> ArrayRef {
         match self {
             Column::Bool(mut b) => Arc::new(b.finish()),
             Column::Int(mut b) => Arc::new(b.finish()),
             Column::Double(mut b) => Arc::new(b.finish()),
             Column::Text(mut b) => Arc::new(b.finish()),
+            Column::Decimal(mut b) => Arc::new(b.finish()),
+            Column::Date(mut b) => Arc::new(b.finish()),
+            Column::Micros(mut b) => Arc::new(b.finish()),
         }
     }
 }
@@ -124,13 +148,13 @@ pub(crate) fn record_batch(
 
 /// The filled columns of `schema` as one record batch.
 pub(crate) fn finish_batch(schema: &TableSchema, columns: Vec<Column>) -> Result<RecordBatch> {
+    let arrays: Vec<ArrayRef> = columns.into_iter().map(Column::finish).collect();
     let fields: Vec<Field> = schema
         .columns
         .iter()
-        .zip(&columns)
-        .map(|((name, _), column)| Field::new(name, column.data_type(), true))
+        .zip(&arrays)
+        .map(|((name, _), array)| Field::new(name, array.data_type().clone(), true))
         .collect();
-    let arrays: Vec<ArrayRef> = columns.into_iter().map(Column::finish).collect();
     RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).map_err(|e| {
         Error::new(
             ErrorKind::Sink,

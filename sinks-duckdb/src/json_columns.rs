@@ -33,6 +33,7 @@ use sluicegate_core::{JsonFields, JsonRows};
 use crate::columns::{CHUNK_ROWS, Column, finish_batch};
 use crate::keys::Key;
 use crate::schema::{Cell, ColumnType, NumberKind, TableSchema, number_kind_text};
+use crate::typed;
 
 /// Why a batch cannot go straight into columns as it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -348,6 +349,20 @@ fn string_value(raw: &str) -> Option<Cow<'_, str>> {
 /// string or nested value.
 fn raw_cell<'a>(raw: &'a str, ty: &ColumnType, largest: &mut usize) -> Option<Cell<'a>> {
     let first = *raw.as_bytes().first()?;
+    if ty.is_typed() {
+        // A string with an escape takes the record path (none of the typed
+        // forms has one).
+        let typed = match first {
+            b'n' => return Some(Cell::Null),
+            b'"' => match string_value(raw)? {
+                Cow::Borrowed(s) => typed::parse_str(ty, s).map(|t| Cell::Typed(t, s)),
+                Cow::Owned(_) => None,
+            },
+            b'-' | b'0'..=b'9' => typed::parse_number(ty, raw).map(|t| Cell::Typed(t, raw)),
+            _ => None,
+        };
+        return typed;
+    }
     match first {
         b'n' => Some(Cell::Null),
         b't' | b'f' => {

@@ -10,6 +10,7 @@ mod memory;
 mod positions;
 mod schema;
 mod sink;
+mod typed;
 
 use std::sync::Arc;
 

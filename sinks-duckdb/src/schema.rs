@@ -1,10 +1,13 @@
 //! Column types inferred from records, how they widen, and identifier quoting.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use duckdb::types::{ToSql, ToSqlOutput, ValueRef};
 use serde_json::Value;
-use sluicegate_core::JsonFields;
+use sluicegate_core::{FieldTypes, JsonFields};
+
+use crate::typed::{self, Typed};
 
 /// The column types the sink creates.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,24 +19,40 @@ pub(crate) enum ColumnType {
     Varchar,
     /// Objects and lists, stored as JSON text.
     Json,
+    /// `DECIMAL(precision, scale)`: a field declared decimal (see `typed`).
+    Decimal(u8, u8),
+    /// `DATE`: a field declared a date.
+    Date,
+    /// `TIMESTAMP`: a field declared a date and time without a zone.
+    Timestamp,
+    /// `TIMESTAMPTZ`: a field declared an instant.
+    TimestampTz,
     /// A type the sink did not create (a table made by someone else); values are
     /// sent as text and DuckDB casts them.
     Other(String),
 }
 
 impl ColumnType {
-    pub(crate) fn sql(&self) -> &str {
-        match self {
+    pub(crate) fn sql(&self) -> Cow<'_, str> {
+        Cow::Borrowed(match self {
             ColumnType::Boolean => "BOOLEAN",
             ColumnType::BigInt => "BIGINT",
             ColumnType::HugeInt => "HUGEINT",
             ColumnType::Double => "DOUBLE",
             ColumnType::Varchar => "VARCHAR",
             ColumnType::Json => "JSON",
+            ColumnType::Decimal(p, s) => return Cow::Owned(format!("DECIMAL({p},{s})")),
+            ColumnType::Date => "DATE",
+            ColumnType::Timestamp => "TIMESTAMP",
+            ColumnType::TimestampTz => "TIMESTAMP WITH TIME ZONE",
             ColumnType::Other(t) => t,
-        }
+        })
     }
 
+    /// The type of a column as `information_schema.columns` names it.
+    /// `DECIMAL`, `DATE` and the timestamps are [`ColumnType::Other`] here:
+    /// they are typed only for fields a source declares so
+    /// ([`TableSchema::adopt_declared`]).
     pub(crate) fn from_sql(name: &str) -> ColumnType {
         match name.to_ascii_uppercase().as_str() {
             "BOOLEAN" => ColumnType::Boolean,
@@ -42,8 +61,39 @@ impl ColumnType {
             "DOUBLE" => ColumnType::Double,
             "VARCHAR" => ColumnType::Varchar,
             "JSON" => ColumnType::Json,
-            other => ColumnType::Other(other.to_owned()),
+            _ => ColumnType::Other(name.to_owned()),
         }
+    }
+
+    /// The typed column a type name is (see `typed`), if any.
+    fn typed_from_sql(name: &str) -> Option<ColumnType> {
+        let upper = name.to_ascii_uppercase();
+        match upper.as_str() {
+            "DATE" => Some(ColumnType::Date),
+            "TIMESTAMP" => Some(ColumnType::Timestamp),
+            "TIMESTAMP WITH TIME ZONE" => Some(ColumnType::TimestampTz),
+            other => {
+                let (p, s) = other
+                    .strip_prefix("DECIMAL(")?
+                    .strip_suffix(')')?
+                    .split_once(',')?;
+                Some(ColumnType::Decimal(
+                    p.trim().parse().ok()?,
+                    s.trim().parse().ok()?,
+                ))
+            }
+        }
+    }
+
+    /// Whether values go in only when they parse as the type (see `typed`).
+    pub(crate) fn is_typed(&self) -> bool {
+        matches!(
+            self,
+            ColumnType::Decimal(..)
+                | ColumnType::Date
+                | ColumnType::Timestamp
+                | ColumnType::TimestampTz
+        )
     }
 
     /// The type a JSON value asks for; `None` for null (no information).
@@ -69,6 +119,8 @@ impl ColumnType {
         match (self, other) {
             (a, b) if a == b => a.clone(),
             (Other(t), _) | (_, Other(t)) => Other(t.clone()),
+            // A value a typed column does not hold: its text (see `typed`).
+            (a, b) if a.is_typed() || b.is_typed() => Varchar,
             (BigInt, HugeInt) | (HugeInt, BigInt) => HugeInt,
             (BigInt | HugeInt, Double) | (Double, BigInt | HugeInt) => Double,
             (Json, Boolean | BigInt | HugeInt | Double)
@@ -193,6 +245,25 @@ impl TableSchema {
         nulls
     }
 
+    /// Makes the columns of fields the source declared typed ([`FieldTypes`])
+    /// typed here too, when the table's column has that very type (a column
+    /// the sink made so, or one made by someone else): then the values that
+    /// fit go in as the type, and another value makes the column the text
+    /// its values came as (see `typed`). Columns of such types whose fields
+    /// are not declared stay [`ColumnType::Other`]: values go in as text and
+    /// DuckDB casts them.
+    pub(crate) fn adopt_declared(&mut self, types: Option<&FieldTypes>) {
+        for (field, declared) in types.into_iter().flat_map(FieldTypes::iter) {
+            if let Some(idx) = self.column_of(field)
+                && let ColumnType::Other(name) = &self.columns[idx].1
+                && let Some(ty) = typed::column_type(declared)
+                && ColumnType::typed_from_sql(name).as_ref() == Some(&ty)
+            {
+                self.columns[idx].1 = ty;
+            }
+        }
+    }
+
     /// Adds a column for a new field and returns its index and name.
     pub(crate) fn add_field(&mut self, field: &str, ty: ColumnType) -> usize {
         let mut name = field.to_owned();
@@ -254,6 +325,8 @@ pub(crate) enum Cell<'a> {
     Double(f64),
     Text(&'a str),
     Owned(String),
+    /// A typed column's value, with the text it came as.
+    Typed(Typed, &'a str),
 }
 
 impl ToSql for Cell<'_> {
@@ -266,6 +339,8 @@ impl ToSql for Cell<'_> {
             Cell::Double(f) => ValueRef::Double(*f),
             Cell::Text(s) => ValueRef::Text(s.as_bytes()),
             Cell::Owned(s) => ValueRef::Text(s.as_bytes()),
+            // DuckDB casts the text to the column's type, exactly (it fits).
+            Cell::Typed(_, s) => ValueRef::Text(s.as_bytes()),
         }))
     }
 }
@@ -273,6 +348,18 @@ impl ToSql for Cell<'_> {
 /// Converts a JSON value for a column of type `ty` (which the value's own type
 /// has already been widened into).
 pub(crate) fn cell<'a>(value: &'a Value, ty: &ColumnType) -> Cell<'a> {
+    if ty.is_typed() {
+        let typed = match value {
+            Value::String(s) => typed::parse_str(ty, s).map(|t| Cell::Typed(t, s)),
+            Value::Number(n) => {
+                typed::parse_number(ty, n.as_str()).map(|t| Cell::Typed(t, n.as_str()))
+            }
+            _ => None,
+        };
+        if let Some(cell) = typed {
+            return cell;
+        }
+    }
     match (value, ty) {
         (Value::Null, _) => Cell::Null,
         (Value::Bool(b), ColumnType::Boolean) => Cell::Bool(*b),

@@ -27,9 +27,9 @@ use std::cmp::Ordering;
 
 use serde_json::Value;
 use sluicegate_core::{
-    Batch, BatchAck, BuildContext, DeleteMode, Error, ErrorKind, JsonFields, MemoryRelief, Record,
-    Rejected, Result, Sink, SinkCapabilities, SinkPosition, SinkWriter, Stage, StreamTarget,
-    TargetKeys, WriterExtension, WriterSummary,
+    Batch, BatchAck, BuildContext, DeleteMode, Error, ErrorKind, FieldTypes, JsonFields,
+    MemoryRelief, Record, Rejected, Result, Sink, SinkCapabilities, SinkPosition, SinkWriter,
+    Stage, StreamTarget, TargetKeys, WriterExtension, WriterSummary,
 };
 
 use crate::config::DuckDbSinkConfig;
@@ -39,6 +39,7 @@ use crate::keys::{Key, merge_duplicate_keys};
 use crate::memory::{MemoryPlan, NEW_FILE_BLOCK_SIZE, block_size};
 use crate::positions;
 use crate::schema::{ColumnType, FieldCache, TableSchema, cell, number_kind, quote_ident};
+use crate::typed;
 
 /// A DuckDB database file that sync streams write into.
 pub struct DuckDbSink {
@@ -180,7 +181,26 @@ struct DuckDbWriter {
     as_columns: Arc<AtomicU64>,
 }
 
+/// What a source declared of a batch's fields: which are JSON, and the
+/// types of typed ones.
+type Declared<'a> = (Option<&'a JsonFields>, Option<&'a FieldTypes>);
+
 impl DuckDbWriter {
+    /// The field types a batch declares that get typed columns: all but the
+    /// key's (keys are compared and deleted as the text or integer they came
+    /// as).
+    fn typed_fields(&self, declared: Option<&Arc<FieldTypes>>) -> Option<Arc<FieldTypes>> {
+        let declared = declared?;
+        match self.target.key_field.as_deref() {
+            Some(key) if declared.get(key).is_some() => {
+                let mut types = FieldTypes::clone(declared);
+                types.remove(key);
+                (!types.is_empty()).then(|| Arc::new(types))
+            }
+            _ => Some(declared.clone()),
+        }
+    }
+
     /// Remembers the largest key written, or gives up on ordering.
     fn note_written(&mut self, range: Option<(Key, Key)>) {
         if self.target.key_field.is_none() {
@@ -213,6 +233,7 @@ impl DuckDbWriter {
         &mut self,
         text: &sluicegate_core::JsonRows,
         json: Option<Arc<JsonFields>>,
+        types: Option<Arc<FieldTypes>>,
     ) -> Result<()> {
         let Some(db) = self.db.clone().filter(|_| !self.dry_run) else {
             return Ok(());
@@ -243,11 +264,12 @@ impl DuckDbWriter {
                     Some(state) => TableState::clone(state),
                     None => load_table(conn, &target.table)?,
                 };
+                state.schema.adopt_declared(types.as_deref());
                 if state.exists {
                     return Ok(state);
                 }
                 let mut schema = state.schema.clone();
-                let changes = evolve(&mut schema, &records, json.as_deref());
+                let changes = evolve(&mut schema, &records, (json.as_deref(), types.as_deref()));
                 let key_known = target
                     .key_field
                     .as_deref()
@@ -275,7 +297,7 @@ impl DuckDbWriter {
     fn columns_of(
         &self,
         text: &sluicegate_core::JsonRows,
-        declared: Option<&JsonFields>,
+        (declared, types): Declared<'_>,
     ) -> std::result::Result<Decoded, Unfit> {
         let table = match &self.table {
             Some(table) if table.exists && !self.dry_run => table,
@@ -304,7 +326,7 @@ impl DuckDbWriter {
                         failed |= record.is_none();
                         record
                     });
-                    let changes = evolve(&mut schema, records, declared);
+                    let changes = evolve(&mut schema, records, (declared, types));
                     if failed || !changes.widened.is_empty() {
                         return Err(unfit);
                     }
@@ -365,6 +387,8 @@ struct BatchJob {
     seq: u64,
     /// The fields the source declared JSON.
     json: Option<Arc<JsonFields>>,
+    /// The field types the source declared (the key's left out).
+    types: Option<Arc<FieldTypes>>,
 }
 
 /// A batch's rows on their way in.
@@ -480,6 +504,7 @@ impl BatchJob {
             Some(t) => t,
             None => load_table(conn, &self.target.table)?,
         };
+        state.schema.adopt_declared(self.types.as_deref());
         let is_empty = *self.empty.get_or_insert(state.empty_at_load);
         if self.dry_run {
             let records = match &self.rows {
@@ -503,6 +528,7 @@ impl BatchJob {
             mode,
             position: self.position.as_deref().map(|p| (self.seq, p)),
             json: self.json.as_deref(),
+            types: self.types.as_deref(),
         };
         let ack = write_batch(conn, &self.plan, &mut state, &batch, prepared)?;
         Ok((ack, state, Some(mode)))
@@ -543,12 +569,17 @@ impl SinkWriter for DuckDbWriter {
     async fn write(&mut self, batch: Batch) -> Result<BatchAck> {
         let target = self.target.clone();
         let json = batch.json_fields().cloned();
+        let types = self.typed_fields(batch.field_types());
         let (rows, position, lease) = match batch.into_json_parts() {
             Ok((text, position, mut lease)) => {
                 if !self.table.as_ref().is_some_and(|t| t.exists) {
-                    self.prepare_table(&text, json.clone()).await?;
+                    self.prepare_table(&text, json.clone(), types.clone())
+                        .await?;
                 }
-                let rows = match self.columns_of(&text, json.as_deref()) {
+                if let Some(table) = &mut self.table {
+                    table.schema.adopt_declared(types.as_deref());
+                }
+                let rows = match self.columns_of(&text, (json.as_deref(), types.as_deref())) {
                     Ok(decoded) => {
                         self.as_columns.fetch_add(1, AtomicOrdering::Relaxed);
                         tracing::debug!(sync = %target.sync_key, rows = decoded.rows, "batch straight into columns");
@@ -642,6 +673,7 @@ impl SinkWriter for DuckDbWriter {
             position,
             seq,
             json,
+            types,
         };
         let (result, table, empty) = tokio::task::spawn_blocking(move || {
             let outcome = job.run(&db);
@@ -863,14 +895,24 @@ pub(crate) fn load_table(conn: &Connection, table: &str) -> Result<TableState> {
 struct SchemaChanges {
     added: Vec<usize>,
     widened: Vec<usize>,
+    /// The typed columns among the widened ones, with their type before (see
+    /// `typed`): their rows become the text they came as.
+    typed_from: Vec<(usize, ColumnType)>,
 }
 
 fn evolve<R: std::borrow::Borrow<Record>>(
     schema: &mut TableSchema,
     records: impl IntoIterator<Item = R>,
-    json: Option<&JsonFields>,
+    (json, types): Declared<'_>,
 ) -> SchemaChanges {
     let existing = schema.columns.len();
+    let typed_before: Vec<(usize, ColumnType)> = schema
+        .columns
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, ty))| ty.is_typed())
+        .map(|(i, (_, ty))| (i, ty.clone()))
+        .collect();
     let mut widened = Vec::new();
     // Columns holding an integer no double holds exactly (beyond ±2^53).
     let mut beyond_double: Vec<usize> = Vec::new();
@@ -879,6 +921,30 @@ fn evolve<R: std::borrow::Borrow<Record>>(
         let record = record.borrow();
         let mut added = false;
         for ((field, value), column) in record.iter().zip(cache.resolve(schema, record)) {
+            // Typed columns (see `typed`): a value they hold changes nothing;
+            // a new field declared typed gets its type when its value fits.
+            if !json.is_some_and(|j| j.contains(field)) {
+                match column.or_else(|| schema.column_of(field)) {
+                    Some(idx) => {
+                        let current = &schema.columns[idx].1;
+                        if current.is_typed() && typed::fits(current, value) {
+                            continue;
+                        }
+                    }
+                    None => {
+                        let declared = types
+                            .and_then(|t| t.get(field))
+                            .and_then(typed::column_type);
+                        if let Some(ty) =
+                            declared.filter(|ty| !value.is_null() && typed::fits(ty, value))
+                        {
+                            schema.add_field(field, ty);
+                            added = true;
+                            continue;
+                        }
+                    }
+                }
+            }
             // A number is classified once (its text parsed once) for both
             // its type and whether a DOUBLE column would hold it exactly.
             let (ty, exact_in_double) = match value {
@@ -934,9 +1000,14 @@ fn evolve<R: std::borrow::Borrow<Record>>(
             }
         }
     }
+    let typed_from = typed_before
+        .into_iter()
+        .filter(|(i, _)| widened.contains(i))
+        .collect();
     SchemaChanges {
         added: (existing..schema.columns.len()).collect(),
         widened,
+        typed_from,
     }
 }
 
@@ -985,6 +1056,7 @@ struct BatchWrite<'a> {
     mode: WriteMode,
     position: Option<(u64, &'a str)>,
     json: Option<&'a JsonFields>,
+    types: Option<&'a FieldTypes>,
 }
 
 impl BatchWrite<'_> {
@@ -1017,7 +1089,7 @@ fn write_batch(
     let mut schema = table.schema.clone();
     let (changes, largest) = match batch.rows {
         RowsRef::Records(records) => (
-            evolve(&mut schema, records, batch.json),
+            evolve(&mut schema, records, (batch.json, batch.types)),
             largest_value(records),
         ),
         // Columns fit the table as it is, or with the columns they add.
@@ -1030,6 +1102,7 @@ fn write_batch(
                 SchemaChanges {
                     added: (existing..schema.columns.len()).collect(),
                     widened: Vec::new(),
+                    typed_from: Vec::new(),
                 },
                 decoded.largest,
             )
@@ -1163,23 +1236,27 @@ fn schema_ddl(
         ddl.push_str(&format!("CREATE TABLE main.{t} ({});", cols.join(", ")));
         return ddl;
     }
-    if changes
-        .widened
-        .iter()
-        .any(|i| schema.columns[*i].1 == ColumnType::Json)
+    if !changes.typed_from.is_empty()
+        || changes
+            .widened
+            .iter()
+            .any(|i| schema.columns[*i].1 == ColumnType::Json)
     {
         // DuckDB cannot replay `ALTER COLUMN … SET DATA TYPE JSON` from its
         // write-ahead log ("no default database set"): a process killed
         // before the next checkpoint would leave a file that no longer
         // opens. The table is rebuilt instead, its columns in their order
-        // (what the log then holds replays).
+        // (what the log then holds replays); so too when a typed column
+        // becomes the text its values came as (an expression per type).
         let existing = schema.columns.len() - changes.added.len();
         let select: Vec<String> = schema.columns[..existing]
             .iter()
             .enumerate()
             .map(|(i, (name, ty))| {
                 let q = quote_ident(name);
-                if changes.widened.contains(&i) {
+                if let Some((_, was)) = changes.typed_from.iter().find(|(t, _)| *t == i) {
+                    format!("{} AS {q}", typed::as_text(was, &q))
+                } else if changes.widened.contains(&i) {
                     format!("CAST({q} AS {}) AS {q}", ty.sql())
                 } else {
                     q

@@ -50,7 +50,8 @@ fn cell(v: duckdb::types::ValueRef<'_>) -> Value {
 }
 
 /// Every row of a table, as the records the API served (JSON columns parsed,
-/// NULL columns left out), ordered by id.
+/// typed columns as the text they came as, NULL columns left out), ordered
+/// by id.
 pub(crate) fn table_records(db: &Path, table: &str) -> Vec<Value> {
     let types: BTreeMap<String, String> = query(
         db,
@@ -66,22 +67,41 @@ pub(crate) fn table_records(db: &Path, table: &str) -> Vec<Value> {
     .into_iter()
     .map(|r| r[0].as_str().unwrap().to_owned())
     .collect();
-    query(db, &format!("SELECT * FROM \"{table}\" ORDER BY id"))
-        .into_iter()
-        .map(|row| {
-            let mut rec = Map::new();
-            for (name, value) in names.iter().zip(row) {
-                let value = match (&value, types[name].as_str()) {
-                    (Value::String(s), "JSON") => serde_json::from_str(s).unwrap(),
-                    _ => value,
-                };
-                if !value.is_null() {
-                    rec.insert(name.clone(), value);
+    // Typed columns read as the text the source sent (the sink's
+    // documented rendering).
+    let select: Vec<String> = names
+        .iter()
+        .map(|name| {
+            let q = format!("\"{name}\"");
+            match types[name].as_str() {
+                "TIMESTAMP" => format!("replace(CAST({q} AS VARCHAR), ' ', 'T')"),
+                "TIMESTAMP WITH TIME ZONE" => {
+                    format!("replace(CAST(timezone('UTC', {q}) AS VARCHAR), ' ', 'T') || 'Z'")
                 }
+                t if t == "DATE" || t.starts_with("DECIMAL(") => format!("CAST({q} AS VARCHAR)"),
+                _ => q,
             }
-            Value::Object(rec)
         })
-        .collect()
+        .collect();
+    query(
+        db,
+        &format!("SELECT {} FROM \"{table}\" ORDER BY id", select.join(", ")),
+    )
+    .into_iter()
+    .map(|row| {
+        let mut rec = Map::new();
+        for (name, value) in names.iter().zip(row) {
+            let value = match (&value, types[name].as_str()) {
+                (Value::String(s), "JSON") => serde_json::from_str(s).unwrap(),
+                _ => value,
+            };
+            if !value.is_null() {
+                rec.insert(name.clone(), value);
+            }
+        }
+        Value::Object(rec)
+    })
+    .collect()
 }
 
 /// The committed checkpoint of `key` in the state database under `dir`
