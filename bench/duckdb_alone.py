@@ -10,9 +10,12 @@ the time spent in those checkpoints, and the row groups the table ends in:
 
 - `vacuum`: DuckDB's default, checkpoints merge row groups (what the sink did after
   appends to narrow tables before);
-- `no vacuum`: `max_vacuum_tasks = 0` (what the sink does after appends now);
+- `no vacuum`: `max_vacuum_tasks = 0` (what the sink does after appends), with the
+  decimal and the timestamp as exact text in `VARCHAR` columns (how the sink stored
+  them before database sources declared their types);
 - `typed`: no vacuum, with the decimal and the timestamp as `DECIMAL(12,2)` and
-  `TIMESTAMPTZ` instead of their exact text in `VARCHAR` columns (what the sink stores).
+  `TIMESTAMPTZ` (what the sink stores now for PostgreSQL's `numeric(12,2)` and
+  `timestamptz`).
 
 Runs with the peers' environment (it has duckdb and pyarrow), and writes
 bench/results/duckdb_alone.md (medians):
@@ -108,8 +111,10 @@ def main():
         f"{duckdb.__version__} (Python) in transactions of 5,000 or 20,000 rows, 64 KiB blocks, one "
         "thread, 128 MiB, a `CHECKPOINT` whenever committed rows held in memory reach 8 MiB (the "
         "sink's schedule). `vacuum`: DuckDB's default; `no vacuum`: `max_vacuum_tasks = 0`, what the "
-        "sink sets before appended batches; `typed`: no vacuum, with the decimal and the timestamp "
-        "as `DECIMAL(12,2)` and `TIMESTAMPTZ` instead of the exact text the sink stores. Medians of "
+        "sink sets before appended batches, the decimal and the timestamp as exact text in `VARCHAR` "
+        "columns (how the sink stored them before); `typed`: no vacuum, the decimal and the timestamp "
+        "as `DECIMAL(12,2)` and `TIMESTAMPTZ` (how the sink stores PostgreSQL's `numeric(12,2)` and "
+        "`timestamptz` now). Medians of "
         f"{REPEAT} runs (`bench/work/venv/bin/python bench/duckdb_alone.py`, commit `{commit}`).",
         "",
         "| rows per transaction | case | wall | of it in checkpoints | row groups | file |",
