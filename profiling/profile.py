@@ -369,7 +369,7 @@ def report():
             rate = f"{r['rowsPerSec']:,.0f}" if r["complete"] else "-"
             out.append(f"| {r['orders']:,} | {r['mode']} | {result(r)} | {mib(r['peakRss'])} | {r['wall']:.1f} s | {rate} |")
         out += [""]
-    names = ("baseline", "high-throughput", "stress", "cms", "pressure")
+    names = ("baseline", "low-memory", "high-throughput", "stress", "cms", "pressure")
     for key in [*names, *(f"{n}+heap" for n in names)]:
         s = raw.get(key)
         if s:
