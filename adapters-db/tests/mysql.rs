@@ -5,7 +5,7 @@ mod common;
 use common::read;
 use serde_json::{Value, json};
 use sluicegate_adapters_db::Provider;
-use sluicegate_core::{ErrorKind, Position};
+use sluicegate_core::{ErrorKind, FieldType, Position};
 use sluicegate_examples::dbfixtures::{every_type_records, every_type_sql};
 use sluicegate_examples::dbserver::{self, DbKind};
 
@@ -34,6 +34,33 @@ async fn every_type_reads_without_loss() {
     // SQL NULL is left out, apart from a JSON `null`; the column is declared JSON.
     assert_eq!(got.records[1].get("doc"), None);
     assert_eq!(got.json_fields.iter().collect::<Vec<_>>(), ["doc"]);
+}
+
+#[tokio::test]
+async fn decimal_date_and_time_columns_are_declared_typed() {
+    let url = database("my_declared").await;
+    exec(
+        &url,
+        "CREATE TABLE t (id BIGINT PRIMARY KEY, money DECIMAL(10,2), plain DECIMAL(10,2) UNSIGNED,
+             whole DECIMAL(18,0), day DATE, dt DATETIME(6), ts TIMESTAMP(3) NULL, name VARCHAR(10), doc JSON);
+         INSERT INTO t VALUES (1, -12.30, 12.30, 7, '2024-02-29', '2024-02-29 13:45:00.5', '2024-02-29 13:45:00.5', 'x', '[]');",
+    )
+    .await;
+    let section = json!({"connectionString": url, "table": "t", "orderBy": "id", "jsonColumns": ["doc"]});
+    let got = read(Provider::Mysql, section, None).await.unwrap();
+    let decimal = |precision, scale| FieldType::Decimal { precision, scale };
+    assert_eq!(
+        got.field_types.into_iter().collect::<Vec<_>>(),
+        [
+            ("day".to_owned(), FieldType::Date),
+            ("dt".to_owned(), FieldType::Timestamp),
+            ("money".to_owned(), decimal(10, 2)),
+            ("plain".to_owned(), decimal(10, 2)),
+            ("ts".to_owned(), FieldType::TimestampUtc),
+            ("whole".to_owned(), decimal(18, 0)),
+        ]
+    );
+    assert_eq!(got.records[0]["money"], json!("-12.30"));
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@ mod common;
 use common::read;
 use serde_json::{Value, json};
 use sluicegate_adapters_db::Provider;
-use sluicegate_core::{ErrorKind, MemoryBudget, Position};
+use sluicegate_core::{ErrorKind, FieldType, MemoryBudget, Position};
 use sluicegate_examples::dbfixtures::{every_type_records, every_type_sql};
 use sluicegate_examples::dbserver::{self, DbKind};
 
@@ -376,6 +376,35 @@ async fn errors_name_the_provider_and_never_the_password() {
         );
         assert!(!text.contains('\n'), "one line: {text}");
     }
+}
+
+#[tokio::test]
+async fn decimal_date_and_time_columns_are_declared_typed() {
+    let url = database("pg_declared").await;
+    exec(
+        &url,
+        "CREATE TABLE t (id bigint PRIMARY KEY, money numeric(12,2), any_scale numeric,
+             frac numeric(5,5), day date, ts timestamp(3), tstz timestamptz, name text, doc jsonb, tm time);
+         INSERT INTO t VALUES (1, -12.30, 1.5, 0.5, '2024-02-29', '2024-02-29 13:45:00.5',
+             '2024-02-29 13:45:00.5+01', 'x', '[]', '12:00');",
+    )
+    .await;
+    let section = json!({"connectionString": url, "table": "t", "orderBy": "id"});
+    let got = read(Provider::Postgres, section, None).await.unwrap();
+    let decimal = |precision, scale| FieldType::Decimal { precision, scale };
+    assert_eq!(
+        got.field_types.into_iter().collect::<Vec<_>>(),
+        [
+            ("day".to_owned(), FieldType::Date),
+            ("frac".to_owned(), decimal(5, 5)),
+            ("money".to_owned(), decimal(12, 2)),
+            ("ts".to_owned(), FieldType::Timestamp),
+            ("tstz".to_owned(), FieldType::TimestampUtc),
+        ],
+        "a numeric without a scale, time, text and JSON are not"
+    );
+    assert_eq!(got.records[0]["frac"], json!("0.50000"));
+    assert_eq!(got.records[0]["tstz"], json!("2024-02-29T12:45:00.5Z"));
 }
 
 #[tokio::test]

@@ -493,3 +493,121 @@ async fn an_append_sync_into_duckdb_resumes_exactly_once_so_it_warns_of_nothing(
         .unwrap();
     assert_eq!((rows, complete), (2, true));
 }
+
+/// The records a PostgreSQL source reads from `table` (decoded; SQL NULL
+/// left out).
+async fn source_records(url: &str, table: &str) -> Vec<Value> {
+    use futures::StreamExt;
+    use sluicegate_core::{BuildContext, Factory, MemoryBudget, ReadRequest, parse_section};
+    let ctx = BuildContext::new("test", true);
+    let factory = sluicegate_adapters_db::factory(sluicegate_adapters_db::Provider::Postgres);
+    let config = parse_section(
+        json!({"connectionString": url, "table": table, "orderBy": "id"}),
+        "source",
+    )
+    .unwrap();
+    let source = factory.build(config, &ctx).await.unwrap();
+    let mut stream = source.read(ReadRequest::new("test", MemoryBudget::new(8 << 20)));
+    let mut out = Vec::new();
+    while let Some(batch) = stream.next().await {
+        let (records, _, _lease) = batch.unwrap().into_parts();
+        out.extend(records.into_iter().map(Value::Object));
+    }
+    without_nulls(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_decimals_dates_and_timestamps_land_typed_and_read_back_as_the_source_sent_them()
+{
+    // Values PostgreSQL draws (seeded) across each type's range, and a second
+    // table whose later rows hold values no typed column holds (NaN,
+    // Infinity, infinity, years beyond 9999 and before 1): batches of 97 rows,
+    // so its columns are typed first and made text in the middle of the run.
+    let url = dbserver::postgres().fresh_database("e2e_typed").await;
+    let columns = "round(((random() - 0.5) * 1.99e10)::numeric, 2)::numeric(12,2) AS money,
+         ((CASE WHEN random() < 0.5 THEN -1 ELSE 1 END) * (trunc(random() * 1e14)::numeric * 1e13
+             + trunc(random() * 1e13)::numeric + round(random()::numeric, 10)))::numeric(38,10) AS wide,
+         round(((random() - 0.5) * 1.99)::numeric, 5)::numeric(5,5) AS frac,
+         round(((random() - 0.5) * 1.99e17)::numeric)::numeric(18,0) AS whole,
+         date '0001-01-01' + (random() * 3652058)::int AS day,
+         timestamp '0001-01-01' + random() * (timestamp '9999-12-31 23:59:59.999999' - timestamp '0001-01-01') AS ts,
+         timestamptz '0001-01-01 00:00:00+00' + random() * interval '3652058 days' AS tstz";
+    dbserver::execute(
+        DbKind::Postgres,
+        &url,
+        &format!(
+            "SET TimeZone = 'UTC'; SELECT setseed(0.42);
+             CREATE TABLE typed AS SELECT i AS id, {columns} FROM generate_series(1, 2000) i;
+             UPDATE typed SET money = NULL, day = NULL WHERE id % 13 = 0;
+             UPDATE typed SET ts = date_trunc('second', ts), tstz = date_trunc('day', tstz) WHERE id % 7 = 0;
+             CREATE TABLE odd AS SELECT * FROM typed;
+             UPDATE odd SET wide = 'NaN' WHERE id = 1500;
+             UPDATE odd SET whole = 'Infinity' WHERE id = 1700;
+             UPDATE odd SET day = 'infinity', ts = '-infinity' WHERE id = 1800;
+             UPDATE odd SET day = '294276-12-31', ts = '4713-01-01 00:00:00 BC' WHERE id = 1801;
+             UPDATE odd SET tstz = '294276-12-31 23:59:59.5+00' WHERE id = 1900;"
+        ),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sluicegate.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "version: 1\nsinks:\n  warehouse: {{ type: duckdb, path: out.duckdb }}\nsyncs:\n{}",
+            ["typed", "odd"]
+                .map(|t| format!(
+                    "  - key: {t}\n    sink: warehouse\n    keyField: id\n    source: {{ type: postgres, connectionString: \"{url}\", table: {t}, orderBy: id }}\n"
+                ))
+                .concat()
+        ),
+    )
+    .unwrap();
+    let out = run(&path, &["--apply", "--streaming", "--batch-size", "97"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let db = dir.path().join("out.duckdb");
+    for (table, widened) in [
+        ("typed", &[][..]),
+        ("odd", &["wide", "whole", "day", "ts", "tstz"][..]),
+    ] {
+        let want = source_records(&url, table).await;
+        assert_eq!(want.len(), 2000);
+        let got = table_records(&db, table);
+        assert_eq!(got.len(), want.len(), "{table}");
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(g, w, "{table}");
+        }
+        let types = query(
+            &db,
+            &format!("SELECT column_name, data_type FROM information_schema.columns WHERE table_name = '{table}' AND column_name <> 'id' ORDER BY ordinal_position"),
+        );
+        let typed = json!([
+            ["money", "DECIMAL(12,2)"],
+            ["wide", "DECIMAL(38,10)"],
+            ["frac", "DECIMAL(6,5)"],
+            ["whole", "DECIMAL(18,0)"],
+            ["day", "DATE"],
+            ["ts", "TIMESTAMP"],
+            ["tstz", "TIMESTAMP WITH TIME ZONE"],
+        ]);
+        let want_types: Vec<Value> = typed
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                if widened.contains(&c[0].as_str().unwrap()) {
+                    json!([c[0], "VARCHAR"])
+                } else {
+                    c.clone()
+                }
+            })
+            .collect();
+        assert_eq!(json!(types), json!(want_types), "{table}");
+    }
+    // The values no typed column holds arrived as the source wrote them.
+    let odd = table_records(&db, "odd");
+    assert_eq!(odd[1499]["wide"], json!("NaN"));
+    assert_eq!(odd[1699]["whole"], json!("Infinity"));
+    assert_eq!(odd[1799]["day"], json!("infinity"));
+    assert_eq!(odd[1800]["ts"], json!("-4712-01-01T00:00:00"));
+}

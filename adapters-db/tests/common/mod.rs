@@ -7,15 +7,15 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use futures::StreamExt;
 use serde_json::Value;
 use sluicegate_adapters_db::{DbSourceConfig, Provider};
 use sluicegate_core::{
-    BuildContext, Factory, IncrementalWindow, MemoryBudget, Position, ReadRequest, Result,
-    parse_section,
+    BuildContext, Factory, FieldType, IncrementalWindow, MemoryBudget, Position, ReadRequest,
+    Result, parse_section,
 };
 
 /// What one read produced.
@@ -26,6 +26,8 @@ pub(crate) struct Read {
     pub(crate) batches: Vec<(usize, Option<Position>)>,
     /// The fields the batches declared JSON.
     pub(crate) json_fields: BTreeSet<String>,
+    /// The fields the batches declared typed, with their types.
+    pub(crate) field_types: BTreeMap<String, FieldType>,
     /// How many batches of the JSON-text read came as JSON text.
     pub(crate) json_batches: usize,
 }
@@ -95,6 +97,7 @@ async fn read_in(
                 "the read as JSON text ends elsewhere"
             );
             assert_eq!(records.json_fields, text.json_fields);
+            assert_eq!(records.field_types, text.field_types);
             return Ok(Read {
                 json_batches: text.json_batches,
                 ..as_records.unwrap()
@@ -130,6 +133,7 @@ async fn read_once(
         records: Vec::new(),
         batches: Vec::new(),
         json_fields: BTreeSet::new(),
+        field_types: BTreeMap::new(),
         json_batches: 0,
     };
     while let Some(batch) = stream.next().await {
@@ -137,6 +141,10 @@ async fn read_once(
         out.batches.push((batch.len(), batch.position().cloned()));
         if let Some(json) = batch.json_fields() {
             out.json_fields.extend(json.iter().map(str::to_owned));
+        }
+        if let Some(types) = batch.field_types() {
+            out.field_types
+                .extend(types.iter().map(|(f, t)| (f.to_owned(), t)));
         }
         if batch.json_rows().is_some() {
             out.json_batches += 1;
