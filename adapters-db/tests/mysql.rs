@@ -46,7 +46,8 @@ async fn decimal_date_and_time_columns_are_declared_typed() {
          INSERT INTO t VALUES (1, -12.30, 12.30, 7, '2024-02-29', '2024-02-29 13:45:00.5', '2024-02-29 13:45:00.5', 'x', '[]');",
     )
     .await;
-    let section = json!({"connectionString": url, "table": "t", "orderBy": "id", "jsonColumns": ["doc"]});
+    let section =
+        json!({"connectionString": url, "table": "t", "orderBy": "id", "jsonColumns": ["doc"]});
     let got = read(Provider::Mysql, section, None).await.unwrap();
     let decimal = |precision, scale| FieldType::Decimal { precision, scale };
     assert_eq!(

@@ -521,7 +521,7 @@ async fn generated_decimals_dates_and_timestamps_land_typed_and_read_back_as_the
 {
     // Values PostgreSQL draws (seeded) across each type's range, and a second
     // table whose later rows hold values no typed column holds (NaN,
-    // Infinity, infinity, years beyond 9999 and before 1): batches of 97 rows,
+    // ±infinity, years beyond 9999 and before 1): batches of 97 rows,
     // so its columns are typed first and made text in the middle of the run.
     let url = dbserver::postgres().fresh_database("e2e_typed").await;
     let columns = "round(((random() - 0.5) * 1.99e10)::numeric, 2)::numeric(12,2) AS money,
@@ -542,7 +542,7 @@ async fn generated_decimals_dates_and_timestamps_land_typed_and_read_back_as_the
              UPDATE typed SET ts = date_trunc('second', ts), tstz = date_trunc('day', tstz) WHERE id % 7 = 0;
              CREATE TABLE odd AS SELECT * FROM typed;
              UPDATE odd SET wide = 'NaN' WHERE id = 1500;
-             UPDATE odd SET whole = 'Infinity' WHERE id = 1700;
+             UPDATE odd SET whole = 'NaN' WHERE id = 1700;
              UPDATE odd SET day = 'infinity', ts = '-infinity' WHERE id = 1800;
              UPDATE odd SET day = '294276-12-31', ts = '4713-01-01 00:00:00 BC' WHERE id = 1801;
              UPDATE odd SET tstz = '294276-12-31 23:59:59.5+00' WHERE id = 1900;"
@@ -579,7 +579,9 @@ async fn generated_decimals_dates_and_timestamps_land_typed_and_read_back_as_the
         }
         let types = query(
             &db,
-            &format!("SELECT column_name, data_type FROM information_schema.columns WHERE table_name = '{table}' AND column_name <> 'id' ORDER BY ordinal_position"),
+            &format!(
+                "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = '{table}' AND column_name <> 'id' ORDER BY ordinal_position"
+            ),
         );
         let typed = json!([
             ["money", "DECIMAL(12,2)"],
@@ -607,7 +609,7 @@ async fn generated_decimals_dates_and_timestamps_land_typed_and_read_back_as_the
     // The values no typed column holds arrived as the source wrote them.
     let odd = table_records(&db, "odd");
     assert_eq!(odd[1499]["wide"], json!("NaN"));
-    assert_eq!(odd[1699]["whole"], json!("Infinity"));
+    assert_eq!(odd[1699]["whole"], json!("NaN"));
     assert_eq!(odd[1799]["day"], json!("infinity"));
     assert_eq!(odd[1800]["ts"], json!("-4712-01-01T00:00:00"));
 }
