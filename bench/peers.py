@@ -388,8 +388,8 @@ def main():
         "### Reading the numbers",
         "",
         "- **Memory.** dlt's default REST configuration (insert_values files) grew to gigabytes at "
-        "100k rows and to about 12 GB at 1M; its Parquet configurations also grow with the row count "
-        "(226 MiB at 100k, 1.6 GB at 10M). Sluicegate's peak grows too, but slowly: the records in flight "
+        "100k rows (2.4 GiB) and to about 8 GiB at 1M; its Parquet configurations also grow with the row "
+        "count (226–324 MiB at 100k, 1.8 GiB at 10M). Sluicegate's peak grows too, but slowly: the records in flight "
         "are bounded by the memory budget, and what grows is DuckDB's working memory outside its buffer "
         "pool (compression and statistics over larger tables at checkpoints); at 10k rows the pool is "
         "not yet full. Closing that gap means capping DuckDB further or checkpointing more often.",
