@@ -354,22 +354,16 @@ impl Batch {
         if later.position.is_some() {
             self.position = later.position.take();
         }
-        self.json_fields = match (self.json_fields.take(), later.json_fields.take()) {
-            (Some(mine), Some(theirs)) if mine != theirs => {
-                let mut both = (*mine).clone();
-                both.extend(&theirs);
-                Some(Arc::new(both))
-            }
-            (mine, theirs) => mine.or(theirs),
-        };
-        self.field_types = match (self.field_types.take(), later.field_types.take()) {
-            (Some(mine), Some(theirs)) if mine != theirs => {
-                let mut both = (*mine).clone();
-                both.extend(&theirs);
-                Some(Arc::new(both))
-            }
-            (mine, theirs) => mine.or(theirs),
-        };
+        self.json_fields = merged(
+            self.json_fields.take(),
+            later.json_fields.take(),
+            JsonFields::extend,
+        );
+        self.field_types = merged(
+            self.field_types.take(),
+            later.field_types.take(),
+            FieldTypes::extend,
+        );
         self.pages = match (self.pages, later.pages) {
             (Some((first, _)), Some((_, last))) => Some((first, last)),
             (None, other) | (other, None) => other,
@@ -420,6 +414,23 @@ impl Batch {
     /// (no records for a batch of JSON text: [`Batch::decode_json`] first).
     pub fn into_parts(self) -> (Vec<Record>, Option<Position>, MemoryLease) {
         (self.records, self.position, self.lease)
+    }
+}
+
+/// Two batches' declarations of one kind as one: either's, or both merged
+/// with `extend`.
+fn merged<T: Clone + PartialEq>(
+    mine: Option<Arc<T>>,
+    theirs: Option<Arc<T>>,
+    extend: impl FnOnce(&mut T, &T),
+) -> Option<Arc<T>> {
+    match (mine, theirs) {
+        (Some(mine), Some(theirs)) if mine != theirs => {
+            let mut both = (*mine).clone();
+            extend(&mut both, &theirs);
+            Some(Arc::new(both))
+        }
+        (mine, theirs) => mine.or(theirs),
     }
 }
 

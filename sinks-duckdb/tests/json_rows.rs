@@ -13,27 +13,15 @@
 //! columns, types and rows. `SLUICEGATE_JSON_ROWS_SEED` (default 1) and
 //! `SLUICEGATE_JSON_ROWS_CASES` (default 40) choose the cases.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 
+use common::{columns, env_number, sink};
 use serde_json::{Map, Value};
-use sluicegate_core::{
-    Batch, BuildContext, JsonFields, JsonRows, MemoryBudget, Sink, StreamTarget, into_record,
-};
-use sluicegate_sinks_duckdb::{DuckDbSink, DuckDbSinkConfig};
-
-fn sink(dir: &Path, file: &str) -> DuckDbSink {
-    let config = DuckDbSinkConfig {
-        path: file.into(),
-        memory_limit_mb: None,
-        threads: Some(1),
-        settings: Default::default(),
-    };
-    let ctx = BuildContext::new("", false)
-        .with_template_scope(serde_json::json!({}))
-        .with_base_dir(dir.to_path_buf());
-    DuckDbSink::open(&config, &ctx).unwrap()
-}
+use sluicegate_core::{Batch, JsonFields, JsonRows, MemoryBudget, Sink, StreamTarget, into_record};
+use sluicegate_sinks_duckdb::DuckDbSink;
 
 // ---------------------------------------------------------------- the data
 
@@ -308,14 +296,7 @@ fn table(db: &Path) -> Table {
     if exists == 0 {
         return (Vec::new(), Vec::new());
     }
-    let mut stmt = conn
-        .prepare("SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 't' ORDER BY ordinal_position")
-        .unwrap();
-    let columns: Vec<(String, String)> = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let columns = columns(&conn);
     let mut stmt = conn
         .prepare("SELECT COLUMNS(*)::VARCHAR FROM t ORDER BY ALL")
         .unwrap();
@@ -332,14 +313,8 @@ fn table(db: &Path) -> Table {
 
 #[tokio::test]
 async fn json_text_and_records_leave_the_same_table() {
-    let seed: u64 = std::env::var("SLUICEGATE_JSON_ROWS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1);
-    let cases: u64 = std::env::var("SLUICEGATE_JSON_ROWS_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(40);
+    let seed = env_number("SLUICEGATE_JSON_ROWS_SEED", 1);
+    let cases = env_number("SLUICEGATE_JSON_ROWS_CASES", 40);
     let (mut as_columns, mut batches) = (0, 0);
     let (mut declared_as_columns, mut declared_batches) = (0, 0);
     for n in 0..cases {

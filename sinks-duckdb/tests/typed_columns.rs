@@ -13,28 +13,17 @@
 //! record. `SLUICEGATE_TYPED_SEED` (default 1) and `SLUICEGATE_TYPED_CASES`
 //! (default 30) choose the cases.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 
+use common::{columns, env_number, sink};
 use serde_json::{Map, Value, json};
 use sluicegate_core::{
-    Batch, BuildContext, FieldType, FieldTypes, JsonRows, MemoryBudget, Sink, StreamTarget,
-    into_record,
+    Batch, FieldType, FieldTypes, JsonRows, MemoryBudget, Sink, StreamTarget, into_record,
 };
-use sluicegate_sinks_duckdb::{DuckDbSink, DuckDbSinkConfig};
-
-fn sink(dir: &Path, file: &str) -> DuckDbSink {
-    let config = DuckDbSinkConfig {
-        path: file.into(),
-        memory_limit_mb: None,
-        threads: Some(1),
-        settings: Default::default(),
-    };
-    let ctx = BuildContext::new("", false)
-        .with_template_scope(json!({}))
-        .with_base_dir(dir.to_path_buf());
-    DuckDbSink::open(&config, &ctx).unwrap()
-}
+use sluicegate_sinks_duckdb::DuckDbSink;
 
 // ---------------------------------------------------------------- the data
 
@@ -255,14 +244,7 @@ async fn write_case(sink: &DuckDbSink, case: &Case, as_text: bool, rng: &mut fas
 /// documented rendering of typed columns, by id.
 fn table(db: &Path) -> (Vec<(String, String)>, Vec<Value>) {
     let conn = duckdb::Connection::open(db).unwrap();
-    let mut stmt = conn
-        .prepare("SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 't' ORDER BY ordinal_position")
-        .unwrap();
-    let columns: Vec<(String, String)> = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let columns = columns(&conn);
     if columns.is_empty() {
         return (columns, Vec::new());
     }
@@ -304,14 +286,8 @@ fn table(db: &Path) -> (Vec<(String, String)>, Vec<Value>) {
 
 #[tokio::test]
 async fn declared_types_are_stored_typed_and_read_back_as_sent() {
-    let seed: u64 = std::env::var("SLUICEGATE_TYPED_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1);
-    let cases: u64 = std::env::var("SLUICEGATE_TYPED_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(30);
+    let seed = env_number("SLUICEGATE_TYPED_SEED", 1);
+    let cases = env_number("SLUICEGATE_TYPED_CASES", 30);
     let (mut typed_columns, mut widened_columns, mut as_columns) = (0, 0, 0);
     for n in 0..cases {
         let mut rng = fastrand::Rng::with_seed(seed.wrapping_mul(1_000_003).wrapping_add(n));

@@ -1,0 +1,41 @@
+//! Helpers shared by the property suites of this crate.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use sluicegate_core::BuildContext;
+use sluicegate_sinks_duckdb::{DuckDbSink, DuckDbSinkConfig};
+
+/// A sink writing `file` under `dir`, DuckDB on one thread.
+pub(crate) fn sink(dir: &Path, file: &str) -> DuckDbSink {
+    let config = DuckDbSinkConfig {
+        path: file.into(),
+        memory_limit_mb: None,
+        threads: Some(1),
+        settings: Default::default(),
+    };
+    let ctx = BuildContext::new("", false)
+        .with_template_scope(serde_json::json!({}))
+        .with_base_dir(dir.to_path_buf());
+    DuckDbSink::open(&config, &ctx).unwrap()
+}
+
+/// The number in the environment variable `name`, or `default`.
+pub(crate) fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The columns of table `t` (name, DuckDB type), in order.
+pub(crate) fn columns(conn: &duckdb::Connection) -> Vec<(String, String)> {
+    let mut stmt = conn
+        .prepare("SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 't' ORDER BY ordinal_position")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
