@@ -906,14 +906,8 @@ fn evolve<R: std::borrow::Borrow<Record>>(
     (json, types): Declared<'_>,
 ) -> SchemaChanges {
     let existing = schema.columns.len();
-    let typed_before: Vec<(usize, ColumnType)> = schema
-        .columns
-        .iter()
-        .enumerate()
-        .filter(|(_, (_, ty))| ty.is_typed())
-        .map(|(i, (_, ty))| (i, ty.clone()))
-        .collect();
     let mut widened = Vec::new();
+    let mut typed_from = Vec::new();
     // Columns holding an integer no double holds exactly (beyond ±2^53).
     let mut beyond_double: Vec<usize> = Vec::new();
     let mut cache = FieldCache::default();
@@ -965,9 +959,12 @@ fn evolve<R: std::borrow::Borrow<Record>>(
                     if current != &ty {
                         let wider = current.widen(&ty);
                         if &wider != current {
-                            schema.columns[*idx].1 = wider;
+                            let was = std::mem::replace(&mut schema.columns[*idx].1, wider);
                             if *idx < existing && !widened.contains(idx) {
                                 widened.push(*idx);
+                                if was.is_typed() {
+                                    typed_from.push((*idx, was));
+                                }
                             }
                         }
                     }
@@ -1000,10 +997,6 @@ fn evolve<R: std::borrow::Borrow<Record>>(
             }
         }
     }
-    let typed_from = typed_before
-        .into_iter()
-        .filter(|(i, _)| widened.contains(i))
-        .collect();
     SchemaChanges {
         added: (existing..schema.columns.len()).collect(),
         widened,
