@@ -218,9 +218,8 @@ async fn read_rows<P: mysql_async::prelude::Protocol>(
                 .iter()
                 .map(|(name, i)| (name.clone(), values[*i].clone().unwrap_or(Value::Null)))
                 .collect();
-            if out.push_json(&text, &tracked).await? {
-                continue;
-            }
+            out.push_json(&text, &tracked).await?;
+            continue;
         }
         let record: Record = names
             .iter()

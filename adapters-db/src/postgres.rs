@@ -157,8 +157,8 @@ impl Session for PgSession {
                 if let Some(columns) = &text_columns
                     && columns.write_row(&row, &mut text).is_ok()
                     && let Ok(tracked) = columns.tracked(&row)
-                    && out.push_json(&text, &tracked).await?
                 {
+                    out.push_json(&text, &tracked).await?;
                     continue;
                 }
                 // As a record: a value that could not be written says why.
@@ -259,12 +259,25 @@ fn write_value(ty: &Type, raw: &[u8], out: &mut Vec<u8>) -> std::result::Result<
         Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN | Type::XML => {
             serde_json::to_writer(out, wire::text_from_sql(raw)?)?;
         }
-        Type::NUMERIC => {
-            // Digits, a sign, a point or NaN/Infinity: nothing to escape.
-            out.push(b'"');
-            out.extend_from_slice(numeric(raw)?.as_bytes());
-            out.push(b'"');
-        }
+        // Digits, signs, points, colons, `NaN`/`infinity`: nothing to escape.
+        Type::NUMERIC => quoted(out, |out| write_numeric(raw, out))?,
+        Type::DATE => quoted(out, |out| {
+            write_date(wire::date_from_sql(raw)?, out);
+            Ok(())
+        })?,
+        Type::TIMESTAMP => quoted(out, |out| {
+            write_timestamp(wire::timestamp_from_sql(raw)?, b"", out);
+            Ok(())
+        })?,
+        Type::TIMESTAMPTZ => quoted(out, |out| {
+            write_timestamp(wire::timestamp_from_sql(raw)?, b"Z", out);
+            Ok(())
+        })?,
+        Type::UUID => quoted(out, |out| {
+            write_uuid(wire::uuid_from_sql(raw)?, out);
+            Ok(())
+        })?,
+        Type::FLOAT8 => serde_json::to_writer(out, &float(wire::float8_from_sql(raw)?))?,
         Type::JSON => compact_json(raw, out),
         Type::JSONB => match raw.split_first() {
             Some((1, body)) => compact_json(body, out),
@@ -272,6 +285,18 @@ fn write_value(ty: &Type, raw: &[u8], out: &mut Vec<u8>) -> std::result::Result<
         },
         _ => serde_json::to_writer(out, &decode(ty, raw)?)?,
     }
+    Ok(())
+}
+
+/// Writes what `write` writes between double quotes: a JSON string, for text
+/// that needs no escaping.
+fn quoted(
+    out: &mut Vec<u8>,
+    write: impl FnOnce(&mut Vec<u8>) -> std::result::Result<(), BoxError>,
+) -> std::result::Result<(), BoxError> {
+    out.push(b'"');
+    write(out)?;
+    out.push(b'"');
     Ok(())
 }
 
@@ -556,78 +581,129 @@ fn nest(dims: &[usize], values: &mut impl Iterator<Item = Value>) -> Value {
 /// `numeric` in the binary format: base-10000 digits, a weight and a scale,
 /// printed with exactly `dscale` fractional digits as PostgreSQL does.
 fn numeric(raw: &[u8]) -> std::result::Result<String, BoxError> {
+    let mut out = Vec::new();
+    write_numeric(raw, &mut out)?;
+    Ok(String::from_utf8(out)?)
+}
+
+/// Writes `numeric`'s text (see [`numeric`]) into `out`.
+fn write_numeric(raw: &[u8], out: &mut Vec<u8>) -> std::result::Result<(), BoxError> {
     let word = |i: usize| -> std::result::Result<i16, BoxError> {
         raw.get(i..i + 2)
             .map(|b| i16::from_be_bytes([b[0], b[1]]))
             .ok_or_else(|| "truncated numeric".into())
     };
-    let ndigits = word(0)?;
+    let ndigits = usize::try_from(word(0)?).unwrap_or(0);
     let weight = i32::from(word(2)?);
     let sign = word(4)? as u16;
     let dscale = word(6)? as u16 as usize;
     match sign {
-        0xC000 => return Ok("NaN".into()),
-        0xD000 => return Ok("Infinity".into()),
-        0xF000 => return Ok("-Infinity".into()),
+        0xC000 => out.extend_from_slice(b"NaN"),
+        0xD000 => out.extend_from_slice(b"Infinity"),
+        0xF000 => out.extend_from_slice(b"-Infinity"),
         _ => {}
     }
-    let digits = (0..usize::try_from(ndigits).unwrap_or(0))
-        .map(|i| word(8 + 2 * i))
-        .collect::<std::result::Result<Vec<i16>, _>>()?;
-    let digit = |i: i32| -> i16 {
+    if matches!(sign, 0xC000 | 0xD000 | 0xF000) {
+        return Ok(());
+    }
+    let digits = raw.get(8..8 + 2 * ndigits).ok_or("truncated numeric")?;
+    if digits
+        .chunks_exact(2)
+        .any(|d| !(0..10_000).contains(&i16::from_be_bytes([d[0], d[1]])))
+    {
+        return Err("a numeric digit outside 0..9999".into());
+    }
+    // The base-10000 digit at `i` (0 is the first), 0 beyond those sent.
+    let digit = |i: i32| -> u64 {
         usize::try_from(i)
             .ok()
-            .and_then(|i| digits.get(i).copied())
-            .unwrap_or(0)
+            .filter(|&i| i < ndigits)
+            .map_or(0, |i| {
+                u64::from(u16::from_be_bytes([digits[2 * i], digits[2 * i + 1]]))
+            })
     };
-    let mut out = String::new();
     if sign == 0x4000 {
-        out.push('-');
+        out.push(b'-');
     }
     if weight < 0 {
-        out.push('0');
+        out.push(b'0');
     } else {
-        for i in 0..=weight {
-            if i == 0 {
-                let _ = write!(out, "{}", digit(i));
-            } else {
-                let _ = write!(out, "{:04}", digit(i));
-            }
+        push_padded(out, digit(0), 1);
+        for i in 1..=weight {
+            push_padded(out, digit(i), 4);
         }
     }
     if dscale > 0 {
-        let mut fraction = String::with_capacity(dscale + 4);
+        out.push(b'.');
+        let mut left = dscale;
         let mut i = weight + 1;
-        while fraction.len() < dscale {
-            let _ = write!(fraction, "{:04}", digit(i));
+        while left > 0 {
+            let mut group = Vec::with_capacity(4);
+            push_padded(&mut group, digit(i), 4);
+            let take = left.min(4);
+            out.extend_from_slice(&group[..take]);
+            left -= take;
             i += 1;
         }
-        fraction.truncate(dscale);
-        out.push('.');
-        out.push_str(&fraction);
     }
-    Ok(out)
+    Ok(())
+}
+
+/// Appends `n` in decimal, zero-padded to at least `width` digits.
+fn push_padded(out: &mut Vec<u8>, mut n: u64, width: usize) {
+    let mut buf = [0u8; 20];
+    let mut start = buf.len();
+    loop {
+        start -= 1;
+        buf[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for _ in buf.len() - start..width {
+        out.push(b'0');
+    }
+    out.extend_from_slice(&buf[start..]);
 }
 
 fn uuid(b: [u8; 16]) -> String {
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    let mut out = Vec::with_capacity(36);
+    write_uuid(b, &mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Writes a UUID in its canonical form: lower-case hex, grouped 8-4-4-4-12.
+fn write_uuid(b: [u8; 16], out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, byte) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out.push(b'-');
+        }
+        out.push(HEX[usize::from(byte >> 4)]);
+        out.push(HEX[usize::from(byte & 0xf)]);
+    }
 }
 
 /// `.ffffff` without trailing zeros, or nothing for whole seconds.
 fn fraction(micros: i64) -> String {
+    let mut out = Vec::new();
+    write_fraction(micros, &mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Writes [`fraction`]'s text into `out`.
+fn write_fraction(micros: i64, out: &mut Vec<u8>) {
     if micros == 0 {
-        return String::new();
+        return;
     }
-    let digits = format!(".{:06}", micros.abs());
-    digits.trim_end_matches('0').to_owned()
+    let (mut m, mut digits) = (micros.unsigned_abs(), 6);
+    while m % 10 == 0 {
+        m /= 10;
+        digits -= 1;
+    }
+    out.push(b'.');
+    push_padded(out, m, digits);
 }
 
 /// The proleptic Gregorian date `days` after 2000-01-01, for every day
@@ -649,42 +725,67 @@ fn civil(days: i64) -> (i64, u32, u32) {
 
 /// `YYYY-MM-DD`; astronomical years (0 is 1 BC), with a sign and at least four
 /// digits outside 0..=9999 (ISO 8601's expanded form, as `chrono` writes it).
+#[cfg(test)]
 fn ymd(days: i64) -> String {
+    let mut out = Vec::new();
+    write_ymd(days, &mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Writes [`ymd`]'s text into `out`.
+fn write_ymd(days: i64, out: &mut Vec<u8>) {
     let (year, month, day) = civil(days);
-    let year = if (0..=9999).contains(&year) {
-        format!("{year:04}")
-    } else if year < 0 {
-        format!("-{:04}", -year)
-    } else {
-        format!("+{year:04}")
-    };
-    format!("{year}-{month:02}-{day:02}")
+    if year < 0 {
+        out.push(b'-');
+    } else if year > 9999 {
+        out.push(b'+');
+    }
+    push_padded(out, year.unsigned_abs(), 4);
+    out.push(b'-');
+    push_padded(out, u64::from(month), 2);
+    out.push(b'-');
+    push_padded(out, u64::from(day), 2);
 }
 
 fn date(days: i32) -> String {
+    let mut out = Vec::new();
+    write_date(days, &mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Writes [`date`]'s text into `out`.
+fn write_date(days: i32, out: &mut Vec<u8>) {
     match days {
-        i32::MAX => "infinity".into(),
-        i32::MIN => "-infinity".into(),
-        d => ymd(i64::from(d)),
+        i32::MAX => out.extend_from_slice(b"infinity"),
+        i32::MIN => out.extend_from_slice(b"-infinity"),
+        d => write_ymd(i64::from(d), out),
     }
 }
 
 fn timestamp(micros: i64, zone: &str) -> String {
+    let mut out = Vec::new();
+    write_timestamp(micros, zone.as_bytes(), &mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Writes [`timestamp`]'s text into `out`.
+fn write_timestamp(micros: i64, zone: &[u8], out: &mut Vec<u8>) {
     match micros {
-        i64::MAX => "infinity".into(),
-        i64::MIN => "-infinity".into(),
+        i64::MAX => out.extend_from_slice(b"infinity"),
+        i64::MIN => out.extend_from_slice(b"-infinity"),
         m => {
             let days = m.div_euclid(86_400_000_000);
             let of_day = m.rem_euclid(86_400_000_000);
-            let secs = of_day / 1_000_000;
-            format!(
-                "{}T{:02}:{:02}:{:02}{}{zone}",
-                ymd(days),
-                secs / 3600,
-                secs / 60 % 60,
-                secs % 60,
-                fraction(of_day % 1_000_000)
-            )
+            let secs = (of_day / 1_000_000).unsigned_abs();
+            write_ymd(days, out);
+            out.push(b'T');
+            push_padded(out, secs / 3600, 2);
+            out.push(b':');
+            push_padded(out, secs / 60 % 60, 2);
+            out.push(b':');
+            push_padded(out, secs % 60, 2);
+            write_fraction(of_day % 1_000_000, out);
+            out.extend_from_slice(zone);
         }
     }
 }
@@ -861,6 +962,141 @@ mod tests {
         let mut raw = 3_600_000_000i64.to_be_bytes().to_vec();
         raw.extend_from_slice(&(-19_800i32).to_be_bytes());
         assert_eq!(timetz(&raw).unwrap(), "01:00:00+05:30");
+    }
+
+    /// A small deterministic generator (xorshift), for values no one picked.
+    fn draws(seed: u64) -> impl Iterator<Item = u64> {
+        let mut x = seed;
+        std::iter::from_fn(move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            Some(x)
+        })
+    }
+
+    /// The text a row's value gets on the JSON-text path.
+    fn written(ty: &Type, raw: &[u8]) -> String {
+        let mut out = Vec::new();
+        write_value(ty, raw, &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn written_timestamps_dates_and_uuids_match_independent_formatting() {
+        let epoch = chrono::NaiveDate::from_ymd_opt(2000, 1, 1)
+            .unwrap()
+            .and_hms_opt(0, 0, 0)
+            .unwrap();
+        for draw in draws(0x9e37_79b9_7f4a_7c15).take(20_000) {
+            // About 7500 BC to 11500 AD: signed and five-digit years too.
+            let micros = (draw % 600_000_000_000_000_000) as i64 - 300_000_000_000_000_000;
+            let at = epoch + chrono::TimeDelta::microseconds(micros);
+            let sub = at.and_utc().timestamp_subsec_micros();
+            let fraction = if sub == 0 {
+                String::new()
+            } else {
+                format!(".{sub:06}").trim_end_matches('0').to_owned()
+            };
+            let want = format!("{}{fraction}", at.format("%Y-%m-%dT%H:%M:%S"));
+            let raw = micros.to_be_bytes();
+            assert_eq!(
+                written(&Type::TIMESTAMP, &raw),
+                format!("\"{want}\""),
+                "{micros}"
+            );
+            assert_eq!(
+                written(&Type::TIMESTAMPTZ, &raw),
+                format!("\"{want}Z\""),
+                "{micros}"
+            );
+            let days = micros.div_euclid(86_400_000_000) as i32;
+            let want = (epoch.date() + chrono::TimeDelta::days(i64::from(days))).format("%Y-%m-%d");
+            assert_eq!(
+                written(&Type::DATE, &days.to_be_bytes()),
+                format!("\"{want}\"")
+            );
+            let bytes: [u8; 16] =
+                (u128::from(draw) << 64 | u128::from(draw.rotate_left(17))).to_be_bytes();
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            let want = format!(
+                "{}-{}-{}-{}-{}",
+                &hex[..8],
+                &hex[8..12],
+                &hex[12..16],
+                &hex[16..20],
+                &hex[20..]
+            );
+            assert_eq!(written(&Type::UUID, &bytes), format!("\"{want}\""));
+        }
+        assert_eq!(
+            written(&Type::TIMESTAMP, &i64::MAX.to_be_bytes()),
+            "\"infinity\""
+        );
+        assert_eq!(
+            written(&Type::DATE, &i32::MIN.to_be_bytes()),
+            "\"-infinity\""
+        );
+    }
+
+    #[test]
+    fn written_numerics_match_the_digit_by_digit_formatting() {
+        // PostgreSQL's own rule, written out with `format!`: base-10000
+        // digits around the point, then exactly `dscale` fractional digits.
+        fn oracle(weight: i16, negative: bool, dscale: u16, digits: &[i16]) -> String {
+            let d = |i: i32| {
+                usize::try_from(i)
+                    .ok()
+                    .and_then(|i| digits.get(i))
+                    .copied()
+                    .unwrap_or(0)
+            };
+            let mut s = String::from(if negative { "-" } else { "" });
+            if weight < 0 {
+                s.push('0');
+            } else {
+                s += &d(0).to_string();
+                for i in 1..=i32::from(weight) {
+                    s += &format!("{:04}", d(i));
+                }
+            }
+            if dscale > 0 {
+                let mut f = String::new();
+                let mut i = i32::from(weight) + 1;
+                while f.len() < usize::from(dscale) {
+                    f += &format!("{:04}", d(i));
+                    i += 1;
+                }
+                f.truncate(usize::from(dscale));
+                s = format!("{s}.{f}");
+            }
+            s
+        }
+        let mut draw = draws(0x2545_f491_4f6c_dd1d);
+        let mut next = |n: u64| draw.next().unwrap() % n;
+        for _ in 0..20_000 {
+            let ndigits = next(12) as i16;
+            let weight = next(16) as i16 - 8;
+            let negative = next(2) == 1;
+            let dscale = next(40) as u16;
+            let digits: Vec<i16> = (0..ndigits).map(|_| next(10_000) as i16).collect();
+            let raw = numeric_bytes(
+                ndigits,
+                weight,
+                if negative { 0x4000 } else { 0 },
+                dscale,
+                &digits,
+            );
+            let want = oracle(weight, negative, dscale, &digits);
+            assert_eq!(numeric(&raw).unwrap(), want);
+            assert_eq!(written(&Type::NUMERIC, &raw), format!("\"{want}\""));
+        }
+        let bad = numeric_bytes(1, 0, 0, 0, &[10_000]);
+        assert!(numeric(&bad).is_err(), "a digit past 9999 is refused");
+        assert!(
+            numeric(&numeric_bytes(3, 0, 0, 0, &[1])).is_err(),
+            "truncated"
+        );
     }
 
     #[test]
