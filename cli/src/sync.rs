@@ -220,6 +220,9 @@ struct RunContext<'a> {
     /// Where incremental entries keep their high-water marks (the same file).
     windows: Option<Arc<dyn WindowStore>>,
     observer: Arc<CliObserver>,
+    /// The memory limit of the container the run is in, in bytes, if any:
+    /// sinks refuse to plan past it (see `StreamTarget::memory_limit`).
+    container_limit: Option<u64>,
 }
 
 /// Runs the prepared entries one after the other. A failing entry does not stop
@@ -255,6 +258,7 @@ pub async fn run(
     let mut tuning = prepared.tuning;
     let sampler = MemorySampler::new();
     let plan = plan_memory(&mut tuning, &sinks, &sampler);
+    let container_limit = sampler.sample().and_then(|m| m.cgroup).map(|c| c.limit);
     let dead_letter = args
         .dead_letter
         .clone()
@@ -290,6 +294,7 @@ pub async fn run(
         checkpoints: stores.map(|s| s.checkpoints.clone()),
         shard,
         windows: stores.map(|s| s.windows.clone()),
+        container_limit,
     };
     let progress = Progress::start(
         ctx.stats.clone(),
@@ -726,7 +731,8 @@ async fn pipeline(
     sink: &Arc<dyn Sink>,
     ctx: &RunContext<'_>,
 ) -> Result<Pipeline> {
-    let mut target = StreamTarget::new(entry.key.clone(), entry.table(), entry.key_field.clone());
+    let mut target = StreamTarget::new(entry.key.clone(), entry.table(), entry.key_field.clone())
+        .with_memory_limit(ctx.container_limit);
     target.stats = ctx.stats.clone();
     target.observer = ctx.observer.clone() as Arc<dyn RunObserver>;
     let batch_rows = ctx

@@ -26,7 +26,9 @@ pub enum ErrorKind {
     Query,
     /// The sink rejected or failed to write data.
     Sink,
-    /// The memory budget cannot hold what the run needs (classic mode).
+    /// The memory budget cannot hold what the run needs (classic mode), or a
+    /// sink would need more working memory than the process's hard limit (a
+    /// container's) allows.
     MemoryLimit,
     /// Reading or writing checkpoints failed.
     Checkpoint,

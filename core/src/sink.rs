@@ -26,6 +26,13 @@ pub struct StreamTarget {
     pub stats: Arc<RunStats>,
     /// Where rejected records and change notes go.
     pub observer: Arc<dyn RunObserver>,
+    /// The most memory the process may use, in bytes, when something outside
+    /// it enforces a limit (a container's): a sink whose own working memory
+    /// would pass it stops the stream with an error
+    /// ([`ErrorKind::MemoryLimit`](crate::ErrorKind::MemoryLimit)) saying what
+    /// needs how much, instead of the process being killed. `None` when no
+    /// such limit is known.
+    pub memory_limit: Option<u64>,
 }
 
 impl StreamTarget {
@@ -41,7 +48,15 @@ impl StreamTarget {
             key_field,
             stats: Arc::new(RunStats::default()),
             observer: Arc::new(NoObserver),
+            memory_limit: None,
         }
+    }
+
+    /// The same target under a hard memory limit of `bytes` (see
+    /// [`StreamTarget::memory_limit`]).
+    pub fn with_memory_limit(mut self, bytes: Option<u64>) -> Self {
+        self.memory_limit = bytes;
+        self
     }
 }
 

@@ -88,6 +88,16 @@ pub(crate) fn needed_mb(block_size: u64, columns: usize) -> u64 {
     BASE_MB + (columns as u64 * per_column_kib).div_ceil(1024)
 }
 
+/// The memory per column [`needed_mb`] plans with `block_size` blocks, as
+/// text (MiB).
+fn per_column_text(block_size: u64) -> &'static str {
+    match block_size {
+        0..=16_384 => "1/8",
+        16_385..=65_536 => "5/16",
+        _ => "1¼",
+    }
+}
+
 /// The sink's plan: the configured floor, the file's block size, and the width
 /// of each table being written.
 #[derive(Debug)]
@@ -105,6 +115,9 @@ struct PlanState {
     widths: BTreeMap<String, usize>,
     /// The limit DuckDB has now, in MiB.
     applied_mb: u64,
+    /// The process's hard memory limit (a container's), in MiB, when known:
+    /// DuckDB's working memory is never planned past it.
+    hard_limit_mb: Option<u64>,
 }
 
 impl MemoryPlan {
@@ -118,6 +131,7 @@ impl MemoryPlan {
             state: Mutex::new(PlanState {
                 widths: BTreeMap::new(),
                 applied_mb: floor_mb,
+                hard_limit_mb: None,
             }),
         }
     }
@@ -133,9 +147,23 @@ impl MemoryPlan {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Notes the process's hard memory limit (`StreamTarget::memory_limit`,
+    /// in bytes), when one is known.
+    pub(crate) fn set_hard_limit(&self, bytes: Option<u64>) {
+        if let Some(bytes) = bytes {
+            self.state().hard_limit_mb = Some(bytes >> 20);
+        }
+    }
+
     /// Notes that `stream` writes a table of `columns` columns in a batch whose
     /// largest value is `largest_value` bytes, and raises DuckDB's limit (on
     /// `conn`) when the open tables or that value need more than it has.
+    ///
+    /// Under a hard memory limit (a container's) that DuckDB's working memory
+    /// alone would pass, nothing is raised and the batch is refused with
+    /// [`ErrorKind::MemoryLimit`]: DuckDB would take the memory it needs and
+    /// the container would kill the process (a table of 400 columns in a
+    /// 128 MiB container was; one of 250 completed, planned at 119 MiB).
     pub(crate) fn note_width(
         &self,
         conn: &Connection,
@@ -148,11 +176,46 @@ impl MemoryPlan {
         if st.widths.get(stream) == Some(&columns) && for_value <= st.applied_mb {
             return Ok(());
         }
+        let others: usize = st
+            .widths
+            .iter()
+            .filter(|(s, _)| s.as_str() != stream)
+            .map(|(_, c)| c)
+            .sum();
+        let total = others + columns;
+        let for_columns = needed_mb(self.block_size, total);
+        let want = for_columns.max(self.floor_mb).max(for_value);
+        if let Some(limit) = st.hard_limit_mb
+            && want > st.applied_mb
+            && want + OUTSIDE_POOL_MB > limit
+        {
+            let what = if for_value > for_columns {
+                format!(
+                    "a value of {} (DuckDB needs about three times a value's size to write and checkpoint it)",
+                    sluicegate_core::format_bytes(largest_value)
+                )
+            } else if others > 0 {
+                format!(
+                    "{columns} columns of this table beside {others} of the tables being written with it ({} MiB per column with this file's {} KiB blocks)",
+                    per_column_text(self.block_size),
+                    self.block_size >> 10
+                )
+            } else {
+                format!(
+                    "{columns} columns at once ({} MiB per column with this file's {} KiB blocks)",
+                    per_column_text(self.block_size),
+                    self.block_size >> 10
+                )
+            };
+            return Err(Error::new(
+                ErrorKind::MemoryLimit,
+                format!(
+                    "DuckDB needs about {} MiB to write {what}: {want} MiB for its buffer pool and {OUTSIDE_POOL_MB} MiB outside it, more than the {limit} MiB this process may use (its container's memory limit), so the stream stops here instead of the process being killed; the batches before this one are written. Give the container more memory, or write fewer fields into this table (a mapping that keeps the ones you need)",
+                    want + OUTSIDE_POOL_MB
+                ),
+            ));
+        }
         st.widths.insert(stream.to_owned(), columns);
-        let total: usize = st.widths.values().sum();
-        let want = needed_mb(self.block_size, total)
-            .max(self.floor_mb)
-            .max(for_value);
         if want <= st.applied_mb {
             return Ok(());
         }
@@ -190,10 +253,15 @@ impl MemoryPlan {
     }
 
     /// DuckDB failed fatally (most often for want of memory): the limit the
-    /// database is opened again with, half as much again as it had, in MiB.
+    /// database is opened again with, half as much again as it had, in MiB
+    /// (under a hard limit, at most what it leaves DuckDB's pool).
     pub(crate) fn raise_after_failure(&self) -> u64 {
         let mut st = self.state();
-        st.applied_mb = st.applied_mb.saturating_add(st.applied_mb.div_ceil(2));
+        let raised = st.applied_mb.saturating_add(st.applied_mb.div_ceil(2));
+        let ceiling = st
+            .hard_limit_mb
+            .map_or(u64::MAX, |l| l.saturating_sub(OUTSIDE_POOL_MB));
+        st.applied_mb = raised.min(ceiling).max(st.applied_mb);
         st.applied_mb
     }
 
@@ -293,6 +361,39 @@ mod tests {
         // 256 KiB blocks: 100 columns needed between 64 and 128 MiB.
         assert_eq!(needed_mb(256 * 1024, 100), 141);
         assert_eq!(needed_mb(256 * 1024, 30), 54);
+    }
+
+    #[test]
+    fn under_a_hard_limit_the_plan_refuses_what_would_pass_it_and_raises_nothing() {
+        let conn = Connection::open_in_memory().unwrap();
+        let plan = MemoryPlan::new(16, false, NEW_FILE_BLOCK_SIZE);
+        plan.set_hard_limit(Some(128 << 20));
+        // 250 columns: 95 MiB + 24 outside the pool fit 128 MiB.
+        plan.note_width(&conn, "a", 250, 100).unwrap();
+        assert_eq!(plan.limit_mb(), 95);
+        // Another table of 150 beside it would need 141 + 24.
+        let err = plan.note_width(&conn, "b", 150, 100).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::MemoryLimit);
+        let text = err.to_string();
+        assert!(
+            text.contains("150 columns of this table beside 250"),
+            "{text}"
+        );
+        assert!(text.contains("more than the 128 MiB"), "{text}");
+        assert_eq!(plan.limit_mb(), 95, "nothing raised");
+        // The refused table does not count: a narrow one still fits.
+        plan.note_width(&conn, "b", 10, 100).unwrap();
+        // A value of 40 MiB would need 122 MiB for itself.
+        let err = plan.note_width(&conn, "a", 250, 40 << 20).unwrap_err();
+        assert!(err.to_string().contains("a value of 40.0 MiB"), "{err}");
+        // Reopened after a fatal failure: raised, but not past the limit.
+        assert_eq!(plan.raise_after_failure(), 104);
+        assert_eq!(plan.raise_after_failure(), 104);
+        // Without a hard limit the same widths are planned for.
+        let free = MemoryPlan::new(16, false, NEW_FILE_BLOCK_SIZE);
+        free.set_hard_limit(None);
+        free.note_width(&conn, "a", 601, 100).unwrap();
+        assert_eq!(free.limit_mb(), 204);
     }
 
     #[test]

@@ -108,6 +108,7 @@ impl DuckDbSink {
 #[async_trait]
 impl Sink for DuckDbSink {
     async fn open(&self, target: StreamTarget) -> Result<Box<dyn SinkWriter>> {
+        self.plan.set_hard_limit(target.memory_limit);
         Ok(Box::new(DuckDbWriter {
             db: self.db.clone(),
             plan: self.plan.clone(),

@@ -1308,3 +1308,75 @@ async fn keys_are_listed_in_pages_and_removed_hard_or_soft() {
         ]
     );
 }
+
+/// Records of `width` fields besides `id` (ids from `first`).
+fn wide(first: u64, rows: u64, width: usize) -> Vec<Value> {
+    (first..first + rows)
+        .map(|id| {
+            let mut r = serde_json::Map::new();
+            r.insert("id".into(), json!(id));
+            for f in 0..width {
+                r.insert(format!("f{f:03}"), json!(id * 1000 + f as u64));
+            }
+            Value::Object(r)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn under_a_containers_limit_a_table_too_wide_for_it_stops_its_stream_before_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = sink(dir.path(), false);
+    let limit = Some(128 << 20);
+    // 100 columns plan 48 MiB + 24 outside DuckDB's pool: written.
+    let mut narrow = sink
+        .open(target("narrow", Some("id")).with_memory_limit(limit))
+        .await
+        .unwrap();
+    narrow.write(batch(wide(0, 50, 100)).await).await.unwrap();
+    // 600 more columns in a later batch of the same stream: refused, with
+    // the figures, and nothing of that batch is written.
+    let err = narrow
+        .write(batch(wide(50, 50, 700)).await)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), sluicegate_core::ErrorKind::MemoryLimit);
+    let text = err.to_string();
+    assert!(
+        text.contains("701 columns at once")
+            && text.contains("more than the 128 MiB this process may use"),
+        "{text}"
+    );
+    drop(narrow);
+    // Another stream of the same sink is not affected.
+    let mut other = sink
+        .open(target("other", Some("id")).with_memory_limit(limit))
+        .await
+        .unwrap();
+    other.write(batch(wide(0, 10, 5)).await).await.unwrap();
+    other.finish().await.unwrap();
+    drop(sink);
+    assert_eq!(
+        query(dir.path(), "SELECT count(*), max(id) FROM narrow"),
+        vec![vec![json!(50), json!(49)]]
+    );
+    let columns = query(
+        dir.path(),
+        "SELECT count(*) FROM duckdb_columns() WHERE table_name = 'narrow'",
+    );
+    assert_eq!(columns, vec![vec![json!(101)]], "no column added");
+    assert_eq!(
+        query(dir.path(), "SELECT count(*) FROM other"),
+        vec![vec![json!(10)]]
+    );
+    // Without a limit, the same wide batch is written.
+    let sink = self::sink(dir.path(), false);
+    let mut free = sink.open(target("narrow", Some("id"))).await.unwrap();
+    free.write(batch(wide(50, 50, 700)).await).await.unwrap();
+    free.finish().await.unwrap();
+    drop(sink);
+    assert_eq!(
+        query(dir.path(), "SELECT count(*) FROM narrow"),
+        vec![vec![json!(100)]]
+    );
+}
