@@ -77,24 +77,18 @@ pub(crate) fn value_needs_mb(bytes: usize) -> u64 {
 /// The memory DuckDB needs to write `columns` columns at once with blocks of
 /// `block_size` bytes, in MiB (see the module docs).
 pub(crate) fn needed_mb(block_size: u64, columns: usize) -> u64 {
-    // Per column, from the measured table: 1/8 MiB with 16 KiB blocks, 5/16
-    // MiB with 64 KiB, 1¼ MiB with 256 KiB (and larger); a size between two
-    // measured ones counts as the larger.
-    let per_column_kib = match block_size {
-        0..=16_384 => 128,
-        16_385..=65_536 => 320,
-        _ => 1280,
-    };
-    BASE_MB + (columns as u64 * per_column_kib).div_ceil(1024)
+    BASE_MB + (columns as u64 * per_column(block_size).0).div_ceil(1024)
 }
 
-/// The memory per column [`needed_mb`] plans with `block_size` blocks, as
-/// text (MiB).
-fn per_column_text(block_size: u64) -> &'static str {
+/// The memory planned per column with blocks of `block_size` bytes, in KiB
+/// and as text in MiB, from the measured table: 1/8 MiB with 16 KiB blocks,
+/// 5/16 MiB with 64 KiB, 1¼ MiB with 256 KiB (and larger); a size between two
+/// measured ones counts as the larger.
+fn per_column(block_size: u64) -> (u64, &'static str) {
     match block_size {
-        0..=16_384 => "1/8",
-        16_385..=65_536 => "5/16",
-        _ => "1¼",
+        0..=16_384 => (128, "1/8"),
+        16_385..=65_536 => (320, "5/16"),
+        _ => (1280, "1¼"),
     }
 }
 
@@ -194,16 +188,15 @@ impl MemoryPlan {
                     "a value of {} (DuckDB needs about three times a value's size to write and checkpoint it)",
                     sluicegate_core::format_bytes(largest_value)
                 )
-            } else if others > 0 {
-                format!(
-                    "{columns} columns of this table beside {others} of the tables being written with it ({} MiB per column with this file's {} KiB blocks)",
-                    per_column_text(self.block_size),
-                    self.block_size >> 10
-                )
             } else {
+                let beside = if others > 0 {
+                    format!(" of this table beside {others} of the tables being written with it")
+                } else {
+                    " at once".to_owned()
+                };
+                let (_, per_column) = per_column(self.block_size);
                 format!(
-                    "{columns} columns at once ({} MiB per column with this file's {} KiB blocks)",
-                    per_column_text(self.block_size),
+                    "{columns} columns{beside} ({per_column} MiB per column with this file's {} KiB blocks)",
                     self.block_size >> 10
                 )
             };
