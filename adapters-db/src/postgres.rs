@@ -583,7 +583,7 @@ fn nest(dims: &[usize], values: &mut impl Iterator<Item = Value>) -> Value {
 fn numeric(raw: &[u8]) -> std::result::Result<String, BoxError> {
     let mut out = Vec::new();
     write_numeric(raw, &mut out)?;
-    Ok(String::from_utf8(out)?)
+    Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// Writes `numeric`'s text (see [`numeric`]) into `out`.
@@ -597,13 +597,14 @@ fn write_numeric(raw: &[u8], out: &mut Vec<u8>) -> std::result::Result<(), BoxEr
     let weight = i32::from(word(2)?);
     let sign = word(4)? as u16;
     let dscale = word(6)? as u16 as usize;
-    match sign {
-        0xC000 => out.extend_from_slice(b"NaN"),
-        0xD000 => out.extend_from_slice(b"Infinity"),
-        0xF000 => out.extend_from_slice(b"-Infinity"),
-        _ => {}
-    }
-    if matches!(sign, 0xC000 | 0xD000 | 0xF000) {
+    let special: &[u8] = match sign {
+        0xC000 => b"NaN",
+        0xD000 => b"Infinity",
+        0xF000 => b"-Infinity",
+        _ => b"",
+    };
+    if !special.is_empty() {
+        out.extend_from_slice(special);
         return Ok(());
     }
     let digits = raw.get(8..8 + 2 * ndigits).ok_or("truncated numeric")?;
@@ -638,8 +639,8 @@ fn write_numeric(raw: &[u8], out: &mut Vec<u8>) -> std::result::Result<(), BoxEr
         let mut left = dscale;
         let mut i = weight + 1;
         while left > 0 {
-            let mut group = Vec::with_capacity(4);
-            push_padded(&mut group, digit(i), 4);
+            let d = digit(i);
+            let group = [d / 1000, d / 100 % 10, d / 10 % 10, d % 10].map(|x| b'0' + x as u8);
             let take = left.min(4);
             out.extend_from_slice(&group[..take]);
             left -= take;
@@ -647,6 +648,14 @@ fn write_numeric(raw: &[u8], out: &mut Vec<u8>) -> std::result::Result<(), BoxEr
         }
     }
     Ok(())
+}
+
+/// What `write` writes (ASCII), as a string: the value a record holds where
+/// the JSON-text path writes the same text into the row.
+fn text(write: impl FnOnce(&mut Vec<u8>)) -> String {
+    let mut out = Vec::new();
+    write(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Appends `n` in decimal, zero-padded to at least `width` digits.
@@ -668,9 +677,7 @@ fn push_padded(out: &mut Vec<u8>, mut n: u64, width: usize) {
 }
 
 fn uuid(b: [u8; 16]) -> String {
-    let mut out = Vec::with_capacity(36);
-    write_uuid(b, &mut out);
-    String::from_utf8_lossy(&out).into_owned()
+    text(|out| write_uuid(b, out))
 }
 
 /// Writes a UUID in its canonical form: lower-case hex, grouped 8-4-4-4-12.
@@ -687,9 +694,7 @@ fn write_uuid(b: [u8; 16], out: &mut Vec<u8>) {
 
 /// `.ffffff` without trailing zeros, or nothing for whole seconds.
 fn fraction(micros: i64) -> String {
-    let mut out = Vec::new();
-    write_fraction(micros, &mut out);
-    String::from_utf8_lossy(&out).into_owned()
+    text(|out| write_fraction(micros, out))
 }
 
 /// Writes [`fraction`]'s text into `out`.
@@ -727,9 +732,7 @@ fn civil(days: i64) -> (i64, u32, u32) {
 /// digits outside 0..=9999 (ISO 8601's expanded form, as `chrono` writes it).
 #[cfg(test)]
 fn ymd(days: i64) -> String {
-    let mut out = Vec::new();
-    write_ymd(days, &mut out);
-    String::from_utf8_lossy(&out).into_owned()
+    text(|out| write_ymd(days, out))
 }
 
 /// Writes [`ymd`]'s text into `out`.
@@ -748,9 +751,7 @@ fn write_ymd(days: i64, out: &mut Vec<u8>) {
 }
 
 fn date(days: i32) -> String {
-    let mut out = Vec::new();
-    write_date(days, &mut out);
-    String::from_utf8_lossy(&out).into_owned()
+    text(|out| write_date(days, out))
 }
 
 /// Writes [`date`]'s text into `out`.
@@ -763,9 +764,7 @@ fn write_date(days: i32, out: &mut Vec<u8>) {
 }
 
 fn timestamp(micros: i64, zone: &str) -> String {
-    let mut out = Vec::new();
-    write_timestamp(micros, zone.as_bytes(), &mut out);
-    String::from_utf8_lossy(&out).into_owned()
+    text(|out| write_timestamp(micros, zone.as_bytes(), out))
 }
 
 /// Writes [`timestamp`]'s text into `out`.

@@ -13,8 +13,8 @@ use sluicegate_core::{
     format_bytes, template_scope_from_env,
 };
 use sluicegate_engine::{
-    Deletions, IncrementalRun, Mapper, MemoryMonitor, MemoryPlan, MemorySampler, Pipeline,
-    PipelineOptions, ReadMode, StreamReport, WindowStore, follow_sink_growth,
+    Deletions, IncrementalRun, Mapper, MemoryMonitor, MemoryPlan, MemorySample, MemorySampler,
+    Pipeline, PipelineOptions, ReadMode, StreamReport, WindowStore, follow_sink_growth,
 };
 
 use crate::args::{SyncArgs, Verbosity};
@@ -257,8 +257,9 @@ pub async fn run(
     let sinks = build_sinks(prepared.sinks).await?;
     let mut tuning = prepared.tuning;
     let sampler = MemorySampler::new();
-    let plan = plan_memory(&mut tuning, &sinks, &sampler);
-    let container_limit = sampler.sample().and_then(|m| m.cgroup).map(|c| c.limit);
+    let now = sampler.sample();
+    let plan = plan_memory(&mut tuning, &sinks, now);
+    let container_limit = now.and_then(|m| m.cgroup).map(|c| c.limit);
     let dead_letter = args
         .dead_letter
         .clone()
@@ -402,9 +403,8 @@ async fn build_sinks(
 fn plan_memory(
     tuning: &mut Tuning,
     sinks: &BTreeMap<String, Arc<dyn Sink>>,
-    sampler: &MemorySampler,
+    now: Option<MemorySample>,
 ) -> MemoryPlan {
-    let now = sampler.sample();
     if let Some(cgroup) = now.and_then(|m| m.cgroup)
         && let Some(target) = tuning.fit_container(cgroup.limit)
     {
