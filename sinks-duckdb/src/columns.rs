@@ -10,7 +10,8 @@ use duckdb::arrow::array::{
 };
 use duckdb::arrow::datatypes::{Field, Schema};
 use duckdb::arrow::record_batch::RecordBatch;
-use sluicegate_core::{Error, ErrorKind, Record, Result};
+use serde_json::{Map, Value};
+use sluicegate_core::{Error, ErrorKind, JsonFields, Record, Result};
 
 use crate::schema::{Cell, ColumnType, FieldCache, TableSchema, cell};
 use crate::typed::Typed;
@@ -104,10 +105,13 @@ impl Column {
 
 /// The records as one record batch with a column per column of `schema` (in
 /// its order; fields a record lacks are nulls). `json_nulls` marks the columns
-/// where a null is the JSON text `null`.
+/// where a null is the JSON text `null`; `declared` are the fields the source
+/// declared JSON. Fields without a column go into the extra column, when the
+/// table has one, as one JSON object per record (a null only when the field
+/// is declared JSON).
 pub(crate) fn record_batch(
     schema: &TableSchema,
-    json_nulls: &[bool],
+    (json_nulls, declared): (&[bool], Option<&JsonFields>),
     records: &[Record],
 ) -> Result<RecordBatch> {
     let width = schema.columns.len();
@@ -118,17 +122,27 @@ pub(crate) fn record_batch(
         .collect();
     let mut row: Vec<Cell<'_>> = Vec::with_capacity(width);
     let mut cache = FieldCache::default();
+    let mut extra = Map::new();
     for record in records {
         row.clear();
         row.resize_with(width, || Cell::Null);
-        for (value, column) in record.values().zip(cache.resolve(schema, record)) {
+        for ((field, value), column) in record.iter().zip(cache.resolve(schema, record)) {
             if let Some(idx) = *column {
                 row[idx] = if value.is_null() && json_nulls[idx] {
                     Cell::Text("null")
                 } else {
                     cell(value, &schema.columns[idx].1)
                 };
+            } else if schema.extra().is_some()
+                && (!value.is_null() || declared.is_some_and(|d| d.contains(field)))
+            {
+                extra.insert(field.clone(), value.clone());
             }
+        }
+        if let Some(idx) = schema.extra()
+            && !extra.is_empty()
+        {
+            row[idx] = Cell::Owned(Value::Object(std::mem::take(&mut extra)).to_string());
         }
         for (idx, (value, column)) in row.iter().zip(&mut columns).enumerate() {
             if !column.push(value) {

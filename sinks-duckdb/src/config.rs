@@ -6,6 +6,7 @@
 //!     type: duckdb
 //!     path: shop.duckdb      # relative to the configuration file
 //!     memoryLimitMb: 32      # the least DuckDB's buffer pool gets (optional)
+//!     maxColumns: 128        # columns of fields per table; later fields go into `_extra`
 //! ```
 
 use std::collections::BTreeMap;
@@ -29,6 +30,13 @@ pub struct DuckDbSinkConfig {
     /// per-thread memory low; raise it for very large tables with many updates.
     #[serde(default = "default_threads")]
     pub threads: Option<u32>,
+    /// The most columns of fields a table gets (default 128): fields that
+    /// arrive once a table has that many get no column of their own; their
+    /// values go, as one JSON object per row, into its `_extra` column (see
+    /// the sink's README). DuckDB needs memory per column being written, so
+    /// this bounds what a table of wide, sparse records takes.
+    #[serde(default = "default_max_columns")]
+    pub max_columns: usize,
     /// Further DuckDB settings, passed to DuckDB as they are when the database is
     /// opened (for example `allocator_flush_threshold: 8MB`).
     #[serde(default)]
@@ -42,6 +50,13 @@ fn default_threads() -> Option<u32> {
     Some(1)
 }
 
+/// `maxColumns` when it is not set.
+pub const DEFAULT_MAX_COLUMNS: usize = 128;
+
+fn default_max_columns() -> usize {
+    DEFAULT_MAX_COLUMNS
+}
+
 impl DuckDbSinkConfig {
     /// A configuration for the database file at `path` with the default memory
     /// limit, threads and settings (for building the sink in code).
@@ -50,6 +65,7 @@ impl DuckDbSinkConfig {
             path: path.into(),
             memory_limit_mb: None,
             threads: default_threads(),
+            max_columns: DEFAULT_MAX_COLUMNS,
             settings: BTreeMap::new(),
         }
     }
@@ -63,6 +79,9 @@ impl DuckDbSinkConfig {
         // (DuckDB could not pin a block), which invalidates the database.
         if self.memory_limit_mb.is_some_and(|mb| mb < 16) {
             return Err(field_error("memoryLimitMb", "must be at least 16"));
+        }
+        if self.max_columns == 0 {
+            return Err(field_error("maxColumns", "must be at least 1"));
         }
         if self.threads == Some(0) {
             return Err(field_error("threads", "must be at least 1"));

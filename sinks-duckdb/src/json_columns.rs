@@ -11,8 +11,13 @@
 //! text in their `JSON` column, a JSON `null` as the text `null` (SQL NULL is
 //! the field left out), as the record path stores them.
 //!
+//! Fields without a column in a table that has its most columns go into its
+//! extra column as the record path writes them: one JSON object per row of
+//! those fields in their order, each value as `serde_json` writes it (nulls
+//! left out, except a declared JSON field's), SQL NULL when there is none.
+//!
 //! Only a batch that needs nothing else is taken this way: every field already
-//! has a column whose type holds its value, no field twice in a record, and (with
+//! has a column whose type holds its value (or goes into the extra column), no field twice in a record, and (with
 //! a key) every record keyed, the keys increasing. Anything else — a new
 //! field, a value that widens a column, a duplicate or missing key, keys out of
 //! order, a field name DuckDB cannot hold — is [`Unfit`]. For new fields
@@ -129,6 +134,8 @@ pub(crate) fn decode(
         keys: Vec::new(),
         largest: 0,
         unfit: None,
+        extra_text: String::new(),
+        extra_names: Vec::new(),
     };
     let mut chunks = Vec::with_capacity(rows.len().div_ceil(CHUNK_ROWS));
     let mut bytes = 0;
@@ -187,12 +194,19 @@ struct State<'s> {
     largest: usize,
     /// Set when a record does not fit (the parse is stopped with an error).
     unfit: Option<Unfit>,
+    /// The current record's fields for the extra column, as JSON object text
+    /// without its closing brace (empty: none yet).
+    extra_text: String,
+    /// Their names, to find one that is there twice.
+    extra_names: Vec<String>,
 }
 
 impl State<'_> {
     /// Adds one record's values to `columns` (a null for every column it lacks).
     fn record(&mut self, text: &[u8], columns: &mut [Column]) -> Result<(), Unfit> {
         self.set.iter_mut().for_each(|s| *s = false);
+        self.extra_text.clear();
+        self.extra_names.clear();
         let mut de = serde_json::Deserializer::from_slice(text);
         let parsed = de
             .deserialize_map(RecordVisitor {
@@ -210,6 +224,16 @@ impl State<'_> {
             && !self.set[idx]
         {
             return Err(Unfit::Other("a record has no key".to_owned()));
+        }
+        if let Some(idx) = self.schema.extra()
+            && !self.extra_text.is_empty()
+        {
+            self.extra_text.push('}');
+            self.largest = self.largest.max(self.extra_text.len());
+            if !columns[idx].push(&Cell::Text(&self.extra_text)) {
+                return Err(Unfit::Other("the extra column is not text".to_owned()));
+            }
+            self.set[idx] = true;
         }
         for (idx, column) in columns.iter_mut().enumerate() {
             if !self.set[idx] {
@@ -249,11 +273,14 @@ impl State<'_> {
             )));
         }
         let Some(idx) = self.column_of(position, name) else {
-            return if raw == "null" && !self.declared.is_some_and(|d| d.contains(name)) {
+            let declared = self.declared.is_some_and(|d| d.contains(name));
+            return if raw == "null" && !declared {
                 // A null of a field without a column adds nothing (as in the
                 // record path, which makes no column for it unless the field
                 // is declared JSON).
                 Ok(())
+            } else if self.schema.extra().is_some() && !self.schema.takes_column(name) {
+                self.extra_field(name, raw)
             } else {
                 Err(Unfit::NewField(name.to_owned()))
             };
@@ -278,6 +305,37 @@ impl State<'_> {
                 "a value of {name} does not fit its column"
             )))
         }
+    }
+
+    /// A field for the extra column: its name and value appended to the
+    /// record's object text, both as `serde_json` writes them.
+    fn extra_field(&mut self, name: &str, raw: &str) -> Result<(), Unfit> {
+        if self.extra_names.iter().any(|n| n == name) {
+            return Err(Unfit::Other(format!("field {name} twice in a record")));
+        }
+        self.extra_names.push(name.to_owned());
+        let value = json_text_cell(raw, &mut self.largest)
+            .ok_or_else(|| Unfit::Other(format!("a value of {name} does not parse")))?;
+        let value = match &value {
+            Cell::Text(t) => *t,
+            Cell::Owned(t) => t.as_str(),
+            _ => return Err(Unfit::Other(format!("a value of {name} is not text"))),
+        };
+        self.extra_text
+            .push(if self.extra_text.is_empty() { '{' } else { ',' });
+        if name.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+            // What serde_json writes for a name with nothing to escape.
+            self.extra_text.push('"');
+            self.extra_text.push_str(name);
+            self.extra_text.push('"');
+        } else {
+            let name = serde_json::to_string(name)
+                .map_err(|e| Unfit::Other(format!("field name {name:?}: {e}")))?;
+            self.extra_text.push_str(&name);
+        }
+        self.extra_text.push(':');
+        self.extra_text.push_str(value);
+        Ok(())
     }
 
     /// Checks the record's key: present, and after the previous record's

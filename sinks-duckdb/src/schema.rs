@@ -202,33 +202,96 @@ pub(crate) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// The `JSON` column holding, as one object per row, the fields that arrived
+/// after the table had its most columns (see [`TableSchema::set_max_columns`]).
+pub(crate) const EXTRA: &str = "_extra";
+
 /// A table's columns and how record fields map onto them.
 ///
 /// DuckDB identifiers are case-insensitive even when quoted, so two fields that
 /// differ only in case (`Id`, `id`) cannot both be columns named after them: the
 /// second one gets a `_2` suffix (then `_3`, ...) instead of overwriting the first.
+///
+/// A table has at most `max_columns` columns of fields (the sink's
+/// `maxColumns`; the key field's always counts among them): a field that
+/// arrives once the table has them all gets no column, and its values go into
+/// the [`EXTRA`] column instead, a JSON object of such fields per row.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct TableSchema {
     pub(crate) columns: Vec<(String, ColumnType)>,
     by_field: HashMap<String, usize>,
     lower_names: HashMap<String, usize>,
+    /// The [`EXTRA`] column, once the table has it.
+    extra: Option<usize>,
+    /// The most columns of fields (`None`: no limit).
+    max_columns: Option<usize>,
+    /// The key field: it gets a column whatever the limit.
+    key: Option<String>,
 }
 
 impl TableSchema {
-    /// The schema of an existing table (fields map to their same-named columns).
+    /// The schema of an existing table (fields map to their same-named
+    /// columns; a `JSON` column named [`EXTRA`] holds the fields without one).
     pub(crate) fn from_columns(columns: Vec<(String, ColumnType)>) -> Self {
         let mut schema = TableSchema::default();
         for (name, ty) in columns {
             let idx = schema.columns.len();
             schema.lower_names.insert(name.to_lowercase(), idx);
-            schema.by_field.insert(name.clone(), idx);
+            if name == EXTRA && ty == ColumnType::Json {
+                schema.extra = Some(idx);
+            } else {
+                schema.by_field.insert(name.clone(), idx);
+            }
             schema.columns.push((name, ty));
         }
         schema
     }
 
+    /// Limits the table to `max` columns of fields (`None`: no limit); the
+    /// field `key` gets its column whatever the limit.
+    pub(crate) fn set_max_columns(&mut self, max: Option<usize>, key: Option<&str>) {
+        self.max_columns = max;
+        self.key = key.map(str::to_owned);
+    }
+
     pub(crate) fn column_of(&self, field: &str) -> Option<usize> {
         self.by_field.get(field).copied()
+    }
+
+    /// The [`EXTRA`] column, when the table has it.
+    pub(crate) fn extra(&self) -> Option<usize> {
+        self.extra
+    }
+
+    /// Whether a field without a column gets one: the table has fewer
+    /// columns of fields than its limit, or it is the key field. A field
+    /// named [`EXTRA`] (in any case) never does: the name is the sink's.
+    pub(crate) fn takes_column(&self, field: &str) -> bool {
+        if field.eq_ignore_ascii_case(EXTRA) {
+            return false;
+        }
+        let fields = self.columns.len() - usize::from(self.extra.is_some());
+        self.max_columns.is_none_or(|max| fields < max) || self.key.as_deref() == Some(field)
+    }
+
+    /// Where a field without a column goes once the table has its most
+    /// columns: the [`EXTRA`] column, added (as the last column) the first
+    /// time; its index.
+    pub(crate) fn extra_column(&mut self) -> usize {
+        if let Some(idx) = self.extra {
+            return idx;
+        }
+        let mut name = EXTRA.to_owned();
+        let mut n = 1;
+        while self.lower_names.contains_key(&name.to_lowercase()) {
+            n += 1;
+            name = format!("{EXTRA}_{n}");
+        }
+        let idx = self.columns.len();
+        self.lower_names.insert(name.to_lowercase(), idx);
+        self.columns.push((name, ColumnType::Json));
+        self.extra = Some(idx);
+        idx
     }
 
     /// Which columns store a null as the JSON text `null`: `JSON` columns of

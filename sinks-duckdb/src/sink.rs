@@ -51,6 +51,8 @@ pub struct DuckDbSink {
     plan: Arc<MemoryPlan>,
     /// Batches of JSON text that went straight into columns.
     as_columns: Arc<AtomicU64>,
+    /// The most columns of fields a table gets (`maxColumns`).
+    max_columns: usize,
 }
 
 impl DuckDbSink {
@@ -84,6 +86,7 @@ impl DuckDbSink {
                 block_size,
             )),
             as_columns: Arc::default(),
+            max_columns: config.max_columns,
         })
     }
 
@@ -121,6 +124,7 @@ impl Sink for DuckDbSink {
             keep_positions: false,
             position_seq: 0,
             as_columns: self.as_columns.clone(),
+            max_columns: self.max_columns,
         }))
     }
 
@@ -180,11 +184,17 @@ struct DuckDbWriter {
     position_seq: u64,
     /// The sink's count of batches that went straight into columns.
     as_columns: Arc<AtomicU64>,
+    /// The most columns of fields the table gets (`maxColumns`).
+    max_columns: usize,
 }
 
 /// What a source declared of a batch's fields: which are JSON, and the
 /// types of typed ones.
 type Declared<'a> = (Option<&'a JsonFields>, Option<&'a FieldTypes>);
+
+/// How rows go into a table's columns: its schema, the columns where a null
+/// is the JSON text `null`, and the fields the source declared JSON.
+type Layout<'a> = (&'a TableSchema, &'a [bool], Option<&'a JsonFields>);
 
 impl DuckDbWriter {
     /// The field types a batch declares that get typed columns: all but the
@@ -259,11 +269,12 @@ impl DuckDbWriter {
         let target = self.target.clone();
         let plan = self.plan.clone();
         let known = self.table.take();
+        let max_columns = self.max_columns;
         let state = blocking(move || {
             db.retry_once(&plan, |conn| {
                 let mut state = match &known {
                     Some(state) => TableState::clone(state),
-                    None => load_table(conn, &target.table)?,
+                    None => load_table(conn, &target, max_columns)?,
                 };
                 state.schema.adopt_declared(types.as_deref());
                 if state.exists {
@@ -386,6 +397,8 @@ struct BatchJob {
     position: Option<String>,
     /// The sequence number of that position.
     seq: u64,
+    /// The most columns of fields the table gets (`maxColumns`).
+    max_columns: usize,
     /// The fields the source declared JSON.
     json: Option<Arc<JsonFields>>,
     /// The field types the source declared (the key's left out).
@@ -503,7 +516,7 @@ impl BatchJob {
     ) -> Result<(BatchAck, TableState, Option<WriteMode>)> {
         let mut state = match self.table.take() {
             Some(t) => t,
-            None => load_table(conn, &self.target.table)?,
+            None => load_table(conn, &self.target, self.max_columns)?,
         };
         state.schema.adopt_declared(self.types.as_deref());
         let is_empty = *self.empty.get_or_insert(state.empty_at_load);
@@ -673,6 +686,7 @@ impl SinkWriter for DuckDbWriter {
             append_after: (!self.unordered).then(|| self.max_written.clone()),
             position,
             seq,
+            max_columns: self.max_columns,
             json,
             types,
         };
@@ -729,7 +743,7 @@ impl SinkWriter for DuckDbWriter {
             }
             db.retry_once(&plan, |conn| {
                 let table = &target.table;
-                if !load_table(conn, table)?.exists {
+                if !load_table(conn, &target, usize::MAX)?.exists {
                     return Ok(WriterSummary::default().with_total_rows(0));
                 }
                 if tracing::enabled!(tracing::Level::DEBUG) {
@@ -855,7 +869,14 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| Error::new(ErrorKind::Sink, "duckdb writer task failed").with_source(e))?
 }
 
-pub(crate) fn load_table(conn: &Connection, table: &str) -> Result<TableState> {
+/// Reads `target`'s table: its columns (none when it does not exist), whether
+/// it holds rows, and its limit of `max_columns` columns of fields.
+pub(crate) fn load_table(
+    conn: &Connection,
+    target: &StreamTarget,
+    max_columns: usize,
+) -> Result<TableState> {
+    let table = target.table.as_str();
     let mut stmt = conn
         .prepare(
             "SELECT column_name, data_type FROM information_schema.columns \
@@ -885,10 +906,12 @@ pub(crate) fn load_table(conn: &Connection, table: &str) -> Result<TableState> {
     } else {
         true
     };
+    let mut schema = TableSchema::from_columns(columns);
+    schema.set_max_columns(Some(max_columns), target.key_field.as_deref());
     Ok(TableState {
         exists,
         empty_at_load,
-        schema: TableSchema::from_columns(columns),
+        schema,
     })
 }
 
@@ -916,6 +939,16 @@ fn evolve<R: std::borrow::Borrow<Record>>(
         let record = record.borrow();
         let mut added = false;
         for ((field, value), column) in record.iter().zip(cache.resolve(schema, record)) {
+            // A field without a column once the table has its most columns:
+            // its value goes into the extra column (a null only when the
+            // field is declared JSON, as in a column).
+            if column.is_none() && schema.column_of(field).is_none() && !schema.takes_column(field)
+            {
+                if !value.is_null() || json.is_some_and(|j| j.contains(field)) {
+                    schema.extra_column();
+                }
+                continue;
+            }
             // Typed columns (see `typed`): a value they hold changes nothing;
             // a new field declared typed gets its type when its value fits.
             if !json.is_some_and(|j| j.contains(field)) {
@@ -1128,15 +1161,19 @@ fn write_batch(
             })?;
         }
         let ack = match &key_column {
-            Some(key) if batch.mode == WriteMode::Upsert => {
-                upsert_rows(conn, target, (&schema, &json_nulls), batch.rows, key)?
-            }
+            Some(key) if batch.mode == WriteMode::Upsert => upsert_rows(
+                conn,
+                target,
+                (&schema, &json_nulls, batch.json),
+                batch.rows,
+                key,
+            )?,
             _ => {
                 append_rows(
                     conn,
                     &target.table,
                     false,
-                    (&schema, &json_nulls),
+                    (&schema, &json_nulls, batch.json),
                     batch.rows,
                 )?;
                 BatchAck::new(rows).with_inserted(rows)
@@ -1306,7 +1343,7 @@ fn key_column(target: &StreamTarget, schema: &TableSchema) -> Result<Option<Stri
 fn upsert_rows(
     conn: &Connection,
     target: &StreamTarget,
-    schema: (&TableSchema, &[bool]),
+    schema: Layout<'_>,
     records: RowsRef<'_>,
     key: &str,
 ) -> Result<BatchAck> {
@@ -1390,12 +1427,13 @@ fn largest_value(records: &[Record]) -> usize {
 /// 2,048 records become one Arrow record batch (a column per table column,
 /// typed by the schema, [`crate::columns`]) that DuckDB's appender takes as a
 /// chunk. `json_nulls` marks the columns where a null is
-/// the JSON text `null` ([`TableSchema::json_nulls`]).
+/// the JSON text `null` ([`TableSchema::json_nulls`]), `declared` the fields
+/// the source declared JSON.
 fn append_rows(
     conn: &Connection,
     table: &str,
     temp: bool,
-    (schema, json_nulls): (&TableSchema, &[bool]),
+    (schema, json_nulls, declared): Layout<'_>,
     rows: RowsRef<'_>,
 ) -> Result<()> {
     let appender = if temp {
@@ -1415,7 +1453,7 @@ fn append_rows(
     match rows {
         RowsRef::Records(records) => {
             for chunk in records.chunks(crate::columns::CHUNK_ROWS) {
-                let batch = crate::columns::record_batch(schema, json_nulls, chunk)?;
+                let batch = crate::columns::record_batch(schema, (json_nulls, declared), chunk)?;
                 append(&mut appender, batch)?;
             }
         }

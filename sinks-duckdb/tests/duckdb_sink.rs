@@ -19,10 +19,8 @@ fn ctx(dir: &Path, dry_run: bool) -> BuildContext {
 /// The tests' sink configuration: `test.duckdb`, 32 MiB, one thread.
 fn config() -> DuckDbSinkConfig {
     DuckDbSinkConfig {
-        path: "test.duckdb".into(),
         memory_limit_mb: Some(32),
-        threads: Some(1),
-        settings: Default::default(),
+        ..DuckDbSinkConfig::new("test.duckdb")
     }
 }
 
@@ -895,25 +893,63 @@ async fn wide_sparse_records_load_and_re_sync_at_default_settings() {
         assert_eq!(summary.total_rows, Some(6000));
     }
     drop(sink);
+    // `id`, 127 fields, and `_extra` with the rest (default `maxColumns`).
     let columns = query(
         dir.path(),
         "SELECT count(*) FROM information_schema.columns WHERE table_name = 'wide'",
     );
-    assert_eq!(columns, vec![vec![json!(601)]]);
+    assert_eq!(columns, vec![vec![json!(129)]]);
     let block = query(dir.path(), "SELECT block_size FROM pragma_database_size()");
     assert_eq!(
         block,
         vec![vec![json!(65536)]],
         "new files get 64 KiB blocks"
     );
-    // A value survives: the first record's fields, as written.
-    let first = records[0].as_object().unwrap();
-    for (field, value) in first.iter().filter(|(_, v)| v.is_string()) {
-        let got = query(
-            dir.path(),
-            &format!("SELECT \"{field}\" FROM wide WHERE id = 0"),
-        );
-        assert_eq!(got, vec![vec![value.clone()]], "{field}");
+    // Every row is its record, value for value.
+    let rows = rows_as_records(dir.path(), "wide");
+    assert_eq!(rows.len(), records.len());
+    for (row, record) in rows.iter().zip(&records) {
+        assert!(same(row, record), "{row} is not {record}");
+    }
+}
+
+/// The rows of `table` by `id` as the records they came from: the columns
+/// that are not null, and the fields in `_extra`.
+fn rows_as_records(dir: &Path, table: &str) -> Vec<Value> {
+    query(
+        dir,
+        &format!("SELECT to_json(t)::VARCHAR FROM {table} t ORDER BY id"),
+    )
+    .into_iter()
+    .map(|row| {
+        let mut row: serde_json::Map<String, Value> =
+            serde_json::from_str(row[0].as_str().unwrap()).unwrap();
+        let extra = row.remove("_extra");
+        row.retain(|_, v| !v.is_null());
+        if let Some(Value::Object(extra)) = extra {
+            for (field, value) in extra {
+                assert!(row.insert(field.clone(), value).is_none(), "{field} twice");
+            }
+        }
+        Value::Object(row)
+    })
+    .collect()
+}
+
+/// Whether two values are equal, numbers as the doubles they are when
+/// either is one (DuckDB prints a `DOUBLE` column's value in its own form).
+fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) if x.is_f64() || y.is_f64() => {
+            x.as_f64() == y.as_f64()
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
+        }
+        _ => a == b,
     }
 }
 
@@ -1323,10 +1359,20 @@ fn wide(first: u64, rows: u64, width: usize) -> Vec<Value> {
         .collect()
 }
 
+/// A sink whose tables get a column for every field (up to 1,000).
+fn sink_of_wide_tables(dir: &Path) -> DuckDbSink {
+    let config = DuckDbSinkConfig {
+        max_columns: 1000,
+        ..config()
+    };
+    DuckDbSink::open(&config, &ctx(dir, false)).unwrap()
+}
+
 #[tokio::test]
 async fn under_a_containers_limit_a_table_too_wide_for_it_stops_its_stream_before_writing() {
     let dir = tempfile::tempdir().unwrap();
-    let sink = sink(dir.path(), false);
+    // `maxColumns` raised: by default the table would stop at 128 columns.
+    let sink = sink_of_wide_tables(dir.path());
     let limit = Some(128 << 20);
     // 100 columns plan 48 MiB + 24 outside DuckDB's pool: written.
     let mut narrow = sink
@@ -1370,7 +1416,7 @@ async fn under_a_containers_limit_a_table_too_wide_for_it_stops_its_stream_befor
         vec![vec![json!(10)]]
     );
     // Without a limit, the same wide batch is written.
-    let sink = self::sink(dir.path(), false);
+    let sink = sink_of_wide_tables(dir.path());
     let mut free = sink.open(target("narrow", Some("id"))).await.unwrap();
     free.write(batch(wide(50, 50, 700)).await).await.unwrap();
     free.finish().await.unwrap();
@@ -1379,4 +1425,52 @@ async fn under_a_containers_limit_a_table_too_wide_for_it_stops_its_stream_befor
         query(dir.path(), "SELECT count(*) FROM narrow"),
         vec![vec![json!(100)]]
     );
+}
+
+#[tokio::test]
+async fn by_default_fields_past_128_columns_go_into_extra_and_fit_a_container() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = sink(dir.path(), false);
+    let limit = Some(128 << 20);
+    let mut w = sink
+        .open(target("wide", Some("id")).with_memory_limit(limit))
+        .await
+        .unwrap();
+    w.write(batch(wide(0, 50, 100)).await).await.unwrap();
+    // The batch refused above with every field a column: written, its
+    // fields past the 128th column in `_extra`.
+    let late = wide(50, 50, 700);
+    w.write(batch(late.clone()).await).await.unwrap();
+    w.finish().await.unwrap();
+    drop(sink);
+    let columns = query(
+        dir.path(),
+        "SELECT count(*), max(column_index::BIGINT) FILTER (column_name = '_extra'), string_agg(data_type, ',') FILTER (column_name = '_extra') FROM duckdb_columns() WHERE table_name = 'wide'",
+    );
+    // `id` and 127 of the fields, then `_extra`, the last column.
+    assert_eq!(columns, vec![vec![json!(129), json!(129), json!("JSON")]]);
+    assert_eq!(
+        query(
+            dir.path(),
+            "SELECT count(*), count(_extra), min(id) FILTER (_extra IS NOT NULL) FROM wide"
+        ),
+        vec![vec![json!(100), json!(50), json!(50)]]
+    );
+    // Each row is its record: the columns it has and the fields in `_extra`.
+    let rows = query(
+        dir.path(),
+        "SELECT to_json(w)::VARCHAR FROM wide w WHERE id >= 50 ORDER BY id",
+    );
+    for (row, source) in rows.iter().zip(&late) {
+        let mut row: serde_json::Map<String, Value> =
+            serde_json::from_str(row[0].as_str().unwrap()).unwrap();
+        let extra = row.remove("_extra").unwrap();
+        let extra = extra.as_object().unwrap();
+        assert_eq!(extra.len(), 700 - 127, "{extra:?}");
+        row.retain(|_, v| !v.is_null());
+        for (field, value) in extra {
+            assert!(row.insert(field.clone(), value.clone()).is_none());
+        }
+        assert_eq!(&Value::Object(row), source);
+    }
 }

@@ -18,7 +18,7 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::{columns, env_number, sink};
+use common::{columns, env_number, sink_with};
 use serde_json::{Map, Value};
 use sluicegate_core::{Batch, JsonFields, JsonRows, MemoryBudget, Sink, StreamTarget, into_record};
 use sluicegate_sinks_duckdb::DuckDbSink;
@@ -179,6 +179,9 @@ struct Case {
     /// Fields the source declares JSON.
     declared: Vec<String>,
     batches: Vec<Vec<String>>,
+    /// The sink's `maxColumns`: in some cases a few, so that later fields go
+    /// into the table's `_extra` column.
+    max_columns: usize,
 }
 
 fn case(rng: &mut fastrand::Rng) -> Case {
@@ -234,6 +237,11 @@ fn case(rng: &mut fastrand::Rng) -> Case {
             if rng.u16(0..400) == 0 {
                 record.insert("F0".to_owned(), Value::from(1)); // a case-colliding name
             }
+            if rng.u16(0..300) == 0 {
+                // The sink's own column name: always in `_extra`.
+                let kind = rng.u8(0..8);
+                record.insert("_extra".to_owned(), value(rng, kind, 0));
+            }
             let mut text = String::new();
             write(&Value::Object(record), rng, &mut text);
             texts.push(text);
@@ -243,10 +251,16 @@ fn case(rng: &mut fastrand::Rng) -> Case {
         }
         batches.push(texts);
     }
+    let max_columns = if rng.u8(0..3) == 0 {
+        rng.usize(1..6)
+    } else {
+        sluicegate_sinks_duckdb::config::DEFAULT_MAX_COLUMNS
+    };
     Case {
         key,
         declared,
         batches,
+        max_columns,
     }
 }
 
@@ -317,12 +331,13 @@ async fn json_text_and_records_leave_the_same_table() {
     let cases = env_number("SLUICEGATE_JSON_ROWS_CASES", 40);
     let (mut as_columns, mut batches) = (0, 0);
     let (mut declared_as_columns, mut declared_batches) = (0, 0);
+    let (mut extra_as_columns, mut extra_batches, mut extra_rows) = (0, 0, 0);
     for n in 0..cases {
         let mut rng = fastrand::Rng::with_seed(seed.wrapping_mul(1_000_003).wrapping_add(n));
         let case = case(&mut rng);
         let dir = tempfile::tempdir().unwrap();
-        let records = sink(dir.path(), "records.duckdb");
-        let text = sink(dir.path(), "text.duckdb");
+        let records = sink_with(dir.path(), "records.duckdb", case.max_columns);
+        let text = sink_with(dir.path(), "text.duckdb", case.max_columns);
         write_case(&records, &case, false).await;
         write_case(&text, &case, true).await;
         assert_eq!(records.batches_as_columns(), 0);
@@ -332,9 +347,16 @@ async fn json_text_and_records_leave_the_same_table() {
             declared_as_columns += text.batches_as_columns();
             declared_batches += case.batches.len() as u64;
         }
+        if case.max_columns < 6 {
+            extra_as_columns += text.batches_as_columns();
+            extra_batches += case.batches.len() as u64;
+        }
         drop((records, text));
         let expected = table(&dir.path().join("records.duckdb"));
         let got = table(&dir.path().join("text.duckdb"));
+        if let Some(extra) = expected.0.iter().position(|(name, _)| name == "_extra") {
+            extra_rows += expected.1.iter().filter(|r| r[extra].is_some()).count();
+        }
         assert_eq!(
             got, expected,
             "case {n} of seed {seed} (SLUICEGATE_JSON_ROWS_SEED={seed}): the table written from JSON text differs; batches: {:#?}",
@@ -345,6 +367,10 @@ async fn json_text_and_records_leave_the_same_table() {
     assert!(
         as_columns * 4 >= batches,
         "only {as_columns} of {batches} batches went straight into columns"
+    );
+    assert!(
+        extra_as_columns * 5 >= extra_batches && extra_rows >= 100,
+        "only {extra_as_columns} of {extra_batches} batches with fields in `_extra` went straight into columns ({extra_rows} rows with `_extra`)"
     );
     assert!(
         declared_as_columns * 5 >= declared_batches,

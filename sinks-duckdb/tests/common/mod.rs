@@ -9,11 +9,16 @@ use sluicegate_sinks_duckdb::{DuckDbSink, DuckDbSinkConfig};
 
 /// A sink writing `file` under `dir`, DuckDB on one thread.
 pub(crate) fn sink(dir: &Path, file: &str) -> DuckDbSink {
+    sink_with(dir, file, DuckDbSinkConfig::new(file).max_columns)
+}
+
+/// A sink writing `file` under `dir`, DuckDB on one thread, tables of at
+/// most `max_columns` columns of fields.
+pub(crate) fn sink_with(dir: &Path, file: &str, max_columns: usize) -> DuckDbSink {
     let config = DuckDbSinkConfig {
-        path: file.into(),
-        memory_limit_mb: None,
         threads: Some(1),
-        settings: Default::default(),
+        max_columns,
+        ..DuckDbSinkConfig::new(file)
     };
     let ctx = BuildContext::new("", false)
         .with_template_scope(serde_json::json!({}))
