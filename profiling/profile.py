@@ -25,9 +25,7 @@ Management API emulator (`cma-emulator`) and syncs customers into it.
 top allocation sites at the run's peak (`jeprof --text`) in the results.
 
 A streaming run must end with every row of every key in DuckDB (checked against
-the API's own totals), except the keys a scenario lists as `refused`: those must
-stop with the sink's memory-limit error (a table the container cannot hold), none
-of their rows written and the process not killed; `--compare` is the side-by-side of classic and streaming
+the API's own totals); `--compare` is the side-by-side of classic and streaming
 mode at 1k, 10k, 50k, 100k and 1M records under 128 MB.
 
 Raw figures go to profiling/work/raw.json (kept between runs, one entry per
@@ -269,15 +267,8 @@ def one_run(scenario, orders, keys, mode, work, heap=False):
         rows_in_tables = {s["syncKey"]: s["totalRows"] for s in rep["streams"]} if rep else {}
     killed = res["rc"] in (-9, 137) or res.get("oomKills", 0) > 0
     error = next((line[len("error: "):] for line in res["err"].splitlines() if line.startswith("error: ")), None)
-    # `refused`: keys whose tables the container cannot hold; each must stop
-    # with the sink's memory-limit error (none of its rows written), the
-    # others complete.
-    refused = scenario.get("refused", [])
-    stopped_as_planned = not killed and all(
-        not rows_in_tables.get(k) for k in refused) and (
-        not refused or (error is not None and "container's memory limit" in error))
-    complete = rep is not None and stopped_as_planned and all(
-        rows_in_tables.get(k) == totals[k] for k in keys if k not in refused)
+    complete = rep is not None and not killed and all(
+        rows_in_tables.get(k) == totals[k] for k in keys)
     return {
         "mode": mode, "orders": orders, "keys": keys, "rc": res["rc"], "wall": res["wall"],
         "limit": res["limit"], "enforced": res["enforced"], "oomKilled": killed,
@@ -300,7 +291,6 @@ def one_run(scenario, orders, keys, mode, work, heap=False):
         "sink": "contentful" if cms else "duckdb",
         "heapTop": heap_top(binary, work) if heap else None,
         "error": error,
-        "refused": refused,
     }
 
 
@@ -407,8 +397,6 @@ def report():
 
 
 def result(r):
-    if r["complete"] and r.get("refused"):
-        return f"the others complete; {', '.join(r['refused'])} stopped as planned (`{r['error'].split(': ')[0]}`)"
     if r["complete"]:
         return "complete"
     if r["oomKilled"]:

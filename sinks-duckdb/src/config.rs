@@ -6,7 +6,7 @@
 //!     type: duckdb
 //!     path: shop.duckdb      # relative to the configuration file
 //!     memoryLimitMb: 32      # the least DuckDB's buffer pool gets (optional)
-//!     maxColumns: 128        # columns of fields per table; later fields go into `_extra`
+//!     maxColumns: 64         # columns of fields per table; later fields go into `_extra`
 //! ```
 
 use std::collections::BTreeMap;
@@ -30,7 +30,7 @@ pub struct DuckDbSinkConfig {
     /// per-thread memory low; raise it for very large tables with many updates.
     #[serde(default = "default_threads")]
     pub threads: Option<u32>,
-    /// The most columns of fields a table gets (default 128): fields that
+    /// The most columns of fields a table gets (default 64): fields that
     /// arrive once a table has that many get no column of their own; their
     /// values go, as one JSON object per row, into its `_extra` column (see
     /// the sink's README). DuckDB needs memory per column being written, so
@@ -51,7 +51,7 @@ fn default_threads() -> Option<u32> {
 }
 
 /// `maxColumns` when it is not set.
-pub const DEFAULT_MAX_COLUMNS: usize = 128;
+pub const DEFAULT_MAX_COLUMNS: usize = 64;
 
 fn default_max_columns() -> usize {
     DEFAULT_MAX_COLUMNS

@@ -183,10 +183,13 @@ impl MemoryPlan {
             && want > st.applied_mb
             && want + OUTSIDE_POOL_MB > limit
         {
-            let what = if for_value > for_columns {
-                format!(
-                    "a value of {} (DuckDB needs about three times a value's size to write and checkpoint it)",
-                    sluicegate_core::format_bytes(largest_value)
+            let (what, fewer) = if for_value > for_columns {
+                (
+                    format!(
+                        "a value of {} (DuckDB needs about three times a value's size to write and checkpoint it)",
+                        sluicegate_core::format_bytes(largest_value)
+                    ),
+                    "",
                 )
             } else {
                 let beside = if others > 0 {
@@ -195,15 +198,18 @@ impl MemoryPlan {
                     " at once".to_owned()
                 };
                 let (_, per_column) = per_column(self.block_size);
-                format!(
-                    "{columns} columns{beside} ({per_column} MiB per column with this file's {} KiB blocks)",
-                    self.block_size >> 10
+                (
+                    format!(
+                        "{columns} columns{beside} ({per_column} MiB per column with this file's {} KiB blocks)",
+                        self.block_size >> 10
+                    ),
+                    ", or lower the sink's maxColumns (fields past it go into the table's _extra column)",
                 )
             };
             return Err(Error::new(
                 ErrorKind::MemoryLimit,
                 format!(
-                    "DuckDB needs about {} MiB to write {what}: {want} MiB for its buffer pool and {OUTSIDE_POOL_MB} MiB outside it, more than the {limit} MiB this process may use (its container's memory limit), so the stream stops here instead of the process being killed; the batches before this one are written. Give the container more memory, or write fewer fields into this table (a mapping that keeps the ones you need)",
+                    "DuckDB needs about {} MiB to write {what}: {want} MiB for its buffer pool and {OUTSIDE_POOL_MB} MiB outside it, more than the {limit} MiB this process may use (its container's memory limit), so the stream stops here instead of the process being killed; the batches before this one are written. Give the container more memory{fewer}",
                     want + OUTSIDE_POOL_MB
                 ),
             ));

@@ -1258,6 +1258,16 @@ fn schema_ddl(
 ) -> String {
     let t = quote_ident(&target.table);
     let mut ddl = String::new();
+    if let Some(extra) = schema.extra()
+        && changes.added.contains(&extra)
+    {
+        tracing::warn!(
+            table = %target.table,
+            columns = extra,
+            "the table has its most columns of fields (the sink's maxColumns): fields without a column go, as one JSON object per row, into its {} column",
+            crate::schema::EXTRA
+        );
+    }
     if !exists {
         let cols: Vec<String> = schema
             .columns

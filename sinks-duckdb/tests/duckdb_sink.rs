@@ -893,12 +893,12 @@ async fn wide_sparse_records_load_and_re_sync_at_default_settings() {
         assert_eq!(summary.total_rows, Some(6000));
     }
     drop(sink);
-    // `id`, 127 fields, and `_extra` with the rest (default `maxColumns`).
+    // `id`, 63 fields, and `_extra` with the rest (default `maxColumns`).
     let columns = query(
         dir.path(),
         "SELECT count(*) FROM information_schema.columns WHERE table_name = 'wide'",
     );
-    assert_eq!(columns, vec![vec![json!(129)]]);
+    assert_eq!(columns, vec![vec![json!(65)]]);
     let block = query(dir.path(), "SELECT block_size FROM pragma_database_size()");
     assert_eq!(
         block,
@@ -1371,7 +1371,7 @@ fn sink_of_wide_tables(dir: &Path) -> DuckDbSink {
 #[tokio::test]
 async fn under_a_containers_limit_a_table_too_wide_for_it_stops_its_stream_before_writing() {
     let dir = tempfile::tempdir().unwrap();
-    // `maxColumns` raised: by default the table would stop at 128 columns.
+    // `maxColumns` raised: by default the table would stop at 64 columns.
     let sink = sink_of_wide_tables(dir.path());
     let limit = Some(128 << 20);
     // 100 columns plan 48 MiB + 24 outside DuckDB's pool: written.
@@ -1428,7 +1428,7 @@ async fn under_a_containers_limit_a_table_too_wide_for_it_stops_its_stream_befor
 }
 
 #[tokio::test]
-async fn by_default_fields_past_128_columns_go_into_extra_and_fit_a_container() {
+async fn by_default_fields_past_64_columns_go_into_extra_and_fit_a_container() {
     let dir = tempfile::tempdir().unwrap();
     let sink = sink(dir.path(), false);
     let limit = Some(128 << 20);
@@ -1436,9 +1436,9 @@ async fn by_default_fields_past_128_columns_go_into_extra_and_fit_a_container() 
         .open(target("wide", Some("id")).with_memory_limit(limit))
         .await
         .unwrap();
-    w.write(batch(wide(0, 50, 100)).await).await.unwrap();
+    w.write(batch(wide(0, 50, 40)).await).await.unwrap();
     // The batch refused above with every field a column: written, its
-    // fields past the 128th column in `_extra`.
+    // fields past the 64th column in `_extra`.
     let late = wide(50, 50, 700);
     w.write(batch(late.clone()).await).await.unwrap();
     w.finish().await.unwrap();
@@ -1447,8 +1447,8 @@ async fn by_default_fields_past_128_columns_go_into_extra_and_fit_a_container() 
         dir.path(),
         "SELECT count(*), max(column_index::BIGINT) FILTER (column_name = '_extra'), string_agg(data_type, ',') FILTER (column_name = '_extra') FROM duckdb_columns() WHERE table_name = 'wide'",
     );
-    // `id` and 127 of the fields, then `_extra`, the last column.
-    assert_eq!(columns, vec![vec![json!(129), json!(129), json!("JSON")]]);
+    // `id` and 63 of the fields, then `_extra`, the last column.
+    assert_eq!(columns, vec![vec![json!(65), json!(65), json!("JSON")]]);
     assert_eq!(
         query(
             dir.path(),
@@ -1466,7 +1466,7 @@ async fn by_default_fields_past_128_columns_go_into_extra_and_fit_a_container() 
             serde_json::from_str(row[0].as_str().unwrap()).unwrap();
         let extra = row.remove("_extra").unwrap();
         let extra = extra.as_object().unwrap();
-        assert_eq!(extra.len(), 700 - 127, "{extra:?}");
+        assert_eq!(extra.len(), 700 - 63, "{extra:?}");
         row.retain(|_, v| !v.is_null());
         for (field, value) in extra {
             assert!(row.insert(field.clone(), value.clone()).is_none());

@@ -59,7 +59,7 @@ async fn a_wide_tables_batches_leave_no_freed_memory_behind() {
     let ctx = BuildContext::new("", false)
         .with_template_scope(json!({}))
         .with_base_dir(dir.path().to_path_buf());
-    // Every field its own column (by default a table gets 128 and the rest
+    // Every field its own column (by default a table gets 64 and the rest
     // of the fields go into its `_extra` column).
     let config = DuckDbSinkConfig {
         max_columns: 1000,
