@@ -17,8 +17,9 @@
 //! left out, except a declared JSON field's), SQL NULL when there is none.
 //!
 //! Only a batch that needs nothing else is taken this way: every field already
-//! has a column whose type holds its value (or goes into the extra column), no field twice in a record, and (with
-//! a key) every record keyed, the keys increasing. Anything else — a new
+//! has a column whose type holds its value (or goes into the extra column), no
+//! field twice in a record, and (with a key) every record keyed, the keys
+//! increasing. Anything else — a new
 //! field, a value that widens a column, a duplicate or missing key, keys out of
 //! order, a field name DuckDB cannot hold — is [`Unfit`]. For new fields
 //! ([`Unfit::NewField`]) the writer adds their columns to the schema and decodes

@@ -2,7 +2,9 @@
 //!
 //! Per batch: duplicate keys are merged (the last record wins); column types are
 //! inferred from the records and the table is created, extended with new columns
-//! or has columns widened as needed; the records go through DuckDB's Appender,
+//! (up to `maxColumns` columns of fields; the values of fields that arrive
+//! later go into its `_extra` column, one JSON object per row) or has columns
+//! widened as needed; the records go through DuckDB's Appender,
 //! as Arrow record batches of 2,048 rows, into a temporary staging table; then `DELETE ... WHERE key IN (staging)` and
 //! `INSERT ... SELECT * FROM staging` replace existing rows and add new ones.
 //! All of it commits as one transaction, so a batch is either fully in the table
