@@ -281,15 +281,7 @@ impl TableSchema {
         if let Some(idx) = self.extra {
             return idx;
         }
-        let mut name = EXTRA.to_owned();
-        let mut n = 1;
-        while self.lower_names.contains_key(&name.to_lowercase()) {
-            n += 1;
-            name = format!("{EXTRA}_{n}");
-        }
-        let idx = self.columns.len();
-        self.lower_names.insert(name.to_lowercase(), idx);
-        self.columns.push((name, ColumnType::Json));
+        let idx = self.push_column(EXTRA, ColumnType::Json);
         self.extra = Some(idx);
         idx
     }
@@ -327,18 +319,25 @@ impl TableSchema {
         }
     }
 
-    /// Adds a column for a new field and returns its index and name.
+    /// Adds a column for a new field and returns its index.
     pub(crate) fn add_field(&mut self, field: &str, ty: ColumnType) -> usize {
-        let mut name = field.to_owned();
+        let idx = self.push_column(field, ty);
+        self.by_field.insert(field.to_owned(), idx);
+        idx
+    }
+
+    /// Adds a column named `name`, or `name_2`, `name_3`, ... when a column's
+    /// name already differs from it only in case; its index.
+    fn push_column(&mut self, name: &str, ty: ColumnType) -> usize {
+        let mut unique = name.to_owned();
         let mut n = 1;
-        while self.lower_names.contains_key(&name.to_lowercase()) {
+        while self.lower_names.contains_key(&unique.to_lowercase()) {
             n += 1;
-            name = format!("{field}_{n}");
+            unique = format!("{name}_{n}");
         }
         let idx = self.columns.len();
-        self.lower_names.insert(name.to_lowercase(), idx);
-        self.by_field.insert(field.to_owned(), idx);
-        self.columns.push((name, ty));
+        self.lower_names.insert(unique.to_lowercase(), idx);
+        self.columns.push((unique, ty));
         idx
     }
 }

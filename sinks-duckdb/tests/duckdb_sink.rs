@@ -1457,20 +1457,11 @@ async fn by_default_fields_past_64_columns_go_into_extra_and_fit_a_container() {
         vec![vec![json!(100), json!(50), json!(50)]]
     );
     // Each row is its record: the columns it has and the fields in `_extra`.
-    let rows = query(
+    let rows = rows_as_records(dir.path(), "wide");
+    let extra = query(
         dir.path(),
-        "SELECT to_json(w)::VARCHAR FROM wide w WHERE id >= 50 ORDER BY id",
+        "SELECT len(json_keys(_extra))::BIGINT FROM wide WHERE id = 50",
     );
-    for (row, source) in rows.iter().zip(&late) {
-        let mut row: serde_json::Map<String, Value> =
-            serde_json::from_str(row[0].as_str().unwrap()).unwrap();
-        let extra = row.remove("_extra").unwrap();
-        let extra = extra.as_object().unwrap();
-        assert_eq!(extra.len(), 700 - 63, "{extra:?}");
-        row.retain(|_, v| !v.is_null());
-        for (field, value) in extra {
-            assert!(row.insert(field.clone(), value.clone()).is_none());
-        }
-        assert_eq!(&Value::Object(row), source);
-    }
+    assert_eq!(extra, vec![vec![json!(700 - 63)]]);
+    assert_eq!(&rows[50..], &late[..]);
 }
