@@ -490,6 +490,29 @@ mod tests {
     }
 
     #[test]
+    fn past_its_most_columns_a_table_sends_fields_to_extra_but_never_the_key() {
+        let mut s = TableSchema::from_columns(vec![("a".into(), BigInt)]);
+        s.set_max_columns(Some(2), Some("id"));
+        assert!(s.takes_column("b"));
+        s.add_field("b", Varchar);
+        assert!(!s.takes_column("c"));
+        assert!(s.takes_column("id"), "the key always gets its column");
+        assert!(!s.takes_column("_EXTRA"), "the sink's name");
+        assert_eq!(s.extra(), None);
+        let extra = s.extra_column();
+        assert_eq!(s.columns[extra], (EXTRA.to_owned(), Json));
+        assert_eq!(s.extra_column(), extra, "added once");
+        assert_eq!(s.column_of(EXTRA), None, "no field maps to it");
+        assert!(!s.takes_column("c"), "the extra column does not count");
+        // Read back: a JSON column of that name is the extra column; a
+        // column of that name of another type is a field's.
+        let loaded = TableSchema::from_columns(s.columns.clone());
+        assert_eq!(loaded.extra(), Some(extra));
+        let other = TableSchema::from_columns(vec![(EXTRA.into(), Varchar)]);
+        assert_eq!((other.extra(), other.column_of(EXTRA)), (None, Some(0)));
+    }
+
+    #[test]
     fn cells_follow_the_column_type() {
         assert!(matches!(cell(&json!(3), &Double), Cell::Double(f) if f == 3.0));
         assert!(matches!(cell(&json!(true), &Varchar), Cell::Text("true")));
