@@ -27,7 +27,7 @@ fn key_column(
     let Some(field) = target.key_field.as_deref() else {
         return Ok(None);
     };
-    let state = load_table(conn, target, usize::MAX)?;
+    let state = load_table(conn, target, None)?;
     if !state.exists {
         return Ok(None);
     }

@@ -198,8 +198,9 @@ struct State<'s> {
     /// The current record's fields for the extra column, as JSON object text
     /// without its closing brace (empty: none yet).
     extra_text: String,
-    /// Their names, to find one that is there twice.
-    extra_names: Vec<String>,
+    /// Where their names are in `extra_text` (as written, so equal names
+    /// are equal text), to find one that is there twice.
+    extra_names: Vec<std::ops::Range<usize>>,
 }
 
 impl State<'_> {
@@ -311,10 +312,6 @@ impl State<'_> {
     /// A field for the extra column: its name and value appended to the
     /// record's object text, both as `serde_json` writes them.
     fn extra_field(&mut self, name: &str, raw: &str) -> Result<(), Unfit> {
-        if self.extra_names.iter().any(|n| n == name) {
-            return Err(Unfit::Other(format!("field {name} twice in a record")));
-        }
-        self.extra_names.push(name.to_owned());
         let value = json_text_cell(raw, &mut self.largest)
             .ok_or_else(|| Unfit::Other(format!("a value of {name} does not parse")))?;
         let value = match &value {
@@ -324,6 +321,7 @@ impl State<'_> {
         };
         self.extra_text
             .push(if self.extra_text.is_empty() { '{' } else { ',' });
+        let start = self.extra_text.len();
         if name.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
             // What serde_json writes for a name with nothing to escape.
             self.extra_text.push('"');
@@ -334,6 +332,16 @@ impl State<'_> {
                 .map_err(|e| Unfit::Other(format!("field name {name:?}: {e}")))?;
             self.extra_text.push_str(&name);
         }
+        let written = start..self.extra_text.len();
+        let text = &self.extra_text;
+        if self
+            .extra_names
+            .iter()
+            .any(|n| text[n.clone()] == text[written.clone()])
+        {
+            return Err(Unfit::Other(format!("field {name} twice in a record")));
+        }
+        self.extra_names.push(written);
         self.extra_text.push(':');
         self.extra_text.push_str(value);
         Ok(())
@@ -804,5 +812,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(reason.contains("twice"), "{reason}");
+        // A table at its most columns: other fields go into its extra
+        // column, each once (the same name escaped or not is the same field).
+        let mut full = schema.clone();
+        full.set_max_columns(Some(2), Some("id"));
+        full.extra_column();
+        let extra = |text: &[u8]| {
+            let mut rows = JsonRows::new();
+            rows.push(text).unwrap();
+            decode(&full, Some("id"), &rows, None, KeyOrder::Increasing)
+        };
+        let ok = extra(br#"{"id":1,"b":1E5,"a":null,"c":[1, 2]}"#).unwrap();
+        let stored = ok.chunks[0].column(2).as_any();
+        let stored = stored
+            .downcast_ref::<duckdb::arrow::array::StringArray>()
+            .unwrap();
+        assert_eq!(stored.value(0), r#"{"b":1e+5,"c":[1,2]}"#);
+        for twice in [&br#"{"id":1,"b":1,"b":2}"#[..], br#"{"id":1,"b":1,"b":2}"#] {
+            let reason = extra(twice).unwrap_err().to_string();
+            assert!(reason.contains("field b twice"), "{reason}");
+        }
     }
 }

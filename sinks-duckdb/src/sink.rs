@@ -276,7 +276,7 @@ impl DuckDbWriter {
             db.retry_once(&plan, |conn| {
                 let mut state = match &known {
                     Some(state) => TableState::clone(state),
-                    None => load_table(conn, &target, max_columns)?,
+                    None => load_table(conn, &target, Some(max_columns))?,
                 };
                 state.schema.adopt_declared(types.as_deref());
                 if state.exists {
@@ -518,7 +518,7 @@ impl BatchJob {
     ) -> Result<(BatchAck, TableState, Option<WriteMode>)> {
         let mut state = match self.table.take() {
             Some(t) => t,
-            None => load_table(conn, &self.target, self.max_columns)?,
+            None => load_table(conn, &self.target, Some(self.max_columns))?,
         };
         state.schema.adopt_declared(self.types.as_deref());
         let is_empty = *self.empty.get_or_insert(state.empty_at_load);
@@ -745,7 +745,7 @@ impl SinkWriter for DuckDbWriter {
             }
             db.retry_once(&plan, |conn| {
                 let table = &target.table;
-                if !load_table(conn, &target, usize::MAX)?.exists {
+                if !load_table(conn, &target, None)?.exists {
                     return Ok(WriterSummary::default().with_total_rows(0));
                 }
                 if tracing::enabled!(tracing::Level::DEBUG) {
@@ -872,11 +872,12 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Reads `target`'s table: its columns (none when it does not exist), whether
-/// it holds rows, and its limit of `max_columns` columns of fields.
+/// it holds rows, and its limit of `max_columns` columns of fields (`None`
+/// where nothing is written: no limit).
 pub(crate) fn load_table(
     conn: &Connection,
     target: &StreamTarget,
-    max_columns: usize,
+    max_columns: Option<usize>,
 ) -> Result<TableState> {
     let table = target.table.as_str();
     let mut stmt = conn
@@ -909,7 +910,7 @@ pub(crate) fn load_table(
         true
     };
     let mut schema = TableSchema::from_columns(columns);
-    schema.set_max_columns(Some(max_columns), target.key_field.as_deref());
+    schema.set_max_columns(max_columns, target.key_field.as_deref());
     Ok(TableState {
         exists,
         empty_at_load,
