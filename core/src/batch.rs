@@ -1,5 +1,6 @@
 //! Batches: the unit that flows from a source to a sink.
 
+use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
@@ -185,7 +186,18 @@ pub struct Batch {
     pages: Option<(u64, u64)>,
     json_fields: Option<Arc<JsonFields>>,
     field_types: Option<Arc<FieldTypes>>,
+    /// What the writer's [`PrepareBatch`](crate::PrepareBatch) made of it.
+    prepared: Option<Prepared>,
     lease: MemoryLease,
+}
+
+/// A writer's preparation of a batch (see [`Batch::set_prepared`]).
+struct Prepared(Box<dyn Any + Send + Sync>);
+
+impl fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Prepared(..)")
+    }
 }
 
 impl Batch {
@@ -198,6 +210,7 @@ impl Batch {
             pages: None,
             json_fields: None,
             field_types: None,
+            prepared: None,
             lease,
         }
     }
@@ -237,6 +250,7 @@ impl Batch {
         let Some(rows) = self.json.take() else {
             return Ok(());
         };
+        self.prepared = None;
         let records = rows.decode()?;
         drop(rows);
         let bytes: usize = records.iter().map(approx_record_size).sum();
@@ -281,6 +295,21 @@ impl Batch {
     /// records).
     pub fn forget_field_types(&mut self) {
         self.field_types = None;
+    }
+
+    /// Attaches what a writer's [`PrepareBatch`](crate::PrepareBatch) made of
+    /// this batch (replacing anything attached before). Whatever changes the
+    /// batch afterwards ([`Batch::append`], [`Batch::take_front`],
+    /// [`Batch::decode_json`]) drops it.
+    pub fn set_prepared<T: Any + Send + Sync>(&mut self, prepared: T) {
+        self.prepared = Some(Prepared(Box::new(prepared)));
+    }
+
+    /// Takes what was attached with [`Batch::set_prepared`], when it is a `T`
+    /// (anything else attached is dropped).
+    pub fn take_prepared<T: Any>(&mut self) -> Option<T> {
+        let Prepared(any) = self.prepared.take()?;
+        any.downcast::<T>().ok().map(|t| *t)
     }
 
     /// Sets the position after this batch (its resume token).
@@ -342,6 +371,7 @@ impl Batch {
     /// Appends a later batch of the same stream to this one: records, memory, the
     /// later position and the page range.
     pub fn append(&mut self, mut later: Batch) -> Result<()> {
+        self.prepared = None;
         if self.json.is_some() != later.json.is_some() {
             // One of each form: both become records.
             self.decode_json()?;
@@ -383,6 +413,7 @@ impl Batch {
     /// position; the part taken off has none (the source cannot resume in the
     /// middle of a page), so committing it moves no checkpoint.
     pub fn take_front(&mut self, n: usize) -> Batch {
+        self.prepared = None;
         let total = self.len();
         let n = n.min(total);
         let (front, json) = match &mut self.json {
@@ -405,6 +436,7 @@ impl Batch {
             pages: self.pages,
             json_fields: self.json_fields.clone(),
             field_types: self.field_types.clone(),
+            prepared: None,
             lease: self.lease.split(bytes),
         }
     }
@@ -440,6 +472,41 @@ mod tests {
     use crate::budget::MemoryBudget;
     use crate::record::into_record;
     use serde_json::json;
+
+    #[test]
+    fn a_preparation_is_taken_as_its_type_and_dropped_by_any_change() {
+        let budget = MemoryBudget::new(1 << 20);
+        let rows = || {
+            let mut rows = JsonRows::new();
+            rows.push(br#"{"id":1}"#).unwrap();
+            rows.push(br#"{"id":2}"#).unwrap();
+            rows
+        };
+        let mut batch = Batch::from_json(rows(), budget.empty_lease());
+        batch.set_prepared(7u32);
+        assert_eq!(batch.take_prepared::<String>(), None, "another type");
+        assert_eq!(
+            batch.take_prepared::<u32>(),
+            None,
+            "dropped by the wrong take"
+        );
+        batch.set_prepared(7u32);
+        assert_eq!(batch.take_prepared::<u32>(), Some(7));
+        assert_eq!(batch.take_prepared::<u32>(), None, "taken once");
+
+        batch.set_prepared(1u32);
+        let mut front = batch.take_front(1);
+        assert_eq!(front.take_prepared::<u32>(), None);
+        assert_eq!(batch.take_prepared::<u32>(), None, "split");
+        batch.set_prepared(2u32);
+        front.set_prepared(3u32);
+        front.append(batch).unwrap();
+        assert_eq!(front.take_prepared::<u32>(), None, "appended to");
+        front.set_prepared(4u32);
+        front.decode_json().unwrap();
+        assert_eq!(front.take_prepared::<u32>(), None, "decoded");
+        assert_eq!(front.len(), 2);
+    }
 
     #[tokio::test]
     async fn append_moves_records_memory_and_position() {

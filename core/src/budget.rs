@@ -302,6 +302,36 @@ impl MemoryLease {
         self.bytes = bytes;
     }
 
+    /// Grows the lease to `bytes` only when the budget has that much free now
+    /// (`true`, also when `bytes` is not larger); `false` leaves it as it was.
+    /// For work that is worth doing only within the budget, such as a
+    /// writer's preparation of a batch ahead of its turn.
+    pub fn try_grow(&mut self, bytes: usize) -> bool {
+        if bytes <= self.bytes {
+            return true;
+        }
+        let want = self.budget.units_for(bytes);
+        let have = self.permit.as_ref().map_or(0, |p| p.num_permits());
+        let have = u32::try_from(have).unwrap_or(u32::MAX);
+        if want > have {
+            let Ok(extra) = self
+                .budget
+                .semaphore
+                .clone()
+                .try_acquire_many_owned(want - have)
+            else {
+                return false;
+            };
+            match &mut self.permit {
+                Some(permit) => permit.merge(extra),
+                None => self.permit = Some(extra),
+            }
+        }
+        self.budget.add_in_use(bytes - self.bytes);
+        self.bytes = bytes;
+        true
+    }
+
     /// Shrinks the lease without waiting (a no-op if `bytes` is not smaller).
     pub fn shrink_to(&mut self, bytes: usize) {
         if bytes >= self.bytes {
@@ -431,6 +461,32 @@ mod tests {
         assert_eq!(budget.in_use(), 0);
         let all = budget.try_acquire(10 * UNIT);
         assert!(all.is_some(), "every permit came back");
+    }
+
+    #[tokio::test]
+    async fn trying_to_grow_takes_only_what_is_free() {
+        let budget = MemoryBudget::new(10 * UNIT);
+        let held = budget.acquire(6 * UNIT).await.unwrap();
+        let mut lease = budget.acquire(2 * UNIT).await.unwrap();
+        assert!(!lease.try_grow(7 * UNIT), "5 more units needed, 2 free");
+        assert_eq!(
+            lease.bytes(),
+            2 * UNIT,
+            "a refusal leaves the lease as it was"
+        );
+        assert_eq!(budget.in_use(), 8 * UNIT);
+        assert!(lease.try_grow(4 * UNIT));
+        assert_eq!((lease.bytes(), budget.in_use()), (4 * UNIT, 10 * UNIT));
+        assert!(budget.try_acquire(1).is_none(), "the budget is full now");
+        assert!(lease.try_grow(UNIT), "not larger: nothing to take");
+        assert_eq!(lease.bytes(), 4 * UNIT);
+        drop(held);
+        drop(lease);
+        assert_eq!(budget.in_use(), 0);
+        assert!(
+            budget.try_acquire(10 * UNIT).is_some(),
+            "every permit came back"
+        );
     }
 
     #[tokio::test]

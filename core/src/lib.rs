@@ -40,8 +40,8 @@ pub use paginate::{Page, PageContext, PageSource, paginate};
 pub use record::{Record, approx_record_size, approx_value_size, into_record};
 pub use registry::Registry;
 pub use sink::{
-    BatchAck, DeleteMode, MemoryRelief, Sink, SinkCapabilities, SinkPosition, SinkWriter,
-    StreamTarget, TargetKeys, WorkingMemory, WriterExtension, WriterSummary, key_text,
+    BatchAck, DeleteMode, MemoryRelief, PrepareBatch, Sink, SinkCapabilities, SinkPosition,
+    SinkWriter, StreamTarget, TargetKeys, WorkingMemory, WriterExtension, WriterSummary, key_text,
 };
 pub use source::{BatchSender, BatchStream, ReadRequest, Source, channel_stream, panicked};
 pub use stats::{CacheStats, InFlight, LATENCY_BOUNDS_MS, RunStats, StatsSnapshot};

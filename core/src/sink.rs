@@ -344,6 +344,35 @@ pub trait WriterExtension: Send {
     /// source for them only then, and decodes any other batch of JSON text
     /// into records before it reaches the writer.
     fn accepts_json_rows(&self) -> bool;
+
+    /// The writer's work on a batch that can be done before its turn to be
+    /// written (see [`PrepareBatch`]), when it has such work: the pipeline
+    /// runs it on each batch of JSON text it hands this writer, while the
+    /// batch before is being written. `None`: batches go to
+    /// [`SinkWriter::write`] as the source made them.
+    fn preparer(&self) -> Option<Arc<dyn PrepareBatch>>;
+}
+
+/// A writer's work on a batch ahead of [`SinkWriter::write`], so that it
+/// overlaps the writing of the batch before (parsing JSON text into a table's
+/// columns, for instance). Got from [`WriterExtension::preparer`].
+///
+/// # Contract
+/// - `prepare` runs on each batch of JSON text once, in stream order, after
+///   every change the pipeline makes to it and before the batch is handed to
+///   `write`; it runs while earlier batches are still being written, so what
+///   it makes may rest on what the writer knew before them.
+/// - It attaches what it made with [`Batch::set_prepared`] and never changes
+///   the records; `write` must produce exactly what it would without it (it
+///   checks that what was prepared still applies, and does the work itself
+///   when not).
+/// - Memory it allocates is added to the batch's lease
+///   ([`MemoryLease::grow_now`](crate::MemoryLease::grow_now)).
+/// - It fails silently: a batch it cannot prepare goes to `write` as it is,
+///   and `write` reports what is wrong with it.
+pub trait PrepareBatch: Send + Sync {
+    /// Prepares `batch` for the writer (see the trait's contract).
+    fn prepare(&self, batch: &mut Batch);
 }
 
 /// How rows or entries that the source no longer has are removed.

@@ -32,8 +32,8 @@ use crate::mapping::Mapper;
 use crate::monitor::MemoryMonitor;
 use sluicegate_core::{
     Batch, BatchAck, BatchStream, CheckpointStore, Error, ErrorKind, MemoryBudget, MemoryRelief,
-    NoObserver, Position, ReadRequest, Result, ResultExt, RunObserver, RunStats, SinkPosition,
-    SinkWriter, Source, WriterSummary,
+    NoObserver, Position, PrepareBatch, ReadRequest, Result, ResultExt, RunObserver, RunStats,
+    SinkPosition, SinkWriter, Source, WriterSummary,
 };
 
 /// How a stream is read.
@@ -669,7 +669,16 @@ async fn streaming(
     let (tx, rx) = mpsc::channel::<Result<Batch>>(1);
     let monitor = limits.monitor.clone();
     let sink_flushes = monitor.flush_requests();
-    let producer = tokio::spawn(gather(stream, shaping, limits, tx));
+    // Batches of JSON text are prepared for the writer as they are sent, so
+    // that the work overlaps the writing of the batch before (see
+    // `PrepareBatch`); decoded batches are not.
+    let preparer = writer
+        .inner
+        .extension()
+        .and_then(|ext| ext.preparer())
+        .filter(|_| writer.accepts_json && writer.deletions.is_none());
+    let outbox = Outbox { tx, preparer };
+    let producer = tokio::spawn(gather(stream, shaping, limits, outbox));
     let result = write_all(rx, writer, &monitor, sink_flushes).await;
     if result.is_err() {
         // Stop the source: dropping its stream cancels the read.
@@ -690,12 +699,7 @@ async fn streaming(
 /// is full (rows or bytes, as the memory monitor scales them), when the source
 /// has been quiet for `linger`, on a flush request, before an error, and at
 /// the end.
-async fn gather(
-    mut stream: BatchStream,
-    shaping: Shaping,
-    limits: Gathering,
-    tx: mpsc::Sender<Result<Batch>>,
-) {
+async fn gather(mut stream: BatchStream, shaping: Shaping, limits: Gathering, tx: Outbox) {
     let Gathering {
         batch_rows: configured_rows,
         batch_bytes: configured_bytes,
@@ -771,6 +775,32 @@ async fn gather(
                 return;
             }
         }
+    }
+}
+
+/// Where the producer sends batches: the channel to the writer, and the
+/// writer's preparation, if it has one.
+struct Outbox {
+    tx: mpsc::Sender<Result<Batch>>,
+    preparer: Option<Arc<dyn PrepareBatch>>,
+}
+
+impl Outbox {
+    /// Sends `item` once the channel has room, the batch prepared then (not
+    /// before: a prepared batch waits for the writer, not for the channel, so
+    /// what it rests on is as new as can be and at most one waits). `Err`
+    /// when the writer is gone.
+    async fn send(&self, item: Result<Batch>) -> std::result::Result<(), ()> {
+        let permit = self.tx.reserve().await.map_err(|_| ())?;
+        let item = match (item, &self.preparer) {
+            (Ok(mut batch), Some(preparer)) if batch.json_rows().is_some() => {
+                preparer.prepare(&mut batch);
+                Ok(batch)
+            }
+            (item, _) => item,
+        };
+        permit.send(item);
+        Ok(())
     }
 }
 

@@ -410,3 +410,166 @@ async fn an_incremental_mark_never_passes_what_the_sink_acknowledged() {
     assert_eq!(saved.last_value, Some(serde_json::json!(999)));
     assert_eq!(saved.progress, None);
 }
+
+/// Pages of JSON text: `pages` pages of `rows` records `{"id":n}`.
+struct JsonTextSource {
+    pages: u64,
+    rows: u64,
+}
+
+impl sluicegate_core::Source for JsonTextSource {
+    fn read(&self, request: sluicegate_core::ReadRequest) -> sluicegate_core::BatchStream {
+        let (pages, rows) = (self.pages, self.rows);
+        assert!(request.json_rows, "the writer takes JSON text");
+        sluicegate_core::channel_stream(move |tx| async move {
+            for page in 0..pages {
+                let mut text = sluicegate_core::JsonRows::new();
+                for n in page * rows..(page + 1) * rows {
+                    text.push(format!(r#"{{"id":{n}}}"#).as_bytes()).unwrap();
+                }
+                let lease = request.budget.acquire(text.heap_bytes()).await?;
+                let batch = sluicegate_core::Batch::from_json(text, lease)
+                    .with_position(Some(Position::new(serde_json::json!(page))));
+                tx.send(batch).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn describe(&self) -> String {
+        "pages of JSON text".into()
+    }
+
+    fn splits(&self) -> bool {
+        false
+    }
+}
+
+/// Tags each batch with its first key, and counts the batches it tagged.
+struct FirstKey {
+    prepared: tokio::sync::watch::Sender<u64>,
+}
+
+impl sluicegate_core::PrepareBatch for FirstKey {
+    fn prepare(&self, batch: &mut sluicegate_core::Batch) {
+        let first = batch.json_rows().and_then(|rows| rows.get(0)).unwrap();
+        let first: serde_json::Value = serde_json::from_slice(first).unwrap();
+        batch.set_prepared(first["id"].as_u64().unwrap());
+        self.prepared.send_modify(|n| *n += 1);
+    }
+}
+
+/// A writer with a preparer: each write waits until the next batch has been
+/// prepared (the batch after it, if any), and notes what it got.
+struct PreparedWriter {
+    batches: u64,
+    written: u64,
+    prepared: tokio::sync::watch::Sender<u64>,
+    seen: Seen,
+}
+
+/// Per batch written: the preparation it carried, and whether the next batch
+/// was prepared during its write.
+type Seen = Arc<std::sync::Mutex<Vec<(Option<u64>, bool)>>>;
+
+#[async_trait::async_trait]
+impl sluicegate_core::SinkWriter for PreparedWriter {
+    async fn write(
+        &mut self,
+        mut batch: sluicegate_core::Batch,
+    ) -> sluicegate_core::Result<sluicegate_core::BatchAck> {
+        let tag = batch.take_prepared::<u64>();
+        let next = self.written + 2;
+        let overlapped = if next <= self.batches {
+            let mut prepared = self.prepared.subscribe();
+            tokio::time::timeout(Duration::from_secs(10), prepared.wait_for(|n| *n >= next))
+                .await
+                .is_ok()
+        } else {
+            true
+        };
+        self.seen.lock().unwrap().push((tag, overlapped));
+        self.written += 1;
+        let rows = batch.len() as u64;
+        Ok(sluicegate_core::BatchAck::new(rows).with_inserted(rows))
+    }
+
+    async fn finish(self: Box<Self>) -> sluicegate_core::Result<sluicegate_core::WriterSummary> {
+        Ok(sluicegate_core::WriterSummary::default())
+    }
+
+    fn extension(&mut self) -> Option<&mut dyn sluicegate_core::WriterExtension> {
+        Some(self)
+    }
+}
+
+#[async_trait::async_trait]
+impl sluicegate_core::WriterExtension for PreparedWriter {
+    async fn relieve_memory(&mut self) -> sluicegate_core::Result<sluicegate_core::MemoryRelief> {
+        Ok(sluicegate_core::MemoryRelief::default())
+    }
+
+    async fn committed_position(
+        &mut self,
+    ) -> sluicegate_core::Result<sluicegate_core::SinkPosition> {
+        Ok(sluicegate_core::SinkPosition::Unknown)
+    }
+
+    async fn forget_position(&mut self) -> sluicegate_core::Result<()> {
+        Ok(())
+    }
+
+    fn delete_modes(&self) -> &'static [sluicegate_core::DeleteMode] {
+        &[]
+    }
+
+    async fn target_keys(
+        &mut self,
+        _page: Option<serde_json::Value>,
+    ) -> sluicegate_core::Result<sluicegate_core::TargetKeys> {
+        Ok(sluicegate_core::TargetKeys::new(Vec::new(), None))
+    }
+
+    async fn delete_keys(
+        &mut self,
+        _keys: &[String],
+        _mode: sluicegate_core::DeleteMode,
+    ) -> sluicegate_core::Result<u64> {
+        Ok(0)
+    }
+
+    fn accepts_json_rows(&self) -> bool {
+        true
+    }
+
+    fn preparer(&self) -> Option<Arc<dyn sluicegate_core::PrepareBatch>> {
+        Some(Arc::new(FirstKey {
+            prepared: self.prepared.clone(),
+        }))
+    }
+}
+
+#[tokio::test]
+async fn each_batch_is_prepared_while_the_one_before_is_written() {
+    let (pages, rows) = (6, 50);
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let writer = PreparedWriter {
+        batches: pages,
+        written: 0,
+        prepared: tokio::sync::watch::channel(0).0,
+        seen: seen.clone(),
+    };
+    let source = Arc::new(JsonTextSource { pages, rows });
+    let report = Pipeline::new("numbers", "numbers", source, Box::new(writer))
+        .options(options(ReadMode::Streaming, rows as usize))
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(report.ack.rows, pages * rows);
+    let seen = seen.lock().unwrap().clone();
+    let expected: Vec<(Option<u64>, bool)> = (0..pages).map(|p| (Some(p * rows), true)).collect();
+    assert_eq!(
+        seen, expected,
+        "each batch carried its own preparation, and the next one was prepared during its write"
+    );
+}

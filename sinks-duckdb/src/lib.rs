@@ -8,6 +8,7 @@ mod json_columns;
 mod keys;
 mod memory;
 mod positions;
+mod prepare;
 mod schema;
 mod sink;
 mod typed;

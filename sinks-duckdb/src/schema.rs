@@ -216,7 +216,7 @@ pub(crate) const EXTRA: &str = "_extra";
 /// `maxColumns`; the key field's always counts among them): a field that
 /// arrives once the table has them all gets no column, and its values go into
 /// the [`EXTRA`] column instead, a JSON object of such fields per row.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct TableSchema {
     pub(crate) columns: Vec<(String, ColumnType)>,
     by_field: HashMap<String, usize>,

@@ -30,8 +30,8 @@ use std::cmp::Ordering;
 use serde_json::Value;
 use sluicegate_core::{
     Batch, BatchAck, BuildContext, DeleteMode, Error, ErrorKind, FieldTypes, JsonFields,
-    MemoryRelief, Record, Rejected, Result, Sink, SinkCapabilities, SinkPosition, SinkWriter,
-    Stage, StreamTarget, TargetKeys, WriterExtension, WriterSummary,
+    MemoryRelief, PrepareBatch, Record, Rejected, Result, Sink, SinkCapabilities, SinkPosition,
+    SinkWriter, Stage, StreamTarget, TargetKeys, WriterExtension, WriterSummary,
 };
 
 use crate::config::DuckDbSinkConfig;
@@ -40,6 +40,7 @@ use crate::json_columns::{Decoded, Unfit};
 use crate::keys::{Key, merge_duplicate_keys};
 use crate::memory::{MemoryPlan, NEW_FILE_BLOCK_SIZE, block_size};
 use crate::positions;
+use crate::prepare::{ColumnsAhead, KnownTable, PreparedColumns, declared_types};
 use crate::schema::{ColumnType, FieldCache, TableSchema, cell, number_kind, quote_ident};
 use crate::typed;
 
@@ -53,6 +54,10 @@ pub struct DuckDbSink {
     plan: Arc<MemoryPlan>,
     /// Batches of JSON text that went straight into columns.
     as_columns: Arc<AtomicU64>,
+    /// Batches parsed into columns ahead of their write.
+    prepared: Arc<AtomicU64>,
+    /// Batches written with the columns parsed ahead.
+    prepared_used: Arc<AtomicU64>,
     /// The most columns of fields a table gets (`maxColumns`).
     max_columns: usize,
 }
@@ -88,6 +93,8 @@ impl DuckDbSink {
                 block_size,
             )),
             as_columns: Arc::default(),
+            prepared: Arc::default(),
+            prepared_used: Arc::default(),
             max_columns: config.max_columns,
         })
     }
@@ -108,6 +115,17 @@ impl DuckDbSink {
     pub fn batches_as_columns(&self) -> u64 {
         self.as_columns.load(AtomicOrdering::Relaxed)
     }
+
+    /// How many batches were parsed into columns ahead of their write, while
+    /// the batch before was being written, and how many of them were written
+    /// so (the others were parsed again: a batch before them had changed the
+    /// table).
+    pub fn batches_prepared_ahead(&self) -> (u64, u64) {
+        (
+            self.prepared.load(AtomicOrdering::Relaxed),
+            self.prepared_used.load(AtomicOrdering::Relaxed),
+        )
+    }
 }
 
 #[async_trait]
@@ -126,6 +144,9 @@ impl Sink for DuckDbSink {
             keep_positions: false,
             position_seq: 0,
             as_columns: self.as_columns.clone(),
+            prepared: self.prepared.clone(),
+            prepared_used: self.prepared_used.clone(),
+            known: Arc::default(),
             max_columns: self.max_columns,
         }))
     }
@@ -186,6 +207,11 @@ struct DuckDbWriter {
     position_seq: u64,
     /// The sink's count of batches that went straight into columns.
     as_columns: Arc<AtomicU64>,
+    /// The sink's counts of batches parsed ahead, and of those written so.
+    prepared: Arc<AtomicU64>,
+    prepared_used: Arc<AtomicU64>,
+    /// The table as this writer knows it, for its preparer.
+    known: Arc<KnownTable>,
     /// The most columns of fields the table gets (`maxColumns`).
     max_columns: usize,
 }
@@ -199,19 +225,10 @@ type Declared<'a> = (Option<&'a JsonFields>, Option<&'a FieldTypes>);
 type Layout<'a> = (&'a TableSchema, &'a [bool], Option<&'a JsonFields>);
 
 impl DuckDbWriter {
-    /// The field types a batch declares that get typed columns: all but the
-    /// key's (keys are compared and deleted as the text or integer they came
-    /// as).
+    /// The field types a batch declares that get typed columns (see
+    /// [`declared_types`]).
     fn typed_fields(&self, declared: Option<&Arc<FieldTypes>>) -> Option<Arc<FieldTypes>> {
-        let declared = declared?;
-        match self.target.key_field.as_deref() {
-            Some(key) if declared.get(key).is_some() => {
-                let mut types = FieldTypes::clone(declared);
-                types.remove(key);
-                (!types.is_empty()).then(|| Arc::new(types))
-            }
-            _ => Some(declared.clone()),
-        }
+        declared_types(self.target.key_field.as_deref(), declared)
     }
 
     /// Remembers the largest key written, or gives up on ordering.
@@ -305,54 +322,81 @@ impl DuckDbWriter {
     }
 
     /// A batch of JSON text parsed straight into the table's columns, when
-    /// it fits the table as this writer knows it (see `json_columns`), with
-    /// the columns of new fields added, and with keys in any order: not in a
-    /// dry run, not before the table exists.
+    /// it fits the table as this writer knows it (see [`columns_for`]): not
+    /// in a dry run, not before the table exists.
     fn columns_of(
         &self,
         text: &sluicegate_core::JsonRows,
-        (declared, types): Declared<'_>,
+        declared: Declared<'_>,
     ) -> std::result::Result<Decoded, Unfit> {
-        let table = match &self.table {
-            Some(table) if table.exists && !self.dry_run => table,
-            _ => return Err(Unfit::Other("the table is not known yet".to_owned())),
-        };
-        use crate::json_columns::{KeyOrder, decode};
-        let key = self.target.key_field.as_deref();
-        let mut wider: Option<TableSchema> = None;
-        let mut order = KeyOrder::Increasing;
-        loop {
-            let schema = wider.as_ref().unwrap_or(&table.schema);
-            match decode(schema, key, text, declared, order) {
-                Ok(mut decoded) => {
-                    decoded.schema = wider;
-                    return Ok(decoded);
-                }
-                Err(unfit @ Unfit::NewField(_)) if wider.is_none() => {
-                    // Late fields: the columns they need (decoding one record
-                    // at a time), then the batch into the wider table's
-                    // columns; only new columns, a widened one takes the
-                    // record path.
-                    let mut schema = table.schema.clone();
-                    let mut failed = false;
-                    let records = text.iter().map_while(|t| {
-                        let record = record_of(t);
-                        failed |= record.is_none();
-                        record
-                    });
-                    let changes = evolve(&mut schema, records, (declared, types));
-                    if failed || !changes.widened.is_empty() {
-                        return Err(unfit);
-                    }
-                    wider = Some(schema);
-                }
-                // Keys in another order (each once) go in as well (appended
-                // when all are above the keys written, else upserted).
-                Err(Unfit::KeysOutOfOrder) if order == KeyOrder::Increasing => {
-                    order = KeyOrder::Any;
-                }
-                Err(unfit) => return Err(unfit),
+        match &self.table {
+            Some(table) if table.exists && !self.dry_run => columns_for(
+                &table.schema,
+                self.target.key_field.as_deref(),
+                text,
+                declared,
+            ),
+            _ => Err(Unfit::Other("the table is not known yet".to_owned())),
+        }
+    }
+
+    /// Tells the writer's preparer (see [`crate::prepare`]) the table as
+    /// this writer now knows it.
+    fn publish_table(&self) {
+        let schema = self
+            .table
+            .as_ref()
+            .filter(|t| t.exists && !self.dry_run)
+            .map(|t| &t.schema);
+        self.known.publish(schema);
+    }
+}
+
+/// A batch of JSON text parsed straight into the columns of a table of
+/// `schema`, keyed by `key`, when it fits (see `json_columns`), with the
+/// columns of new fields added, and with keys in any order. A function of its
+/// arguments only, so that a batch can be parsed ahead of its write
+/// ([`crate::prepare`]).
+pub(crate) fn columns_for(
+    table: &TableSchema,
+    key: Option<&str>,
+    text: &sluicegate_core::JsonRows,
+    (declared, types): Declared<'_>,
+) -> std::result::Result<Decoded, Unfit> {
+    use crate::json_columns::{KeyOrder, decode};
+    let mut wider: Option<TableSchema> = None;
+    let mut order = KeyOrder::Increasing;
+    loop {
+        let schema = wider.as_ref().unwrap_or(table);
+        match decode(schema, key, text, declared, order) {
+            Ok(mut decoded) => {
+                decoded.schema = wider;
+                return Ok(decoded);
             }
+            Err(unfit @ Unfit::NewField(_)) if wider.is_none() => {
+                // Late fields: the columns they need (decoding one record
+                // at a time), then the batch into the wider table's
+                // columns; only new columns, a widened one takes the
+                // record path.
+                let mut schema = table.clone();
+                let mut failed = false;
+                let records = text.iter().map_while(|t| {
+                    let record = record_of(t);
+                    failed |= record.is_none();
+                    record
+                });
+                let changes = evolve(&mut schema, records, (declared, types));
+                if failed || !changes.widened.is_empty() {
+                    return Err(unfit);
+                }
+                wider = Some(schema);
+            }
+            // Keys in another order (each once) go in as well (appended
+            // when all are above the keys written, else upserted).
+            Err(Unfit::KeysOutOfOrder) if order == KeyOrder::Increasing => {
+                order = KeyOrder::Any;
+            }
+            Err(unfit) => return Err(unfit),
         }
     }
 }
@@ -582,10 +626,11 @@ impl BatchJob {
 
 #[async_trait]
 impl SinkWriter for DuckDbWriter {
-    async fn write(&mut self, batch: Batch) -> Result<BatchAck> {
+    async fn write(&mut self, mut batch: Batch) -> Result<BatchAck> {
         let target = self.target.clone();
         let json = batch.json_fields().cloned();
         let types = self.typed_fields(batch.field_types());
+        let ahead = batch.take_prepared::<PreparedColumns>();
         let (rows, position, lease) = match batch.into_json_parts() {
             Ok((text, position, mut lease)) => {
                 if !self.table.as_ref().is_some_and(|t| t.exists) {
@@ -595,10 +640,23 @@ impl SinkWriter for DuckDbWriter {
                 if let Some(table) = &mut self.table {
                     table.schema.adopt_declared(types.as_deref());
                 }
-                let rows = match self.columns_of(&text, (json.as_deref(), types.as_deref())) {
+                // Parsed ahead for the table as it still is, or parsed now.
+                let ahead = ahead.and_then(|ahead| {
+                    let table = self.table.as_ref().filter(|t| t.exists && !self.dry_run)?;
+                    ahead.for_table(&table.schema)
+                });
+                let parsed_ahead = ahead.is_some();
+                if parsed_ahead {
+                    self.prepared_used.fetch_add(1, AtomicOrdering::Relaxed);
+                }
+                let columns = match ahead {
+                    Some(decoded) => Ok(decoded),
+                    None => self.columns_of(&text, (json.as_deref(), types.as_deref())),
+                };
+                let rows = match columns {
                     Ok(decoded) => {
                         self.as_columns.fetch_add(1, AtomicOrdering::Relaxed);
-                        tracing::debug!(sync = %target.sync_key, rows = decoded.rows, "batch straight into columns");
+                        tracing::debug!(sync = %target.sync_key, rows = decoded.rows, parsed_ahead, "batch straight into columns");
                         // The columns' exact size is what the batch holds now.
                         // (never waited for: the source may be waiting for
                         // this batch's memory)
@@ -701,6 +759,7 @@ impl SinkWriter for DuckDbWriter {
         .map_err(|e| Error::new(ErrorKind::Sink, "duckdb writer task failed").with_source(e))?;
         self.empty_at_start = empty;
         self.table = table;
+        self.publish_table();
         let plan = self.plan.clone();
         let mut ack = result.map_err(|e| {
             let e = e.with_context("table", &self.target.table);
@@ -859,6 +918,14 @@ impl WriterExtension for DuckDbWriter {
 
     fn accepts_json_rows(&self) -> bool {
         true
+    }
+
+    fn preparer(&self) -> Option<Arc<dyn PrepareBatch>> {
+        Some(Arc::new(ColumnsAhead {
+            key: self.target.key_field.clone(),
+            known: self.known.clone(),
+            prepared: self.prepared.clone(),
+        }))
     }
 }
 

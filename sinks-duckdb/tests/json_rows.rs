@@ -9,8 +9,10 @@
 //! order (whole batches in random order too), records without a key, keys that are strings, fields the source
 //! declares JSON (as a database source does for its JSON columns: every value,
 //! `null` too, stored as JSON text). Every batch is written
-//! both ways into two database files; then the tables must have the same
-//! columns, types and rows. `SLUICEGATE_JSON_ROWS_SEED` (default 1) and
+//! both ways into two database files, and a third time as JSON text parsed
+//! ahead by the writer's preparer one batch early (as the pipeline does, so
+//! against the table as it was before the batch ahead of it); then the tables
+//! must have the same columns, types and rows. `SLUICEGATE_JSON_ROWS_SEED` (default 1) and
 //! `SLUICEGATE_JSON_ROWS_CASES` (default 40) choose the cases.
 
 mod common;
@@ -266,30 +268,55 @@ fn case(rng: &mut fastrand::Rng) -> Case {
 
 // ---------------------------------------------------------------- the check
 
-async fn write_case(sink: &DuckDbSink, case: &Case, as_text: bool) {
+/// How a case's batches reach the writer.
+#[derive(Clone, Copy, PartialEq)]
+enum Form {
+    /// Decoded into records.
+    Records,
+    /// As JSON text.
+    Text,
+    /// As JSON text, each batch prepared by the writer's preparer before the
+    /// batch ahead of it is written, as the pipeline does (so against the
+    /// table as it was one batch earlier).
+    TextPreparedAhead,
+}
+
+async fn write_case(sink: &DuckDbSink, case: &Case, form: Form) {
     let budget = MemoryBudget::unlimited();
     let target = StreamTarget::new("t", "t", case.key.map(str::to_owned));
     let mut writer = sink.open(target).await.unwrap();
+    let preparer = match form {
+        Form::TextPreparedAhead => Some(writer.extension().unwrap().preparer().unwrap()),
+        _ => None,
+    };
     let declared = Arc::new(JsonFields::new(case.declared.iter().cloned()));
+    let mut batches = Vec::new();
     for texts in &case.batches {
         let lease = budget.acquire(1024).await.unwrap();
-        let batch = if as_text {
-            let mut rows = JsonRows::new();
-            for text in texts {
-                rows.push(text.as_bytes()).unwrap();
-            }
-            Batch::from_json(rows, lease)
-        } else {
+        let batch = if form == Form::Records {
             let records = texts
                 .iter()
                 .map(|t| into_record(serde_json::from_str(t).unwrap()))
                 .collect();
             Batch::new(records, lease)
+        } else {
+            let mut rows = JsonRows::new();
+            for text in texts {
+                rows.push(text.as_bytes()).unwrap();
+            }
+            Batch::from_json(rows, lease)
         };
-        writer
-            .write(batch.with_json_fields(Some(declared.clone())))
-            .await
-            .unwrap();
+        batches.push(batch.with_json_fields(Some(declared.clone())));
+    }
+    let mut batches = batches.into_iter().peekable();
+    if let (Some(preparer), Some(first)) = (&preparer, batches.peek_mut()) {
+        preparer.prepare(first);
+    }
+    while let Some(batch) = batches.next() {
+        if let (Some(preparer), Some(next)) = (&preparer, batches.peek_mut()) {
+            preparer.prepare(next);
+        }
+        writer.write(batch).await.unwrap();
     }
     writer.finish().await.unwrap();
 }
@@ -332,15 +359,23 @@ async fn json_text_and_records_leave_the_same_table() {
     let (mut as_columns, mut batches) = (0, 0);
     let (mut declared_as_columns, mut declared_batches) = (0, 0);
     let (mut extra_as_columns, mut extra_batches, mut extra_rows) = (0, 0, 0);
+    let (mut prepared_ahead, mut used_ahead) = (0, 0);
     for n in 0..cases {
         let mut rng = fastrand::Rng::with_seed(seed.wrapping_mul(1_000_003).wrapping_add(n));
         let case = case(&mut rng);
         let dir = tempfile::tempdir().unwrap();
         let records = sink_with(dir.path(), "records.duckdb", case.max_columns);
         let text = sink_with(dir.path(), "text.duckdb", case.max_columns);
-        write_case(&records, &case, false).await;
-        write_case(&text, &case, true).await;
+        let ahead = sink_with(dir.path(), "ahead.duckdb", case.max_columns);
+        write_case(&records, &case, Form::Records).await;
+        write_case(&text, &case, Form::Text).await;
+        write_case(&ahead, &case, Form::TextPreparedAhead).await;
         assert_eq!(records.batches_as_columns(), 0);
+        assert_eq!(text.batches_prepared_ahead(), (0, 0));
+        let (prepared, used) = ahead.batches_prepared_ahead();
+        assert!(used <= prepared);
+        prepared_ahead += prepared;
+        used_ahead += used;
         as_columns += text.batches_as_columns();
         batches += case.batches.len() as u64;
         if !case.declared.is_empty() {
@@ -351,9 +386,15 @@ async fn json_text_and_records_leave_the_same_table() {
             extra_as_columns += text.batches_as_columns();
             extra_batches += case.batches.len() as u64;
         }
-        drop((records, text));
+        drop((records, text, ahead));
         let expected = table(&dir.path().join("records.duckdb"));
         let got = table(&dir.path().join("text.duckdb"));
+        assert_eq!(
+            table(&dir.path().join("ahead.duckdb")),
+            expected,
+            "case {n} of seed {seed} (SLUICEGATE_JSON_ROWS_SEED={seed}): the table written from JSON text prepared ahead differs; batches: {:#?}",
+            case.batches
+        );
         if let Some(extra) = expected.0.iter().position(|(name, _)| name == "_extra") {
             extra_rows += expected.1.iter().filter(|r| r[extra].is_some()).count();
         }
@@ -371,6 +412,12 @@ async fn json_text_and_records_leave_the_same_table() {
     assert!(
         extra_as_columns * 5 >= extra_batches && extra_rows >= 100,
         "only {extra_as_columns} of {extra_batches} batches with fields in `_extra` went straight into columns ({extra_rows} rows with `_extra`)"
+    );
+    // Both ways of a batch prepared ahead: written as prepared, and parsed
+    // again because the batch before it changed the table.
+    assert!(
+        used_ahead * 5 >= batches && prepared_ahead > used_ahead,
+        "of {batches} batches, {prepared_ahead} were prepared ahead and {used_ahead} written so"
     );
     assert!(
         declared_as_columns * 5 >= declared_batches,

@@ -21,9 +21,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::Value;
 use sluicegate_core::{
-    Batch, BatchAck, BuildContext, DeleteMode, Error, ErrorKind, MemoryRelief, Record, Rejected,
-    Result, Sink, SinkCapabilities, SinkPosition, SinkWriter, Stage, StreamTarget, TargetKeys,
-    WriterExtension, WriterSummary, key_text,
+    Batch, BatchAck, BuildContext, DeleteMode, Error, ErrorKind, MemoryRelief, PrepareBatch,
+    Record, Rejected, Result, Sink, SinkCapabilities, SinkPosition, SinkWriter, Stage,
+    StreamTarget, TargetKeys, WriterExtension, WriterSummary, key_text,
 };
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
@@ -792,6 +792,10 @@ impl WriterExtension for PostgresWriter {
     fn accepts_json_rows(&self) -> bool {
         // Records only: its staging copies decoded values.
         false
+    }
+
+    fn preparer(&self) -> Option<Arc<dyn PrepareBatch>> {
+        None
     }
 }
 

@@ -35,8 +35,9 @@ use async_trait::async_trait;
 use serde_json::{Map, Value};
 use sluicegate_core::{
     Batch, BatchAck, CacheStats, ContentModel, DeleteMode, EntryFields, Error, ErrorKind,
-    ExistingEntry, KeyedSink, Lookup, MemoryRelief, Record, Rejected, Result, SinkPosition,
-    SinkWriter, Stage, StreamTarget, TargetKeys, WriteOp, WriterExtension, WriterSummary, Written,
+    ExistingEntry, KeyedSink, Lookup, MemoryRelief, PrepareBatch, Record, Rejected, Result,
+    SinkPosition, SinkWriter, Stage, StreamTarget, TargetKeys, WriteOp, WriterExtension,
+    WriterSummary, Written,
 };
 
 use crate::convert::{comparable, convert};
@@ -1041,5 +1042,9 @@ impl<K: KeyedSink> WriterExtension for UpsertWriter<K> {
     fn accepts_json_rows(&self) -> bool {
         // Records only: lookups and changes compare decoded fields.
         false
+    }
+
+    fn preparer(&self) -> Option<Arc<dyn PrepareBatch>> {
+        None
     }
 }
