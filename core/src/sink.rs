@@ -366,8 +366,10 @@ pub trait WriterExtension: Send {
 ///   the records; `write` must produce exactly what it would without it (it
 ///   checks that what was prepared still applies, and does the work itself
 ///   when not).
-/// - Memory it allocates is added to the batch's lease
-///   ([`MemoryLease::grow_now`](crate::MemoryLease::grow_now)).
+/// - Memory it allocates is added to the batch's lease; work that is only
+///   worth doing ahead is done only when the budget has room for it
+///   ([`MemoryLease::try_grow`](crate::MemoryLease::try_grow)), never by
+///   waiting (the batch the budget waits for may be the one being written).
 /// - It fails silently: a batch it cannot prepare goes to `write` as it is,
 ///   and `write` reports what is wrong with it.
 pub trait PrepareBatch: Send + Sync {
