@@ -600,7 +600,7 @@ impl Writer {
                 None => e,
             }
         };
-        if batch.json_rows().is_some() && (!self.accepts_json || self.deletions.is_some()) {
+        if batch.json_rows().is_some() && !self.takes_json_text() {
             batch.decode_json().map_err(located)?;
         }
         let keys = self.deletions.as_ref().map(|d| d.keys_of(batch.records()));
@@ -623,6 +623,13 @@ impl Writer {
             }
         }
         self.check_errors(false)
+    }
+
+    /// Whether batches of JSON text reach the writer as text (others are
+    /// decoded first: the writer does not take text, or deletions read the
+    /// keys).
+    fn takes_json_text(&self) -> bool {
+        self.accepts_json && self.deletions.is_none()
     }
 
     /// Fails when the rejected records are over the run's limit.
@@ -676,7 +683,7 @@ async fn streaming(
         .inner
         .extension()
         .and_then(|ext| ext.preparer())
-        .filter(|_| writer.accepts_json && writer.deletions.is_none());
+        .filter(|_| writer.takes_json_text());
     let outbox = Outbox { tx, preparer };
     let producer = tokio::spawn(gather(stream, shaping, limits, outbox));
     let result = write_all(rx, writer, &monitor, sink_flushes).await;

@@ -828,7 +828,10 @@ mod tests {
             .downcast_ref::<duckdb::arrow::array::StringArray>()
             .unwrap();
         assert_eq!(stored.value(0), r#"{"b":1e+5,"c":[1,2]}"#);
-        for twice in [&br#"{"id":1,"b":1,"b":2}"#[..], br#"{"id":1,"b":1,"\u0062":2}"#] {
+        for twice in [
+            &br#"{"id":1,"b":1,"b":2}"#[..],
+            br#"{"id":1,"b":1,"\u0062":2}"#,
+        ] {
             let reason = extra(twice).unwrap_err().to_string();
             assert!(reason.contains("field b twice"), "{reason}");
         }

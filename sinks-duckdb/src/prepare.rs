@@ -14,11 +14,11 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use sluicegate_core::{Batch, FieldTypes, JsonRows, PrepareBatch};
+use sluicegate_core::{Batch, JsonRows, PrepareBatch};
 
 use crate::json_columns::Decoded;
 use crate::schema::TableSchema;
-use crate::sink::columns_for;
+use crate::sink::{columns_for, declared_types, fit_lease};
 
 /// The table a writer last wrote (an existing one, outside dry runs), shared
 /// with its preparer.
@@ -71,22 +71,16 @@ impl PrepareBatch for ColumnsAhead {
         let key = self.key.as_deref();
         let types = declared_types(key, batch.field_types());
         let json = batch.json_fields().map(|j| &**j);
-        let decoded = match batch.json_rows() {
-            Some(text) => columns_for(&schema, key, text, (json, types.as_deref())),
-            None => return,
-        };
+        let decoded = batch
+            .json_rows()
+            .map(|text| columns_for(&schema, key, text, (json, types.as_deref())));
         let lease = batch.lease_mut();
         // A batch that does not fit is left to the writer, which says why.
-        let Ok(decoded) = decoded else {
+        let Some(Ok(decoded)) = decoded else {
             lease.shrink_to(before);
             return;
         };
-        let exact = before + decoded.bytes;
-        if exact > lease.bytes() {
-            lease.grow_now(exact);
-        } else {
-            lease.shrink_to(exact);
-        }
+        fit_lease(lease, before + decoded.bytes);
         self.prepared.fetch_add(1, Ordering::Relaxed);
         batch.set_prepared(PreparedColumns {
             against: schema,
@@ -105,23 +99,5 @@ impl PreparedColumns {
     /// The columns, when they were parsed for a table of `schema`.
     pub(crate) fn for_table(self, schema: &TableSchema) -> Option<Decoded> {
         (*self.against == *schema).then_some(self.decoded)
-    }
-}
-
-/// The field types a batch declares that get typed columns: all but the
-/// key's (keys are compared and deleted as the text or integer they came
-/// as).
-pub(crate) fn declared_types(
-    key: Option<&str>,
-    declared: Option<&Arc<FieldTypes>>,
-) -> Option<Arc<FieldTypes>> {
-    let declared = declared?;
-    match key {
-        Some(key) if declared.get(key).is_some() => {
-            let mut types = FieldTypes::clone(declared);
-            types.remove(key);
-            (!types.is_empty()).then(|| Arc::new(types))
-        }
-        _ => Some(declared.clone()),
     }
 }

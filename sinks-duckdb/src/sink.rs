@@ -30,8 +30,8 @@ use std::cmp::Ordering;
 use serde_json::Value;
 use sluicegate_core::{
     Batch, BatchAck, BuildContext, DeleteMode, Error, ErrorKind, FieldTypes, JsonFields,
-    MemoryRelief, PrepareBatch, Record, Rejected, Result, Sink, SinkCapabilities, SinkPosition,
-    SinkWriter, Stage, StreamTarget, TargetKeys, WriterExtension, WriterSummary,
+    MemoryLease, MemoryRelief, PrepareBatch, Record, Rejected, Result, Sink, SinkCapabilities,
+    SinkPosition, SinkWriter, Stage, StreamTarget, TargetKeys, WriterExtension, WriterSummary,
 };
 
 use crate::config::DuckDbSinkConfig;
@@ -40,7 +40,7 @@ use crate::json_columns::{Decoded, Unfit};
 use crate::keys::{Key, merge_duplicate_keys};
 use crate::memory::{MemoryPlan, NEW_FILE_BLOCK_SIZE, block_size};
 use crate::positions;
-use crate::prepare::{ColumnsAhead, KnownTable, PreparedColumns, declared_types};
+use crate::prepare::{ColumnsAhead, KnownTable, PreparedColumns};
 use crate::schema::{ColumnType, FieldCache, TableSchema, cell, number_kind, quote_ident};
 use crate::typed;
 
@@ -225,12 +225,6 @@ type Declared<'a> = (Option<&'a JsonFields>, Option<&'a FieldTypes>);
 type Layout<'a> = (&'a TableSchema, &'a [bool], Option<&'a JsonFields>);
 
 impl DuckDbWriter {
-    /// The field types a batch declares that get typed columns (see
-    /// [`declared_types`]).
-    fn typed_fields(&self, declared: Option<&Arc<FieldTypes>>) -> Option<Arc<FieldTypes>> {
-        declared_types(self.target.key_field.as_deref(), declared)
-    }
-
     /// Remembers the largest key written, or gives up on ordering.
     fn note_written(&mut self, range: Option<(Key, Key)>) {
         if self.target.key_field.is_none() {
@@ -398,6 +392,34 @@ pub(crate) fn columns_for(
             }
             Err(unfit) => return Err(unfit),
         }
+    }
+}
+
+/// The field types a batch declares that get typed columns: all but the
+/// key's (keys are compared and deleted as the text or integer they came
+/// as).
+pub(crate) fn declared_types(
+    key: Option<&str>,
+    declared: Option<&Arc<FieldTypes>>,
+) -> Option<Arc<FieldTypes>> {
+    let declared = declared?;
+    match key {
+        Some(key) if declared.get(key).is_some() => {
+            let mut types = FieldTypes::clone(declared);
+            types.remove(key);
+            (!types.is_empty()).then(|| Arc::new(types))
+        }
+        _ => Some(declared.clone()),
+    }
+}
+
+/// Makes `lease` hold exactly `bytes`, without waiting (the source may be
+/// waiting for this batch's memory).
+pub(crate) fn fit_lease(lease: &mut MemoryLease, bytes: usize) {
+    if bytes > lease.bytes() {
+        lease.grow_now(bytes);
+    } else {
+        lease.shrink_to(bytes);
     }
 }
 
@@ -629,7 +651,7 @@ impl SinkWriter for DuckDbWriter {
     async fn write(&mut self, mut batch: Batch) -> Result<BatchAck> {
         let target = self.target.clone();
         let json = batch.json_fields().cloned();
-        let types = self.typed_fields(batch.field_types());
+        let types = declared_types(self.target.key_field.as_deref(), batch.field_types());
         let ahead = batch.take_prepared::<PreparedColumns>();
         let (rows, position, lease) = match batch.into_json_parts() {
             Ok((text, position, mut lease)) => {
@@ -658,13 +680,7 @@ impl SinkWriter for DuckDbWriter {
                         self.as_columns.fetch_add(1, AtomicOrdering::Relaxed);
                         tracing::debug!(sync = %target.sync_key, rows = decoded.rows, parsed_ahead, "batch straight into columns");
                         // The columns' exact size is what the batch holds now.
-                        // (never waited for: the source may be waiting for
-                        // this batch's memory)
-                        if decoded.bytes > lease.bytes() {
-                            lease.grow_now(decoded.bytes);
-                        } else {
-                            lease.shrink_to(decoded.bytes);
-                        }
+                        fit_lease(&mut lease, decoded.bytes);
                         Rows::Columns(decoded)
                     }
                     Err(why) => {
