@@ -28,6 +28,9 @@ struct Behaviour {
     /// Serve a page at this offset whose second record is invalid JSON (the
     /// array itself is well formed).
     bad_record_at: Option<u64>,
+    /// Serve a page at this offset whose second record has a string that is
+    /// not UTF-8 (Latin-1 text; the syntax is fine).
+    not_utf8_at: Option<u64>,
     /// Cap page sizes at this many records.
     cap: Option<u64>,
     /// Omit the total from the envelope.
@@ -74,6 +77,10 @@ async fn items(
     }
     if b.bad_record_at == Some(offset) {
         let body = r#"{"result": {"rows": [{"id": 10}, {"id": 011}]}, "paging": {"total": 35}}"#;
+        return (StatusCode::OK, body).into_response();
+    }
+    if b.not_utf8_at == Some(offset) {
+        let body = &b"{\"result\": {\"rows\": [{\"id\": 30}, {\"id\": 31, \"name\": \"caf\xe9\"}]}, \"paging\": {\"total\": 35}}"[..];
         return (StatusCode::OK, body).into_response();
     }
     let end = (offset + limit).min(b.total);
@@ -386,25 +393,37 @@ async fn as_json_text_a_broken_page_or_record_is_a_decode_error_naming_the_page(
         bad_record_at: Some(20),
         ..Default::default()
     };
-    let mut url = String::new();
+    let not_utf8 = Behaviour {
+        total: 35,
+        not_utf8_at: Some(30),
+        ..Default::default()
+    };
     for (behaviour, page, says) in [
         (broken_page, "2", "truncated body"),
         (broken_record, "3", "a record is not valid JSON"),
+        (
+            not_utf8,
+            "4",
+            "a record is not valid JSON: its text is not UTF-8 (byte 24",
+        ),
     ] {
-        url = serve(behaviour).await.0;
+        let url = serve(behaviour).await.0;
         let err = read_all_as_text(&source(&url, json!({})))
             .await
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Decode);
         assert_eq!(err.context_value("page"), Some(page));
         assert!(err.to_string().contains(says), "{err}");
+        // Decoded, the same page fails too.
+        if page != "2" {
+            let (result, _) = read_all(&source(&url, json!({}))).await;
+            let err = result.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Decode);
+            assert_eq!(err.context_value("page"), Some(page));
+            assert!(
+                err.to_string().contains("a record is not valid JSON"),
+                "{err}"
+            );
+        }
     }
-    // Decoded, the same page fails the same way.
-    let (result, _) = read_all(&source(&url, json!({}))).await;
-    let err = result.unwrap_err();
-    assert_eq!(err.context_value("page"), Some("3"));
-    assert!(
-        err.to_string().contains("a record is not valid JSON"),
-        "{err}"
-    );
 }

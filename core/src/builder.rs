@@ -173,14 +173,14 @@ impl BatchBuilder {
     }
 
     /// Adds a record as JSON text its caller wrote itself as one JSON object,
-    /// unchecked (see [`JsonRows::push_trusted`]), accounting the bytes the
-    /// text takes; returns whether the batch is full.
-    pub fn add_trusted_json(&mut self, text: &[u8]) -> bool {
+    /// checked for UTF-8 only (see [`JsonRows::push_trusted`]), accounting
+    /// the bytes the text takes; returns whether the batch is full.
+    pub fn add_trusted_json(&mut self, text: &[u8]) -> std::result::Result<bool, String> {
         let rows = self.json.get_or_insert_with(JsonRows::new);
         let before = rows.heap_bytes();
-        rows.push_trusted(text);
+        rows.push_trusted(text)?;
         self.bytes = self.bytes + rows.heap_bytes() - before;
-        self.is_full()
+        Ok(self.is_full())
     }
 
     /// Adds a record, reserving first and growing the lease ahead of need

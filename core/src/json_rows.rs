@@ -7,9 +7,13 @@
 //! altogether; anything else gets records ([`JsonRows::decode`], or
 //! [`Batch::decode_json`](crate::Batch::decode_json)).
 //!
-//! Every text in a [`JsonRows`] was checked when it was pushed: it is one
-//! complete JSON object, as `serde_json` parses it (a source wraps any other
-//! value as `{"value": ...}`, as [`into_record`](crate::into_record) does).
+//! Every text in a [`JsonRows`] was checked when it was pushed: it is UTF-8
+//! (as JSON text must be, strings included) and one complete JSON object, as
+//! `serde_json` parses it (a source wraps any other value as
+//! `{"value": ...}`, as [`into_record`](crate::into_record) does). Rows pushed
+//! unchecked ([`JsonRows::push_trusted`]) are checked for UTF-8 only. So a
+//! reader can parse each text as a `&str` ([`JsonRows::get_str`]), without
+//! checking its strings' bytes again.
 
 use serde::de::IgnoredAny;
 use serde_json::Value;
@@ -20,7 +24,7 @@ use crate::record::{Record, into_record};
 /// Records as JSON object texts, back to back in one buffer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JsonRows {
-    text: Vec<u8>,
+    text: String,
     /// Where each record's text ends in `text`.
     ends: Vec<usize>,
 }
@@ -36,30 +40,33 @@ impl JsonRows {
     /// `{"value": ...}` first, as [`into_record`] wraps it. Invalid JSON is an
     /// error (the message says why, not where: the caller knows where).
     pub fn push(&mut self, text: &[u8]) -> std::result::Result<(), String> {
-        serde_json::from_slice::<IgnoredAny>(text)
+        let text = utf8(text)?;
+        serde_json::from_str::<IgnoredAny>(text)
             .map_err(|e| format!("a record is not valid JSON: {e}"))?;
         let first = text
-            .iter()
+            .bytes()
             .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
-        if first == Some(&b'{') {
-            self.text.extend_from_slice(text);
+        if first == Some(b'{') {
+            self.text.push_str(text);
         } else {
-            self.text.extend_from_slice(b"{\"value\":");
-            self.text.extend_from_slice(text);
-            self.text.push(b'}');
+            self.text.push_str("{\"value\":");
+            self.text.push_str(text);
+            self.text.push('}');
         }
         self.ends.push(self.text.len());
         Ok(())
     }
 
-    /// Adds one record's text as it is, without the check [`JsonRows::push`]
-    /// makes: for text the caller wrote itself as one JSON object (a
-    /// serializer's output, as the database sources write their rows). The
-    /// rows are parsed where they are read, and text that is not JSON fails
-    /// there ([`JsonRows::decode`] names the record).
-    pub fn push_trusted(&mut self, text: &[u8]) {
-        self.text.extend_from_slice(text);
+    /// Adds one record's text as it is, without the JSON check
+    /// [`JsonRows::push`] makes: for text the caller wrote itself as one JSON
+    /// object (a serializer's output, as the database sources write their
+    /// rows). Only that it is UTF-8 is checked (a database's text values
+    /// need not be); the rows are parsed where they are read, and text that
+    /// is not JSON fails there ([`JsonRows::decode`] names the record).
+    pub fn push_trusted(&mut self, text: &[u8]) -> std::result::Result<(), String> {
+        self.text.push_str(utf8(text)?);
         self.ends.push(self.text.len());
+        Ok(())
     }
 
     /// Number of records.
@@ -74,14 +81,24 @@ impl JsonRows {
 
     /// The text of record `i` (a JSON object, possibly with whitespace around).
     pub fn get(&self, i: usize) -> Option<&[u8]> {
+        self.get_str(i).map(str::as_bytes)
+    }
+
+    /// The text of record `i` as a string (it was checked to be UTF-8).
+    pub fn get_str(&self, i: usize) -> Option<&str> {
         let end = *self.ends.get(i)?;
         let start = if i == 0 { 0 } else { self.ends[i - 1] };
-        Some(&self.text[start..end])
+        self.text.get(start..end)
     }
 
     /// Each record's text, in order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
-        (0..self.len()).map(|i| self.get(i).unwrap_or_default())
+        self.iter_str().map(str::as_bytes)
+    }
+
+    /// Each record's text as a string, in order.
+    pub fn iter_str(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        (0..self.len()).map(|i| self.get_str(i).unwrap_or_default())
     }
 
     /// Heap bytes held: the text and the table of record ends, as allocated.
@@ -92,7 +109,7 @@ impl JsonRows {
     /// Moves the records of `later` after these.
     pub fn append(&mut self, later: &mut JsonRows) {
         let base = self.text.len();
-        self.text.append(&mut later.text);
+        self.text.push_str(&std::mem::take(&mut later.text));
         self.ends.extend(later.ends.drain(..).map(|end| end + base));
     }
 
@@ -113,10 +130,10 @@ impl JsonRows {
 
     /// The records decoded, in order.
     pub fn decode(&self) -> Result<Vec<Record>> {
-        self.iter()
+        self.iter_str()
             .enumerate()
             .map(|(i, text)| {
-                serde_json::from_slice::<Value>(text)
+                serde_json::from_str::<Value>(text)
                     .map(into_record)
                     .map_err(|e| {
                         Error::new(
@@ -127,6 +144,16 @@ impl JsonRows {
             })
             .collect()
     }
+}
+
+/// `text` as a string, or why a record that is not UTF-8 is not JSON.
+fn utf8(text: &[u8]) -> std::result::Result<&str, String> {
+    std::str::from_utf8(text).map_err(|e| {
+        format!(
+            "a record is not valid JSON: its text is not UTF-8 (byte {} is not; {e})",
+            e.valid_up_to() + 1
+        )
+    })
 }
 
 #[cfg(test)]
@@ -145,17 +172,44 @@ mod tests {
     #[test]
     fn trusted_text_is_kept_as_written_and_a_bad_one_fails_where_it_is_read() {
         let mut rows = JsonRows::new();
-        rows.push_trusted(br#"{"a":1}"#);
-        rows.push_trusted(br#"{"b":"x"}"#);
+        rows.push_trusted(br#"{"a":1}"#).unwrap();
+        rows.push_trusted(br#"{"b":"x"}"#).unwrap();
         assert_eq!(rows.len(), 2);
         assert_eq!(rows.get(1), Some(&br#"{"b":"x"}"#[..]));
         assert_eq!(rows.decode().unwrap()[1]["b"], json!("x"));
-        rows.push_trusted(b"{\"c\":");
+        // Only UTF-8 is checked: a byte that is not is refused at once.
+        let err = rows.push_trusted(b"{\"b\":\"\xe9\"}").unwrap_err();
+        assert!(err.contains("not UTF-8 (byte 7"), "{err}");
+        assert_eq!(rows.len(), 2);
+        rows.push_trusted(b"{\"c\":").unwrap();
         let err = rows.decode().unwrap_err().to_string();
         assert!(
             err.contains("record 3 of the batch is not valid JSON"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn text_that_is_not_utf8_is_not_json_even_inside_a_string() {
+        // serde_json skips over a string's bytes without reading them as
+        // characters when it only checks the syntax; JSON text is UTF-8.
+        let mut r = JsonRows::new();
+        for bad in [
+            &b"{\"name\":\"caf\xe9\"}"[..],
+            b"{\"\xff\":1}",
+            b"{\"a\":\"\xed\xa0\x80\"}",
+            b"\"\xc3\"",
+        ] {
+            let err = r.push(bad).unwrap_err();
+            assert!(
+                err.contains("not valid JSON") && err.contains("not UTF-8"),
+                "{err}"
+            );
+        }
+        assert!(r.is_empty(), "nothing was kept");
+        r.push("{\"name\":\"café ☕ 𝄞\"}".as_bytes()).unwrap();
+        assert_eq!(r.get_str(0), Some("{\"name\":\"café ☕ 𝄞\"}"));
+        assert_eq!(r.decode().unwrap()[0]["name"], json!("café ☕ 𝄞"));
     }
 
     #[test]

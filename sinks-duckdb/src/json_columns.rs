@@ -140,7 +140,7 @@ pub(crate) fn decode(
     };
     let mut chunks = Vec::with_capacity(rows.len().div_ceil(CHUNK_ROWS));
     let mut bytes = 0;
-    let mut texts = rows.iter();
+    let mut texts = rows.iter_str();
     let mut left = rows.len();
     while left > 0 {
         let n = left.min(CHUNK_ROWS);
@@ -205,11 +205,13 @@ struct State<'s> {
 
 impl State<'_> {
     /// Adds one record's values to `columns` (a null for every column it lacks).
-    fn record(&mut self, text: &[u8], columns: &mut [Column]) -> Result<(), Unfit> {
+    /// The text is parsed as a `&str`: [`JsonRows`] checked it is UTF-8, so
+    /// the parser does not check each name's and value's bytes again.
+    fn record(&mut self, text: &str, columns: &mut [Column]) -> Result<(), Unfit> {
         self.set.iter_mut().for_each(|s| *s = false);
         self.extra_text.clear();
         self.extra_names.clear();
-        let mut de = serde_json::Deserializer::from_slice(text);
+        let mut de = serde_json::Deserializer::from_str(text);
         let parsed = de
             .deserialize_map(RecordVisitor {
                 state: self,
