@@ -409,17 +409,26 @@ mod tests {
         assert_eq!(request.budget.in_use(), 0);
     }
 
-    #[tokio::test]
-    async fn a_null_key_is_an_error_naming_the_row() {
+    /// A read keyed by `id` in batches of 10 rows, its rows pushed by `push`.
+    fn read_by_id<F, Fut>(push: F) -> sluicegate_core::BatchStream
+    where
+        F: FnOnce(Batcher) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<()>> + Send + 'static,
+    {
         let request = ReadRequest::new("k", MemoryBudget::new(1 << 20));
-        let req = request.clone();
-        let mut stream = channel_stream(move |tx| async move {
+        channel_stream(move |tx| {
             let tracker = Tracker::Keyset {
                 column: "id".into(),
                 last: None,
                 cursor: None,
             };
-            let mut b = Batcher::new(&req, tx, 10, tracker);
+            push(Batcher::new(&request, tx, 10, tracker))
+        })
+    }
+
+    #[tokio::test]
+    async fn a_null_key_is_an_error_naming_the_row() {
+        let mut stream = read_by_id(|mut b| async move {
             b.push(into_record(json!({"id": 1}))).await?;
             b.push(into_record(json!({"id": null}))).await
         });
@@ -433,15 +442,7 @@ mod tests {
 
     #[tokio::test]
     async fn row_text_that_is_not_utf8_is_an_error_naming_the_row() {
-        let request = ReadRequest::new("k", MemoryBudget::new(1 << 20));
-        let req = request.clone();
-        let mut stream = channel_stream(move |tx| async move {
-            let tracker = Tracker::Keyset {
-                column: "id".into(),
-                last: None,
-                cursor: None,
-            };
-            let mut b = Batcher::new(&req, tx, 10, tracker);
+        let mut stream = read_by_id(|mut b| async move {
             b.push_json(
                 br#"{"id":1,"name":"caf\u00e9"}"#,
                 &into_record(json!({"id": 1})),
