@@ -264,7 +264,7 @@ impl DuckDbWriter {
         };
         let mut records = Vec::new();
         let mut bytes = 0;
-        for record in text.iter().take(PREFIX_ROWS) {
+        for record in text.iter_str().take(PREFIX_ROWS) {
             bytes += record.len();
             if bytes > PREFIX_BYTES && !records.is_empty() {
                 break;
@@ -374,7 +374,7 @@ pub(crate) fn columns_for(
                 // record path.
                 let mut schema = table.clone();
                 let mut failed = false;
-                let records = text.iter().map_while(|t| {
+                let records = text.iter_str().map_while(|t| {
                     let record = record_of(t);
                     failed |= record.is_none();
                     record
@@ -423,9 +423,10 @@ pub(crate) fn fit_lease(lease: &mut MemoryLease, bytes: usize) {
     }
 }
 
-/// One record's JSON text decoded (`None`: it does not parse).
-fn record_of(text: &[u8]) -> Option<Record> {
-    serde_json::from_slice::<Value>(text)
+/// One record's JSON text decoded (`None`: it does not parse); as a `&str`,
+/// which [`JsonRows`](sluicegate_core::JsonRows) checked is UTF-8.
+fn record_of(text: &str) -> Option<Record> {
+    serde_json::from_str::<Value>(text)
         .ok()
         .map(sluicegate_core::into_record)
 }
