@@ -286,6 +286,18 @@ impl TableSchema {
         idx
     }
 
+    /// A column named [`EXTRA`] (in any case) that is not the extra column:
+    /// someone else's, of another type. A table with one has no room for the
+    /// sink's: a suffixed name (`_extra_2`) would read back as a field's
+    /// column, and every run would add another.
+    pub(crate) fn foreign_extra(&self) -> Option<&(String, ColumnType)> {
+        self.columns
+            .iter()
+            .enumerate()
+            .find(|(i, (name, _))| Some(*i) != self.extra && name.eq_ignore_ascii_case(EXTRA))
+            .map(|(_, column)| column)
+    }
+
     /// Which columns store a null as the JSON text `null`: `JSON` columns of
     /// fields the source declared JSON (where SQL NULL is a field left out).
     pub(crate) fn json_nulls(&self, json: Option<&JsonFields>) -> Vec<bool> {

@@ -1225,6 +1225,28 @@ fn write_batch(
     if table.exists {
         keep_existing_integers_exact(conn, target, &table.schema, &mut schema, &changes.widened)?;
     }
+    if let Some(extra) = schema.extra()
+        && changes.added.contains(&extra)
+        && let Some((name, ty)) = schema.foreign_extra()
+    {
+        return Err(Error::new(
+            ErrorKind::Sink,
+            format!(
+                "table {} has its most columns of fields (maxColumns), so the fields past them go, \
+                 as one JSON object per row, into its {} column; but its column {name} is of type {}, \
+                 not that JSON column (nothing of this batch was written)",
+                target.table,
+                crate::schema::EXTRA,
+                ty.sql()
+            ),
+        )
+        .with_context(
+            "what to do",
+            format!(
+                "rename or drop the column {name}, or raise the sink's maxColumns above the fields the records have"
+            ),
+        ));
+    }
     if schema.columns.is_empty() {
         // Only empty records or nulls: nothing to store yet.
         batch.record_position(conn)?;

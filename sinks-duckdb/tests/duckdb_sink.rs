@@ -1465,3 +1465,68 @@ async fn by_default_fields_past_64_columns_go_into_extra_and_fit_a_container() {
     assert_eq!(extra, vec![vec![json!(700 - 63)]]);
     assert_eq!(&rows[50..], &late[..]);
 }
+
+/// A table whose `_extra` column is someone else's (another type, or the
+/// name in another case) has no room for the sink's: a field past
+/// `maxColumns` stops the stream with an error naming the column, nothing of
+/// the batch written and no `_extra_2` added (which would read back as a
+/// field's column, another one added on every run). Fields that have columns
+/// still go in.
+#[tokio::test]
+async fn a_table_whose_extra_column_is_someone_elses_stops_fields_past_its_most_columns() {
+    for (declared, name) in [("_extra VARCHAR", "_extra"), ("\"_Extra\" JSON", "_Extra")] {
+        let dir = tempfile::tempdir().unwrap();
+        duckdb::Connection::open(dir.path().join("test.duckdb"))
+            .unwrap()
+            .execute_batch(&format!("CREATE TABLE t (id BIGINT, a BIGINT, {declared})"))
+            .unwrap();
+        let config = DuckDbSinkConfig {
+            max_columns: 3,
+            ..config()
+        };
+        let sink = DuckDbSink::open(&config, &ctx(dir.path(), false)).unwrap();
+        let mut w = sink.open(target("t", Some("id"))).await.unwrap();
+        let past = w
+            .write(batch(vec![json!({"id": 1, "a": 1, "b": "x"})]).await)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            past.contains(&format!("its column {name} is of type"))
+                && past.contains("rename or drop the column"),
+            "{past}"
+        );
+        // As JSON text too.
+        let mut text = JsonRows::new();
+        text.push(br#"{"id":2,"a":2,"b":"y"}"#).unwrap();
+        let lease = MemoryBudget::unlimited().acquire(1024).await.unwrap();
+        let past = w
+            .write(Batch::from_json(text, lease))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            past.contains(&format!("its column {name} is of type")),
+            "{past}"
+        );
+        let ack = w
+            .write(batch(vec![json!({"id": 3, "a": 3})]).await)
+            .await
+            .unwrap();
+        assert_eq!(ack.inserted, 1);
+        w.finish().await.unwrap();
+        drop(sink);
+        let columns = query(
+            dir.path(),
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 't' ORDER BY ordinal_position",
+        );
+        assert_eq!(
+            columns,
+            vec![vec![json!("id")], vec![json!("a")], vec![json!(name)]]
+        );
+        assert_eq!(
+            query(dir.path(), "SELECT id, a FROM t"),
+            vec![vec![json!(3), json!(3)]]
+        );
+    }
+}
