@@ -323,11 +323,11 @@ impl MemoryPlan {
 /// The committed rows DuckDB holds in its pool, not yet checkpointed (its
 /// `IN_MEMORY_TABLE` blocks in `duckdb_memory()`), in bytes.
 fn committed_in_memory(conn: &Connection) -> Result<u64> {
-    conn.query_row(
+    // Asked after every batch: prepared once per connection.
+    conn.prepare_cached(
         "SELECT coalesce(sum(memory_usage_bytes), 0)::BIGINT FROM duckdb_memory() WHERE tag = 'IN_MEMORY_TABLE'",
-        [],
-        |r| r.get::<_, i64>(0),
     )
+    .and_then(|mut stmt| stmt.query_row([], |r| r.get::<_, i64>(0)))
     .map(|bytes| u64::try_from(bytes).unwrap_or(0))
     .map_err(|e| Error::new(ErrorKind::Sink, "cannot read DuckDB's memory use").with_source(e))
 }

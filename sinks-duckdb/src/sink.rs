@@ -1258,7 +1258,8 @@ fn write_batch(
     let key_column = key_column(target, &schema)?;
 
     // Checkpoints after appends do not vacuum (see `vacuum_setting`).
-    conn.execute_batch(vacuum_setting(batch.mode))
+    conn.prepare_cached(vacuum_setting(batch.mode))
+        .and_then(|mut set| set.execute([]))
         .map_err(|e| duck_error("cannot set DuckDB's vacuum tasks", e))?;
     injected_fault(conn, "begin")?;
     conn.execute_batch("BEGIN TRANSACTION")
