@@ -3,7 +3,7 @@
 
 What the DuckDB sink's choices cost inside DuckDB, without Sluicegate around it: 1M rows
 of the `orders` shape (bigint key, two short texts, a decimal, a timestamp, a small JSON
-list) appended from Arrow in transactions of 5,000 or 20,000 rows, into a file with 64 KiB
+list) appended from Arrow in transactions of 5,000, 10,000 or 40,000 rows, into a file with 64 KiB
 blocks, one thread and a 128 MiB limit, with a `CHECKPOINT` whenever the committed rows
 DuckDB holds in memory reach 8 MiB (the sink's schedule). Each case prints its wall time,
 the time spent in those checkpoints, and the row groups the table ends in:
@@ -93,7 +93,7 @@ def main():
     print(f"{ROWS:,} rows, DuckDB {duckdb.__version__}; wall s, of it in checkpoints s, row groups, file MiB")
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for batch in (5000, 20000):
+        for batch in (5000, 10000, 40000):
             for rep in range(REPEAT):
                 for name, kind, vacuum in cases:
                     path = os.path.join(tmp, f"{name.replace(' ', '-')}-{batch}-{rep}.duckdb")
@@ -108,7 +108,8 @@ def main():
         "## DuckDB alone: what the sink's settings cost inside DuckDB",
         "",
         f"{ROWS:,} rows of the PostgreSQL benchmark's `orders` shape appended from Arrow by DuckDB "
-        f"{duckdb.__version__} (Python) in transactions of 5,000 or 20,000 rows, 64 KiB blocks, one "
+        f"{duckdb.__version__} (Python) in transactions of 5,000, 10,000 (the sink's batches now) or 40,000 "
+        "rows (`--preset throughput`'s), 64 KiB blocks, one "
         "thread, 128 MiB, a `CHECKPOINT` whenever committed rows held in memory reach 8 MiB (the "
         "sink's schedule). `vacuum`: DuckDB's default; `no vacuum`: `max_vacuum_tasks = 0`, what the "
         "sink sets before appended batches, the decimal and the timestamp as exact text in `VARCHAR` "

@@ -422,7 +422,7 @@ def main():
         "- **PostgreSQL: where dlt with ConnectorX is faster.** ConnectorX reads PostgreSQL's binary "
         "COPY output straight into Arrow columns in Rust, and dlt hands the Parquet files to DuckDB's "
         "columnar reader on its two threads. Sluicegate writes each row's JSON text from the binary "
-        "values, parses it into Arrow columns and commits 5,000 rows at a time with their position: "
+        "values, parses it into Arrow columns and commits 10,000 rows (at most 4 MiB) at a time with their position: "
         "the JSON text in between and the smaller transactions cost CPU that dlt does not spend (both "
         "store `numeric(12,2)` and `timestamptz` as `DECIMAL` and `TIMESTAMPTZ`; see the DuckDB-alone "
         "section for what the transaction size costs DuckDB itself). The ratios are in the table above. "

@@ -225,7 +225,8 @@ pub struct SyncArgs {
 
     /// Most records written per sink batch (load stage; one transaction per batch): a
     /// maximum, larger source pages are split [default: the sink's preferred size:
-    /// DuckDB 5000, Contentful and Directus 500].
+    /// DuckDB 10000 (or 4 MiB of records, whichever comes first), Contentful and
+    /// Directus 500].
     #[arg(long, visible_alias = "load-batch-size", value_name = "N", env = "SLUICEGATE_LOAD_BATCH_SIZE", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Tuning")]
     pub batch_size: Option<u64>,
 

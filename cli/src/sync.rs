@@ -735,9 +735,13 @@ async fn pipeline(
         .with_memory_limit(ctx.container_limit);
     target.stats = ctx.stats.clone();
     target.observer = ctx.observer.clone() as Arc<dyn RunObserver>;
+    let capabilities = sink.capabilities();
     let batch_rows = ctx
         .tuning
-        .load_batch_rows(sink.capabilities().preferred_batch_rows);
+        .load_batch_rows(capabilities.preferred_batch_rows);
+    let batch_bytes = ctx
+        .tuning
+        .load_batch_bytes(capabilities.preferred_batch_bytes);
     let writer = sink.open(target).await?;
     Ok(Pipeline::new(entry.key.clone(), stream, source, writer)
         .budget(ctx.budget.clone())
@@ -752,6 +756,7 @@ async fn pipeline(
                     ReadMode::Classic
                 })
                 .with_batch_rows(batch_rows)
+                .with_batch_bytes(batch_bytes)
                 .with_transform_rows(ctx.tuning.transform_rows())
                 .with_linger(Duration::from_millis(500))
                 .with_max_errors(ctx.args.max_errors),

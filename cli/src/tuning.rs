@@ -353,6 +353,17 @@ impl Tuning {
         }
     }
 
+    /// The bytes at which a sink batch is full before it has its rows, for
+    /// a sink preferring `preferred` (scaled like the rows by a preset's
+    /// factor); `None` when a batch size is set (the rows asked for are the
+    /// batch, the budget bounding its bytes) or the sink has no preference.
+    pub fn load_batch_bytes(&self, preferred: Option<usize>) -> Option<usize> {
+        if self.load_batch_size.is_some() {
+            return None;
+        }
+        preferred.map(|bytes| ((bytes as f64 * self.load_batch_factor).round() as usize).max(1))
+    }
+
     /// Records mapped per step, if pages are split.
     pub fn transform_rows(&self) -> Option<usize> {
         self.transform_batch_size
@@ -497,6 +508,11 @@ mod tests {
             1000,
             "a fifth of the sink's size"
         );
+        assert_eq!(
+            t.load_batch_bytes(Some(4 << 20)),
+            Some(838_861),
+            "a fifth, rounded"
+        );
         assert_eq!(t.stage().max_concurrency, Some(1));
     }
 
@@ -508,6 +524,8 @@ mod tests {
         assert_eq!(t.stage(), StageTuning::default());
         assert_eq!(t.load_batch_rows(Some(500)), 500);
         assert_eq!(t.load_batch_rows(None), 5000);
+        assert_eq!(t.load_batch_bytes(Some(4 << 20)), Some(4 << 20));
+        assert_eq!(t.load_batch_bytes(None), None);
         assert_eq!(t.transform_rows(), None);
         assert_eq!(t.monitor().check_interval, Duration::from_secs(1));
         assert!(
@@ -535,6 +553,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(t.load_batch_rows(Some(500)), 300);
+        assert_eq!(
+            t.load_batch_bytes(Some(4 << 20)),
+            None,
+            "the rows asked for are the batch"
+        );
     }
 
     #[test]

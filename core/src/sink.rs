@@ -223,6 +223,12 @@ pub struct SinkCapabilities {
     /// set one: large for bulk loaders, smaller for APIs where a batch's lookups,
     /// writes and publishing are held in memory together.
     pub preferred_batch_rows: Option<usize>,
+    /// The bytes (as batches lease them from the budget) at which a batch is
+    /// full before it has [`preferred_batch_rows`](Self::preferred_batch_rows)
+    /// records, used with that size: for a sink whose memory per transaction
+    /// grows with a batch's bytes, so that wide or long records make batches of
+    /// fewer rows. `None`: only the budget bounds a batch's bytes (half of it).
+    pub preferred_batch_bytes: Option<usize>,
     /// The memory the sink itself works with besides the batches it is handed
     /// (an embedded database's buffer pool, for example). A run plans it inside
     /// its memory target (records in flight get what is left) and reads it again
@@ -239,6 +245,13 @@ impl SinkCapabilities {
     /// With `rows` records as the batch size that suits the sink.
     pub fn with_preferred_batch_rows(mut self, rows: usize) -> Self {
         self.preferred_batch_rows = Some(rows);
+        self
+    }
+
+    /// With `bytes` as the size at which a batch of the preferred size is full
+    /// before it has all its rows (see [`preferred_batch_bytes`](Self::preferred_batch_bytes)).
+    pub fn with_preferred_batch_bytes(mut self, bytes: usize) -> Self {
+        self.preferred_batch_bytes = Some(bytes);
         self
     }
 

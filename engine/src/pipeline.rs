@@ -55,6 +55,10 @@ pub struct PipelineOptions {
     /// Most records per sink batch (one sink transaction): a maximum, a source
     /// page larger than it is split (its position stays on the last piece).
     pub batch_rows: usize,
+    /// Bytes (as batches lease them) at which a sink batch is full before it
+    /// has `batch_rows` records, in streaming mode; `None`: half the budget
+    /// (a lower value given here is capped at that too).
+    pub batch_bytes: Option<usize>,
     /// Most records mapped in one step: larger source pages are split into
     /// chunks of this size, each mapped and passed on by itself (streaming mode);
     /// `None`: up to `batch_rows` at a time.
@@ -137,6 +141,12 @@ impl PipelineOptions {
         self
     }
 
+    /// Sink batches full at `bytes` bytes (`None`: half the budget).
+    pub fn with_batch_bytes(mut self, bytes: Option<usize>) -> Self {
+        self.batch_bytes = bytes;
+        self
+    }
+
     /// At most `rows` records mapped in one step (`None`: a page at a time).
     pub fn with_transform_rows(mut self, rows: Option<usize>) -> Self {
         self.transform_rows = rows;
@@ -161,6 +171,7 @@ impl Default for PipelineOptions {
         Self {
             mode: ReadMode::Streaming,
             batch_rows: 5000,
+            batch_bytes: None,
             transform_rows: None,
             linger: Duration::from_millis(500),
             max_errors: None,
@@ -504,7 +515,11 @@ impl Pipeline {
             ReadMode::Streaming => {
                 let limits = Gathering {
                     batch_rows: self.options.batch_rows.max(1),
-                    batch_bytes: self.budget.capacity() / 2,
+                    batch_bytes: self
+                        .options
+                        .batch_bytes
+                        .map_or(usize::MAX, |b| b.max(1))
+                        .min(self.budget.capacity() / 2),
                     transform_rows: self.options.transform_rows.map(|n| n.max(1)),
                     linger: self.options.linger,
                     monitor: self.monitor.clone(),

@@ -57,6 +57,30 @@ async fn streaming_regroups_pages_into_sink_batches_and_writes_everything() {
     );
 }
 
+/// A sink batch is full at `batch_bytes` before it has `batch_rows` records:
+/// at one byte every page of 30 records goes on by itself; without it (or
+/// with more than the budget's half) the rows make the batch.
+#[tokio::test]
+async fn streaming_batches_are_full_at_their_bytes_before_their_rows() {
+    for (bytes, batches) in [(Some(1), 34), (None, 1), (Some(usize::MAX), 1)] {
+        let sink = MemorySink::new();
+        let source = Arc::new(VecSource::new(numbered_records(1000), 30));
+        let report = pipeline(&sink, source)
+            .await
+            .budget(MemoryBudget::new(64 << 20))
+            .options(
+                options(ReadMode::Streaming, 1000)
+                    .with_batch_bytes(bytes)
+                    .with_linger(Duration::from_secs(30)),
+            )
+            .run()
+            .await
+            .unwrap();
+        assert_eq!(report.batches, batches, "batch bytes {bytes:?}");
+        assert_eq!(sink.tables()["numbers"].len(), 1000);
+    }
+}
+
 #[tokio::test]
 async fn a_sink_failure_keeps_the_last_acknowledged_position_and_a_rerun_resumes_exactly() {
     let store = Arc::new(MemoryCheckpointStore::default());
