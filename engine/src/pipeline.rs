@@ -2,9 +2,9 @@
 //!
 //! In [`ReadMode::Streaming`] the source runs in its own task, ahead of the sink
 //! by at most what the memory budget allows; its pages are split and regrouped
-//! into sink batches of at most `batch_rows` records (or half the budget's bytes), and a
-//! partial batch is flushed when the source has been quiet for `linger`, so a slow
-//! source never holds data back. Each batch's position is committed only after
+//! into sink batches of at most `batch_rows` records (or `batch_bytes`, at most
+//! half the budget's bytes), and a partial batch is flushed when the source has
+//! been quiet for `linger`, so a slow source never holds data back. Each batch's position is committed only after
 //! the sink acknowledged the batch.
 //!
 //! With a [`MemoryMonitor`] ([`Pipeline::monitor`]) the batch sizes follow the
@@ -57,7 +57,7 @@ pub struct PipelineOptions {
     pub batch_rows: usize,
     /// Bytes (as batches lease them) at which a sink batch is full before it
     /// has `batch_rows` records, in streaming mode; `None`: half the budget
-    /// (a lower value given here is capped at that too).
+    /// (a larger value is capped at that too).
     pub batch_bytes: Option<usize>,
     /// Most records mapped in one step: larger source pages are split into
     /// chunks of this size, each mapped and passed on by itself (streaming mode);
@@ -210,9 +210,9 @@ pub struct StreamReport {
 ///
 /// In [`ReadMode::Streaming`] the source runs in its own task, ahead of the sink
 /// by at most what the memory budget allows; its pages are split and regrouped
-/// into sink batches of at most `batch_rows` records (or half the budget's bytes), and a
-/// partial batch is flushed when the source has been quiet for `linger`, so a slow
-/// source never holds data back. Each batch's position is committed only after
+/// into sink batches of at most `batch_rows` records (or `batch_bytes`, at most
+/// half the budget's bytes), and a partial batch is flushed when the source has
+/// been quiet for `linger`, so a slow source never holds data back. Each batch's position is committed only after
 /// the sink acknowledged the batch.
 ///
 /// With a [`MemoryMonitor`] ([`Pipeline::monitor`]) the batch sizes follow the
