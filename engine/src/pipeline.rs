@@ -4,8 +4,8 @@
 //! by at most what the memory budget allows; its pages are split and regrouped
 //! into sink batches of at most `batch_rows` records (or `batch_bytes`, at most
 //! half the budget's bytes), and a partial batch is flushed when the source has
-//! been quiet for `linger`, so a slow source never holds data back. Each batch's position is committed only after
-//! the sink acknowledged the batch.
+//! been quiet for `linger`, so a slow source never holds data back. Each batch's
+//! position is committed only after the sink acknowledged the batch.
 //!
 //! With a [`MemoryMonitor`] ([`Pipeline::monitor`]) the batch sizes follow the
 //! monitor's scale, and a flush request writes the partial batch at once and asks
@@ -212,8 +212,8 @@ pub struct StreamReport {
 /// by at most what the memory budget allows; its pages are split and regrouped
 /// into sink batches of at most `batch_rows` records (or `batch_bytes`, at most
 /// half the budget's bytes), and a partial batch is flushed when the source has
-/// been quiet for `linger`, so a slow source never holds data back. Each batch's position is committed only after
-/// the sink acknowledged the batch.
+/// been quiet for `linger`, so a slow source never holds data back. Each batch's
+/// position is committed only after the sink acknowledged the batch.
 ///
 /// With a [`MemoryMonitor`] ([`Pipeline::monitor`]) the batch sizes follow the
 /// monitor's scale, and a flush request writes the partial batch at once and asks

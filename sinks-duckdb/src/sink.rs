@@ -1254,8 +1254,9 @@ fn write_batch(
             ErrorKind::Sink,
             format!(
                 "table {} has its most columns of fields (maxColumns), so the fields past them go, \
-                 as one JSON object per row, into its {} column; but its column {name} is of type {}, \
-                 not that JSON column (nothing of this batch was written)",
+                 as one JSON object per row, into its {} column; but the table's column {name} ({}) \
+                 is not the sink's, which is named exactly that and of type JSON (nothing of this \
+                 batch was written)",
                 target.table,
                 crate::schema::EXTRA,
                 ty.sql()

@@ -1492,7 +1492,7 @@ async fn a_table_whose_extra_column_is_someone_elses_stops_fields_past_its_most_
             .unwrap_err()
             .to_string();
         assert!(
-            past.contains(&format!("its column {name} is of type"))
+            past.contains(&format!("the table's column {name} ("))
                 && past.contains("rename or drop the column"),
             "{past}"
         );
@@ -1506,7 +1506,7 @@ async fn a_table_whose_extra_column_is_someone_elses_stops_fields_past_its_most_
             .unwrap_err()
             .to_string();
         assert!(
-            past.contains(&format!("its column {name} is of type")),
+            past.contains(&format!("the table's column {name} (")),
             "{past}"
         );
         let ack = w
