@@ -1530,3 +1530,20 @@ async fn a_table_whose_extra_column_is_someone_elses_stops_fields_past_its_most_
         );
     }
 }
+
+/// A dry run decodes its batches into records (maps, whose memory grows with
+/// the rows), a real run parses them into columns: the dry run asks for
+/// smaller batches, bounded by rows alone; the real run's are bounded by
+/// bytes as well.
+#[test]
+fn a_dry_run_asks_for_smaller_batches_than_a_real_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = sink(dir.path(), false).capabilities();
+    let dry = sink(dir.path(), true).capabilities();
+    assert!(
+        dry.preferred_batch_rows.unwrap() < real.preferred_batch_rows.unwrap(),
+        "{dry:?} {real:?}"
+    );
+    assert_eq!(dry.preferred_batch_bytes, None);
+    assert!(real.preferred_batch_bytes.is_some());
+}
