@@ -131,6 +131,7 @@ def rest_job():
                 runs = {"download": [], "sluicegate": [], **{f"dlt {c}": [] for c in configs}}
                 rows = None
                 for i in range(repeats(target_rows)):
+                    before = {k: len(v) for k, v in runs.items()}
                     d = measured([RELEASE / "shop-download", "--url", url, "--page-size", 1000], env)
                     rows = json.loads(d["out"])["rows"]
                     runs["download"].append(d)
@@ -153,8 +154,10 @@ def rest_job():
                             sys.exit(f"dlt ({c}) loaded {got} rows of {rows}")
                         runs[f"dlt {c}"].append(r)
                         shutil.rmtree(dlt_work)
+                    # Only what ran in this round (a configuration run once is not repeated).
                     print(f"REST rows={rows} run {i + 1}: " + ", ".join(
-                        f"{k} {v[-1]['wall']:.2f}s {mib(v[-1]['rss'])}" for k, v in runs.items()),
+                        f"{k} {v[-1]['wall']:.2f}s {mib(v[-1]['rss'])}" for k, v in runs.items()
+                        if len(v) > before[k]),
                         file=sys.stderr)
             finally:
                 api.terminate()
@@ -222,6 +225,7 @@ def db_job():
                 backends = choose(n, best, DLT_DB_BACKENDS, "connectorx")
                 runs = {"sluicegate": [], **{f"dlt {b}": [] for b in backends}}
                 for i in range(repeats(n)):
+                    before = {k: len(v) for k, v in runs.items()}
                     for f in work.glob(f"{table}.duckdb*"):
                         f.unlink()
                     s = measured([RELEASE / "sluicegate", "sync-api", "--config", conf, "--key", "orders",
@@ -241,7 +245,8 @@ def db_job():
                         runs[f"dlt {b}"].append(r)
                         shutil.rmtree(dlt_work)
                     print(f"PG rows={n} run {i + 1}: " + ", ".join(
-                        f"{k} {v[-1]['wall']:.2f}s {mib(v[-1]['rss'])}" for k, v in runs.items()),
+                        f"{k} {v[-1]['wall']:.2f}s {mib(v[-1]['rss'])}" for k, v in runs.items()
+                        if len(v) > before[k]),
                         file=sys.stderr)
                 if n == TUNE_AT or (best is None and len(backends) == len(DLT_DB_BACKENDS)):
                     best = min(backends, key=lambda b: median(runs[f"dlt {b}"], "wall"))
