@@ -346,11 +346,13 @@ impl Tuning {
     pub fn load_batch_rows(&self, preferred: Option<usize>) -> usize {
         match self.load_batch_size {
             Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
-            None => {
-                let base = preferred.unwrap_or(5000) as f64;
-                ((base * self.load_batch_factor).round() as usize).max(1)
-            }
+            None => self.scaled(preferred.unwrap_or(5000)),
         }
+    }
+
+    /// A sink's preferred size scaled by the preset's factor (at least 1).
+    fn scaled(&self, preferred: usize) -> usize {
+        ((preferred as f64 * self.load_batch_factor).round() as usize).max(1)
     }
 
     /// The bytes at which a sink batch is full before it has its rows, for
@@ -361,7 +363,7 @@ impl Tuning {
         if self.load_batch_size.is_some() {
             return None;
         }
-        preferred.map(|bytes| ((bytes as f64 * self.load_batch_factor).round() as usize).max(1))
+        preferred.map(|bytes| self.scaled(bytes))
     }
 
     /// Records mapped per step, if pages are split.

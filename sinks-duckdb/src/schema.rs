@@ -287,15 +287,14 @@ impl TableSchema {
     }
 
     /// A column named [`EXTRA`] (in any case) that is not the extra column:
-    /// someone else's, of another type. A table with one has no room for the
-    /// sink's: a suffixed name (`_extra_2`) would read back as a field's
-    /// column, and every run would add another.
+    /// someone else's (of another type, or the name in another case). A table
+    /// with one has no room for the sink's: a suffixed name (`_extra_2`) would
+    /// read back as a field's column, and every run would add another.
     pub(crate) fn foreign_extra(&self) -> Option<&(String, ColumnType)> {
-        self.columns
-            .iter()
-            .enumerate()
-            .find(|(i, (name, _))| Some(*i) != self.extra && name.eq_ignore_ascii_case(EXTRA))
-            .map(|(_, column)| column)
+        self.lower_names
+            .get(EXTRA)
+            .filter(|&&idx| Some(idx) != self.extra)
+            .map(|&idx| &self.columns[idx])
     }
 
     /// Which columns store a null as the JSON text `null`: `JSON` columns of
