@@ -8,7 +8,9 @@
 //! server on 127.0.0.1 with a random pagination style, random page sizes,
 //! empty pages where the style still says there is more and, sometimes, one
 //! malformed or truncated answer; reads it with the `http` source through the
-//! pipeline into a DuckDB file, with a checkpoint store. Invariants:
+//! pipeline into a DuckDB file, with a checkpoint store, in sink batches of a
+//! random number of records, in half the cases also full at a random number
+//! of bytes. Invariants:
 //! - a failed run names the page, and every record before its checkpoint is
 //!   in DuckDB (the checkpoint is never ahead of the sink);
 //! - the run after it (resuming from the checkpoint) succeeds, and DuckDB then
@@ -19,13 +21,15 @@
 //! once its checkpoint passed a random share of the records (or at once), one
 //! or two times, then run until it ends: after each kill every record before
 //! the checkpoint is in DuckDB (as sent, or a later version of its key), and
-//! the run that ends exits 0 with DuckDB equal to the source.
+//! the run that ends exits 0 with DuckDB equal to the source. A quarter of
+//! them run with the command's own batches (the sink's rows and bytes), the
+//! rest with a random `--batch-size`.
 //!
 //! Database sources: generated rows in a real SQLite file, PostgreSQL and
 //! MariaDB table (typed columns where the values allow, JSON columns for
-//! nested and mixed values), read with random fetch and batch sizes: DuckDB
-//! then holds every row exactly as the database does (JSON values with their
-//! JSON type, JSON `null` apart from SQL NULL).
+//! nested and mixed values), read with random fetch sizes and batches as in
+//! the HTTP cases: DuckDB then holds every row exactly as the database does
+//! (JSON values with their JSON type, JSON `null` apart from SQL NULL).
 //!
 //! `SLUICEGATE_EXACTNESS_SEED` (default 1) and `SLUICEGATE_EXACTNESS_CASES`
 //! (default 24 HTTP cases, 6 killed runs, 8 tables per database) choose the
@@ -319,11 +323,32 @@ async fn serve(api: Arc<Api>) -> String {
     url
 }
 
-/// A case: the API, its source section, and the records in served order.
+/// A case: the API, its source section, the records in served order, and
+/// how the pipeline gathers them into the sink's batches.
 struct Case {
     api: Arc<Api>,
     served: Vec<Map<String, Value>>,
     section: Value,
+    batching: Batching,
+}
+
+/// The most records and (sometimes) the most leased bytes of a sink batch: a
+/// batch full at its bytes before its rows ends where no row count would.
+#[derive(Debug, Clone, Copy)]
+struct Batching {
+    rows: usize,
+    bytes: Option<usize>,
+}
+
+impl Batching {
+    /// Drawn after everything else a case draws, so that a seed's data stays
+    /// the same whatever this draws.
+    fn draw(rng: &mut fastrand::Rng) -> Self {
+        Self {
+            rows: rng.usize(1..100),
+            bytes: rng.bool().then(|| rng.usize(1..32 * 1024)),
+        }
+    }
 }
 
 fn case(rng: &mut fastrand::Rng) -> Case {
@@ -402,6 +427,7 @@ fn case(rng: &mut fastrand::Rng) -> Case {
         }),
         served,
         section,
+        batching: Batching::draw(rng),
     }
 }
 
@@ -418,16 +444,16 @@ async fn run(
     let ctx = BuildContext::new("exact", false);
     let config: HttpSourceConfig = parse_section(section, "source")?;
     let source = Arc::new(HttpSource::new(&config, &ctx)?);
-    into_duckdb(source, db, store, 37, &ctx).await
+    into_duckdb(source, db, store, case.batching, &ctx).await
 }
 
 /// Syncs `source` through the pipeline into table `records` (keyed on `id`)
-/// of the DuckDB file `db`, in batches of `batch_rows`.
+/// of the DuckDB file `db`, in batches as `batching` says.
 async fn into_duckdb(
     source: Arc<dyn Source>,
     db: &std::path::Path,
     store: Arc<MemoryCheckpointStore>,
-    batch_rows: usize,
+    batching: Batching,
     ctx: &BuildContext,
 ) -> sluicegate_core::Result<()> {
     let sink = DuckDbSink::open(&DuckDbSinkConfig::new(db.display().to_string()), ctx)?;
@@ -439,7 +465,8 @@ async fn into_duckdb(
         .checkpoints(store)
         .options(
             PipelineOptions::default()
-                .with_batch_rows(batch_rows)
+                .with_batch_rows(batching.rows)
+                .with_batch_bytes(batching.bytes)
                 .with_transform_rows(None),
         )
         .run()
@@ -737,17 +764,17 @@ async fn exit_zero_means_the_sink_holds_exactly_what_the_source_sent() {
 // ---------------------------------------------------------------- kill points
 
 /// The real binary's command for a case's configuration in `dir`.
-fn binary(dir: &std::path::Path, batch: usize) -> std::process::Command {
+/// The command for a killed case's runs: `--batch-size batch`, or without
+/// it (the sink's own batches) when `batch` is `None`.
+fn binary(dir: &std::path::Path, batch: Option<usize>) -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sluicegate"));
     cmd.current_dir(dir)
         .args(["sync-api", "--key", "exact", "--streaming", "--apply"])
-        .args([
-            "--config",
-            "sluicegate.yaml",
-            "--batch-size",
-            &batch.to_string(),
-        ])
-        .env_remove("SLUICEGATE_MAX_MEMORY_MB")
+        .args(["--config", "sluicegate.yaml"]);
+    if let Some(batch) = batch {
+        cmd.args(["--batch-size", &batch.to_string()]);
+    }
+    cmd.env_remove("SLUICEGATE_MAX_MEMORY_MB")
         .env_remove("SLUICEGATE_CONFIG")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
@@ -777,7 +804,7 @@ async fn check_killed(seed: u64) -> Result<(), String> {
     )
     .unwrap();
     let db = dir.path().join("exact.duckdb");
-    let batch = rng.usize(1..80);
+    let batch = (rng.u8(0..4) != 0).then(|| rng.usize(1..80));
     for kill in 0..rng.usize(1..3) {
         // Killed once the checkpoint passed a random share of the records (0:
         // at once, before anything committed), a random moment later.
@@ -1127,7 +1154,7 @@ async fn check_db(seed: u64, kind: Db) -> Result<(), String> {
         factory.validate(&config, &ctx)?;
         let source = factory.build(config, &ctx).await?;
         let store = Arc::new(MemoryCheckpointStore::default());
-        into_duckdb(source, &db, store, rng.usize(1..100), &ctx).await
+        into_duckdb(source, &db, store, Batching::draw(&mut rng), &ctx).await
     };
     run.await.map_err(|e| format!("the sync failed: {e}"))?;
     compare_db(&db, &rows, &fields)
