@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 use sluicegate_core::{
-    BatchBuilder, BatchLimits, BatchSender, Error, ErrorKind, FieldTypes, JsonFields, Position,
-    ReadRequest, Record, Result, RunStats,
+    BatchBuilder, BatchLimits, BatchSender, ColumnRows, Error, ErrorKind, FieldTypes, JsonFields,
+    Position, ReadRequest, Record, Result, RunStats,
 };
 
 /// What a batch's position records.
@@ -104,6 +104,8 @@ pub(crate) struct Batcher {
     field_types: Option<Arc<FieldTypes>>,
     /// The read takes rows as JSON text ([`ReadRequest::json_rows`]).
     json_rows: bool,
+    /// The read takes rows as columns ([`ReadRequest::columns`]).
+    columns: bool,
 }
 
 impl Batcher {
@@ -129,6 +131,7 @@ impl Batcher {
             json_fields: None,
             field_types: None,
             json_rows: request.json_rows,
+            columns: request.columns,
         }
     }
 
@@ -136,6 +139,30 @@ impl Batcher {
     /// read asks for it and no `jsonColumns` text needs parsing here.
     pub(crate) fn takes_json(&self) -> bool {
         self.json_rows && self.parsed_json.is_empty()
+    }
+
+    /// The columns the positions record, as `(name, index)` among a query's
+    /// columns named `names`, when the read takes rows as Arrow columns
+    /// ([`Batcher::push_columns`]): it asks for them and no `jsonColumns`
+    /// text needs parsing here. `None` when it does not, or a recorded column
+    /// is not among the query's (the record path reports that).
+    pub(crate) fn column_layout<'n>(
+        &self,
+        names: impl IntoIterator<Item = &'n str>,
+    ) -> Option<Vec<(String, usize)>> {
+        if !self.columns || !self.parsed_json.is_empty() {
+            return None;
+        }
+        let names: Vec<&str> = names.into_iter().collect();
+        self.tracked_columns()
+            .iter()
+            .map(|t| {
+                names
+                    .iter()
+                    .position(|n| n == t)
+                    .map(|i| (t.to_string(), i))
+            })
+            .collect()
     }
 
     /// The columns whose values the batch positions record (the keyset
@@ -300,6 +327,29 @@ impl Batcher {
             .add_trusted_json(text)
             .map_err(|e| Error::new(ErrorKind::Decode, format!("{}: {e}", self.locate(tracked))))?;
         self.track(tracked)?;
+        self.builder.grow().await?;
+        if full {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Adds rows as Arrow columns (see [`Batcher::column_layout`]), with the
+    /// values of the columns the positions record in their last row in
+    /// `tracked` (none of the rows has NULL there); sends the batch when it
+    /// is full. The columns' bytes are accounted exactly, growing the lease.
+    pub(crate) async fn push_columns(&mut self, rows: ColumnRows, tracked: &Record) -> Result<()> {
+        let n = rows.len() as u64;
+        if n == 0 {
+            return Ok(());
+        }
+        self.builder.reserve().await?;
+        self.track(tracked)?;
+        self.total += n - 1;
+        if let Tracker::Offset { next } = &mut self.tracker {
+            *next += n - 1;
+        }
+        let full = self.builder.add_columns(rows);
         self.builder.grow().await?;
         if full {
             self.flush().await?;

@@ -369,7 +369,7 @@ async fn records_come_as_json_text_when_asked_and_equal_the_decoded_ones() {
     for batch in &mut as_text {
         assert!(batch.json_rows().is_some(), "records handed on as text");
         assert!(batch.records().is_empty());
-        batch.decode_json().unwrap();
+        batch.decode_records().unwrap();
     }
     let decoded = decoded.unwrap();
     let records = |batches: &[Batch]| -> Vec<Vec<_>> {

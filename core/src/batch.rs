@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::budget::MemoryLease;
+use crate::columns::ColumnRows;
 use crate::error::Result;
 use crate::json_rows::JsonRows;
 use crate::record::{Record, approx_record_size};
@@ -182,6 +183,8 @@ pub struct Batch {
     records: Vec<Record>,
     /// The records as JSON text instead (then `records` is empty).
     json: Option<JsonRows>,
+    /// The records as Arrow columns instead (then `records` is empty).
+    columns: Option<ColumnRows>,
     position: Option<Position>,
     pages: Option<(u64, u64)>,
     json_fields: Option<Arc<JsonFields>>,
@@ -206,6 +209,7 @@ impl Batch {
         Self {
             records,
             json: None,
+            columns: None,
             position: None,
             pages: None,
             json_fields: None,
@@ -225,8 +229,36 @@ impl Batch {
         }
     }
 
+    /// A batch of records as Arrow columns (see [`ColumnRows`]), whose memory
+    /// is held by `lease`. Sources build these only when the read asks for
+    /// them ([`ReadRequest::columns`](crate::ReadRequest::columns)).
+    pub fn from_columns(rows: ColumnRows, lease: MemoryLease) -> Self {
+        Self {
+            columns: Some(rows),
+            ..Self::new(Vec::new(), lease)
+        }
+    }
+
+    /// The records as Arrow columns, when the batch holds them so (then
+    /// [`Batch::records`] is empty until [`Batch::decode_records`]).
+    pub fn column_rows(&self) -> Option<&ColumnRows> {
+        self.columns.as_ref()
+    }
+
+    /// Takes the columns out of a batch that holds them, with the position
+    /// and the lease; `Err(self)` for a batch in another form.
+    #[allow(clippy::result_large_err)]
+    pub fn into_column_parts(
+        self,
+    ) -> std::result::Result<(ColumnRows, Option<Position>, MemoryLease), Batch> {
+        match self.columns {
+            Some(rows) => Ok((rows, self.position, self.lease)),
+            None => Err(self),
+        }
+    }
+
     /// The records as JSON text, when the batch holds them so (then
-    /// [`Batch::records`] is empty until [`Batch::decode_json`]).
+    /// [`Batch::records`] is empty until [`Batch::decode_records`]).
     pub fn json_rows(&self) -> Option<&JsonRows> {
         self.json.as_ref()
     }
@@ -243,20 +275,28 @@ impl Batch {
         }
     }
 
-    /// Decodes a batch of JSON text into records (nothing to do for a batch of
-    /// records), growing its lease to what the records take without waiting
-    /// ([`MemoryLease::grow_now`]: the batch may be what others wait for).
-    pub fn decode_json(&mut self) -> Result<()> {
-        let Some(rows) = self.json.take() else {
-            return Ok(());
+    /// Decodes a batch of JSON text or columns into records (nothing to do
+    /// for a batch of records), growing its lease to what the records take
+    /// without waiting ([`MemoryLease::grow_now`]: the batch may be what
+    /// others wait for).
+    pub fn decode_records(&mut self) -> Result<()> {
+        let records = match (self.json.take(), self.columns.take()) {
+            (Some(rows), _) => rows.decode()?,
+            (None, Some(columns)) => columns.decode()?,
+            (None, None) => return Ok(()),
         };
         self.prepared = None;
-        let records = rows.decode()?;
-        drop(rows);
         let bytes: usize = records.iter().map(approx_record_size).sum();
         self.records = records;
         self.lease.grow_now(bytes);
         Ok(())
+    }
+
+    /// What [`Batch::decode_records`] was called before batches could hold
+    /// columns (it decodes those too).
+    #[deprecated(note = "renamed to decode_records, which decodes columns as well")]
+    pub fn decode_json(&mut self) -> Result<()> {
+        self.decode_records()
     }
 
     /// Declares the fields whose values the source read from JSON columns
@@ -300,7 +340,7 @@ impl Batch {
     /// Attaches what a writer's [`PrepareBatch`](crate::PrepareBatch) made of
     /// this batch (replacing anything attached before). Whatever changes the
     /// batch afterwards ([`Batch::append`], [`Batch::take_front`],
-    /// [`Batch::decode_json`]) drops it.
+    /// [`Batch::decode_records`]) drops it.
     pub fn set_prepared<T: Any + Send + Sync>(&mut self, prepared: T) {
         self.prepared = Some(Prepared(Box::new(prepared)));
     }
@@ -326,21 +366,26 @@ impl Batch {
         self
     }
 
-    /// The records (empty for a batch of JSON text: see [`Batch::json_rows`]
-    /// and [`Batch::decode_json`]).
+    /// The records (empty for a batch of JSON text or columns: see
+    /// [`Batch::json_rows`], [`Batch::column_rows`] and
+    /// [`Batch::decode_records`]).
     pub fn records(&self) -> &[Record] {
         &self.records
     }
 
     /// The records, mutably (for transforms that keep the batch's lease; empty
-    /// for a batch of JSON text, as [`Batch::records`]).
+    /// for a batch of JSON text or columns, as [`Batch::records`]).
     pub fn records_mut(&mut self) -> &mut Vec<Record> {
         &mut self.records
     }
 
-    /// Number of records (in either form).
+    /// Number of records (in any form).
     pub fn len(&self) -> usize {
-        self.json.as_ref().map_or(self.records.len(), JsonRows::len)
+        match (&self.json, &self.columns) {
+            (Some(json), _) => json.len(),
+            (None, Some(columns)) => columns.len(),
+            (None, None) => self.records.len(),
+        }
     }
 
     /// Whether the batch holds no records.
@@ -372,13 +417,21 @@ impl Batch {
     /// later position and the page range.
     pub fn append(&mut self, mut later: Batch) -> Result<()> {
         self.prepared = None;
-        if self.json.is_some() != later.json.is_some() {
-            // One of each form: both become records.
-            self.decode_json()?;
-            later.decode_json()?;
+        if self.json.is_some() != later.json.is_some()
+            || self.columns.is_some() != later.columns.is_some()
+        {
+            // Two forms: both become records.
+            self.decode_records()?;
+            later.decode_records()?;
         }
-        match (&mut self.json, &mut later.json) {
-            (Some(mine), Some(theirs)) => mine.append(theirs),
+        match (
+            &mut self.json,
+            &mut later.json,
+            &mut self.columns,
+            &mut later.columns,
+        ) {
+            (Some(mine), Some(theirs), _, _) => mine.append(theirs),
+            (_, _, Some(mine), Some(theirs)) => mine.append(theirs),
             _ => self.records.append(&mut later.records),
         }
         if later.position.is_some() {
@@ -416,11 +469,12 @@ impl Batch {
         self.prepared = None;
         let total = self.len();
         let n = n.min(total);
-        let (front, json) = match &mut self.json {
-            Some(rows) => (Vec::new(), Some(rows.take_front(n))),
-            None => {
+        let (front, json, columns) = match (&mut self.json, &mut self.columns) {
+            (Some(rows), _) => (Vec::new(), Some(rows.take_front(n)), None),
+            (None, Some(columns)) => (Vec::new(), None, Some(columns.take_front(n))),
+            (None, None) => {
                 let rest = self.records.split_off(n);
-                (std::mem::replace(&mut self.records, rest), None)
+                (std::mem::replace(&mut self.records, rest), None, None)
             }
         };
         let bytes = if total == 0 {
@@ -432,6 +486,7 @@ impl Batch {
         Batch {
             records: front,
             json,
+            columns,
             position: None,
             pages: self.pages,
             json_fields: self.json_fields.clone(),
@@ -443,7 +498,8 @@ impl Batch {
 
     /// Splits the batch into its records and its lease, for sinks that need to
     /// own the records while keeping the memory accounted until they are done
-    /// (no records for a batch of JSON text: [`Batch::decode_json`] first).
+    /// (no records for a batch of JSON text or columns: [`Batch::decode_records`]
+    /// first).
     pub fn into_parts(self) -> (Vec<Record>, Option<Position>, MemoryLease) {
         (self.records, self.position, self.lease)
     }
@@ -503,7 +559,7 @@ mod tests {
         front.append(batch).unwrap();
         assert_eq!(front.take_prepared::<u32>(), None, "appended to");
         front.set_prepared(4u32);
-        front.decode_json().unwrap();
+        front.decode_records().unwrap();
         assert_eq!(front.take_prepared::<u32>(), None, "decoded");
         assert_eq!(front.len(), 2);
     }

@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use crate::batch::{Batch, Position};
 use crate::budget::{MemoryBudget, MemoryLease};
+use crate::columns::ColumnRows;
 use crate::error::{Error, ErrorKind, Result};
 use crate::json_rows::JsonRows;
 use crate::record::{Record, approx_record_size};
@@ -88,6 +89,8 @@ pub struct BatchBuilder {
     records: Vec<Record>,
     /// Records added as JSON text ([`BatchBuilder::add_json`]).
     json: Option<JsonRows>,
+    /// Records added as columns ([`BatchBuilder::add_columns`]).
+    columns: Option<ColumnRows>,
     bytes: usize,
     lease: Option<MemoryLease>,
     /// Bytes to lease for the next batch before its records are known.
@@ -104,6 +107,7 @@ impl BatchBuilder {
             limits,
             records: Vec::new(),
             json: None,
+            columns: None,
             bytes: 0,
             lease: None,
             estimate: 256usize
@@ -183,6 +187,19 @@ impl BatchBuilder {
         Ok(self.is_full())
     }
 
+    /// Adds records as Arrow columns (see [`ColumnRows`]), accounting the
+    /// bytes their arrays take; returns whether the batch is full. A batch
+    /// given records in more than one form is cut as records (those added as
+    /// columns last): a source that switches forms cuts the batch first.
+    pub fn add_columns(&mut self, mut rows: ColumnRows) -> bool {
+        self.bytes += rows.heap_bytes();
+        match &mut self.columns {
+            Some(columns) => columns.append(&mut rows),
+            None => self.columns = Some(rows),
+        }
+        self.is_full()
+    }
+
     /// Adds a record, reserving first and growing the lease ahead of need
     /// (waiting while the budget is full); returns whether the batch is full.
     pub async fn push(&mut self, record: Record) -> Result<bool> {
@@ -231,7 +248,9 @@ impl BatchBuilder {
 
     /// Number of records added so far.
     pub fn len(&self) -> usize {
-        self.records.len() + self.json.as_ref().map_or(0, JsonRows::len)
+        self.records.len()
+            + self.json.as_ref().map_or(0, JsonRows::len)
+            + self.columns.as_ref().map_or(0, ColumnRows::len)
     }
 
     /// Whether no record was added since the last cut.
@@ -280,15 +299,22 @@ impl BatchBuilder {
         }
         self.bytes = 0;
         let records = std::mem::take(&mut self.records);
-        let mut batch = match self.json.take() {
-            Some(json) if records.is_empty() => Batch::from_json(json, lease),
-            Some(json) => {
-                // Both forms were added: records, in the order they came (JSON last).
+        let mut batch = match (self.json.take(), self.columns.take()) {
+            (Some(json), None) if records.is_empty() => Batch::from_json(json, lease),
+            (None, Some(columns)) if records.is_empty() => Batch::from_columns(columns, lease),
+            (None, None) => Batch::new(records, lease),
+            (json, columns) => {
+                // More than one form was added: records, in the order they
+                // came (JSON text, then columns, last).
                 let mut records = records;
-                records.extend(json.decode()?);
+                if let Some(json) = json {
+                    records.extend(json.decode()?);
+                }
+                if let Some(columns) = columns {
+                    records.extend(columns.decode()?);
+                }
                 Batch::new(records, lease)
             }
-            None => Batch::new(records, lease),
         }
         .with_position(position);
         if let Some(page) = self.page {

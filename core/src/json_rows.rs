@@ -5,7 +5,7 @@
 //! field name and value): one buffer and where each record ends. A sink that
 //! decodes JSON text straight into its own form (columns, say) skips the maps
 //! altogether; anything else gets records ([`JsonRows::decode`], or
-//! [`Batch::decode_json`](crate::Batch::decode_json)).
+//! [`Batch::decode_records`](crate::Batch::decode_records)).
 //!
 //! Every text in a [`JsonRows`] was checked when it was pushed: it is UTF-8
 //! (as JSON text must be, strings included) and one complete JSON object, as

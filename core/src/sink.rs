@@ -358,6 +358,15 @@ pub trait WriterExtension: Send {
     /// into records before it reaches the writer.
     fn accepts_json_rows(&self) -> bool;
 
+    /// Whether [`SinkWriter::write`] takes batches of records as Arrow
+    /// columns ([`Batch::from_columns`](crate::Batch::from_columns)). The
+    /// pipeline asks its source for them only then, and decodes any other
+    /// batch of columns into records before it reaches the writer. No by
+    /// default.
+    fn accepts_columns(&self) -> bool {
+        false
+    }
+
     /// The writer's work on a batch that can be done before its turn to be
     /// written (see [`PrepareBatch`]), when it has such work: the pipeline
     /// runs it on each batch of JSON text it hands this writer, while the

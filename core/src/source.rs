@@ -37,6 +37,10 @@ pub struct ReadRequest {
     /// on undecoded. A source that cannot, or that needs the decoded records
     /// itself, sends records as usual; either form is correct.
     pub json_rows: bool,
+    /// The reader of these batches takes records as Arrow columns
+    /// ([`Batch::from_columns`]): a source whose rows arrive typed may hand
+    /// them on as columns. Either form, or records, is correct.
+    pub columns: bool,
 }
 
 impl ReadRequest {
@@ -48,6 +52,7 @@ impl ReadRequest {
             budget,
             stats: Arc::new(RunStats::default()),
             json_rows: false,
+            columns: false,
         }
     }
 
@@ -55,6 +60,13 @@ impl ReadRequest {
     /// [`ReadRequest::json_rows`]).
     pub fn with_json_rows(mut self, json_rows: bool) -> Self {
         self.json_rows = json_rows;
+        self
+    }
+
+    /// Asking for records as Arrow columns where the source can (see
+    /// [`ReadRequest::columns`]).
+    pub fn with_columns(mut self, columns: bool) -> Self {
+        self.columns = columns;
         self
     }
 

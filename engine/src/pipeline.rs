@@ -267,7 +267,7 @@ impl Shaping {
     async fn apply(&self, mut batch: Batch) -> Result<Batch> {
         if self.incremental.is_some() || self.mapper.is_some() {
             // Both read the records.
-            batch.decode_json()?;
+            batch.decode_records()?;
         }
         if let Some(incremental) = &self.incremental {
             incremental.check(&mut batch, &self.sync_key, &*self.observer, &self.stats);
@@ -468,18 +468,22 @@ impl Pipeline {
         }
         // Records stay JSON text from source to sink when the writer decodes
         // JSON itself and nothing on the way reads them.
+        // The same for columns, when the writer takes those.
         let accepts_json = self
             .writer
             .extension()
             .is_some_and(|ext| ext.accepts_json_rows());
-        let json_rows = accepts_json
-            && self.mapper.is_none()
-            && self.incremental.is_none()
-            && self.deletions.is_none();
+        let accepts_columns = self
+            .writer
+            .extension()
+            .is_some_and(|ext| ext.accepts_columns());
+        let undecoded =
+            self.mapper.is_none() && self.incremental.is_none() && self.deletions.is_none();
         let request = ReadRequest::new(self.sync_key.clone(), self.budget.clone())
             .with_resume_from(resumed_from.clone())
             .with_stats(self.stats.clone())
-            .with_json_rows(json_rows);
+            .with_json_rows(accepts_json && undecoded)
+            .with_columns(accepts_columns && undecoded);
         // A source that panics while polled ends the read with an error (what
         // was gathered before it is still written), never as the end of the data.
         let stream: BatchStream = Box::pin(
@@ -501,6 +505,7 @@ impl Pipeline {
             incremental: self.incremental.clone(),
             deletions: self.deletions.clone(),
             accepts_json,
+            accepts_columns,
         };
         let mapping_rejected = Arc::new(AtomicU64::new(0));
         let shaping = Shaping {
@@ -601,6 +606,8 @@ struct Writer {
     deletions: Option<Arc<Deletions>>,
     /// The writer takes batches of JSON text; others are decoded for it.
     accepts_json: bool,
+    /// The writer takes batches of columns; others are decoded for it.
+    accepts_columns: bool,
 }
 
 impl Writer {
@@ -615,8 +622,10 @@ impl Writer {
                 None => e,
             }
         };
-        if batch.json_rows().is_some() && !self.takes_json_text() {
-            batch.decode_json().map_err(located)?;
+        if (batch.json_rows().is_some() && !self.takes_json_text())
+            || (batch.column_rows().is_some() && !self.takes_columns())
+        {
+            batch.decode_records().map_err(located)?;
         }
         let keys = self.deletions.as_ref().map(|d| d.keys_of(batch.records()));
         let ack = self.inner.write(batch).await.map_err(located)?;
@@ -645,6 +654,12 @@ impl Writer {
     /// keys).
     fn takes_json_text(&self) -> bool {
         self.accepts_json && self.deletions.is_none()
+    }
+
+    /// Whether batches of columns reach the writer as columns (as
+    /// [`Writer::takes_json_text`]).
+    fn takes_columns(&self) -> bool {
+        self.accepts_columns && self.deletions.is_none()
     }
 
     /// Fails when the rejected records are over the run's limit.

@@ -8,7 +8,7 @@ use duckdb::arrow::array::{
     ArrayRef, BooleanBuilder, Date32Builder, Decimal128Builder, Float64Builder, Int64Builder,
     StringBuilder, TimestampMicrosecondBuilder,
 };
-use duckdb::arrow::datatypes::{Field, Schema};
+use duckdb::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use duckdb::arrow::record_batch::RecordBatch;
 use serde_json::{Map, Value};
 use sluicegate_core::{Error, ErrorKind, JsonFields, Record, Result};
@@ -17,12 +17,29 @@ use crate::schema::{Cell, ColumnType, FieldCache, TableSchema, cell};
 use crate::typed::Typed;
 
 /// The zone of `TIMESTAMPTZ` columns' Arrow type.
-const UTC: &str = "UTC";
+pub(crate) const UTC: &str = "UTC";
 
 /// Records per record batch: DuckDB's vector size, so each batch is one of
 /// the appender's chunks and the columns never hold more than that beside the
 /// records.
 pub(crate) const CHUNK_ROWS: usize = 2048;
+
+/// The Arrow type of the columns [`Column::for_type`] fills for a table
+/// column of type `ty`.
+pub(crate) fn arrow_type(ty: &ColumnType) -> DataType {
+    match ty {
+        ColumnType::Boolean => DataType::Boolean,
+        ColumnType::BigInt => DataType::Int64,
+        ColumnType::Double => DataType::Float64,
+        ColumnType::Decimal(p, s) => DataType::Decimal128(*p, *s as i8),
+        ColumnType::Date => DataType::Date32,
+        ColumnType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, None),
+        ColumnType::TimestampTz => DataType::Timestamp(TimeUnit::Microsecond, Some(UTC.into())),
+        ColumnType::HugeInt | ColumnType::Varchar | ColumnType::Json | ColumnType::Other(_) => {
+            DataType::Utf8
+        }
+    }
+}
 
 /// One column being filled.
 pub(crate) enum Column {

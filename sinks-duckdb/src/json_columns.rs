@@ -374,7 +374,7 @@ impl State<'_> {
 /// The lowest and highest of keys in any order; `Unfit` when one is there
 /// twice (the record path keeps the last record of a key) or the keys are of
 /// different kinds (integers and strings: no order).
-fn any_order_range(mut keys: Vec<Key>) -> Result<Option<(Key, Key)>, Unfit> {
+pub(crate) fn any_order_range(mut keys: Vec<Key>) -> Result<Option<(Key, Key)>, Unfit> {
     let Some(first) = keys.first() else {
         return Ok(None);
     };
@@ -474,15 +474,22 @@ fn raw_cell<'a>(raw: &'a str, ty: &ColumnType, largest: &mut usize) -> Option<Ce
 /// writes it once decoded (a `null` too; see [`cell`](crate::schema::cell)).
 fn json_text_cell<'a>(raw: &'a str, largest: &mut usize) -> Option<Cell<'a>> {
     *largest = (*largest).max(raw.len());
+    Some(match json_text(raw)? {
+        Cow::Borrowed(text) => Cell::Text(text),
+        Cow::Owned(text) => Cell::Owned(text),
+    })
+}
+
+/// The text a declared JSON field's value (its raw JSON text) is stored as:
+/// as `serde_json` writes the value once decoded (see [`json_text_cell`]);
+/// `None` when it does not parse.
+pub(crate) fn json_text(raw: &str) -> Option<Cow<'_, str>> {
     Some(match raw.as_bytes().first()? {
         b'{' | b'[' | b'"' if !is_canonical(raw.as_bytes()) => {
-            Cell::Owned(serde_json::from_str::<Value>(raw).ok()?.to_string())
+            Cow::Owned(serde_json::from_str::<Value>(raw).ok()?.to_string())
         }
-        b'-' | b'0'..=b'9' => match number_text(raw) {
-            Cow::Borrowed(text) => Cell::Text(text),
-            Cow::Owned(text) => Cell::Owned(text),
-        },
-        _ => Cell::Text(raw),
+        b'-' | b'0'..=b'9' => number_text(raw),
+        _ => Cow::Borrowed(raw),
     })
 }
 

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod arrow_columns;
 mod columns;
 pub mod config;
 mod database;

@@ -291,9 +291,9 @@ impl DuckDbWriter {
         json: Option<Arc<JsonFields>>,
         types: Option<Arc<FieldTypes>>,
     ) -> Result<()> {
-        let Some(db) = self.db.clone().filter(|_| !self.dry_run) else {
+        if self.db.is_none() || self.dry_run {
             return Ok(());
-        };
+        }
         let mut records = Vec::new();
         let mut bytes = 0;
         for record in text.iter_str().take(PREFIX_ROWS) {
@@ -308,6 +308,46 @@ impl DuckDbWriter {
             };
             records.push(record);
         }
+        self.create_table(records, json, types).await
+    }
+
+    /// [`DuckDbWriter::prepare_table`] for a batch of columns: the table
+    /// from the records the source's decoder makes of its first rows.
+    async fn prepare_table_for_columns(
+        &mut self,
+        columns: &sluicegate_core::ColumnRows,
+        json: Option<Arc<JsonFields>>,
+        types: Option<Arc<FieldTypes>>,
+    ) -> Result<()> {
+        if self.db.is_none() || self.dry_run {
+            return Ok(());
+        }
+        // Keys that repeat make the record path keep a later record at an
+        // earlier one's place, so the columns' order could differ from the
+        // first rows': such a batch creates the table from all its records.
+        if let Some(key) = &self.target.key_field
+            && !crate::arrow_columns::keys_increase(columns, key)
+        {
+            return Ok(());
+        }
+        let Ok(records) = columns.clone().take_front(PREFIX_ROWS).decode() else {
+            // The record path reports it.
+            return Ok(());
+        };
+        self.create_table(records, json, types).await
+    }
+
+    /// Creates the table (or loads it, when it exists) with the columns of
+    /// `records`, a batch's first ones (see [`DuckDbWriter::prepare_table`]).
+    async fn create_table(
+        &mut self,
+        records: Vec<Record>,
+        json: Option<Arc<JsonFields>>,
+        types: Option<Arc<FieldTypes>>,
+    ) -> Result<()> {
+        let Some(db) = self.db.clone() else {
+            return Ok(());
+        };
         // The records the record path would write (refused ones left out),
         // so the columns come in the same order.
         let records = merge_duplicate_keys(records, self.target.key_field.as_deref()).records;
@@ -363,6 +403,54 @@ impl DuckDbWriter {
                 declared,
             ),
             _ => Err(Unfit::Other("the table is not known yet".to_owned())),
+        }
+    }
+
+    /// A batch of Arrow columns as the rows to write: the arrays themselves
+    /// when they fit the table as this writer knows it (see
+    /// [`crate::arrow_columns`]), else the records the source's decoder
+    /// makes of them (a dry run, a table that does not exist yet, a column
+    /// of another type). The lease is fitted to what the rows hold.
+    fn rows_of_columns(
+        &self,
+        columns: sluicegate_core::ColumnRows,
+        declared: Option<&sluicegate_core::JsonFields>,
+        mut lease: MemoryLease,
+    ) -> Result<(Rows, MemoryLease)> {
+        let mapped = match &self.table {
+            Some(table) if table.exists && !self.dry_run => crate::arrow_columns::decode(
+                &table.schema,
+                self.target.key_field.as_deref(),
+                &columns,
+                declared,
+            ),
+            _ => Err(Unfit::Other("the table is not known yet".to_owned())),
+        };
+        match mapped {
+            Ok(decoded) => {
+                self.as_columns.fetch_add(1, AtomicOrdering::Relaxed);
+                tracing::debug!(sync = %self.target.sync_key, rows = decoded.rows, "batch of columns straight into the table");
+                fit_lease(&mut lease, decoded.bytes);
+                Ok((Rows::Columns(decoded), lease))
+            }
+            Err(why) => {
+                tracing::debug!(sync = %self.target.sync_key, %why, "batch of columns decoded into records");
+                let records = columns.decode()?;
+                drop(columns);
+                lease.grow_now(
+                    records
+                        .iter()
+                        .map(sluicegate_core::approx_record_size)
+                        .sum(),
+                );
+                Ok((
+                    Rows::Records {
+                        records,
+                        range: None,
+                    },
+                    lease,
+                ))
+            }
         }
     }
 
@@ -686,65 +774,78 @@ impl SinkWriter for DuckDbWriter {
         let json = batch.json_fields().cloned();
         let types = declared_types(self.target.key_field.as_deref(), batch.field_types());
         let ahead = batch.take_prepared::<PreparedColumns>();
-        let (rows, position, lease) = match batch.into_json_parts() {
-            Ok((text, position, mut lease)) => {
+        let (rows, position, lease) = match batch.into_column_parts() {
+            Ok((columns, position, lease)) => {
                 if !self.table.as_ref().is_some_and(|t| t.exists) {
-                    self.prepare_table(&text, json.clone(), types.clone())
+                    self.prepare_table_for_columns(&columns, json.clone(), types.clone())
                         .await?;
                 }
                 if let Some(table) = &mut self.table {
                     table.schema.adopt_declared(types.as_deref());
                 }
-                // Parsed ahead for the table as it still is, or parsed now.
-                let ahead = ahead.and_then(|ahead| {
-                    let table = self.table.as_ref().filter(|t| t.exists && !self.dry_run)?;
-                    ahead.for_table(&table.schema)
-                });
-                let parsed_ahead = ahead.is_some();
-                if parsed_ahead {
-                    self.prepared_used.fetch_add(1, AtomicOrdering::Relaxed);
-                }
-                let columns = match ahead {
-                    Some(decoded) => Ok(decoded),
-                    None => self.columns_of(&text, (json.as_deref(), types.as_deref())),
-                };
-                let rows = match columns {
-                    Ok(decoded) => {
-                        self.as_columns.fetch_add(1, AtomicOrdering::Relaxed);
-                        tracing::debug!(sync = %target.sync_key, rows = decoded.rows, parsed_ahead, "batch straight into columns");
-                        // The columns' exact size is what the batch holds now.
-                        fit_lease(&mut lease, decoded.bytes);
-                        Rows::Columns(decoded)
+                let (rows, lease) = self.rows_of_columns(columns, json.as_deref(), lease)?;
+                (rows, position, lease)
+            }
+            Err(batch) => match batch.into_json_parts() {
+                Ok((text, position, mut lease)) => {
+                    if !self.table.as_ref().is_some_and(|t| t.exists) {
+                        self.prepare_table(&text, json.clone(), types.clone())
+                            .await?;
                     }
-                    Err(why) => {
-                        tracing::debug!(sync = %target.sync_key, %why, "batch decoded into records");
-                        let records = text.decode()?;
-                        drop(text);
-                        lease.grow_now(
-                            records
-                                .iter()
-                                .map(sluicegate_core::approx_record_size)
-                                .sum(),
-                        );
+                    if let Some(table) = &mut self.table {
+                        table.schema.adopt_declared(types.as_deref());
+                    }
+                    // Parsed ahead for the table as it still is, or parsed now.
+                    let ahead = ahead.and_then(|ahead| {
+                        let table = self.table.as_ref().filter(|t| t.exists && !self.dry_run)?;
+                        ahead.for_table(&table.schema)
+                    });
+                    let parsed_ahead = ahead.is_some();
+                    if parsed_ahead {
+                        self.prepared_used.fetch_add(1, AtomicOrdering::Relaxed);
+                    }
+                    let columns = match ahead {
+                        Some(decoded) => Ok(decoded),
+                        None => self.columns_of(&text, (json.as_deref(), types.as_deref())),
+                    };
+                    let rows = match columns {
+                        Ok(decoded) => {
+                            self.as_columns.fetch_add(1, AtomicOrdering::Relaxed);
+                            tracing::debug!(sync = %target.sync_key, rows = decoded.rows, parsed_ahead, "batch straight into columns");
+                            // The columns' exact size is what the batch holds now.
+                            fit_lease(&mut lease, decoded.bytes);
+                            Rows::Columns(decoded)
+                        }
+                        Err(why) => {
+                            tracing::debug!(sync = %target.sync_key, %why, "batch decoded into records");
+                            let records = text.decode()?;
+                            drop(text);
+                            lease.grow_now(
+                                records
+                                    .iter()
+                                    .map(sluicegate_core::approx_record_size)
+                                    .sum(),
+                            );
+                            Rows::Records {
+                                records,
+                                range: None,
+                            }
+                        }
+                    };
+                    (rows, position, lease)
+                }
+                Err(batch) => {
+                    let (records, position, lease) = batch.into_parts();
+                    (
                         Rows::Records {
                             records,
                             range: None,
-                        }
-                    }
-                };
-                (rows, position, lease)
-            }
-            Err(batch) => {
-                let (records, position, lease) = batch.into_parts();
-                (
-                    Rows::Records {
-                        records,
-                        range: None,
-                    },
-                    position,
-                    lease,
-                )
-            }
+                        },
+                        position,
+                        lease,
+                    )
+                }
+            },
         };
         let position = position
             .filter(|_| self.keep_positions && !self.dry_run)
@@ -966,6 +1067,12 @@ impl WriterExtension for DuckDbWriter {
     }
 
     fn accepts_json_rows(&self) -> bool {
+        true
+    }
+
+    /// Batches of Arrow columns go into the table as they are when they fit
+    /// it (see `arrow_columns`), else as the records their source makes.
+    fn accepts_columns(&self) -> bool {
         true
     }
 

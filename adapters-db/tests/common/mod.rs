@@ -148,7 +148,7 @@ async fn read_once(
         }
         if batch.json_rows().is_some() {
             out.json_batches += 1;
-            batch.decode_json()?;
+            batch.decode_records()?;
         }
         let (records, _, _lease) = batch.into_parts();
         out.records.extend(records.into_iter().map(Value::Object));
