@@ -334,6 +334,11 @@ impl Batcher {
         Ok(())
     }
 
+    /// The most bytes a batch holds (a quarter of the budget).
+    pub(crate) fn batch_bytes(&self) -> usize {
+        self.builder.limits().bytes
+    }
+
     /// Adds rows as Arrow columns (see [`Batcher::column_layout`]), with the
     /// values of the columns the positions record in their last row in
     /// `tracked` (none of the rows has NULL there); sends the batch when it

@@ -146,7 +146,7 @@ impl Session for PgSession {
             .column_layout(names.iter().map(String::as_str))
             .and_then(|tracked| {
                 let at = tracked.iter().map(|(_, i)| *i).collect();
-                columns::PgColumns::new(statement.columns(), &names, at, fetch)
+                columns::PgColumns::new(statement.columns(), &names, at, (fetch, out.batch_bytes()))
                     .map(|columns| (columns, tracked))
             });
         let text_columns = out
@@ -194,6 +194,10 @@ impl Session for PgSession {
                     out.flush().await?;
                 }
                 out.push(record).await?;
+                if arrow.is_some() {
+                    // Alone: the columns after it make batches of their own.
+                    out.flush().await?;
+                }
             }
             if let Some((columns, tracked_at)) = &mut arrow {
                 hand_on(columns, tracked_at, last.as_ref(), &mut tracked, out).await?;

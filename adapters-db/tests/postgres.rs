@@ -453,3 +453,72 @@ async fn generated_values_read_the_same_as_json_text_and_as_records() {
     );
     assert!(texts.iter().any(|t| t.contains('"') || t.contains('\\')));
 }
+
+#[tokio::test]
+async fn typed_rows_read_as_columns_give_the_same_records() {
+    // Every type that goes into Arrow columns, with the values a column's
+    // Arrow type does not hold as the JSON text would carry them (NaN and
+    // infinite doubles and numerics, infinite and BC dates and timestamps,
+    // years past 9999) on some rows: those rows go on as records, after the
+    // columns before them. The helper reads the table as records, as JSON
+    // text and as columns, and compares every record.
+    let url = database("pg_columns").await;
+    exec(
+        &url,
+        "CREATE TABLE typed AS
+         SELECT i AS id,
+                i % 2 = 0 AS flag,
+                (i % 32767)::smallint AS small,
+                (i * 7919)::integer AS medium,
+                CASE i % 97 WHEN 0 THEN -9223372036854775808 WHEN 1 THEN 9223372036854775807
+                    ELSE i * 104729 END::bigint AS big,
+                CASE WHEN i % 13 = 0 THEN NULL ELSE 'näme ' || i || E' \"q\" \\\\ 😀' END AS name,
+                ('x' || i)::varchar(20) AS code,
+                (i % 100)::char(3) AS padded,
+                CASE WHEN i % 401 = 0 THEN 'NaN'::numeric ELSE round((i * 1.37 - 900)::numeric, 2) END::numeric(12,2) AS money,
+                (i % 100000 / 100000.0)::numeric(5,5) AS frac,
+                (i::numeric * 10 ^ 30)::numeric(38,0) AS wide,
+                (i::numeric / 7)::numeric(40,4) AS wider,
+                (i::numeric / 3) AS any_scale,
+                CASE i % 211 WHEN 0 THEN 'infinity'::date WHEN 1 THEN '0044-03-15 BC'::date
+                    WHEN 2 THEN '12000-01-01'::date ELSE '2000-01-01'::date + i END AS day,
+                CASE WHEN i % 307 = 0 THEN '-infinity'::timestamp
+                    ELSE '1999-12-31 23:59:59.5'::timestamp + i * interval '37 minutes 0.001 seconds' END AS ts,
+                CASE WHEN i % 503 = 0 THEN 'infinity'::timestamptz
+                    ELSE '2024-02-29 13:45:00.5+01'::timestamptz - i * interval '1 day 1 second' END AS tstz,
+                md5(i::text)::uuid AS ref,
+                CASE i % 89 WHEN 0 THEN 'NaN'::float8 WHEN 1 THEN '-0'::float8 WHEN 2 THEN '-Infinity'::float8
+                    ELSE i * 1.1e-3 END AS ratio,
+                CASE WHEN i % 17 = 0 THEN NULL WHEN i % 17 = 1 THEN 'null'::jsonb
+                    ELSE jsonb_build_object('i', i, 'list', jsonb_build_array(i / 3.0, 'é', NULL)) END AS doc,
+                CASE WHEN i % 19 = 0 THEN NULL ELSE ('{\"b\" : 1E5, \"a\":[1 , 2],\"a\": \"dup\"}')::json END AS raw
+         FROM generate_series(1, 5000) i;
+         ALTER TABLE typed ADD PRIMARY KEY (id);",
+    )
+    .await;
+    let got = read(
+        Provider::Postgres,
+        json!({"connectionString": url, "table": "typed", "orderBy": "id", "fetchSize": 700}),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(got.records.len(), 5000);
+    // Most rows went as columns: 5,000 rows in fetches of 700, broken up
+    // only by the rows with a value columns do not hold.
+    assert!(
+        got.column_batches >= 8,
+        "{} batches of columns",
+        got.column_batches
+    );
+    assert_eq!(got.records[0]["money"], json!("-898.63"));
+    assert_eq!(got.records[88]["ratio"], json!("NaN"));
+    assert_eq!(got.records[89]["ratio"], json!(-0.0));
+    assert_eq!(got.records[210]["day"], json!("infinity"));
+    assert_eq!(got.records[211]["day"], json!("-0043-03-15"));
+    assert_eq!(got.records[17].get("doc"), Some(&json!(null)));
+    assert!(
+        got.records[16].get("doc").is_none(),
+        "SQL NULL in a JSON column is left out"
+    );
+}

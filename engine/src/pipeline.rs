@@ -877,7 +877,12 @@ fn add_to_pending(
 ) -> Result<[Option<Batch>; 2]> {
     let mut overflowed = None;
     let full = match pending {
-        Some(p) if p.len() + batch.len() > batch_rows => {
+        // A batch of columns is gathered only with batches of columns: the
+        // two together would go on as records.
+        Some(p)
+            if p.len() + batch.len() > batch_rows
+                || p.column_rows().is_some() != batch.column_rows().is_some() =>
+        {
             overflowed = Some(std::mem::replace(p, batch));
             p.len() >= batch_rows || p.bytes() >= batch_bytes
         }

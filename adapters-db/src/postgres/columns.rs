@@ -51,7 +51,8 @@ const EPOCH_DAYS: i32 = 10_957;
 const EPOCH_MICROS: i64 = 946_684_800_000_000;
 const DAY_MICROS: i64 = 86_400_000_000;
 /// Bytes of values gathered before the columns are handed on, whatever the
-/// rows: the arrays being filled are held besides the budget's lease.
+/// rows and the batch's limit: the arrays being filled are held besides the
+/// budget's lease.
 const MAX_BYTES: usize = 1 << 20;
 
 /// How a column's values are held.
@@ -203,6 +204,7 @@ pub(crate) struct PgColumns {
     rows: usize,
     bytes: usize,
     capacity: usize,
+    max_bytes: usize,
     vals: Vec<Val>,
     scratch: String,
     buf: Vec<u8>,
@@ -211,12 +213,15 @@ pub(crate) struct PgColumns {
 impl PgColumns {
     /// Columns for a query returning `columns` (with their names), when every
     /// column has a type that goes into columns; `tracked` are the indexes of
-    /// the columns the positions record. `capacity`: rows per array.
+    /// the columns the positions record. `capacity`: rows per array;
+    /// `batch_bytes`: the bytes a batch may hold (the arrays are handed on at
+    /// half of it, or 1 MiB: a growing array's buffers are up to twice its
+    /// values).
     pub(crate) fn new(
         columns: &[Column],
         names: &[String],
         tracked: Vec<usize>,
-        capacity: usize,
+        (capacity, batch_bytes): (usize, usize),
     ) -> Option<Self> {
         let kinds = columns
             .iter()
@@ -240,6 +245,7 @@ impl PgColumns {
             rows: 0,
             bytes: 0,
             capacity,
+            max_bytes: (batch_bytes / 2).clamp(1, MAX_BYTES),
             vals: Vec::new(),
             scratch: String::new(),
             buf: Vec::new(),
@@ -287,7 +293,7 @@ impl PgColumns {
     /// Whether the rows gathered are as many as an array holds, or their
     /// values' bytes are over the most held besides the lease.
     pub(crate) fn is_full(&self) -> bool {
-        self.rows >= self.capacity || self.bytes >= MAX_BYTES
+        self.rows >= self.capacity || self.bytes >= self.max_bytes
     }
 
     /// The rows gathered, as columns (`None`: there are none); the builders

@@ -1,9 +1,11 @@
 //! Reading a database source the way the pipeline does.
 //!
-//! Every read is made twice: once taking records, once taking rows as JSON
-//! text where the source can ([`ReadRequest::json_rows`], as the pipeline
-//! asks when the sink takes it), decoded afterwards. Both must give the same
-//! records, JSON fields and final position, or the same error.
+//! Every read is made three times: once taking records, once taking rows as
+//! JSON text where the source can ([`ReadRequest::json_rows`], as the
+//! pipeline asks when the sink takes it), once taking them as Arrow columns
+//! where it can ([`ReadRequest::columns`]); the text and the columns are
+//! decoded afterwards. All must give the same records, JSON fields and final
+//! position, or the same error.
 
 #![allow(dead_code)]
 
@@ -30,6 +32,8 @@ pub(crate) struct Read {
     pub(crate) field_types: BTreeMap<String, FieldType>,
     /// How many batches of the JSON-text read came as JSON text.
     pub(crate) json_batches: usize,
+    /// How many batches of the columns read came as columns.
+    pub(crate) column_batches: usize,
 }
 
 impl Read {
@@ -81,36 +85,53 @@ async fn read_in(
     budget: MemoryBudget,
     ctx: BuildContext,
 ) -> Result<Read> {
-    let as_records = read_once(provider, &section, &resume, &budget, &ctx, false).await;
-    let as_text = read_once(provider, &section, &resume, &budget, &ctx, true).await;
-    match (&as_records, as_text) {
-        (Ok(records), Ok(text)) => {
-            assert_eq!(
-                records.records, text.records,
-                "records read as JSON text differ"
-            );
-            // Batches are cut by bytes too, and text is counted as it is: only
-            // where the read ends must agree.
+    let as_records = read_once(provider, &section, &resume, &budget, &ctx, Form::Records).await;
+    let as_text = read_once(provider, &section, &resume, &budget, &ctx, Form::Text).await;
+    let as_columns = read_once(provider, &section, &resume, &budget, &ctx, Form::Columns).await;
+    let column_batches = same_read(&as_records, as_columns, "as columns")?.column_batches;
+    let text = same_read(&as_records, as_text, "as JSON text")?;
+    Ok(Read {
+        json_batches: text.json_batches,
+        column_batches,
+        ..as_records?
+    })
+}
+
+/// `other` (the read in another form, `how`) after checking it gave what
+/// `records` did (the same error, if any).
+fn same_read(records: &Result<Read>, other: Result<Read>, how: &str) -> Result<Read> {
+    match (records, other) {
+        (Ok(records), Ok(other)) => {
+            assert_eq!(records.records, other.records, "records read {how} differ");
+            // Batches are cut by bytes too, and text and columns are counted
+            // as they are: only where the read ends must agree.
             assert_eq!(
                 records.batches.last().map(|b| &b.1),
-                text.batches.last().map(|b| &b.1),
-                "the read as JSON text ends elsewhere"
+                other.batches.last().map(|b| &b.1),
+                "the read {how} ends elsewhere"
             );
-            assert_eq!(records.json_fields, text.json_fields);
-            assert_eq!(records.field_types, text.field_types);
-            return Ok(Read {
-                json_batches: text.json_batches,
-                ..as_records.unwrap()
-            });
+            assert_eq!(records.json_fields, other.json_fields);
+            assert_eq!(records.field_types, other.field_types);
+            Ok(other)
         }
-        (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "errors differ"),
+        (Err(a), Err(b)) => {
+            assert_eq!(a.to_string(), b.to_string(), "errors differ {how}");
+            Err(b)
+        }
         (a, b) => panic!(
-            "records: {:?}; as JSON text: {:?}",
+            "records: {:?}; {how}: {:?}",
             a.as_ref().map(|r| r.records.len()),
             b.map(|r| r.records.len())
         ),
     }
-    as_records
+}
+
+/// The form a read takes its rows in.
+#[derive(Clone, Copy, PartialEq)]
+enum Form {
+    Records,
+    Text,
+    Columns,
 }
 
 async fn read_once(
@@ -119,7 +140,7 @@ async fn read_once(
     resume: &Option<Position>,
     budget: &MemoryBudget,
     ctx: &BuildContext,
-    json_rows: bool,
+    form: Form,
 ) -> Result<Read> {
     let factory = sluicegate_adapters_db::factory(provider);
     let config: DbSourceConfig = parse_section(section.clone(), "source")?;
@@ -127,7 +148,8 @@ async fn read_once(
     let source = factory.build(config, ctx).await?;
     let request = ReadRequest::new("test", budget.clone())
         .with_resume_from(resume.clone())
-        .with_json_rows(json_rows);
+        .with_json_rows(form == Form::Text)
+        .with_columns(form == Form::Columns);
     let mut stream = source.read(request);
     let mut out = Read {
         records: Vec::new(),
@@ -135,6 +157,7 @@ async fn read_once(
         json_fields: BTreeSet::new(),
         field_types: BTreeMap::new(),
         json_batches: 0,
+        column_batches: 0,
     };
     while let Some(batch) = stream.next().await {
         let mut batch = batch?;
@@ -148,6 +171,10 @@ async fn read_once(
         }
         if batch.json_rows().is_some() {
             out.json_batches += 1;
+            batch.decode_records()?;
+        }
+        if batch.column_rows().is_some() {
+            out.column_batches += 1;
             batch.decode_records()?;
         }
         let (records, _, _lease) = batch.into_parts();
