@@ -424,11 +424,12 @@ def main():
         "with the API server: checking each record's JSON at the source, parsing it into Arrow "
         "columns at the sink, and DuckDB's appends and compression at checkpoints cost several times "
         "the CPU of fetching the bytes (see the REST → DuckDB section below for the split).",
-        "- **PostgreSQL: where dlt with ConnectorX is faster.** ConnectorX reads PostgreSQL's binary "
-        "COPY output straight into Arrow columns in Rust, and dlt hands the Parquet files to DuckDB's "
-        "columnar reader on its two threads. Sluicegate writes each row's JSON text from the binary "
-        "values, parses it into Arrow columns and commits 10,000 rows (at most 4 MiB) at a time with their position: "
-        "the JSON text in between and the smaller transactions cost CPU that dlt does not spend (both "
+        "- **PostgreSQL: the two paths.** ConnectorX reads PostgreSQL's binary COPY output straight "
+        "into Arrow columns in Rust, and dlt writes them to Parquet files that DuckDB's columnar reader "
+        "loads on its two threads; its memory grows with the table (see the peak RSS above). Sluicegate reads the binary "
+        "rows of a keyset query 1,000 at a time straight into Arrow arrays, which the DuckDB sink "
+        "appends as they are, committing 10,000 rows (at most 4 MiB) at a time with their position, "
+        "so its memory stays bounded and a killed run resumes after its last committed batch (both "
         "store `numeric(12,2)` and `timestamptz` as `DECIMAL` and `TIMESTAMPTZ`; see the DuckDB-alone "
         "section for what the transaction size costs DuckDB itself). The ratios are in the table above. "
         "With dlt's default backend (SQLAlchemy rows) the picture is reversed by two orders of magnitude.",

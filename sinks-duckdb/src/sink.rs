@@ -601,7 +601,8 @@ enum Rows {
         records: Vec<Record>,
         range: Option<(Key, Key)>,
     },
-    /// Columns parsed from JSON text (they fit the table as it was).
+    /// Columns parsed from JSON text or taken from a batch of Arrow columns
+    /// (they fit the table as it was).
     Columns(Decoded),
 }
 
