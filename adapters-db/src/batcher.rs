@@ -154,6 +154,12 @@ impl Batcher {
             return None;
         }
         let names: Vec<&str> = names.into_iter().collect();
+        self.tracked_at(&names)
+    }
+
+    /// The columns the positions record as `(name, index)` among `names`;
+    /// `None` when one is not among them.
+    fn tracked_at(&self, names: &[&str]) -> Option<Vec<(String, usize)>> {
         self.tracked_columns()
             .iter()
             .map(|t| {
@@ -189,16 +195,7 @@ impl Batcher {
             return None;
         }
         let names: Vec<&str> = names.into_iter().collect();
-        let tracked = self
-            .tracked_columns()
-            .iter()
-            .map(|t| {
-                names
-                    .iter()
-                    .position(|n| n == t)
-                    .map(|i| (t.to_string(), i))
-            })
-            .collect::<Option<Vec<_>>>()?;
+        let tracked = self.tracked_at(&names)?;
         let fields = names
             .iter()
             .map(|n| {

@@ -34,7 +34,7 @@ use duckdb::arrow::record_batch::RecordBatch;
 use sluicegate_core::{ColumnRows, JsonFields};
 
 use crate::columns::{CHUNK_ROWS, UTC, arrow_type};
-use crate::json_columns::{Decoded, Unfit, any_order_range, json_text};
+use crate::json_columns::{Decoded, Unfit, any_order_range, json_text, key_column};
 use crate::keys::Key;
 use crate::schema::{ColumnType, TableSchema};
 
@@ -47,14 +47,7 @@ pub(crate) fn decode(
     rows: &ColumnRows,
     declared: Option<&JsonFields>,
 ) -> Result<Decoded, Unfit> {
-    let key_column = match key {
-        Some(field) => Some(
-            schema
-                .column_of(field)
-                .ok_or_else(|| Unfit::Other(format!("no column for the key field {field} yet")))?,
-        ),
-        None => None,
-    };
+    let key_column = key_column(schema, key)?;
     let json_text = schema.json_nulls(declared);
     let types: Vec<DataType> = schema
         .columns

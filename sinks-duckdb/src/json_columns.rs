@@ -101,14 +101,7 @@ pub(crate) fn decode(
     declared: Option<&JsonFields>,
     order: KeyOrder,
 ) -> Result<Decoded, Unfit> {
-    let key_column = match key {
-        Some(field) => Some(
-            schema
-                .column_of(field)
-                .ok_or_else(|| Unfit::Other(format!("no column for the key field {field} yet")))?,
-        ),
-        None => None,
-    };
+    let key_column = key_column(schema, key)?;
     // A declared field's column is JSON (the record path makes it so, and
     // widens it to VARCHAR only for values of other sources).
     let json_text = schema.json_nulls(declared);
@@ -369,6 +362,17 @@ impl State<'_> {
         self.last_key = Some(key);
         Ok(())
     }
+}
+
+/// The column of the key field `key`, when the stream has one; `Unfit` when
+/// the table has no column for it yet.
+pub(crate) fn key_column(schema: &TableSchema, key: Option<&str>) -> Result<Option<usize>, Unfit> {
+    key.map(|field| {
+        schema
+            .column_of(field)
+            .ok_or_else(|| Unfit::Other(format!("no column for the key field {field} yet")))
+    })
+    .transpose()
 }
 
 /// The lowest and highest of keys in any order; `Unfit` when one is there

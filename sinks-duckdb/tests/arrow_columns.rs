@@ -16,10 +16,9 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::Arc;
 
-use common::{columns, env_number, sink};
+use common::{env_number, sink, table};
 use duckdb::arrow::array::{
     Array, ArrayRef, BooleanArray, Date32Array, Decimal128Array, Float64Array, Int64Array,
     StringArray, TimestampMicrosecondArray,
@@ -417,36 +416,6 @@ async fn write_case(sink: &DuckDbSink, case: &Case, as_columns: bool) {
             .unwrap();
     }
     writer.finish().await.unwrap();
-}
-
-/// A table's columns (name, type) and its rows as text, sorted.
-type Table = (Vec<(String, String)>, Vec<Vec<Option<String>>>);
-
-fn table(db: &Path) -> Table {
-    let conn = duckdb::Connection::open(db).unwrap();
-    let exists: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = 't'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    if exists == 0 {
-        return (Vec::new(), Vec::new());
-    }
-    let columns = columns(&conn);
-    let mut stmt = conn
-        .prepare("SELECT COLUMNS(*)::VARCHAR FROM t ORDER BY ALL")
-        .unwrap();
-    let n = columns.len();
-    let rows = stmt
-        .query_map([], |r| {
-            (0..n).map(|i| r.get::<_, Option<String>>(i)).collect()
-        })
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    (columns, rows)
 }
 
 #[tokio::test]

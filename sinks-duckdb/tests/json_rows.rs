@@ -17,10 +17,9 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::Arc;
 
-use common::{columns, env_number, sink_with};
+use common::{env_number, sink_with, table};
 use serde_json::{Map, Value};
 use sluicegate_core::{Batch, JsonFields, JsonRows, MemoryBudget, Sink, StreamTarget, into_record};
 use sluicegate_sinks_duckdb::DuckDbSink;
@@ -319,37 +318,6 @@ async fn write_case(sink: &DuckDbSink, case: &Case, form: Form) {
         writer.write(batch).await.unwrap();
     }
     writer.finish().await.unwrap();
-}
-
-/// A table's columns (name, type) and its rows as text, sorted.
-type Table = (Vec<(String, String)>, Vec<Vec<Option<String>>>);
-
-/// The table's columns with their types, and its rows as text, sorted.
-fn table(db: &Path) -> Table {
-    let conn = duckdb::Connection::open(db).unwrap();
-    let exists: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = 't'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    if exists == 0 {
-        return (Vec::new(), Vec::new());
-    }
-    let columns = columns(&conn);
-    let mut stmt = conn
-        .prepare("SELECT COLUMNS(*)::VARCHAR FROM t ORDER BY ALL")
-        .unwrap();
-    let n = columns.len();
-    let rows = stmt
-        .query_map([], |r| {
-            (0..n).map(|i| r.get::<_, Option<String>>(i)).collect()
-        })
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    (columns, rows)
 }
 
 #[tokio::test]

@@ -44,3 +44,35 @@ pub(crate) fn columns(conn: &duckdb::Connection) -> Vec<(String, String)> {
         .collect::<Result<_, _>>()
         .unwrap()
 }
+
+/// A table's columns (name, type) and its rows as text, sorted.
+pub(crate) type Table = (Vec<(String, String)>, Vec<Vec<Option<String>>>);
+
+/// Table `t` of the database file `db`: its columns with their types, and
+/// its rows as text, sorted (nothing when there is no such table).
+pub(crate) fn table(db: &Path) -> Table {
+    let conn = duckdb::Connection::open(db).unwrap();
+    let exists: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 't'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    if exists == 0 {
+        return (Vec::new(), Vec::new());
+    }
+    let columns = columns(&conn);
+    let mut stmt = conn
+        .prepare("SELECT COLUMNS(*)::VARCHAR FROM t ORDER BY ALL")
+        .unwrap();
+    let n = columns.len();
+    let rows = stmt
+        .query_map([], |r| {
+            (0..n).map(|i| r.get::<_, Option<String>>(i)).collect()
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    (columns, rows)
+}
