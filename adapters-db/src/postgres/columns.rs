@@ -43,7 +43,10 @@ use sluicegate_core::{ColumnDecoder, ColumnRows, Error, ErrorKind, FieldType, Re
 use tokio_postgres::types::{Kind, Type};
 use tokio_postgres::{Column, Row};
 
-use super::{Raw, civil, compact_json, field_type, write_date, write_numeric, write_timestamp};
+use super::values::{
+    Raw, civil, compact_json, field_type, text, write_date, write_numeric, write_timestamp,
+    write_uuid,
+};
 
 /// Days from 1970-01-01 to 2000-01-01, PostgreSQL's epoch.
 const EPOCH_DAYS: i32 = 10_957;
@@ -337,7 +340,7 @@ fn convert(kind: ColumnKind, raw: &[u8], scratch: &mut String, buf: &mut Vec<u8>
             buf.clear();
             match kind {
                 ColumnKind::NumericText => write_numeric(raw, buf).ok()?,
-                ColumnKind::Uuid => super::write_uuid(wire::uuid_from_sql(raw).ok()?, buf),
+                ColumnKind::Uuid => write_uuid(wire::uuid_from_sql(raw).ok()?, buf),
                 ColumnKind::Json => compact_json(raw, buf),
                 _ => match raw.split_first() {
                     Some((1, body)) => compact_json(body, buf),
@@ -517,7 +520,7 @@ fn value_at(kind: ColumnKind, column: &dyn Array, row: usize) -> Option<Value> {
         )),
         ColumnKind::Date => {
             let days = any.downcast_ref::<Date32Array>()?.value(row) - EPOCH_DAYS;
-            Value::String(super::text(|out| write_date(days, out)))
+            Value::String(text(|out| write_date(days, out)))
         }
         ColumnKind::Timestamp | ColumnKind::TimestampTz => {
             let micros = any.downcast_ref::<TimestampMicrosecondArray>()?.value(row) - EPOCH_MICROS;
@@ -526,7 +529,7 @@ fn value_at(kind: ColumnKind, column: &dyn Array, row: usize) -> Option<Value> {
             } else {
                 b""
             };
-            Value::String(super::text(|out| write_timestamp(micros, zone, out)))
+            Value::String(text(|out| write_timestamp(micros, zone, out)))
         }
         ColumnKind::Float8 => Value::Number(Number::from_f64(
             any.downcast_ref::<Float64Array>()?.value(row),
