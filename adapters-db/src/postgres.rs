@@ -222,9 +222,6 @@ async fn hand_on(
     tracked: &mut Record,
     out: &mut Batcher,
 ) -> Result<()> {
-    if columns.len() == 0 {
-        return Ok(());
-    }
     let Some(rows) = columns.take()? else {
         return Ok(());
     };

@@ -61,7 +61,7 @@ pub(crate) fn decode(
         .map(|((name, _), ty)| Field::new(name, ty.clone(), true))
         .collect();
     let table = Arc::new(Schema::new(fields));
-    let mut keys: Vec<Key> = Vec::new();
+    let mut keys: Vec<ArrayRef> = Vec::new();
     let mut largest = 0;
     let mut bytes = 0;
     let mut chunks = Vec::new();
@@ -94,7 +94,7 @@ pub(crate) fn decode(
                 largest = largest.max(longest(text));
             }
             if Some(idx) == key_column {
-                batch_keys(mapped.as_ref(), &mut keys)?;
+                keys.push(mapped.clone());
             }
             arrays[idx] = Some(mapped);
         }
@@ -118,13 +118,10 @@ pub(crate) fn decode(
             at += n;
         }
     }
-    let increasing = keys
-        .windows(2)
-        .all(|w| w[0].compare(&w[1]) == Some(std::cmp::Ordering::Less));
-    let range = if increasing {
-        keys.first().cloned().zip(keys.last().cloned())
+    let range = if key_column.is_some() {
+        key_range(&keys)?
     } else {
-        any_order_range(keys)?
+        None
     };
     Ok(Decoded {
         chunks,
@@ -212,35 +209,117 @@ fn longest(texts: &StringArray) -> usize {
         .unwrap_or(0)
 }
 
-/// Adds the keys in `array` (integers or strings, none null) to `keys`.
-fn batch_keys(array: &dyn Array, keys: &mut Vec<Key>) -> Result<(), Unfit> {
-    if array.null_count() > 0 {
-        return Err(Unfit::Other("a record has no key".to_owned()));
+/// A batch's keys, chunk by chunk: integers or strings, none null.
+enum Keys<'a> {
+    Ints(Vec<&'a Int64Array>),
+    Texts(Vec<&'a StringArray>),
+}
+
+impl<'a> Keys<'a> {
+    fn of(arrays: &'a [ArrayRef]) -> Result<Self, Unfit> {
+        if arrays.iter().any(|a| a.null_count() > 0) {
+            return Err(Unfit::Other("a record has no key".to_owned()));
+        }
+        let ints: Option<Vec<_>> = arrays
+            .iter()
+            .map(|a| a.as_any().downcast_ref::<Int64Array>())
+            .collect();
+        let texts: Option<Vec<_>> = arrays
+            .iter()
+            .map(|a| a.as_any().downcast_ref::<StringArray>())
+            .collect();
+        match (ints, texts) {
+            (Some(ints), _) => Ok(Keys::Ints(ints)),
+            (None, Some(texts)) => Ok(Keys::Texts(texts)),
+            (None, None) => Err(Unfit::Other(
+                "keys that are not all integers or all strings".to_owned(),
+            )),
+        }
     }
-    if let Some(ints) = array.as_any().downcast_ref::<Int64Array>() {
-        keys.extend(ints.values().iter().map(|v| Key::Int(*v)));
-    } else if let Some(texts) = array.as_any().downcast_ref::<StringArray>() {
-        keys.extend(texts.iter().flatten().map(|t| Key::Text(t.to_owned())));
-    } else {
-        return Err(Unfit::Other(
-            "keys that are not integers or strings".to_owned(),
-        ));
+
+    /// Whether each key is greater than the one before (compared in place:
+    /// no key is copied).
+    fn increase(&self) -> bool {
+        fn strictly<T: PartialOrd>(mut values: impl Iterator<Item = T>) -> bool {
+            let Some(mut last) = values.next() else {
+                return true;
+            };
+            values.all(|v| {
+                let up = last < v;
+                last = v;
+                up
+            })
+        }
+        match self {
+            Keys::Ints(arrays) => strictly(arrays.iter().flat_map(|a| a.values().iter())),
+            Keys::Texts(arrays) => strictly(arrays.iter().flat_map(|a| a.iter().flatten())),
+        }
     }
-    Ok(())
+
+    fn first(&self) -> Option<Key> {
+        match self {
+            Keys::Ints(a) => a
+                .iter()
+                .find_map(|a| a.values().first())
+                .map(|v| Key::Int(*v)),
+            Keys::Texts(a) => a
+                .iter()
+                .find(|a| !a.is_empty())
+                .map(|a| Key::Text(a.value(0).to_owned())),
+        }
+    }
+
+    fn last(&self) -> Option<Key> {
+        match self {
+            Keys::Ints(a) => a
+                .iter()
+                .rev()
+                .find_map(|a| a.values().last())
+                .map(|v| Key::Int(*v)),
+            Keys::Texts(a) => a
+                .iter()
+                .rev()
+                .find(|a| !a.is_empty())
+                .map(|a| Key::Text(a.value(a.len() - 1).to_owned())),
+        }
+    }
+
+    /// Every key, in order.
+    fn all(&self) -> Vec<Key> {
+        match self {
+            Keys::Ints(arrays) => arrays
+                .iter()
+                .flat_map(|a| a.values().iter().map(|v| Key::Int(*v)))
+                .collect(),
+            Keys::Texts(arrays) => arrays
+                .iter()
+                .flat_map(|a| a.iter().flatten().map(|t| Key::Text(t.to_owned())))
+                .collect(),
+        }
+    }
+}
+
+/// The lowest and highest key of a batch's key column (`arrays`, chunk by
+/// chunk); `Unfit` when one is missing or there twice, or they are not all
+/// integers or all strings. Keys that increase are compared in place; only
+/// keys in another order are all copied and sorted.
+fn key_range(arrays: &[ArrayRef]) -> Result<Option<(Key, Key)>, Unfit> {
+    let keys = Keys::of(arrays)?;
+    if keys.increase() {
+        return Ok(keys.first().zip(keys.last()));
+    }
+    any_order_range(keys.all())
 }
 
 /// Whether every row of `rows` has the field `key`, an integer or a string,
 /// each greater than the one before.
 pub(crate) fn keys_increase(rows: &ColumnRows, key: &str) -> bool {
-    let mut keys = Vec::with_capacity(rows.len());
-    for batch in rows.chunks() {
-        let Some(column) = batch.column_by_name(key) else {
-            return false;
-        };
-        if batch_keys(column.as_ref(), &mut keys).is_err() {
-            return false;
-        }
-    }
-    keys.windows(2)
-        .all(|w| w[0].compare(&w[1]) == Some(std::cmp::Ordering::Less))
+    let Some(arrays) = rows
+        .chunks()
+        .map(|batch| batch.column_by_name(key).cloned())
+        .collect::<Option<Vec<_>>>()
+    else {
+        return false;
+    };
+    Keys::of(&arrays).is_ok_and(|keys| keys.increase())
 }

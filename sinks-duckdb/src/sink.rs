@@ -406,50 +406,56 @@ impl DuckDbWriter {
         }
     }
 
-    /// A batch of Arrow columns as the rows to write: the arrays themselves
-    /// when they fit the table as this writer knows it (see
-    /// [`crate::arrow_columns`]), else the records the source's decoder
-    /// makes of them (a dry run, a table that does not exist yet, a column
-    /// of another type). The lease is fitted to what the rows hold.
-    fn rows_of_columns(
+    /// A batch of Arrow columns as the table's columns, when they fit the
+    /// table as this writer knows it (see [`crate::arrow_columns`]): not in a
+    /// dry run, not before the table exists.
+    fn arrow_columns_of(
         &self,
-        columns: sluicegate_core::ColumnRows,
-        declared: Option<&sluicegate_core::JsonFields>,
-        mut lease: MemoryLease,
-    ) -> Result<(Rows, MemoryLease)> {
-        let mapped = match &self.table {
+        columns: &sluicegate_core::ColumnRows,
+        declared: Option<&JsonFields>,
+    ) -> std::result::Result<Decoded, Unfit> {
+        match &self.table {
             Some(table) if table.exists && !self.dry_run => crate::arrow_columns::decode(
                 &table.schema,
                 self.target.key_field.as_deref(),
-                &columns,
+                columns,
                 declared,
             ),
             _ => Err(Unfit::Other("the table is not known yet".to_owned())),
-        };
+        }
+    }
+
+    /// The rows to write of a batch of JSON text or columns: the columns
+    /// `mapped` when it fits the table (the lease fitted to their exact
+    /// size), else its records (`records`: the text decoded, or the source's
+    /// decoder), the lease grown by them.
+    fn columns_or_records(
+        &self,
+        mapped: std::result::Result<Decoded, Unfit>,
+        records: impl FnOnce() -> Result<Vec<Record>>,
+        lease: &mut MemoryLease,
+    ) -> Result<Rows> {
+        let sync = &self.target.sync_key;
         match mapped {
             Ok(decoded) => {
                 self.as_columns.fetch_add(1, AtomicOrdering::Relaxed);
-                tracing::debug!(sync = %self.target.sync_key, rows = decoded.rows, "batch of columns straight into the table");
-                fit_lease(&mut lease, decoded.bytes);
-                Ok((Rows::Columns(decoded), lease))
+                tracing::debug!(%sync, rows = decoded.rows, "batch straight into columns");
+                fit_lease(lease, decoded.bytes);
+                Ok(Rows::Columns(decoded))
             }
             Err(why) => {
-                tracing::debug!(sync = %self.target.sync_key, %why, "batch of columns decoded into records");
-                let records = columns.decode()?;
-                drop(columns);
+                tracing::debug!(%sync, %why, "batch decoded into records");
+                let records = records()?;
                 lease.grow_now(
                     records
                         .iter()
                         .map(sluicegate_core::approx_record_size)
                         .sum(),
                 );
-                Ok((
-                    Rows::Records {
-                        records,
-                        range: None,
-                    },
-                    lease,
-                ))
+                Ok(Rows::Records {
+                    records,
+                    range: None,
+                })
             }
         }
     }
@@ -784,7 +790,9 @@ impl SinkWriter for DuckDbWriter {
                 if let Some(table) = &mut self.table {
                     table.schema.adopt_declared(types.as_deref());
                 }
-                let (rows, lease) = self.rows_of_columns(columns, json.as_deref(), lease)?;
+                let mut lease = lease;
+                let mapped = self.arrow_columns_of(&columns, json.as_deref());
+                let rows = self.columns_or_records(mapped, || columns.decode(), &mut lease)?;
                 (rows, position, lease)
             }
             Err(batch) => match batch.into_json_parts() {
@@ -805,34 +813,11 @@ impl SinkWriter for DuckDbWriter {
                     if parsed_ahead {
                         self.prepared_used.fetch_add(1, AtomicOrdering::Relaxed);
                     }
-                    let columns = match ahead {
+                    let mapped = match ahead {
                         Some(decoded) => Ok(decoded),
                         None => self.columns_of(&text, (json.as_deref(), types.as_deref())),
                     };
-                    let rows = match columns {
-                        Ok(decoded) => {
-                            self.as_columns.fetch_add(1, AtomicOrdering::Relaxed);
-                            tracing::debug!(sync = %target.sync_key, rows = decoded.rows, parsed_ahead, "batch straight into columns");
-                            // The columns' exact size is what the batch holds now.
-                            fit_lease(&mut lease, decoded.bytes);
-                            Rows::Columns(decoded)
-                        }
-                        Err(why) => {
-                            tracing::debug!(sync = %target.sync_key, %why, "batch decoded into records");
-                            let records = text.decode()?;
-                            drop(text);
-                            lease.grow_now(
-                                records
-                                    .iter()
-                                    .map(sluicegate_core::approx_record_size)
-                                    .sum(),
-                            );
-                            Rows::Records {
-                                records,
-                                range: None,
-                            }
-                        }
-                    };
+                    let rows = self.columns_or_records(mapped, || text.decode(), &mut lease)?;
                     (rows, position, lease)
                 }
                 Err(batch) => {

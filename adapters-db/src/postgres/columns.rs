@@ -288,11 +288,6 @@ impl PgColumns {
         true
     }
 
-    /// Rows gathered since the columns were last handed on.
-    pub(crate) fn len(&self) -> usize {
-        self.rows
-    }
-
     /// Whether the rows gathered are as many as an array holds, or their
     /// values' bytes are over the most held besides the lease.
     pub(crate) fn is_full(&self) -> bool {
